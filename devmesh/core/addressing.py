@@ -1,0 +1,50 @@
+"""Where things listen inside a pod. Pure, so validation can check collisions up front.
+
+An app reaches an upstream by name with no proxy settings: the pod's hosts file maps each
+reachable service name to a loopback address of its own (127.64.0.0/10), where the sidecar
+listens. HTTP-family upstreams answer there on port 80 (`http://catalog/`) and on the
+upstream's own port (`http://catalog:8000/`); TCP upstreams on their own port only.
+A port the calling app itself listens on is left out: a wildcard listener owns that port
+on every address of the namespace, so the sidecar could not bind it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+
+from devmesh.core.model import Service
+
+MESH_HTTP_PORT = 80
+INBOUND_PORT = 15006  # every pod's sidecar accepts mesh traffic here, on the pod's address
+GATEWAY_PORT = 15080  # the ingress gateway's public listener inside its container
+GATEWAY_HOP_BASE = 15100  # gateway → its own per-service routing listeners on 127.0.0.1
+RESERVED_PORTS = range(15000, 15200)  # the sidecar's; an app may not listen on them
+
+_BASE = int(ipaddress.IPv4Address("127.64.0.0"))
+_SPAN = 1 << 22  # 127.64.0.0/10
+
+
+def outbound_ports(caller_port: int | None, upstream: Service) -> tuple[int, ...]:
+    """The ports an app of `caller_port` (None: the gateway) reaches `upstream` on."""
+    ports = (MESH_HTTP_PORT, upstream.port) if upstream.is_http else (upstream.port,)
+    return tuple(p for p in dict.fromkeys(ports) if p != caller_port)
+
+
+def service_addresses(names: Iterable[str]) -> dict[str, str]:
+    """A stable loopback address per service name.
+
+    A hash rather than an index: adding a service must not move the others, since a pod's
+    hosts file changing would mean recreating it. Collisions (rare in 4M addresses) are
+    settled by probing in name order, so the result depends only on the set of names.
+    """
+    taken: set[int] = set()
+    out: dict[str, str] = {}
+    for name in sorted(set(names)):
+        slot = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % (_SPAN - 2) + 1
+        while slot in taken:
+            slot = slot % (_SPAN - 2) + 1
+        taken.add(slot)
+        out[name] = str(ipaddress.IPv4Address(_BASE + slot))
+    return out

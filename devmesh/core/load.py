@@ -1,0 +1,448 @@
+"""`load(text) -> Mesh`: parse, check the shape, check the rules that span the file, resolve
+inherited defaults. Every problem is collected and reported at once, each located.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
+from devmesh.core.model import (
+    DEFAULT_ROUTE,
+    IMPLICIT_VERSION,
+    Abort,
+    Build,
+    ConnectionPool,
+    Delay,
+    Fault,
+    Health,
+    Ingress,
+    IngressRoute,
+    Match,
+    Mesh,
+    Mirror,
+    OutlierDetection,
+    PathMatch,
+    RateLimit,
+    Retries,
+    Route,
+    Service,
+    Target,
+    ValueMatch,
+    Version,
+)
+from devmesh.core.problems import MeshFileError, MeshInvalid, Path, did_you_mean
+from devmesh.core.schema import mesh_spec
+from devmesh.core.source import parse, read_text
+from devmesh.core.spec import INVALID, Ctx
+
+DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
+_WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
+_TCP_ROUTE_KEYS = ("name", "to")
+
+
+def load_path(path: str) -> Mesh:
+    """Read and load a mesh file; MeshFileError when it cannot be read at all."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise MeshFileError(f"{path}: no such file (give another with -f FILE)") from None
+    except IsADirectoryError:
+        raise MeshFileError(f"{path}: is a directory, not a mesh file") from None
+    except OSError as exc:
+        raise MeshFileError(f"{path}: cannot read: {exc.strerror}") from None
+    return load(read_text(raw, path), path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load(text: str, file: str = "devmesh.yaml", base_dir: str = ".") -> Mesh:
+    located, problems = parse(text, file)
+    if problems and located.data is None:
+        raise MeshInvalid(problems)  # a syntax error: nothing further can be read
+    ctx = Ctx(located, problems)
+    if not isinstance(located.data, dict):
+        ctx.error((), "a mesh file is a mapping with at least `mesh:` and `services:`")
+        raise MeshInvalid(ctx.problems)
+    cleaned = mesh_spec.check(located.data, (), ctx)
+    mesh = _Builder(ctx, cleaned).build(file, base_dir)
+    if ctx.problems:
+        raise MeshInvalid(ctx.problems)
+    return mesh
+
+
+class _Builder:
+    """Turns the structurally checked document into the model, checking cross-references.
+
+    Works on whatever passed the structural check, so one run reports everything; parts
+    that were invalid are simply absent here and are not reported twice.
+    """
+
+    def __init__(self, ctx: Ctx, doc: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.doc = doc
+        self.defaults: dict[str, Any] = doc.get("defaults", {})
+        self.raw_services: dict[str, dict[str, Any]] = doc.get("services", {})
+        self.versions: dict[str, list[str]] = {
+            name: list(s.get("versions", {IMPLICIT_VERSION: {}}))
+            for name, s in self.raw_services.items()
+        }
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.ctx.error(path, message, key=key)
+
+    def build(self, file: str, base_dir: str) -> Mesh:
+        services = tuple(
+            s
+            for name, raw in self.raw_services.items()
+            if (s := self.service(name, raw)) is not None
+        )
+        ingress = self.ingress(self.doc["ingress"]) if "ingress" in self.doc else None
+        mesh = Mesh(
+            name=self.doc.get("mesh", "mesh"),
+            services=services,
+            ingress=ingress,
+            source=file,
+            base_dir=base_dir,
+        )
+        self.check_reachability(mesh)
+        return mesh
+
+    # -- services ---------------------------------------------------------------------------
+
+    def policy(self, raw: dict[str, Any], key: str) -> Any:
+        return raw[key] if key in raw else self.defaults.get(key)
+
+    def service(self, name: str, raw: dict[str, Any]) -> Service | None:
+        at: Path = ("services", name)
+        port: int | None = raw.get("port")
+        if port in RESERVED_PORTS:
+            self.error(
+                (*at, "port"),
+                f"port {port} is taken by the sidecar inside the pod "
+                f"({RESERVED_PORTS.start}-{RESERVED_PORTS.stop - 1} are reserved)",
+            )
+        protocol = self.policy(raw, "protocol") or "http"
+        for i, call in enumerate(raw.get("calls", ())):
+            if call not in self.raw_services:
+                self.error(
+                    (*at, "calls", i),
+                    f"calls '{call}', which is not a service of this mesh"
+                    + did_you_mean(call, self.raw_services),
+                )
+        versions = self.service_versions(at, raw)
+        if protocol == "tcp":
+            routes = self.tcp_routes(at, name, raw)
+        else:
+            routes = self.http_routes(at, name, raw)
+        health = self.health(at, raw, protocol)
+        od = self.policy(raw, "outlier_detection")
+        pool = self.policy(raw, "connection_pool") or {}
+        rl = self.policy(raw, "rate_limit")
+        if port is None:
+            return None  # reported by the structural check; the rest was checked above
+        return Service(
+            name=name,
+            port=port,
+            protocol=protocol,
+            versions=versions,
+            routes=routes,
+            calls=tuple(c for c in raw.get("calls", ()) if c in self.raw_services),
+            egress=self.policy(raw, "egress") or "declared",
+            health=health,
+            outlier_detection=None
+            if od is None
+            else OutlierDetection(
+                consecutive_5xx=od.get("consecutive_5xx", 5),
+                interval_ms=od.get("interval", 10_000),
+                base_ejection_ms=od.get("base_ejection_time", 30_000),
+                max_ejection_percent=od.get("max_ejection_percent", 10),
+            ),
+            connection_pool=ConnectionPool(
+                connect_timeout_ms=pool.get("connect_timeout", 1000),
+                max_connections=pool.get("max_connections"),
+                max_pending_requests=pool.get("max_pending_requests"),
+                max_requests=pool.get("max_requests"),
+                max_retries=pool.get("max_retries"),
+            ),
+            rate_limit=None
+            if rl is None
+            else RateLimit(requests=rl["requests"], per_ms=rl.get("per", 1000)),
+        )
+
+    def service_versions(self, at: Path, raw: dict[str, Any]) -> tuple[Version, ...]:
+        base = {k: raw[k] for k in _WORKLOAD_KEYS if k in raw}
+        if "versions" not in raw:
+            return (self.version(at, IMPLICIT_VERSION, base, {}),)
+        out = []
+        for vname, vraw in raw["versions"].items():
+            out.append(self.version((*at, "versions", vname), vname, base, vraw))
+        return tuple(out)
+
+    def version(
+        self, at: Path, name: str, base: dict[str, Any], own: dict[str, Any]
+    ) -> Version:
+        merged = {**base, **own}
+        if "env" in base and "env" in own:
+            merged["env"] = {**base["env"], **own["env"]}
+        if "image" not in merged and "build" not in merged:
+            self.error(at, "needs `image` or `build` (here or on the service)")
+        build = merged.get("build")
+        if isinstance(build, str):
+            build = {"context": build}
+        command = merged.get("command")
+        if isinstance(command, str):
+            try:
+                command = shlex.split(command)
+            except ValueError as exc:
+                self.error((*at, "command"), f"cannot split the command line: {exc}")
+                command = None
+        return Version(
+            name=name,
+            image=merged.get("image"),
+            build=None
+            if build is None
+            else Build(
+                context=build["context"],
+                dockerfile=build.get("dockerfile"),
+                args=tuple(sorted(build.get("args", {}).items())),
+            ),
+            env=tuple(sorted(merged.get("env", {}).items())),
+            command=None if command is None else tuple(command),
+            replicas=merged.get("replicas", 1),
+        )
+
+    def health(self, at: Path, raw: dict[str, Any], protocol: str) -> Health | None:
+        h = self.policy(raw, "health")
+        if h is None:
+            return None
+        path = h.get("path")
+        if path is not None and protocol == "tcp":
+            where = (*at, "health", "path") if "health" in raw else ("defaults", "health", "path")
+            if "health" in raw:
+                self.error(where, "a tcp service is checked by connecting; it takes no path")
+            path = None  # an inherited HTTP path does not apply to a TCP service
+        return Health(path=path, interval_ms=h.get("interval", 2000), timeout_ms=h.get("timeout", 1000))
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def even_split(self, service: str) -> tuple[Target, ...]:
+        names = self.versions[service]
+        share, extra = divmod(100, len(names))
+        return tuple(Target(v, share + (1 if i < extra else 0)) for i, v in enumerate(names))
+
+    def targets(self, at: Path, service: str, to: Any) -> tuple[Target, ...]:
+        weights: dict[str, int] = {to: 100} if isinstance(to, str) else to
+        known = self.versions[service]
+        ok = True
+        for version in weights:
+            if version not in known:
+                ok = False
+                self.error(
+                    (*at, version) if isinstance(to, dict) else at,
+                    f"'{service}' has no version '{version}'"
+                    + (did_you_mean(version, known) or f"; its versions: {', '.join(known)}"),
+                    key=isinstance(to, dict),
+                )
+        total = sum(weights.values())
+        if isinstance(to, dict) and total != 100:
+            ok = False
+            self.error(at, f"weights add up to {total}, not 100")
+        return tuple(Target(v, w) for v, w in weights.items()) if ok else ()
+
+    def http_routes(self, at: Path, name: str, raw: dict[str, Any]) -> tuple[Route, ...]:
+        retries = self.retries(self.policy(raw, "retries"))
+        timeout = self.policy(raw, "timeout")
+        if "routes" not in raw:
+            return (Route(DEFAULT_ROUTE, self.even_split(name), retries=retries, timeout_ms=timeout),)
+        out: list[Route] = []
+        seen: set[str] = set()
+        for i, r in enumerate(raw["routes"]):
+            rat: Path = (*at, "routes", i)
+            rname = r.get("name", f"route-{i}")
+            if rname in seen:
+                self.error((*rat, "name"), f"route name '{rname}' is used twice")
+            seen.add(rname)
+            if "to" not in r:
+                continue
+            out.append(
+                Route(
+                    name=rname,
+                    to=self.targets((*rat, "to"), name, r["to"]),
+                    match=self.match(r.get("match", {})),
+                    retries=self.retries(r["retries"]) if "retries" in r else retries,
+                    timeout_ms=r.get("timeout", timeout),
+                    fault=self.fault(r.get("fault")),
+                    mirror=self.mirror((*rat, "mirror"), name, r.get("mirror")),
+                )
+            )
+        return tuple(out)
+
+    def tcp_routes(self, at: Path, name: str, raw: dict[str, Any]) -> tuple[Route, ...]:
+        if "routes" not in raw:
+            return (Route(DEFAULT_ROUTE, self.even_split(name)),)
+        routes = raw["routes"]
+        if len(routes) > 1:
+            self.error(
+                (*at, "routes", 1),
+                "a tcp service takes one route: a connection has no request to match on",
+            )
+        r = routes[0]
+        for key in r:
+            if key not in _TCP_ROUTE_KEYS:
+                self.error(
+                    (*at, "routes", 0, key),
+                    f"'{key}' is for HTTP; a tcp route has only name and to (weights)",
+                    key=True,
+                )
+        if "to" not in r:
+            return ()
+        return (Route(r.get("name", "route-0"), self.targets((*at, "routes", 0, "to"), name, r["to"])),)
+
+    @staticmethod
+    def retries(raw: dict[str, Any] | None) -> Retries | None:
+        if raw is None or raw["attempts"] == 0:
+            return None
+        return Retries(
+            attempts=raw["attempts"],
+            on=tuple(raw.get("on", DEFAULT_RETRY_ON)),
+            per_try_timeout_ms=raw.get("per_try_timeout"),
+        )
+
+    @staticmethod
+    def match(raw: dict[str, Any]) -> Match:
+        if "path" in raw:
+            path = PathMatch("exact", raw["path"])
+        elif "path_regex" in raw:
+            path = PathMatch("regex", raw["path_regex"])
+        else:
+            path = PathMatch("prefix", raw.get("path_prefix", "/"))
+        methods = raw.get("method", ())
+        return Match(
+            path=path,
+            headers=tuple(_value_match(k.lower(), v) for k, v in raw.get("headers", {}).items()),
+            query=tuple(_value_match(k, v) for k, v in raw.get("query", {}).items()),
+            methods=(methods,) if isinstance(methods, str) else tuple(methods),
+        )
+
+    @staticmethod
+    def fault(raw: dict[str, Any] | None) -> Fault | None:
+        if raw is None:
+            return None
+        delay = raw.get("delay")
+        abort = raw.get("abort")
+        return Fault(
+            delay=None if delay is None else Delay(delay["fixed"], delay.get("percent", 100.0)),
+            abort=None
+            if abort is None
+            else Abort(
+                percent=abort.get("percent", 100.0),
+                http_status=abort.get("status"),
+                grpc_status=abort.get("grpc_status"),
+            ),
+        )
+
+    def mirror(self, at: Path, service: str, raw: Any) -> Mirror | None:
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            raw = {"version": raw}
+        target = raw.get("service", service)
+        if target not in self.raw_services:
+            self.error(
+                (*at, "service"),
+                f"no service '{target}' to mirror to" + did_you_mean(target, self.raw_services),
+            )
+            return None
+        if self.policy(self.raw_services[target], "protocol") == "tcp":
+            self.error(at, f"cannot mirror HTTP requests to '{target}', a tcp service")
+            return None
+        known = self.versions[target]
+        version = raw.get("version")
+        if version is None:
+            if len(known) > 1:
+                self.error(at, f"'{target}' has versions {', '.join(known)}: name one to mirror to")
+                return None
+            version = known[0]
+        elif version not in known:
+            self.error(
+                (*at, "version") if "service" in raw or "percent" in raw else at,
+                f"'{target}' has no version '{version}'" + did_you_mean(version, known),
+            )
+            return None
+        return Mirror(service=target, version=version, percent=raw.get("percent", 100.0))
+
+    # -- ingress and reachability -----------------------------------------------------------
+
+    def ingress(self, raw: dict[str, Any]) -> Ingress | None:
+        routes: list[IngressRoute] = []
+        seen: set[str] = set()
+        for i, r in enumerate(raw.get("routes", ())):
+            at: Path = ("ingress", "routes", i)
+            name = r.get("name", f"route-{i}")
+            if name in seen:
+                self.error((*at, "name"), f"route name '{name}' is used twice")
+            seen.add(name)
+            target = r.get("service")
+            if target is None:
+                continue
+            if target not in self.raw_services:
+                self.error(
+                    (*at, "service"),
+                    f"no service '{target}' in this mesh" + did_you_mean(target, self.raw_services),
+                )
+                continue
+            if (self.policy(self.raw_services[target], "protocol") or "http") == "tcp":
+                self.error((*at, "service"), f"'{target}' is a tcp service; the ingress is HTTP")
+                continue
+            match = self.match(r.get("match", {}))
+            if "rewrite_prefix" in r and match.path.kind == "regex":
+                self.error(
+                    (*at, "rewrite_prefix"),
+                    "rewrite_prefix needs a path_prefix or path match, not path_regex",
+                )
+            routes.append(
+                IngressRoute(
+                    name=name,
+                    service=target,
+                    match=match,
+                    timeout_ms=r.get("timeout"),
+                    rewrite_prefix=r.get("rewrite_prefix"),
+                )
+            )
+        if "port" not in raw:
+            return None
+        return Ingress(port=raw["port"], routes=tuple(routes))
+
+    def check_reachability(self, mesh: Mesh) -> None:
+        """Every upstream a pod may call needs a port its own app does not hold."""
+        for service in mesh.services:
+            for upstream in mesh.upstreams(service):
+                if outbound_ports(service.port, upstream):
+                    continue
+                if service.egress == "all":
+                    at: Path = ("services", service.name, "egress")
+                    if "egress" not in self.raw_services[service.name]:
+                        at = ("services", service.name, "port")
+                else:
+                    at = ("services", service.name, "calls", service.calls.index(upstream.name))
+                self.error(
+                    at,
+                    f"'{service.name}' listens on port {service.port}, the only port "
+                    f"'{upstream.name}' can be reached on from its pod; change one of the ports",
+                )
+
+
+def _value_match(name: str, raw: Any) -> ValueMatch:
+    if isinstance(raw, str):
+        return ValueMatch(name, "exact", raw)
+    if "present" in raw:
+        return ValueMatch(name, "present" if raw["present"] else "absent")
+    for kind in ("exact", "prefix", "regex"):
+        if kind in raw:
+            return ValueMatch(name, kind, raw[kind])
+    return ValueMatch(name, "present", "true")  # unreachable: the schema requires one key
+
+
+__all__ = ["INVALID", "load", "load_path"]

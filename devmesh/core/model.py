@@ -1,0 +1,221 @@
+"""The validated mesh: frozen values that every later stage reads and nothing mutates.
+
+`load()` fills in every inherited default (mesh `defaults:` → service → route), so later
+stages read resolved values and never consult defaults again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+HTTP_PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc")
+PROTOCOLS: tuple[Protocol, ...] = (*HTTP_PROTOCOLS, "tcp")
+Egress = Literal["declared", "all"]
+PathKind = Literal["prefix", "exact", "regex"]
+ValueKind = Literal["exact", "prefix", "regex", "present", "absent"]
+
+IMPLICIT_VERSION = "default"  # the one version of a service that declares no `versions:`
+DEFAULT_ROUTE = "default"  # the catch-all route of a service that declares no `routes:`
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    kind: PathKind = "prefix"
+    value: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatch:
+    """A header or query-parameter condition. Header names are stored lower-case."""
+
+    name: str
+    kind: ValueKind
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path: PathMatch = PathMatch()
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    methods: tuple[str, ...] = ()  # any of; empty means any method
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    version: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int  # retries after the first try, as Envoy's num_retries
+    on: tuple[str, ...]
+    per_try_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    fixed_ms: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    percent: float
+    http_status: int | None = None
+    grpc_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: Delay | None = None
+    abort: Abort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    service: str
+    version: str
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    to: tuple[Target, ...]
+    match: Match = Match()
+    retries: Retries | None = None
+    timeout_ms: int | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int
+    interval_ms: int
+    base_ejection_ms: int
+    max_ejection_percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    connect_timeout_ms: int
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    per_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    path: str | None  # None: the port accepting a connection is healthy
+    interval_ms: int
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    context: str  # relative to the mesh file's directory, as written
+    dockerfile: str | None = None
+    args: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    name: str
+    image: str | None
+    build: Build | None
+    env: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] | None = None
+    replicas: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    port: int
+    protocol: Protocol
+    versions: tuple[Version, ...]
+    routes: tuple[Route, ...]
+    calls: tuple[str, ...] = ()
+    egress: Egress = "declared"
+    health: Health | None = None
+    outlier_detection: OutlierDetection | None = None
+    connection_pool: ConnectionPool = ConnectionPool(connect_timeout_ms=1000)
+    rate_limit: RateLimit | None = None
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in HTTP_PROTOCOLS
+
+    def version(self, name: str) -> Version:
+        for v in self.versions:
+            if v.name == name:
+                return v
+        raise KeyError(f"{self.name} has no version {name!r}")
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(f"{self.name} has no route {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRoute:
+    name: str
+    service: str
+    match: Match = Match()
+    timeout_ms: int | None = None
+    rewrite_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    port: int
+    routes: tuple[IngressRoute, ...]
+    host: str = "127.0.0.1"  # never anything wider: devmesh listens on loopback only
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    name: str
+    services: tuple[Service, ...]
+    ingress: Ingress | None = None
+    source: str = "devmesh.yaml"
+    base_dir: str = "."
+    _index: dict[str, Service] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {s.name: s for s in self.services})
+
+    def service(self, name: str) -> Service:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"no service {name!r} in mesh {self.name!r}") from None
+
+    def has_service(self, name: str) -> bool:
+        return name in self._index
+
+    def upstreams(self, service: Service) -> tuple[Service, ...]:
+        """The services a pod of `service` can reach by name through its sidecar."""
+        if service.egress == "all":
+            return tuple(s for s in self.services if s.name != service.name)
+        return tuple(self.service(n) for n in service.calls)
+
+    def ingress_services(self) -> tuple[Service, ...]:
+        if self.ingress is None:
+            return ()
+        names = dict.fromkeys(r.service for r in self.ingress.routes)
+        return tuple(self.service(n) for n in names)

@@ -1,0 +1,341 @@
+"""The mesh file's shape: one description for the structural check and for `devmesh schema`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devmesh.core import regex
+from devmesh.core.model import PROTOCOLS
+from devmesh.core.problems import Path
+from devmesh.core.spec import (
+    INVALID,
+    Bool,
+    ByType,
+    Ctx,
+    Duration,
+    Empty,
+    Enum,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    Obj,
+    Percent,
+    Spec,
+    Str,
+    Then,
+)
+
+SCHEMA_ID = "https://devmesh.dev/schema/devmesh.schema.json"
+
+NAME = r"[a-z][a-z0-9-]{0,39}"
+NAME_HINT = "a name of lowercase letters, digits and '-', starting with a letter (40 at most)"
+VERSION = r"[a-z0-9][a-z0-9-]{0,29}"
+VERSION_HINT = "a version name of lowercase letters, digits and '-' (30 at most)"
+HEADER = r":?[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+HTTP_RETRY_ON = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "envoy-ratelimited",
+)
+GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+
+
+def _regex(value: Any, path: Path, ctx: Ctx) -> Any:
+    problem = regex.check(value)
+    return ctx.error(path, f"invalid RE2 regex: {problem}") if problem else value
+
+
+def _starts_with_slash(value: Any, path: Path, ctx: Ctx) -> Any:
+    return value if value.startswith("/") else ctx.error(path, f"'{value}' must start with '/'")
+
+
+def _upper(value: Any, path: Path, ctx: Ctx) -> Any:
+    return value.upper()
+
+
+_url_path = Then(Str(description="starts with '/'"), _starts_with_slash)
+_regex_str = Then(Str(description="an RE2 regular expression"), _regex)
+
+_value_match = ByType(
+    {
+        str: Str(min_length=0, description="exact value"),
+        int: Str(min_length=0),
+        dict: Obj(
+            {
+                "exact": Field(Str(min_length=0), description="the whole value equals this"),
+                "prefix": Field(Str(), description="the value starts with this"),
+                "regex": Field(_regex_str, description="RE2; must match the whole value"),
+                "present": Field(Bool(), description="true: must be present; false: absent"),
+            },
+            exclusive=(("exact", "prefix", "regex", "present"),),
+            require_one_of=(("exact", "prefix", "regex", "present"),),
+        ),
+    },
+    description="a value to equal, or one of exact / prefix / regex / present",
+)
+
+match_spec = Obj(
+    {
+        "path_prefix": Field(_url_path, description="the request path starts with this"),
+        "path": Field(_url_path, description="the path (without query string) equals this"),
+        "path_regex": Field(_regex_str, description="RE2 matching the whole path, no query"),
+        "headers": Field(
+            MapOf(_value_match, key_pattern=HEADER, key_hint="a valid header name"),
+            description="every listed header must match",
+        ),
+        "query": Field(
+            MapOf(_value_match, key_pattern=r"[^\s&=]+", key_hint="a query parameter name"),
+            description="every listed query parameter must match",
+        ),
+        "method": Field(
+            ByType(
+                {
+                    str: Then(Str(pattern=r"[A-Za-z]+", pattern_hint="an HTTP method"), _upper),
+                    list: ListOf(
+                        Then(Str(pattern=r"[A-Za-z]+", pattern_hint="an HTTP method"), _upper),
+                        min_items=1,
+                        unique=True,
+                    ),
+                }
+            ),
+            description="one method or a list of methods",
+        ),
+    },
+    description="what a request must look like; everything given must hold",
+    exclusive=(("path_prefix", "path", "path_regex"),),
+)
+
+_weights = ByType(
+    {
+        str: Str(pattern=VERSION, pattern_hint=VERSION_HINT),
+        dict: MapOf(
+            Int(minimum=0, maximum=100),
+            key_pattern=VERSION,
+            key_hint=VERSION_HINT,
+            min_items=1,
+        ),
+    },
+    description="a version, or versions with weights that add up to 100",
+)
+
+retries_spec = Obj(
+    {
+        "attempts": Field(Int(0, 10), required=True, description="retries after the first try"),
+        "on": Field(
+            ListOf(Enum((*HTTP_RETRY_ON, *GRPC_RETRY_ON)), min_items=1, unique=True),
+            description="conditions (Envoy retry_on); default 5xx, reset, connect-failure",
+        ),
+        "per_try_timeout": Field(Duration(minimum_ms=1)),
+    }
+)
+
+fault_spec = Obj(
+    {
+        "delay": Field(
+            Obj(
+                {
+                    "fixed": Field(Duration(minimum_ms=1), required=True),
+                    "percent": Field(Percent(), description="default 100"),
+                }
+            )
+        ),
+        "abort": Field(
+            Obj(
+                {
+                    "status": Field(Int(200, 599), description="HTTP status to answer with"),
+                    "grpc_status": Field(Int(0, 16), description="gRPC status to answer with"),
+                    "percent": Field(Percent(), description="default 100"),
+                },
+                exclusive=(("status", "grpc_status"),),
+                require_one_of=(("status", "grpc_status"),),
+            )
+        ),
+    },
+    require_one_of=(("delay", "abort"),),
+)
+
+mirror_spec = ByType(
+    {
+        str: Str(pattern=VERSION, pattern_hint=VERSION_HINT),
+        dict: Obj(
+            {
+                "service": Field(Str(pattern=NAME, pattern_hint=NAME_HINT), description="default: this one"),
+                "version": Field(Str(pattern=VERSION, pattern_hint=VERSION_HINT)),
+                "percent": Field(Percent(), description="default 100"),
+            }
+        ),
+    },
+    description="copy requests (responses ignored) to a version, or {service, version, percent}",
+)
+
+route_spec = Obj(
+    {
+        "name": Field(Str(pattern=NAME, pattern_hint=NAME_HINT), description="default route-N"),
+        "match": Field(match_spec, description="default: every request"),
+        "to": Field(_weights, required=True),
+        "retries": Field(retries_spec),
+        "timeout": Field(Duration(), description="whole request, retries included; 0s: none"),
+        "fault": Field(fault_spec),
+        "mirror": Field(mirror_spec),
+    }
+)
+
+outlier_spec = Obj(
+    {
+        "consecutive_5xx": Field(Int(1, 1000), description="default 5"),
+        "interval": Field(Duration(minimum_ms=1), description="default 10s"),
+        "base_ejection_time": Field(Duration(minimum_ms=1), description="default 30s"),
+        "max_ejection_percent": Field(Int(0, 100), description="default 10"),
+    },
+    description="eject a pod from the pool after consecutive errors",
+)
+
+pool_spec = Obj(
+    {
+        "connect_timeout": Field(Duration(minimum_ms=1), description="default 1s"),
+        "max_connections": Field(Int(1, 1_000_000)),
+        "max_pending_requests": Field(Int(1, 1_000_000)),
+        "max_requests": Field(Int(1, 1_000_000)),
+        "max_retries": Field(Int(0, 1_000_000)),
+    },
+    description="connection-pool limits (Envoy circuit breakers) per calling sidecar",
+)
+
+rate_limit_spec = Obj(
+    {
+        "requests": Field(Int(1, 1_000_000), required=True),
+        "per": Field(Duration(minimum_ms=1), description="default 1s"),
+    },
+    description="local rate limit at the service's own sidecar (answers 429 beyond it)",
+)
+
+health_spec = Obj(
+    {
+        "path": Field(_url_path, description="HTTP GET must answer 2xx; omit for a TCP check"),
+        "interval": Field(Duration(minimum_ms=100), description="default 2s"),
+        "timeout": Field(Duration(minimum_ms=1), description="default 1s"),
+    }
+)
+
+_env = MapOf(
+    ByType({str: Str(min_length=0), int: Str(), float: Str(), bool: Str()}),
+    key_pattern=ENV_NAME,
+    key_hint="an environment variable name",
+)
+
+_command = ByType(
+    {str: Str(), list: ListOf(Str(min_length=0), min_items=1)},
+    description="a command line, or its arguments as a list",
+)
+
+build_spec = ByType(
+    {
+        str: Str(description="the build context, relative to the mesh file"),
+        dict: Obj(
+            {
+                "context": Field(Str(), required=True),
+                "dockerfile": Field(Str()),
+                "args": Field(_env),
+            }
+        ),
+    }
+)
+
+_workload_fields = {
+    "image": Field(Str(), description="image to run (with `build`: the tag to build)"),
+    "build": Field(build_spec),
+    "env": Field(_env),
+    "command": Field(_command),
+    "replicas": Field(Int(0, 50), description="pods of this version; default 1"),
+}
+
+version_spec = ByType(
+    {dict: Obj(dict(_workload_fields)), type(None): Empty()},
+    wording="a mapping (image, build, env, command, replicas)",
+)
+
+_policy_fields = {
+    "protocol": Field(Enum(PROTOCOLS), description="default http"),
+    "timeout": Field(Duration(), description="default request timeout of its routes"),
+    "retries": Field(retries_spec, description="default retries of its routes"),
+    "outlier_detection": Field(outlier_spec),
+    "connection_pool": Field(pool_spec),
+    "rate_limit": Field(rate_limit_spec),
+    "health": Field(health_spec),
+    "egress": Field(
+        Enum(("declared", "all")),
+        description="declared: only `calls` are reachable (default); all: every service",
+    ),
+}
+
+service_spec = Obj(
+    {
+        **_workload_fields,
+        "port": Field(Int(1, 65535), required=True, description="where the app listens"),
+        **_policy_fields,
+        "calls": Field(
+            ListOf(Str(pattern=NAME, pattern_hint=NAME_HINT), unique=True),
+            description="services this one reaches by name",
+        ),
+        "versions": Field(
+            MapOf(version_spec, key_pattern=VERSION, key_hint=VERSION_HINT, min_items=1),
+            description="versions; each inherits this service's image, build, env...",
+        ),
+        "routes": Field(ListOf(route_spec, min_items=1), description="first match wins"),
+    }
+)
+
+ingress_route_spec = Obj(
+    {
+        "name": Field(Str(pattern=NAME, pattern_hint=NAME_HINT)),
+        "match": Field(match_spec),
+        "service": Field(Str(pattern=NAME, pattern_hint=NAME_HINT), required=True),
+        "timeout": Field(Duration()),
+        "rewrite_prefix": Field(_url_path, description="replace the matched path prefix"),
+    }
+)
+
+ingress_spec = Obj(
+    {
+        "port": Field(Int(1, 65535), required=True, description="published on 127.0.0.1 only"),
+        "routes": Field(ListOf(ingress_route_spec, min_items=1), required=True),
+    }
+)
+
+mesh_spec = Obj(
+    {
+        "mesh": Field(
+            Str(pattern=r"[a-z][a-z0-9-]{0,29}", pattern_hint="a mesh name of lowercase letters, digits and '-' (30 at most)"),
+            required=True,
+            description="the mesh's name; Docker objects carry it",
+        ),
+        "defaults": Field(Obj(dict(_policy_fields)), description="what every service inherits"),
+        "ingress": Field(ingress_spec),
+        "services": Field(
+            MapOf(service_spec, key_pattern=NAME, key_hint=NAME_HINT, min_items=1),
+            required=True,
+        ),
+    },
+    description="devmesh mesh file",
+)
+
+
+def json_schema() -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": SCHEMA_ID,
+        "title": "devmesh mesh file",
+    }
+    out.update(mesh_spec.schema())
+    return out
+
+
+__all__ = ["INVALID", "Spec", "json_schema", "mesh_spec"]

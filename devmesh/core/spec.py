@@ -1,0 +1,395 @@
+"""A small declarative schema: one description gives both the structural check (with located,
+compiler-style messages and "did you mean") and the JSON Schema editors use for completion.
+
+Each spec's `check` returns the cleaned value, or `INVALID` after recording a problem, so a
+single pass reports every problem in the file. Semantic rules that span the document
+(weights, references) live in `devmesh.core.load`, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from devmesh.core.durations import DurationError, parse_duration
+from devmesh.core.problems import Path, Problem, did_you_mean
+from devmesh.core.source import Located
+
+
+class _Invalid:
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Final = _Invalid()
+
+
+@dataclass
+class Ctx:
+    doc: Located
+    problems: list[Problem] = field(default_factory=list)
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> _Invalid:
+        self.problems.append(self.doc.at(path, message, key=key))
+        return INVALID
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"'{shown}'"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+class Spec:
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        raise NotImplementedError
+
+    def schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _doc(self, out: dict[str, Any]) -> dict[str, Any]:
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass
+class Str(Spec):
+    pattern: str | None = None
+    pattern_hint: str = ""
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    min_length: int = 1
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return ctx.error(path, f"expected a string, got {type_name(value)}")
+        if not isinstance(value, str):
+            value = str(value)  # `tag: 1` is a fine image tag; YAML made it a number
+        if len(value) < self.min_length:
+            return ctx.error(path, "must not be empty")
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            return ctx.error(path, f"'{value}' is not {self.pattern_hint or self.pattern}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "string"}
+        if self.pattern:
+            out["pattern"] = f"^(?:{self.pattern})$"
+        if self.min_length:
+            out["minLength"] = self.min_length
+        if self.examples:
+            out["examples"] = list(self.examples)
+        return self._doc(out)
+
+
+@dataclass
+class Int(Spec):
+    minimum: int | None = None
+    maximum: int | None = None
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return ctx.error(path, f"expected an integer, got {type_name(value)}")
+        if self.minimum is not None and value < self.minimum:
+            return ctx.error(path, f"must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            return ctx.error(path, f"must be at most {self.maximum}, got {value}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "integer"}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        return self._doc(out)
+
+
+@dataclass
+class Percent(Spec):
+    description: str = "a percentage, 0 to 100 (fractions allowed)"
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if isinstance(value, str) and value.endswith("%"):
+            try:
+                value = float(value[:-1])
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return ctx.error(path, f"expected a percentage (0 to 100), got {type_name(value)}")
+        if not 0 <= value <= 100:
+            return ctx.error(path, f"a percentage must be between 0 and 100, got {value}")
+        return float(value)
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": "number", "minimum": 0, "maximum": 100})
+
+
+@dataclass
+class Bool(Spec):
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if not isinstance(value, bool):
+            return ctx.error(path, f"expected true or false, got {type_name(value)}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": "boolean"})
+
+
+@dataclass
+class Duration(Spec):
+    """'200ms', '2s', '1m30s'; the cleaned value is whole milliseconds."""
+
+    description: str = "a duration such as 250ms, 2s, 1m or 1m30s"
+    minimum_ms: int = 0
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return ctx.error(path, f"expected a duration such as 2s or 250ms, got {type_name(value)}")
+        try:
+            ms = parse_duration(value)
+        except DurationError as exc:
+            return ctx.error(path, str(exc))
+        if ms < self.minimum_ms:
+            return ctx.error(path, f"must be at least {self.minimum_ms}ms")
+        return ms
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h))+$"})
+
+
+@dataclass
+class Enum(Spec):
+    values: tuple[str, ...]
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if not isinstance(value, str) or value not in self.values:
+            shown = value if isinstance(value, str) else type_name(value)
+            hint = did_you_mean(value, self.values) if isinstance(value, str) else ""
+            choices = ", ".join(self.values)
+            return ctx.error(path, f"'{shown}' is not one of {choices}{hint}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": "string", "enum": list(self.values)})
+
+
+@dataclass
+class Empty(Spec):
+    """Nothing written (`v1:`): the same as an empty mapping."""
+
+    description: str = "empty: inherit everything"
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        return {}
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": "null"})
+
+
+@dataclass
+class ListOf(Spec):
+    item: Spec
+    min_items: int = 0
+    description: str = ""
+    unique: bool = False
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if not isinstance(value, list):
+            return ctx.error(path, f"expected a list, got {type_name(value)}")
+        if len(value) < self.min_items:
+            return ctx.error(path, f"needs at least {self.min_items} item(s)")
+        out = []
+        seen: set[Any] = set()
+        for i, item in enumerate(value):
+            cleaned = self.item.check(item, (*path, i), ctx)
+            if cleaned is INVALID:
+                continue
+            if self.unique and isinstance(cleaned, str):
+                if cleaned in seen:
+                    ctx.error((*path, i), f"'{cleaned}' is listed twice")
+                    continue
+                seen.add(cleaned)
+            out.append(cleaned)
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "array", "items": self.item.schema()}
+        if self.min_items:
+            out["minItems"] = self.min_items
+        if self.unique:
+            out["uniqueItems"] = True
+        return self._doc(out)
+
+
+@dataclass
+class MapOf(Spec):
+    """A mapping whose keys the user names (services, versions, env vars)."""
+
+    value: Spec
+    key_pattern: str = r".+"
+    key_hint: str = ""
+    min_items: int = 0
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if not isinstance(value, dict):
+            return ctx.error(path, f"expected a mapping, got {type_name(value)}")
+        if len(value) < self.min_items:
+            return ctx.error(path, f"needs at least {self.min_items} entr{'y' if self.min_items == 1 else 'ies'}")
+        out = {}
+        for key, item in value.items():
+            sub = (*path, key)
+            if not re.fullmatch(self.key_pattern, key):
+                ctx.error(sub, f"'{key}' is not {self.key_hint or 'a valid name'}", key=True)
+                continue
+            cleaned = self.value.check(item, sub, ctx)
+            if cleaned is not INVALID:
+                out[key] = cleaned
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "object",
+            "propertyNames": {"pattern": f"^(?:{self.key_pattern})$"},
+            "additionalProperties": self.value.schema(),
+        }
+        if self.min_items:
+            out["minProperties"] = self.min_items
+        return self._doc(out)
+
+
+@dataclass
+class Field:
+    spec: Spec
+    required: bool = False
+    description: str = ""
+
+
+@dataclass
+class Obj(Spec):
+    """A mapping with known keys. Unknown keys are errors with a "did you mean"."""
+
+    fields: Mapping[str, Field]
+    description: str = ""
+    exclusive: tuple[tuple[str, ...], ...] = ()  # at most one key of each group
+    require_one_of: tuple[tuple[str, ...], ...] = ()  # exactly one... at least one of each group
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if not isinstance(value, dict):
+            return ctx.error(path, f"expected a mapping, got {type_name(value)}")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = (*path, key)
+            fld = self.fields.get(key)
+            if fld is None:
+                known = ", ".join(self.fields)
+                hint = did_you_mean(key, self.fields)
+                msg = f"unknown key '{key}'{hint}" if hint else f"unknown key '{key}'; known: {known}"
+                ctx.error(sub, msg, key=True)
+                continue
+            cleaned = fld.spec.check(item, sub, ctx)
+            if cleaned is not INVALID:
+                out[key] = cleaned
+        for name, fld in self.fields.items():
+            if fld.required and name not in value:
+                ctx.error(path, f"missing required key '{name}'")
+        for group in self.exclusive:
+            present = [k for k in group if k in value]
+            if len(present) > 1:
+                ctx.error(
+                    (*path, present[1]),
+                    f"'{present[0]}' and '{present[1]}' cannot both be set",
+                    key=True,
+                )
+        for group in self.require_one_of:
+            if not any(k in value for k in group):
+                ctx.error(path, "needs one of: " + ", ".join(group))
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        props = {}
+        for name, fld in self.fields.items():
+            sub = fld.spec.schema()
+            if fld.description:
+                sub = {**sub, "description": fld.description}
+            props[name] = sub
+        out: dict[str, Any] = {
+            "type": "object",
+            "properties": props,
+            "additionalProperties": False,
+        }
+        required = [n for n, f in self.fields.items() if f.required]
+        if required:
+            out["required"] = required
+        if self.require_one_of:
+            out["anyOf"] = [{"required": [k]} for k in self.require_one_of[0]]
+        return self._doc(out)
+
+
+@dataclass
+class ByType(Spec):
+    """One of several shapes, told apart by the YAML type (a string shorthand or a mapping)."""
+
+    choices: Mapping[type, Spec]
+    description: str = ""
+    wording: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        for kind, spec in self.choices.items():
+            if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+                return spec.check(value, path, ctx)
+        wording = self.wording or " or ".join(_KIND_WORDS.get(k, k.__name__) for k in self.choices)
+        return ctx.error(path, f"expected {wording}, got {type_name(value)}")
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"anyOf": [s.schema() for s in self.choices.values()]})
+
+
+_KIND_WORDS: dict[type, str] = {
+    str: "a string",
+    dict: "a mapping",
+    list: "a list",
+    int: "an integer",
+    bool: "true or false",
+}
+
+
+@dataclass
+class Then(Spec):
+    """Check with `inner`, then run a converter that may add its own problems."""
+
+    inner: Spec
+    convert: Callable[[Any, Path, Ctx], Any]
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        cleaned = self.inner.check(value, path, ctx)
+        if cleaned is INVALID:
+            return INVALID
+        return self.convert(cleaned, path, ctx)
+
+    def schema(self) -> dict[str, Any]:
+        out = self.inner.schema()
+        return {**out, "description": self.description} if self.description else out
