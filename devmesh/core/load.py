@@ -25,6 +25,7 @@ from devmesh.core.model import (
     Mirror,
     OutlierDetection,
     PathMatch,
+    Protocol,
     RateLimit,
     Retries,
     Route,
@@ -123,7 +124,7 @@ class _Builder:
                 f"port {port} is taken by the sidecar inside the pod "
                 f"({RESERVED_PORTS.start}-{RESERVED_PORTS.stop - 1} are reserved)",
             )
-        protocol = self.policy(raw, "protocol") or "http"
+        protocol: Protocol = self.policy(raw, "protocol") or "http"
         for i, call in enumerate(raw.get("calls", ())):
             if call not in self.raw_services:
                 self.error(
@@ -180,9 +181,7 @@ class _Builder:
             out.append(self.version((*at, "versions", vname), vname, base, vraw))
         return tuple(out)
 
-    def version(
-        self, at: Path, name: str, base: dict[str, Any], own: dict[str, Any]
-    ) -> Version:
+    def version(self, at: Path, name: str, base: dict[str, Any], own: dict[str, Any]) -> Version:
         merged = {**base, **own}
         if "env" in base and "env" in own:
             merged["env"] = {**base["env"], **own["env"]}
@@ -223,7 +222,9 @@ class _Builder:
             if "health" in raw:
                 self.error(where, "a tcp service is checked by connecting; it takes no path")
             path = None  # an inherited HTTP path does not apply to a TCP service
-        return Health(path=path, interval_ms=h.get("interval", 2000), timeout_ms=h.get("timeout", 1000))
+        return Health(
+            path=path, interval_ms=h.get("interval", 2000), timeout_ms=h.get("timeout", 1000)
+        )
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -255,7 +256,9 @@ class _Builder:
         retries = self.retries(self.policy(raw, "retries"))
         timeout = self.policy(raw, "timeout")
         if "routes" not in raw:
-            return (Route(DEFAULT_ROUTE, self.even_split(name), retries=retries, timeout_ms=timeout),)
+            return (
+                Route(DEFAULT_ROUTE, self.even_split(name), retries=retries, timeout_ms=timeout),
+            )
         out: list[Route] = []
         seen: set[str] = set()
         for i, r in enumerate(raw["routes"]):
@@ -270,7 +273,7 @@ class _Builder:
                 Route(
                     name=rname,
                     to=self.targets((*rat, "to"), name, r["to"]),
-                    match=self.match(r.get("match", {})),
+                    match=self.match(r.get("match", {}), (*rat, "match")),
                     retries=self.retries(r["retries"]) if "retries" in r else retries,
                     timeout_ms=r.get("timeout", timeout),
                     fault=self.fault(r.get("fault")),
@@ -298,7 +301,9 @@ class _Builder:
                 )
         if "to" not in r:
             return ()
-        return (Route(r.get("name", "route-0"), self.targets((*at, "routes", 0, "to"), name, r["to"])),)
+        return (
+            Route(r.get("name", "route-0"), self.targets((*at, "routes", 0, "to"), name, r["to"])),
+        )
 
     @staticmethod
     def retries(raw: dict[str, Any] | None) -> Retries | None:
@@ -310,8 +315,7 @@ class _Builder:
             per_try_timeout_ms=raw.get("per_try_timeout"),
         )
 
-    @staticmethod
-    def match(raw: dict[str, Any]) -> Match:
+    def match(self, raw: dict[str, Any], at: Path) -> Match:
         if "path" in raw:
             path = PathMatch("exact", raw["path"])
         elif "path_regex" in raw:
@@ -319,6 +323,14 @@ class _Builder:
         else:
             path = PathMatch("prefix", raw.get("path_prefix", "/"))
         methods = raw.get("method", ())
+        for name, value in raw.get("query", {}).items():
+            if isinstance(value, dict) and value.get("present") is False:
+                # Envoy's QueryParameterMatcher has no inverse, so this could not be routed.
+                self.error(
+                    (*at, "query", name, "present"),
+                    "a query parameter can only be "
+                    "required present; matching its absence is not supported by Envoy",
+                )
         return Match(
             path=path,
             headers=tuple(_value_match(k.lower(), v) for k, v in raw.get("headers", {}).items()),
@@ -396,7 +408,7 @@ class _Builder:
             if (self.policy(self.raw_services[target], "protocol") or "http") == "tcp":
                 self.error((*at, "service"), f"'{target}' is a tcp service; the ingress is HTTP")
                 continue
-            match = self.match(r.get("match", {}))
+            match = self.match(r.get("match", {}), (*at, "match"))
             if "rewrite_prefix" in r and match.path.kind == "regex":
                 self.error(
                     (*at, "rewrite_prefix"),

@@ -21,6 +21,7 @@ from devmesh.core.spec import (
     MapOf,
     Obj,
     Percent,
+    Scalar,
     Spec,
     Str,
     Then,
@@ -67,7 +68,7 @@ _regex_str = Then(Str(description="an RE2 regular expression"), _regex)
 _value_match = ByType(
     {
         str: Str(min_length=0, description="exact value"),
-        int: Str(min_length=0),
+        int: Scalar(),
         dict: Obj(
             {
                 "exact": Field(Str(min_length=0), description="the whole value equals this"),
@@ -167,7 +168,9 @@ mirror_spec = ByType(
         str: Str(pattern=VERSION, pattern_hint=VERSION_HINT),
         dict: Obj(
             {
-                "service": Field(Str(pattern=NAME, pattern_hint=NAME_HINT), description="default: this one"),
+                "service": Field(
+                    Str(pattern=NAME, pattern_hint=NAME_HINT), description="default: this one"
+                ),
                 "version": Field(Str(pattern=VERSION, pattern_hint=VERSION_HINT)),
                 "percent": Field(Percent(), description="default 100"),
             }
@@ -226,7 +229,7 @@ health_spec = Obj(
 )
 
 _env = MapOf(
-    ByType({str: Str(min_length=0), int: Str(), float: Str(), bool: Str()}),
+    Scalar(),
     key_pattern=ENV_NAME,
     key_hint="an environment variable name",
 )
@@ -313,7 +316,10 @@ ingress_spec = Obj(
 mesh_spec = Obj(
     {
         "mesh": Field(
-            Str(pattern=r"[a-z][a-z0-9-]{0,29}", pattern_hint="a mesh name of lowercase letters, digits and '-' (30 at most)"),
+            Str(
+                pattern=r"[a-z][a-z0-9-]{0,29}",
+                pattern_hint="a mesh name of lowercase letters, digits and '-' (30 at most)",
+            ),
             required=True,
             description="the mesh's name; Docker objects carry it",
         ),

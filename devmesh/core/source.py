@@ -6,8 +6,8 @@ both matter for a mesh file's error messages, so this walks the composed node tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -62,7 +62,9 @@ def read_text(raw: bytes, file: str) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise MeshFileError(f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise MeshFileError(
+            f"{file}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     if not text.strip() or all(
         not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
     ):

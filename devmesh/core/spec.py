@@ -100,6 +100,23 @@ class Str(Spec):
 
 
 @dataclass
+class Scalar(Spec):
+    """A string, number or boolean, kept as its text (`VERSION: 2` means "2")."""
+
+    description: str = ""
+
+    def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, str | int | float):
+            return str(value)
+        return ctx.error(path, f"expected a string or number, got {type_name(value)}")
+
+    def schema(self) -> dict[str, Any]:
+        return self._doc({"type": ["string", "number", "boolean"]})
+
+
+@dataclass
 class Int(Spec):
     minimum: int | None = None
     maximum: int | None = None
@@ -128,11 +145,8 @@ class Percent(Spec):
     description: str = "a percentage, 0 to 100 (fractions allowed)"
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
-        if isinstance(value, str) and value.endswith("%"):
-            try:
-                value = float(value[:-1])
-            except ValueError:
-                pass
+        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?%", value):
+            value = float(value[:-1])
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return ctx.error(path, f"expected a percentage (0 to 100), got {type_name(value)}")
         if not 0 <= value <= 100:
@@ -140,7 +154,14 @@ class Percent(Spec):
         return float(value)
 
     def schema(self) -> dict[str, Any]:
-        return self._doc({"type": "number", "minimum": 0, "maximum": 100})
+        return self._doc(
+            {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": 100},
+                    {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+                ]
+            }
+        )
 
 
 @dataclass
@@ -165,7 +186,9 @@ class Duration(Spec):
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return ctx.error(path, f"expected a duration such as 2s or 250ms, got {type_name(value)}")
+            return ctx.error(
+                path, f"expected a duration such as 2s or 250ms, got {type_name(value)}"
+            )
         try:
             ms = parse_duration(value)
         except DurationError as exc:
@@ -257,7 +280,9 @@ class MapOf(Spec):
         if not isinstance(value, dict):
             return ctx.error(path, f"expected a mapping, got {type_name(value)}")
         if len(value) < self.min_items:
-            return ctx.error(path, f"needs at least {self.min_items} entr{'y' if self.min_items == 1 else 'ies'}")
+            return ctx.error(
+                path, f"needs at least {self.min_items} entr{'y' if self.min_items == 1 else 'ies'}"
+            )
         out = {}
         for key, item in value.items():
             sub = (*path, key)
@@ -306,7 +331,9 @@ class Obj(Spec):
             if fld is None:
                 known = ", ".join(self.fields)
                 hint = did_you_mean(key, self.fields)
-                msg = f"unknown key '{key}'{hint}" if hint else f"unknown key '{key}'; known: {known}"
+                msg = (
+                    f"unknown key '{key}'{hint}" if hint else f"unknown key '{key}'; known: {known}"
+                )
                 ctx.error(sub, msg, key=True)
                 continue
             cleaned = fld.spec.check(item, sub, ctx)

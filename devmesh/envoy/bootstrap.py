@@ -1,0 +1,93 @@
+"""Envoy bootstrap files: a complete static one (`devmesh render`) or one that asks the
+daemon's ADS server for everything (running pods). Both carry the same resources.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from devmesh.envoy.resources import HCM, Json, Resources, http_options
+
+ADMIN_SOCKET = "/devmesh/admin.sock"  # inside the pod; the host reads stats through it
+XDS_CLUSTER = "devmesh-xds"
+
+
+def _node(node_id: str, cluster: str) -> Json:
+    return {"id": node_id, "cluster": cluster}
+
+
+def _admin(path: str) -> Json:
+    # A UNIX socket, never a port: admin has /quitquitquit and must not be reachable by pods.
+    return {"address": {"pipe": {"path": path, "mode": 0o600}}}
+
+
+def static_bootstrap(
+    node_id: str, cluster: str, resources: Resources, admin_socket: str = ADMIN_SOCKET
+) -> Json:
+    """Inline every RDS route config into its listener and every EDS assignment into its
+    cluster, so the file stands alone."""
+    routes = {r["name"]: r for r in resources.routes}
+    assignments = {a["cluster_name"]: a for a in resources.endpoints}
+    listeners = [_inline_routes(listener, routes) for listener in resources.listeners]
+    clusters = []
+    for cluster_json in resources.clusters:
+        c = copy.deepcopy(cluster_json)
+        if c.get("type") == "EDS":
+            c["type"] = "STATIC"
+            del c["eds_cluster_config"]
+            c["load_assignment"] = assignments[c["name"]]
+        clusters.append(c)
+    return {
+        "node": _node(node_id, cluster),
+        "admin": _admin(admin_socket),
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def _inline_routes(listener: Json, routes: dict[str, Json]) -> Json:
+    out = copy.deepcopy(listener)
+    for chain in out["filter_chains"]:
+        for f in chain["filters"]:
+            typed: dict[str, Any] = f["typed_config"]
+            if typed["@type"] == HCM and "rds" in typed:
+                name = typed.pop("rds")["route_config_name"]
+                typed["route_config"] = routes[name]
+    return out
+
+
+def ads_bootstrap(
+    node_id: str,
+    cluster: str,
+    xds_socket: str,
+    admin_socket: str = ADMIN_SOCKET,
+) -> Json:
+    """Everything from the daemon's ADS server over a UNIX socket bind-mounted into the pod."""
+    xds_cluster = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": http_options("grpc"),
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds_socket}}}}]}
+            ],
+        },
+    }
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": _node(node_id, cluster),
+        "admin": _admin(admin_socket),
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "lds_config": ads,
+            "cds_config": ads,
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+    }

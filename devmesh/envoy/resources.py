@@ -1,0 +1,549 @@
+"""Envoy resources for each node of a mesh, as proto-JSON dicts.
+
+These builders are the only place Envoy configuration is made: `devmesh render` packs their
+output into static bootstraps (`bootstrap.static_bootstrap`) and the xDS server serves the
+very same dicts as LDS/RDS/CDS/EDS resources, so what `envoy --mode validate` accepted is
+what runs.
+
+Names (they show up in Envoy stats, so keep them stable):
+  listener / route config  `out|SERVICE`    a pod's way to SERVICE (and the gateway's hop)
+  cluster / EDS            `SERVICE|VERSION` the pods of one version
+  listener                 `in`             mesh traffic into the pod, to `_app`
+  listener / route config  `ingress`        the gateway's public listener
+  cluster                  `_hop|SERVICE`   gateway → its own `out|SERVICE` listener
+A leading `_` keeps devmesh's own clusters apart from `SERVICE|VERSION` ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from devmesh.core.addressing import (
+    GATEWAY_HOP_BASE,
+    GATEWAY_PORT,
+    INBOUND_PORT,
+    outbound_ports,
+    service_addresses,
+)
+from devmesh.core.durations import envoy_duration
+from devmesh.core.model import (
+    Fault,
+    IngressRoute,
+    Match,
+    Mesh,
+    Route,
+    Service,
+    ValueMatch,
+    Version,
+)
+
+Json = dict[str, Any]
+# (service, version) -> the addresses of its pods
+Endpoints = Mapping[tuple[str, str], Sequence[str]]
+
+_T = "type.googleapis.com/"
+HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY = _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER = _T + "envoy.extensions.filters.http.router.v3.Router"
+FAULT = _T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
+LOCAL_RATELIMIT = _T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+TCP_LOCAL_RATELIMIT = _T + "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
+HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+FAULT_FILTER = "envoy.filters.http.fault"
+RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+ADS: Json = {"ads": {}, "resource_api_version": "V3"}
+
+SERVED_BY_HEADER = "x-devmesh-served-by"  # added by each pod's inbound sidecar: "catalog/v2"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """One node's complete configuration, in xDS terms."""
+
+    listeners: tuple[Json, ...]
+    routes: tuple[Json, ...]
+    clusters: tuple[Json, ...]
+    endpoints: tuple[Json, ...]
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def out_name(service: str) -> str:
+    return f"out|{service}"
+
+
+def cluster_name(service: str, version: str) -> str:
+    return f"{service}|{version}"
+
+
+def hop_name(service: str) -> str:
+    return f"_hop|{service}"
+
+
+def sidecar_node(mesh: Mesh, service: str, version: str) -> str:
+    """Envoy's node cluster for a version's pods: all replicas share one configuration."""
+    return f"{mesh.name}/{service}/{version}"
+
+
+GATEWAY_NODE = "gateway"
+
+
+# -- small pieces ---------------------------------------------------------------------------
+
+
+def _socket(address: str, port: int) -> Json:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _percent(value: float) -> Json:
+    """A FractionalPercent exact to 1/10000 of a percent (5.5% -> 55000 per million)."""
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def _string_match(kind: str, value: str) -> Json:
+    if kind == "regex":
+        return {"safe_regex": {"regex": value}}
+    return {kind: value}  # exact, prefix
+
+
+def _header_matcher(m: ValueMatch) -> Json:
+    if m.kind in ("present", "absent"):
+        return {"name": m.name, "present_match": m.kind == "present"}
+    return {"name": m.name, "string_match": _string_match(m.kind, m.value)}
+
+
+def _query_matcher(m: ValueMatch) -> Json:
+    if m.kind == "present":
+        return {"name": m.name, "present_match": True}
+    return {"name": m.name, "string_match": _string_match(m.kind, m.value)}
+
+
+def route_match(match: Match) -> Json:
+    out: Json
+    if match.path.kind == "prefix":
+        out = {"prefix": match.path.value}
+    elif match.path.kind == "exact":
+        out = {"path": match.path.value}
+    else:
+        out = {"safe_regex": {"regex": match.path.value}}
+    headers = [_header_matcher(h) for h in match.headers]
+    if match.methods:
+        method = (
+            {"exact": match.methods[0]}
+            if len(match.methods) == 1
+            else {"safe_regex": {"regex": "|".join(match.methods)}}
+        )
+        headers.append({"name": ":method", "string_match": method})
+    if headers:
+        out["headers"] = headers
+    if match.query:
+        out["query_parameters"] = [_query_matcher(q) for q in match.query]
+    return out
+
+
+def _fault(fault: Fault) -> Json:
+    out: Json = {"@type": FAULT}
+    if fault.delay:
+        out["delay"] = {
+            "fixed_delay": envoy_duration(fault.delay.fixed_ms),
+            "percentage": _percent(fault.delay.percent),
+        }
+    if fault.abort:
+        abort: Json = {"percentage": _percent(fault.abort.percent)}
+        if fault.abort.grpc_status is not None:
+            abort["grpc_status"] = fault.abort.grpc_status
+        else:
+            abort["http_status"] = fault.abort.http_status
+        out["abort"] = abort
+    return out
+
+
+def http_options(protocol: str) -> Json:
+    if protocol in ("http2", "grpc"):
+        explicit: Json = {"http2_protocol_options": {}}
+    else:
+        explicit = {"http_protocol_options": {}}
+    # Keyed by the extension's name, which is its type name without the URL prefix.
+    return {
+        HTTP_OPTIONS.removeprefix(_T): {"@type": HTTP_OPTIONS, "explicit_http_config": explicit}
+    }
+
+
+def _hcm(stat_prefix: str, route: Json, filters: Iterable[Json] = ()) -> Json:
+    """An HTTP connection manager. `route` is {"rds": ...} or {"route_config": ...}."""
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",  # HTTP/1.1 or h2c by the connection preface
+            **route,
+            "http_filters": [
+                *filters,
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+            ],
+        },
+    }
+
+
+def _rds(name: str) -> Json:
+    return {"rds": {"route_config_name": name, "config_source": ADS}}
+
+
+def _listener(
+    name: str, addresses: Sequence[tuple[str, int]], filters: list[Json], direction: str
+) -> Json:
+    first, *rest = addresses
+    out: Json = {
+        "name": name,
+        "address": _socket(*first),
+        "traffic_direction": direction,
+        "filter_chains": [{"filters": filters}],
+    }
+    if rest:
+        out["additional_addresses"] = [{"address": _socket(*a)} for a in rest]
+    return out
+
+
+# -- clusters -------------------------------------------------------------------------------
+
+
+def version_cluster(service: Service, version: Version) -> Json:
+    """The pods of one version, by EDS; the calling sidecar's pool and ejection policy."""
+    pool = service.connection_pool
+    out: Json = {
+        "name": cluster_name(service.name, version.name),
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": ADS},
+        "connect_timeout": envoy_duration(pool.connect_timeout_ms),
+        "lb_policy": "ROUND_ROBIN",
+    }
+    if service.is_http:
+        out["typed_extension_protocol_options"] = http_options(service.protocol)
+    thresholds = {
+        key: value
+        for key, value in (
+            ("max_connections", pool.max_connections),
+            ("max_pending_requests", pool.max_pending_requests),
+            ("max_requests", pool.max_requests),
+            ("max_retries", pool.max_retries),
+        )
+        if value is not None
+    }
+    if thresholds:
+        out["circuit_breakers"] = {"thresholds": [thresholds]}
+    od = service.outlier_detection
+    if od is not None:
+        out["outlier_detection"] = {
+            "consecutive_5xx": od.consecutive_5xx,
+            "interval": envoy_duration(od.interval_ms),
+            "base_ejection_time": envoy_duration(od.base_ejection_ms),
+            "max_ejection_percent": od.max_ejection_percent,
+        }
+    return out
+
+
+def load_assignment(cluster: str, addresses: Iterable[str], port: int = INBOUND_PORT) -> Json:
+    return {
+        "cluster_name": cluster,
+        "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": _socket(a, port)}} for a in addresses]}
+        ],
+    }
+
+
+def _static_cluster(name: str, address: str, port: int, protocol: str) -> Json:
+    out: Json = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": load_assignment(name, (address,), port),
+    }
+    if protocol != "tcp":
+        out["typed_extension_protocol_options"] = http_options(protocol)
+    return out
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def _weighted(service: str, route: Route) -> Json:
+    targets = [t for t in route.to if t.weight > 0]
+    return {
+        "weighted_clusters": {
+            "clusters": [
+                {"name": cluster_name(service, t.version), "weight": t.weight} for t in targets
+            ]
+        }
+    }
+
+
+def http_route(service: Service, route: Route) -> Json:
+    action: Json = _weighted(service.name, route)
+    if route.timeout_ms is not None:
+        action["timeout"] = envoy_duration(route.timeout_ms)
+    if route.retries is not None:
+        policy: Json = {
+            "retry_on": ",".join(route.retries.on),
+            "num_retries": route.retries.attempts,
+        }
+        if route.retries.per_try_timeout_ms is not None:
+            policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout_ms)
+        action["retry_policy"] = policy
+    if route.mirror is not None:
+        action["request_mirror_policies"] = [
+            {
+                "cluster": cluster_name(route.mirror.service, route.mirror.version),
+                "runtime_fraction": {"default_value": _percent(route.mirror.percent)},
+            }
+        ]
+    out: Json = {
+        "name": route.name,
+        "match": route_match(route.match),
+        "route": action,
+        "stat_prefix": f"{service.name}.{route.name}",
+    }
+    if route.fault is not None:
+        out["typed_per_filter_config"] = {FAULT_FILTER: _fault(route.fault)}
+    return out
+
+
+def outbound_route_config(service: Service) -> Json:
+    """How every caller routes to `service`: the same resource for each sidecar and the gateway."""
+    return {
+        "name": out_name(service.name),
+        "virtual_hosts": [
+            {
+                "name": service.name,
+                "domains": ["*"],
+                "routes": [http_route(service, r) for r in service.routes],
+            }
+        ],
+    }
+
+
+def ingress_route_config(mesh: Mesh) -> Json:
+    assert mesh.ingress is not None
+    routes = []
+    for r in mesh.ingress.routes:
+        action: Json = {"cluster": hop_name(r.service)}
+        if r.timeout_ms is not None:
+            action["timeout"] = envoy_duration(r.timeout_ms)
+        else:
+            action["timeout"] = "0s"  # the service's own route timeout applies on the hop
+        if r.rewrite_prefix is not None:
+            action["prefix_rewrite"] = r.rewrite_prefix
+        routes.append(_ingress_route(r, action))
+    return {
+        "name": "ingress",
+        "virtual_hosts": [{"name": "ingress", "domains": ["*"], "routes": routes}],
+    }
+
+
+def _ingress_route(r: IngressRoute, action: Json) -> Json:
+    return {
+        "name": r.name,
+        "match": route_match(r.match),
+        "route": action,
+        "stat_prefix": f"ingress.{r.name}",
+    }
+
+
+# -- listeners ------------------------------------------------------------------------------
+
+
+def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -> Json:
+    if upstream.is_http:
+        filters = [
+            _hcm(
+                out_name(upstream.name),
+                _rds(out_name(upstream.name)),
+                # Empty: faults come from each route's typed_per_filter_config.
+                [{"name": FAULT_FILTER, "typed_config": {"@type": FAULT}}],
+            )
+        ]
+    else:
+        route = upstream.routes[0]
+        filters = [
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": TCP_PROXY,
+                    "stat_prefix": out_name(upstream.name),
+                    **_weighted(upstream.name, route),
+                },
+            }
+        ]
+    return _listener(out_name(upstream.name), addresses, filters, "OUTBOUND")
+
+
+def inbound_listener(service: Service, version: Version) -> Json:
+    """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app."""
+    rl = service.rate_limit
+    if not service.is_http:
+        filters: list[Json] = []
+        if rl is not None:
+            filters.append(
+                {
+                    "name": "envoy.filters.network.local_ratelimit",
+                    "typed_config": {
+                        "@type": TCP_LOCAL_RATELIMIT,
+                        "stat_prefix": "in",
+                        "token_bucket": _bucket(rl.requests, rl.per_ms),
+                    },
+                }
+            )
+        filters.append(
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {"@type": TCP_PROXY, "stat_prefix": "in", "cluster": "_app"},
+            }
+        )
+        return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
+    http_filters: list[Json] = []
+    if rl is not None:
+        always = {
+            "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+            "runtime_key": "rl",
+        }
+        http_filters.append(
+            {
+                "name": RATELIMIT_FILTER,
+                "typed_config": {
+                    "@type": LOCAL_RATELIMIT,
+                    "stat_prefix": "in",
+                    "token_bucket": _bucket(rl.requests, rl.per_ms),
+                    "filter_enabled": always,
+                    "filter_enforced": always,
+                },
+            }
+        )
+    route_config = {
+        "name": "in",
+        "virtual_hosts": [
+            {
+                "name": "app",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "match": {"prefix": "/"},
+                        # The caller's route timeout governs; none here to cut it short.
+                        "route": {"cluster": "_app", "timeout": "0s"},
+                    }
+                ],
+            }
+        ],
+        "response_headers_to_add": [
+            {
+                "header": {"key": SERVED_BY_HEADER, "value": f"{service.name}/{version.name}"},
+                "append_action": "APPEND_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+    filters = [_hcm("in", {"route_config": route_config}, http_filters)]
+    return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
+
+
+def _bucket(requests: int, per_ms: int) -> Json:
+    return {
+        "max_tokens": requests,
+        "tokens_per_fill": requests,
+        "fill_interval": envoy_duration(per_ms),
+    }
+
+
+# -- nodes ----------------------------------------------------------------------------------
+
+
+def _upstream_resources(
+    upstreams: Iterable[Service], mesh: Mesh, endpoints: Endpoints
+) -> tuple[list[Json], list[Json], list[Json]]:
+    """Route configs, clusters and endpoints for calling `upstreams` (and their mirrors)."""
+    routes: list[Json] = []
+    clusters: dict[str, Json] = {}
+    for upstream in upstreams:
+        if upstream.is_http:
+            routes.append(outbound_route_config(upstream))
+        for version in upstream.versions:
+            clusters[cluster_name(upstream.name, version.name)] = version_cluster(upstream, version)
+        for route in upstream.routes:
+            if route.mirror is not None:
+                target = mesh.service(route.mirror.service)
+                version = target.version(route.mirror.version)
+                clusters.setdefault(
+                    cluster_name(target.name, version.name), version_cluster(target, version)
+                )
+    assignments = [load_assignment(name, endpoints.get(_split(name), ())) for name in clusters]
+    return routes, list(clusters.values()), assignments
+
+
+def _split(name: str) -> tuple[str, str]:
+    service, version = name.split("|", 1)
+    return service, version
+
+
+def sidecar_resources(
+    mesh: Mesh, service: Service, version: Version, endpoints: Endpoints
+) -> Resources:
+    """Everything the sidecar of one version's pods needs."""
+    upstreams = mesh.upstreams(service)
+    addresses = service_addresses(s.name for s in mesh.services)
+    listeners = [inbound_listener(service, version)]
+    for upstream in upstreams:
+        ip = addresses[upstream.name]
+        ports = outbound_ports(service.port, upstream)
+        listeners.append(outbound_listener(upstream, [(ip, p) for p in ports]))
+    routes, clusters, assignments = _upstream_resources(upstreams, mesh, endpoints)
+    clusters.insert(0, _static_cluster("_app", "127.0.0.1", service.port, service.protocol))
+    return Resources(tuple(listeners), tuple(routes), tuple(clusters), tuple(assignments))
+
+
+def gateway_resources(mesh: Mesh, endpoints: Endpoints) -> Resources:
+    """The ingress gateway: its public listener, then one local hop per target service.
+
+    The hop makes the gateway an ordinary caller of each service: the service's own routes
+    (weights, retries, faults) apply to ingress traffic exactly as to any pod's calls.
+    """
+    targets = mesh.ingress_services()
+    listeners = [
+        _listener(
+            "ingress",
+            [("0.0.0.0", GATEWAY_PORT)],
+            [_hcm("ingress", _rds("ingress"))],
+            "INBOUND",
+        )
+    ]
+    hops = []
+    for i, service in enumerate(targets):
+        port = GATEWAY_HOP_BASE + i
+        listeners.append(outbound_listener(service, [("127.0.0.1", port)]))
+        hops.append(_static_cluster(hop_name(service.name), "127.0.0.1", port, service.protocol))
+    routes, clusters, assignments = _upstream_resources(targets, mesh, endpoints)
+    return Resources(
+        tuple(listeners),
+        (ingress_route_config(mesh), *routes),
+        (*hops, *clusters),
+        tuple(assignments),
+    )
+
+
+def placeholder_endpoints(mesh: Mesh) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Addresses for a config rendered without a running mesh: 127.255.0.0/16, one per pod.
+
+    Loopback on purpose: a rendered file started by hand can never send traffic off the
+    machine. A running mesh's daemon serves the pods' real addresses by EDS instead.
+    """
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    n = 0
+    for service in mesh.services:
+        for version in service.versions:
+            ips = []
+            for _ in range(version.replicas):
+                n += 1
+                ips.append(f"127.255.{n // 250}.{n % 250 + 1}")
+            out[(service.name, version.name)] = tuple(ips)
+    return out
