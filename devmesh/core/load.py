@@ -107,7 +107,8 @@ class _Builder:
             source=file,
             base_dir=base_dir,
         )
-        self.check_reachability(mesh)
+        if not self.ctx.problems:  # needs every service built; otherwise already failing
+            self.check_reachability(mesh)
         return mesh
 
     # -- services ---------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class _Builder:
                 max_retries=pool.get("max_retries"),
             ),
             rate_limit=None
-            if rl is None
+            if rl is None or "requests" not in rl
             else RateLimit(requests=rl["requests"], per_ms=rl.get("per", 1000)),
         )
 
@@ -190,6 +191,8 @@ class _Builder:
         build = merged.get("build")
         if isinstance(build, str):
             build = {"context": build}
+        if build is not None and "context" not in build:
+            build = None  # reported by the structural check
         command = merged.get("command")
         if isinstance(command, str):
             try:
@@ -230,6 +233,8 @@ class _Builder:
 
     def even_split(self, service: str) -> tuple[Target, ...]:
         names = self.versions[service]
+        if not names:
+            return ()  # every version was invalid, and reported
         share, extra = divmod(100, len(names))
         return tuple(Target(v, share + (1 if i < extra else 0)) for i, v in enumerate(names))
 
@@ -307,7 +312,7 @@ class _Builder:
 
     @staticmethod
     def retries(raw: dict[str, Any] | None) -> Retries | None:
-        if raw is None or raw["attempts"] == 0:
+        if raw is None or raw.get("attempts", 0) == 0:
             return None
         return Retries(
             attempts=raw["attempts"],
@@ -345,7 +350,9 @@ class _Builder:
         delay = raw.get("delay")
         abort = raw.get("abort")
         return Fault(
-            delay=None if delay is None else Delay(delay["fixed"], delay.get("percent", 100.0)),
+            delay=None
+            if delay is None or "fixed" not in delay
+            else Delay(delay["fixed"], delay.get("percent", 100.0)),
             abort=None
             if abort is None
             else Abort(

@@ -235,7 +235,7 @@ _env = MapOf(
 )
 
 _command = ByType(
-    {str: Str(), list: ListOf(Str(min_length=0), min_items=1)},
+    {str: Str(), list: ListOf(Scalar(), min_items=1)},
     description="a command line, or its arguments as a list",
 )
 

@@ -78,10 +78,8 @@ class Str(Spec):
     min_length: int = 1
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return ctx.error(path, f"expected a string, got {type_name(value)}")
         if not isinstance(value, str):
-            value = str(value)  # `tag: 1` is a fine image tag; YAML made it a number
+            return ctx.error(path, f"expected a string, got {type_name(value)}")
         if len(value) < self.min_length:
             return ctx.error(path, "must not be empty")
         if self.pattern and not re.fullmatch(self.pattern, value):

@@ -1,0 +1,52 @@
+"""Envoy's protobuf types, registered so proto-JSON with `@type` Any fields can be parsed.
+
+The builders in `devmesh.envoy` emit plain dicts; this turns them into the protobuf messages
+the ADS server sends, and rejects any dict whose field names Envoy's API does not have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+
+# Imported for their side effect: they register the typed_config types Any fields name.
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401
+    local_rate_limit_pb2 as http_local_rate_limit_pb2,
+)
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.filters.network.local_ratelimit.v3 import (  # noqa: F401
+    local_rate_limit_pb2 as tcp_local_rate_limit_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+MESSAGES: dict[str, Any] = {
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+}
+
+
+def to_proto(type_url: str, data: dict[str, Any]) -> Any:
+    """Parse a resource dict strictly: an unknown field raises json_format.ParseError."""
+    return json_format.ParseDict(data, MESSAGES[type_url]())
+
+
+def bootstrap_proto(data: dict[str, Any]) -> Any:
+    return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
