@@ -67,11 +67,7 @@ def match(draw: st.DrawFn) -> dict[str, Any]:
             )
         )
     if draw(st.booleans()):
-        query_value = st.one_of(
-            st.sampled_from(["1", ""]),
-            st.fixed_dictionaries({"regex": st.just("[0-9]+")}),
-            st.just({"present": True}),
-        )
+        query_value = _value_match
         out["query"] = draw(
             st.dictionaries(st.sampled_from(["q", "page"]), query_value, max_size=2)
         )
@@ -185,7 +181,7 @@ def valid_mesh(draw: st.DrawFn) -> dict[str, Any]:
                 s["routes"] = draw(http_routes(n, versions[n], http_versions))
             if draw(st.booleans()):
                 s["health"] = {"path": "/healthz"}
-        optional = {
+        optional: dict[str, st.SearchStrategy[Any]] = {
             "retries": retries,
             "timeout": _duration,
             "egress": st.sampled_from(["declared", "all"]),
@@ -207,7 +203,8 @@ def valid_mesh(draw: st.DrawFn) -> dict[str, Any]:
                 s[key] = draw(strat)
         services[n] = s
     doc: dict[str, Any] = {"mesh": draw(st.sampled_from(["shop", "m-1"])), "services": services}
-    if http_names and draw(st.booleans()):
+    with_ingress: bool = draw(st.booleans())
+    if http_names and with_ingress:
         doc["ingress"] = {
             "port": draw(st.sampled_from([8080, 9000])),
             "routes": [

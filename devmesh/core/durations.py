@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -19,11 +20,11 @@ def parse_duration(value: str | int | float) -> int:
         raise DurationError(f"'{value}' needs a unit: write {value}s or {value}ms")
     text = value.strip()
     pos = 0
-    total = 0.0
+    total = Decimal(0)
     for part in _PART.finditer(text):
         if part.start() != pos:
             break
-        total += float(part.group(1)) * _UNIT_MS[part.group(2)]
+        total += Decimal(part.group(1)) * _UNIT_MS[part.group(2)]  # exact: 1.001s is 1001ms
         pos = part.end()
     if pos != len(text) or not text:
         raise DurationError(f"'{value}' is not a duration; write e.g. 250ms, 2s, 1m or 1m30s")

@@ -42,6 +42,8 @@ from devmesh.core.spec import INVALID, Ctx
 DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
+# Blocks a service merges key by key over the mesh `defaults:`; others (retries) replace.
+_MERGED_POLICIES = ("health", "outlier_detection", "connection_pool")
 
 
 def load_path(path: str) -> Mesh:
@@ -85,6 +87,10 @@ class _Builder:
         self.doc = doc
         self.defaults: dict[str, Any] = doc.get("defaults", {})
         self.raw_services: dict[str, dict[str, Any]] = doc.get("services", {})
+        # What was written, valid or not: an entry that failed its own check is not also
+        # reported as missing by the rules here.
+        written = ctx.doc.data.get("services") if isinstance(ctx.doc.data, dict) else None
+        self.written_services: set[str] = set(written) if isinstance(written, dict) else set()
         self.versions: dict[str, list[str]] = {
             name: list(s.get("versions", {IMPLICIT_VERSION: {}}))
             for name, s in self.raw_services.items()
@@ -92,6 +98,12 @@ class _Builder:
 
     def error(self, path: Path, message: str, *, key: bool = False) -> None:
         self.ctx.error(path, message, key=key)
+
+    def _written(self, at: Path, keys: tuple[str, ...]) -> bool:
+        """Whether any of `keys` was written at `at` or on its service (valid or not)."""
+        located = self.ctx.doc.keys
+        service = at[:2]
+        return any((*at, k) in located or (*service, k) in located for k in keys)
 
     def build(self, file: str, base_dir: str) -> Mesh:
         services = tuple(
@@ -107,13 +119,14 @@ class _Builder:
             source=file,
             base_dir=base_dir,
         )
-        if not self.ctx.problems:  # needs every service built; otherwise already failing
-            self.check_reachability(mesh)
+        self.check_reachability(mesh)
         return mesh
 
     # -- services ---------------------------------------------------------------------------
 
     def policy(self, raw: dict[str, Any], key: str) -> Any:
+        if key in _MERGED_POLICIES and key in raw and key in self.defaults:
+            return {**self.defaults[key], **raw[key]}  # a service tunes the mesh's default
         return raw[key] if key in raw else self.defaults.get(key)
 
     def service(self, name: str, raw: dict[str, Any]) -> Service | None:
@@ -186,7 +199,11 @@ class _Builder:
         merged = {**base, **own}
         if "env" in base and "env" in own:
             merged["env"] = {**base["env"], **own["env"]}
-        if "image" not in merged and "build" not in merged:
+        if (
+            "image" not in merged
+            and "build" not in merged
+            and not self._written(at, ("image", "build"))
+        ):
             self.error(at, "needs `image` or `build` (here or on the service)")
         build = merged.get("build")
         if isinstance(build, str):
@@ -221,9 +238,11 @@ class _Builder:
             return None
         path = h.get("path")
         if path is not None and protocol == "tcp":
-            where = (*at, "health", "path") if "health" in raw else ("defaults", "health", "path")
-            if "health" in raw:
-                self.error(where, "a tcp service is checked by connecting; it takes no path")
+            if (*at, "health", "path") in self.ctx.doc.keys:
+                self.error(
+                    (*at, "health", "path"),
+                    "a tcp service is checked by connecting; it takes no path",
+                )
             path = None  # an inherited HTTP path does not apply to a TCP service
         return Health(
             path=path, interval_ms=h.get("interval", 2000), timeout_ms=h.get("timeout", 1000)
@@ -252,7 +271,8 @@ class _Builder:
                     key=isinstance(to, dict),
                 )
         total = sum(weights.values())
-        if isinstance(to, dict) and total != 100:
+        written = sum(1 for p in self.ctx.doc.keys if p[:-1] == at)
+        if isinstance(to, dict) and total != 100 and written == len(weights):
             ok = False
             self.error(at, f"weights add up to {total}, not 100")
         return tuple(Target(v, w) for v, w in weights.items()) if ok else ()
@@ -291,6 +311,8 @@ class _Builder:
         if "routes" not in raw:
             return (Route(DEFAULT_ROUTE, self.even_split(name)),)
         routes = raw["routes"]
+        if not routes:
+            return ()  # its only entry was invalid, and reported
         if len(routes) > 1:
             self.error(
                 (*at, "routes", 1),
@@ -328,13 +350,13 @@ class _Builder:
         else:
             path = PathMatch("prefix", raw.get("path_prefix", "/"))
         methods = raw.get("method", ())
-        for name, value in raw.get("query", {}).items():
-            if isinstance(value, dict) and value.get("present") is False:
-                # Envoy's QueryParameterMatcher has no inverse, so this could not be routed.
+        for key in ("path_prefix", "path"):
+            if "?" in raw.get(key, ""):
+                # Envoy matches paths without their query string (measured on 1.40).
                 self.error(
-                    (*at, "query", name, "present"),
-                    "a query parameter can only be "
-                    "required present; matching its absence is not supported by Envoy",
+                    (*at, key),
+                    "paths are matched without the query string; "
+                    "match parameters with `query:` instead",
                 )
         return Match(
             path=path,
@@ -378,6 +400,8 @@ class _Builder:
             self.error(at, f"cannot mirror HTTP requests to '{target}', a tcp service")
             return None
         known = self.versions[target]
+        if not known:
+            return None  # every version of the target was invalid, and reported
         version = raw.get("version")
         if version is None:
             if len(known) > 1:
@@ -387,7 +411,8 @@ class _Builder:
         elif version not in known:
             self.error(
                 (*at, "version") if "service" in raw or "percent" in raw else at,
-                f"'{target}' has no version '{version}'" + did_you_mean(version, known),
+                f"'{target}' has no version '{version}'"
+                + (did_you_mean(version, known) or f"; its versions: {', '.join(known)}"),
             )
             return None
         return Mirror(service=target, version=version, percent=raw.get("percent", 100.0))
@@ -407,10 +432,12 @@ class _Builder:
             if target is None:
                 continue
             if target not in self.raw_services:
-                self.error(
-                    (*at, "service"),
-                    f"no service '{target}' in this mesh" + did_you_mean(target, self.raw_services),
-                )
+                if target not in self.written_services:
+                    self.error(
+                        (*at, "service"),
+                        f"no service '{target}' in this mesh"
+                        + did_you_mean(target, self.raw_services),
+                    )
                 continue
             if (self.policy(self.raw_services[target], "protocol") or "http") == "tcp":
                 self.error((*at, "service"), f"'{target}' is a tcp service; the ingress is HTTP")
@@ -437,7 +464,12 @@ class _Builder:
     def check_reachability(self, mesh: Mesh) -> None:
         """Every upstream a pod may call needs a port its own app does not hold."""
         for service in mesh.services:
-            for upstream in mesh.upstreams(service):
+            names = (
+                [s.name for s in mesh.services if s.name != service.name]
+                if service.egress == "all"
+                else list(service.calls)
+            )
+            for upstream in (mesh.service(n) for n in names if mesh.has_service(n)):
                 if outbound_ports(service.port, upstream):
                     continue
                 if service.egress == "all":

@@ -17,6 +17,16 @@ from devmesh.core.problems import MeshFileError, Path, Problem, dotted
 _MAX_DEPTH = 64  # recursive aliases (&a [*a]) would otherwise never end
 
 
+class _Unreadable:
+    """A value YAML could not construct; already reported, so checks skip it."""
+
+    def __repr__(self) -> str:
+        return "UNREADABLE"
+
+
+UNREADABLE = _Unreadable()
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false.
 
@@ -25,10 +35,27 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+_YAML11_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# YAML 1.2 integers too: YAML 1.1 reads `1:30` as 90 (base 60) and `010` as 8 (octal).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)  # `010` is ten, as in YAML 1.2
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
@@ -74,8 +101,8 @@ def read_text(raw: bytes, file: str) -> str:
 
 def parse(text: str, file: str) -> tuple[Located, list[Problem]]:
     """Parse one YAML document. Syntax errors come back as problems, never as exceptions."""
-    loader = _Loader(text)
     try:
+        loader = _Loader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -84,10 +111,15 @@ def parse(text: str, file: str) -> tuple[Located, list[Problem]]:
         if exc.context and "single document" in exc.context:
             what = "expected a single YAML document, found another after `---`"
         return Located(None, file), [Problem(line, col, "", f"YAML syntax: {what}", file)]
-    except yaml.YAMLError as exc:  # reader errors (control characters) carry no mark
+    except yaml.reader.ReaderError as exc:  # an unprintable character; it carries no mark
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        col = pos - text.rfind("\n", 0, pos)
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        message = f"unprintable character {char} is not allowed in YAML; remove it"
+        return Located(None, file), [Problem(line, col, "", message, file)]
+    except yaml.YAMLError as exc:
         return Located(None, file), [Problem(1, 1, "", f"YAML: {exc}", file)]
-    finally:
-        loader.dispose()
     located = Located(None, file)
     problems: list[Problem] = []
     if node is not None:
@@ -167,4 +199,10 @@ def _walk(
     except yaml.constructor.ConstructorError as exc:
         line, col = _mark(node)
         problems.append(Problem(line, col, dotted(path), f"YAML: {exc.problem}", located.file))
-        return None
+        return UNREADABLE
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        line, col = _mark(node)
+        problems.append(
+            Problem(line, col, dotted(path), f"not a usable value: {exc}", located.file)
+        )
+        return UNREADABLE

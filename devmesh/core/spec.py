@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from devmesh.core.durations import DurationError, parse_duration
 from devmesh.core.problems import Path, Problem, did_you_mean
-from devmesh.core.source import Located
+from devmesh.core.source import UNREADABLE, Located
 
 
 class _Invalid:
@@ -244,6 +244,8 @@ class ListOf(Spec):
         out = []
         seen: set[Any] = set()
         for i, item in enumerate(value):
+            if item is UNREADABLE:
+                continue
             cleaned = self.item.check(item, (*path, i), ctx)
             if cleaned is INVALID:
                 continue
@@ -284,6 +286,8 @@ class MapOf(Spec):
         out = {}
         for key, item in value.items():
             sub = (*path, key)
+            if item is UNREADABLE:
+                continue
             if not re.fullmatch(self.key_pattern, key):
                 ctx.error(sub, f"'{key}' is not {self.key_hint or 'a valid name'}", key=True)
                 continue
@@ -326,6 +330,8 @@ class Obj(Spec):
         for key, item in value.items():
             sub = (*path, key)
             fld = self.fields.get(key)
+            if item is UNREADABLE:
+                continue
             if fld is None:
                 known = ", ".join(self.fields)
                 hint = did_you_mean(key, self.fields)

@@ -117,8 +117,8 @@ def _header_matcher(m: ValueMatch) -> Json:
 
 
 def _query_matcher(m: ValueMatch) -> Json:
-    if m.kind == "present":
-        return {"name": m.name, "present_match": True}
+    if m.kind in ("present", "absent"):
+        return {"name": m.name, "present_match": m.kind == "present"}
     return {"name": m.name, "string_match": _string_match(m.kind, m.value)}
 
 

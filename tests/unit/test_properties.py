@@ -21,7 +21,7 @@ from devmesh.core.schema import json_schema
 from devmesh.core.source import parse
 from devmesh.envoy.render import render_mesh
 from tests.envoy_check import envoy_rejections
-from tests.strategies import dump, mangled_text, valid_mesh, mutated_document
+from tests.strategies import dump, mangled_text, mutated_document, valid_mesh
 
 EXAMPLES = int(os.environ.get("DEVMESH_PROPERTY_EXAMPLES", "1000"))
 ENVOY_EXAMPLES = int(os.environ.get("DEVMESH_ENVOY_EXAMPLES", "60"))

@@ -22,7 +22,7 @@ from tests.envoy_check import envoy_rejections
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
-MESH_FILES = sorted(ROOT.glob("examples/*/devmesh.yaml")) + [ROOT / "tests/data/everything.yaml"]
+MESH_FILES = [*sorted(ROOT.glob("examples/*/devmesh.yaml")), ROOT / "tests/data/everything.yaml"]
 UPDATE = os.environ.get("DEVMESH_UPDATE_GOLDEN") == "1"
 
 
@@ -60,9 +60,7 @@ def test_real_envoy_accepts_every_rendered_config(mesh_file: Path, tmp_path: Pat
 def test_every_resource_parses_strictly_as_its_envoy_type(mesh_file: Path) -> None:
     mesh = load_path(str(mesh_file))
     endpoints = placeholder_endpoints(mesh)
-    nodes = [
-        sidecar_resources(mesh, s, v, endpoints) for s in mesh.services for v in s.versions
-    ]
+    nodes = [sidecar_resources(mesh, s, v, endpoints) for s in mesh.services for v in s.versions]
     if mesh.ingress:
         nodes.append(gateway_resources(mesh, endpoints))
     for res in nodes:
@@ -74,8 +72,8 @@ def test_every_resource_parses_strictly_as_its_envoy_type(mesh_file: Path) -> No
         ):
             for item in items:
                 to_proto(url, item)
-    for item in render_mesh(mesh):
-        bootstrap_proto(item.bootstrap)
+    for rendered in render_mesh(mesh):
+        bootstrap_proto(rendered.bootstrap)
 
 
 SHOP = """

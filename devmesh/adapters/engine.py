@@ -1,0 +1,298 @@
+"""The Docker engine, through docker-py: observe by labels, apply a plan, clean up.
+
+docker-py's errors are translated here into devmesh's own; nothing above this module sees
+a docker exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from devmesh import labels
+from devmesh.core.problems import MeshError
+from devmesh.plan.desired import ContainerSpec, PodSpec
+from devmesh.plan.plan import Observed, Plan
+
+log = logging.getLogger("devmesh.engine")
+Progress = Callable[[str], None]
+WORKERS = 8  # measured: 8 threads halve 30 pods' start time on 2 cores; 16 gain nothing
+
+
+class EngineUnavailable(MeshError):
+    pass
+
+
+class EngineError(MeshError):
+    pass
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    text = str(exc.explanation or exc)
+    if "port is already allocated" in text or "address already in use" in text:
+        return f"a host port is already in use ({text})"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    name: str
+    state: str
+    exit_code: int
+    restarts: int
+    ip: str | None
+
+
+class Engine:
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls, timeout: int = 30) -> Engine:
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        try:
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(
+                f"cannot reach the Docker engine at {where} ({_root_cause(exc)}). Start it "
+                "(e.g. `sudo systemctl start docker`; as root on Debian, "
+                "scripts/ensure-docker.sh installs and starts one) and try again."
+            ) from None
+        return cls(client)
+
+    # -- observe ------------------------------------------------------------------------------
+
+    def observe(self, project: str) -> list[Observed]:
+        out = []
+        for c in self._list(project):
+            lab = c.labels
+            out.append(
+                Observed(
+                    id=c.id,
+                    name=c.name,
+                    role=lab.get(labels.ROLE, ""),
+                    pod=lab.get(labels.POD, c.name),
+                    service=lab.get(labels.SERVICE, ""),
+                    version=lab.get(labels.VERSION, ""),
+                    config_hash=lab.get(labels.CONFIG_HASH, ""),
+                    state=c.status,
+                )
+            )
+        return out
+
+    def _list(self, project: str) -> list[Any]:
+        try:
+            return list(
+                self.client.containers.list(
+                    all=True, filters={"label": labels.selector(mesh=project)}, sparse=False
+                )
+            )
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot list containers: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+
+    def containers(self, project: str) -> dict[str, ContainerInfo]:
+        """Name -> state, exit code, restart count and (for namespace owners) address."""
+        out = {}
+        network = f"devmesh-{project}"
+        for c in self._list(project):
+            attrs = c.attrs
+            state = attrs.get("State", {})
+            nets = attrs.get("NetworkSettings", {}).get("Networks") or {}
+            ip = (nets.get(network) or {}).get("IPAddress") or None
+            out[c.name] = ContainerInfo(
+                name=c.name,
+                state=c.status,
+                exit_code=int(state.get("ExitCode", 0)),
+                restarts=int(attrs.get("RestartCount", 0)),
+                ip=ip,
+            )
+        return out
+
+    def network_exists(self, name: str) -> bool:
+        try:
+            self.client.networks.get(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot inspect network {name}: {_explain(exc)}") from None
+
+    # -- apply --------------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, project: str, network: str, progress: Progress) -> list[str]:
+        """Carry out a plan; return one message per thing that failed (the rest goes on)."""
+        errors: list[str] = []
+        if plan.ensure_network:
+            self.ensure_network(network, project)
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply") as pool:
+            jobs = [pool.submit(self._remove, cid) for cid in plan.remove]
+            jobs += [
+                pool.submit(self._replace_pod, spec, old, progress)
+                for spec, old in plan.replace_pods
+            ]
+            jobs += [pool.submit(self._create_pod, spec, progress) for spec in plan.create_pods]
+            jobs += [pool.submit(self._replace, spec, old, progress) for spec, old in plan.replace]
+            jobs += [pool.submit(self._create, spec, progress) for spec in plan.create]
+            jobs += [pool.submit(self._start, cid) for cid in plan.start]
+            for job in jobs:
+                err = job.exception()
+                if err is not None:
+                    errors.append(str(err))
+        return errors
+
+    def ensure_network(self, name: str, project: str) -> None:
+        if self.network_exists(name):
+            return
+        try:
+            self.client.networks.create(
+                name,
+                driver="bridge",
+                labels={labels.MANAGED: "1", labels.MESH: project, labels.ROLE: "network"},
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # created meanwhile
+                raise EngineError(f"cannot create network {name}: {_explain(exc)}") from None
+
+    def _create_pod(self, pod: PodSpec, progress: Progress) -> None:
+        self._create(pod.pause, progress)
+        self._create(pod.sidecar, progress)
+        self._create(pod.app, progress)
+
+    def _replace_pod(self, pod: PodSpec, old: tuple[str, ...], progress: Progress) -> None:
+        for cid in old:
+            self._remove(cid)
+        self._create_pod(pod, progress)
+
+    def _replace(self, spec: ContainerSpec, old: str, progress: Progress) -> None:
+        self._remove(old)
+        self._create(spec, progress)
+
+    def _create(self, spec: ContainerSpec, progress: Progress) -> None:
+        for path, text in spec.files:
+            _write(Path(path), text)
+        for host, _, _ in spec.binds:
+            Path(host).mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {
+            "image": spec.image,
+            "name": spec.name,
+            "labels": spec.all_labels(),
+            "environment": dict(spec.env),
+            "detach": True,
+            "restart_policy": {"Name": spec.restart},
+        }
+        if spec.command is not None:
+            kwargs["command"] = list(spec.command)
+        if spec.entrypoint is not None:
+            kwargs["entrypoint"] = list(spec.entrypoint)
+        if spec.network:
+            kwargs["network"] = spec.network
+        if spec.network_mode:
+            kwargs["network_mode"] = spec.network_mode
+        if spec.extra_hosts:
+            kwargs["extra_hosts"] = dict(spec.extra_hosts)
+        if spec.dns:
+            kwargs["dns"] = list(spec.dns)
+        if spec.ports:
+            kwargs["ports"] = {f"{c}/tcp": (ip, port) for c, ip, port in spec.ports}
+        if spec.binds:
+            kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
+        if spec.init:
+            kwargs["init"] = True
+        try:
+            container = self.client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound:
+            raise EngineError(f"{spec.name}: image {spec.image} not found") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # exists (a racing reconcile): the next pass settles it
+                return
+            raise EngineError(f"{spec.name}: cannot create: {_explain(exc)}") from None
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            self._remove(container.id)  # a container that cannot start is not left behind
+            raise EngineError(f"{spec.name}: cannot start: {_explain(exc)}") from None
+        progress(f"started {spec.name}")
+
+    def _start(self, cid: str) -> None:
+        try:
+            self.client.api.start(cid)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"{cid[:12]}: cannot start: {_explain(exc)}") from None
+
+    def _remove(self, cid: str) -> None:
+        try:
+            self.client.api.remove_container(cid, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # removal already in progress
+                raise EngineError(f"{cid[:12]}: cannot remove: {_explain(exc)}") from None
+
+    # -- teardown and logs --------------------------------------------------------------------
+
+    def remove_all(self, project: str) -> tuple[int, int]:
+        """Every container and network labelled with the mesh; (containers, networks)."""
+        containers = self._list(project)
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="down") as pool:
+            list(pool.map(self._remove, [c.id for c in containers]))
+        nets = 0
+        try:
+            for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):
+                net.remove()
+                nets += 1
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot remove network: {_explain(exc)}") from None
+        return len(containers), nets
+
+    def logs(self, name: str, follow: bool, tail: int | str = "all") -> Iterator[bytes]:
+        try:
+            container = self.client.containers.get(name)
+            if follow:
+                yield from container.logs(stream=True, follow=True, tail=tail)
+            else:
+                yield container.logs(tail=tail)
+        except docker.errors.NotFound:
+            raise EngineError(f"no container {name}") from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot read logs of {name}: {_explain(exc)}") from None
+
+    def events(self, project: str) -> Iterator[dict[str, Any]]:
+        """Container events of this mesh, decoded; ends when the engine goes away."""
+        stream = self.client.events(
+            decode=True,
+            filters={"type": "container", "label": labels.selector(mesh=project)},
+        )
+        try:
+            yield from stream
+        except requests.exceptions.RequestException:
+            return
+        finally:
+            stream.close()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc)
+    return text if len(text) < 160 else text[:157] + "..."

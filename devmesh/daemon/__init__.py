@@ -1,0 +1,1 @@
+"""The per-mesh daemon: reconcile loop, xDS control plane, readiness, local API."""

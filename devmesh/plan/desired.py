@@ -1,0 +1,237 @@
+"""What should run for a mesh, as values: every container of every pod and the gateway.
+
+Pure: no Docker here. The daemon resolves images and paths first and passes them in; each
+container spec carries a hash of itself, stored as a label, so that a container is
+recreated only when what it would be created with has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from devmesh import labels
+from devmesh.core.addressing import GATEWAY_PORT, service_addresses
+from devmesh.core.model import Mesh, Service, Version
+from devmesh.envoy.bootstrap import ads_bootstrap
+from devmesh.envoy.resources import GATEWAY_NODE, Json, sidecar_node
+
+POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gateway
+XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
+#                             restarted daemon's new socket file is seen without recreation)
+XDS_SOCKET = f"{XDS_MOUNT}/xds.sock"
+ENVOY_BINARY = "/usr/local/bin/envoy"
+
+
+def stable_hash(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    role: str  # pod | app | sidecar | gateway
+    image: str  # an image id where known, so a rebuilt tag counts as a change
+    labels: tuple[tuple[str, str], ...]
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    network: str | None = None  # joins this network (namespace owners and the gateway)
+    network_mode: str | None = None  # "container:NAME" for app and sidecar
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    dns: tuple[str, ...] = ()
+    ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host ip, host port)
+    binds: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, mode)
+    restart: str = "unless-stopped"
+    init: bool = False
+    files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # host path, text
+
+    @property
+    def config_hash(self) -> str:
+        data = asdict(self)
+        data.pop("name")
+        data["files"] = [(path, stable_hash(text)) for path, text in self.files]
+        return stable_hash(data)
+
+    def all_labels(self) -> dict[str, str]:
+        return {**dict(self.labels), labels.CONFIG_HASH: self.config_hash}
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpec:
+    name: str
+    service: str
+    version: str
+    replica: int
+    pause: ContainerSpec
+    app: ContainerSpec
+    sidecar: ContainerSpec
+
+    @property
+    def node_id(self) -> str:
+        return self.sidecar.name
+
+    @property
+    def containers(self) -> tuple[ContainerSpec, ContainerSpec, ContainerSpec]:
+        return (self.pause, self.app, self.sidecar)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    project: str
+    network: str
+    pods: tuple[PodSpec, ...]
+    gateway: ContainerSpec | None
+    # (service, version) that cannot run now, and why (e.g. its image is missing). Their
+    # existing pods are left as they are.
+    failed: Mapping[tuple[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the daemon resolved before planning."""
+
+    project: str
+    state_dir: str  # host path of the per-mesh state directory
+    envoy_image: str
+    pause_image: str
+    app_images: Mapping[tuple[str, str], str]  # (service, version) -> image id
+    failed: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+
+def network_name(project: str) -> str:
+    return f"devmesh-{project}"
+
+
+def pod_name(project: str, service: str, version: str, replica: int) -> str:
+    return f"{project}-{service}-{version}-{replica}"
+
+
+def gateway_name(project: str) -> str:
+    return f"{project}-gateway"
+
+
+def pod_dir(state_dir: str, name: str) -> str:
+    return f"{state_dir}/pods/{name}"
+
+
+def _labels(project: str, role: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    out = {labels.MANAGED: "1", labels.MESH: project, labels.ROLE: role}
+    for key, value in extra.items():
+        out[f"{labels.PREFIX}{key}"] = value
+    return tuple(sorted(out.items()))
+
+
+def _envoy_command() -> tuple[str, ...]:
+    return (
+        "-c",
+        f"{POD_MOUNT}/bootstrap.json",
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+        "--drain-time-s",
+        "1",
+        "--log-level",
+        "warning",
+    )
+
+
+def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tuple[str, str]:
+    bootstrap: Json = ads_bootstrap(node_id, cluster, XDS_SOCKET, f"{POD_MOUNT}/admin.sock")
+    return (f"{pod_dir(state_dir, pod)}/bootstrap.json", json.dumps(bootstrap, indent=1))
+
+
+def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica: int) -> PodSpec:
+    project = inputs.project
+    name = pod_name(project, service.name, version.name, replica)
+    ident = {"service": service.name, "version": version.name, "replica": str(replica), "pod": name}
+    addresses = service_addresses(s.name for s in mesh.services)
+    pause = ContainerSpec(
+        name=name,
+        role="pod",
+        image=inputs.pause_image,
+        labels=_labels(project, "pod", **ident),
+        network=network_name(project),
+        # Service names resolve here, to the sidecar; nothing else resolves at all, so no
+        # lookup leaves the machine through Docker's DNS forwarding.
+        extra_hosts=tuple(sorted((u.name, addresses[u.name]) for u in mesh.upstreams(service))),
+        dns=("127.0.0.1",),
+    )
+    env = {
+        **dict(version.env),
+        "DEVMESH_MESH": mesh.name,
+        "DEVMESH_SERVICE": service.name,
+        "DEVMESH_VERSION": version.name,
+        "DEVMESH_PORT": str(service.port),
+        "DEVMESH_POD": name,
+    }
+    app = ContainerSpec(
+        name=f"{name}-app",
+        role="app",
+        image=inputs.app_images[(service.name, version.name)],
+        labels=_labels(project, "app", **ident),
+        command=version.command,
+        env=tuple(sorted(env.items())),
+        network_mode=f"container:{name}",
+    )
+    sidecar_name = f"{name}-sidecar"
+    cluster = sidecar_node(mesh, service.name, version.name)
+    sidecar = ContainerSpec(
+        name=sidecar_name,
+        role="sidecar",
+        image=inputs.envoy_image,
+        labels=_labels(project, "sidecar", **ident),
+        entrypoint=(ENVOY_BINARY,),
+        command=_envoy_command(),
+        network_mode=f"container:{name}",
+        binds=(
+            (pod_dir(inputs.state_dir, name), POD_MOUNT, "rw"),
+            (f"{inputs.state_dir}/xds", XDS_MOUNT, "rw"),
+        ),
+        files=(_bootstrap_file(inputs.state_dir, name, sidecar_name, cluster),),
+    )
+    return PodSpec(name, service.name, version.name, replica, pause, app, sidecar)
+
+
+def gateway_cluster(mesh: Mesh) -> str:
+    return f"{mesh.name}/{GATEWAY_NODE}"
+
+
+def desired(mesh: Mesh, inputs: Inputs) -> Desired:
+    pods = []
+    for service in mesh.services:
+        for version in service.versions:
+            if (service.name, version.name) not in inputs.app_images:
+                continue  # failed: see inputs.failed
+            for replica in range(version.replicas):
+                pods.append(_pod(mesh, inputs, service, version, replica))
+    gateway = None
+    if mesh.ingress is not None:
+        name = gateway_name(inputs.project)
+        gateway = ContainerSpec(
+            name=name,
+            role="gateway",
+            image=inputs.envoy_image,
+            labels=_labels(inputs.project, "gateway", pod=name),
+            entrypoint=(ENVOY_BINARY,),
+            command=_envoy_command(),
+            network=network_name(inputs.project),
+            dns=("127.0.0.1",),
+            ports=((GATEWAY_PORT, mesh.ingress.host, mesh.ingress.port),),
+            binds=(
+                (pod_dir(inputs.state_dir, name), POD_MOUNT, "rw"),
+                (f"{inputs.state_dir}/xds", XDS_MOUNT, "rw"),
+            ),
+            files=(_bootstrap_file(inputs.state_dir, name, name, gateway_cluster(mesh)),),
+        )
+    return Desired(
+        project=inputs.project,
+        network=network_name(inputs.project),
+        pods=tuple(pods),
+        gateway=gateway,
+        failed=dict(inputs.failed),
+    )
