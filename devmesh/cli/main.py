@@ -179,3 +179,354 @@ def main() -> None:
     except KeyboardInterrupt:
         _err("devmesh: interrupted")
         sys.exit(130)
+
+
+# -- running the mesh ---------------------------------------------------------------------
+
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option("-p", "--project", help="Instance name (default: the file's `mesh:` name)."),
+]
+EXIT_NOT_READY = 3  # `up --wait`: the mesh did not become ready in time (or cannot)
+
+
+def _project(file: Path, project: str | None) -> tuple[Any, str]:
+    from devmesh.core.load import load_path
+
+    mesh = load_path(str(file))
+    return mesh, project or mesh.name
+
+
+@app.command()
+def up(
+    file: MeshFile = DEFAULT_FILE,
+    project: ProjectOpt = None,
+    detach: Annotated[
+        bool, typer.Option("-d", "--detach", help="Run the daemon in the background.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return only when every pod is ready (exit 3 if not).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 120.0,
+) -> None:
+    """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
+    from devmesh.client import DaemonClient
+    from devmesh.daemon.state import StateDir
+
+    mesh, name = _project(file, project)
+    state = StateDir.for_project(name)
+    client = DaemonClient(state.api_socket)
+    if state.daemon_pid() is not None and client.alive():
+        result = client.reload()
+        if not result.get("ok"):
+            for problem in result.get("problems", []):
+                _err(problem)
+            _err(f"devmesh: the running mesh '{name}' keeps its last good config")
+            raise typer.Exit(1)
+        typer.echo(f"mesh '{name}': the running daemon (pid {state.daemon_pid()}) reloaded {file}")
+    elif detach:
+        _start_detached(file, name, state)
+    else:
+        _run_foreground(file, mesh, name, state, wait, timeout)
+        return
+    if wait:
+        _wait_ready(client, name, timeout)
+    _print_urls(client)
+
+
+def _start_detached(file: Path, project: str, state: Any) -> None:
+    import subprocess
+    import time
+
+    from devmesh.adapters.engine import Engine
+    from devmesh.client import DaemonClient
+
+    Engine.connect()  # a clear message now rather than in the daemon's log
+    state.create()
+    start = state.log_file.stat().st_size if state.log_file.exists() else 0
+    with open(state.log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devmesh.daemon",
+                "--file",
+                str(file.resolve()),
+                "--project",
+                project,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives this command and its terminal
+        )
+    client = DaemonClient(state.api_socket, timeout=2)
+    with open(state.log_file, "rb") as reader:
+        reader.seek(start)  # show this start's lines only
+        while True:
+            for line in reader.readlines():
+                typer.echo("  " + line.decode(errors="replace").rstrip())
+            if proc.poll() is not None:
+                _err(f"devmesh: the daemon exited ({proc.returncode}); log: {state.log_file}")
+                raise typer.Exit(1)
+            if client.alive() and client.state().get("phase") == "serving":
+                break
+            time.sleep(0.1)
+    typer.echo(f"mesh '{project}': daemon running in the background (pid {proc.pid})")
+
+
+def _run_foreground(
+    file: Path, mesh: Any, project: str, state: Any, wait: bool, timeout: float
+) -> None:
+    import logging
+    import signal
+    import threading
+
+    from devmesh.adapters.engine import Engine
+    from devmesh.client import DaemonClient
+    from devmesh.daemon.runtime import Daemon
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    daemon = Daemon(file.resolve(), mesh, project, Engine.connect(), state)
+    stopping = threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        daemon.start()
+        client = DaemonClient(state.api_socket)
+        if wait:
+            _wait_ready(client, project, timeout, exit_when_not_ready=False)
+        _print_urls(client)
+        typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
+        stopping.wait()
+    finally:
+        typer.echo("stopping the mesh ...")
+        daemon.stop(teardown=True)
+
+
+def _wait_ready(
+    client: Any, project: str, timeout: float, exit_when_not_ready: bool = True
+) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = client.state()
+        if state.get("ready"):
+            typer.echo(f"mesh '{project}' is ready: {len(state['pods'])} pods")
+            return
+        if state.get("failed") and all(p["ready"] for p in state["pods"]):
+            break  # only permanent failures are left: no use waiting
+        waiting = sum(1 for p in state["pods"] if not p["ready"])
+        line = f"waiting for {waiting} of {len(state['pods'])} pods ..."
+        if line != last:
+            typer.echo(line)
+            last = line
+        time.sleep(0.25)
+    _err(f"devmesh: mesh '{project}' is not ready:")
+    for f in state.get("failed", []):
+        _err(f"  {f['service']}/{f['version']}: {f['reason']}")
+    for p in state.get("pods", []):
+        if not p["ready"]:
+            _err(f"  {p['service']}/{p['version']} ({p['pod']}): {p['reason']}")
+    gw = state.get("gateway")
+    if gw and not gw["ready"]:
+        _err(f"  gateway: {gw['state']}, xDS synced: {gw['xds']['synced']}")
+    if exit_when_not_ready:
+        raise typer.Exit(EXIT_NOT_READY)
+
+
+def _print_urls(client: Any) -> None:
+    gw = client.state().get("gateway")
+    if gw:
+        typer.echo(f"ingress: {gw['url']}")
+
+
+@app.command()
+def down(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
+    """Stop the daemon and remove every container and network of the mesh (also after a crash)."""
+    import os
+    import signal
+    import time
+
+    from devmesh.adapters.engine import Engine
+    from devmesh.client import DaemonClient
+    from devmesh.core.problems import MeshError as _MeshError
+    from devmesh.daemon.state import StateDir
+
+    name = project or _project(file, None)[1]
+    engine = Engine.connect()
+    state = StateDir.for_project(name)
+    pid = state.daemon_pid()
+    if pid is not None:
+        try:
+            DaemonClient(state.api_socket, timeout=5).shutdown()
+        except _MeshError:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while state.daemon_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if state.daemon_pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+        typer.echo(f"stopped the daemon (pid {pid})")
+    containers, networks = engine.remove_all(name)
+    state.remove()
+    if containers or networks:
+        typer.echo(f"mesh '{name}': removed {containers} containers, {networks} network(s)")
+    else:
+        typer.echo(f"mesh '{name}': nothing to remove")
+
+
+@app.command()
+def ps(
+    file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None, as_json: JsonFlag = False
+) -> None:
+    """List the mesh's pods: state, address, version, config version, ACK/NACK."""
+    from devmesh.client import DaemonClient
+    from devmesh.daemon.state import StateDir
+
+    name = project or _project(file, None)[1]
+    state = StateDir.for_project(name)
+    client = DaemonClient(state.api_socket, timeout=5)
+    if state.daemon_pid() is not None and client.alive():
+        data = client.state()
+    else:
+        data = _ps_from_engine(name)
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo(_ps_table(data))
+
+
+def _ps_from_engine(project: str) -> dict[str, Any]:
+    """Without a daemon, what Docker alone can tell."""
+    from devmesh.adapters.engine import Engine
+
+    engine = Engine.connect()
+    infos = engine.containers(project)
+    pods = []
+    for obs in engine.observe(project):
+        if obs.role != "pod":
+            continue
+        app = infos.get(f"{obs.name}-app")
+        pods.append(
+            {
+                "pod": obs.name,
+                "service": obs.service,
+                "version": obs.version,
+                "ready": False,
+                "reason": "daemon not running",
+                "address": infos[obs.name].ip if obs.name in infos else None,
+                "app": app.state if app else "missing",
+                "restarts": app.restarts if app else 0,
+                "sidecar": (infos.get(f"{obs.name}-sidecar") or infos.get(obs.name)).state,  # type: ignore[union-attr]
+                "xds": {"connected": False, "synced": False, "version": None, "nack": None},
+            }
+        )
+    return {
+        "mesh": project,
+        "project": project,
+        "phase": "no daemon",
+        "ready": False,
+        "pods": pods,
+        "gateway": None,
+        "failed": [],
+        "problems": [],
+        "errors": [],
+    }
+
+
+def _ps_table(data: dict[str, Any]) -> str:
+    rows = [("POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS")]
+    for p in data["pods"]:
+        xds = p["xds"]
+        if xds["nack"]:
+            ack = f"NACK {xds['nack']['type']}"
+        elif xds["synced"]:
+            ack = "ACK"
+        else:
+            ack = "connected" if xds["connected"] else "-"
+        state = "ready" if p["ready"] else f"not ready: {p['reason']}"
+        rows.append(
+            (
+                p["pod"],
+                p["service"],
+                p["version"],
+                state,
+                p["address"] or "-",
+                xds["version"] or "-",
+                ack,
+            )
+        )
+    for f in data.get("failed", []):
+        rows.append(("-", f["service"], f["version"], f"failed: {f['reason']}", "-", "-", "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + str(r[-1])
+        for r in rows
+    ]
+    head = f"mesh '{data['project']}' ({data['phase']})"
+    gw = data.get("gateway")
+    if gw:
+        head += f"  ingress {gw['url']} {'ready' if gw['ready'] else gw['state']}"
+    for problem in data.get("problems", []):
+        lines.append(f"mesh file problem: {problem}")
+    return "\n".join([head, *lines])
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="The service whose app logs to show.")],
+    file: MeshFile = DEFAULT_FILE,
+    project: ProjectOpt = None,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
+    tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
+) -> None:
+    """Show the app logs of a service's pods (prefixed by pod when there are several)."""
+    import queue
+    import threading
+
+    from devmesh.adapters.engine import Engine
+    from devmesh.core.problems import did_you_mean
+
+    mesh, name = _project(file, project)
+    if not mesh.has_service(service):
+        names = [s.name for s in mesh.services]
+        raise MeshError(
+            f"no service '{service}' in mesh '{name}'{did_you_mean(service, names)}; "
+            f"services: {', '.join(names)}"
+        )
+    engine = Engine.connect()
+    apps = sorted(o.name for o in engine.observe(name) if o.role == "app" and o.service == service)
+    if not apps:
+        raise MeshError(f"service '{service}' has no running pods; is the mesh up?")
+    count: int | str = int(tail) if tail.isdigit() else "all"
+    if not follow:
+        for container in apps:
+            for chunk in engine.logs(container, follow=False, tail=count):
+                for line in chunk.decode(errors="replace").splitlines():
+                    typer.echo(
+                        f"{container.removesuffix('-app')} | {line}" if len(apps) > 1 else line
+                    )
+        return
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump(container: str) -> None:
+        buffer = b""
+        for chunk in engine.logs(container, follow=True, tail=count):
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for raw in complete:
+                text = raw.decode(errors="replace")
+                lines.put(f"{container.removesuffix('-app')} | {text}" if len(apps) > 1 else text)
+
+    for container in apps:
+        threading.Thread(target=pump, args=(container,), daemon=True).start()
+    while True:
+        typer.echo(lines.get())

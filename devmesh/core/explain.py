@@ -417,7 +417,10 @@ def _stage_lines(stage: Stage, request_path: str) -> list[str]:
         lines.append(f"{head}  → {route.service}")
         if route.rewrite_prefix is not None:
             lines.append(f"    rewrite: {route.match.path.value} → {route.rewrite_prefix}")
-        lines.append(f"    timeout: {_timeout(route.timeout_ms)}")
+        if route.timeout_ms is not None:
+            lines.append(f"    timeout: {_timeout(route.timeout_ms)}")
+        else:  # rendered as 0s on the gateway's hop: the service's own route timeout governs
+            lines.append(f"    timeout: the {route.service} route's")
     else:
         lines.append(head)
         lines.extend(_route_lines(route))

@@ -1,0 +1,69 @@
+"""A client of the daemon's local API (the CLI's and the TUI's only way to the daemon)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from devmesh.core.problems import MeshError
+
+
+class DaemonUnavailable(MeshError):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+class DaemonClient:
+    def __init__(self, socket_path: Path, timeout: float = 10) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = json.loads(resp.read() or b"{}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise DaemonUnavailable(
+                f"the daemon does not answer on {self.socket_path}: {exc}"
+            ) from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise MeshError(str(payload.get("error", f"daemon answered {resp.status}")))
+        return payload
+
+    def alive(self) -> bool:
+        try:
+            self._call("GET", "/v1/state")
+            return True
+        except MeshError:
+            return False
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/state")
+        return result
+
+    def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/v1/reload", {})
+        return result
+
+    def shutdown(self) -> None:
+        self._call("POST", "/v1/shutdown", {})
