@@ -1,13 +1,17 @@
 # Everything a fresh machine needs is installed by these targets.
-#   make demo   — the main job (today: validate + render the example mesh)
-#   make test   — ruff, mypy, the import contract and pytest
+#   make demo   — the main job: the example mesh up and serving on 127.0.0.1:8080
+#   make test   — ruff, mypy, the import contract and pytest (real Docker, real Envoy)
+#   make down   — remove the demo mesh
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MESH   ?= examples/shop/devmesh.yaml
 OUT    ?= out/shop
 
-.PHONY: demo test lint typecheck contracts pytest venv schema clean
+# No registry on CI machines: devmesh and the setup scripts never try one when this is set.
+export DEVMESH_PULL ?= never
+
+.PHONY: demo down test lint typecheck contracts pytest venv engine schema clean clean-images
 
 venv: $(VENV)/.installed
 
@@ -17,10 +21,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: venv
+engine:
+	scripts/ensure-docker.sh
+	scripts/make-base-image.sh
+
+demo: venv engine
 	$(BIN)/devmesh validate -f $(MESH)
-	$(BIN)/devmesh render -f $(MESH) --out $(OUT) --check
-	$(BIN)/devmesh explain -f $(MESH) GET http://127.0.0.1:8080/catalog/items -H 'x-canary: 1'
+	$(BIN)/devmesh up -d --wait -f $(MESH)
+	@echo
+	curl -s http://127.0.0.1:8080/
+	@echo
+	@echo "try: curl -i http://127.0.0.1:8080/catalog/items -H 'x-canary: 1'"
+	@echo "     $(BIN)/devmesh ps -f $(MESH)      $(BIN)/devmesh explain -f $(MESH) GET http://127.0.0.1:8080/catalog/items"
+	@echo "stop: make down"
+
+down: venv
+	$(BIN)/devmesh down -f $(MESH)
 
 test: lint typecheck contracts pytest
 
@@ -34,7 +50,7 @@ typecheck: venv
 contracts: venv
 	$(BIN)/lint-imports
 
-pytest: venv
+pytest: venv engine
 	$(BIN)/pytest -q
 
 schema: venv
@@ -42,3 +58,6 @@ schema: venv
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+clean-images:
+	docker images -q --filter label=dev.devmesh.managed=1 | xargs -r docker rmi -f

@@ -485,7 +485,7 @@ def logs(
     service: Annotated[str, typer.Argument(help="The service whose app logs to show.")],
     file: MeshFile = DEFAULT_FILE,
     project: ProjectOpt = None,
-    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep following.")] = False,
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
 ) -> None:
     """Show the app logs of a service's pods (prefixed by pod when there are several)."""

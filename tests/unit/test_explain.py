@@ -459,7 +459,7 @@ def test_format_shows_each_stage_and_the_route_policy() -> None:
         GET http://127.0.0.1:8080/catalog/items (x-other: 1)
         ingress:
           ✓ api  path_prefix /catalog/  → catalog
-            timeout: 15s (Envoy default)
+            timeout: the catalog route's
         catalog:
           ✗ canary  header x-canary: absent (wants exact '1')
           ✓ main  path_prefix /

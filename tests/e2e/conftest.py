@@ -1,0 +1,192 @@
+"""End-to-end fixtures: a real Docker engine, real Envoy, the real `devmesh` command.
+
+Each test gets its own project name and ingress port, and whatever it starts is removed by
+label afterwards, also when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from devmesh import labels
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "examples" / "shop" / "app"
+ENV = {**os.environ, "DEVMESH_PULL": "never"}  # no registry: never contact one
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def devmesh(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or ENV,
+        cwd=cwd,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """The engine CI's setup started; the examples' base image made if it is missing."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(
+            f"no Docker engine for the end-to-end tests ({exc}); run scripts/ensure-docker.sh"
+        )
+    subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, env=ENV)
+    return client
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: str
+
+
+def request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> Response:
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path, headers=headers or {})
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, body)
+    finally:
+        if own:
+            c.close()
+
+
+@dataclass
+class Mesh:
+    """One mesh under test: its file, project, port and the commands to drive it."""
+
+    directory: Path
+    project: str
+    port: int
+    client: docker.DockerClient
+    file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.file = self.directory / "devmesh.yaml"
+
+    def write(self, text: str) -> None:
+        self.file.write_text(text.replace("@PORT@", str(self.port)).replace("@APP@", str(APP)))
+
+    def run(
+        self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return devmesh(*args, "-f", str(self.file), "-p", self.project, timeout=timeout, env=env)
+
+    def up(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        result = self.run("up", "-d", "--wait", "--timeout", "60", *flags)
+        return result
+
+    def up_ok(self) -> None:
+        result = self.up()
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def ps(self) -> dict[str, Any]:
+        result = self.run("ps", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def containers(self) -> dict[str, str]:
+        """name -> id of every container with this mesh's label."""
+        found = self.client.containers.list(
+            all=True, filters={"label": labels.selector(mesh=self.project)}
+        )
+        return {c.name: c.id for c in found}
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return request(self.port, path, **kw)
+
+    def state_dir(self) -> Path:
+        from devmesh.daemon.state import StateDir
+
+        return StateDir.for_project(self.project).path
+
+    def admin_stats(self, pod: str, filter_: str) -> dict[str, int]:
+        """Counters from a sidecar's admin API, read through its UNIX socket."""
+        sock_path = self.state_dir() / "pods" / pod / "admin.sock"
+        conn = _UnixHTTP(str(sock_path))
+        try:
+            conn.request("GET", f"/stats?format=json&filter={filter_}")
+            data = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        return {s["name"]: s["value"] for s in data["stats"] if "value" in s}
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(self._path)
+        self.sock = s
+
+
+def sweep(client: docker.DockerClient, project: str) -> None:
+    selector = {"label": labels.selector(mesh=project)}
+    for c in client.containers.list(all=True, filters=selector):
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True)
+    for n in client.networks.list(filters=selector):
+        n.remove()
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Any]:
+    made: list[Mesh] = []
+
+    def factory(text: str) -> Mesh:
+        directory = tmp_path / f"m{len(made)}"
+        directory.mkdir()
+        mesh = Mesh(directory, f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client)
+        PROJECTS.append(mesh.project)
+        mesh.write(text)
+        made.append(mesh)
+        return mesh
+
+    yield factory
+    for mesh in made:
+        mesh.run("down", timeout=60)
+        sweep(docker_client, mesh.project)
