@@ -50,9 +50,15 @@ def devmesh(
     )
 
 
+PROJECTS: list[str] = []  # every project this session made, for the image sweep at the end
+
+
 @pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
-    """The engine CI's setup started; the examples' base image made if it is missing."""
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The engine CI's setup started; the examples' base image made if it is missing.
+
+    At the end, the images built for this session's meshes are removed (by their labels).
+    """
     try:
         client = docker.from_env()
         client.ping()
@@ -61,7 +67,12 @@ def docker_client() -> docker.DockerClient:
             f"no Docker engine for the end-to-end tests ({exc}); run scripts/ensure-docker.sh"
         )
     subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, env=ENV)
-    return client
+    yield client
+    for image in client.images.list(filters={"label": f"{labels.MANAGED}=1"}):
+        owner = image.labels.get(labels.MESH) or image.labels.get("variant")
+        if owner in PROJECTS:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)
 
 
 @dataclass
