@@ -65,5 +65,14 @@ class DaemonClient:
         result: dict[str, Any] = self._call("POST", "/v1/reload", {})
         return result
 
+    def shift(self, service: str, weights: dict[str, int], route: str | None) -> dict[str, Any]:
+        body = {"service": service, "weights": weights, "route": route}
+        result: dict[str, Any] = self._call("POST", "/v1/shift", body)
+        return result
+
+    def routes(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/routes")
+        return result
+
     def shutdown(self) -> None:
         self._call("POST", "/v1/shutdown", {})

@@ -73,52 +73,64 @@ class Engine:
     # -- observe ------------------------------------------------------------------------------
 
     def observe(self, project: str) -> list[Observed]:
-        out = []
-        for c in self._list(project):
-            lab = c.labels
-            out.append(
+        return self.look(project)[0]
+
+    def containers(self, project: str) -> dict[str, ContainerInfo]:
+        """Name -> state, exit code, restart count and (for namespace owners) address."""
+        return self.look(project)[1]
+
+    def look(self, project: str) -> tuple[list[Observed], dict[str, ContainerInfo]]:
+        """Everything labelled with the mesh, from one list call (the list carries labels,
+        state and addresses); only stopped containers are inspected, for their exit code."""
+        observed: list[Observed] = []
+        infos: dict[str, ContainerInfo] = {}
+        network = f"devmesh-{project}"
+        for raw in self._list(project):
+            name = str(raw["Names"][0]).lstrip("/")
+            lab = raw.get("Labels") or {}
+            state = str(raw.get("State", ""))
+            observed.append(
                 Observed(
-                    id=c.id,
-                    name=c.name,
+                    id=raw["Id"],
+                    name=name,
                     role=lab.get(labels.ROLE, ""),
-                    pod=lab.get(labels.POD, c.name),
+                    pod=lab.get(labels.POD, name),
                     service=lab.get(labels.SERVICE, ""),
                     version=lab.get(labels.VERSION, ""),
                     config_hash=lab.get(labels.CONFIG_HASH, ""),
-                    state=c.status,
+                    state=state,
                 )
             )
-        return out
+            nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+            exit_code, restarts = 0, 0
+            if state != "running":
+                exit_code, restarts = self._exit_info(raw["Id"])
+            infos[name] = ContainerInfo(
+                name=name,
+                state=state,
+                exit_code=exit_code,
+                restarts=restarts,
+                ip=(nets.get(network) or {}).get("IPAddress") or None,
+            )
+        return observed, infos
 
-    def _list(self, project: str) -> list[Any]:
+    def _list(self, project: str) -> list[dict[str, Any]]:
         try:
-            return list(
-                self.client.containers.list(
-                    all=True, filters={"label": labels.selector(mesh=project)}, sparse=False
-                )
+            found: list[dict[str, Any]] = self.client.api.containers(
+                all=True, filters={"label": labels.selector(mesh=project)}
             )
+            return found
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot list containers: {_explain(exc)}") from None
         except requests.exceptions.RequestException as exc:
             raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
 
-    def containers(self, project: str) -> dict[str, ContainerInfo]:
-        """Name -> state, exit code, restart count and (for namespace owners) address."""
-        out = {}
-        network = f"devmesh-{project}"
-        for c in self._list(project):
-            attrs = c.attrs
-            state = attrs.get("State", {})
-            nets = attrs.get("NetworkSettings", {}).get("Networks") or {}
-            ip = (nets.get(network) or {}).get("IPAddress") or None
-            out[c.name] = ContainerInfo(
-                name=c.name,
-                state=c.status,
-                exit_code=int(state.get("ExitCode", 0)),
-                restarts=int(attrs.get("RestartCount", 0)),
-                ip=ip,
-            )
-        return out
+    def _exit_info(self, cid: str) -> tuple[int, int]:
+        try:
+            attrs = self.client.api.inspect_container(cid)
+        except docker.errors.APIError:
+            return 0, 0  # gone meanwhile
+        return int(attrs.get("State", {}).get("ExitCode", 0)), int(attrs.get("RestartCount", 0))
 
     def network_exists(self, name: str) -> bool:
         try:
@@ -182,8 +194,12 @@ class Engine:
     def _create(self, spec: ContainerSpec, progress: Progress) -> None:
         for path, text in spec.files:
             _write(Path(path), text)
-        for host, _, _ in spec.binds:
-            Path(host).mkdir(parents=True, exist_ok=True)
+        for host, target, _ in spec.binds:
+            if target == "/etc/hosts":
+                if not Path(host).is_file():  # else Docker would make a directory there
+                    raise EngineError(f"{spec.name}: no hosts file {host}")
+            else:
+                Path(host).mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "name": spec.name,
@@ -200,8 +216,6 @@ class Engine:
             kwargs["network"] = spec.network
         if spec.network_mode:
             kwargs["network_mode"] = spec.network_mode
-        if spec.extra_hosts:
-            kwargs["extra_hosts"] = dict(spec.extra_hosts)
         if spec.dns:
             kwargs["dns"] = list(spec.dns)
         if spec.ports:
@@ -246,7 +260,7 @@ class Engine:
         """Every container and network labelled with the mesh; (containers, networks)."""
         containers = self._list(project)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="down") as pool:
-            list(pool.map(self._remove, [c.id for c in containers]))
+            list(pool.map(self._remove, [c["Id"] for c in containers]))
         nets = 0
         try:
             for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):

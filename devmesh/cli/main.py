@@ -444,39 +444,43 @@ def _ps_from_engine(project: str) -> dict[str, Any]:
 
 def _ps_table(data: dict[str, Any]) -> str:
     rows = [("POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS")]
+    reasons: dict[int, str] = {}
     for p in data["pods"]:
         xds = p["xds"]
         if xds["nack"]:
-            ack = f"NACK {xds['nack']['type']}"
+            ack = f"NACK ({xds['nack']['type']})"
         elif xds["synced"]:
             ack = "ACK"
         else:
             ack = "connected" if xds["connected"] else "-"
-        state = "ready" if p["ready"] else f"not ready: {p['reason']}"
+        if not p["ready"]:
+            reasons[len(rows)] = " ".join(str(p["reason"]).split())
         rows.append(
             (
                 p["pod"],
                 p["service"],
                 p["version"],
-                state,
+                "ready" if p["ready"] else "not ready",
                 p["address"] or "-",
                 xds["version"] or "-",
                 ack,
             )
         )
     for f in data.get("failed", []):
-        rows.append(("-", f["service"], f["version"], f"failed: {f['reason']}", "-", "-", "-"))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + str(r[-1])
-        for r in rows
-    ]
+        reasons[len(rows)] = f["reason"]
+        rows.append(("-", f["service"], f["version"], "failed", "-", "-", "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i in reasons:
+            lines.append(f"  └ {reasons[i]}")
     head = f"mesh '{data['project']}' ({data['phase']})"
     gw = data.get("gateway")
     if gw:
         head += f"  ingress {gw['url']} {'ready' if gw['ready'] else gw['state']}"
     for problem in data.get("problems", []):
-        lines.append(f"mesh file problem: {problem}")
+        lines.append(f"mesh file problem (the last good config serves on): {problem}")
     return "\n".join([head, *lines])
 
 
@@ -530,3 +534,43 @@ def logs(
         threading.Thread(target=pump, args=(container,), daemon=True).start()
     while True:
         typer.echo(lines.get())
+
+
+@app.command()
+def shift(
+    service: Annotated[str, typer.Argument(help="The service whose traffic to shift.")],
+    weights: Annotated[list[str], typer.Argument(help="VERSION=WEIGHT ..., adding up to 100.")],
+    route: Annotated[
+        str | None, typer.Option("--route", help="Which route (default: the catch-all one).")
+    ] = None,
+    file: MeshFile = DEFAULT_FILE,
+    project: ProjectOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set a route's weights live; they are written into the mesh file, comments kept."""
+    from devmesh.client import DaemonClient
+    from devmesh.core.edit import set_weights, write_file
+    from devmesh.daemon.state import StateDir
+
+    parsed: dict[str, int] = {}
+    for item in weights:
+        version, sep, weight = item.partition("=")
+        if not sep or not weight.strip().isdigit() or not version:
+            raise MeshError(f"'{item}' is not VERSION=WEIGHT (e.g. v1=70)")
+        parsed[version.strip()] = int(weight)
+    mesh, name = _project(file, project)
+    state = StateDir.for_project(name)
+    client = DaemonClient(state.api_socket)
+    if state.daemon_pid() is not None and client.alive():
+        result = client.shift(service, parsed, route)
+        applied = "applied live and written to"
+    else:
+        text, chosen = set_weights(file.read_text(), mesh, service, route, parsed)
+        write_file(file, text)
+        result = {"ok": True, "service": service, "route": chosen, "weights": parsed}
+        applied = "no daemon runs: `devmesh up` applies it; written to"
+    if as_json:
+        _print_json(result)
+        return
+    split = ", ".join(f"{v} {w}%" for v, w in parsed.items())
+    typer.echo(f"{service} route '{result['route']}': {split} ({applied} {file})")

@@ -27,7 +27,7 @@ class _Unreadable:
 UNREADABLE = _Unreadable()
 
 
-class _Loader(yaml.SafeLoader):
+class Yaml12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false.
 
     YAML 1.1 reads `on`, `off`, `yes`, `no`, `y`, `n` as booleans, so `retries: {on: [5xx]}`
@@ -36,12 +36,12 @@ class _Loader(yaml.SafeLoader):
 
 
 _YAML11_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")
-_Loader.yaml_implicit_resolvers = {
+Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 # YAML 1.2 integers too: YAML 1.1 reads `1:30` as 90 (base 60) and `010` as 8 (octal).
-_Loader.add_implicit_resolver(
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
     list("-+0123456789"),
@@ -55,8 +55,8 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return int(text, 10)  # `010` is ten, as in YAML 1.2
 
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_implicit_resolver(
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
@@ -102,7 +102,7 @@ def read_text(raw: bytes, file: str) -> str:
 def parse(text: str, file: str) -> tuple[Located, list[Problem]]:
     """Parse one YAML document. Syntax errors come back as problems, never as exceptions."""
     try:
-        loader = _Loader(text)  # checks for unprintable characters already
+        loader = Yaml12Loader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -132,7 +132,7 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 
 def _walk(
-    loader: _Loader,
+    loader: Yaml12Loader,
     node: yaml.Node,
     path: Path,
     located: Located,

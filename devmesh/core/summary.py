@@ -49,3 +49,64 @@ def summarize(mesh: Mesh) -> Summary:
         + (len(mesh.ingress.routes) if mesh.ingress else 0),
         ingress=f"{mesh.ingress.host}:{mesh.ingress.port}" if mesh.ingress else None,
     )
+
+
+def mesh_routes_json(mesh: Mesh) -> dict[str, Any]:
+    """Every service's routes as plain JSON: matches, weights, retries, timeout, fault."""
+    from devmesh.core.explain import describe_match
+
+    services = []
+    for service in mesh.services:
+        routes = []
+        for r in service.routes:
+            routes.append(
+                {
+                    "name": r.name,
+                    "match": describe_match(r.match),
+                    "to": {t.version: t.weight for t in r.to},
+                    "retries": None
+                    if r.retries is None
+                    else {"attempts": r.retries.attempts, "on": list(r.retries.on)},
+                    "timeout_ms": r.timeout_ms,
+                    "fault": None
+                    if r.fault is None
+                    else {
+                        "delay": None
+                        if r.fault.delay is None
+                        else {"fixed_ms": r.fault.delay.fixed_ms, "percent": r.fault.delay.percent},
+                        "abort": None
+                        if r.fault.abort is None
+                        else {
+                            "status": r.fault.abort.http_status,
+                            "grpc_status": r.fault.abort.grpc_status,
+                            "percent": r.fault.abort.percent,
+                        },
+                    },
+                    "mirror": None
+                    if r.mirror is None
+                    else {
+                        "service": r.mirror.service,
+                        "version": r.mirror.version,
+                        "percent": r.mirror.percent,
+                    },
+                }
+            )
+        services.append(
+            {
+                "name": service.name,
+                "protocol": service.protocol,
+                "port": service.port,
+                "versions": {v.name: v.replicas for v in service.versions},
+                "routes": routes,
+            }
+        )
+    ingress = None
+    if mesh.ingress is not None:
+        ingress = {
+            "address": f"{mesh.ingress.host}:{mesh.ingress.port}",
+            "routes": [
+                {"name": r.name, "match": describe_match(r.match), "service": r.service}
+                for r in mesh.ingress.routes
+            ],
+        }
+    return {"mesh": mesh.name, "services": services, "ingress": ingress}

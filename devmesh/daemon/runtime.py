@@ -6,6 +6,7 @@ Collaborators are built here and passed in; nothing connects or starts at import
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -21,14 +22,27 @@ from typing import IO, Any
 from devmesh.adapters import images
 from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.adapters.probe import probe
+from devmesh.adapters.watch import FileWatcher
 from devmesh.adapters.xds_server import XdsServer
-from devmesh.core.load import load_path
+from devmesh.core.edit import set_weights as shift_text
+from devmesh.core.edit import write_file
+from devmesh.core.load import load
 from devmesh.core.model import Mesh, Service, Version
 from devmesh.core.problems import MeshError, MeshInvalid
+from devmesh.core.source import read_text
+from devmesh.core.summary import mesh_routes_json
 from devmesh.daemon.api import ApiServer
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.resources import gateway_resources, sidecar_node, sidecar_resources
-from devmesh.plan.desired import Desired, Inputs, PodSpec, desired, gateway_cluster
+from devmesh.plan.desired import (
+    Desired,
+    Inputs,
+    PodSpec,
+    desired,
+    gateway_cluster,
+    hosts_file,
+    hosts_text,
+)
 from devmesh.plan.plan import plan
 
 log = logging.getLogger("devmesh.daemon")
@@ -80,6 +94,13 @@ class Daemon:
         self._stop = threading.Event()
         self._lock_handle: IO[str] | None = None
         self._api: ApiServer | None = None
+        self._watcher: FileWatcher | None = None
+        self._base_dir = str(mesh_file.resolve().parent)
+        self._applied = hashlib.sha256(mesh_file.read_bytes()).hexdigest()
+        self._reported = ""  # digest of the invalid text last reported
+        self._pending = ""  # digest of invalid text seen once, given a moment to settle
+        self.reloads = 0
+        self.reload_failures = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,6 +123,8 @@ class Daemon:
                 ("GET", "/v1/state"): lambda _: (200, self.snapshot()),
                 ("POST", "/v1/reload"): lambda _: self._api_reload(),
                 ("POST", "/v1/shutdown"): lambda _: self._api_shutdown(),
+                ("POST", "/v1/shift"): self._api_shift,
+                ("GET", "/v1/routes"): lambda _: (200, self.routes_json()),
             },
         )
         self._api.start()
@@ -112,6 +135,8 @@ class Daemon:
         self.note(f"sidecar image: {self.envoy_image}")
         self.pause_image = images.ensure_pause_image(client, policy, self.note)
         self.reconcile("start")
+        self._watcher = FileWatcher(self.mesh_file, self._on_save)
+        self._watcher.start()
         self.phase = "serving"
         for target, name in (
             (self._health_loop, "health"),
@@ -130,6 +155,8 @@ class Daemon:
         self.phase = "stopping"
         self._stop.set()
         self._wake.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._api is not None:
             self._api.stop()
         self.xds.stop(grace=0.5)
@@ -150,6 +177,8 @@ class Daemon:
         if mine is not None and mine.state == "running":
             return  # it is ours, adopted
         with socket.socket() as probe_sock:
+            # As dockerd binds: TIME_WAIT leftovers of a previous run must not count as "in use".
+            probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe_sock.bind((ingress.host, ingress.port))
             except OSError:
@@ -161,26 +190,101 @@ class Daemon:
     # -- API ----------------------------------------------------------------------------------
 
     def _api_reload(self) -> tuple[int, dict[str, Any]]:
+        """A second `up`: re-read the file now, rebuild images, reconcile."""
         try:
-            mesh = load_path(str(self.mesh_file))
+            raw = self.mesh_file.read_bytes()
+        except OSError as exc:
+            return 200, {"ok": False, "problems": [f"{self.mesh_file}: {exc.strerror}"]}
+        mesh, problems = self._parse(raw)
+        if mesh is None:
+            self._report(raw, problems)
+        else:
+            self._apply(raw, mesh, "up", rebuild=True)
+        return 200, {"ok": not problems, "problems": problems}
+
+    def _on_save(self) -> None:
+        """The watcher saw a save. Valid text applies at once; invalid text is reported only
+        if it is still there a moment later (an editor may be halfway through a save)."""
+        try:
+            raw = self.mesh_file.read_bytes()
+        except OSError:
+            if self._watcher is not None:
+                self._watcher.poke(0.3)  # renamed away mid-save: look again
+            return
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in (self._applied, self._reported):
+            return  # no change (an editor touched it, or `shift` wrote what it applied)
+        mesh, problems = self._parse(raw)
+        if mesh is not None:
+            self._apply(raw, mesh, "save", rebuild=False)
+        elif digest != self._pending:
+            self._pending = digest
+            if self._watcher is not None:
+                self._watcher.poke(0.3)
+        else:
+            self._report(raw, problems)
+
+    def _parse(self, raw: bytes) -> tuple[Mesh | None, list[str]]:
+        try:
+            mesh = load(read_text(raw, str(self.mesh_file)), str(self.mesh_file), self._base_dir)
         except MeshInvalid as exc:
-            self.problems = [str(p) for p in exc.problems]
-            self.note(f"{self.mesh_file}: {len(exc.problems)} problem(s); last good config kept")
-            return 200, {"ok": False, "problems": self.problems}
+            return None, [str(p) for p in exc.problems]
         except MeshError as exc:
-            self.problems = [str(exc)]
-            return 200, {"ok": False, "problems": self.problems}
+            return None, [str(exc)]
         if mesh.name != self.mesh.name and self.project == self.mesh.name:
-            msg = (
+            return None, [
                 f"the mesh is now named '{mesh.name}'; "
                 f"run `devmesh down` for '{self.mesh.name}' first"
-            )
-            return 200, {"ok": False, "problems": [msg]}
+            ]
+        return mesh, []
+
+    def _report(self, raw: bytes, problems: list[str]) -> None:
+        """Invalid text: the last good mesh keeps serving; the problems are shown everywhere."""
+        self._reported = hashlib.sha256(raw).hexdigest()
+        self.problems = problems
+        self.reload_failures += 1
+        self.note(f"{self.mesh_file}: {len(problems)} problem(s); the last good config serves on")
+        for problem in problems:
+            log.info("  %s", problem)
+
+    def _apply(self, raw: bytes, mesh: Mesh, why: str, rebuild: bool) -> None:
+        started = time.monotonic()
+        self._applied = hashlib.sha256(raw).hexdigest()
         self.problems = []
         self.mesh = mesh
-        self._images.clear()  # a second `up` rebuilds (Docker's cache makes it quick)
-        self.reconcile("reload")
-        return 200, {"ok": True}
+        self.reloads += 1
+        if rebuild:
+            self._images.clear()  # Docker's cache makes an unchanged build quick
+        self.reconcile(why)
+        self.note(f"{why}: applied in {(time.monotonic() - started) * 1000:.0f} ms")
+
+    def _api_shift(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """New weights for one route: validated, written into the mesh file (comments and
+        layout kept), applied at once. The file stays the source of truth."""
+        service = body.get("service")
+        weights = body.get("weights")
+        if not isinstance(service, str) or not isinstance(weights, dict):
+            return 400, {"error": "shift needs a service and weights"}
+        if self.problems:
+            return 409, {"error": "the mesh file has problems; fix them first: " + self.problems[0]}
+        with self._reconcile_lock:  # one writer of the file at a time
+            try:
+                text = self.mesh_file.read_text()
+                new_text, route = shift_text(text, self.mesh, service, body.get("route"), weights)
+            except (OSError, UnicodeDecodeError) as exc:
+                return 500, {"error": f"{self.mesh_file}: {exc}"}
+            except MeshError as exc:
+                return 400, {"error": str(exc)}
+            raw = new_text.encode()
+            mesh, problems = self._parse(raw)
+            if mesh is None:
+                return 400, {"error": "the edited file would not validate: " + problems[0]}
+            write_file(self.mesh_file, new_text)
+        self._apply(raw, mesh, "shift", rebuild=False)
+        return 200, {"ok": True, "service": service, "route": route, "weights": weights}
+
+    def routes_json(self) -> dict[str, Any]:
+        return mesh_routes_json(self.mesh)
 
     def _api_shutdown(self) -> tuple[int, dict[str, Any]]:
         threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
@@ -195,7 +299,8 @@ class Daemon:
             mesh = self.mesh
             inputs = self._inputs(mesh)
             want = desired(mesh, inputs)
-            actual = self.engine.observe(self.project)
+            actual, infos = self.engine.look(self.project)
+            self._write_hosts(mesh, want)
             todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
             if not todo.empty:
                 self.note(f"reconcile ({why}): " + ", ".join(todo.describe()))
@@ -210,8 +315,23 @@ class Daemon:
                     self.note(f"error: {error}")
                 self.apply_errors = errors
             self._desired = want
-            self._infos = self.engine.containers(self.project)
+            if not todo.empty:
+                infos = self.engine.containers(self.project)  # what applying changed
+            self._infos = infos
             self._publish()
+
+    def _write_hosts(self, mesh: Mesh, want: Desired) -> None:
+        for pod in want.pods:
+            path = Path(hosts_file(str(self.state.path), pod.name))
+            text = hosts_text(mesh, mesh.service(pod.service), pod.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.read_text() == text:
+                continue
+            # In place, never by rename: the pod's bind mount holds on to this very inode.
+            with open(path, "a+") as fh:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(text)
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.envoy_image is not None and self.pause_image is not None
@@ -252,7 +372,7 @@ class Daemon:
                     build.dockerfile,
                     tag,
                     dict(build.args),
-                    {"dev.devmesh.mesh": self.project},
+                    {"dev.devmesh.role": "image"},
                     log.info,
                 )
             return self._images[cache_key]
@@ -445,6 +565,8 @@ class Daemon:
             "phase": self.phase,
             "ready": ready,
             "problems": self.problems,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
             "errors": self.apply_errors,
             "failed": failed,
             "sidecar_image": str(self.envoy_image) if self.envoy_image else None,
@@ -472,8 +594,6 @@ def _short_version(acked: dict[str, str]) -> str | None:
     if not acked:
         return None
     joined = "".join(v for _, v in sorted(acked.items()))
-    import hashlib
-
     return hashlib.sha256(joined.encode()).hexdigest()[:8]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from devmesh.core.problems import MeshError
+from devmesh.plan.desired import pod_dir
 
 _SUN_PATH_MAX = 107  # a UNIX socket path longer than this cannot be bound
 
@@ -62,14 +63,15 @@ class StateDir:
         return self.xds_dir / "xds.sock"
 
     def admin_socket(self, pod: str) -> Path:
-        return self.path / "pods" / pod / "admin.sock"
+        return Path(pod_dir(str(self.path), pod)) / "admin.sock"
 
     def create(self) -> None:
-        longest = self.path / "pods" / ("x" * 60) / "admin.sock"
+        longest = self.admin_socket("any")  # every pod directory name has the same length
         if len(str(longest)) > _SUN_PATH_MAX:
             raise MeshError(
-                f"state directory {self.path} is too long for UNIX sockets; "
-                "set DEVMESH_STATE_DIR to a shorter path"
+                f"the state directory {self.path} makes UNIX socket paths too long "
+                f"({len(str(longest))} > {_SUN_PATH_MAX}); use a shorter -p name or set "
+                "DEVMESH_STATE_DIR to a shorter path"
             )
         for d in (self.path, self.xds_dir, self.path / "pods"):
             d.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,6 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     network: str | None = None  # joins this network (namespace owners and the gateway)
     network_mode: str | None = None  # "container:NAME" for app and sidecar
-    extra_hosts: tuple[tuple[str, str], ...] = ()
     dns: tuple[str, ...] = ()
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host ip, host port)
     binds: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, mode)
@@ -115,8 +114,33 @@ def gateway_name(project: str) -> str:
     return f"{project}-gateway"
 
 
+def pod_key(name: str) -> str:
+    """A pod's directory name: short and fixed, so socket paths stay under the UNIX limit."""
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
 def pod_dir(state_dir: str, name: str) -> str:
-    return f"{state_dir}/pods/{name}"
+    return f"{state_dir}/pods/{pod_key(name)}"
+
+
+def hosts_file(state_dir: str, name: str) -> str:
+    return f"{pod_dir(state_dir, name)}/hosts"
+
+
+def hosts_text(mesh: Mesh, service: Service, pod: str) -> str:
+    """The pod's /etc/hosts: each reachable service name -> its sidecar listener address.
+
+    Bind-mounted, not baked in (Docker's extra_hosts): the daemon rewrites it in place when
+    `calls` change, so a pod is not recreated for a routing change.
+    """
+    addresses = service_addresses(s.name for s in mesh.services)
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"127.0.0.1\t{pod}",
+    ]
+    lines += [f"{addresses[u.name]}\t{u.name}" for u in mesh.upstreams(service)]
+    return "\n".join(lines) + "\n"
 
 
 def _labels(project: str, role: str, **extra: str) -> tuple[tuple[str, str], ...]:
@@ -149,17 +173,16 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
     project = inputs.project
     name = pod_name(project, service.name, version.name, replica)
     ident = {"service": service.name, "version": version.name, "replica": str(replica), "pod": name}
-    addresses = service_addresses(s.name for s in mesh.services)
     pause = ContainerSpec(
         name=name,
         role="pod",
         image=inputs.pause_image,
         labels=_labels(project, "pod", **ident),
         network=network_name(project),
-        # Service names resolve here, to the sidecar; nothing else resolves at all, so no
-        # lookup leaves the machine through Docker's DNS forwarding.
-        extra_hosts=tuple(sorted((u.name, addresses[u.name]) for u in mesh.upstreams(service))),
+        # Service names resolve through the pod's hosts file, to the sidecar; nothing else
+        # resolves at all, so no lookup leaves the machine through Docker's DNS forwarding.
         dns=("127.0.0.1",),
+        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
     )
     env = {
         **dict(version.env),
@@ -177,6 +200,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         command=version.command,
         env=tuple(sorted(env.items())),
         network_mode=f"container:{name}",
+        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
     )
     sidecar_name = f"{name}-sidecar"
     cluster = sidecar_node(mesh, service.name, version.name)

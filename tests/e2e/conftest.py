@@ -153,7 +153,9 @@ class Mesh:
 
     def admin_stats(self, pod: str, filter_: str) -> dict[str, int]:
         """Counters from a sidecar's admin API, read through its UNIX socket."""
-        sock_path = self.state_dir() / "pods" / pod / "admin.sock"
+        from devmesh.daemon.state import StateDir
+
+        sock_path = StateDir.for_project(self.project).admin_socket(pod)
         conn = _UnixHTTP(str(sock_path))
         try:
             conn.request("GET", f"/stats?format=json&filter={filter_}")
