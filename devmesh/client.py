@@ -61,8 +61,10 @@ class DaemonClient:
         result: dict[str, Any] = self._call("GET", "/v1/state")
         return result
 
-    def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/v1/reload", {})
+    def reload(self, file: str | None = None) -> dict[str, Any]:
+        # A reload rebuilds images and reconciles before it answers: allow it the time.
+        slow = DaemonClient(self.socket_path, timeout=max(self.timeout, 600))
+        result: dict[str, Any] = slow._call("POST", "/v1/reload", {"file": file})
         return result
 
     def shift(self, service: str, weights: dict[str, int], route: str | None) -> dict[str, Any]:
@@ -72,6 +74,14 @@ class DaemonClient:
 
     def routes(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/routes")
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/stats")
+        return result
+
+    def events(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/events")
         return result
 
     def shutdown(self) -> None:

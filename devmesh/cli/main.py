@@ -217,11 +217,11 @@ def up(
     state = StateDir.for_project(name)
     client = DaemonClient(state.api_socket)
     if state.daemon_pid() is not None and client.alive():
-        result = client.reload()
+        result = client.reload(str(file.resolve()))
         if not result.get("ok"):
             for problem in result.get("problems", []):
                 _err(problem)
-            _err(f"devmesh: the running mesh '{name}' keeps its last good config")
+            _err(f"devmesh: the running mesh '{name}' keeps serving what it could keep")
             raise typer.Exit(1)
         typer.echo(f"mesh '{name}': the running daemon (pid {state.daemon_pid()}) reloaded {file}")
     elif detach:
@@ -299,29 +299,37 @@ def _run_foreground(
         daemon.start()
         client = DaemonClient(state.api_socket)
         if wait:
-            _wait_ready(client, project, timeout, exit_when_not_ready=False)
+            _wait_ready(client, project, timeout, exit_when_not_ready=False, stop=stopping)
         _print_urls(client)
         typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
-        stopping.wait()
+        daemon.wait(also=stopping)
     finally:
-        typer.echo("stopping the mesh ...")
-        daemon.stop(teardown=True)
+        if daemon.started:
+            typer.echo("stopping the mesh ...")
+        daemon.stop(teardown=True)  # removes the mesh only if this daemon brought it up
 
 
 def _wait_ready(
-    client: Any, project: str, timeout: float, exit_when_not_ready: bool = True
+    client: Any,
+    project: str,
+    timeout: float,
+    exit_when_not_ready: bool = True,
+    stop: Any = None,
 ) -> None:
     import time
 
     deadline = time.monotonic() + timeout
     last = ""
     state: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
         state = client.state()
         if state.get("ready"):
             typer.echo(f"mesh '{project}' is ready: {len(state['pods'])} pods")
             return
-        if state.get("failed") and all(p["ready"] for p in state["pods"]):
+        failed = {(f["service"], f["version"]) for f in state.get("failed", [])}
+        if failed and all(
+            p["ready"] or (p["service"], p["version"]) in failed for p in state["pods"]
+        ):
             break  # only permanent failures are left: no use waiting
         waiting = sum(1 for p in state["pods"] if not p["ready"])
         line = f"waiting for {waiting} of {len(state['pods'])} pods ..."
@@ -330,10 +338,13 @@ def _wait_ready(
             last = line
         time.sleep(0.25)
     _err(f"devmesh: mesh '{project}' is not ready:")
+    reported = set()
     for f in state.get("failed", []):
-        _err(f"  {f['service']}/{f['version']}: {f['reason']}")
+        if (f["service"], f["version"], f["reason"]) not in reported:
+            reported.add((f["service"], f["version"], f["reason"]))
+            _err(f"  {f['service']}/{f['version']}: {f['reason']}")
     for p in state.get("pods", []):
-        if not p["ready"]:
+        if not p["ready"] and (p["service"], p["version"], p["reason"]) not in reported:
             _err(f"  {p['service']}/{p['version']} ({p['pod']}): {p['reason']}")
     gw = state.get("gateway")
     if gw and not gw["ready"]:
@@ -351,6 +362,7 @@ def _print_urls(client: Any) -> None:
 @app.command()
 def down(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
     """Stop the daemon and remove every container and network of the mesh (also after a crash)."""
+    import contextlib
     import os
     import signal
     import time
@@ -368,12 +380,14 @@ def down(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
         try:
             DaemonClient(state.api_socket, timeout=5).shutdown()
         except _MeshError:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while state.daemon_pid() is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         if state.daemon_pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         typer.echo(f"stopped the daemon (pid {pid})")
     containers, networks = engine.remove_all(name)
     state.remove()
@@ -415,6 +429,7 @@ def _ps_from_engine(project: str) -> dict[str, Any]:
         if obs.role != "pod":
             continue
         app = infos.get(f"{obs.name}-app")
+        sidecar = infos.get(f"{obs.name}-sidecar")
         pods.append(
             {
                 "pod": obs.name,
@@ -425,7 +440,7 @@ def _ps_from_engine(project: str) -> dict[str, Any]:
                 "address": infos[obs.name].ip if obs.name in infos else None,
                 "app": app.state if app else "missing",
                 "restarts": app.restarts if app else 0,
-                "sidecar": (infos.get(f"{obs.name}-sidecar") or infos.get(obs.name)).state,  # type: ignore[union-attr]
+                "sidecar": sidecar.state if sidecar else "missing",
                 "xds": {"connected": False, "synced": False, "version": None, "nack": None},
             }
         )

@@ -120,7 +120,24 @@ class _Builder:
             base_dir=base_dir,
         )
         self.check_reachability(mesh)
+        self.check_pod_names(mesh)
         return mesh
+
+    def check_pod_names(self, mesh: Mesh) -> None:
+        """Pods are named SERVICE-VERSION-N: `a-b`/`c` and `a`/`b-c` would be one pod."""
+        seen: dict[str, tuple[str, str]] = {}
+        for service in mesh.services:
+            for version in service.versions:
+                key = f"{service.name}-{version.name}"
+                if key in seen and seen[key][0] != service.name:
+                    other = "/".join(seen[key])
+                    self.error(
+                        ("services", service.name),
+                        f"its version '{version.name}' would name pods like {other}'s "
+                        f"({key}-0); rename one of them",
+                        key=True,
+                    )
+                seen.setdefault(key, (service.name, version.name))
 
     # -- services ---------------------------------------------------------------------------
 

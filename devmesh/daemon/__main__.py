@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             Engine.connect(),
             StateDir.for_project(args.project),
         )
-        signal.signal(signal.SIGTERM, lambda *_: daemon.stop() if daemon else None)
-        signal.signal(signal.SIGINT, lambda *_: daemon.stop() if daemon else None)
+        signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop() if daemon else None)
+        signal.signal(signal.SIGINT, lambda *_: daemon.request_stop() if daemon else None)
         daemon.start()
         daemon.wait()
+        daemon.stop()
     except MeshError as exc:
         print(f"devmesh: {exc}", flush=True)
         if daemon is not None:

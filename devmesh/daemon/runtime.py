@@ -6,6 +6,7 @@ Collaborators are built here and passed in; nothing connects or starts at import
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -19,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from devmesh import labels
 from devmesh.adapters import images
-from devmesh.adapters.engine import ContainerInfo, Engine
+from devmesh.adapters.engine import ContainerInfo, Engine, EngineError
+from devmesh.adapters.envoy_admin import read_many
 from devmesh.adapters.probe import probe
 from devmesh.adapters.watch import FileWatcher
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.core.edit import set_weights as shift_text
 from devmesh.core.edit import write_file
 from devmesh.core.load import load
-from devmesh.core.model import Mesh, Service, Version
+from devmesh.core.model import Ingress, Mesh, Service, Version
 from devmesh.core.problems import MeshError, MeshInvalid
 from devmesh.core.source import read_text
 from devmesh.core.summary import mesh_routes_json
@@ -56,6 +59,7 @@ class DaemonRunning(MeshError):
 
 @dataclass
 class _Health:
+    app_id: str  # the app container checked: a new one starts unhealthy
     ok: bool = False
     reason: str = "not checked yet"
     next_at: float = 0.0
@@ -79,16 +83,18 @@ class Daemon:
         self.phase = "starting"
         self.problems: list[str] = []  # of the mesh file's last reload that did not validate
         self.apply_errors: list[str] = []
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self.failed: dict[tuple[str, str], str] = {}
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.envoy_image: images.ImageChoice | None = None
         self.pause_image: images.ImageChoice | None = None
-        self._images: dict[Any, str] = {}
+        self._images: dict[Any, str | MeshError] = {}
+        self.start_errors: dict[str, str] = {}  # container -> why it could not be started
+        self._failed_passes = 0
         self._desired: Desired | None = None
         self._infos: dict[str, ContainerInfo] = {}
         self._health: dict[str, _Health] = {}
         self._published: set[str] = set()
-        self._healthy_pods: frozenset[str] = frozenset()
         self._reconcile_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,10 +127,12 @@ class Daemon:
             self.state.api_socket,
             {
                 ("GET", "/v1/state"): lambda _: (200, self.snapshot()),
-                ("POST", "/v1/reload"): lambda _: self._api_reload(),
+                ("POST", "/v1/reload"): self._api_reload,
                 ("POST", "/v1/shutdown"): lambda _: self._api_shutdown(),
                 ("POST", "/v1/shift"): self._api_shift,
                 ("GET", "/v1/routes"): lambda _: (200, self.routes_json()),
+                ("GET", "/v1/stats"): lambda _: (200, self.stats_json()),
+                ("GET", "/v1/events"): lambda _: (200, self.events_json()),
             },
         )
         self._api.start()
@@ -145,21 +153,37 @@ class Daemon:
         ):
             threading.Thread(target=target, name=name, daemon=True).start()
 
-    def wait(self) -> None:
-        while not self._stop.wait(0.5):
-            pass
+    def wait(self, also: threading.Event | None = None) -> None:
+        """Until a stop is requested (the API's shutdown, or `also`: a signal)."""
+        while not self._stop.wait(0.2):
+            if also is not None and also.is_set():
+                return
 
-    def stop(self, teardown: bool = False) -> None:
-        if self.phase == "stopping":
-            return
-        self.phase = "stopping"
+    def request_stop(self) -> None:
+        """Safe anywhere (signal handlers, API threads): the owner then calls stop()."""
         self._stop.set()
         self._wake.set()
+
+    @property
+    def started(self) -> bool:
+        return self.phase == "serving"
+
+    def stop(self, teardown: bool = False) -> None:
+        """Stop serving. With `teardown`, also remove the mesh; only a daemon that came up
+        may do that: one that failed to start must not remove what another one runs."""
+        if self.phase == "stopping":
+            return
+        teardown = teardown and self.phase == "serving"
+        self.phase = "stopping"
+        self.request_stop()
+        with self._reconcile_lock:  # let a pass under way finish before letting go
+            pass
         if self._watcher is not None:
             self._watcher.stop()
         if self._api is not None:
             self._api.stop()
         self.xds.stop(grace=0.5)
+        self._pool.shutdown(wait=False)
         if teardown:
             containers, networks = self.engine.remove_all(self.project)
             self.note(f"removed {containers} containers, {networks} networks")
@@ -176,21 +200,25 @@ class Daemon:
         mine = self.engine.containers(self.project).get(f"{self.project}-gateway")
         if mine is not None and mine.state == "running":
             return  # it is ours, adopted
-        with socket.socket() as probe_sock:
-            # As dockerd binds: TIME_WAIT leftovers of a previous run must not count as "in use".
-            probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe_sock.bind((ingress.host, ingress.port))
-            except OSError:
-                raise MeshError(
-                    f"ingress port {ingress.host}:{ingress.port} is in use by another program; "
-                    "free it or change ingress.port in the mesh file"
-                ) from None
+        if _port_busy(ingress):
+            raise MeshError(
+                f"ingress port {ingress.host}:{ingress.port} is in use by another program; "
+                "free it or change ingress.port in the mesh file"
+            )
 
     # -- API ----------------------------------------------------------------------------------
 
-    def _api_reload(self) -> tuple[int, dict[str, Any]]:
-        """A second `up`: re-read the file now, rebuild images, reconcile."""
+    def _api_reload(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A second `up`: re-read the file now, rebuild images, reconcile; say what failed."""
+        asked = body.get("file")
+        if asked and Path(asked).resolve() != self.mesh_file.resolve():
+            return 200, {
+                "ok": False,
+                "problems": [
+                    f"the running daemon of '{self.project}' serves {self.mesh_file}, not "
+                    f"{asked}; run `devmesh down` first, or give another -p name"
+                ],
+            }
         try:
             raw = self.mesh_file.read_bytes()
         except OSError as exc:
@@ -198,9 +226,12 @@ class Daemon:
         mesh, problems = self._parse(raw)
         if mesh is None:
             self._report(raw, problems)
-        else:
-            self._apply(raw, mesh, "up", rebuild=True)
-        return 200, {"ok": not problems, "problems": problems}
+            return 200, {"ok": False, "problems": problems}
+        self._apply(raw, mesh, "up", rebuild=True)
+        failures = [f"{s}/{v}: {r}" for (s, v), r in self.failed.items()]
+        failures += [f"{name}: {why}" for name, why in self.start_errors.items()]
+        failures += self.apply_errors
+        return 200, {"ok": not failures, "problems": failures}
 
     def _on_save(self) -> None:
         """The watcher saw a save. Valid text applies at once; invalid text is reported only
@@ -235,6 +266,13 @@ class Daemon:
             return None, [
                 f"the mesh is now named '{mesh.name}'; "
                 f"run `devmesh down` for '{self.mesh.name}' first"
+            ]
+        old, new = self.mesh.ingress, mesh.ingress
+        if new is not None and (old is None or old.port != new.port) and _port_busy(new):
+            # Checked before the working gateway is replaced by one that could not start.
+            return None, [
+                f"{self.mesh_file}: ingress port {new.host}:{new.port} is in use by another "
+                "program; the gateway stays where it is"
             ]
         return mesh, []
 
@@ -286,8 +324,20 @@ class Daemon:
     def routes_json(self) -> dict[str, Any]:
         return mesh_routes_json(self.mesh)
 
+    def stats_json(self) -> dict[str, Any]:
+        """Each sidecar's (and the gateway's) request counters, read from its admin socket."""
+        want = self._desired
+        if want is None:
+            return {"time": time.time(), "sidecars": {}}
+        names = [p.name for p in want.pods] + ([want.gateway.name] if want.gateway else [])
+        read = read_many({n: self.state.admin_socket(n) for n in names})
+        return {"time": time.time(), "sidecars": read}
+
+    def events_json(self) -> dict[str, Any]:
+        return {"events": [{"time": t, "text": text} for t, text in self.events]}
+
     def _api_shutdown(self) -> tuple[int, dict[str, Any]]:
-        threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+        self.request_stop()
         return 200, {"ok": True}
 
     # -- reconcile ----------------------------------------------------------------------------
@@ -299,25 +349,29 @@ class Daemon:
             mesh = self.mesh
             inputs = self._inputs(mesh)
             want = desired(mesh, inputs)
+            if inputs.failed and self._desired is not None:
+                # A version that cannot run its new spec keeps its old pods, serving.
+                kept = tuple(
+                    p for p in self._desired.pods if (p.service, p.version) in inputs.failed
+                )
+                want = dataclasses.replace(want, pods=want.pods + kept)
             actual, infos = self.engine.look(self.project)
             self._write_hosts(mesh, want)
             todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
+            errors: list[EngineError] = []
             if not todo.empty:
                 self.note(f"reconcile ({why}): " + ", ".join(todo.describe()))
-                # A new app must pass its own health check before it gets traffic.
-                for pod, _ in todo.replace_pods:
-                    self._health.pop(pod.name, None)
-                for spec, _ in todo.replace:
-                    if spec.role == "app":
-                        self._health.pop(spec.name.removesuffix("-app"), None)
                 errors = self.engine.apply(todo, self.project, want.network, log.info)
                 for error in errors:
-                    self.note(f"error: {error}")
-                self.apply_errors = errors
-            self._desired = want
-            if not todo.empty:
+                    self.note(f"error: {error.container or 'engine'}: {error}")
                 infos = self.engine.containers(self.project)  # what applying changed
+            self.start_errors = {e.container: str(e) for e in errors if e.container}
+            self._failed_passes = self._failed_passes + 1 if errors else 0
+            self.apply_errors = [str(e) for e in errors if not e.container]
+            self._desired = want
             self._infos = infos
+            if self.phase == "starting":
+                self._probe_round()  # adopted pods keep their traffic: no empty first push
             self._publish()
 
     def _write_hosts(self, mesh: Mesh, want: Desired) -> None:
@@ -358,37 +412,45 @@ class Daemon:
         )
 
     def _app_image(self, mesh: Mesh, service: Service, version: Version) -> str:
-        client = self.engine.client
-        if version.build is not None:
-            build = version.build
+        """The image id a version runs. Failures are remembered until the next `up`, so a
+        missing image is not looked for again on every pass."""
+        build = version.build
+        if build is not None:
             tag = version.image or f"devmesh-{self.project}-{service.name}:{version.name}"
             context = Path(mesh.base_dir) / build.context
-            cache_key = (str(context), build.dockerfile, build.args, tag)
-            if cache_key not in self._images:
-                self.note(f"building {tag} from {context}")
-                self._images[cache_key] = images.build(
-                    client,
-                    context,
-                    build.dockerfile,
-                    tag,
-                    dict(build.args),
-                    {"dev.devmesh.role": "image"},
-                    log.info,
-                )
-            return self._images[cache_key]
-        assert version.image is not None
-        found = images.image_id(client, version.image)
+            key: Any = ("build", str(context), build.dockerfile, build.args, tag)
+        else:
+            assert version.image is not None
+            key = ("image", version.image)
+        if key not in self._images:
+            try:
+                self._images[key] = self._resolve_image(key, version)
+            except MeshError as exc:
+                self._images[key] = exc
+        found = self._images[key]
+        if isinstance(found, MeshError):
+            raise found
+        return found
+
+    def _resolve_image(self, key: Any, version: Version) -> str:
+        client = self.engine.client
+        if key[0] == "build":
+            _, context, dockerfile, args, tag = key
+            self.note(f"building {tag} from {context}")
+            return images.build(
+                client, Path(context), dockerfile, tag, dict(args), {labels.ROLE: "image"}, log.info
+            )
+        name = key[1]
+        found = images.image_id(client, name)
         if found:
             return found
         if images.pull_policy() == "missing":
-            self.note(f"pulling {version.image}")
+            self.note(f"pulling {name}")
             try:
-                repo, _, tag = version.image.rpartition(":")
-                pulled = client.images.pull(repo or version.image, tag=tag or "latest")
-                return str(pulled.id)
-            except Exception as exc:  # any pull failure means the same thing here
-                raise MeshError(f"image {version.image} not found and not pulled ({exc})") from None
-        raise MeshError(f"image {version.image} not found (pulling is off: DEVMESH_PULL=never)")
+                return images.pull(client, name)
+            except MeshError as exc:
+                raise MeshError(f"image {name} not found, and {exc}") from None
+        raise MeshError(f"image {name} not found (pulling is off: DEVMESH_PULL=never)")
 
     def _endpoints(self) -> dict[tuple[str, str], list[str]]:
         out: dict[tuple[str, str], list[str]] = {}
@@ -428,7 +490,10 @@ class Daemon:
             if self._stop.is_set():
                 return
             if triggered:
-                time.sleep(0.2)  # let a burst of events settle into one pass
+                # Let a burst of events settle into one pass; after failures, back off (a
+                # container that cannot start would otherwise be retried in a tight loop).
+                backoff = min(30.0, 0.5 * 2**self._failed_passes) if self._failed_passes else 0.2
+                self._stop.wait(backoff)
             self._wake.clear()
             try:
                 self.reconcile("event" if triggered else "timer")
@@ -452,31 +517,41 @@ class Daemon:
             self._stop.wait(1.0)
 
     def _health_loop(self) -> None:
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe") as pool:
-            while not self._stop.wait(HEALTH_TICK):
-                try:
-                    self._probe_due(pool)
-                except Exception:
-                    log.exception("health probes failed")
+        while not self._stop.wait(HEALTH_TICK):
+            try:
+                if self._probe_round():
+                    with self._reconcile_lock:
+                        self._infos = self.engine.containers(self.project)
+                        self._publish()
+            except Exception:
+                log.exception("health probes failed")
 
-    def _probe_due(self, pool: ThreadPoolExecutor) -> None:
-        want = self._desired
+    def _probe_round(self) -> bool:
+        """Probe the apps that are due; True if any pod's health changed."""
+        want, infos, mesh = self._desired, self._infos, self.mesh
         if want is None:
-            return
+            return False
         now = time.monotonic()
-        mesh = self.mesh
-        due: list[tuple[PodSpec, str, Service]] = []
-        for pod in want.pods:
-            info = self._infos.get(pod.name)
-            if not info or not info.ip or not mesh.has_service(pod.service):
-                continue
-            state = self._health.setdefault(pod.name, _Health())
-            if now >= state.next_at:
-                due.append((pod, info.ip, mesh.service(pod.service)))
-        results = pool.map(lambda job: probe(job[1], job[2].port, job[2].health), due)
+        due: list[tuple[PodSpec, str, Service, str]] = []
         changed = False
-        for (pod, _, service), (ok, reason) in zip(due, results, strict=True):
-            state = self._health[pod.name]
+        for pod in want.pods:
+            owner, app = infos.get(pod.name), infos.get(pod.app.name)
+            if not owner or not owner.ip or not app or not mesh.has_service(pod.service):
+                continue
+            state = self._health.get(pod.name)
+            if state is None or state.app_id != app.id:
+                changed = changed or bool(state and state.ok)
+                state = self._health[pod.name] = _Health(app.id)
+            if app.state != "running":
+                changed = changed or state.ok
+                state.ok, state.reason = False, f"app {app.state}"
+            elif now >= state.next_at:
+                due.append((pod, owner.ip, mesh.service(pod.service), app.id))
+        results = self._pool.map(lambda job: probe(job[1], job[2].port, job[2].health), due)
+        for (pod, _, service, app_id), (ok, reason) in zip(due, results, strict=True):
+            state = self._health.get(pod.name)
+            if state is None or state.app_id != app_id:
+                continue  # the app was replaced meanwhile: this result is about the old one
             interval = (service.health.interval_ms if service.health else 2000) / 1000
             # Until it first passes, look often: readiness should not wait a whole interval.
             state.next_at = now + (interval if ok else min(interval, 0.5))
@@ -484,10 +559,7 @@ class Daemon:
                 changed = True
                 self.note(f"{pod.name}: {'healthy' if ok else 'unhealthy: ' + reason}")
             state.ok, state.reason = ok, reason
-        if changed:
-            with self._reconcile_lock:
-                self._infos = self.engine.containers(self.project)
-                self._publish()
+        return changed
 
     # -- state --------------------------------------------------------------------------------
 
@@ -495,14 +567,21 @@ class Daemon:
         info = self._infos.get(pod.name)
         app = self._infos.get(pod.app.name)
         sidecar = self._infos.get(pod.sidecar.name)
-        health = self._health.get(pod.name, _Health())
+        health = self._health.get(pod.name) or _Health("")
         try:
             xds = self.xds.status(pod.node_id)
         except KeyError:
             xds = None
         synced = self.xds.is_synced(pod.node_id) if xds else False
         reason = ""
-        if info is None or info.state != "running":
+        broken = [
+            self.start_errors[n]
+            for n in (pod.name, pod.sidecar.name, pod.app.name)
+            if n in self.start_errors
+        ]
+        if broken:
+            reason = broken[0]
+        elif info is None or info.state != "running":
             reason = "pod starting" if info is None else f"namespace owner {info.state}"
         elif app is None:
             reason = "app container missing"
@@ -541,16 +620,20 @@ class Daemon:
             except KeyError:
                 gx = None
             synced = self.xds.is_synced(want.gateway.name) if gx else False
-            ingress = self.mesh.ingress
-            assert ingress is not None
+            port = want.gateway.ports[0]
             gateway = {
                 "name": want.gateway.name,
                 "state": info.state if info else "missing",
-                "url": f"http://{ingress.host}:{ingress.port}/",
+                "url": f"http://{port[1]}:{port[2]}/",
                 "ready": bool(info and info.state == "running" and synced),
                 "xds": _xds_json(gx, synced),
             }
         failed = [{"service": s, "version": v, "reason": r} for (s, v), r in self.failed.items()]
+        failed += [
+            {"service": p["service"], "version": p["version"], "reason": p["reason"]}
+            for p in pods
+            if p["reason"].startswith("cannot ")
+        ]
         ready = (
             self.phase == "serving"
             and not failed
@@ -574,6 +657,17 @@ class Daemon:
             "gateway": gateway,
             "events": [{"time": t, "text": text} for t, text in list(self.events)[-50:]],
         }
+
+
+def _port_busy(ingress: Ingress) -> bool:
+    with socket.socket() as probe_sock:
+        # As dockerd binds: TIME_WAIT leftovers of a previous run must not count as "in use".
+        probe_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe_sock.bind((ingress.host, ingress.port))
+        except OSError:
+            return True
+    return False
 
 
 def _xds_json(status: Any, synced: bool) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -73,8 +74,13 @@ class StateDir:
                 f"({len(str(longest))} > {_SUN_PATH_MAX}); use a shorter -p name or set "
                 "DEVMESH_STATE_DIR to a shorter path"
             )
+        base = self.path.parent
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if base.stat().st_uid != os.getuid():  # a shared /tmp: someone else's directory
+            raise MeshError(f"{base} belongs to another user; set DEVMESH_STATE_DIR")
         for d in (self.path, self.xds_dir, self.path / "pods"):
             d.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o700)
         os.chmod(self.path, 0o700)  # the API socket inside is for its owner only
 
     def remove(self) -> None:
@@ -84,9 +90,13 @@ class StateDir:
         """Take the daemon lock (held for the daemon's life); None when another holds it."""
         self.create()
         handle = open(self.lock_file, "a+")  # noqa: SIM115 - held open on purpose
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(20):  # daemon_pid() of a concurrent `ps` holds it for an instant
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
             handle.close()
             return None
         self.pid_file.write_text(str(os.getpid()))

@@ -178,6 +178,9 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         role="pod",
         image=inputs.pause_image,
         labels=_labels(project, "pod", **ident),
+        # Never restarted in place: a restarted owner has a new namespace and its members
+        # would be cut off. A dead owner makes the daemon replace the pod whole.
+        restart="no",
         network=network_name(project),
         # Service names resolve through the pod's hosts file, to the sidecar; nothing else
         # resolves at all, so no lookup leaves the machine through Docker's DNS forwarding.

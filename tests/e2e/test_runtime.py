@@ -346,3 +346,19 @@ def test_logs_show_the_app_output(make_mesh: Any) -> None:
     assert "catalog/v1: http on :8000" in result.stdout
     unknown = mesh.run("logs", "catalgo")
     assert unknown.returncode == 1 and "did you mean 'catalog'" in unknown.stderr
+
+
+def test_second_up_with_a_missing_image_fails_and_old_pods_keep_serving(make_mesh: Any) -> None:
+    mesh: Mesh = make_mesh(SHOP)
+    mesh.up_ok()
+    before = mesh.containers()
+    catalog = "  catalog:\n    build: @APP@\n    image: devmesh-shop-app:1\n"
+    mesh.write(SHOP.replace(catalog, "  catalog:\n    image: devmesh-no-such-image:9\n"))
+    result = mesh.up()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "catalog/v2: image devmesh-no-such-image:9 not found" in result.stderr
+    assert mesh.containers() == before  # nothing was torn down for an image it cannot run
+    canary = mesh.get("/catalog/x", headers={"x-canary": "1"})
+    assert canary.status == 200 and served_by(canary) == "catalog/v2"
+    failed = {(f["service"], f["version"]) for f in mesh.ps()["failed"]}
+    assert failed == {("catalog", "v1"), ("catalog", "v2")}

@@ -1,0 +1,986 @@
+"""Live-change benchmark: how soon a saved mesh file moves traffic, and whether any request
+fails while the file is edited and the daemon is killed and restarted under load.
+
+    .venv/bin/python bench/live.py [--saves 50] [--rate 200] [--duration 30] [--out FILE]
+
+1. Save -> traffic on the new route, for three meshes: "example" (examples/shop as it is, in a
+   temp dir: absolute build path, a free ingress port), "example, no fault" (the same without
+   the `fault:` line of catalog's `main` route) and "20 services" (generated: `target` with
+   v1/v2 and a route whose weights flip, 19 others, every service `egress: all`, so every
+   sidecar carries every other service's listener, route and clusters). Before the first save
+   the route is set to v1 and traffic must be all on v1. Then, per save: t0, the file written
+   in place (one plain write) with the route flipped to the other version, and GETs through
+   the ingress in a tight loop on one keep-alive connection until a response carries
+   `x-devmesh-served-by: SERVICE/NEW_VERSION`; latency = arrival of that response - t0. About
+   0.3 s between saves. The daemon log's `save: applied in N ms` lines split each save into
+   write -> applied (watcher + reconcile) and the rest (push, Envoy, the request).
+2. Failed requests under load, on a fresh example mesh: GET /catalog/x through the ingress at
+   `--rate` requests/s for `--duration` s (a fixed schedule over `--workers` threads, each
+   with one keep-alive connection and a 5 s timeout; a request is never sent before its slot,
+   so the rate is bounded), while another thread makes 20 evenly spaced edits of the mesh
+   file (weights changed each time; 3 of them invalid, each followed by a valid one) and, in
+   the middle, the daemon is SIGKILLed and `devmesh up -d --wait` restarts it 1 s later.
+
+Every devmesh command runs with DEVMESH_PULL=never; traffic goes to 127.0.0.1 only.
+Everything the benchmark starts is removed at the end, on failure and on Ctrl-C: `devmesh
+down`, then a sweep by the mesh label. This is a benchmark, not a test: it prints a table and
+exits non-zero only when it could not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import math
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
+    APP_CONTEXT,
+    APP_IMAGE,
+    COMMAND_SLACK,
+    DOWN_TIMEOUT,
+    UP_TIMEOUT,
+    BenchError,
+    Terminated,
+    daemon_alive,
+    devmesh,
+    engine_version,
+    example_case,
+    free_port,
+    image_id,
+    progress,
+    ps_json,
+    run,
+    shielded,
+    sweep,
+    table,
+    tail,
+)
+
+from devmesh import __version__ as devmesh_version
+from devmesh.daemon.state import StateDir
+
+SERVED_BY = "x-devmesh-served-by"
+SAVE_TARGET_P50_MS = 75.0
+SAVE_TARGET_P99_MS = 250.0
+SAVE_GIVE_UP = 10.0  # seconds: a save whose new route is not seen by then counts as missed
+SAVE_PAUSE = 0.3  # seconds between saves
+SLOW_REQUEST_MS = 150.0  # a request this slow in a save's loop: the example's fault delay
+SETTLE_TIMEOUT = 20.0
+REQUEST_TIMEOUT = 5.0  # per request through the ingress (the load test's is from the brief)
+EDITS = 20
+RESTART_AFTER = 1.0  # seconds between the SIGKILL and `devmesh up -d --wait`
+WEIGHTS = re.compile(r"(?m)^(\s+to: )\{v1: \d+, v2: \d+\}[ \t]*$")
+FAULT = re.compile(r"(?m)^\s+fault: \{delay: .*\}\n")
+APPLIED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO save: applied in (\d+) ms$")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def project_name(n: int) -> str:
+    """`live-PID-N`: devmesh refuses project names longer than 15 characters (the default
+    state directory makes UNIX socket paths too long otherwise)."""
+    name = f"live-{os.getpid()}-{n}"
+    return name if len(name) <= 15 else f"l{os.getpid()}-{n}"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest rank: with 50 values, p99 is the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def log_time(text: str) -> float:
+    """A daemon log timestamp (local time, milliseconds) as a Unix time."""
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+# -- the meshes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveMesh:
+    name: str
+    file: Path
+    text: str  # with its ingress port; the flipped route as `to: {v1: N, v2: M}`
+    port: int
+    service: str  # whose route flips
+    path: str  # requested through the ingress
+    pods: int
+
+    def with_weights(self, v1: int, v2: int) -> str:
+        text, n = WEIGHTS.subn(rf"\g<1>{{v1: {v1}, v2: {v2}}}", self.text)
+        if n != 1:
+            raise BenchError(f"{self.name}: expected one `to: {{v1: N, v2: M}}` line, found {n}")
+        return text
+
+    def write(self, v1: int, v2: int) -> None:
+        self.file.write_text(self.with_weights(v1, v2))  # in place: one plain write
+
+
+def example_mesh(workdir: Path, name: str, fault: bool) -> LiveMesh:
+    """bringup's copy of the example (absolute build path), with a free ingress port."""
+    where = workdir / re.sub(r"\W+", "-", name)
+    where.mkdir()
+    case = example_case(where)
+    port = free_port()
+    text = case.template.replace("@PORT@", str(port))
+    if not fault:
+        text, n = FAULT.subn("", text)
+        if n != 1:
+            raise BenchError(f"{case.file}: expected one `fault: {{delay: ...}}` line, found {n}")
+    mesh = LiveMesh(name, case.file, text, port, "catalog", "/catalog/x", pods=5)
+    mesh.with_weights(100, 0)  # the line to flip is there
+    mesh.file.write_text(text)
+    return mesh
+
+
+def services_mesh(workdir: Path, n: int) -> LiveMesh:
+    """`target` (v1, v2, a weighted route) and n - 1 others, every one with `egress: all`."""
+    port = free_port()
+    lines = [
+        f"mesh: live{n}",
+        "defaults:",
+        "  timeout: 5s",
+        "  health: {path: /healthz, interval: 1s}",
+        "ingress:",
+        f"  port: {port}",
+        "  routes:",
+        "    - {name: target, match: {path_prefix: /target/}, service: target}",
+        "services:",
+        "  target:",
+        f"    build: {APP_CONTEXT}",
+        f"    image: {APP_IMAGE}",
+        "    port: 8000",
+        "    egress: all",
+        "    versions: {v1: {}, v2: {}}",
+        "    routes:",
+        "      - name: main",
+        "        to: {v1: 100, v2: 0}",
+    ]
+    for i in range(2, n + 1):
+        lines += [
+            f"  s{i:02d}:",
+            f"    build: {APP_CONTEXT}",
+            f"    image: {APP_IMAGE}",
+            "    port: 8000",
+            "    egress: all",
+        ]
+    path = workdir / f"services{n}" / "devmesh.yaml"
+    path.parent.mkdir(parents=True)
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return LiveMesh(f"{n} services", path, text, port, "target", "/target/x", pods=n + 1)
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    served_by: str
+
+
+class Client:
+    """One keep-alive connection to the ingress on 127.0.0.1; a new one after any error."""
+
+    def __init__(self, port: int, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn: http.client.HTTPConnection | None = None
+        self.used = 0  # requests answered on the current connection
+
+    def get(self, path: str) -> Reply:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            self.used = 0
+        try:
+            self.conn.request("GET", path)
+            resp = self.conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        self.used += 1
+        return Reply(resp.status, resp.getheader(SERVED_BY) or "")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+
+def settle(mesh: LiveMesh, client: Client, version: str, in_a_row: int = 10) -> None:
+    """Wait until `in_a_row` responses in a row are 200 from SERVICE/version."""
+    want = f"{mesh.service}/{version}"
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    streak = 0
+    last = ""
+    while streak < in_a_row:
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{mesh.name}: traffic not all on {want} within {SETTLE_TIMEOUT:.0f}s "
+                f"(last: {last})"
+            )
+        try:
+            reply = client.get(mesh.path)
+            ok = reply.status == 200 and reply.served_by == want
+            last = f"HTTP {reply.status} from {reply.served_by or '?'}"
+        except (OSError, http.client.HTTPException) as exc:
+            ok, last = False, f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)
+        streak = streak + 1 if ok else 0
+
+
+# -- running a mesh -----------------------------------------------------------------------------
+
+
+def up(mesh: LiveMesh, project: str) -> subprocess.CompletedProcess[str]:
+    return devmesh(
+        *("up", "-d", "--wait", "--timeout", str(UP_TIMEOUT)),
+        *("-f", str(mesh.file), "-p", project),
+        timeout=UP_TIMEOUT + COMMAND_SLACK,
+    )
+
+
+@contextmanager
+def running(mesh: LiveMesh, project: str, started: list[str]) -> Iterator[float]:
+    """The mesh up (yields how long `up` took); down and swept afterwards, whatever happens."""
+    started.append(project)
+    try:
+        began = time.perf_counter()
+        result = up(mesh, project)
+        took = time.perf_counter() - began
+        if result.returncode != 0:
+            raise BenchError(
+                f"`devmesh up` for {mesh.name} exited {result.returncode}:\n{tail(result)}"
+            )
+        yield took
+    finally:
+        with shielded():
+            try:
+                down = devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
+                if down.returncode != 0:
+                    progress(f"`devmesh down -p {project}` exited {down.returncode}:\n{tail(down)}")
+            except BenchError as exc:
+                progress(f"cleanup: {exc}")
+            try:
+                left = sweep(project, None)
+                if left:
+                    progress(f"{project}: `devmesh down` left {left}; removed")
+            except BenchError as exc:
+                progress(f"cleanup sweep: {exc}")
+
+
+def log_offset(project: str) -> int:
+    log = StateDir.for_project(project).log_file
+    return log.stat().st_size if log.exists() else 0
+
+
+def log_lines(project: str, offset: int) -> list[str]:
+    log = StateDir.for_project(project).log_file
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace").splitlines()
+
+
+# -- 1. save -> traffic on the new route ---------------------------------------------------------
+
+
+@dataclass
+class Save:
+    to: str  # the version the save routes to
+    wrote_at: float  # Unix time just before the write
+    latency_ms: float | None  # None: the new route was not seen within SAVE_GIVE_UP
+    requests: int
+    errors: int
+    slowest_ms: float  # the slowest request of this save's loop
+    applied_ms: float | None = None  # write -> the daemon's `save: applied` line
+    apply_ms: float | None = None  # the N of that line (the reconcile)
+
+
+@dataclass
+class SaveResult:
+    mesh: LiveMesh
+    up_s: float
+    saves: list[Save]
+    unmatched_log_lines: int = 0
+
+    def latencies(self) -> list[float]:
+        return [s.latency_ms for s in self.saves if s.latency_ms is not None]
+
+    def met(self) -> bool:
+        lat = self.latencies()
+        return (
+            len(lat) == len(self.saves)
+            and percentile(lat, 50) <= SAVE_TARGET_P50_MS
+            and percentile(lat, 99) <= SAVE_TARGET_P99_MS
+        )
+
+
+def one_save(mesh: LiveMesh, client: Client, to: str) -> Save:
+    v1, v2 = (100, 0) if to == "v1" else (0, 100)
+    want = f"{mesh.service}/{to}"
+    text = mesh.with_weights(v1, v2)
+    requests = errors = 0
+    slowest = 0.0
+    wrote_at = time.time()
+    t0 = time.perf_counter()
+    mesh.file.write_text(text)
+    while True:
+        sent = time.perf_counter()
+        if sent - t0 > SAVE_GIVE_UP:
+            return Save(to, wrote_at, None, requests, errors, slowest)
+        requests += 1
+        try:
+            reply = client.get(mesh.path)
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            time.sleep(0.005)
+            continue
+        arrived = time.perf_counter()
+        slowest = max(slowest, (arrived - sent) * 1000)
+        if reply.status == 200 and reply.served_by == want:
+            return Save(to, wrote_at, (arrived - t0) * 1000, requests, errors, slowest)
+        if reply.status != 200:
+            errors += 1
+
+
+def match_log(saves: list[Save], lines: list[str]) -> int:
+    """Give each save the first `save: applied` line after its write; the unmatched count."""
+    applied = []
+    for line in lines:
+        m = APPLIED.match(line)
+        if m:
+            applied.append((log_time(m.group(1)), float(m.group(2))))
+    used = 0
+    for i, save in enumerate(saves):
+        end = saves[i + 1].wrote_at if i + 1 < len(saves) else math.inf
+        # asctime truncates to the millisecond: a line may look up to 1 ms early
+        found = [a for a in applied if save.wrote_at - 0.001 <= a[0] < end]
+        if found:
+            at, took = found[0]
+            save.applied_ms = max(0.0, (at - save.wrote_at) * 1000)
+            save.apply_ms = took
+            used += len(found)
+    return len(applied) - used
+
+
+def measure_saves(mesh: LiveMesh, project: str, n: int, started: list[str]) -> SaveResult:
+    progress(f"{mesh.name}: up ({project}) ...")
+    with running(mesh, project, started) as up_s:
+        progress(f"{mesh.name}: up in {up_s:.1f}s; {n} saves ...")
+        client = Client(mesh.port)
+        try:
+            mesh.write(100, 0)  # start from all on v1 (the example has 80/20)
+            settle(mesh, client, "v1")
+            time.sleep(SAVE_PAUSE)
+            offset = log_offset(project)
+            saves: list[Save] = []
+            for i in range(n):
+                saves.append(one_save(mesh, client, "v2" if i % 2 == 0 else "v1"))
+                time.sleep(SAVE_PAUSE)
+            time.sleep(0.2)
+            result = SaveResult(mesh, up_s, saves)
+            result.unmatched_log_lines = match_log(saves, log_lines(project, offset))
+        finally:
+            client.close()
+    lat = result.latencies()
+    if lat:
+        progress(
+            f"{mesh.name}: p50 {percentile(lat, 50):.0f} ms, p99 {percentile(lat, 99):.0f} ms, "
+            f"max {max(lat):.0f} ms"
+        )
+    return result
+
+
+# -- 2. failed requests under load --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    slot: float  # seconds from the start of the load
+    sent: float
+    done: float
+    status: int | None  # None: a connection error or timeout
+    error: str  # the exception's type and text, for a None status
+    served_by: str
+    reused: bool  # sent on a connection that had answered before
+
+
+@dataclass
+class Event:
+    at: float  # seconds from the start of the load
+    text: str
+
+
+@dataclass
+class LoadResult:
+    mesh: LiveMesh
+    up_s: float
+    rate: float
+    duration: float
+    workers: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    before_kill: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+    final_check: str = ""
+    control_errors: list[str] = field(default_factory=list)
+    valid_edits: int = 0
+    invalid_edits: int = 0
+
+
+CYCLE = [(0, 100), (100, 0), (50, 50), (20, 80), (80, 20), (10, 90), (90, 10), (30, 70), (70, 30)]
+INVALID = {  # edit index -> how it is broken (each is followed by a valid edit)
+    3: "port: seven",
+    13: "YAML syntax error",
+    16: "unknown version v3",
+}
+
+
+def edit_plan(mesh: LiveMesh) -> list[tuple[str, str]]:
+    """EDITS texts with what each is; weights change every time; the last is all on v2."""
+    plan: list[tuple[str, str]] = []
+    for j in range(EDITS):
+        v1, v2 = (0, 100) if j == EDITS - 1 else CYCLE[j % len(CYCLE)]
+        text = mesh.with_weights(v1, v2)
+        kind = INVALID.get(j)
+        if kind == "port: seven":
+            text, n = re.subn(r"(?m)^    port: 7000$", "    port: seven", text)
+        elif kind == "YAML syntax error":
+            text, n = re.subn(
+                rf"(?m)to: \{{v1: {v1}, v2: {v2}\}}$", f"to: {{v1: {v1}, v2: {v2}", text
+            )
+        elif kind == "unknown version v3":
+            text, n = re.subn(
+                rf"(?m)to: \{{v1: {v1}, v2: {v2}\}}$", f"to: {{v1: {v1}, v3: {v2}}}", text
+            )
+        else:
+            n = 1
+        if n != 1:
+            raise BenchError(f"{mesh.name}: could not make the '{kind}' edit")
+        plan.append((text, f"invalid edit ({kind})" if kind else f"edit v1 {v1} / v2 {v2}"))
+    return plan
+
+
+def worker(
+    mesh: LiveMesh,
+    index: int,
+    total: int,
+    args: argparse.Namespace,
+    start: float,
+    stop: threading.Event,
+    out: list[Outcome],
+) -> None:
+    client = Client(mesh.port, REQUEST_TIMEOUT)
+    try:
+        for k in range(index, total, args.workers):
+            slot = k / args.rate
+            delay = start + slot - time.perf_counter()
+            if delay > 0 and stop.wait(delay):
+                return
+            if stop.is_set():
+                return
+            reused = client.conn is not None and client.used > 0
+            sent = time.perf_counter() - start
+            try:
+                reply = client.get(mesh.path)
+                outcome = Outcome(
+                    slot,
+                    sent,
+                    time.perf_counter() - start,
+                    reply.status,
+                    "",
+                    reply.served_by,
+                    reused,
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                outcome = Outcome(slot, sent, time.perf_counter() - start, None, error, "", reused)
+            out.append(outcome)  # list.append is atomic
+    finally:
+        client.close()
+
+
+def at(start: float, when: float, stop: threading.Event) -> bool:
+    """Sleep until `when` seconds after `start`; False when stopped meanwhile."""
+    delay = start + when - time.perf_counter()
+    return not (stop.wait(delay) if delay > 0 else stop.is_set())
+
+
+def editor(
+    mesh: LiveMesh,
+    plan: list[tuple[str, str]],
+    duration: float,
+    start: float,
+    stop: threading.Event,
+    result: LoadResult,
+) -> None:
+    for j, (text, what) in enumerate(plan):
+        if not at(start, (j + 0.5) * duration / len(plan), stop):
+            return
+        mesh.file.write_text(text)
+        result.events.append(Event(time.perf_counter() - start, f"{j + 1}: {what}"))
+
+
+def killer(
+    project: str,
+    mesh: LiveMesh,
+    duration: float,
+    start: float,
+    stop: threading.Event,
+    result: LoadResult,
+) -> None:
+    """In the middle of the load: the daemon's counters, SIGKILL, and `up -d --wait` 1 s later."""
+    try:
+        if not at(start, duration / 2 - 0.5, stop):
+            return
+        state = ps_json(project)  # about half a second: the CLI starting
+        result.before_kill = state
+        pid = int(state["pid"])
+        if not daemon_alive(pid, project):
+            raise BenchError(f"pid {pid} from `ps --json` is not {project}'s daemon")
+        os.kill(pid, signal.SIGKILL)
+        killed = time.perf_counter() - start
+        result.events.append(Event(killed, f"SIGKILL daemon pid {pid}"))
+        if not at(start, killed + RESTART_AFTER, stop):
+            return
+        result.events.append(Event(time.perf_counter() - start, "`devmesh up -d --wait` ..."))
+        restarted = up(mesh, project)
+        took = time.perf_counter() - start
+        if restarted.returncode != 0:
+            raise BenchError(
+                f"restart `devmesh up` exited {restarted.returncode}:\n{tail(restarted)}"
+            )
+        result.events.append(Event(took, "... `up -d --wait` returned 0 (mesh ready)"))
+    except (BenchError, KeyError, ValueError, OSError) as exc:
+        result.control_errors.append(f"daemon kill/restart: {exc}")
+
+
+def final_check(mesh: LiveMesh, version: str) -> str:
+    """After the last edit (all on v2): 20 responses in a row from it, within 10 s."""
+    client = Client(mesh.port)
+    try:
+        began = time.monotonic()
+        settle(mesh, client, version, in_a_row=20)
+        return f"all on {mesh.service}/{version} after {time.monotonic() - began:.1f}s"
+    except BenchError as exc:
+        return f"FAILED: {exc}"
+    finally:
+        client.close()
+
+
+def measure_load(
+    mesh: LiveMesh, project: str, args: argparse.Namespace, started: list[str]
+) -> LoadResult:
+    progress(f"load: up ({project}) ...")
+    with running(mesh, project, started) as up_s:
+        result = LoadResult(mesh, up_s, args.rate, args.duration, args.workers)
+        client = Client(mesh.port)
+        try:
+            mesh.write(100, 0)
+            settle(mesh, client, "v1")
+        finally:
+            client.close()
+        plan = edit_plan(mesh)
+        result.invalid_edits = sum(1 for _, what in plan if what.startswith("invalid"))
+        result.valid_edits = len(plan) - result.invalid_edits
+        offset = log_offset(project)
+        total = int(args.rate * args.duration)
+        progress(
+            f"load: {total} requests at {args.rate:g}/s for {args.duration:g}s, "
+            f"{len(plan)} edits, daemon SIGKILL + restart in the middle ..."
+        )
+        stop = threading.Event()
+        start = time.perf_counter() + 0.2
+        threads = [
+            threading.Thread(
+                target=worker,
+                args=(mesh, i, total, args, start, stop, result.outcomes),
+                name=f"load-{i}",
+                daemon=True,
+            )
+            for i in range(args.workers)
+        ]
+        threads.append(
+            threading.Thread(
+                target=editor,
+                args=(mesh, plan, args.duration, start, stop, result),
+                name="editor",
+                daemon=True,
+            )
+        )
+        control = threading.Thread(
+            target=killer,
+            args=(project, mesh, args.duration, start, stop, result),
+            name="killer",
+            daemon=True,
+        )
+        threads.append(control)
+        try:
+            for t in threads:
+                t.start()
+            limit = start + args.duration + REQUEST_TIMEOUT + UP_TIMEOUT + COMMAND_SLACK
+            for t in threads:
+                while t.is_alive() and time.perf_counter() < limit:
+                    t.join(0.2)  # short joins: Ctrl-C reaches the main thread
+            if any(t.is_alive() for t in threads):
+                raise BenchError("the load threads did not finish in time")
+        finally:
+            stop.set()
+            with shielded():
+                # `down` must not race a restart: wait for the thread that runs `up`.
+                control.join(UP_TIMEOUT + COMMAND_SLACK)
+        result.outcomes.sort(key=lambda o: o.slot)
+        time.sleep(1.0)  # past the watcher's grace for the last edit
+        result.final_check = final_check(mesh, "v2")
+        result.after = ps_json(project)
+        result.log = log_lines(project, offset)
+    return result
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def ms(values: Sequence[float], p: float) -> str:
+    return f"{percentile(values, p):.0f}" if values else "-"
+
+
+def save_rows(results: list[SaveResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        lat = r.latencies()
+        applied = [s.applied_ms for s in r.saves if s.applied_ms is not None]
+        apply = [s.apply_ms for s in r.saves if s.apply_ms is not None]
+        rest = [
+            s.latency_ms - s.applied_ms
+            for s in r.saves
+            if s.latency_ms is not None and s.applied_ms is not None
+        ]
+        missed = len(r.saves) - len(lat)
+        rows.append(
+            [
+                r.mesh.name,
+                str(r.mesh.pods),
+                str(len(lat)) + (f" (+{missed} missed)" if missed else ""),
+                ms(lat, 50),
+                ms(lat, 99),
+                f"{max(lat):.0f}" if lat else "-",
+                "yes" if r.met() else "**no**",
+                f"{ms(applied, 50)} / {ms(applied, 99)}",
+                f"{ms(apply, 50)} / {ms(apply, 99)}",
+                f"{ms(rest, 50)} / {ms(rest, 99)}",
+                f"{statistics.median([s.requests for s in r.saves]):.0f}",
+            ]
+        )
+    return rows
+
+
+def failure_windows(failed: list[Outcome]) -> list[str]:
+    """Failures grouped into windows (a gap over 1 s starts a new one)."""
+    groups: list[list[Outcome]] = []
+    for o in failed:
+        if groups and o.sent - groups[-1][-1].sent <= 1.0:
+            groups[-1].append(o)
+        else:
+            groups.append([o])
+    out = []
+    for g in groups:
+        kinds = Counter(f"HTTP {o.status}" if o.status is not None else o.error for o in g)
+        what = ", ".join(f"{n} × {k}" for k, n in kinds.most_common())
+        out.append(f"{g[0].sent:.2f}–{g[-1].done:.2f} s: {what}")
+    return out
+
+
+def load_section(r: LoadResult) -> list[str]:
+    outs = r.outcomes
+    ok = [o for o in outs if o.status == 200]
+    non200 = [o for o in outs if o.status is not None and o.status != 200]
+    errors = [o for o in outs if o.status is None]
+    failed = len(non200) + len(errors)
+    elapsed = max((o.done for o in outs), default=0.0)
+    lat = [(o.done - o.sent) * 1000 for o in outs if o.status is not None]
+    lag = max((o.sent - o.slot for o in outs), default=0.0)
+    out = [
+        "## 2. Failed requests under load (example mesh)",
+        "",
+        f"GET {r.mesh.path} through the ingress: {r.rate:g} requests/s planned for "
+        f"{r.duration:g} s over {r.workers} threads (one keep-alive connection each, "
+        f"{REQUEST_TIMEOUT:g} s timeout), while {r.valid_edits + r.invalid_edits} edits of the "
+        f"file ({r.invalid_edits} invalid, each followed by a valid one) are made at even "
+        f"intervals and the daemon is SIGKILLed in the middle and restarted "
+        f"{RESTART_AFTER:g} s later with `devmesh up -d --wait`. Target: 0 failed.",
+        "",
+        table(
+            [
+                "sent",
+                "200",
+                "non-200",
+                "conn errors / timeouts",
+                "failed",
+                "achieved rate",
+                "latency p50 / p99 / max (ms)",
+                "max send lag",
+                "target",
+                "met",
+            ],
+            [
+                [
+                    str(len(outs)),
+                    str(len(ok)),
+                    str(len(non200)),
+                    str(len(errors)),
+                    str(failed),
+                    f"{len(outs) / elapsed:.1f}/s" if elapsed else "-",
+                    f"{ms(lat, 50)} / {ms(lat, 99)} / {max(lat):.0f}" if lat else "-",
+                    f"{lag * 1000:.0f} ms",
+                    "0 failed",
+                    "yes" if failed == 0 and outs else "**no**",
+                ]
+            ],
+        ),
+        "",
+    ]
+    if non200 or errors:
+        kinds = Counter(
+            f"HTTP {o.status}" if o.status is not None else o.error for o in [*non200, *errors]
+        )
+        out += ["Failures by kind: " + "; ".join(f"{n} × {k}" for k, n in kinds.most_common()), ""]
+        out += ["Failures over time (seconds from the start of the load):", ""]
+        out += [f"- {w}" for w in failure_windows(sorted([*non200, *errors], key=lambda o: o.sent))]
+        reused = sum(1 for o in errors if o.reused)
+        if errors:
+            out += [
+                "",
+                f"{reused} of {len(errors)} connection errors were on a reused keep-alive "
+                "connection.",
+            ]
+        out.append("")
+    served = Counter(o.served_by or "?" for o in ok)
+    out += ["Served by: " + ", ".join(f"{k} {n}" for k, n in sorted(served.items())), ""]
+    # the daemon's own account
+    applied = sum(1 for line in r.log if " INFO save: applied in " in line)
+    reported = sum(1 for line in r.log if "the last good config serves on" in line)
+    starts = [line for line in r.log if re.search(r"INFO daemon \d+ for mesh", line)]
+    before = r.before_kill
+    after = r.after
+    out += [
+        "Counters: `ps --json` just before the SIGKILL, at the end (the restarted daemon), and "
+        "the daemon log's lines over the whole load (it survives the restart).",
+        "",
+        table(
+            ["", "reloads", "reload_failures", "problems"],
+            [
+                [
+                    "ps --json before the kill",
+                    str(before.get("reloads", "-")),
+                    str(before.get("reload_failures", "-")),
+                    str(len(before.get("problems", []))) if before else "-",
+                ],
+                [
+                    "ps --json at the end",
+                    str(after.get("reloads", "-")),
+                    str(after.get("reload_failures", "-")),
+                    str(len(after.get("problems", []))) if after else "-",
+                ],
+                [
+                    "sum of the two",
+                    str(before.get("reloads", 0) + after.get("reloads", 0)),
+                    str(before.get("reload_failures", 0) + after.get("reload_failures", 0)),
+                    "",
+                ],
+                [
+                    "daemon log (`save: applied` / `last good config serves on`)",
+                    str(applied),
+                    str(reported),
+                    "",
+                ],
+                ["expected", str(r.valid_edits), str(r.invalid_edits), "0"],
+            ],
+        ),
+        "",
+        f"Daemon starts in the log during the load: {len(starts)}. After the load: "
+        f"{r.final_check}.",
+        "",
+        "Events (seconds from the start of the load):",
+        "",
+        *(f"- {e.at:6.2f} {e.text}" for e in sorted(r.events, key=lambda e: e.at)),
+        "",
+    ]
+    for e in r.control_errors:
+        out += [f"**{e}**", ""]
+    return out
+
+
+def report(
+    saves: list[SaveResult], load: LoadResult | None, args: argparse.Namespace, notes: list[str]
+) -> str:
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    out = [
+        "# devmesh live-change benchmark",
+        "",
+        f"{now} on {platform.node()}: {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"devmesh {devmesh_version}, Docker engine {engine_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.2f}. DEVMESH_PULL=never.",
+        "",
+    ]
+    if saves:
+        out += [
+            "## 1. Save → traffic on the new route (ms)",
+            "",
+            f"{args.saves} saves per mesh, each flipping the route between all-v1 and all-v2 "
+            "(one plain in-place write); latency = from just before the write to the first "
+            "response served by the new version (GETs in a tight loop through the ingress, one "
+            f"keep-alive connection), {SAVE_PAUSE:g} s between saves. p99 is nearest-rank "
+            f"(with 50 saves, the largest). Target: p50 ≤ {SAVE_TARGET_P50_MS:.0f} ms and "
+            f"p99 ≤ {SAVE_TARGET_P99_MS:.0f} ms. From the daemon log: *write → applied* is "
+            "until the `save: applied` line (file watcher + reconcile), *apply* is its N "
+            "(the reconcile: load, plan, Docker look-up, xDS snapshots), *rest* is the "
+            "latency minus write → applied (push, Envoy, the request loop).",
+            "",
+            table(
+                [
+                    "mesh",
+                    "pods",
+                    "saves",
+                    "p50",
+                    "p99",
+                    "max",
+                    "target met",
+                    "write → applied p50 / p99",
+                    "apply p50 / p99",
+                    "rest p50 / p99",
+                    "requests per save",
+                ],
+                save_rows(saves),
+            ),
+            "",
+        ]
+        for r in saves:
+            slow = sum(1 for s in r.saves if s.slowest_ms >= SLOW_REQUEST_MS)
+            if slow:
+                longest = max(s.slowest_ms for s in r.saves)
+                notes.append(
+                    f"{r.mesh.name}: in {slow} of {len(r.saves)} saves a request of the loop "
+                    f"took ≥ {SLOW_REQUEST_MS:.0f} ms (the longest {longest:.0f} ms)"
+                )
+            if r.unmatched_log_lines:
+                notes.append(
+                    f"{r.mesh.name}: {r.unmatched_log_lines} `save: applied` lines matched no "
+                    "save (a save applied twice?)"
+                )
+            errs = sum(s.errors for s in r.saves)
+            if errs:
+                notes.append(f"{r.mesh.name}: {errs} failed requests during the saves")
+    if load is not None:
+        out += load_section(load)
+    if notes:
+        out += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--saves", type=int, default=50, help="saves per mesh (default 50)")
+    parser.add_argument("--rate", type=float, default=200, help="requests/s under load (200)")
+    parser.add_argument("--duration", type=float, default=30, help="seconds of load (30)")
+    parser.add_argument("--workers", type=int, default=8, help="load threads (default 8)")
+    parser.add_argument(
+        "--services", type=int, default=20, help="services of the generated mesh (default 20)"
+    )
+    parser.add_argument(
+        "--skip",
+        choices=["saves", "load"],
+        action="append",
+        default=[],
+        help="leave out a part (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the report as Markdown to FILE")
+    args = parser.parse_args(argv)
+    if args.saves < 1 or args.rate <= 0 or args.duration < 5 or args.workers < 1:
+        parser.error("--saves ≥ 1, --rate > 0, --duration ≥ 5 and --workers ≥ 1")
+    if not 2 <= args.services <= 60:
+        parser.error("--services must be 2-60")
+    if args.rate * args.duration > 100_000:
+        parser.error("at most 100000 requests (--rate × --duration)")
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    started: list[str] = []
+    tag_before = image_id(APP_IMAGE)
+    saves: list[SaveResult] = []
+    load: LoadResult | None = None
+    notes: list[str] = []
+    counter = iter(range(1, 1000))
+    try:
+        with tempfile.TemporaryDirectory(prefix="devmesh-live-") as tmp:
+            work = Path(tmp)
+            if "saves" not in args.skip:
+                meshes: list[Callable[[], LiveMesh]] = [
+                    lambda: example_mesh(work, "example", fault=True),
+                    lambda: example_mesh(work, "example, no fault", fault=False),
+                    lambda: services_mesh(work, args.services),
+                ]
+                for make in meshes:
+                    mesh = make()
+                    saves.append(
+                        measure_saves(mesh, project_name(next(counter)), args.saves, started)
+                    )
+            if "load" not in args.skip:
+                mesh = example_mesh(work, "load", fault=True)
+                load = measure_load(mesh, project_name(next(counter)), args, started)
+    except BenchError as exc:
+        progress(f"benchmark failed: {exc}")
+        return 1
+    except (KeyboardInterrupt, Terminated):
+        progress("interrupted; everything started was removed")
+        return 130
+    finally:
+        with shielded():
+            for project in started:  # each mesh was removed; this catches the unexpected
+                try:
+                    left = sweep(project, None)
+                    if left:
+                        progress(f"final sweep of {project} removed {left}")
+                except BenchError as exc:
+                    progress(f"final sweep: {exc}")
+            if tag_before is None and image_id(APP_IMAGE) is not None:
+                gone = run(["docker", "image", "rm", APP_IMAGE], 60)
+                if gone.returncode == 0:
+                    notes.append(f"removed {APP_IMAGE}: the benchmark's meshes built it")
+    text = report(saves, load, args, notes)
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+        progress(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
