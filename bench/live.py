@@ -445,11 +445,13 @@ class LoadResult:
     log: list[str] = field(default_factory=list)
     final_check: str = ""
     control_errors: list[str] = field(default_factory=list)
+    start_wall: float = 0.0  # Unix time of the start of the load
     valid_edits: int = 0
     invalid_edits: int = 0
 
 
-CYCLE = [(0, 100), (100, 0), (50, 50), (20, 80), (80, 20), (10, 90), (90, 10), (30, 70), (70, 30)]
+# From all on v1; with 20 edits no two in a row are the same and the last is all on v2.
+CYCLE = [(50, 50), (0, 100), (20, 80), (80, 20), (10, 90), (90, 10), (30, 70), (70, 30), (100, 0)]
 INVALID = {  # edit index -> how it is broken (each is followed by a valid edit)
     3: "port: seven",
     13: "YAML syntax error",
@@ -462,6 +464,8 @@ def edit_plan(mesh: LiveMesh) -> list[tuple[str, str]]:
     plan: list[tuple[str, str]] = []
     for j in range(EDITS):
         v1, v2 = (0, 100) if j == EDITS - 1 else CYCLE[j % len(CYCLE)]
+        if plan and f"{{v1: {v1}, v2: {v2}}}" in plan[-1][0]:
+            raise BenchError(f"edit {j + 1} would not change the weights")
         text = mesh.with_weights(v1, v2)
         kind = INVALID.get(j)
         if kind == "port: seven":
@@ -612,6 +616,7 @@ def measure_load(
         )
         stop = threading.Event()
         start = time.perf_counter() + 0.2
+        result.start_wall = time.time() + 0.2
         threads = [
             threading.Thread(
                 target=worker,
@@ -709,6 +714,23 @@ def failure_windows(failed: list[Outcome]) -> list[str]:
         what = ", ".join(f"{n} × {k}" for k, n in kinds.most_common())
         out.append(f"{g[0].sent:.2f}–{g[-1].done:.2f} s: {what}")
     return out
+
+
+DAEMON_NEWS = re.compile(
+    r"save: applied|problem\(s\)|daemon \d+ for mesh|reconcile \(|(?<!save): applied in|"
+    r"error|rejected|gateway.*connected"
+)
+
+
+def timeline(r: LoadResult) -> list[Event]:
+    """The benchmark's events and the daemon log's lines about saves, problems and starts."""
+    events = list(r.events)
+    for line in r.log:
+        m = LOG_TIME.match(line)
+        if m and DAEMON_NEWS.search(line):
+            text = line[m.end() :].removeprefix("INFO ").removeprefix("WARNING ")
+            events.append(Event(log_time(m.group(1)) - r.start_wall, f"daemon: {text}"))
+    return events
 
 
 def load_section(r: LoadResult) -> list[str]:
@@ -823,7 +845,7 @@ def load_section(r: LoadResult) -> list[str]:
         "",
         "Events (seconds from the start of the load):",
         "",
-        *(f"- {e.at:6.2f} {e.text}" for e in sorted(r.events, key=lambda e: e.at)),
+        *(f"- {e.at:6.2f} {e.text}" for e in sorted(timeline(r), key=lambda e: e.at)),
         "",
     ]
     for e in r.control_errors:

@@ -84,5 +84,23 @@ class DaemonClient:
         result: dict[str, Any] = self._call("GET", "/v1/events")
         return result
 
+    def fault(
+        self,
+        service: str,
+        route: str | None = None,
+        delay: dict[str, Any] | None = None,
+        abort: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """delay={"fixed_ms": 200, "percent": 50}, abort={"status": 503, "percent": 10};
+        neither clears the route's fault override."""
+        body = {"service": service, "route": route, "delay": delay, "abort": abort}
+        result: dict[str, Any] = self._call("POST", "/v1/fault", body)
+        return result
+
+    def restart(self, service: str | None = None, pod: str | None = None) -> dict[str, Any]:
+        body = {"pod": pod} if pod else {"service": service}
+        result: dict[str, Any] = self._call("POST", "/v1/restart", body)
+        return result
+
     def shutdown(self) -> None:
         self._call("POST", "/v1/shutdown", {})

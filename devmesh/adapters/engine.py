@@ -250,6 +250,14 @@ class Engine:
             raise EngineError(f"cannot start: {_explain(exc)}", spec.name) from None
         progress(f"started {spec.name}")
 
+    def restart(self, names: list[str], timeout: int = 5) -> None:
+        with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="restart") as pool:
+            jobs = [pool.submit(self.client.api.restart, n, timeout=timeout) for n in names]
+            for job in jobs:
+                err = job.exception()
+                if isinstance(err, docker.errors.APIError):
+                    raise EngineError(f"cannot restart: {_explain(err)}")
+
     def _check_ours(self, spec: ContainerSpec) -> None:
         try:
             found = self.client.api.inspect_container(spec.name)

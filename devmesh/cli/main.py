@@ -208,12 +208,22 @@ def up(
         bool, typer.Option("--wait", help="Return only when every pod is ready (exit 3 if not).")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 120.0,
+    ingress_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ingress-port",
+            help="This instance's ingress port on 127.0.0.1 instead of the file's; 0: any free.",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
     from devmesh.client import DaemonClient
     from devmesh.daemon.state import StateDir
 
     mesh, name = _project(file, project)
+    if ingress_port == 0:
+        ingress_port = _free_port()
     state = StateDir.for_project(name)
     client = DaemonClient(state.api_socket)
     if state.daemon_pid() is not None and client.alive():
@@ -223,18 +233,32 @@ def up(
                 _err(problem)
             _err(f"devmesh: the running mesh '{name}' keeps serving what it could keep")
             raise typer.Exit(1)
-        typer.echo(f"mesh '{name}': the running daemon (pid {state.daemon_pid()}) reloaded {file}")
+        typer.echo(
+            f"mesh '{name}': the running daemon (pid {state.daemon_pid()}) reloaded {file}",
+            err=True,
+        )
     elif detach:
-        _start_detached(file, name, state)
+        _start_detached(file, name, state, ingress_port)
     else:
-        _run_foreground(file, mesh, name, state, wait, timeout)
+        _run_foreground(file, mesh, name, state, wait, timeout, ingress_port)
         return
     if wait:
         _wait_ready(client, name, timeout)
-    _print_urls(client)
+    if as_json:
+        _print_json(client.state())
+    else:
+        _print_urls(client)
 
 
-def _start_detached(file: Path, project: str, state: Any) -> None:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_detached(file: Path, project: str, state: Any, ingress_port: int | None) -> None:
     import subprocess
     import time
 
@@ -254,6 +278,7 @@ def _start_detached(file: Path, project: str, state: Any) -> None:
                 str(file.resolve()),
                 "--project",
                 project,
+                *(["--ingress-port", str(ingress_port)] if ingress_port else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -265,18 +290,24 @@ def _start_detached(file: Path, project: str, state: Any) -> None:
         reader.seek(start)  # show this start's lines only
         while True:
             for line in reader.readlines():
-                typer.echo("  " + line.decode(errors="replace").rstrip())
+                typer.echo("  " + line.decode(errors="replace").rstrip(), err=True)
             if proc.poll() is not None:
                 _err(f"devmesh: the daemon exited ({proc.returncode}); log: {state.log_file}")
                 raise typer.Exit(1)
             if client.alive() and client.state().get("phase") == "serving":
                 break
             time.sleep(0.1)
-    typer.echo(f"mesh '{project}': daemon running in the background (pid {proc.pid})")
+    typer.echo(f"mesh '{project}': daemon running in the background (pid {proc.pid})", err=True)
 
 
 def _run_foreground(
-    file: Path, mesh: Any, project: str, state: Any, wait: bool, timeout: float
+    file: Path,
+    mesh: Any,
+    project: str,
+    state: Any,
+    wait: bool,
+    timeout: float,
+    ingress_port: int | None,
 ) -> None:
     import logging
     import signal
@@ -287,7 +318,7 @@ def _run_foreground(
     from devmesh.daemon.runtime import Daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    daemon = Daemon(file.resolve(), mesh, project, Engine.connect(), state)
+    daemon = Daemon(file.resolve(), mesh, project, Engine.connect(), state, ingress_port)
     stopping = threading.Event()
 
     def on_signal(*_: Any) -> None:
@@ -324,7 +355,7 @@ def _wait_ready(
     while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
         state = client.state()
         if state.get("ready"):
-            typer.echo(f"mesh '{project}' is ready: {len(state['pods'])} pods")
+            typer.echo(f"mesh '{project}' is ready: {len(state['pods'])} pods", err=True)
             return
         failed = {(f["service"], f["version"]) for f in state.get("failed", [])}
         if failed and all(
@@ -334,7 +365,7 @@ def _wait_ready(
         waiting = sum(1 for p in state["pods"] if not p["ready"])
         line = f"waiting for {waiting} of {len(state['pods'])} pods ..."
         if line != last:
-            typer.echo(line)
+            typer.echo(line, err=True)
             last = line
         time.sleep(0.25)
     _err(f"devmesh: mesh '{project}' is not ready:")

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devmesh-daemon")
     parser.add_argument("--file", required=True)
     parser.add_argument("--project", required=True)
+    parser.add_argument("--ingress-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             args.project,
             Engine.connect(),
             StateDir.for_project(args.project),
+            args.ingress_port,
         )
         signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop() if daemon else None)
         signal.signal(signal.SIGINT, lambda *_: daemon.request_stop() if daemon else None)

@@ -27,10 +27,10 @@ from devmesh.adapters.envoy_admin import read_many
 from devmesh.adapters.probe import probe
 from devmesh.adapters.watch import FileWatcher
 from devmesh.adapters.xds_server import XdsServer
+from devmesh.core.edit import pick_route, write_file
 from devmesh.core.edit import set_weights as shift_text
-from devmesh.core.edit import write_file
 from devmesh.core.load import load
-from devmesh.core.model import Ingress, Mesh, Service, Version
+from devmesh.core.model import Abort, Delay, Fault, Ingress, Mesh, Service, Version
 from devmesh.core.problems import MeshError, MeshInvalid
 from devmesh.core.source import read_text
 from devmesh.core.summary import mesh_routes_json
@@ -73,9 +73,13 @@ class Daemon:
         project: str,
         engine: Engine,
         state: StateDir,
+        ingress_port: int | None = None,
     ) -> None:
         self.mesh_file = mesh_file
-        self.mesh = mesh
+        self.mesh = mesh  # the file's, as last validated: the source of truth
+        self.ingress_port = ingress_port  # -p instances of one file each get their own port
+        # Faults set through the API (TUI, tests): applied on top of the file, not written.
+        self.overrides: dict[tuple[str, str], Fault | None] = {}
         self.project = project
         self.engine = engine
         self.state = state
@@ -133,6 +137,8 @@ class Daemon:
                 ("GET", "/v1/routes"): lambda _: (200, self.routes_json()),
                 ("GET", "/v1/stats"): lambda _: (200, self.stats_json()),
                 ("GET", "/v1/events"): lambda _: (200, self.events_json()),
+                ("POST", "/v1/fault"): self._api_fault,
+                ("POST", "/v1/restart"): self._api_restart,
             },
         )
         self._api.start()
@@ -193,8 +199,28 @@ class Daemon:
         if self._lock_handle is not None:
             self._lock_handle.close()
 
+    def effective(self) -> Mesh:
+        """The mesh as served: the file's, with the instance's ingress port and API faults."""
+        mesh = self.mesh
+        if self.ingress_port is not None and mesh.ingress is not None:
+            mesh = dataclasses.replace(
+                mesh, ingress=dataclasses.replace(mesh.ingress, port=self.ingress_port)
+            )
+        if self.overrides:
+            services = []
+            for service in mesh.services:
+                routes = tuple(
+                    dataclasses.replace(r, fault=self.overrides[(service.name, r.name)])
+                    if (service.name, r.name) in self.overrides
+                    else r
+                    for r in service.routes
+                )
+                services.append(dataclasses.replace(service, routes=routes))
+            mesh = dataclasses.replace(mesh, services=tuple(services))
+        return mesh
+
     def _preflight(self) -> None:
-        ingress = self.mesh.ingress
+        ingress = self.effective().ingress
         if ingress is None:
             return
         mine = self.engine.containers(self.project).get(f"{self.project}-gateway")
@@ -268,7 +294,9 @@ class Daemon:
                 f"run `devmesh down` for '{self.mesh.name}' first"
             ]
         old, new = self.mesh.ingress, mesh.ingress
-        if new is not None and (old is None or old.port != new.port) and _port_busy(new):
+        if self.ingress_port is not None:
+            pass  # this instance's port is its own, whatever the file says
+        elif new is not None and (old is None or old.port != new.port) and _port_busy(new):
             # Checked before the working gateway is replaced by one that could not start.
             return None, [
                 f"{self.mesh_file}: ingress port {new.host}:{new.port} is in use by another "
@@ -290,6 +318,10 @@ class Daemon:
         self._applied = hashlib.sha256(raw).hexdigest()
         self.problems = []
         self.mesh = mesh
+        for service, route in list(self.overrides):
+            svc = mesh.service(service) if mesh.has_service(service) else None
+            if svc is None or route not in {r.name for r in svc.routes}:
+                del self.overrides[(service, route)]
         self.reloads += 1
         if rebuild:
             self._images.clear()  # Docker's cache makes an unchanged build quick
@@ -322,7 +354,59 @@ class Daemon:
         return 200, {"ok": True, "service": service, "route": route, "weights": weights}
 
     def routes_json(self) -> dict[str, Any]:
-        return mesh_routes_json(self.mesh)
+        out = mesh_routes_json(self.effective())
+        for service in out["services"]:
+            for route in service["routes"]:
+                route["fault_override"] = (service["name"], route["name"]) in self.overrides
+        return out
+
+    def _api_fault(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Set (or with neither delay nor abort, clear) a fault on one route, live, without
+        touching the file: for the TUI's toggle and tests' `with mesh.fault(...)`."""
+        service = body.get("service")
+        if not isinstance(service, str) or not self.mesh.has_service(service):
+            return 400, {"error": f"no service {service!r} in mesh '{self.mesh.name}'"}
+        svc = self.mesh.service(service)
+        if not svc.is_http:
+            return 400, {"error": f"'{service}' is a tcp service: faults are HTTP"}
+        try:
+            route = pick_route(svc, body.get("route"))
+            fault = _fault_from_json(body)
+        except (MeshError, KeyError, TypeError, ValueError) as exc:
+            return 400, {"error": f"bad fault: {exc}"}
+        key = (service, route.name)
+        if fault is None:
+            self.overrides.pop(key, None)
+        else:
+            self.overrides[key] = fault
+        self.note(f"fault on {service}/{route.name}: {'cleared' if fault is None else body}")
+        with self._reconcile_lock:
+            self._publish()
+        return 200, {
+            "ok": True,
+            "service": service,
+            "route": route.name,
+            "active": fault is not None,
+        }
+
+    def _api_restart(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Restart the app containers of a service, or of one pod (its sidecar stays)."""
+        want = self._desired
+        pods = list(want.pods) if want else []
+        if "pod" in body:
+            chosen = [p for p in pods if p.name == body["pod"]]
+        else:
+            chosen = [p for p in pods if p.service == body.get("service")]
+        if not chosen:
+            return 404, {"error": f"no pod matches {body}"}
+        names = [p.app.name for p in chosen]
+        try:
+            self.engine.restart(names)
+        except MeshError as exc:
+            return 500, {"error": str(exc)}
+        self.note(f"restarted {', '.join(names)}")
+        self._wake.set()
+        return 200, {"ok": True, "restarted": names}
 
     def stats_json(self) -> dict[str, Any]:
         """Each sidecar's (and the gateway's) request counters, read from its admin socket."""
@@ -346,7 +430,7 @@ class Daemon:
         with self._reconcile_lock:
             if self._stop.is_set():
                 return
-            mesh = self.mesh
+            mesh = self.effective()
             inputs = self._inputs(mesh)
             want = desired(mesh, inputs)
             if inputs.failed and self._desired is not None:
@@ -466,7 +550,7 @@ class Daemon:
 
     def _publish(self) -> None:
         """Each node group's resources to the xDS server (it pushes only what changed)."""
-        mesh = self.mesh
+        mesh = self.effective()
         endpoints = self._endpoints()
         clusters: set[str] = set()
         for service in mesh.services:
@@ -657,6 +741,24 @@ class Daemon:
             "gateway": gateway,
             "events": [{"time": t, "text": text} for t, text in list(self.events)[-50:]],
         }
+
+
+def _fault_from_json(body: dict[str, Any]) -> Fault | None:
+    delay, abort = body.get("delay"), body.get("abort")
+    if not delay and not abort:
+        return None
+    return Fault(
+        delay=None
+        if not delay
+        else Delay(fixed_ms=int(delay["fixed_ms"]), percent=float(delay.get("percent", 100))),
+        abort=None
+        if not abort
+        else Abort(
+            percent=float(abort.get("percent", 100)),
+            http_status=int(abort["status"]) if "status" in abort else None,
+            grpc_status=int(abort["grpc_status"]) if "grpc_status" in abort else None,
+        ),
+    )
 
 
 def _port_busy(ingress: Ingress) -> bool:
