@@ -145,21 +145,51 @@ def route_match(match: Match) -> Json:
     return out
 
 
-def _fault(fault: Fault) -> Json:
-    out: Json = {"@type": FAULT}
+# Envoy's header-controlled faults. A route with a fault asks for it in these headers; the
+# target pod's inbound sidecar injects it. So every attempt, retries included, meets the
+# fault where a real failing upstream would be, and the caller's retries and timeouts act on
+# it: a fault injected in the caller's own sidecar would answer before its router, and no
+# retry policy could ever be seen at work.
+FAULT_ABORT = "x-envoy-fault-abort-request"
+FAULT_ABORT_GRPC = "x-envoy-fault-abort-grpc-request"
+FAULT_ABORT_PERCENT = "x-envoy-fault-abort-request-percentage"
+FAULT_DELAY = "x-envoy-fault-delay-request"
+FAULT_DELAY_PERCENT = "x-envoy-fault-delay-request-percentage"
+FAULT_HEADERS = (
+    FAULT_ABORT,
+    FAULT_ABORT_GRPC,
+    FAULT_ABORT_PERCENT,
+    FAULT_DELAY,
+    FAULT_DELAY_PERCENT,
+)
+_ALL = {"numerator": 1_000_000, "denominator": "MILLION"}  # header percentages are per million
+
+
+def _fault_headers(fault: Fault) -> list[Json]:
+    headers: dict[str, str] = {}
     if fault.delay:
-        out["delay"] = {
-            "fixed_delay": envoy_duration(fault.delay.fixed_ms),
-            "percentage": _percent(fault.delay.percent),
-        }
+        headers[FAULT_DELAY] = str(fault.delay.fixed_ms)
+        headers[FAULT_DELAY_PERCENT] = str(_percent(fault.delay.percent)["numerator"])
     if fault.abort:
-        abort: Json = {"percentage": _percent(fault.abort.percent)}
         if fault.abort.grpc_status is not None:
-            abort["grpc_status"] = fault.abort.grpc_status
+            headers[FAULT_ABORT_GRPC] = str(fault.abort.grpc_status)
         else:
-            abort["http_status"] = fault.abort.http_status
-        out["abort"] = abort
-    return out
+            headers[FAULT_ABORT] = str(fault.abort.http_status)
+        headers[FAULT_ABORT_PERCENT] = str(_percent(fault.abort.percent)["numerator"])
+    return [
+        {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for k, v in headers.items()
+    ]
+
+
+INBOUND_FAULT_FILTER: Json = {
+    "name": FAULT_FILTER,
+    "typed_config": {
+        "@type": FAULT,
+        "delay": {"header_delay": {}, "percentage": _ALL},
+        "abort": {"header_abort": {}, "percentage": _ALL},
+    },
+}
 
 
 def http_options(protocol: str) -> Json:
@@ -308,7 +338,9 @@ def http_route(service: Service, route: Route) -> Json:
         "stat_prefix": f"{service.name}.{route.name}",
     }
     if route.fault is not None:
-        out["typed_per_filter_config"] = {FAULT_FILTER: _fault(route.fault)}
+        out["request_headers_to_add"] = _fault_headers(route.fault)
+    else:  # only the mesh asks for faults: an app's own fault headers go no further
+        out["request_headers_to_remove"] = list(FAULT_HEADERS)
     return out
 
 
@@ -358,14 +390,7 @@ def _ingress_route(r: IngressRoute, action: Json) -> Json:
 
 def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -> Json:
     if upstream.is_http:
-        filters = [
-            _hcm(
-                out_name(upstream.name),
-                _rds(out_name(upstream.name)),
-                # Empty: faults come from each route's typed_per_filter_config.
-                [{"name": FAULT_FILTER, "typed_config": {"@type": FAULT}}],
-            )
-        ]
+        filters = [_hcm(out_name(upstream.name), _rds(out_name(upstream.name)))]
     else:
         route = upstream.routes[0]
         filters = [
@@ -422,6 +447,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
                 },
             }
         )
+    http_filters.append(INBOUND_FAULT_FILTER)  # what callers' routes ask for in fault headers
     route_config = {
         "name": "in",
         "virtual_hosts": [

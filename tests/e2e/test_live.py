@@ -205,3 +205,29 @@ def test_edit_made_while_the_daemon_was_dead_applies_on_restart(make_mesh: Any) 
     assert mesh.get("/catalog/x").status == 200  # still serving its last config
     mesh.up_ok()
     wait_for(lambda: all_on(mesh, "v2"), timeout=10)
+
+
+RETRYING = SHOP.replace(
+    "      - name: main\n        to: {v1: 80, v2: 20}",
+    "      - name: main\n        to: {v1: 80, v2: 20}\n"
+    "        retries: {attempts: 3, on: [5xx]}\n"
+    "        fault: {abort: {status: 503, percent: 50}}",
+)
+
+
+def test_fault_is_injected_at_the_target_so_retries_act_on_it(make_mesh: Any) -> None:
+    mesh: Mesh = make_mesh(RETRYING)
+    mesh.up_ok()
+    statuses = Counter(mesh.get("/catalog/x").status for _ in range(200))
+    # Each attempt fails alone with p=0.5; with 3 retries a request fails with p=1/16.
+    assert 150 <= statuses[200] <= 200, statuses
+    gateway = f"{mesh.project}-gateway"
+    stats = mesh.admin_stats(gateway, r"^cluster\.catalog\|v[12]\.upstream_rq_retry$")
+    assert sum(stats.values()) >= 50, stats  # the caller's retry policy at work
+    faulted = sum(
+        mesh.admin_stats(
+            f"{mesh.project}-catalog-{v}-0", r"^http\.in\.fault\.aborts_injected$"
+        ).get("http.in.fault.aborts_injected", 0)
+        for v in ("v1", "v2")
+    )
+    assert faulted >= 50  # injected by the target pods' own sidecars
