@@ -53,6 +53,7 @@ class ContainerInfo:
     exit_code: int
     restarts: int
     ip: str | None
+    ports: dict[int, int]  # container port -> published host port
 
 
 class Engine:
@@ -115,6 +116,11 @@ class Engine:
                 exit_code=exit_code,
                 restarts=restarts,
                 ip=(nets.get(network) or {}).get("IPAddress") or None,
+                ports={
+                    int(p["PrivatePort"]): int(p["PublicPort"])
+                    for p in raw.get("Ports") or []
+                    if p.get("PublicPort")
+                },
             )
         return observed, infos
 
@@ -229,7 +235,8 @@ class Engine:
         if spec.dns:
             kwargs["dns"] = list(spec.dns)
         if spec.ports:
-            kwargs["ports"] = {f"{c}/tcp": (ip, port) for c, ip, port in spec.ports}
+            # host port 0: Docker picks a free one
+            kwargs["ports"] = {f"{c}/tcp": (ip, port or None) for c, ip, port in spec.ports}
         if spec.binds:
             kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
         if spec.init:

@@ -386,8 +386,10 @@ def _wait_ready(
 
 def _print_urls(client: Any) -> None:
     gw = client.state().get("gateway")
-    if gw:
+    if gw and gw.get("url"):
         typer.echo(f"ingress: {gw['url']}")
+    for name, url in (gw or {}).get("services", {}).items():
+        typer.echo(f"  {name}: {url}")
 
 
 @app.command()
@@ -524,7 +526,8 @@ def _ps_table(data: dict[str, Any]) -> str:
     head = f"mesh '{data['project']}' ({data['phase']})"
     gw = data.get("gateway")
     if gw:
-        head += f"  ingress {gw['url']} {'ready' if gw['ready'] else gw['state']}"
+        where = f"ingress {gw['url']}" if gw.get("url") else "gateway"
+        head += f"  {where} {'ready' if gw['ready'] else gw['state']}"
     for problem in data.get("problems", []):
         lines.append(f"mesh file problem (the last good config serves on): {problem}")
     return "\n".join([head, *lines])

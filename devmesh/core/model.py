@@ -214,6 +214,15 @@ class Mesh:
             return tuple(s for s in self.services if s.name != service.name)
         return tuple(self.service(n) for n in service.calls)
 
+    def gateway_services(self) -> tuple[Service, ...]:
+        """The services the gateway is a door to: every HTTP one (each on a host port of
+        its own, for tests and tools), in file order; the index sets the hop port."""
+        return tuple(s for s in self.services if s.is_http)
+
+    @property
+    def has_gateway(self) -> bool:
+        return self.ingress is not None or bool(self.gateway_services())
+
     def ingress_services(self) -> tuple[Service, ...]:
         if self.ingress is None:
             return ()

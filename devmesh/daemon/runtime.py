@@ -27,6 +27,7 @@ from devmesh.adapters.envoy_admin import read_many
 from devmesh.adapters.probe import probe
 from devmesh.adapters.watch import FileWatcher
 from devmesh.adapters.xds_server import XdsServer
+from devmesh.core.addressing import GATEWAY_HOP_BASE
 from devmesh.core.edit import pick_route, write_file
 from devmesh.core.edit import set_weights as shift_text
 from devmesh.core.load import load
@@ -558,7 +559,7 @@ class Daemon:
                 cluster = sidecar_node(mesh, service.name, version.name)
                 clusters.add(cluster)
                 self.xds.set_snapshot(cluster, sidecar_resources(mesh, service, version, endpoints))
-        if mesh.ingress is not None:
+        if mesh.has_gateway:
             cluster = gateway_cluster(mesh)
             clusters.add(cluster)
             self.xds.set_snapshot(cluster, gateway_resources(mesh, endpoints))
@@ -704,11 +705,18 @@ class Daemon:
             except KeyError:
                 gx = None
             synced = self.xds.is_synced(want.gateway.name) if gx else False
-            port = want.gateway.ports[0]
+            ingress = self.effective().ingress
+            published = info.ports if info else {}
+            services = {
+                svc.name: f"http://127.0.0.1:{published[GATEWAY_HOP_BASE + i]}/"
+                for i, svc in enumerate(self.effective().gateway_services())
+                if GATEWAY_HOP_BASE + i in published
+            }
             gateway = {
                 "name": want.gateway.name,
                 "state": info.state if info else "missing",
-                "url": f"http://{port[1]}:{port[2]}/",
+                "url": f"http://{ingress.host}:{ingress.port}/" if ingress else None,
+                "services": services,
                 "ready": bool(info and info.state == "running" and synced),
                 "xds": _xds_json(gx, synced),
             }

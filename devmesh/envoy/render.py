@@ -39,7 +39,7 @@ def render_mesh(mesh: Mesh, endpoints: Endpoints | None = None) -> tuple[Rendere
                     static_bootstrap(node, node, resources),
                 )
             )
-    if mesh.ingress is not None:
+    if mesh.has_gateway:
         node = f"{mesh.name}/{GATEWAY_NODE}"
         out.append(
             Rendered(

@@ -529,29 +529,35 @@ def sidecar_resources(
 
 
 def gateway_resources(mesh: Mesh, endpoints: Endpoints) -> Resources:
-    """The ingress gateway: its public listener, then one local hop per target service.
+    """The gateway: the public ingress listener (if any), and one hop per HTTP service.
 
-    The hop makes the gateway an ordinary caller of each service: the service's own routes
-    (weights, retries, faults) apply to ingress traffic exactly as to any pod's calls.
+    A hop listener serves a service's own routes (`out|SERVICE`), so the gateway is an
+    ordinary caller: weights, retries and faults apply to ingress traffic exactly as to any
+    pod's calls. Each hop is also published on a 127.0.0.1 port of its own, the service's
+    URL from the host.
     """
-    targets = mesh.ingress_services()
-    listeners = [
-        _listener(
-            "ingress",
-            [("0.0.0.0", GATEWAY_PORT)],
-            [_hcm("ingress", _rds("ingress"))],
-            "INBOUND",
+    targets = mesh.gateway_services()
+    listeners = []
+    if mesh.ingress is not None:
+        listeners.append(
+            _listener(
+                "ingress",
+                [("0.0.0.0", GATEWAY_PORT)],
+                [_hcm("ingress", _rds("ingress"))],
+                "INBOUND",
+            )
         )
-    ]
     hops = []
     for i, service in enumerate(targets):
         port = GATEWAY_HOP_BASE + i
-        listeners.append(outbound_listener(service, [("127.0.0.1", port)]))
+        # 0.0.0.0 inside the gateway's own namespace: Docker publishes it on 127.0.0.1 only.
+        listeners.append(outbound_listener(service, [("0.0.0.0", port)]))
         hops.append(_static_cluster(hop_name(service.name), "127.0.0.1", port, service.protocol))
     routes, clusters, assignments = _upstream_resources(targets, mesh, endpoints)
+    ingress = (ingress_route_config(mesh),) if mesh.ingress is not None else ()
     return Resources(
         tuple(listeners),
-        (ingress_route_config(mesh), *routes),
+        (*ingress, *routes),
         (*hops, *clusters),
         tuple(assignments),
     )

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from devmesh import labels
-from devmesh.core.addressing import GATEWAY_PORT, service_addresses
+from devmesh.core.addressing import GATEWAY_HOP_BASE, GATEWAY_PORT, service_addresses
 from devmesh.core.model import Mesh, Service, Version
 from devmesh.envoy.bootstrap import ads_bootstrap
 from devmesh.envoy.resources import GATEWAY_NODE, Json, sidecar_node
@@ -237,8 +237,13 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             for replica in range(version.replicas):
                 pods.append(_pod(mesh, inputs, service, version, replica))
     gateway = None
-    if mesh.ingress is not None:
+    if mesh.has_gateway:
         name = gateway_name(inputs.project)
+        ports = [
+            (GATEWAY_HOP_BASE + i, "127.0.0.1", 0) for i, _ in enumerate(mesh.gateway_services())
+        ]
+        if mesh.ingress is not None:
+            ports.insert(0, (GATEWAY_PORT, mesh.ingress.host, mesh.ingress.port))
         gateway = ContainerSpec(
             name=name,
             role="gateway",
@@ -248,7 +253,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             command=_envoy_command(),
             network=network_name(inputs.project),
             dns=("127.0.0.1",),
-            ports=((GATEWAY_PORT, mesh.ingress.host, mesh.ingress.port),),
+            ports=tuple(ports),  # host port 0: any free one, read back from Docker
             binds=(
                 (pod_dir(inputs.state_dir, name), POD_MOUNT, "rw"),
                 (f"{inputs.state_dir}/xds", XDS_MOUNT, "rw"),
