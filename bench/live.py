@@ -77,6 +77,7 @@ from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
 from devmesh import __version__ as devmesh_version
 from devmesh.daemon.state import StateDir
 
+ROOT = Path(__file__).resolve().parents[1]
 SERVED_BY = "x-devmesh-served-by"
 SAVE_TARGET_P50_MS = 75.0
 SAVE_TARGET_P99_MS = 250.0
@@ -440,6 +441,7 @@ class LoadResult:
     workers: int
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    before_load: dict[str, Any] = field(default_factory=dict)  # `ps --json`
     before_kill: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -605,6 +607,8 @@ def measure_load(
             settle(mesh, client, "v1")
         finally:
             client.close()
+        time.sleep(SAVE_PAUSE)
+        result.before_load = ps_json(project)  # the write above counts as a reload
         plan = edit_plan(mesh)
         result.invalid_edits = sum(1 for _, what in plan if what.startswith("invalid"))
         result.valid_edits = len(plan) - result.invalid_edits
@@ -733,6 +737,69 @@ def timeline(r: LoadResult) -> list[Event]:
     return events
 
 
+def counters(r: LoadResult) -> list[str]:
+    """The daemon's account of the edits: `ps --json` (per daemon process) and its log."""
+    applied = sum(1 for line in r.log if " INFO save: applied in " in line)
+    reported = sum(1 for line in r.log if "the last good config serves on" in line)
+    events = timeline(r)
+    kill = next((e.at for e in events if e.text.startswith("SIGKILL")), None)
+    start = next((e.at for e in events if re.match(r"daemon: daemon \d+ for mesh", e.text)), None)
+    unwatched = 0  # valid edits made while no daemon ran: the restart's first load has them
+    if kill is not None and start is not None:
+        unwatched = sum(
+            1
+            for e in r.events
+            if kill < e.at < start and re.match(r"\d+: edit ", e.text)  # valid edits only
+        )
+
+    def row(name: str, state: dict[str, Any]) -> list[str]:
+        if not state:
+            return [name, "-", "-", "-"]
+        problems = state.get("problems", [])
+        return [name, str(state["reloads"]), str(state["reload_failures"]), str(len(problems))]
+
+    base, kill_state, end = r.before_load, r.before_kill, r.after
+    summed = ["during the load: (before the kill - before the load) + at the end", "-", "-", ""]
+    if base and kill_state and end:
+        for i, key in ((1, "reloads"), (2, "reload_failures")):
+            summed[i] = str(kill_state[key] - base[key] + end[key])
+    lost = r.valid_edits - applied - unwatched
+    return [
+        "The daemon's account of the edits. `ps --json` counts per daemon process (the "
+        "restarted daemon starts from 0); the daemon log survives the restart. A valid edit "
+        "made while no daemon ran is applied by the restarted daemon's first load, not counted "
+        "as a reload.",
+        "",
+        table(
+            ["", "reloads", "reload_failures", "problems"],
+            [
+                row("ps --json before the load", base),
+                row("ps --json just before the SIGKILL", kill_state),
+                row("ps --json at the end (restarted daemon)", end),
+                summed,
+                [
+                    "daemon log: `save: applied` / `the last good config serves on`",
+                    str(applied),
+                    str(reported),
+                    "",
+                ],
+                [
+                    "expected (valid / invalid edits)",
+                    f"{r.valid_edits} ({r.valid_edits - unwatched} + {unwatched} made while "
+                    "no daemon ran)",
+                    str(r.invalid_edits),
+                    "0",
+                ],
+            ],
+        ),
+        "",
+        f"Valid edits applied neither on save nor by the restart: {max(lost, 0)}"
+        + (" **(lost)**" if lost > 0 else "")
+        + ".",
+        "",
+    ]
+
+
 def load_section(r: LoadResult) -> list[str]:
     outs = r.outcomes
     ok = [o for o in outs if o.status == 200]
@@ -799,49 +866,10 @@ def load_section(r: LoadResult) -> list[str]:
         out.append("")
     served = Counter(o.served_by or "?" for o in ok)
     out += ["Served by: " + ", ".join(f"{k} {n}" for k, n in sorted(served.items())), ""]
-    # the daemon's own account
-    applied = sum(1 for line in r.log if " INFO save: applied in " in line)
-    reported = sum(1 for line in r.log if "the last good config serves on" in line)
-    starts = [line for line in r.log if re.search(r"INFO daemon \d+ for mesh", line)]
-    before = r.before_kill
-    after = r.after
+    starts = sum(1 for line in r.log if re.search(r"INFO daemon \d+ for mesh", line))
+    out += counters(r)
     out += [
-        "Counters: `ps --json` just before the SIGKILL, at the end (the restarted daemon), and "
-        "the daemon log's lines over the whole load (it survives the restart).",
-        "",
-        table(
-            ["", "reloads", "reload_failures", "problems"],
-            [
-                [
-                    "ps --json before the kill",
-                    str(before.get("reloads", "-")),
-                    str(before.get("reload_failures", "-")),
-                    str(len(before.get("problems", []))) if before else "-",
-                ],
-                [
-                    "ps --json at the end",
-                    str(after.get("reloads", "-")),
-                    str(after.get("reload_failures", "-")),
-                    str(len(after.get("problems", []))) if after else "-",
-                ],
-                [
-                    "sum of the two",
-                    str(before.get("reloads", 0) + after.get("reloads", 0)),
-                    str(before.get("reload_failures", 0) + after.get("reload_failures", 0)),
-                    "",
-                ],
-                [
-                    "daemon log (`save: applied` / `last good config serves on`)",
-                    str(applied),
-                    str(reported),
-                    "",
-                ],
-                ["expected", str(r.valid_edits), str(r.invalid_edits), "0"],
-            ],
-        ),
-        "",
-        f"Daemon starts in the log during the load: {len(starts)}. After the load: "
-        f"{r.final_check}.",
+        f"Daemon starts in the log during the load: {starts}. After the load: {r.final_check}.",
         "",
         "Events (seconds from the start of the load):",
         "",
@@ -851,6 +879,63 @@ def load_section(r: LoadResult) -> list[str]:
     for e in r.control_errors:
         out += [f"**{e}**", ""]
     return out
+
+
+def source_version() -> str:
+    """The commit measured (read-only git), and whether devmesh/ had uncommitted changes."""
+    try:
+        head = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], 10)
+        dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "devmesh"], 10)
+    except BenchError:
+        return "devmesh source: unknown"
+    if head.returncode != 0:
+        return "devmesh source: not a git checkout"
+    changed = " + uncommitted changes in devmesh/" if dirty.stdout.strip() else ""
+    return f"devmesh source: commit {head.stdout.strip()}{changed}"
+
+
+def save_notes(r: SaveResult) -> list[str]:
+    notes = []
+    slow = sum(1 for s in r.saves if s.slowest_ms >= SLOW_REQUEST_MS)
+    if slow:
+        longest = max(s.slowest_ms for s in r.saves)
+        notes.append(
+            f"{r.mesh.name}: in {slow} of {len(r.saves)} saves a request of the loop took "
+            f"≥ {SLOW_REQUEST_MS:.0f} ms (the longest {longest:.0f} ms)"
+            + (
+                ": the route's `fault: {delay: {fixed: 200ms, percent: 5}}`. One client "
+                "sending requests back to back spends most of its time inside the delayed "
+                "ones (5 % × 200 ms against 95 % × a few ms), so the first response on the "
+                "new route usually waits for one; *example, no fault* is the same mesh "
+                "without that line"
+                if FAULT.search(r.mesh.text)
+                else ""
+            )
+        )
+    timed = [s for s in r.saves if s.latency_ms is not None]
+    worst = sorted(timed, key=lambda s: s.latency_ms or 0.0, reverse=True)[:3]
+    if worst:
+
+        def part(value: float | None) -> str:
+            return "?" if value is None else f"{value:.0f}"
+
+        notes.append(
+            f"{r.mesh.name}: slowest saves (ms: latency = write → applied [apply] + rest): "
+            + "; ".join(
+                f"{part(s.latency_ms)} = {part(s.applied_ms)} [{part(s.apply_ms)}] + "
+                f"{part((s.latency_ms or 0) - s.applied_ms if s.applied_ms is not None else None)}"
+                for s in worst
+            )
+        )
+    if r.unmatched_log_lines:
+        notes.append(
+            f"{r.mesh.name}: {r.unmatched_log_lines} `save: applied` lines matched no save "
+            "(a save applied twice?)"
+        )
+    errs = sum(s.errors for s in r.saves)
+    if errs:
+        notes.append(f"{r.mesh.name}: {errs} failed requests during the saves")
+    return notes
 
 
 def report(
@@ -864,7 +949,8 @@ def report(
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"devmesh {devmesh_version}, Docker engine {engine_version()}, "
-        f"load average at the end {os.getloadavg()[0]:.2f}. DEVMESH_PULL=never.",
+        f"load average at the end {os.getloadavg()[0]:.2f}. DEVMESH_PULL=never. "
+        f"{source_version()}.",
         "",
     ]
     if saves:
@@ -900,21 +986,7 @@ def report(
             "",
         ]
         for r in saves:
-            slow = sum(1 for s in r.saves if s.slowest_ms >= SLOW_REQUEST_MS)
-            if slow:
-                longest = max(s.slowest_ms for s in r.saves)
-                notes.append(
-                    f"{r.mesh.name}: in {slow} of {len(r.saves)} saves a request of the loop "
-                    f"took ≥ {SLOW_REQUEST_MS:.0f} ms (the longest {longest:.0f} ms)"
-                )
-            if r.unmatched_log_lines:
-                notes.append(
-                    f"{r.mesh.name}: {r.unmatched_log_lines} `save: applied` lines matched no "
-                    "save (a save applied twice?)"
-                )
-            errs = sum(s.errors for s in r.saves)
-            if errs:
-                notes.append(f"{r.mesh.name}: {errs} failed requests during the saves")
+            notes += save_notes(r)
     if load is not None:
         out += load_section(load)
     if notes:

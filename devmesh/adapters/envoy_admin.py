@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
-# Requests, errors and retries per version cluster, per route, and into the pod.
+# Requests, errors and retries per version cluster, per route, and into the pod; the latency
+# histograms (`upstream_rq_time`) of version clusters and routes, read as two quantiles.
 STATS_FILTER = (
     r"^(cluster\.[^.]+\|[^.]+\.(upstream_rq_total|upstream_rq_[245]xx|upstream_rq_retry"
-    r"|upstream_cx_active|upstream_rq_pending_overflow|outlier_detection\.ejections_active)"
-    r"|vhost\.[^.]+\.route\..+\.upstream_rq_(total|completed|[245]xx|retry)"
+    r"|upstream_cx_active|upstream_rq_pending_overflow|outlier_detection\.ejections_active"
+    r"|upstream_rq_time)"
+    r"|vhost\.[^.]+\.route\..+\.upstream_rq_(total|completed|[245]xx|retry|time)"
     r"|http\.(in|ingress)\.downstream_rq_(total|[245]xx)"
     r"|http\.(in|ingress)\.downstream_cx_active)$"
 )
@@ -32,8 +34,17 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock = sock
 
 
-def read_stats(admin_socket: Path, regex: str = STATS_FILTER, timeout: float = 2) -> dict[str, int]:
-    """Counters and gauges whose names match `regex` (used ones only)."""
+# Histogram quantiles reported as `NAME.p50` / `NAME.p99` (milliseconds, float): Envoy's
+# "interval" values, over its last stats flush (5 s by default); absent when that interval saw
+# no sample.
+QUANTILES = {50.0: "p50", 99.0: "p99"}
+
+
+def read_stats(
+    admin_socket: Path, regex: str = STATS_FILTER, timeout: float = 2
+) -> dict[str, float]:
+    """Counters and gauges whose names match `regex` (used ones only), and the p50/p99 of the
+    matching histograms."""
     conn = _UnixHTTP(admin_socket, timeout)
     try:
         conn.request("GET", f"/stats?format=json&usedonly&filter={quote(regex)}")
@@ -43,17 +54,29 @@ def read_stats(admin_socket: Path, regex: str = STATS_FILTER, timeout: float = 2
         conn.close()
     if resp.status != 200:
         raise OSError(f"admin answered {resp.status}")
-    out: dict[str, int] = {}
+    out: dict[str, float] = {}
     for item in json.loads(body).get("stats", []):
         if "value" in item:
             out[str(item["name"])] = int(item["value"])
+        elif "histograms" in item:
+            histograms = item["histograms"]
+            columns = {
+                i: QUANTILES[float(q)]
+                for i, q in enumerate(histograms.get("supported_quantiles", []))
+                if float(q) in QUANTILES
+            }
+            for h in histograms.get("computed_quantiles", []):
+                for i, suffix in columns.items():
+                    value = h["values"][i].get("interval")
+                    if value is not None:
+                        out[f"{h['name']}.{suffix}"] = round(float(value), 3)
     return out
 
 
-def read_many(sockets: dict[str, Path]) -> dict[str, dict[str, int] | str]:
+def read_many(sockets: dict[str, Path]) -> dict[str, dict[str, float] | str]:
     """name -> stats, or the reason they could not be read; read in parallel."""
 
-    def one(path: Path) -> dict[str, int] | str:
+    def one(path: Path) -> dict[str, float] | str:
         try:
             return read_stats(path)
         except (OSError, ValueError, http.client.HTTPException) as exc:

@@ -623,3 +623,56 @@ def shift(
         return
     split = ", ".join(f"{v} {w}%" for v, w in parsed.items())
     typer.echo(f"{service} route '{result['route']}': {split} ({applied} {file})")
+
+
+EXIT_MESH_FAILED = 125  # `run`: the mesh could not come up (like docker run's own failures)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    ctx: typer.Context,
+    file: MeshFile = DEFAULT_FILE,
+    project: ProjectOpt = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the mesh up afterwards.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh.")] = 180.0,
+) -> None:
+    """Up, wait, run COMMAND with the mesh's URLs in its environment, tear down; exit with
+    the command's code (125 if the mesh could not come up). Usage: devmesh run -- pytest -x"""
+    import os
+    import subprocess
+
+    from devmesh.testing import Mesh, MeshUpError
+
+    command = list(ctx.args)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise MeshError("devmesh run needs a command: devmesh run [-f FILE] -- COMMAND ...")
+    try:
+        mesh = Mesh.up(file, project, timeout=timeout)
+    except MeshInvalid as exc:  # the command's own exit codes stay unambiguous: 125
+        _err(str(exc))
+        raise typer.Exit(EXIT_MESH_FAILED) from None
+    except (MeshUpError, MeshError) as exc:
+        _err(f"devmesh: {exc}")
+        raise typer.Exit(EXIT_MESH_FAILED) from None
+    code = EXIT_MESH_FAILED
+    try:
+        env = {**os.environ, **mesh.urls, "DEVMESH_PROJECT": mesh.project}
+        for key, value in mesh.urls.items():
+            _err(f"{key}={value}")
+        try:
+            code = subprocess.run(command, env=env, check=False).returncode
+        except FileNotFoundError:
+            _err(f"devmesh: {command[0]}: command not found")
+            code = 127
+        except KeyboardInterrupt:
+            code = 130
+    finally:
+        if keep:
+            _err(f"devmesh: mesh '{mesh.project}' left up; `devmesh down -p {mesh.project}`")
+        else:
+            mesh.down()
+    raise typer.Exit(code)

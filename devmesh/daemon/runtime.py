@@ -140,6 +140,7 @@ class Daemon:
                 ("GET", "/v1/events"): lambda _: (200, self.events_json()),
                 ("POST", "/v1/fault"): self._api_fault,
                 ("POST", "/v1/restart"): self._api_restart,
+                ("POST", "/v1/logs"): self._api_logs,
             },
         )
         self._api.start()
@@ -408,6 +409,23 @@ class Daemon:
         self.note(f"restarted {', '.join(names)}")
         self._wake.set()
         return 200, {"ok": True, "restarted": names}
+
+    def _api_logs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The last `tail` lines (1-1000, default 100) of one pod's app log, for the TUI. A
+        POST with a JSON body: the API hands handlers the body, not the query string."""
+        want = self._desired
+        chosen = [p for p in (want.pods if want else ()) if p.name == body.get("pod")]
+        if not chosen:
+            return 404, {"error": f"no pod {body.get('pod')!r} in mesh '{self.project}'"}
+        try:
+            tail = max(1, min(int(body.get("tail", 100)), 1000))
+        except (TypeError, ValueError):
+            return 400, {"error": "tail must be a number"}
+        try:
+            raw = b"".join(self.engine.logs(chosen[0].app.name, follow=False, tail=tail))
+        except MeshError as exc:
+            return 404, {"error": str(exc)}
+        return 200, {"pod": chosen[0].name, "lines": raw.decode(errors="replace").splitlines()}
 
     def stats_json(self) -> dict[str, Any]:
         """Each sidecar's (and the gateway's) request counters, read from its admin socket."""

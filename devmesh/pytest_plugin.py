@@ -1,0 +1,115 @@
+"""The devmesh pytest plugin (installed with the package): a `mesh` fixture.
+
+    [pytest]                      # or [tool.pytest.ini_options]
+    devmesh_file = devmesh.yaml   # or --devmesh-file PATH
+    devmesh_scope = session       # session | package | module | class | function
+
+    def test_checkout(mesh):
+        r = requests.get(mesh.url + "cart")                 # the ingress
+        r = requests.get(mesh.service_url("catalog") + "x")  # one service, via its routes
+        with mesh.fault("catalog", abort=503, percent=50):
+            ...
+        mesh.shift("catalog", v1=0, v2=100)
+        assert mesh.stats("catalog")["v2"]["requests"] > 0
+
+The mesh comes up under a name of its own on free host ports (several at once do not
+collide), is waited for, and is always torn down: after a failure, on Ctrl-C, and when
+its daemon crashed. A failing test's report gets the mesh's state and its apps' logs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devmesh.testing import Mesh
+
+_LIVE: dict[str, Mesh] = {}  # up and not yet down: torn down at exit whatever happened
+
+
+def _down_all() -> None:
+    for mesh in list(_LIVE.values()):
+        mesh.down()
+        _LIVE.pop(mesh.project, None)
+
+
+atexit.register(_down_all)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("devmesh")
+    group.addoption("--devmesh-file", default=None, help="mesh file for the `mesh` fixture")
+    group.addoption(
+        "--devmesh-keep",
+        action="store_true",
+        default=False,
+        help="leave the mesh up after the tests (to look at it); `devmesh down -p NAME`",
+    )
+    parser.addini("devmesh_file", "mesh file for the `mesh` fixture", default="devmesh.yaml")
+    parser.addini("devmesh_scope", "scope of the `mesh` fixture", default="session")
+
+
+def _scope(fixture_name: str, config: pytest.Config) -> Any:
+    scope = str(config.getini("devmesh_scope") or "session")
+    if scope not in ("session", "package", "module", "class", "function"):
+        raise pytest.UsageError(f"devmesh_scope = {scope}: not a pytest fixture scope")
+    return scope
+
+
+@pytest.fixture(scope=_scope)
+def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    config = request.config
+    file = config.getoption("--devmesh-file") or config.getini("devmesh_file")
+    path = Path(file)
+    if not path.is_absolute():
+        path = Path(config.rootpath) / path
+    if not path.exists():
+        pytest.fail(f"devmesh: no mesh file {path} (set devmesh_file or --devmesh-file)")
+    try:
+        handle = Mesh.up(path)
+    except Exception as exc:
+        pytest.fail(f"devmesh: {exc}", pytrace=False)
+    _LIVE[handle.project] = handle
+    try:
+        yield handle
+    finally:
+        if not config.getoption("--devmesh-keep"):
+            handle.down()
+        _LIVE.pop(handle.project, None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    outcome: Any = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    handle = getattr(item, "funcargs", {}).get("mesh")
+    if not isinstance(handle, Mesh):
+        return
+    try:
+        state = handle.refresh()
+        report.sections.append(("devmesh state", json.dumps(_brief(state), indent=2)))
+        for service in sorted({p["service"] for p in state.get("pods", [])}):
+            report.sections.append((f"devmesh logs: {service}", handle.logs(service, tail=40)))
+    except Exception as exc:  # the mesh may be what broke: say so rather than fail again
+        report.sections.append(("devmesh state", f"unavailable: {exc}"))
+
+
+def _brief(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "project": state.get("project"),
+        "ready": state.get("ready"),
+        "problems": state.get("problems"),
+        "failed": state.get("failed"),
+        "pods": [
+            {k: p.get(k) for k in ("pod", "ready", "reason", "address", "app", "restarts")}
+            for p in state.get("pods", [])
+        ],
+        "events": [e["text"] for e in state.get("events", [])[-20:]],
+    }

@@ -1,0 +1,190 @@
+"""The pytest plugin and `devmesh run`, against real meshes (pytest's own pytester)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import docker
+import pytest
+
+from devmesh import labels
+from tests.e2e.conftest import APP, ENV, devmesh
+from tests.e2e.test_live import RETRYING
+from tests.e2e.test_runtime import SHOP
+
+pytestmark = pytest.mark.docker
+
+MESH = SHOP.replace("@APP@", str(APP)).replace("@PORT@", "8080")
+
+
+def leftovers(client: docker.DockerClient, mesh_name: str = "shop") -> list[str]:
+    """Containers of any instance of the test mesh (instances are named `shop-xxxxxx`)."""
+    found = client.containers.list(all=True, filters={"label": f"{labels.MANAGED}=1"})
+    return [c.name for c in found if c.labels.get(labels.MESH, "").startswith(f"{mesh_name}-")]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, docker_client: Any) -> pytest.Pytester:
+    pytester.makefile(".yaml", devmesh=MESH)
+    pytester.makeini("[pytest]\ndevmesh_file = devmesh.yaml\ndevmesh_scope = module\n")
+    for key, value in ENV.items():
+        pytester._monkeypatch.setenv(key, value)
+    assert leftovers(docker_client) == []
+    return pytester
+
+
+def test_fixture_serves_passing_and_failing_tests_and_always_tears_down(
+    project: pytest.Pytester, docker_client: Any
+) -> None:
+    project.makepyfile(
+        """
+        import urllib.request
+
+        def get(url):
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status, r.headers.get("x-devmesh-served-by")
+
+        def test_ingress_and_service_urls(mesh):
+            assert get(mesh.url) == (200, "frontend/default")
+            status, by = get(mesh.service_url("catalog") + "x")
+            assert status == 200 and by.startswith("catalog/")
+
+        def test_fails(mesh):
+            assert get(mesh.url)[1] == "nobody"
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "devmesh state" in out and '"ready": true' in out  # attached to the failure
+    assert "devmesh logs: catalog" in out and "http on :8000" in out
+    assert leftovers(docker_client) == []
+
+
+def test_fault_context_makes_the_retry_policy_visible_in_stats(
+    project: pytest.Pytester, docker_client: Any
+) -> None:
+    project.makefile(".yaml", devmesh=RETRYING.replace("@APP@", str(APP)).replace("@PORT@", "8080"))
+    project.makepyfile(
+        """
+        import urllib.request, urllib.error
+
+        def status(url):
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        def test_retries_absorb_half_the_failures(mesh):
+            url = mesh.service_url("catalog") + "x"
+            before = mesh.stats("catalog")
+            codes = [status(url) for _ in range(100)]
+            after = mesh.stats("catalog")
+            retries = sum(v.get("retries", 0) for k, v in after.items() if k.startswith("v"))
+            retried_before = sum(
+                v.get("retries", 0) for k, v in before.items() if k.startswith("v")
+            )
+            assert codes.count(200) >= 80
+            assert retries - retried_before >= 30
+            assert after["route:main"]["requests"] > 0
+
+        def test_without_the_fault_nothing_is_retried(mesh):
+            with mesh.fault("catalog", abort=503, percent=100):
+                assert status(mesh.service_url("catalog") + "x") == 503
+            assert status(mesh.service_url("catalog") + "x") in (200, 503)
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert leftovers(docker_client) == []
+
+
+def test_shift_is_observed_and_two_meshes_run_at_once(
+    project: pytest.Pytester, docker_client: Any
+) -> None:
+    project.makepyfile(
+        """
+        import time, urllib.request
+        from devmesh.testing import Mesh
+
+        def served(url):
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.headers.get("x-devmesh-served-by")
+
+        def test_shift(mesh):
+            mesh.shift("catalog", v1=0, v2=100)
+            url = mesh.service_url("catalog") + "x"
+            assert {served(url) for _ in range(20)} == {"catalog/v2"}
+            assert "to: {v1: 0, v2: 100}" in mesh.file.read_text()
+
+        def test_two_at_once(mesh):
+            other = Mesh.up(mesh.file)
+            try:
+                assert other.project != mesh.project and other.url != mesh.url
+                assert served(other.url) == served(mesh.url) == "frontend/default"
+            finally:
+                other.down()
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert leftovers(docker_client) == []
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_exits_with_the_commands_code(
+    project: pytest.Pytester, docker_client: Any, code: int
+) -> None:
+    script = (
+        "import os, sys, urllib.request; "
+        "urllib.request.urlopen(os.environ['DEVMESH_URL_CATALOG'] + 'x', timeout=10); "
+        f"sys.exit({code})"
+    )
+    result = devmesh(
+        "run", "-f", str(project.path / "devmesh.yaml"), "--", sys.executable, "-c", script
+    )
+    assert result.returncode == code, result.stderr
+    assert "DEVMESH_URL=http://127.0.0.1:" in result.stderr
+    assert leftovers(docker_client) == []
+
+
+def test_run_says_why_when_the_mesh_cannot_come_up(
+    project: pytest.Pytester, docker_client: Any
+) -> None:
+    broken = project.path / "broken.yaml"
+    broken.write_text(
+        MESH.replace(
+            "  stock:\n    build: " + str(APP) + "\n    image: devmesh-shop-app:1",
+            "  stock:\n    image: devmesh-no-such:0",
+        )
+    )
+    result = devmesh("run", "-f", str(broken), "--", "true")
+    assert result.returncode == 125
+    assert "stock/default: image devmesh-no-such:0 not found" in result.stderr
+    assert leftovers(docker_client) == []
+    invalid = project.path / "invalid.yaml"
+    invalid.write_text(MESH.replace("port: 7000", "port: seven"))
+    result = devmesh("run", "-f", str(invalid), "--", "true")
+    assert result.returncode == 125 and "expected an integer" in result.stderr
+    json.dumps(result.stderr)
+
+
+def test_the_ci_example_passes_against_the_shop(
+    pytester: pytest.Pytester, docker_client: Any
+) -> None:
+    from tests.e2e.conftest import ROOT
+
+    shop = ROOT / "examples" / "shop" / "devmesh.yaml"
+    pytester.makefile(
+        ".yaml", devmesh=shop.read_text().replace("build: ./", f"build: {shop.parent}/")
+    )
+    pytester.makeini("[pytest]\ndevmesh_file = devmesh.yaml\n")
+    pytester.makepyfile(test_example=(ROOT / "examples" / "ci" / "test_example.py").read_text())
+    for key, value in ENV.items():
+        pytester._monkeypatch.setenv(key, value)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert leftovers(docker_client) == []
