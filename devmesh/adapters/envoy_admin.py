@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
+
+from devmesh.unixhttp import UnixHTTPConnection
 
 # Requests, errors and retries per version cluster, per route, and into the pod; the latency
 # histograms (`upstream_rq_time`) of version clusters and routes, read as two quantiles.
@@ -20,24 +21,7 @@ STATS_FILTER = (
     r"|http\.(in|ingress)\.downstream_rq_(total|[245]xx)"
     r"|http\.(in|ingress)\.downstream_cx_active)$"
 )
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)  # admin refuses HTTP/1.0: this is 1.1
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self._path))
-        self.sock = sock
-
-
-# Histogram quantiles reported as `NAME.p50` / `NAME.p99` (milliseconds, float): Envoy's
-# "interval" values, over its last stats flush (5 s by default); absent when that interval saw
-# no sample.
-QUANTILES = {50.0: "p50", 99.0: "p99"}
+QUANTILES = {0.5: "p50", 0.99: "p99"}  # histogram quantile -> stat name suffix
 
 
 def read_stats(
@@ -45,7 +29,7 @@ def read_stats(
 ) -> dict[str, float]:
     """Counters and gauges whose names match `regex` (used ones only), and the p50/p99 of the
     matching histograms."""
-    conn = _UnixHTTP(admin_socket, timeout)
+    conn = UnixHTTPConnection(admin_socket, timeout)
     try:
         conn.request("GET", f"/stats?format=json&usedonly&filter={quote(regex)}")
         resp = conn.getresponse()

@@ -24,6 +24,7 @@ import docker.errors
 import pytest
 
 from devmesh import labels
+from devmesh.unixhttp import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "shop" / "app"
@@ -156,25 +157,13 @@ class Mesh:
         from devmesh.daemon.state import StateDir
 
         sock_path = StateDir.for_project(self.project).admin_socket(pod)
-        conn = _UnixHTTP(str(sock_path))
+        conn = UnixHTTPConnection(sock_path)
         try:
             conn.request("GET", f"/stats?format=json&filter={filter_}")
             data = json.loads(conn.getresponse().read())
         finally:
             conn.close()
         return {s["name"]: s["value"] for s in data["stats"] if "value" in s}
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(self._path)
-        self.sock = s
 
 
 def sweep(client: docker.DockerClient, project: str) -> None:
