@@ -393,7 +393,9 @@ def _print_urls(client: Any) -> None:
 
 
 @app.command()
-def down(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
+def down(
+    file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None, as_json: JsonFlag = False
+) -> None:
     """Stop the daemon and remove every container and network of the mesh (also after a crash)."""
     import contextlib
     import os
@@ -421,10 +423,14 @@ def down(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
         if state.daemon_pid() is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        typer.echo(f"stopped the daemon (pid {pid})")
+        typer.echo(f"stopped the daemon (pid {pid})", err=as_json)
     containers, networks = engine.remove_all(name)
     state.remove()
-    if containers or networks:
+    if as_json:
+        _print_json(
+            {"project": name, "daemon": pid, "containers": containers, "networks": networks}
+        )
+    elif containers or networks:
         typer.echo(f"mesh '{name}': removed {containers} containers, {networks} network(s)")
     else:
         typer.echo(f"mesh '{name}': nothing to remove")
