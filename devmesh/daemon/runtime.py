@@ -100,6 +100,7 @@ class Daemon:
         self._infos: dict[str, ContainerInfo] = {}
         self._health: dict[str, _Health] = {}
         self._published: set[str] = set()
+        self._last_published: tuple[Mesh, dict[tuple[str, str], list[str]]] | None = None
         self._reconcile_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -107,7 +108,9 @@ class Daemon:
         self._api: ApiServer | None = None
         self._watcher: FileWatcher | None = None
         self._base_dir = str(mesh_file.resolve().parent)
-        self._applied = hashlib.sha256(mesh_file.read_bytes()).hexdigest()
+        # Not known yet: the file may change between the caller's load and the watcher's
+        # start, so the first look after the watcher starts compares meshes, not bytes.
+        self._applied = ""
         self._reported = ""  # digest of the invalid text last reported
         self._pending = ""  # digest of invalid text seen once, given a moment to settle
         self.reloads = 0
@@ -153,6 +156,7 @@ class Daemon:
         self.reconcile("start")
         self._watcher = FileWatcher(self.mesh_file, self._on_save)
         self._watcher.start()
+        self._watcher.poke()  # a save made while starting is not lost
         self.phase = "serving"
         for target, name in (
             (self._health_loop, "health"),
@@ -274,7 +278,9 @@ class Daemon:
         if digest in (self._applied, self._reported):
             return  # no change (an editor touched it, or `shift` wrote what it applied)
         mesh, problems = self._parse(raw)
-        if mesh is not None:
+        if mesh is not None and mesh == self.mesh:
+            self._applied = digest  # what already runs (the first look after start)
+        elif mesh is not None:
             self._apply(raw, mesh, "save", rebuild=False)
         elif digest != self._pending:
             self._pending = digest
@@ -571,6 +577,8 @@ class Daemon:
         """Each node group's resources to the xDS server (it pushes only what changed)."""
         mesh = self.effective()
         endpoints = self._endpoints()
+        if (mesh, endpoints) == self._last_published:
+            return  # the timer's passes over an unchanged mesh build nothing
         clusters: set[str] = set()
         for service in mesh.services:
             for version in service.versions:
@@ -584,6 +592,7 @@ class Daemon:
         for gone in self._published - clusters:
             self.xds.remove_snapshot(gone)
         self._published = clusters
+        self._last_published = (mesh, endpoints)
 
     # -- loops --------------------------------------------------------------------------------
 
