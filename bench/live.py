@@ -45,7 +45,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -61,6 +61,7 @@ from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
     Terminated,
     daemon_alive,
     devmesh,
+    docker,
     engine_version,
     example_case,
     free_port,
@@ -75,6 +76,7 @@ from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
 )
 
 from devmesh import __version__ as devmesh_version
+from devmesh import labels
 from devmesh.daemon.state import StateDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,12 +284,32 @@ def running(mesh: LiveMesh, project: str, started: list[str]) -> Iterator[float]
                     progress(f"`devmesh down -p {project}` exited {down.returncode}:\n{tail(down)}")
             except BenchError as exc:
                 progress(f"cleanup: {exc}")
+            for pid in stray_daemons(project):  # e.g. a restart interrupted before its lock
+                progress(f"{project}: its daemon pid {pid} outlived `devmesh down`; killed")
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             try:
                 left = sweep(project, None)
                 if left:
                     progress(f"{project}: `devmesh down` left {left}; removed")
             except BenchError as exc:
                 progress(f"cleanup sweep: {exc}")
+
+
+def stray_daemons(project: str) -> list[int]:
+    """Daemons of this benchmark's project still running (by their command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and daemon_alive(int(entry.name), project):
+            found.append(int(entry.name))
+    return found
+
+
+def others_running(ours: Sequence[str]) -> int:
+    """Running devmesh containers of meshes other than ours: they share the two cores."""
+    mesh_of = '{{.Label "%s"}}' % labels.MESH  # noqa: UP031 - Go template braces
+    listed = docker("ps", "--filter", f"label={labels.MANAGED}=1", "--format", mesh_of)
+    return sum(1 for mesh in listed.split() if mesh not in ours)
 
 
 def log_offset(project: str) -> int:
@@ -1032,6 +1054,9 @@ def main(argv: list[str] | None = None) -> int:
     load: LoadResult | None = None
     notes: list[str] = []
     counter = iter(range(1, 1000))
+    ours = [project_name(n) for n in range(1, 10)]
+    others = [others_running(ours)]
+    load_before = os.getloadavg()[0]
     try:
         with tempfile.TemporaryDirectory(prefix="devmesh-live-") as tmp:
             work = Path(tmp)
@@ -1068,6 +1093,13 @@ def main(argv: list[str] | None = None) -> int:
                 gone = run(["docker", "image", "rm", APP_IMAGE], 60)
                 if gone.returncode == 0:
                     notes.append(f"removed {APP_IMAGE}: the benchmark's meshes built it")
+    others.append(others_running(ours))
+    if any(others):
+        notes.append(
+            f"other devmesh meshes were running on the engine: {others[0]} containers at the "
+            f"start, {others[1]} at the end (they share the cores; load average at the start "
+            f"{load_before:.2f})"
+        )
     text = report(saves, load, args, notes)
     print(text, end="")
     if args.out:
