@@ -216,6 +216,9 @@ def up(
         ),
     ] = None,
     as_json: JsonFlag = False,
+    tui: Annotated[
+        bool, typer.Option("--tui/--no-tui", help="In the foreground on a terminal: open the TUI.")
+    ] = True,
 ) -> None:
     """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
     from devmesh.client import DaemonClient
@@ -240,7 +243,7 @@ def up(
     elif detach:
         _start_detached(file, name, state, ingress_port)
     else:
-        _run_foreground(file, mesh, name, state, wait, timeout, ingress_port)
+        _run_foreground(file, mesh, name, state, wait, timeout, ingress_port, tui and not as_json)
         return
     if wait:
         _wait_ready(client, name, timeout)
@@ -308,6 +311,7 @@ def _run_foreground(
     wait: bool,
     timeout: float,
     ingress_port: int | None,
+    tui: bool = False,
 ) -> None:
     import logging
     import signal
@@ -317,7 +321,17 @@ def _run_foreground(
     from devmesh.client import DaemonClient
     from devmesh.daemon.runtime import Daemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    tui = tui and sys.stdin.isatty() and sys.stdout.isatty()
+    if tui:  # the TUI owns the terminal: the daemon logs into its file
+        state.create()
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", filename=str(state.log_file)
+        )
+        typer.echo(f"starting mesh '{project}' (log: {state.log_file}) ...")
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
     daemon = Daemon(file.resolve(), mesh, project, Engine.connect(), state, ingress_port)
     stopping = threading.Event()
 
@@ -331,6 +345,16 @@ def _run_foreground(
         client = DaemonClient(state.api_socket)
         if wait:
             _wait_ready(client, project, timeout, exit_when_not_ready=False, stop=stopping)
+        if tui:
+            from devmesh.tui import run as run_tui
+
+            def serve() -> None:
+                daemon.wait(also=stopping)  # `devmesh down` or a signal: the TUI closes too
+                stopping.set()
+
+            threading.Thread(target=serve, name="serve", daemon=True).start()
+            run_tui(client, owns_mesh=True, stop_when=stopping.is_set)
+            return
         _print_urls(client)
         typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
         daemon.wait(also=stopping)
@@ -390,6 +414,22 @@ def _print_urls(client: Any) -> None:
         typer.echo(f"ingress: {gw['url']}")
     for name, url in (gw or {}).get("services", {}).items():
         typer.echo(f"  {name}: {url}")
+
+
+@app.command()
+def tui(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
+    """Watch and steer a running mesh: pods, routes, live stats, weights, faults, logs, events.
+    Several may attach at once; quitting leaves the mesh running."""
+    from devmesh.client import DaemonClient
+    from devmesh.daemon.state import StateDir
+    from devmesh.tui import mesh_name, run
+
+    name = project or mesh_name(file)
+    state = StateDir.for_project(name)
+    client = DaemonClient(state.api_socket, timeout=5)
+    if state.daemon_pid() is None or not client.alive():
+        raise MeshError(f"no daemon runs mesh '{name}'; start it with `devmesh up -d`")
+    run(client)
 
 
 @app.command()

@@ -50,7 +50,7 @@ from devmesh.plan.desired import (
 from devmesh.plan.plan import plan
 
 log = logging.getLogger("devmesh.daemon")
-RECONCILE_EVERY = 5.0  # seconds; events and reloads trigger it sooner
+RECONCILE_EVERY = 15.0  # seconds, a safety net: Docker events and saves trigger it at once
 HEALTH_TICK = 0.25
 
 
@@ -275,6 +275,11 @@ class Daemon:
                 self._watcher.poke(0.3)  # renamed away mid-save: look again
             return
         digest = hashlib.sha256(raw).hexdigest()
+        if digest == self._applied and self.problems:
+            # An invalid edit undone: the file is again what serves, and has no problems.
+            self.problems, self._reported, self._pending = [], "", ""
+            self.note(f"{self.mesh_file}: back to the config that serves; no problems")
+            return
         if digest in (self._applied, self._reported):
             return  # no change (an editor touched it, or `shift` wrote what it applied)
         mesh, problems = self._parse(raw)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HISTORY = 30  # samples kept per row: about half a minute at one read a second
+SPLIT_WINDOW = 5  # reads the observed split is summed over: steady, yet it follows a shift
 INGRESS = "ingress"  # the gateway's virtual host and the service name used for its routes
 ROUTE_STATS = (
     "upstream_rq_total",
@@ -81,6 +82,10 @@ def route_key(service: str, route: str) -> str:
 
 def pod_key(pod: str) -> str:
     return f"pod:{pod}"
+
+
+def share_key(service: str, route: str, version: str) -> str:
+    return f"share:{service}/{route}/{version}"
 
 
 @dataclass(slots=True)
@@ -143,6 +148,10 @@ class StatsTracker:
         self._time: float | None = None
         self._history: dict[str, deque[float]] = {}
         self._size = history
+        # (seconds, version rates, route rates) of the last reads, for the observed split
+        self._window: deque[
+            tuple[float, dict[tuple[str, str], float], dict[tuple[str, str], float]]
+        ] = deque(maxlen=SPLIT_WINDOW)
 
     def update(self, stats: Mapping[str, Any], routes: Mapping[str, Any] | None) -> Rates:
         """The rates between the previous read and `stats` (a /v1/stats document); `routes`
@@ -156,9 +165,7 @@ class StatsTracker:
         unreadable: dict[str, str] = {}
         for name, values in sidecars.items():
             if isinstance(values, Mapping):
-                current[name] = {
-                    k: n for k, v in values.items() if (n := _num(v)) is not None
-                }
+                current[name] = {k: n for k, v in values.items() if (n := _num(v)) is not None}
             else:
                 unreadable[name] = str(values)
         versions: dict[tuple[str, str], _Acc] = {}
@@ -189,7 +196,17 @@ class StatsTracker:
         out_routes = {k: a.live(interval) for k, a in routes_acc.items()}
         out_pods = {k: a.live(interval) for k, a in pods.items()}
         out_services = {k: a.live(interval) for k, a in services.items()}
-        splits = observed_splits(routes, out_versions, out_routes) if routes else {}
+        self._window.append(
+            (
+                interval,
+                {k: a.total for k, a in versions.items()},
+                {k: a.total for k, a in routes_acc.items()},
+            )
+        )
+        splits = observed_splits(routes, *self._window_rates()) if routes else {}
+        for (service, route), split in splits.items():
+            for version, share in split.shares.items():
+                self._push(share_key(service, route, version), share)
         for (service, version), live in out_versions.items():
             self._push(version_key(service, version), live.rps)
         for (service, route), live in out_routes.items():
@@ -207,6 +224,20 @@ class StatsTracker:
             splits=splits,
             history=self._snapshot(),
             unreadable=unreadable,
+        )
+
+    def _window_rates(self) -> tuple[dict[tuple[str, str], Live], dict[tuple[str, str], Live]]:
+        seconds = sum(w[0] for w in self._window) or 1.0
+        versions: dict[tuple[str, str], float] = {}
+        routes: dict[tuple[str, str], float] = {}
+        for _, v, r in self._window:
+            for key, n in v.items():
+                versions[key] = versions.get(key, 0.0) + n
+            for key, n in r.items():
+                routes[key] = routes.get(key, 0.0) + n
+        return (
+            {k: Live(rps=n / seconds) for k, n in versions.items()},
+            {k: Live(rps=n / seconds) for k, n in routes.items()},
         )
 
     def _push(self, key: str, value: float | None) -> None:
@@ -345,17 +376,16 @@ def observed_splits(
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: Iterable[float], width: int = 10) -> str:
-    """The last `width` values, scaled to their own maximum; zero is the lowest bar."""
+def sparkline(values: Iterable[float], width: int = 10, top: float | None = None) -> str:
+    """The last `width` values, scaled to `top` (default: their own maximum); zero is the
+    lowest bar."""
     window = list(values)[-width:]
     if not window:
         return ""
-    top = max(window)
+    top = max(window) if top is None else top
     if top <= 0:
         return SPARK[0] * len(window)
-    return "".join(
-        SPARK[0] if v <= 0 else SPARK[1 + min(6, int(v / top * 6.999))] for v in window
-    )
+    return "".join(SPARK[0] if v <= 0 else SPARK[1 + min(6, int(v / top * 6.999))] for v in window)
 
 
 def fmt_rps(value: float | None) -> str:
@@ -384,7 +414,7 @@ def fmt_ms(value: float | None) -> str:
         return f"{value:.1f}ms"
     if value < 1000:
         return f"{value:.0f}ms"
-    return f"{value / 1000:.1f}s"
+    return f"{value / 1000:.1f}".removesuffix(".0") + "s"
 
 
 def fmt_share(value: float | None) -> str:

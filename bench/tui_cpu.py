@@ -1,0 +1,209 @@
+"""TUI CPU benchmark: what watching a 20-service mesh costs the daemon and the TUI.
+
+    .venv/bin/python bench/tui_cpu.py [--services 20] [--seconds 30] [--size 80x24]
+
+1. A generated mesh of N HTTP services (one version, one pod each: N sidecars plus the
+   gateway), built from the example app, comes up with `devmesh up -d --wait`.
+2. Light traffic runs through the ingress for the whole benchmark (GETs to each service in
+   turn, about 20 requests/s, 127.0.0.1 only) so that the stats the TUI reads are not empty.
+3. Baseline: the daemon alone for `--seconds`.
+4. Attached: the TUI as a process of its own (`python -m devmesh.tui --headless`, reading the
+   API about once a second, as it does in a terminal) for `--seconds`, after a warm-up (its
+   start-up: imports and the first screen, reported on its own).
+
+CPU time is utime + stime from /proc/PID/stat (the daemon's, and the TUI's while it runs),
+divided by wall time: percent of one core. The daemon's and TUI's together are the figure the
+budget (3 % of one core) is about; the daemon's increase over its baseline is what attaching
+costs it. Everything the benchmark starts is removed at the end, also on failure and Ctrl-C:
+`devmesh down`, then a sweep by the mesh label. A benchmark, not a test: it prints a table and
+exits non-zero only when it could not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
+    APP_CONTEXT,
+    APP_IMAGE,
+    COMMAND_SLACK,
+    DOWN_TIMEOUT,
+    UP_TIMEOUT,
+    BenchError,
+    devmesh,
+    engine_version,
+    free_port,
+    progress,
+    shielded,
+    sweep,
+    table,
+    tail,
+)
+
+from devmesh.daemon.state import StateDir
+
+BUDGET = 3.0  # percent of one core, daemon and TUI together
+WARMUP = 5.0  # seconds of the TUI's start-up left out of the steady figure
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
+
+
+def mesh_text(n: int, port: int) -> str:
+    lines = [
+        f"mesh: tuicpu{n}",
+        "defaults:",
+        "  timeout: 5s",
+        "  health: {path: /healthz, interval: 1s}",
+        "ingress:",
+        f"  port: {port}",
+        "  routes:",
+    ]
+    lines += [
+        f"    - {{name: s{i:02d}, match: {{path_prefix: /s{i:02d}/}}, service: s{i:02d}}}"
+        for i in range(1, n + 1)
+    ]
+    lines.append("services:")
+    for i in range(1, n + 1):
+        lines += [
+            f"  s{i:02d}:",
+            f"    build: {APP_CONTEXT}",
+            f"    image: {APP_IMAGE}",
+            "    port: 8000",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def traffic(port: int, n: int, stop: threading.Event, rate: float = 20.0) -> None:
+    """GETs to each service in turn through the ingress, at most `rate` a second."""
+    i = 0
+    deadline = time.monotonic() + 3600
+    while not stop.is_set() and time.monotonic() < deadline:
+        i = i % n + 1
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", f"/s{i:02d}/x")
+            conn.getresponse().read()
+            conn.close()
+        except (OSError, http.client.HTTPException):
+            pass
+        stop.wait(1 / rate)
+
+
+def measure(pid: int, seconds: float) -> float:
+    """Percent of one core `pid` used over the next `seconds`."""
+    before, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--size", default="80x24", help="the headless TUI's screen, COLSxROWS")
+    args = parser.parse_args()
+    project = f"tcpu{os.getpid()}"[:15]
+    port = free_port()
+    stop = threading.Event()
+    daemon_pid: int | None = None
+    tui: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="devmesh-tui-cpu-") as tmp:
+        file = Path(tmp) / "devmesh.yaml"
+        file.write_text(mesh_text(args.services, port))
+        try:
+            progress(f"bringing up {args.services} services as '{project}' ...")
+            up = devmesh(
+                "up", "-d", "--wait", "--timeout", str(UP_TIMEOUT), "-f", str(file), "-p", project,
+                timeout=UP_TIMEOUT + COMMAND_SLACK,
+            )  # fmt: skip
+            if up.returncode != 0:
+                raise BenchError(f"`devmesh up` failed:\n{tail(up)}")
+            state = StateDir.for_project(project)
+            daemon_pid = state.daemon_pid()
+            if daemon_pid is None:
+                raise BenchError("the daemon is not running after `up`")
+            threading.Thread(target=traffic, args=(port, args.services, stop), daemon=True).start()
+            time.sleep(3)  # the first reads and health checks settle
+            progress(f"baseline: the daemon alone for {args.seconds:.0f} s ...")
+            baseline = measure(daemon_pid, args.seconds)
+            progress(f"attached: the TUI (headless, {args.size}) for {args.seconds:.0f} s ...")
+            started = time.monotonic()
+            tui = subprocess.Popen(
+                [
+                    sys.executable, "-m", "devmesh.tui", "--socket", str(state.api_socket),
+                    "--headless", "--size", args.size,
+                    "--seconds", str(WARMUP + args.seconds + 5),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            time.sleep(WARMUP)
+            startup = cpu_seconds(tui.pid)
+            d0, t0 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid)
+            w0 = time.monotonic()
+            time.sleep(args.seconds)
+            d1, t1 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid)
+            wall = time.monotonic() - w0
+            if tui.poll() is not None:
+                raise BenchError(f"the TUI exited early: {tui.stderr.read().decode()[-2000:]}")
+            code = tui.wait(timeout=30)
+            if code != 0:
+                raise BenchError(f"the TUI exited {code}: {tui.stderr.read().decode()[-2000:]}")
+            progress(f"the TUI quit by itself after {time.monotonic() - started:.0f} s")
+        finally:
+            stop.set()
+            with shielded():
+                if tui is not None and tui.poll() is None:
+                    tui.kill()  # the process this benchmark started
+                    tui.wait(10)
+                down = devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
+                if down.returncode != 0:
+                    progress(f"`devmesh down` failed:\n{tail(down)}")
+                left = sweep(project, daemon_pid)
+                if left:
+                    progress(f"swept what was left: {left}")
+    daemon = 100 * (d1 - d0) / wall
+    tui_pct = 100 * (t1 - t0) / wall
+    total = daemon + tui_pct
+    rows = [
+        ["daemon alone (baseline)", f"{baseline:.2f}"],
+        ["daemon, TUI attached", f"{daemon:.2f}"],
+        ["TUI", f"{tui_pct:.2f}"],
+        ["daemon + TUI", f"{total:.2f}"],
+        ["attaching costs the daemon", f"{daemon - baseline:+.2f}"],
+    ]
+    print(f"# devmesh TUI CPU: {args.services} services ({args.services} sidecars + gateway)")
+    print(
+        f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
+        f"Docker {engine_version()} · {args.seconds:.0f} s per phase · TUI {args.size} headless "
+        "· ~20 req/s through the ingress"
+    )
+    print()
+    print(table(["process", "% of one core"], rows))
+    print()
+    print(f"TUI start-up (imports, first screen; not in the figures above): {startup:.2f} s CPU")
+    verdict = "within" if total <= BUDGET else "OVER"
+    print(f"budget: daemon + TUI <= {BUDGET:.0f} % of one core: {verdict} ({total:.2f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"tui_cpu: {exc}", file=sys.stderr)
+        sys.exit(1)

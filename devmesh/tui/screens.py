@@ -1,0 +1,95 @@
+"""Modal screens: the help (every key), typing a weight, confirming a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+HELP_INTRO = (
+    "devmesh TUI: live routes, stats and traffic shifting. Data comes from the daemon's API "
+    "once a second; weights are applied live and written into the mesh file."
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark,f1", "close", "Close", show=False),
+    ]
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        super().__init__(id="help")
+        self._keys = keys
+
+    def compose(self) -> ComposeResult:
+        width = max(len(k) for k, _ in self._keys) + 2
+        lines = [HELP_INTRO, ""]
+        lines += [f"{key.ljust(width)}{what}" for key, what in self._keys]
+        lines += ["", "Mouse: click a row to select it, a key in the footer to press it."]
+        lines += ["Esc, q or ? closes this screen."]
+        with Vertical(id="help-box"):
+            yield Static("Keys", id="help-title")
+            yield Static("\n".join(lines), id="help-text", markup=False)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class WeightScreen(ModalScreen[int | None]):
+    """Type a weight (0-100) for one version of a route; Enter applies, Esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", show=False)]
+
+    def __init__(self, what: str, current: int) -> None:
+        super().__init__(id="weight")
+        self._what = what
+        self._current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="weight-box"):
+            yield Static(f"Weight for {self._what} (0-100; the other versions share the rest):")
+            yield Input(
+                value=str(self._current),
+                type="integer",
+                id="weight-input",
+                select_on_focus=True,
+            )
+            yield Static("Enter applies · Esc cancels", classes="hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            value = int(event.value)
+        except ValueError:
+            self.notify("a whole number from 0 to 100", severity="error")
+            return
+        if not 0 <= value <= 100:
+            self.notify("a whole number from 0 to 100", severity="error")
+            return
+        self.dismiss(value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y,enter", "answer(True)", "Yes", show=False),
+        Binding("n,escape,q", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__(id="confirm")
+        self._question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box"):
+            yield Static(self._question, markup=False)
+            yield Static("y / Enter: yes · n / Esc: no", classes="hint")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
