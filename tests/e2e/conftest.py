@@ -69,6 +69,12 @@ def docker_client() -> Iterator[docker.DockerClient]:
         )
     subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, env=ENV)
     yield client
+    # The legacy builder can leave a build step's container behind when builds of one tag
+    # race (parallel meshes); it carries the image's labels.
+    built = {"label": [f"{labels.ROLE}=image"], "status": "created"}
+    for leftover in client.containers.list(all=True, filters=built):
+        with contextlib.suppress(docker.errors.APIError):
+            leftover.remove(force=True)
     for image in client.images.list(filters={"label": f"{labels.MANAGED}=1"}):
         owner = image.labels.get(labels.MESH) or image.labels.get("variant")
         if owner in PROJECTS:
