@@ -149,6 +149,25 @@ def wait_quiet(max_wait: float, every: float = 30.0, max_load: float = 1.5) -> s
         time.sleep(every)
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle so far (/proc/stat, all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(max_wait: float = 60.0, below: float = 0.2, window: float = 2.0) -> float:
+    """Until the machine's CPUs are less than `below` busy over `window` s (the engine and
+    the kernel finish tearing down what the previous row removed); the last busy share."""
+    began = time.monotonic()
+    cores = os.cpu_count() or 1
+    while True:
+        before = machine_busy()
+        time.sleep(window)
+        busy = (machine_busy() - before) / window / cores
+        if busy < below or time.monotonic() - began > max_wait:
+            return busy
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_LABEL, Images
+from _common import BENCH_LABEL, Images, machine_busy, settle
 from bringup import BenchError, Case, devmesh, docker, progress, shielded, sweep, tail
 
 from devmesh.adapters.envoy_admin import STATS_FILTER
@@ -76,14 +76,6 @@ def cpu_table() -> dict[int, tuple[str, float]]:
     return out
 
 
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent not idle (/proc/stat)."""
-    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in first]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / TICK
-
-
 @dataclass
 class CpuAccount:
     wall: float
@@ -124,9 +116,9 @@ def accounted(action: Any) -> CpuAccount:
 class EnvoyMemory:
     what: str
     private: float  # MiB, Private_Clean + Private_Dirty
-    binary: float  # of which in the Envoy binary's own mappings
-    anon: float  # of which anonymous (the heap, thread stacks)
-    huge: float  # AnonHugePages
+    relocated: float  # of which the Envoy binary's pages written at load (Private_Dirty)
+    code: float  # of which its pages no other process maps now (Private_Clean)
+    anon: float  # of which anonymous: the heap, thread stacks
     allocated: float  # tcmalloc: bytes in use
     heap: float  # tcmalloc: heap size
     stats: int
@@ -134,27 +126,30 @@ class EnvoyMemory:
 
 
 def envoy_breakdown(what: str, pid: int, admin: Path) -> EnvoyMemory:
-    by: collections.Counter[str] = collections.Counter()
+    by: collections.Counter[tuple[str, str]] = collections.Counter()
     name = ""
-    huge = 0
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         parts = line.split()
         if parts and "-" in parts[0] and len(parts) >= 5 and ":" not in parts[0]:
             name = parts[5] if len(parts) > 5 else "[anon]"
         elif parts and parts[0] in ("Private_Clean:", "Private_Dirty:"):
-            by[name] += int(parts[1])
-        elif parts and parts[0] == "AnonHugePages:":
-            huge += int(parts[1])
+            by[(name, parts[0])] += int(parts[1])
     memory = json.loads(_admin(admin, "/memory"))
     stats = _admin(admin, "/stats").count("\n")
-    binary = sum(v for k, v in by.items() if k.endswith("/envoy"))
-    anon = sum(v for k, v in by.items() if k.startswith("[") or k == "[anon]")
+
+    def kib(binary: bool, kind: str | None = None) -> float:
+        return sum(
+            v
+            for (n, k), v in by.items()
+            if n.endswith("/envoy") == binary and (kind is None or k == kind)
+        )
+
     return EnvoyMemory(
         what,
         sum(by.values()) / 1024,
-        binary / 1024,
-        anon / 1024,
-        huge / 1024,
+        kib(True, "Private_Dirty:") / 1024,
+        kib(True, "Private_Clean:") / 1024,
+        sum(v for (n, _), v in by.items() if n.startswith("[")) / 1024,
         int(memory["allocated"]) / MIB,
         int(memory["heap_size"]) / MIB,
         stats,
@@ -277,21 +272,30 @@ def explain(case: Case, project: str, peer_project: str, images: Images, work: P
 
     memory: list[EnvoyMemory] = []
     try:
+        settle()
         progress(f"explain: devmesh up with CPU accounting ({project}) ...")
         dm_cpu = accounted(up_devmesh)
         state = StateDir.for_project(project)
-        for pod in (f"{project}-{middle}-default-0", f"{project}-gateway"):
-            what = (
-                "devmesh gateway (ADS)"
-                if pod.endswith("gateway")
-                else (f"devmesh sidecar of {middle} (ADS)")
+        sidecar = f"{project}-{middle}-default-0"
+        memory.append(
+            envoy_breakdown(
+                f"devmesh sidecar of {middle} (ADS)",
+                _pid(f"{sidecar}-sidecar"),
+                state.admin_socket(sidecar),
             )
-            container = pod if pod.endswith("gateway") else f"{pod}-sidecar"
-            memory.append(envoy_breakdown(what, _pid(container), state.admin_socket(pod)))
+        )
+        gateway = f"{project}-gateway"
+        memory.append(
+            envoy_breakdown("devmesh gateway (ADS)", _pid(gateway), state.admin_socket(gateway))
+        )
+        # while the mesh's Envoys run: their code pages are shared, as they are in a mesh
+        progress("explain: Envoy memory variants ...")
+        memory += envoy_variants(case, middle, images, work)
     finally:
         _down(project)
     peer = write_compose(case, work / "explain-peer", peer_project, images)
     try:
+        settle()
         progress(f"explain: compose up with CPU accounting ({peer_project}) ...")
 
         def up_compose() -> None:
@@ -312,16 +316,16 @@ def explain(case: Case, project: str, peer_project: str, images: Images, work: P
             f"label=com.docker.compose.service={peer_pod.name}-sidecar",
         ).split()
         if cid:
-            memory.append(
+            memory.insert(
+                2,
                 envoy_breakdown(
                     f"compose sidecar of {middle} (static)", _pid(cid[0]), peer_pod.admin
-                )
+                ),
             )
     finally:
         with shielded():
             down(peer)
-    progress("explain: Envoy memory variants ...")
-    memory += envoy_variants(case, middle, images, work)
+    settle()
     progress(f"explain: devmesh up under py-spy ({project}p) ...")
     profile = profile_up(file, f"{project}p", work)
     return Explained(dm_cpu, peer_cpu, memory, profile)

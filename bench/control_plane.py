@@ -223,24 +223,44 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
 def cpu_pct(pid: int, window: float, during: Any = None) -> tuple[float, dict[str, float]]:
     """% of one core over `window` s, and the same by thread name (threads that ended
-    meanwhile count in the total only)."""
+    meanwhile count in the total only) and as user / system time."""
     began, c0, t0 = time.monotonic(), cpu_seconds(pid), thread_cpu(pid)
+    u0, s0 = user_system(pid)
     while time.monotonic() - began < window:
         if during is not None:
             during()
         time.sleep(max(0.0, 1.0 - (time.monotonic() - began) % 1.0))
     elapsed = time.monotonic() - began
     total = (cpu_seconds(pid) - c0) / elapsed * 100
-    by_name: dict[str, float] = {}
+    u1, s1 = user_system(pid)
+    by_name: dict[str, float] = {
+        "(user)": (u1 - u0) / elapsed * 100,
+        "(system)": (s1 - s0) / elapsed * 100,
+    }
     for tid, (name, cpu) in thread_cpu(pid).items():
         by_name[name] = by_name.get(name, 0.0) + (cpu - t0.get(tid, (name, 0.0))[1]) / elapsed * 100
     return total, by_name
 
 
-def py_spy(pid: int, seconds: float, out: Path, during: Any = None) -> list[str]:
-    """Sample the daemon (py-spy, non-blocking, active threads only) and summarise."""
+def py_spy(
+    pid: int,
+    seconds: float,
+    out: Path,
+    during: Any = None,
+    every: float = 1.0,
+    unit: tuple[float, str] | None = None,
+) -> list[str]:
+    """Sample the daemon (py-spy, non-blocking, while holding the GIL) for `seconds`, calling
+    `during()` every `every` s meanwhile, and summarise: in % of one core, or per `unit`
+    (a count and its name: (50, "ms per save") gives milliseconds per save of 50)."""
     binary = Path(sys.executable).parent / "py-spy"
     if not binary.exists():
         return ["py-spy is not installed: `.venv/bin/pip install py-spy`"]
@@ -251,7 +271,7 @@ def py_spy(pid: int, seconds: float, out: Path, during: Any = None) -> list[str]
             "--pid",
             str(pid),
             "--duration",
-            f"{seconds:g}",
+            str(max(1, round(seconds))),  # whole seconds only
             "--rate",
             "200",
             "--nonblocking",
@@ -270,19 +290,21 @@ def py_spy(pid: int, seconds: float, out: Path, during: Any = None) -> list[str]
         while proc.poll() is None and time.monotonic() - began < seconds + 30:
             if during is not None:
                 during()
-            time.sleep(1.0)
+            time.sleep(every)
     finally:
         if proc.poll() is None:
             proc.kill()
         _, err = proc.communicate()
     if not out.exists():
         return [f"py-spy failed: {err.strip()[-300:]}"]
-    return summarise(out, seconds)
+    if unit is None:
+        return summarise(out, 100 / (200 * seconds), "% of one core")
+    return summarise(out, 1000 / (200 * unit[0]), unit[1])
 
 
-def summarise(collapsed: Path, seconds: float, top: int = 10) -> list[str]:
+def summarise(collapsed: Path, scale: float, unit: str, top: int = 10) -> list[str]:
     """py-spy's raw (collapsed) stacks -> the functions holding most samples, as leaves and
-    inclusive (devmesh's own functions), in % of one core (200 samples/s = one core)."""
+    inclusive (devmesh's own functions); a sample is worth `scale` `unit`."""
     from breakdown import frame_name
 
     own: collections.Counter[str] = collections.Counter()
@@ -302,12 +324,11 @@ def summarise(collapsed: Path, seconds: float, top: int = 10) -> list[str]:
         for f in set(frames):
             if f.split(" (", 1)[1].startswith("devmesh/"):
                 inclusive[f] += n
-    rate = 200 * seconds / 100  # samples per percent of one core
-    lines = [f"{total} samples holding the GIL: {total / rate:.1f} % of one core in Python"]
+    lines = [f"{total} samples holding the GIL: {total * scale:.1f} {unit} in Python; in {unit}:"]
     lines += ["leaf functions:"]
-    lines += [f"  {n / rate:5.2f} %  {f}" for f, n in own.most_common(top)]
+    lines += [f"  {n * scale:6.2f}  {f}" for f, n in own.most_common(top)]
     lines += ["devmesh functions, inclusive:"]
-    lines += [f"  {n / rate:5.2f} %  {f}" for f, n in inclusive.most_common(top)]
+    lines += [f"  {n * scale:6.2f}  {f}" for f, n in inclusive.most_common(top)]
     return lines
 
 

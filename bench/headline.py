@@ -225,18 +225,20 @@ def explained_details(ex: Any, size: int) -> list[str]:
         "",
         bringup.table(head, rows),
         "",
-        "Where a sidecar's private memory goes (MiB; *binary*: private pages of the Envoy "
-        "binary's own mappings, relocated at load in every process; *anon*: heap and stacks; "
-        "tcmalloc's *allocated* and *heap* from Envoy's admin `/memory`; *stats*: lines of "
-        "admin `/stats`):",
+        "Where a sidecar's private memory goes (MiB; *relocated*: the Envoy binary's pages "
+        "written by the loader in every process (private dirty); *code*: its pages no other "
+        "process maps at that moment (private clean); *anon*: heap and stacks; tcmalloc's "
+        "*allocated* and *heap* from Envoy's admin `/memory`; *stats*: lines of admin "
+        "`/stats`). The three Envoys started here (no network, same image and flags) ran "
+        "while the devmesh mesh above was up, so their code pages are shared as in a mesh:",
         "",
         bringup.table(
             [
                 "Envoy",
                 "private",
-                "binary",
+                "relocated",
+                "code",
                 "anon",
-                "of which huge pages",
                 "allocated",
                 "heap",
                 "stats",
@@ -246,9 +248,9 @@ def explained_details(ex: Any, size: int) -> list[str]:
                 [
                     m.what,
                     mib(m.private),
-                    mib(m.binary),
+                    mib(m.relocated),
+                    mib(m.code),
                     mib(m.anon),
-                    mib(m.huge),
                     mib(m.allocated),
                     mib(m.heap),
                     str(m.stats),
@@ -374,6 +376,7 @@ def row_saves(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
     notes: list[str] = []
     for r in results:
         notes += live.save_notes(r)
+    profile = profile_saves(args, ctx) if args.profile else []
     result.details += [
         "### 2. Save → traffic on the new route",
         "",
@@ -404,6 +407,44 @@ def row_saves(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
         ),
         "",
         *(f"- {n}" for n in notes),
+        "",
+        *profile,
+    ]
+
+
+def profile_saves(args: argparse.Namespace, ctx: Context) -> list[str]:
+    """The daemon under py-spy while the generated mesh's route is flipped `--saves` times,
+    0.3 s apart: where a save's reconcile goes, in milliseconds of Python per save."""
+    import control_plane
+
+    where = ctx.work / "profile"
+    where.mkdir()
+    mesh = live.services_mesh(where, args.services)
+    project = ctx.project()
+    progress(f"saves: {mesh.name} under py-spy ({project}) ...")
+    with live.running(mesh, project, ctx.projects):
+        pid = int(bringup.ps_json(project)["pid"])
+        flips = iter(range(10**6))
+
+        def save() -> None:
+            mesh.write(*((0, 100) if next(flips) % 2 == 0 else (100, 0)))
+
+        pause = 0.3
+        lines = control_plane.py_spy(
+            pid,
+            args.saves * pause,
+            ctx.work / "saves.txt",
+            save,
+            every=pause,
+            unit=(args.saves, "ms per save"),
+        )
+    return [
+        f"py-spy of the daemon while the {mesh.name} mesh's route is flipped {args.saves} "
+        f"times, {pause:g} s apart (200 Hz, only samples holding the GIL: Python's own work):",
+        "",
+        "```",
+        *lines,
+        "```",
         "",
     ]
 
@@ -805,15 +846,31 @@ def write_table() -> int:
         )
     for name in missing:
         out.append(f"| | {name}: not measured | | | | | | `{c.PYTHON} {SCRIPT} {name}` |")
-    out += ["", "## When each row ran", ""]
+    out += [
+        "",
+        "## When each row ran",
+        "",
+        "Each row starts once the CPUs are less than 20 % busy over 2 s (at most 60 s of "
+        "waiting), so the previous row's teardown is over. The 1-minute load average lags: "
+        "at a row's start it still counts the previous row's work.",
+        "",
+    ]
     out.append(
         bringup.table(
-            ["row", "started", "took", "load (1 min) start → end", "other devmesh daemons"],
+            [
+                "row",
+                "started",
+                "took",
+                "CPU busy at start",
+                "load (1 min) start → end",
+                "other devmesh daemons",
+            ],
             [
                 [
                     r.row,
                     r.started,
                     f"{r.seconds:.0f} s",
+                    f"{r.conditions.get('busy_start', '?')} %",
                     f"{r.conditions.get('load1_start', '?')} → {r.conditions.get('load1', '?')}",
                     f"{r.conditions.get('other_daemons_start', '?')} → "
                     f"{r.conditions.get('other_daemons', '?')}",
@@ -863,6 +920,7 @@ def parser() -> argparse.ArgumentParser:
         default="example,nofault,services",
         help="which meshes: example, nofault, services (default all three)",
     )
+    s.add_argument("--profile", action="store_true", help="then py-spy the daemon during the saves")
     s = sub.add_parser("edits", help="row 3")
     s.add_argument("--rate", type=float, default=200, help="requests/s (default 200)")
     s.add_argument("--duration", type=float, default=30, help="seconds of load (default 30)")
@@ -923,6 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
+    busy = c.settle()  # the engine and the kernel done with what an earlier row removed
     start = c.conditions()
     result = RowResult(args.row, command_line(args, argv), started=c.now_iso())
     began = time.monotonic()
@@ -946,12 +1005,15 @@ def main(argv: list[str] | None = None) -> int:
         **c.conditions(),
         "load1_start": start["load1"],
         "other_daemons_start": start["other_daemons"],
+        "busy_start": round(busy * 100),
     }
-    if start["load1"] >= 1.5 or start["other_daemons"]:
+    if start["other_daemons"] or result.conditions["other_daemons"]:
         result.notes.append(
-            f"not a quiet machine: load {start['load1']} at the start, "
-            f"{start['other_daemons']} other devmesh daemon(s) running"
+            f"other devmesh daemons were running: {start['other_daemons']} at the start, "
+            f"{result.conditions['other_daemons']} at the end"
         )
+    if busy >= 0.2:
+        result.notes.append(f"the CPUs were still {busy:.0%} busy at the start (after 60 s)")
     path = result.save()
     print(
         bringup.table(
