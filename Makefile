@@ -76,7 +76,7 @@ bench: venv engine
 	rm -f bench/results/*.json  # a row that fails shows as not measured, not as an old figure
 	$(BENCH) quiet --max-wait $(BENCH_QUIET)
 	-$(BENCH) bringup --explain
-	-$(BENCH) saves
+	-$(BENCH) saves --profile
 	-$(BENCH) edits
 	-$(BENCH) latency
 	-$(BENCH) push

@@ -21,9 +21,10 @@ Rows (subcommands):
   scale     8. 100 services up and ACKed: time and total memory
   quiet     waits (at most --max-wait s) for no other devmesh daemon and a load below 1.5
 
-Every mesh runs with DEVMESH_PULL=never, and every app image is built here once, from the
-example's app, under a tag of this process's own (rows name it with `image:`, so no row times
-a build, and devmesh and its peers start the same image). Traffic goes to 127.0.0.1 and to
+Every mesh runs with DEVMESH_PULL=never. The app image is built here once per row, from the
+example's app, under a tag of this process's own; meshes name it with `image:`, so no timed
+bring-up includes a build and devmesh and its peers start the same image (rows 2 and 3 run
+bench/live.py's meshes as they are, with `build:`). Traffic goes to 127.0.0.1 and to
 the benchmark's own containers only, in bounded loops. Everything a row starts is removed at
 its end, on failure and on Ctrl-C: `devmesh down -p NAME`, `docker compose down`, then a sweep
 by label (devmesh's mesh label, compose's project label, this benchmark's own label).
@@ -686,12 +687,14 @@ def row_cpu(args: argparse.Namespace, ctx: Context, result: RowResult) -> None:
         "",
     ]
     names = sorted(
-        {n for t in got.threads.values() for n in t},
+        {n for t in got.threads.values() for n in t} - {"(user)", "(system)"},
         key=lambda n: -sum(t.get(n, 0.0) for t in got.threads.values()),
     )
+    names = ["(user)", "(system)", *names]
     result.details += [
-        "The daemon's CPU by thread name (/proc/PID/task; Python's threads all carry the "
-        "process's name, gRPC's C core names its own), % of one core:",
+        "The daemon's CPU, % of one core: in user and in system (kernel) time, then by "
+        "thread name (/proc/PID/task; Python's threads all carry the process's name "
+        "`python3`, gRPC's C core names its own):",
         "",
         bringup.table(
             ["", "total", *names],
