@@ -291,6 +291,17 @@ def build_app_image() -> Images:
     it with `image:` (no `build:`): devmesh and its peers start the very same image, and no
     row measures a build. Removed by `remove_app_image`."""
     envoy, pause = devmesh_images()
+    # The app builds FROM busybox:1.35: the project's own setup makes it where it is missing
+    # (`make engine` runs this too; it does nothing when the image is there).
+    base = subprocess.run(
+        [str(BENCH.parent / "scripts" / "make-base-image.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if base.returncode != 0:
+        raise BenchError(f"scripts/make-base-image.sh failed: {base.stderr.strip()[-300:]}")
     tag = app_tag()
     result = subprocess.run(
         [

@@ -72,7 +72,9 @@ def cpu_table() -> dict[int, tuple[str, float]]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        out[int(entry.name)] = (_group(comm, argv), ticks / TICK)
+        kernel = entry.name == "2" or fields[1] == "2"  # kthreadd and its children
+        group = "kernel threads" if kernel else _group(comm, argv)
+        out[int(entry.name)] = (group, ticks / TICK)
     return out
 
 
@@ -100,7 +102,7 @@ def accounted(action: Any) -> CpuAccount:
             continue
         if pid not in before:
             groups[group] += cpu  # started during the bring-up: this mesh's
-        elif group in ("dockerd", "containerd"):
+        elif group in ("dockerd", "containerd", "kernel threads"):
             groups[group] += cpu - before[pid][1]  # shared: all of their work counts
         else:  # another mesh's Envoys, shims and daemons, other programs
             groups["other tenants"] += cpu - before[pid][1]

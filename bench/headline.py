@@ -219,7 +219,8 @@ def explained_details(ex: Any, size: int) -> list[str]:
         f"### 1 and 5 explained ({size} services, untimed extra runs)",
         "",
         "CPU seconds spent during one more bring-up of each: processes started meanwhile "
-        "(this mesh's) by kind, dockerd and containerd whole, the rest as *other tenants*; "
+        "(this mesh's) by kind, dockerd, containerd and the kernel's threads (network "
+        "namespaces, veths: set up and torn down there) whole, the rest as *other tenants*; "
         "processes that exited count through their parent (runc through its shim); "
         "*machine*: all cores from /proc/stat; *CLI*: `devmesh up` itself; *devmesh daemon*: "
         "the Python daemon `up -d` starts:",

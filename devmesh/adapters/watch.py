@@ -52,7 +52,9 @@ class FileWatcher(FileSystemEventHandler):
             self._cond.notify_all()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type == "opened":
+        # Only writes and renames count: watchdog also reports opens and closes without a
+        # write, and the daemon's own read of the file would otherwise wake it again, forever.
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
         names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
         if self.path in {os.path.realpath(n) for n in names if n}:
