@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -831,6 +830,3 @@ def _short_version(acked: dict[str, str]) -> str | None:
         return None
     joined = "".join(v for _, v in sorted(acked.items()))
     return hashlib.sha256(joined.encode()).hexdigest()[:8]
-
-
-Progress = Callable[[str], None]

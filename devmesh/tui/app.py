@@ -407,26 +407,29 @@ class MeshApp(App[None]):
         version = row.version or versions[-1]  # on a route row: its last version, the canary
         return version, current
 
-    def action_step(self, delta: int) -> None:
+    def _selected_weights(self) -> tuple[Any, Any, str, dict[str, int]] | None:
+        """The selected route's service, route, version to change and current weights."""
         target = self._target()
         if target is None:
-            return
+            return None
         row, svc, route = target
         found = self._weights(row, svc, route)
         if found is None:
+            return None
+        return (svc, route, *found)
+
+    def action_step(self, delta: int) -> None:
+        selected = self._selected_weights()
+        if selected is None:
             return
-        version, current = found
+        svc, route, version, current = selected
         self._ask(svc, route, step_weight(current, list(svc["versions"]), version, delta))
 
     def action_type_weight(self) -> None:
-        target = self._target()
-        if target is None:
+        selected = self._selected_weights()
+        if selected is None:
             return
-        row, svc, route = target
-        found = self._weights(row, svc, route)
-        if found is None:
-            return
-        version, current = found
+        svc, route, version, current = selected
 
         def chosen(value: int | None) -> None:
             if value is not None:
