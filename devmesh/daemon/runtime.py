@@ -51,6 +51,7 @@ from devmesh.plan.plan import plan
 log = logging.getLogger("devmesh.daemon")
 RECONCILE_EVERY = 15.0  # seconds, a safety net: Docker events and saves trigger it at once
 HEALTH_TICK = 0.25
+PUSH_WAIT = 5.0  # seconds an API change waits for the sidecars to ACK it
 
 
 class DaemonRunning(MeshError):
@@ -363,7 +364,13 @@ class Daemon:
                 return 400, {"error": "the edited file would not validate: " + problems[0]}
             write_file(self.mesh_file, new_text)
         self._apply(raw, mesh, "shift", rebuild=False)
-        return 200, {"ok": True, "service": service, "route": route, "weights": weights}
+        return 200, {
+            "ok": True,
+            "service": service,
+            "route": route,
+            "weights": weights,
+            "synced": self._wait_pushed(),
+        }
 
     def routes_json(self) -> dict[str, Any]:
         out = mesh_routes_json(self.effective())
@@ -399,6 +406,7 @@ class Daemon:
             "service": service,
             "route": route.name,
             "active": fault is not None,
+            "synced": self._wait_pushed(),
         }
 
     def _api_restart(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -597,6 +605,16 @@ class Daemon:
             self.xds.remove_snapshot(gone)
         self._published = clusters
         self._last_published = (mesh, endpoints)
+
+    def _wait_pushed(self) -> bool:
+        """Wait until every connected sidecar and gateway has ACKed what was just published,
+        so an API change is in force when its call returns (a test's `with mesh.fault(...)`
+        sends its first request straight after). False after PUSH_WAIT seconds (a NACK, or
+        an Envoy that is not answering); the change stays published either way."""
+        nodes = [
+            s.node_id for s in self.xds.statuses() if s.connected and s.cluster in self._published
+        ]
+        return self.xds.wait_synced(nodes, PUSH_WAIT)
 
     # -- loops --------------------------------------------------------------------------------
 
