@@ -225,21 +225,15 @@ def container_pids(ids: Sequence[str]) -> dict[str, tuple[str, int]]:
 
 
 def admin_stats(sockets: dict[str, Path], regex: str) -> dict[str, dict[str, float] | str]:
-    """Numeric stats matching `regex` from each Envoy's admin socket, read in parallel;
-    a string where one could not be read."""
-    import http.client
-    from concurrent.futures import ThreadPoolExecutor
+    """Numeric stats matching `regex` from each Envoy's admin socket; a string where one
+    could not be read."""
+    from devmesh.adapters.envoy_admin import StatsReader
 
-    from devmesh.adapters.envoy_admin import read_stats
-
-    def one(path: Path) -> dict[str, float] | str:
-        try:
-            return read_stats(path, regex)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            return f"unreadable: {exc}"
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return dict(zip(sockets, pool.map(one, sockets.values()), strict=True))
+    reader = StatsReader(regex)
+    try:
+        return reader.read_many(sockets)
+    finally:
+        reader.close()
 
 
 def memory_stats(values: Sequence[Memory]) -> dict[str, float]:

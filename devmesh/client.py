@@ -23,19 +23,30 @@ class DaemonClient:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         conn = UnixHTTPConnection(self.socket_path, self.timeout)
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data else {}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            payload = json.loads(resp.read() or b"{}")
+            status, payload = self._exchange(conn, method, path, body)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise DaemonUnavailable(
-                f"the daemon does not answer on {self.socket_path}: {exc}"
-            ) from None
+            raise self._unavailable(exc) from None
         finally:
             conn.close()
-        if resp.status >= 400:
-            raise MeshError(str(payload.get("error", f"daemon answered {resp.status}")))
+        return self._result(status, payload)
+
+    def _unavailable(self, exc: Exception) -> DaemonUnavailable:
+        return DaemonUnavailable(f"the daemon does not answer on {self.socket_path}: {exc}")
+
+    @staticmethod
+    def _exchange(
+        conn: UnixHTTPConnection, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+
+    @staticmethod
+    def _result(status: int, payload: Any) -> Any:
+        if status >= 400:
+            raise MeshError(str(payload.get("error", f"daemon answered {status}")))
         return payload
 
     def alive(self) -> bool:

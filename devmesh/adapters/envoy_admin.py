@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,20 +32,93 @@ def read_stats(
     admin_socket: Path, regex: str = STATS_FILTER, timeout: float = 2
 ) -> dict[str, float]:
     """Counters and gauges whose names match `regex` (used ones only), and the p50/p99 of the
-    matching histograms."""
+    matching histograms; on a connection of its own."""
     conn = UnixHTTPConnection(admin_socket, timeout)
     try:
-        conn.request("GET", f"/stats?format=json&usedonly&filter={quote(regex)}")
-        resp = conn.getresponse()
-        body = resp.read()
+        return parse_stats(_get(conn, _stats_path(regex)))
     finally:
         conn.close()
+
+
+class StatsReader:
+    """Reads many sidecars' stats, one after another, each on a connection kept open from
+    one read to the next. The daemon answers a TUI's /v1/stats once a second: a new
+    connection per sidecar and a pool of threads cost it 5.9 ms of CPU per read of 21
+    sidecars, kept connections read one by one 2.6 ms (measured with 20 services). One read
+    at a time; a read stops asking sidecars after `budget` seconds (a paused container must
+    not hold the API for timeout x sidecars)."""
+
+    def __init__(self, regex: str = STATS_FILTER, timeout: float = 2, budget: float = 5) -> None:
+        self._path = _stats_path(regex)
+        self._timeout = timeout
+        self._budget = budget
+        self._conns: dict[Path, UnixHTTPConnection] = {}
+        self._lock = threading.Lock()
+
+    def read_many(self, sockets: dict[str, Path]) -> dict[str, dict[str, float] | str]:
+        """name -> stats, or the reason they could not be read."""
+        with self._lock:
+            deadline = time.monotonic() + self._budget
+            out: dict[str, dict[str, float] | str] = {}
+            for name, path in sockets.items():
+                if time.monotonic() > deadline:
+                    out[name] = "unreadable: the sidecars before it took the read's time"
+                    continue
+                try:
+                    out[name] = parse_stats(self._read(path))
+                except (OSError, ValueError, http.client.HTTPException) as exc:
+                    out[name] = f"unreadable: {exc}"
+            for gone in self._conns.keys() - set(sockets.values()):
+                self._conns.pop(gone).close()
+            return out
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
+
+    def _read(self, path: Path) -> bytes:
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            try:
+                body = _get(conn, self._path)
+                self._conns[path] = conn
+                return body
+            except (OSError, http.client.HTTPException):
+                conn.close()  # the sidecar restarted, or Envoy closed it: once more, anew
+        conn = UnixHTTPConnection(path, self._timeout)
+        try:
+            body = _get(conn, self._path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conns[path] = conn
+        return body
+
+
+def _stats_path(regex: str) -> str:
+    return f"/stats?format=json&usedonly&filter={quote(regex)}"
+
+
+def _get(conn: UnixHTTPConnection, path: str) -> bytes:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
     if resp.status != 200:
         raise OSError(f"admin answered {resp.status}")
+    return body
+
+
+def parse_stats(body: bytes) -> dict[str, float]:
+    """Envoy's `/stats?format=json` as name -> number: counters and gauges as they are,
+    histograms as `NAME.p50` / `NAME.p99`. Text stats (a filter may match one) are left out."""
     out: dict[str, float] = {}
     for item in json.loads(body).get("stats", []):
         if "value" in item:
-            out[str(item["name"])] = int(item["value"])
+            value = item["value"]
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[str(item["name"])] = int(value)
         elif "histograms" in item:
             histograms = item["histograms"]
             columns = {
@@ -59,29 +132,3 @@ def read_stats(
                     if value is not None:
                         out[f"{h['name']}.{suffix}"] = round(float(value), 3)
     return out
-
-
-def read_many(sockets: dict[str, Path]) -> dict[str, dict[str, float] | str]:
-    """name -> stats, or the reason they could not be read; read in parallel."""
-
-    def one(path: Path) -> dict[str, float] | str:
-        try:
-            return read_stats(path)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            return f"unreadable: {exc}"
-
-    return dict(zip(sockets, _pool().map(one, sockets.values()), strict=True))
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """One pool for every read, made on the first: a TUI reads once a second, and starting
-    eight threads per read cost more CPU than the reads (20 sidecars: 8.4 ms vs 5 ms)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stats")
-        return _POOL

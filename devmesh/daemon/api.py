@@ -7,9 +7,11 @@ POST /v1/shutdown   stop the daemon (pods keep running; `down` removes them)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
 from collections.abc import Callable
@@ -23,8 +25,32 @@ Handler = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A thread per connection; connections are HTTP/1.1 and kept (the TUI reads on one)."""
+
     daemon_threads = True
     routes: dict[tuple[str, str], Handler]
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.open: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.open_lock:
+            self.open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open(self) -> None:
+        """End the kept connections: a stopped API answers nothing more on them."""
+        with self.open_lock:
+            for request in self.open:
+                with contextlib.suppress(OSError):  # already gone
+                    request.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,5 +121,6 @@ class ApiServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+        self._server.close_open()
         self._server.server_close()
         self.socket_path.unlink(missing_ok=True)

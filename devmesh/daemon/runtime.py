@@ -22,7 +22,7 @@ from typing import IO, Any
 from devmesh import labels
 from devmesh.adapters import images
 from devmesh.adapters.engine import ContainerInfo, Engine, EngineError
-from devmesh.adapters.envoy_admin import read_many
+from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.probe import probe
 from devmesh.adapters.watch import FileWatcher
 from devmesh.adapters.xds_server import XdsServer
@@ -89,6 +89,7 @@ class Daemon:
         self.problems: list[str] = []  # of the mesh file's last reload that did not validate
         self.apply_errors: list[str] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._stats = StatsReader()
         self.failed: dict[tuple[str, str], str] = {}
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.envoy_image: images.ImageChoice | None = None
@@ -196,6 +197,7 @@ class Daemon:
             self._api.stop()
         self.xds.stop(grace=0.5)
         self._pool.shutdown(wait=False)
+        self._stats.close()
         if teardown:
             containers, networks = self.engine.remove_all(self.project)
             self.note(f"removed {containers} containers, {networks} networks")
@@ -451,7 +453,7 @@ class Daemon:
         if want is None:
             return {"time": time.time(), "sidecars": {}}
         names = [p.name for p in want.pods] + ([want.gateway.name] if want.gateway else [])
-        read = read_many({n: self.state.admin_socket(n) for n in names})
+        read = self._stats.read_many({n: self.state.admin_socket(n) for n in names})
         return {"time": time.time(), "sidecars": read}
 
     def events_json(self) -> dict[str, Any]:
