@@ -1,6 +1,6 @@
 """TUI CPU benchmark: what watching a 20-service mesh costs the daemon and the TUI.
 
-    .venv/bin/python bench/tui_cpu.py [--services 20] [--seconds 30] [--size 80x24]
+    .venv/bin/python bench/tui_cpu.py [--services 20] [--seconds 30] [--size 80x24] [--tmux]
 
 1. A generated mesh of N HTTP services (one version, one pod each: N sidecars plus the
    gateway), built from the example app, comes up with `devmesh up -d --wait`.
@@ -9,7 +9,9 @@
 3. Baseline: the daemon alone for `--seconds`.
 4. Attached: the TUI as a process of its own (`python -m devmesh.tui --headless`, reading the
    API about once a second, as it does in a terminal) for `--seconds`, after a warm-up (its
-   start-up: imports and the first screen, reported on its own).
+   start-up: imports and the first screen, reported on its own). With `--tmux` it draws to
+   a real terminal instead: a detached tmux session of that size (the TUI's own process is
+   measured; tmux's server, the terminal's side, is shown on its own line).
 
 CPU time is utime + stime from /proc/PID/stat (the daemon's, and the TUI's while it runs),
 divided by wall time: percent of one core. The daemon's and TUI's together are the figure the
@@ -25,6 +27,8 @@ import argparse
 import http.client
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,17 +114,116 @@ def measure(pid: int, seconds: float) -> float:
     return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0)
 
 
+class Tui:
+    """The TUI process under measurement."""
+
+    pid: int
+
+    def terminal_cpu(self) -> float:
+        return 0.0
+
+    def check_still_running(self) -> None: ...
+
+    def wait_for_exit(self, timeout: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def screen(self) -> str:
+        return ""
+
+
+class HeadlessTui(Tui):
+    """Textual's headless driver: everything but the writes to a terminal."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [*command, "--headless"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.pid = self.proc.pid
+
+    def _stderr(self) -> str:
+        return self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
+
+    def check_still_running(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"the TUI exited early: {self._stderr()}")
+
+    def wait_for_exit(self, timeout: float) -> None:
+        code = self.proc.wait(timeout=timeout)
+        if code != 0:
+            raise BenchError(f"the TUI exited {code}: {self._stderr()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # the process this benchmark started
+            self.proc.wait(10)
+
+
+class TmuxTui(Tui):
+    """The TUI in a real terminal: a tmux server of its own (its own socket), one pane."""
+
+    def __init__(self, command: list[str], size: str, project: str) -> None:
+        cols, _, rows = size.partition("x")
+        self.socket = f"devmesh-bench-{project}"
+        self._tmux(
+            "new-session", "-d", "-s", "tui", "-x", cols, "-y", rows, "exec " + shlex.join(command),
+            ";", "set-option", "-t", "tui", "remain-on-exit", "on",
+        )  # fmt: skip
+        self.pid = int(self._tmux("display-message", "-p", "-t", "tui", "#{pane_pid}"))
+        self.server = int(self._tmux("display-message", "-p", "#{pid}"))
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
+        )
+        if done.returncode != 0:
+            raise BenchError(f"tmux {' '.join(args[:1])}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def _dead(self) -> str | None:
+        """The pane's exit status once the TUI has exited, else None."""
+        out = self._tmux("display-message", "-p", "-t", "tui", "#{pane_dead} #{pane_dead_status}")
+        dead, _, status = out.partition(" ")
+        return status if dead == "1" else None
+
+    def terminal_cpu(self) -> float:
+        return cpu_seconds(self.server)
+
+    def check_still_running(self) -> None:
+        if self._dead() is not None:
+            raise BenchError(f"the TUI exited early:\n{self.screen()}")
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", "tui")
+
+    def wait_for_exit(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (status := self._dead()) is None:
+            if time.monotonic() > deadline:
+                raise BenchError("the TUI did not quit by itself")
+            time.sleep(0.5)
+        if status != "0":
+            raise BenchError(f"the TUI exited {status}:\n{self.screen()}")
+
+    def stop(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--size", default="80x24", help="the headless TUI's screen, COLSxROWS")
+    parser.add_argument("--size", default="80x24", help="the TUI's screen, COLSxROWS")
+    parser.add_argument("--tmux", action="store_true", help="draw to a real terminal (tmux)")
     args = parser.parse_args()
+    if args.tmux and shutil.which("tmux") is None:
+        print("tui_cpu: --tmux needs tmux (apt-get install tmux)", file=sys.stderr)
+        return 2
     project = f"tcpu{os.getpid()}"[:15]
     port = free_port()
     stop = threading.Event()
     daemon_pid: int | None = None
-    tui: subprocess.Popen[bytes] | None = None
+    tui: Tui | None = None
     with tempfile.TemporaryDirectory(prefix="devmesh-tui-cpu-") as tmp:
         file = Path(tmp) / "devmesh.yaml"
         file.write_text(mesh_text(args.services, port))
@@ -140,36 +243,30 @@ def main() -> int:
             time.sleep(3)  # the first reads and health checks settle
             progress(f"baseline: the daemon alone for {args.seconds:.0f} s ...")
             baseline = measure(daemon_pid, args.seconds)
-            progress(f"attached: the TUI (headless, {args.size}) for {args.seconds:.0f} s ...")
+            where = "tmux" if args.tmux else "headless"
+            progress(f"attached: the TUI ({where}, {args.size}) for {args.seconds:.0f} s ...")
             started = time.monotonic()
-            tui = subprocess.Popen(
-                [
-                    sys.executable, "-m", "devmesh.tui", "--socket", str(state.api_socket),
-                    "--headless", "--size", args.size,
-                    "--seconds", str(WARMUP + args.seconds + 5),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )  # fmt: skip
+            command = [
+                sys.executable, "-m", "devmesh.tui", "--socket", str(state.api_socket),
+                "--size", args.size, "--seconds", str(WARMUP + args.seconds + 5),
+            ]  # fmt: skip
+            tui = TmuxTui(command, args.size, project) if args.tmux else HeadlessTui(command)
             time.sleep(WARMUP)
             startup = cpu_seconds(tui.pid)
-            d0, t0 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid)
+            d0, t0, s0 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid), tui.terminal_cpu()
             w0 = time.monotonic()
             time.sleep(args.seconds)
-            d1, t1 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid)
+            d1, t1, s1 = cpu_seconds(daemon_pid), cpu_seconds(tui.pid), tui.terminal_cpu()
             wall = time.monotonic() - w0
-            if tui.poll() is not None:
-                raise BenchError(f"the TUI exited early: {_stderr(tui)}")
-            code = tui.wait(timeout=30)
-            if code != 0:
-                raise BenchError(f"the TUI exited {code}: {_stderr(tui)}")
+            tui.check_still_running()
+            screen = tui.screen()
+            tui.wait_for_exit(timeout=30)
             progress(f"the TUI quit by itself after {time.monotonic() - started:.0f} s")
         finally:
             stop.set()
             with shielded():
-                if tui is not None and tui.poll() is None:
-                    tui.kill()  # the process this benchmark started
-                    tui.wait(10)
+                if tui is not None:
+                    tui.stop()
                 down = devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
                 if down.returncode != 0:
                     progress(f"`devmesh down` failed:\n{tail(down)}")
@@ -186,16 +283,21 @@ def main() -> int:
         ["daemon + TUI", f"{total:.2f}"],
         ["attaching costs the daemon", f"{daemon - baseline:+.2f}"],
     ]
+    if args.tmux:
+        rows.append(["tmux server (the terminal; not ours)", f"{100 * (s1 - s0) / wall:.2f}"])
     print(f"# devmesh TUI CPU: {args.services} services ({args.services} sidecars + gateway)")
     print(
         f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
-        f"Docker {engine_version()} · {args.seconds:.0f} s per phase · TUI {args.size} headless "
+        f"Docker {engine_version()} · {args.seconds:.0f} s per phase · TUI {args.size} {where} "
         "· ~20 req/s through the ingress"
     )
     print()
     print(table(["process", "% of one core"], rows))
     print()
     print(f"TUI start-up (imports, first screen; not in the figures above): {startup:.2f} s CPU")
+    if screen:
+        print("\nThe screen at the end of the measurement (tmux capture-pane):\n")
+        print("\n".join("    " + line for line in screen.splitlines()))
     verdict = "within" if total <= BUDGET else "OVER"
     print(f"budget: daemon + TUI <= {BUDGET:.0f} % of one core: {verdict} ({total:.2f} %)")
     return 0
@@ -207,7 +309,3 @@ if __name__ == "__main__":
     except BenchError as exc:
         print(f"tui_cpu: {exc}", file=sys.stderr)
         sys.exit(1)
-
-
-def _stderr(proc: subprocess.Popen[bytes]) -> str:
-    return proc.stderr.read().decode()[-2000:] if proc.stderr else ""
