@@ -321,6 +321,17 @@ class Engine:
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot read logs of {name}: {_explain(exc)}") from None
 
+    def follow_logs(self, name: str, tail: int) -> Any:
+        """A stream of the container's log (the last `tail` lines, then what it writes), as
+        byte chunks that need not end at a line; `.close()` ends it from another thread. It
+        ends by itself when the container stops."""
+        try:
+            return self.client.api.logs(name, stream=True, follow=True, tail=tail)
+        except docker.errors.NotFound:
+            raise EngineError(f"no container {name}") from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot read logs of {name}: {_explain(exc)}") from None
+
     def events(self, project: str) -> Iterator[dict[str, Any]]:
         """Container events of this mesh, decoded; ends when the engine goes away."""
         stream = self.client.events(

@@ -35,6 +35,7 @@ from devmesh.core.problems import MeshError, MeshInvalid
 from devmesh.core.source import read_text
 from devmesh.core.summary import mesh_routes_json
 from devmesh.daemon.api import ApiServer
+from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.resources import gateway_resources, sidecar_node, sidecar_resources
 from devmesh.plan.desired import (
@@ -90,6 +91,7 @@ class Daemon:
         self.apply_errors: list[str] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._stats = StatsReader()
+        self._log_tails = LogTails(engine.follow_logs)
         self.failed: dict[tuple[str, str], str] = {}
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.envoy_image: images.ImageChoice | None = None
@@ -198,6 +200,7 @@ class Daemon:
         self.xds.stop(grace=0.5)
         self._pool.shutdown(wait=False)
         self._stats.close()
+        self._log_tails.close()
         if teardown:
             containers, networks = self.engine.remove_all(self.project)
             self.note(f"removed {containers} containers, {networks} networks")
@@ -442,10 +445,10 @@ class Daemon:
         except (TypeError, ValueError):
             return 400, {"error": "tail must be a number"}
         try:
-            raw = b"".join(self.engine.logs(chosen[0].app.name, follow=False, tail=tail))
+            lines = self._log_tails.tail(chosen[0].app.name, tail)
         except MeshError as exc:
             return 404, {"error": str(exc)}
-        return 200, {"pod": chosen[0].name, "lines": raw.decode(errors="replace").splitlines()}
+        return 200, {"pod": chosen[0].name, "lines": lines}
 
     def stats_json(self) -> dict[str, Any]:
         """Each sidecar's (and the gateway's) request counters, read from its admin socket."""
