@@ -182,9 +182,14 @@ class TmuxTui(Tui):
 
     def _dead(self) -> str | None:
         """The pane's exit status once the TUI has exited, else None."""
-        out = self._tmux("display-message", "-p", "-t", "tui", "#{pane_dead} #{pane_dead_status}")
-        dead, _, status = out.partition(" ")
-        return status if dead == "1" else None
+        out = self._tmux(
+            "display-message", "-p", "-t", "tui",
+            "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
+        )  # fmt: skip
+        dead, status, signal = [*out.split(":"), "", ""][:3]
+        if dead != "1" or not (status or signal):
+            return None  # running; or its terminal closed and tmux has not reaped it yet
+        return status or f"on signal {signal}"
 
     def terminal_cpu(self) -> float:
         return cpu_seconds(self.server)
