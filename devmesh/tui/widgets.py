@@ -19,7 +19,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.events import Click
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -109,6 +109,7 @@ class RowTable(ScrollView, can_focus=True):
         self._by_key: dict[str, Row] = {}
         self._strips: dict[tuple[str, tuple[Cell, ...], str], Strip] = {}
         self._width = sum(width + 2 for _, _, width in self._columns)
+        self._styles: dict[str, Style] | None = None  # set for one render_lines call
 
     @property
     def shown(self) -> list[Row]:
@@ -167,20 +168,39 @@ class RowTable(ScrollView, can_focus=True):
         if 1 <= y < self.size.height:
             self.refresh_line(y)
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """Textual works a widget's style out from its ancestors on every ask (0.1 ms each):
+        asked once here for all the lines drawn in one go, not two or three times a line
+        (a third of the TUI's drawing time with 60 live rows)."""
+        self._styles = {
+            "": self.rich_style,
+            **{name: self.get_component_rich_style(name) for name in self.COMPONENT_CLASSES},
+        }
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._styles = None
+
+    def _style_of(self, component: str = "") -> Style:
+        if self._styles is not None:
+            return self._styles[component]
+        return self.get_component_rich_style(component) if component else self.rich_style
+
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
+        base = self._style_of()
         if y == 0:
             strip = self._header()
         else:
             index = scroll_y + y - 1
             if index >= len(self._shown):
-                return Strip.blank(width, self.rich_style)
+                return Strip.blank(width, base)
             strip = self._row_strip(index)
-        return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        return strip.crop_extend(scroll_x, scroll_x + width, base)
 
     def _header(self) -> Strip:
-        style = self.get_component_rich_style("rowtable--header")
+        style = self._style_of("rowtable--header")
         text = "".join(f" {fit(label, width)} " for _, label, width in self._columns)
         return Strip([Segment(fit(text, max(self._width, self.size.width)), style)])
 
@@ -192,11 +212,11 @@ class RowTable(ScrollView, can_focus=True):
         key = (row.key, row.cells, state)
         strip = self._strips.get(key)
         if strip is None:
-            base = self.rich_style
+            base = self._style_of()
             if state == "cursor":
-                base = base + self.get_component_rich_style("rowtable--cursor")
+                base = base + self._style_of("rowtable--cursor")
             elif state == "blurred":
-                base = base + self.get_component_rich_style("rowtable--cursor-blurred")
+                base = base + self._style_of("rowtable--cursor-blurred")
             segments = [Segment(" ", base)]
             for (text, style), (_, _, width) in zip(row.cells, self._columns, strict=True):
                 segments.append(Segment(fit(text, width), base + _style(style, self.app.no_color)))
