@@ -309,11 +309,15 @@ class Engine:
             raise EngineError(f"cannot remove network: {_explain(exc)}") from None
         return len(containers), nets
 
-    def logs(self, name: str, follow: bool, tail: int | str = "all") -> Iterator[bytes]:
+    def logs(
+        self, name: str, follow: bool, tail: int | str = "all", since: float | None = None
+    ) -> Iterator[bytes]:
+        """A container's log; `since`: only what it wrote after that time (epoch seconds)."""
         try:
             container = self.client.containers.get(name)
             if follow:
-                yield from container.logs(stream=True, follow=True, tail=tail)
+                options: dict[str, Any] = {"tail": tail} if since is None else {"since": since}
+                yield from container.logs(stream=True, follow=True, **options)
             else:
                 yield container.logs(tail=tail)
         except docker.errors.NotFound:

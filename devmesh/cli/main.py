@@ -588,9 +588,6 @@ def logs(
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
 ) -> None:
     """Show the app logs of a service's pods (prefixed by pod when there are several)."""
-    import queue
-    import threading
-
     from devmesh.adapters.engine import Engine
     from devmesh.core.problems import did_you_mean
 
@@ -614,21 +611,73 @@ def logs(
                         f"{container.removesuffix('-app')} | {line}" if len(apps) > 1 else line
                     )
         return
-    lines: queue.Queue[str] = queue.Queue()
+    _follow(engine, name, service, count)
 
-    def pump(container: str) -> None:
+
+def _follow(engine: Any, project: str, service: str, tail: int | str) -> None:
+    """Follow the service's app containers until none runs (`down`, or the service left the
+    mesh): a container that replaces another (a new spec, a scale-up) is followed from its
+    first line, one that restarts in place from where its stream ended."""
+    import queue
+    import threading
+    import time
+
+    events: queue.Queue[tuple[str, str]] = queue.Queue()  # ("line", text) | ("end", id)
+    following: dict[str, str] = {}  # container id -> name, while its stream is open
+    ended: dict[str, float] = {}  # container id -> when its stream ended
+    several = False
+
+    def pump(cid: str, name: str, since: float | None) -> None:
         buffer = b""
-        for chunk in engine.logs(container, follow=True, tail=count):
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                text = raw.decode(errors="replace")
-                lines.put(f"{container.removesuffix('-app')} | {text}" if len(apps) > 1 else text)
+        try:
+            for chunk in engine.logs(cid, follow=True, tail=tail, since=since):
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for raw in complete:
+                    text = raw.decode(errors="replace")
+                    pod = name.removesuffix("-app")
+                    events.put(("line", f"{pod} | {text}" if several else text))
+        except MeshError:
+            pass  # removed meanwhile
+        finally:
+            events.put(("end", cid))
 
-    for container in apps:
-        threading.Thread(target=pump, args=(container,), daemon=True).start()
+    idle_since: float | None = None
+    next_look = 0.0
     while True:
-        typer.echo(lines.get())
+        now = time.monotonic()
+        if now >= next_look:
+            next_look = now + 1.0
+            running = [
+                o
+                for o in engine.observe(project)
+                if o.role == "app" and o.service == service and o.state == "running"
+            ]
+            several = several or len({o.id for o in running} | set(following)) > 1
+            for o in running:
+                if o.id not in following:
+                    following[o.id] = o.name
+                    since = ended.get(o.id)
+                    threading.Thread(target=pump, args=(o.id, o.name, since), daemon=True).start()
+            if running or following:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= 3.0:  # a replacement gets this long to appear
+                typer.echo(
+                    f"devmesh: no pod of '{service}' runs any more; stopped following", err=True
+                )
+                return
+        try:
+            kind, value = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if kind == "line":
+            typer.echo(value)
+        else:
+            following.pop(value, None)
+            ended[value] = time.time()
+            next_look = 0.0  # look for what replaces it now
 
 
 @app.command()

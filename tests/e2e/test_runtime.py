@@ -7,6 +7,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -346,6 +349,43 @@ def test_logs_show_the_app_output(make_mesh: Any) -> None:
     assert "catalog/v1: http on :8000" in result.stdout
     unknown = mesh.run("logs", "catalgo")
     assert unknown.returncode == 1 and "did you mean 'catalog'" in unknown.stderr
+
+
+def test_logs_follow_replaced_pods_and_end_when_the_mesh_is_down(make_mesh: Any) -> None:
+    mesh: Mesh = make_mesh(SHOP)
+    mesh.up_ok()
+    command = [sys.executable, "-m", "devmesh", "logs", "catalog", "--follow"]
+    proc = subprocess.Popen(
+        [*command, "-f", str(mesh.file), "-p", mesh.project],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+
+    def started() -> int:  # the app's first line, once per container
+        return sum("http on :8000" in line for line in list(seen))
+
+    try:
+        wait_for(lambda: started() == 2, 20)
+        assert all(line.startswith(f"{mesh.project}-catalog-v") for line in seen), seen
+        # A new spec for catalog: both its containers are replaced and followed anew.
+        marker = "    port: 8000\n    health: {path: /healthz, interval: 1s}\n    versions:"
+        assert marker in mesh.file.read_text()
+        changed = marker.replace("versions:", "env: {X: '1'}\n    versions:")
+        mesh.write(SHOP.replace(marker, changed))
+        mesh.up_ok()
+        wait_for(lambda: started() == 4, 30)
+        assert mesh.run("down").returncode == 0
+        assert proc.wait(timeout=20) == 0
+        assert "stopped following" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the process this test started
+            proc.wait(10)
 
 
 def test_second_up_with_a_missing_image_fails_and_old_pods_keep_serving(make_mesh: Any) -> None:
