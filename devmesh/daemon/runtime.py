@@ -91,7 +91,9 @@ class Daemon:
         self.apply_errors: list[str] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._stats = StatsReader()
-        self._log_tails = LogTails(engine.follow_logs)
+        self._log_tails = LogTails(
+            engine.follow_logs, lambda name, n: engine.logs(name, follow=False, tail=n)
+        )
         self.failed: dict[tuple[str, str], str] = {}
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.envoy_image: images.ImageChoice | None = None
@@ -444,8 +446,10 @@ class Daemon:
             tail = max(1, min(int(body.get("tail", 100)), 1000))
         except (TypeError, ValueError):
             return 400, {"error": "tail must be a number"}
+        app = self._infos.get(chosen[0].app.name)
+        running = app is not None and app.state == "running"
         try:
-            lines = self._log_tails.tail(chosen[0].app.name, tail)
+            lines = self._log_tails.tail(chosen[0].app.name, tail, running)
         except MeshError as exc:
             return 404, {"error": str(exc)}
         return 200, {"pod": chosen[0].name, "lines": lines}
@@ -657,6 +661,7 @@ class Daemon:
 
     def _health_loop(self) -> None:
         while not self._stop.wait(HEALTH_TICK):
+            self._log_tails.sweep()
             try:
                 if self._probe_round():
                     with self._reconcile_lock:

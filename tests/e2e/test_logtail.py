@@ -1,5 +1,6 @@
 """The daemon's followed app logs against a real container: lines as they are written, a
-restart picked up, a missing container named (busybox from scripts/make-base-image.sh)."""
+stopped container's end, a restart picked up, a missing container named (busybox from
+scripts/make-base-image.sh)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from devmesh import labels
 from devmesh.adapters.engine import Engine, EngineError
+from devmesh.daemon import logtail
 from devmesh.daemon.logtail import LogTails
 from tests.e2e.conftest import sweep
 
@@ -49,21 +51,34 @@ def container(docker_client: docker.DockerClient) -> Iterator[Any]:
         sweep(docker_client, project)
 
 
-def test_lines_arrive_as_written_and_a_restart_is_followed(
-    docker_client: docker.DockerClient, container: Any
+def _tails(docker_client: docker.DockerClient) -> LogTails:
+    engine = Engine(docker_client)
+    return LogTails(engine.follow_logs, lambda name, n: engine.logs(name, follow=False, tail=n))
+
+
+def test_lines_arrive_as_written_a_stopped_container_shows_its_end_and_a_restart_is_followed(
+    docker_client: docker.DockerClient, container: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tails = LogTails(Engine(docker_client).follow_logs)
+    tails = _tails(docker_client)
+    name = container.name
     try:
-        assert until(lambda: tails.tail(container.name, 3) == ["line 2", "line 3", "line 4"])
-        assert tails.tail(container.name, 100) == [f"line {i}" for i in range(5)]
-        container.restart(timeout=0)  # the stream ends with the old process; asked anew
-        assert until(lambda: tails.tail(container.name, 100).count("line 4") == 2)
-        assert tails.tail(container.name, 100) == [f"line {i}" for i in range(5)] * 2
+        assert until(lambda: tails.tail(name, 3, running=True) == ["line 2", "line 3", "line 4"])
+        assert tails.followed() == [name]  # later asks are answered from the stream
+        assert tails.tail(name, 100, running=True) == [f"line {i}" for i in range(5)]
+        container.stop(timeout=0)
+        assert tails.tail(name, 2, running=False) == ["line 3", "line 4"]  # a plain read
+        assert tails.followed() == []
+        container.start()
+        assert until(lambda: tails.tail(name, 100, running=True).count("line 4") == 2)
+        assert tails.tail(name, 100, running=True) == [f"line {i}" for i in range(5)] * 2
+        assert tails.followed() == [name]
+        monkeypatch.setattr(logtail, "IDLE", 0.0)
+        tails.sweep()  # nobody asked "lately": the stream is closed
+        assert tails.followed() == []
     finally:
         tails.close()
 
 
 def test_a_missing_container_is_an_engine_error(docker_client: docker.DockerClient) -> None:
-    tails = LogTails(Engine(docker_client).follow_logs)
     with pytest.raises(EngineError, match="no container"):
-        tails.tail(f"nobody-{uuid.uuid4().hex[:8]}", 10)
+        _tails(docker_client).tail(f"nobody-{uuid.uuid4().hex[:8]}", 10, running=True)
