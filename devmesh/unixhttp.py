@@ -7,6 +7,10 @@ import http.client
 import socket
 from pathlib import Path
 
+# What a request on a kept connection the peer has closed fails with (RemoteDisconnected is
+# a ConnectionResetError): worth one more try on a new connection. A timeout is not.
+STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str | Path, timeout: float = 10) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from devmesh.unixhttp import UnixHTTPConnection
+from devmesh.unixhttp import STALE, UnixHTTPConnection
 
 # Requests, errors and retries per version cluster, per route, and into the pod; the latency
 # histograms (`upstream_rq_time`) of version clusters and routes, read as two quantiles.
@@ -57,8 +57,10 @@ class StatsReader:
 
     def read_many(self, sockets: dict[str, Path]) -> dict[str, dict[str, float] | str]:
         """name -> stats, or the reason they could not be read."""
-        with self._lock:
-            deadline = time.monotonic() + self._budget
+        deadline = time.monotonic() + self._budget  # a caller waiting its turn counts too
+        if not self._lock.acquire(timeout=self._budget):
+            return {name: "unreadable: another read took the time" for name in sockets}
+        try:
             out: dict[str, dict[str, float] | str] = {}
             for name, path in sockets.items():
                 if time.monotonic() > deadline:
@@ -66,11 +68,15 @@ class StatsReader:
                     continue
                 try:
                     out[name] = parse_stats(self._read(path))
-                except (OSError, ValueError, http.client.HTTPException) as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     out[name] = f"unreadable: {exc}"
+                except (ValueError, LookupError, TypeError, AttributeError) as exc:
+                    out[name] = f"unreadable: not Envoy's stats JSON ({exc})"
             for gone in self._conns.keys() - set(sockets.values()):
                 self._conns.pop(gone).close()
             return out
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -85,8 +91,11 @@ class StatsReader:
                 body = _get(conn, self._path)
                 self._conns[path] = conn
                 return body
-            except (OSError, http.client.HTTPException):
+            except STALE:
                 conn.close()  # the sidecar restarted, or Envoy closed it: once more, anew
+            except BaseException:
+                conn.close()  # a timeout or an answer: asking again would not help
+                raise
         conn = UnixHTTPConnection(path, self._timeout)
         try:
             body = _get(conn, self._path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devmesh.client import DaemonClient
-from devmesh.unixhttp import UnixHTTPConnection
+from devmesh.unixhttp import STALE, UnixHTTPConnection
 
 # Calls that only read: the ones asked once a second, and safe to send again.
 _READS = {("GET", "/v1/state"), ("GET", "/v1/routes"), ("GET", "/v1/stats"),
@@ -60,9 +60,15 @@ class TuiClient(DaemonClient):
         conn: UnixHTTPConnection | None = getattr(self._kept, "conn", None)
         if conn is not None:
             try:
-                return self._result(*self._exchange(conn, method, path, body))
-            except (OSError, http.client.HTTPException, ValueError):
+                status, payload = self._exchange(conn, method, path, body)
+            except STALE:
                 conn.close()  # the daemon restarted, or closed it: once more, anew
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                conn.close()  # a timeout, or not an answer: asking again would not help
+                self._kept.conn = None
+                raise self._unavailable(exc) from None
+            else:
+                return self._result(status, payload)
         conn = UnixHTTPConnection(self.socket_path, self.timeout)
         self._kept.conn = conn
         try:
