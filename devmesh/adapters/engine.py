@@ -322,6 +322,8 @@ class Engine:
                 yield container.logs(tail=tail)
         except docker.errors.NotFound:
             raise EngineError(f"no container {name}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"the Docker engine went away: {exc}") from None
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot read logs of {name}: {_explain(exc)}") from None
 

@@ -616,57 +616,68 @@ def logs(
 
 def _follow(engine: Any, project: str, service: str, tail: int | str) -> None:
     """Follow the service's app containers until none runs (`down`, or the service left the
-    mesh): a container that replaces another (a new spec, a scale-up) is followed from its
-    first line, one that restarts in place from where its stream ended."""
+    mesh). What stopped before the first look is shown as it ended; a container found later
+    (a replacement, a scale-up) is followed from its first line, one restarted in place from
+    where its stream ended."""
     import queue
     import threading
     import time
 
     events: queue.Queue[tuple[str, str]] = queue.Queue()  # ("line", text) | ("end", id)
     following: dict[str, str] = {}  # container id -> name, while its stream is open
-    ended: dict[str, float] = {}  # container id -> when its stream ended
+    ended: dict[str, float] = {}  # container id -> when its stream ended (epoch seconds)
     several = False
 
-    def pump(cid: str, name: str, since: float | None) -> None:
+    def label(name: str, text: str) -> str:
+        return f"{name.removesuffix('-app')} | {text}" if several else text
+
+    def pump(cid: str, name: str, since: float | None, lines: int | str) -> None:
         buffer = b""
         try:
-            for chunk in engine.logs(cid, follow=True, tail=tail, since=since):
+            for chunk in engine.logs(cid, follow=True, tail=lines, since=since):
                 buffer += chunk
                 *complete, buffer = buffer.split(b"\n")
                 for raw in complete:
-                    text = raw.decode(errors="replace")
-                    pod = name.removesuffix("-app")
-                    events.put(("line", f"{pod} | {text}" if several else text))
-        except MeshError:
-            pass  # removed meanwhile
+                    events.put(("line", label(name, raw.decode(errors="replace"))))
+        except Exception:  # removed meanwhile, or the engine went away: the loop looks again
+            pass
         finally:
+            ended[cid] = time.time()
             events.put(("end", cid))
 
+    first = True
     idle_since: float | None = None
     next_look = 0.0
     while True:
         now = time.monotonic()
         if now >= next_look:
             next_look = now + 1.0
-            running = [
-                o
-                for o in engine.observe(project)
-                if o.role == "app" and o.service == service and o.state == "running"
-            ]
-            several = several or len({o.id for o in running} | set(following)) > 1
+            apps = [o for o in engine.observe(project) if o.role == "app" and o.service == service]
+            running = [o for o in apps if o.state == "running"]
+            several = several or len({o.id for o in apps} | set(following)) > 1
+            if first:
+                for o in sorted(apps, key=lambda o: o.name):
+                    if o.state != "running":  # a crash loop's last words
+                        for chunk in engine.logs(o.id, follow=False, tail=tail):
+                            for text in chunk.decode(errors="replace").splitlines():
+                                typer.echo(label(o.name, text))
             for o in running:
-                if o.id not in following:
-                    following[o.id] = o.name
-                    since = ended.get(o.id)
-                    threading.Thread(target=pump, args=(o.id, o.name, since), daemon=True).start()
+                if o.id in following or time.time() - ended.get(o.id, 0.0) < 1.0:
+                    continue  # followed, or its stream just ended: not in a tight loop
+                following[o.id] = o.name
+                since = ended.get(o.id)
+                lines = tail if first else "all"
+                threading.Thread(
+                    target=pump, args=(o.id, o.name, since, lines), daemon=True
+                ).start()
+            first = False
             if running or following:
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
             elif now - idle_since >= 3.0:  # a replacement gets this long to appear
-                typer.echo(
-                    f"devmesh: no pod of '{service}' runs any more; stopped following", err=True
-                )
+                gone = f"devmesh: no pod of '{service}' runs any more; stopped following"
+                typer.echo(gone, err=True)
                 return
         try:
             kind, value = events.get(timeout=0.5)
@@ -676,8 +687,7 @@ def _follow(engine: Any, project: str, service: str, tail: int | str) -> None:
             typer.echo(value)
         else:
             following.pop(value, None)
-            ended[value] = time.time()
-            next_look = 0.0  # look for what replaces it now
+            next_look = min(next_look, time.monotonic() + 0.2)  # look for what replaces it
 
 
 @app.command()
