@@ -272,12 +272,29 @@ def test_unknown_image_fails_fast_naming_the_service(make_mesh: Any) -> None:
 
 def test_app_that_exits_at_once_is_reported(make_mesh: Any) -> None:
     text = SHOP.replace(
-        "    env: {MODE: tcp}", "    env: {MODE: tcp}\n    command: [sh, -c, 'exit 3']"
+        "    env: {MODE: tcp}",
+        "    env: {MODE: tcp}\n    command: [sh, -c, 'echo giving up; exit 3']",
     )
     mesh: Mesh = make_mesh(text)
     result = mesh.run("up", "-d", "--wait", "--timeout", "10")
     assert result.returncode == 3
     assert "stock/default" in result.stderr and "app exiting (exit code 3" in result.stderr
+    # `logs --follow` shows a crash-looping app's last words too (not only running apps).
+    command = [sys.executable, "-m", "devmesh", "logs", "stock", "--follow"]
+    proc = subprocess.Popen(
+        [*command, "-f", str(mesh.file), "-p", mesh.project],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
+    try:
+        wait_for(lambda: any("giving up" in line for line in list(seen)), 20)
+    finally:
+        proc.kill()  # the process this test started
+        proc.wait(10)
 
 
 def test_ingress_port_in_use_is_refused_and_the_running_mesh_is_left_alone(make_mesh: Any) -> None:
