@@ -485,6 +485,12 @@ class Daemon:
                     p for p in self._desired.pods if (p.service, p.version) in inputs.failed
                 )
                 want = dataclasses.replace(want, pods=want.pods + kept)
+            if want == self._desired and self.phase != "starting":
+                # The same containers (a change of routes, weights, faults, calls): push the
+                # new config before asking the engine anything. Two or three Engine API
+                # round trips come off a save's time to traffic; the pass below still checks
+                # the containers and publishes again if they changed.
+                self._publish()
             actual, infos = self.engine.look(self.project)
             self._write_hosts(mesh, want)
             todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
