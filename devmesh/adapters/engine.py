@@ -322,10 +322,10 @@ class Engine:
                 yield container.logs(tail=tail)
         except docker.errors.NotFound:
             raise EngineError(f"no container {name}") from None
-        except requests.exceptions.RequestException as exc:
-            raise EngineUnavailable(f"the Docker engine went away: {exc}") from None
-        except docker.errors.APIError as exc:
+        except docker.errors.APIError as exc:  # an answer (a requests.HTTPError too)
             raise EngineError(f"cannot read logs of {name}: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:  # no answer
+            raise EngineUnavailable(f"the Docker engine went away: {exc}") from None
 
     def follow_logs(self, name: str, tail: int) -> Any:
         """A stream of the container's log (the last `tail` lines, then what it writes), as

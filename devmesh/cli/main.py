@@ -661,6 +661,7 @@ def _follow(engine: Any, project: str, service: str, tail: int | str) -> None:
                         for chunk in engine.logs(o.id, follow=False, tail=tail):
                             for text in chunk.decode(errors="replace").splitlines():
                                 typer.echo(label(o.name, text))
+                        ended[o.id] = time.time()  # restarted in place: from here on
             for o in running:
                 if o.id in following or time.time() - ended.get(o.id, 0.0) < 1.0:
                     continue  # followed, or its stream just ended: not in a tight loop

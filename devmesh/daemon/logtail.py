@@ -83,7 +83,10 @@ class LogTails:
             if follower is not None:
                 follower.asked = time.monotonic()
                 return follower.tail(n)
-        lines = b"".join(self._read(name, n)).decode(errors="replace").splitlines()
+        text = b"".join(self._read(name, n)).decode(errors="replace")
+        lines = [line.rstrip("\r") for line in text.split("\n")]  # as the stream splits
+        if lines and not lines[-1]:
+            lines.pop()
         if running:
             self._start(name)
         return lines
