@@ -78,6 +78,21 @@ def wait_for(check: Any, timeout: float = 30, every: float = 0.25) -> Any:
     raise AssertionError(f"not true within {timeout}s (last: {last!r})")
 
 
+def follow_logs(mesh: Mesh, service: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`devmesh logs SERVICE --follow` running, and the list its output lines go to."""
+    command = [sys.executable, "-m", "devmesh", "logs", service, "--follow"]
+    proc = subprocess.Popen(
+        [*command, "-f", str(mesh.file), "-p", mesh.project],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
+    return proc, seen
+
+
 def test_request_through_ingress_crosses_the_sidecars(make_mesh: Any) -> None:
     mesh: Mesh = make_mesh(SHOP)
     mesh.up_ok()
@@ -280,16 +295,7 @@ def test_app_that_exits_at_once_is_reported(make_mesh: Any) -> None:
     assert result.returncode == 3
     assert "stock/default" in result.stderr and "app exiting (exit code 3" in result.stderr
     # `logs --follow` shows a crash-looping app's last words too (not only running apps).
-    command = [sys.executable, "-m", "devmesh", "logs", "stock", "--follow"]
-    proc = subprocess.Popen(
-        [*command, "-f", str(mesh.file), "-p", mesh.project],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
-    seen: list[str] = []
-    threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
+    proc, seen = follow_logs(mesh, "stock")
     try:
         wait_for(lambda: any("giving up" in line for line in list(seen)), 20)
     finally:
@@ -371,17 +377,7 @@ def test_logs_show_the_app_output(make_mesh: Any) -> None:
 def test_logs_follow_replaced_pods_and_end_when_the_mesh_is_down(make_mesh: Any) -> None:
     mesh: Mesh = make_mesh(SHOP)
     mesh.up_ok()
-    command = [sys.executable, "-m", "devmesh", "logs", "catalog", "--follow"]
-    proc = subprocess.Popen(
-        [*command, "-f", str(mesh.file), "-p", mesh.project],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True)
-    reader.start()
+    proc, seen = follow_logs(mesh, "catalog")
 
     def started() -> int:  # the app's first line, once per container
         return sum("http on :8000" in line for line in list(seen))
