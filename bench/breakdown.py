@@ -35,6 +35,7 @@ from devmesh.adapters.envoy_admin import STATS_FILTER
 from devmesh.core.load import load_path
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.render import render_mesh
+from devmesh.plan.desired import SIDECAR_FLAGS
 from devmesh.unixhttp import UnixHTTPConnection
 
 MIB = 1024 * 1024
@@ -222,13 +223,7 @@ def envoy_variants(case: Case, service: str, images: Images, work: Path) -> list
                 images.envoy,
                 "-c",
                 "/devmesh/bootstrap.json",
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--drain-time-s",
-                "1",
-                "--log-level",
-                "warning",
+                *SIDECAR_FLAGS,
             )
         time.sleep(1)
         for i in range(len(variants)):

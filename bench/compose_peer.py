@@ -52,21 +52,12 @@ from devmesh.adapters.probe import probe
 from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
 from devmesh.envoy.render import render_mesh
-from devmesh.plan.desired import hosts_text
+from devmesh.plan.desired import SIDECAR_FLAGS, hosts_text
 from devmesh.unixhttp import UnixHTTPConnection
 
 READY_POLL = 0.05  # seconds between readiness rounds
 READY_TIMEOUT = 120.0
 ROLE_LABEL = BENCH_LABEL + ".role"
-ENVOY_FLAGS = [
-    "--concurrency",
-    "1",
-    "--disable-hot-restart",
-    "--drain-time-s",
-    "1",
-    "--log-level",
-    "warning",
-]  # devmesh.plan.desired's sidecar command line
 
 
 def compose_binary() -> Path:
@@ -181,7 +172,7 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
         services[f"{pod.name}-sidecar"] = {
             "image": images.envoy,
             "entrypoint": ["/usr/local/bin/envoy"],
-            "command": ["-c", "/devmesh/bootstrap.json", *ENVOY_FLAGS],
+            "command": ["-c", "/devmesh/bootstrap.json", *SIDECAR_FLAGS],
             "network_mode": f"service:{pod.name}",
             "volumes": [f"{where}:/devmesh:rw"],
             "restart": "unless-stopped",
@@ -199,7 +190,7 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
         services["gateway"] = {
             "image": images.envoy,
             "entrypoint": ["/usr/local/bin/envoy"],
-            "command": ["-c", "/devmesh/bootstrap.json", *ENVOY_FLAGS],
+            "command": ["-c", "/devmesh/bootstrap.json", *SIDECAR_FLAGS],
             "networks": {network: {"ipv4_address": f"{base}.2"}},
             "dns": ["127.0.0.1"],
             "ports": ports,

@@ -47,12 +47,12 @@ from devmesh.core.addressing import INBOUND_PORT, service_addresses
 from devmesh.core.load import load_path
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.render import render_mesh
+from devmesh.plan.desired import SIDECAR_FLAGS
 from devmesh.unixhttp import UnixHTTPConnection
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-FLAGS = ["--concurrency", "1", "--disable-hot-restart", "--drain-time-s", "1"]
-FLAGS += ["--log-level", "warning"]  # devmesh's sidecar flags, for every Envoy here
+FLAGS = list(SIDECAR_FLAGS)  # devmesh's sidecar flags, for every Envoy here
 APP_PORT = 8000
 HAND_OUT_PORT = 10080  # the hand-written outbound listener, on 127.0.0.1 in the client pod
 UP_TIMEOUT = 120.0

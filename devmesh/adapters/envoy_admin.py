@@ -28,18 +28,6 @@ STATS_FILTER = (
 QUANTILES = {50.0: "p50", 99.0: "p99"}
 
 
-def read_stats(
-    admin_socket: Path, regex: str = STATS_FILTER, timeout: float = 2
-) -> dict[str, float]:
-    """Counters and gauges whose names match `regex` (used ones only), and the p50/p99 of the
-    matching histograms; on a connection of its own."""
-    conn = UnixHTTPConnection(admin_socket, timeout)
-    try:
-        return parse_stats(_get(conn, _stats_path(regex)))
-    finally:
-        conn.close()
-
-
 class StatsReader:
     """Reads many sidecars' stats, one after another, each on a connection kept open from
     one read to the next. The daemon answers a TUI's /v1/stats once a second: a new

@@ -150,18 +150,20 @@ def _labels(project: str, role: str, **extra: str) -> tuple[tuple[str, str], ...
     return tuple(sorted(out.items()))
 
 
+# Every sidecar's and the gateway's Envoy flags; the benchmarks' peers run with the same.
+SIDECAR_FLAGS = (
+    "--concurrency",
+    "1",
+    "--disable-hot-restart",
+    "--drain-time-s",
+    "1",
+    "--log-level",
+    "warning",
+)
+
+
 def _envoy_command() -> tuple[str, ...]:
-    return (
-        "-c",
-        f"{POD_MOUNT}/bootstrap.json",
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "--drain-time-s",
-        "1",
-        "--log-level",
-        "warning",
-    )
+    return ("-c", f"{POD_MOUNT}/bootstrap.json", *SIDECAR_FLAGS)
 
 
 def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tuple[str, str]:
