@@ -696,6 +696,21 @@ def ms(values: Sequence[float], p: float) -> str:
     return f"{percentile(values, p):.0f}" if values else "-"
 
 
+SAVE_COLUMNS = [
+    "mesh",
+    "pods",
+    "saves",
+    "p50",
+    "p99",
+    "max",
+    "target met",
+    "write → applied p50 / p99",
+    "apply p50 / p99",
+    "rest p50 / p99",
+    "requests per save",
+]  # the columns of save_rows' rows
+
+
 def save_rows(results: list[SaveResult]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -990,19 +1005,7 @@ def report(
             "latency minus write → applied (push, Envoy, the request loop).",
             "",
             table(
-                [
-                    "mesh",
-                    "pods",
-                    "saves",
-                    "p50",
-                    "p99",
-                    "max",
-                    "target met",
-                    "write → applied p50 / p99",
-                    "apply p50 / p99",
-                    "rest p50 / p99",
-                    "requests per save",
-                ],
+                SAVE_COLUMNS,
                 save_rows(saves),
             ),
             "",
