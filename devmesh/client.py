@@ -1,105 +1,192 @@
-"""A client of the daemon's local API (the CLI's and the TUI's only way to the daemon)."""
+"""A client of the daemon's local API (the CLI's, the TUI's and the pytest plugin's only way to
+the daemon). Every call answers a typed value of `devmesh.api.types`, or raises:
+
+- `DaemonUnavailable`: nothing answers on the socket (no daemon, or it is frozen or gone);
+- `DaemonRefused`: the daemon answered with an error; `.error` says its code and message.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from devmesh.api import codec
+from devmesh.api import types as api
 from devmesh.core.problems import MeshError
-from devmesh.unixhttp import UnixHTTPConnection
+from devmesh.unixhttp import STALE, UnixHTTPConnection
+
+T = TypeVar("T")
 
 
 class DaemonUnavailable(MeshError):
     pass
 
 
+class DaemonRefused(MeshError):
+    def __init__(self, error: api.ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# Calls that only read: safe to send again on a new connection when a kept one went stale.
+_READS = frozenset({"/v1/state", "/v1/routes", "/v1/stats", "/v1/events", "/v1/logs"})
+
+
 class DaemonClient:
-    def __init__(self, socket_path: Path, timeout: float = 10) -> None:
+    """`keep=True` keeps one connection per thread for reads (the TUI asks several times a
+    second: a kept connection halves what a /v1/state costs the daemon). Changes always go
+    on a connection of their own and are never sent twice."""
+
+    def __init__(self, socket_path: Path, timeout: float = 10, keep: bool = False) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.keep = keep
+        self._kept = threading.local()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    # -- transport ----------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any, answer: type[T]) -> T:
+        data = None if body is None else codec.dumps(body)
+        if self.keep and path in _READS:
+            status, payload = self._kept_exchange(method, path, data)
+        else:
+            conn = UnixHTTPConnection(self.socket_path, self.timeout)
+            try:
+                status, payload = self._exchange(conn, method, path, data)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable(exc) from None
+            finally:
+                conn.close()
+        return self._result(status, payload, answer)
+
+    def _kept_exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, bytes]:
+        conn: UnixHTTPConnection | None = getattr(self._kept, "conn", None)
+        if conn is not None:
+            try:
+                return self._exchange(conn, method, path, data)
+            except STALE:
+                conn.close()  # the daemon restarted, or closed it: once more, anew
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()  # a timeout, or not an answer: asking again would not help
+                self._kept.conn = None
+                raise self._unavailable(exc) from None
         conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        self._kept.conn = conn
         try:
-            status, payload = self._exchange(conn, method, path, body)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise self._unavailable(exc) from None
-        finally:
+            return self._exchange(conn, method, path, data)
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
-        return self._result(status, payload)
+            self._kept.conn = None
+            raise self._unavailable(exc) from None
 
     def _unavailable(self, exc: Exception) -> DaemonUnavailable:
-        return DaemonUnavailable(f"the daemon does not answer on {self.socket_path}: {exc}")
+        if isinstance(exc, TimeoutError):
+            why = f"no answer within {self.timeout:g} s (the daemon may be frozen)"
+        else:
+            why = str(exc) or type(exc).__name__
+        return DaemonUnavailable(f"the daemon does not answer on {self.socket_path}: {why}")
 
     @staticmethod
     def _exchange(
-        conn: UnixHTTPConnection, method: str, path: str, body: dict[str, Any] | None
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data else {}
+        conn: UnixHTTPConnection, method: str, path: str, data: bytes | None
+    ) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if data is not None else {}
         conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
+        return resp.status, resp.read()
 
-    @staticmethod
-    def _result(status: int, payload: Any) -> Any:
-        if status >= 400:
-            raise MeshError(str(payload.get("error", f"daemon answered {status}")))
-        return payload
+    def _result(self, status: int, raw: bytes, answer: type[T]) -> T:
+        try:
+            payload = codec.loads(raw or b"{}")
+            if status >= 400:
+                error = payload.get("error") if isinstance(payload, dict) else None
+                if isinstance(error, dict):
+                    raise DaemonRefused(codec.decode(api.ApiError, error))
+                raise DaemonRefused(api.ApiError(api.ErrorCode.INTERNAL, f"answered {status}"))
+            return codec.decode(answer, payload)
+        except codec.DecodeError as exc:
+            raise DaemonUnavailable(
+                f"the daemon on {self.socket_path} answered something else than its API: {exc}"
+            ) from None
+
+    # -- calls --------------------------------------------------------------------------------
 
     def alive(self) -> bool:
         try:
-            self._call("GET", "/v1/state")
+            self.state()
             return True
         except MeshError:
             return False
 
-    def state(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/v1/state")
-        return result
+    def state(self) -> api.MeshState:
+        return self._call("GET", "/v1/state", None, api.MeshState)
 
-    def reload(self, file: str | None = None) -> dict[str, Any]:
+    def routes(self) -> api.Routes:
+        return self._call("GET", "/v1/routes", None, api.Routes)
+
+    def stats(self) -> api.Stats:
+        return self._call("GET", "/v1/stats", None, api.Stats)
+
+    def events(self) -> api.Events:
+        return self._call("GET", "/v1/events", None, api.Events)
+
+    def reload(self, file: str | None = None) -> api.ReloadResult:
         # A reload rebuilds images and reconciles before it answers: allow it the time.
         slow = DaemonClient(self.socket_path, timeout=max(self.timeout, 600))
-        result: dict[str, Any] = slow._call("POST", "/v1/reload", {"file": file})
-        return result
+        return slow._call("POST", "/v1/reload", api.ReloadRequest(file), api.ReloadResult)
 
-    def shift(self, service: str, weights: dict[str, int], route: str | None) -> dict[str, Any]:
-        body = {"service": service, "weights": weights, "route": route}
-        result: dict[str, Any] = self._call("POST", "/v1/shift", body)
-        return result
-
-    def routes(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/v1/routes")
-        return result
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/v1/stats")
-        return result
-
-    def events(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/v1/events")
-        return result
+    def shift(self, service: str, weights: dict[str, int], route: str | None) -> api.ShiftResult:
+        body = api.ShiftRequest(service, dict(weights), route)
+        return self._call("POST", "/v1/shift", body, api.ShiftResult)
 
     def fault(
         self,
         service: str,
         route: str | None = None,
-        delay: dict[str, Any] | None = None,
-        abort: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """delay={"fixed_ms": 200, "percent": 50}, abort={"status": 503, "percent": 10};
-        neither clears the route's fault override."""
-        body = {"service": service, "route": route, "delay": delay, "abort": abort}
-        result: dict[str, Any] = self._call("POST", "/v1/fault", body)
-        return result
+        delay: api.DelaySpec | None = None,
+        abort: api.AbortSpec | None = None,
+    ) -> api.FaultResult:
+        """Neither delay nor abort: clear the route's fault override."""
+        body = api.FaultRequest(service, route, delay, abort)
+        return self._call("POST", "/v1/fault", body, api.FaultResult)
 
-    def restart(self, service: str | None = None, pod: str | None = None) -> dict[str, Any]:
-        body = {"pod": pod} if pod else {"service": service}
-        result: dict[str, Any] = self._call("POST", "/v1/restart", body)
-        return result
+    def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
+        body = api.RestartRequest(pod=pod) if pod else api.RestartRequest(service=service)
+        return self._call("POST", "/v1/restart", body, api.RestartResult)
+
+    def logs(self, pod: str, tail: int = 100) -> api.LogsResult:
+        """The last `tail` lines of the pod's app log."""
+        return self._call("POST", "/v1/logs", api.LogsRequest(pod, tail), api.LogsResult)
+
+    def follow_logs(self, service: str, tail: int | None = None) -> Iterator[api.LogLine]:
+        """A service's app log lines as they come, until no pod of it runs any more."""
+        conn = UnixHTTPConnection(self.socket_path, timeout=None)
+        try:
+            try:
+                body = codec.dumps(api.FollowRequest(service, tail))
+                conn.request("POST", "/v1/logs/follow", body=body, headers={})
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable(exc) from None
+            if resp.status >= 400:
+                self._result(resp.status, resp.read(), api.Ok)
+            while True:
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._unavailable(exc) from None
+                if not line:
+                    return
+                try:
+                    yield codec.decode(api.LogLine, json.loads(line))
+                except (ValueError, codec.DecodeError):
+                    continue  # not a line of the stream: skip it rather than stop following
+        finally:
+            conn.close()
 
     def shutdown(self) -> None:
-        self._call("POST", "/v1/shutdown", {})
+        self._call("POST", "/v1/shutdown", api.Ok(), api.Ok)

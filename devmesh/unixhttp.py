@@ -13,7 +13,7 @@ STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str | Path, timeout: float = 10) -> None:
+    def __init__(self, path: str | Path, timeout: float | None = 10) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = str(path)
 

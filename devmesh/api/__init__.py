@@ -1,0 +1,1 @@
+"""The typed contract between the daemon and its clients: `types` (values), `codec` (JSON)."""

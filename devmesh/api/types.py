@@ -1,0 +1,448 @@
+"""The daemon's API documents as values: what the daemon sends and its clients (the CLI, the
+TUI, the pytest plugin) read. Frozen dataclasses and enums; `devmesh.api.codec` is the one
+place they become JSON and the one place JSON becomes them.
+
+Clients never parse the daemon's English: a pod's state is a `PodState`, an event carries a
+kind, a severity and a subject, stats come in mesh terms (service, version, route), not as
+Envoy stat names. The `reason` and `detail` texts are for people, to show as they are.
+
+No third-party import here (an import-linter contract keeps it so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+API_VERSION = "v1"
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    NO_DAEMON = "no daemon"  # what the CLI shows from Docker alone, never sent by a daemon
+
+
+class PodState(StrEnum):
+    """Why a pod is (not) ready, most fundamental first: a pod is in the first that applies."""
+
+    FAILED = "failed"  # cannot run: image missing, the engine refused a container
+    ENGINE_DOWN = "engine_down"  # the container engine does not answer: state unknown
+    STARTING = "starting"  # containers being made, or the namespace owner not running
+    CRASHING = "crashing"  # the app exits (and is restarted)
+    SIDECAR_DOWN = "sidecar_down"
+    NACKED = "nacked"  # the sidecar rejected its config; it serves the last one it took
+    SYNCING = "syncing"  # config pushed, not ACKed yet
+    UNHEALTHY = "unhealthy"  # the app's health check fails (or has not passed yet)
+    READY = "ready"
+
+    @property
+    def permanent(self) -> bool:
+        """Waiting does not help: only a change (a new file, a new image) does."""
+        return self is PodState.FAILED
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class EventKind(StrEnum):
+    DAEMON = "daemon"  # started, stopping, images chosen
+    SAVE = "save"  # a change of the mesh file (or shift, or up) applied
+    PROBLEM = "problem"  # the mesh file does not validate; the last good config serves on
+    RECONCILE = "reconcile"  # containers created, replaced, removed
+    CONTAINER = "container"  # a container died, was killed, ran out of memory
+    HEALTH = "health"  # a pod turned healthy or unhealthy
+    PUSH = "push"  # config delivery: a push that failed, a NACK
+    FAULT = "fault"  # a fault set or cleared through the API
+    RESTART = "restart"  # app containers restarted through the API
+    IMAGE = "image"  # an image built, pulled, or not found
+    ENGINE = "engine"  # the container engine went away or came back
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"  # the body is not what the endpoint takes
+    NOT_FOUND = "not_found"  # no such endpoint, service, route or pod
+    CONFLICT = "conflict"  # not now: the mesh file has problems, another file is served
+    UNAVAILABLE = "unavailable"  # the engine or an Envoy does not answer
+    INTERNAL = "internal"  # a bug: the daemon's log has the traceback
+
+
+STATUS_OF: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    """Every 4xx/5xx answer: `{"error": {"code": ..., "message": ...}}`."""
+
+    code: ErrorCode
+    message: str
+
+    @property
+    def status(self) -> int:
+        return STATUS_OF[self.code]
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    type: str  # the resource type rejected: Listener, Cluster, RouteConfiguration, ...
+    message: str  # Envoy's own words (with protobuf debug markers): show them, do not parse
+
+
+@dataclass(frozen=True, slots=True)
+class XdsStatus:
+    connected: bool = False
+    synced: bool = False  # ACKed everything last pushed to it
+    version: str | None = None  # a short digest of what it ACKed: equal digests, equal config
+    nack: Nack | None = None
+
+    @property
+    def word(self) -> str:
+        """ACK, NACK (type), connected, or -: the state in one word, for tables."""
+        if self.nack is not None:
+            return f"NACK ({self.nack.type})"
+        if self.synced:
+            return "ACK"
+        return "connected" if self.connected else "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    pod: str
+    service: str
+    version: str
+    replica: int
+    state: PodState
+    reason: str = ""  # for people; empty when ready
+    address: str | None = None
+    app: str = "missing"  # the app container's state as the engine says it
+    restarts: int = 0
+    sidecar: str = "missing"
+    xds: XdsStatus = field(default_factory=XdsStatus)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is PodState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    name: str
+    state: str  # the container's state as the engine says it
+    ready: bool
+    url: str | None = None
+    services: dict[str, str] = field(default_factory=dict)  # service -> host URL
+    xds: XdsStatus = field(default_factory=XdsStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A version that cannot run; its old pods, if any, keep serving."""
+
+    service: str
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    time: float  # unix seconds
+    kind: EventKind
+    severity: Severity
+    subject: str  # what it is about: a pod, container, service, the file; "" for the mesh
+    detail: str  # for people
+
+    @property
+    def text(self) -> str:
+        return f"{self.subject}: {self.detail}" if self.subject else self.detail
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    ok: bool = True
+    detail: str = ""  # why not, when not
+
+
+@dataclass(frozen=True, slots=True)
+class MeshState:
+    """`GET /v1/state`: everything `ps` shows and `up --wait` waits on."""
+
+    mesh: str
+    project: str
+    phase: Phase
+    ready: bool
+    file: str = ""
+    pid: int = 0
+    problems: tuple[str, ...] = ()  # the file's located problems; the last good config serves
+    reloads: int = 0
+    reload_failures: int = 0
+    errors: tuple[str, ...] = ()  # engine-level failures of the last pass
+    push_error: str | None = None  # config that could not be delivered: nothing is "ready"
+    engine: EngineStatus = field(default_factory=EngineStatus)
+    failed: tuple[Failure, ...] = ()
+    sidecar_image: str | None = None
+    pods: tuple[Pod, ...] = ()
+    gateway: Gateway | None = None
+    events: tuple[Event, ...] = ()
+
+    @property
+    def only_permanent_failures_left(self) -> bool:
+        """Every pod is ready or cannot run: waiting longer would not help."""
+        if self.ready or not self.failed:
+            return False
+        failed = {(f.service, f.version) for f in self.failed}
+        return all(p.ready or (p.service, p.version) in failed for p in self.pods)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DelaySpec:
+    fixed_ms: int
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class AbortSpec:
+    percent: float = 100.0
+    status: int | None = None
+    grpc_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    delay: DelaySpec | None = None
+    abort: AbortSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    attempts: int
+    on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    service: str
+    version: str | None
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    name: str
+    match: dict[str, Any]  # as the mesh file says it (path_prefix, headers, ...)
+    to: dict[str, int]  # version -> weight
+    retries: RetrySpec | None = None
+    timeout_ms: int | None = None
+    fault: FaultSpec | None = None
+    mirror: MirrorSpec | None = None
+    fault_override: bool = False  # the fault was set through the API, not the file
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRoutes:
+    name: str
+    protocol: str
+    port: int
+    versions: dict[str, int]  # version -> replicas
+    routes: tuple[RouteInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRoute:
+    name: str
+    match: dict[str, Any]
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRoutes:
+    address: str
+    routes: tuple[IngressRoute, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """`GET /v1/routes`: every service's routes as the daemon serves them."""
+
+    mesh: str
+    services: tuple[ServiceRoutes, ...] = ()
+    ingress: IngressRoutes | None = None
+
+    def service(self, name: str) -> ServiceRoutes | None:
+        return next((s for s in self.services if s.name == name), None)
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Cumulative counters (rates are differences between two reads), and the latency
+    percentiles of Envoy's last stats interval (None: no sample in it)."""
+
+    requests: int = 0  # started (includes retries and mirrored requests upstream)
+    completed: int = 0
+    rq_2xx: int = 0
+    rq_4xx: int = 0
+    rq_5xx: int = 0
+    retries: int = 0
+    retry_overflow: int = 0
+    connections: int = 0  # active (a gauge)
+    ejections: int = 0  # outlier detection ejections active (a gauge)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTraffic:
+    """What one caller sent to one version of a service (all its replicas)."""
+
+    service: str
+    version: str
+    traffic: Traffic
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTraffic:
+    """What one caller sent over one route; the gateway's own routes have service
+    `INGRESS`."""
+
+    service: str
+    route: str
+    traffic: Traffic
+
+
+INGRESS = "ingress"  # the service name of the gateway's routes in `RouteTraffic`
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarStats:
+    """One Envoy's view: a pod's sidecar (service/version of the pod) or the gateway
+    (service `INGRESS`, version "")."""
+
+    source: str  # the pod's or the gateway's name
+    service: str
+    version: str
+    inbound: Traffic | None = None  # requests into the pod (None for the gateway)
+    upstreams: tuple[UpstreamTraffic, ...] = ()
+    routes: tuple[RouteTraffic, ...] = ()
+    error: str | None = None  # unreadable: why (the counters are then empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """`GET /v1/stats`."""
+
+    time: float
+    sidecars: tuple[SidecarStats, ...] = ()
+
+
+# -- commands and their answers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequest:
+    file: str | None = None  # refused unless it is the file the daemon serves
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    problems: tuple[str, ...] = ()  # file problems (nothing applied) or what could not run
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftRequest:
+    service: str
+    weights: dict[str, int]
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftResult:
+    service: str
+    route: str
+    weights: dict[str, int]
+    synced: bool  # every connected Envoy ACKed it before the answer
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRequest:
+    """Neither delay nor abort: clear the route's fault override."""
+
+    service: str
+    route: str | None = None
+    delay: DelaySpec | None = None
+    abort: AbortSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultResult:
+    service: str
+    route: str
+    active: bool
+    synced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRequest:
+    service: str | None = None
+    pod: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestartResult:
+    restarted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogsRequest:
+    pod: str
+    tail: int = 100  # 1-1000
+
+
+@dataclass(frozen=True, slots=True)
+class LogsResult:
+    pod: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FollowRequest:
+    """`POST /v1/logs/follow`: a service's app logs as they come, one `LogLine` a line of
+    newline-delimited JSON, until no pod of the service runs any more."""
+
+    service: str
+    tail: int | None = None  # lines of each log to start with; None: all
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    pod: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    ok: bool = True
