@@ -30,10 +30,9 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa:
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+__all__ = ["CLUSTER", "ENDPOINT", "LISTENER", "MESSAGES", "ROUTE", "bootstrap_proto", "to_proto"]
 
 MESSAGES: dict[str, Any] = {
     LISTENER: listener_pb2.Listener,

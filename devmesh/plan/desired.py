@@ -17,7 +17,8 @@ from devmesh import labels
 from devmesh.core.addressing import GATEWAY_HOP_BASE, GATEWAY_PORT, service_addresses
 from devmesh.core.model import Mesh, Service, Version
 from devmesh.envoy.bootstrap import ads_bootstrap
-from devmesh.envoy.resources import GATEWAY_NODE, Json, sidecar_node
+from devmesh.envoy.render import gateway_group
+from devmesh.envoy.resources import Json, sidecar_node
 
 POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gateway
 XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
@@ -227,7 +228,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
 
 
 def gateway_cluster(mesh: Mesh) -> str:
-    return f"{mesh.name}/{GATEWAY_NODE}"
+    return gateway_group(mesh)  # the name is the Envoy layer's; the daemon still calls this
 
 
 def desired(mesh: Mesh, inputs: Inputs) -> Desired:

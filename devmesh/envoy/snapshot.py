@@ -1,0 +1,206 @@
+"""xDS snapshots: one node group's complete configuration, versioned and checked. Pure.
+
+A snapshot is what the ADS server serves to every Envoy of one node group (Envoy's node
+*cluster*): the group's listeners, route configs, clusters and endpoint assignments as
+proto-JSON dicts, with one version per resource type, a stable hash of that type's
+resources. Modelled on go-control-plane's `cache/v3/snapshot.go`: `new_snapshot` builds the
+value and refuses one that is not internally consistent, so nothing served can leave an
+Envoy waiting forever for a resource that does not exist (a listener stuck warming on a
+route config that never comes, a cluster on endpoints that never come).
+
+Protobuf packing is not done here (this layer imports no grpc/protobuf): the xDS cache in
+`devmesh.adapters.xds_cache` packs each distinct resource once, keyed by its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from devmesh.core.problems import MeshError
+from devmesh.envoy.resources import Json, Resources
+
+_T = "type.googleapis.com/envoy.config."
+LISTENER: Final = _T + "listener.v3.Listener"
+ROUTE: Final = _T + "route.v3.RouteConfiguration"
+CLUSTER: Final = _T + "cluster.v3.Cluster"
+ENDPOINT: Final = _T + "endpoint.v3.ClusterLoadAssignment"
+TYPE_URLS: Final = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+NAME_KEY: Final = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
+SHORT: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+
+
+class SnapshotError(MeshError):
+    """A snapshot that must not be served: a dangling reference, a duplicate name, or (found
+    when the cache packs it) a field Envoy's API lacks. Every problem is listed at once."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def digest(item: Json) -> str:
+    """A resource's stable hash: sha256 of its sorted-key JSON."""
+    text = json.dumps(item, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSnapshot:
+    """The resources of one type, in the order they are served."""
+
+    type_url: str
+    version: str  # a stable hash of the resources' digests, in order
+    names: tuple[str, ...]
+    items: tuple[Json, ...]
+    digests: tuple[str, ...]  # per resource: the cache packs each distinct one only once
+
+    @classmethod
+    def of(cls, type_url: str, items: Iterable[Json]) -> TypeSnapshot:
+        items = tuple(items)
+        digests = tuple(digest(item) for item in items)
+        version = hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
+        names = tuple(str(item.get(NAME_KEY[type_url], "")) for item in items)
+        return cls(type_url, version, names, items, digests)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One node group's configuration. Build it with `new_snapshot`, which checks it."""
+
+    listeners: TypeSnapshot
+    routes: TypeSnapshot
+    clusters: TypeSnapshot
+    endpoints: TypeSnapshot
+
+    @classmethod
+    def of(cls, resources: Resources) -> Snapshot:
+        """The value, unchecked (see `new_snapshot`)."""
+        return cls(
+            TypeSnapshot.of(LISTENER, resources.listeners),
+            TypeSnapshot.of(ROUTE, resources.routes),
+            TypeSnapshot.of(CLUSTER, resources.clusters),
+            TypeSnapshot.of(ENDPOINT, resources.endpoints),
+        )
+
+    def of_type(self, type_url: str) -> TypeSnapshot:
+        return {
+            LISTENER: self.listeners,
+            ROUTE: self.routes,
+            CLUSTER: self.clusters,
+            ENDPOINT: self.endpoints,
+        }[type_url]
+
+    @property
+    def types(self) -> tuple[TypeSnapshot, ...]:
+        return (self.listeners, self.routes, self.clusters, self.endpoints)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """type URL -> version. Two snapshots with equal versions serve the same thing."""
+        return {t.type_url: t.version for t in self.types}
+
+    def references(self) -> dict[str, frozenset[str]]:
+        """The RDS and EDS names the listeners and clusters refer to: what an Envoy must
+        have asked for, been sent and ACKed before it runs this snapshot."""
+        return {
+            ROUTE: frozenset(_rds_names(list(self.listeners.items))),
+            ENDPOINT: frozenset(_eds_names(self.clusters.items)),
+        }
+
+    def problems(self) -> list[str]:
+        """What makes this snapshot inconsistent (go-control-plane's `Consistent`), and
+        more: duplicate names, and routes to clusters the snapshot lacks."""
+        out = []
+        for typed in self.types:
+            seen: set[str] = set()
+            for name in typed.names:
+                if name in seen:
+                    out.append(f"two {SHORT[typed.type_url]} resources named {name!r}")
+                seen.add(name)
+        have = {ROUTE: set(self.routes.names), ENDPOINT: set(self.endpoints.names)}
+        what = {ROUTE: "no route config", ENDPOINT: "no endpoints (ClusterLoadAssignment)"}
+        for type_url, names in self.references().items():
+            for name in sorted(names - have[type_url]):
+                out.append(f"{SHORT[type_url]} {name!r} is referred to but has {what[type_url]}")
+        clusters = set(self.clusters.names)
+        routed: dict[str, str] = {}
+        for typed in (self.listeners, self.routes):
+            for owner, item in zip(typed.names, typed.items, strict=True):
+                for name in _cluster_names(item):
+                    routed.setdefault(name, f"{SHORT[typed.type_url]} {owner!r}")
+        for name, owner in sorted(routed.items()):
+            if name not in clusters:
+                out.append(f"{owner} routes to cluster {name!r}, which the snapshot lacks")
+        return out
+
+    def consistent(self) -> None:
+        """Raise SnapshotError listing every problem, if there is any."""
+        problems = self.problems()
+        if problems:
+            raise SnapshotError(problems)
+
+
+def new_snapshot(resources: Resources, group: str = "") -> Snapshot:
+    """A checked snapshot of one node group. Raises SnapshotError (each problem prefixed with
+    `group`) rather than return one that would leave an Envoy waiting."""
+    snapshot = Snapshot.of(resources)
+    problems = snapshot.problems()
+    if problems:
+        raise SnapshotError(f"{group}: {p}" if group else p for p in problems)
+    return snapshot
+
+
+def new_snapshots(groups: Mapping[str, Resources]) -> dict[str, Snapshot]:
+    """Every node group's checked snapshot (`render`'s output in, the cache's input out).
+    One SnapshotError lists the problems of every group at once."""
+    out: dict[str, Snapshot] = {}
+    problems: list[str] = []
+    for group, resources in groups.items():
+        try:
+            out[group] = new_snapshot(resources, group)
+        except SnapshotError as e:
+            problems += e.problems
+    if problems:
+        raise SnapshotError(problems)
+    return out
+
+
+def _rds_names(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        rds = node.get("rds")
+        if isinstance(rds, dict) and "route_config_name" in rds:
+            yield str(rds["route_config_name"])
+        for value in node.values():
+            yield from _rds_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _rds_names(value)
+
+
+def _eds_names(clusters: Iterable[Json]) -> Iterator[str]:
+    for c in clusters:
+        if c.get("type") == "EDS":
+            yield str(c.get("eds_cluster_config", {}).get("service_name") or c.get("name", ""))
+
+
+def _cluster_names(node: Any) -> Iterator[str]:
+    """Clusters a listener or route config sends traffic to: `cluster` in a route action,
+    TCP proxy or mirror policy, and each `weighted_clusters` entry's `name`."""
+    if isinstance(node, dict):
+        cluster = node.get("cluster")
+        if isinstance(cluster, str):
+            yield cluster
+        weighted = node.get("weighted_clusters")
+        if isinstance(weighted, dict):
+            for entry in weighted.get("clusters", ()):
+                if isinstance(entry, dict) and "name" in entry:
+                    yield str(entry["name"])
+        for value in node.values():
+            yield from _cluster_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _cluster_names(value)
