@@ -1,11 +1,12 @@
 """The daemon's Aggregated Discovery Service: xDS v3, state of the world, over a UNIX socket.
 
-Every sidecar's Envoy opens one ADS stream. Snapshots are keyed by Envoy's node *cluster*
-(all replicas of one version share a configuration); status is kept per node *id* (each
-Envoy has its own). One snapshot holds one node group's `Resources`, already converted to
-packed protobuf, with one version per resource type: a stable hash of that type's dicts.
+render → snapshot → cache → server, as go-control-plane does it: `devmesh.envoy.render`
+renders the whole mesh, `devmesh.envoy.snapshot` makes checked snapshots of it, the
+`SnapshotCache` (`xds_cache`) holds them and every Envoy's status, and this module only
+serves streams from the cache. Snapshots are keyed by Envoy's node *cluster* (the node
+group: all replicas of one version share a configuration); status is kept per node *id*.
 
-Protocol, as Envoy speaks it (SotW):
+Protocol, as Envoy speaks it (SotW), in `SotwStream`, which does no I/O:
 - A request with an empty `response_nonce` opens a subscription for its type: answer it.
 - A request whose nonce is the last one sent for its type is an ACK of `version_info`, or a
   NACK when it carries `error_detail` (then `version_info` is the version Envoy kept).
@@ -16,21 +17,22 @@ Protocol, as Envoy speaks it (SotW):
 
 Threads: grpc's sync server runs each stream's handler on a pool thread for as long as the
 stream is open, so `max_workers` must cover every sidecar plus a margin. Each stream also has
-a reader thread feeding its requests into the stream's event queue; `set_snapshot` puts a
-wake-up on the same queue, so one loop answers both.
+a reader thread feeding its requests into the stream's event queue; the cache's wake-up for
+the stream's group puts on the same queue, so one loop answers both.
+
+Why threads and not grpc.aio: measured with bench/xds_server.py (30 and 100 ADS streams over
+this UNIX socket, one route change pushed to every stream), see WHY_THREADS below.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import os
 import queue
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,172 +41,142 @@ from typing import Any, Final
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-# types-protobuf may or may not be installed; `unused-ignore` keeps strict mypy quiet either way.
-from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped,unused-ignore]
-
-from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, to_proto
+from devmesh.adapters.xds_cache import Nack, NodeStatus, Served, SnapshotCache
+from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from devmesh.core.problems import MeshError
-from devmesh.envoy.resources import Json, Resources
+from devmesh.envoy.resources import Resources
+from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError, new_snapshot
+
+__all__ = ["Nack", "NodeStatus", "SnapshotCache", "SnapshotError", "SotwStream", "XdsServer"]
 
 log = logging.getLogger("devmesh.xds")
 
 # Make before break: clusters and their endpoints before the listeners and routes that use them.
 PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 WILDCARD: Final = frozenset({LISTENER, CLUSTER})  # SotW: these always carry every resource
-_NAME_KEY: Final = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
+_NONCES: Final = itertools.count(1)  # unique across streams and server restarts in a process
 
 
-class SnapshotError(MeshError):
-    """A snapshot that cannot be served: a field Envoy's API lacks, or a duplicate name."""
+# -- one stream's protocol, without I/O -----------------------------------------------------
 
 
-# -- values ---------------------------------------------------------------------------------
+class SotwStream:
+    """One ADS stream's state of the world: requests and wake-ups in, responses out.
 
+    The transport (the thread server here, or an asyncio one) feeds it each DiscoveryRequest
+    (`on_request`) and each wake-up the cache sends (`on_wake`) from one task at a time, and
+    writes the responses it returns in order; `close` when the stream ends."""
 
-@dataclass(frozen=True, slots=True)
-class Nack:
-    type_url: str
-    version_rejected: str  # what we sent
-    message: str  # Envoy's words; they contain protobuf debug markers, show them, do not parse
-    version_kept: str = ""  # what Envoy runs instead (its request's version_info)
+    def __init__(self, cache: SnapshotCache, wake: Callable[[], None]) -> None:
+        self._cache = cache
+        self._wake = wake
+        self.stream_id = 0  # the cache's, once the first request names the node
+        self.node_id = ""
+        self.group = ""
+        self._requested: dict[str, frozenset[str]] = {}  # type -> names
+        self._sent_version: dict[str, str] = {}
+        self._sent_names: dict[str, frozenset[str]] = {}
+        self._nonce: dict[str, str] = {}
 
+    def _subscribed(self, type_url: str) -> bool:
+        names = self._requested.get(type_url)
+        # An RDS/EDS request naming nothing unsubscribes (LDS/CDS with no names: wildcard).
+        return names is not None and (type_url in WILDCARD or bool(names))
 
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    node_id: str
-    cluster: str
-    connected: bool
-    acked: dict[str, str]  # type_url -> version Envoy ACKed
-    sent: dict[str, str]  # type_url -> version last sent
-    nack: Nack | None
-    nonces: dict[str, str] = field(default_factory=dict)  # type_url -> nonce last sent
-    responses: dict[str, int] = field(default_factory=dict)  # type_url -> responses sent
+    def on_request(self, request: Any) -> list[Any]:
+        if not self.stream_id:
+            if not request.HasField("node") or not request.node.id:
+                log.warning("a stream's first request carries no node id; ignored")
+                return []
+            self.node_id, self.group = request.node.id, request.node.cluster
+            self.stream_id = self._cache.open_stream(self.node_id, self.group, self._wake)
+        type_url: str = request.type_url
+        if type_url not in NAME_KEY:
+            log.warning("%s: unknown type %s; ignored", self.node_id, type_url)
+            return []
+        nonce: str = request.response_nonce
+        if nonce and nonce != self._nonce.get(type_url):
+            # Answers a response we have since superseded; the newer one will be answered too.
+            log.debug("%s: %s stale nonce %s", self.node_id, SHORT[type_url], nonce)
+            return []
+        if nonce:
+            self._record_answer(request)
+        names = frozenset(request.resource_names)
+        self._requested[type_url] = names
+        served = self._cache.served(self.group)
+        if served is None or not self._subscribed(type_url):
+            return []  # no config for this group yet: the stream waits for a snapshot
+        if (
+            not nonce  # a new subscription on this stream
+            or self._sent_version.get(type_url) != served.types[type_url].version
+            or (type_url not in WILDCARD and names != self._sent_names.get(type_url))
+        ):
+            return [self._response(type_url, served)]
+        return []
 
+    def on_wake(self) -> list[Any]:
+        served = self._cache.served(self.group) if self.stream_id else None
+        if served is None:
+            return []
+        return [
+            self._response(type_url, served)
+            for type_url in PUSH_ORDER
+            if self._subscribed(type_url)
+            and self._sent_version.get(type_url) != served.types[type_url].version
+        ]
 
-@dataclass(frozen=True, slots=True)
-class _TypeSnapshot:
-    version: str
-    packed: Mapping[str, Any]  # resource name -> google.protobuf.Any, in the snapshot's order
+    def close(self) -> None:
+        if self.stream_id:
+            self._cache.close_stream(self.stream_id)
 
+    def _response(self, type_url: str, served: Served) -> Any:
+        typed = served.types[type_url]
+        names = self._requested[type_url]
+        if type_url in WILDCARD:
+            resources = list(typed.packed.values())
+        else:
+            resources = [message for name, message in typed.packed.items() if name in names]
+        nonce = str(next(_NONCES))
+        self._sent_version[type_url] = typed.version
+        self._sent_names[type_url] = names
+        self._nonce[type_url] = nonce
+        self._cache.record_sent(self.stream_id, type_url, typed.version, names, nonce)
+        log.debug(
+            "%s: push %s %s (%d resources, nonce %s)",
+            self.node_id,
+            SHORT[type_url],
+            typed.version,
+            len(resources),
+            nonce,
+        )
+        return discovery_pb2.DiscoveryResponse(
+            version_info=typed.version, resources=resources, type_url=type_url, nonce=nonce
+        )
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    types: Mapping[str, _TypeSnapshot]
-    # The RDS / EDS names the snapshot's listeners and clusters refer to: what a node must
-    # have requested, been sent and ACKed before it counts as synced.
-    references: Mapping[str, frozenset[str]]
-
-
-class _PackCache:
-    """Resource JSON digest -> packed protobuf. Callers share most resources (every caller
-    of a service gets the same route config) and a push changes few of them, so parsing
-    each distinct resource once, not once per node group per push, is most of the work
-    saved: measured on 20 services, 62 % of a save's time was ParseDict of unchanged ones."""
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self._items: dict[str, Any] = {}
-        self._limit = limit
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> Any | None:
-        with self._lock:
-            return self._items.get(digest)
-
-    def put(self, digest: str, packed: Any) -> None:
-        with self._lock:
-            if len(self._items) >= self._limit:
-                self._items.clear()  # crude, and rare: a mesh has far fewer resources
-            self._items[digest] = packed
-
-
-def _digest(item: Json) -> str:
-    text = json.dumps(item, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _versions_of(resources: Resources) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Each type's version (from its resources' digests, in order), and the digests."""
-    digests: dict[str, list[str]] = {}
-    versions: dict[str, str] = {}
-    for type_url, items in _by_type(resources).items():
-        digests[type_url] = [_digest(item) for item in items]
-        joined = ",".join(digests[type_url])
-        versions[type_url] = hashlib.sha256(joined.encode()).hexdigest()[:16]
-    return versions, digests
-
-
-def _by_type(resources: Resources) -> dict[str, Sequence[Json]]:
-    return {
-        LISTENER: resources.listeners,
-        ROUTE: resources.routes,
-        CLUSTER: resources.clusters,
-        ENDPOINT: resources.endpoints,
-    }
-
-
-def _build_snapshot(
-    cluster: str,
-    resources: Resources,
-    cache: _PackCache | None = None,
-    computed: tuple[dict[str, str], dict[str, list[str]]] | None = None,
-) -> _Snapshot:
-    versions, digests = computed or _versions_of(resources)
-    types: dict[str, _TypeSnapshot] = {}
-    for type_url, items in _by_type(resources).items():
-        packed: dict[str, Any] = {}
-        for item, digest in zip(items, digests[type_url], strict=True):
-            name = str(item.get(_NAME_KEY[type_url], ""))
-            if name in packed:
-                raise SnapshotError(f"{cluster}: two {_short(type_url)} resources named {name!r}")
-            any_message = cache.get(digest) if cache is not None else None
-            if any_message is None:
-                try:
-                    message = to_proto(type_url, item)
-                except json_format.ParseError as e:
-                    raise SnapshotError(f"{cluster}: {_short(type_url)} {name!r}: {e}") from e
-                any_message = any_pb2.Any()
-                any_message.Pack(message)
-                if cache is not None:
-                    cache.put(digest, any_message)
-            packed[name] = any_message
-        types[type_url] = _TypeSnapshot(versions[type_url], packed)
-    references = {
-        ROUTE: frozenset(_rds_names(list(resources.listeners))),
-        ENDPOINT: frozenset(_eds_names(resources.clusters)),
-    }
-    for type_url, names in references.items():
-        missing = sorted(names - types[type_url].packed.keys())
-        if missing:
-            # Envoy would wait for these forever (a listener or cluster stuck warming).
-            log.warning(
-                "%s: %s names missing from the snapshot: %s", cluster, _short(type_url), missing
+    def _record_answer(self, request: Any) -> None:
+        type_url: str = request.type_url
+        if request.HasField("error_detail"):
+            sent = self._sent_version.get(type_url, "")
+            message: str = request.error_detail.message
+            self._cache.record_nack(
+                self.stream_id, Nack(type_url, sent, message, request.version_info)
             )
-    return _Snapshot(types, references)
+            log.warning(
+                "%s rejected %s %s, keeps %s: %s",
+                self.node_id,
+                SHORT[type_url],
+                sent,
+                request.version_info or "nothing",
+                message,
+            )
+        else:
+            self._cache.record_ack(
+                self.stream_id, type_url, request.version_info, request.response_nonce
+            )
+            log.debug("%s: ACK %s %s", self.node_id, SHORT[type_url], request.version_info)
 
 
-def _rds_names(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        rds = node.get("rds")
-        if isinstance(rds, dict) and "route_config_name" in rds:
-            yield str(rds["route_config_name"])
-        for value in node.values():
-            yield from _rds_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _rds_names(value)
-
-
-def _eds_names(clusters: Iterable[Json]) -> Iterator[str]:
-    for c in clusters:
-        if c.get("type") == "EDS":
-            yield str(c.get("eds_cluster_config", {}).get("service_name") or c["name"])
-
-
-def _short(type_url: str) -> str:
-    return {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}.get(type_url, type_url)
-
-
-# -- per-stream and per-node state ----------------------------------------------------------
+# -- the thread server ----------------------------------------------------------------------
 
 
 class _Closed:
@@ -212,7 +184,7 @@ class _Closed:
 
 
 class _Wake:
-    """Stream event: the snapshot of the stream's node cluster changed."""
+    """Stream event: the snapshot of the stream's node group changed."""
 
 
 _CLOSED: Final = _Closed()
@@ -222,72 +194,34 @@ _Event = Any  # a DiscoveryRequest, _WAKE or _CLOSED (DiscoveryRequest has no ty
 
 @dataclass(slots=True)
 class _Stream:
-    """Owned by its handler thread; only `events` and `cluster` are touched by others."""
-
     id: int
     events: queue.SimpleQueue[_Event] = field(default_factory=queue.SimpleQueue)
-    node_id: str = ""
-    cluster: str = ""  # set under the server lock: set_snapshot reads it
-    requested: dict[str, frozenset[str]] = field(default_factory=dict)  # type -> names
-    sent_version: dict[str, str] = field(default_factory=dict)
-    sent_names: dict[str, frozenset[str]] = field(default_factory=dict)
-    nonce: dict[str, str] = field(default_factory=dict)
-
-    def subscribed(self, type_url: str) -> bool:
-        names = self.requested.get(type_url)
-        # An RDS/EDS request naming nothing unsubscribes (LDS/CDS with no names: wildcard).
-        return names is not None and (type_url in WILDCARD or bool(names))
-
-
-@dataclass(slots=True)
-class _Node:
-    """What the server knows of one Envoy; guarded by the server lock."""
-
-    cluster: str
-    stream_id: int  # the stream that owns this status (a reconnect replaces it)
-    connected: bool = True
-    acked: dict[str, str] = field(default_factory=dict)
-    acked_nonce: dict[str, str] = field(default_factory=dict)
-    sent: dict[str, str] = field(default_factory=dict)
-    sent_names: dict[str, frozenset[str]] = field(default_factory=dict)
-    nonces: dict[str, str] = field(default_factory=dict)
-    responses: dict[str, int] = field(default_factory=dict)
-    nack: Nack | None = None
-
-    def status(self, node_id: str) -> NodeStatus:
-        return NodeStatus(
-            node_id=node_id,
-            cluster=self.cluster,
-            connected=self.connected,
-            acked=dict(self.acked),
-            sent=dict(self.sent),
-            nack=self.nack,
-            nonces=dict(self.nonces),
-            responses=dict(self.responses),
-        )
-
-
-# -- the server -----------------------------------------------------------------------------
 
 
 class XdsServer:
-    """ADS over `unix:<socket_path>`. Size `max_workers` to the number of sidecars + a margin:
-    each open stream holds one worker thread for its whole life."""
+    """ADS over `unix:<socket_path>`, serving `cache`'s snapshots (a new cache if none is
+    given). Size `max_workers` to the number of sidecars + a margin: each open stream holds
+    one worker thread for its whole life.
 
-    def __init__(self, socket_path: str | os.PathLike[str], max_workers: int = 32) -> None:
+    The snapshot and status methods are shortcuts to the cache, kept for callers that set
+    one group at a time; the whole mesh goes in with `cache.set_snapshots`."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        max_workers: int = 32,
+        cache: SnapshotCache | None = None,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.max_workers = max_workers
-        self._lock = threading.Condition()
-        self._snapshots: dict[str, _Snapshot] = {}
-        self._nodes: dict[str, _Node] = {}
+        self.cache = cache if cache is not None else SnapshotCache()
+        self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._stream_ids = itertools.count(1)
-        self._nonces = itertools.count(1)
         self._stopping = False
         self._executor: futures.ThreadPoolExecutor | None = None
         self._server: Any = None
         self._readers: list[threading.Thread] = []
-        self._cache = _PackCache()
 
     # -- lifecycle
 
@@ -330,83 +264,30 @@ class XdsServer:
         self._server = self._executor = None
         log.info("xDS server stopped")
 
-    # -- snapshots
+    # -- shortcuts to the cache (the daemon's calls before set_snapshots)
+
+    def set_snapshots(self, snapshots: Mapping[str, Snapshot]) -> frozenset[str]:
+        return self.cache.set_snapshots(snapshots)
 
     def set_snapshot(self, cluster: str, resources: Resources) -> None:
-        """Set what every Envoy of node cluster `cluster` gets. Raises SnapshotError, keeping
-        the previous snapshot, if a resource does not parse as its Envoy type."""
-        computed = _versions_of(resources)
-        with self._lock:
-            old = self._snapshots.get(cluster)
-            if old is not None and _versions(old) == computed[0]:
-                return  # identical: nothing to parse, nothing to push
-        # Outside the lock: parsing what is new is the slow part.
-        snapshot = _build_snapshot(cluster, resources, self._cache, computed)
-        with self._lock:
-            old = self._snapshots.get(cluster)
-            if old is not None and _versions(old) == _versions(snapshot):
-                return  # identical: nothing to push
-            self._snapshots[cluster] = snapshot
-            log.debug("snapshot %s: %s", cluster, _versions(snapshot))
-            self._wake(cluster)
+        """Set what every Envoy of node group `cluster` gets. Raises SnapshotError, keeping
+        the previous snapshot, if the resources are inconsistent or do not parse."""
+        self.cache.set_snapshot(cluster, new_snapshot(resources, cluster))
 
     def remove_snapshot(self, cluster: str) -> None:
-        """Forget a node group's config. Its Envoys keep what they have; nothing is pushed."""
-        with self._lock:
-            self._snapshots.pop(cluster, None)
-            self._lock.notify_all()
-
-    def _wake(self, cluster: str) -> None:
-        for stream in self._streams.values():
-            if stream.cluster == cluster:
-                stream.events.put(_WAKE)
-        self._lock.notify_all()
-
-    # -- status
+        self.cache.remove_snapshot(cluster)
 
     def status(self, node_id: str) -> NodeStatus:
-        with self._lock:
-            node = self._nodes.get(node_id)
-            if node is None:
-                raise KeyError(f"no Envoy with node id {node_id!r} has connected")
-            return node.status(node_id)
+        return self.cache.status(node_id)
 
     def statuses(self) -> list[NodeStatus]:
-        with self._lock:
-            return [node.status(node_id) for node_id, node in sorted(self._nodes.items())]
+        return self.cache.statuses()
 
     def is_synced(self, node_id: str) -> bool:
-        with self._lock:
-            return self._synced(node_id)
+        return self.cache.is_synced(node_id)
 
     def wait_synced(self, node_ids: Iterable[str], timeout: float) -> bool:
-        """Block until every node has ACKed its group's current snapshot, or `timeout`."""
-        wanted = tuple(node_ids)
-        with self._lock:
-            return self._lock.wait_for(lambda: all(self._synced(n) for n in wanted), timeout)
-
-    def _synced(self, node_id: str) -> bool:
-        """Connected, LDS and CDS sent, and the last response of every type sent is ACKed at
-        the group's current version. RDS/EDS must also have covered every name the listeners
-        and clusters refer to: when a snapshot adds a cluster, the EDS push that follows the
-        CDS push still carries the old names, and Envoy ACKs it at the new version before its
-        request for the new cluster's endpoints is answered; "all sent is ACKed" alone would
-        be true too early there."""
-        node = self._nodes.get(node_id)
-        if node is None or not node.connected:
-            return False
-        snapshot = self._snapshots.get(node.cluster)
-        if snapshot is None or LISTENER not in node.sent or CLUSTER not in node.sent:
-            return False
-        for type_url, version in node.sent.items():
-            if version != snapshot.types[type_url].version:
-                return False
-            if node.acked_nonce.get(type_url) != node.nonces.get(type_url):
-                return False
-        for type_url, names in snapshot.references.items():
-            if names and not names <= node.sent_names.get(type_url, frozenset()):
-                return False
-        return True
+        return self.cache.wait_synced(node_ids, timeout)
 
     # -- one stream
 
@@ -428,145 +309,20 @@ class XdsServer:
             self._readers = [t for t in self._readers if t.is_alive()]
             self._readers.append(reader)
         reader.start()
+        sotw = SotwStream(self.cache, lambda: stream.events.put(_WAKE))
         try:
             while True:
                 event = stream.events.get()
                 if event is _CLOSED:
                     return
                 if event is _WAKE:
-                    yield from self._on_snapshot(stream)
+                    yield from sotw.on_wake()
                 else:
-                    yield from self._on_request(stream, event)
+                    yield from sotw.on_request(event)
         finally:
-            self._close(stream)
-
-    def _on_request(self, stream: _Stream, request: Any) -> list[Any]:
-        if not stream.node_id:
-            if not request.HasField("node") or not request.node.id:
-                log.warning("stream %d: first request carries no node id; ignored", stream.id)
-                return []
-            self._open(stream, request.node.id, request.node.cluster)
-        type_url: str = request.type_url
-        if type_url not in _NAME_KEY:
-            log.warning("%s: unknown type %s; ignored", stream.node_id, type_url)
-            return []
-        nonce: str = request.response_nonce
-        if nonce and nonce != stream.nonce.get(type_url):
-            # Answers a response we have since superseded; the newer one will be answered too.
-            log.debug("%s: %s stale nonce %s", stream.node_id, _short(type_url), nonce)
-            return []
-        if nonce:
-            self._record_answer(stream, request)
-        names = frozenset(request.resource_names)
-        stream.requested[type_url] = names
-        with self._lock:
-            snapshot = self._snapshots.get(stream.cluster)
-        if snapshot is None or not stream.subscribed(type_url):
-            return []  # no config for this group yet: the stream waits for set_snapshot
-        if (
-            not nonce  # a new subscription on this stream
-            or stream.sent_version.get(type_url) != snapshot.types[type_url].version
-            or (type_url not in WILDCARD and names != stream.sent_names.get(type_url))
-        ):
-            return [self._response(stream, type_url, snapshot)]
-        return []
-
-    def _on_snapshot(self, stream: _Stream) -> list[Any]:
-        with self._lock:
-            snapshot = self._snapshots.get(stream.cluster)
-        if snapshot is None:
-            return []
-        return [
-            self._response(stream, type_url, snapshot)
-            for type_url in PUSH_ORDER
-            if stream.subscribed(type_url)
-            and stream.sent_version.get(type_url) != snapshot.types[type_url].version
-        ]
-
-    def _response(self, stream: _Stream, type_url: str, snapshot: _Snapshot) -> Any:
-        typed = snapshot.types[type_url]
-        names = stream.requested[type_url]
-        if type_url in WILDCARD:
-            resources = list(typed.packed.values())
-        else:
-            resources = [message for name, message in typed.packed.items() if name in names]
-        nonce = str(next(self._nonces))
-        stream.sent_version[type_url] = typed.version
-        stream.sent_names[type_url] = names
-        stream.nonce[type_url] = nonce
-        with self._lock:
-            node = self._owned_node(stream)
-            if node is not None:
-                node.sent[type_url] = typed.version
-                node.sent_names[type_url] = names
-                node.nonces[type_url] = nonce
-                node.responses[type_url] = node.responses.get(type_url, 0) + 1
-                self._lock.notify_all()
-        log.debug(
-            "%s: push %s %s (%d resources, nonce %s)",
-            stream.node_id,
-            _short(type_url),
-            typed.version,
-            len(resources),
-            nonce,
-        )
-        return discovery_pb2.DiscoveryResponse(
-            version_info=typed.version, resources=resources, type_url=type_url, nonce=nonce
-        )
-
-    def _record_answer(self, stream: _Stream, request: Any) -> None:
-        type_url: str = request.type_url
-        sent = stream.sent_version.get(type_url, "")
-        with self._lock:
-            node = self._owned_node(stream)
-            if node is None:
-                return
-            if request.HasField("error_detail"):
-                message: str = request.error_detail.message
-                node.nack = Nack(type_url, sent, message, request.version_info)
-                log.warning(
-                    "%s rejected %s %s, keeps %s: %s",
-                    stream.node_id,
-                    _short(type_url),
-                    sent,
-                    request.version_info or "nothing",
-                    message,
-                )
-            else:
-                node.acked[type_url] = request.version_info
-                node.acked_nonce[type_url] = request.response_nonce
-                if node.nack is not None and node.nack.type_url == type_url:
-                    node.nack = None
-                log.debug("%s: ACK %s %s", stream.node_id, _short(type_url), request.version_info)
-            self._lock.notify_all()
-
-    def _open(self, stream: _Stream, node_id: str, cluster: str) -> None:
-        with self._lock:
-            stream.node_id = node_id
-            stream.cluster = cluster
-            # A reconnect starts a fresh status: versions are per stream in SotW.
-            self._nodes[node_id] = _Node(cluster=cluster, stream_id=stream.id)
-            self._lock.notify_all()
-        log.info("%s (%s) connected", node_id, cluster)
-
-    def _close(self, stream: _Stream) -> None:
-        with self._lock:
-            self._streams.pop(stream.id, None)
-            node = self._owned_node(stream)
-            if node is not None:
-                node.connected = False
-            self._lock.notify_all()
-        if stream.node_id:
-            log.info("%s disconnected", stream.node_id)
-
-    def _owned_node(self, stream: _Stream) -> _Node | None:
-        """The node's status, unless a newer stream of the same node id has taken it over."""
-        node = self._nodes.get(stream.node_id)
-        return node if node is not None and node.stream_id == stream.id else None
-
-
-def _versions(snapshot: _Snapshot) -> dict[str, str]:
-    return {type_url: typed.version for type_url, typed in snapshot.types.items()}
+            sotw.close()
+            with self._lock:
+                self._streams.pop(stream.id, None)
 
 
 def _read(requests: Iterator[Any], stream: _Stream) -> None:

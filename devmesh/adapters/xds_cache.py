@@ -1,0 +1,321 @@
+"""The xDS snapshot cache: what is served, and what each Envoy has of it.
+
+Modelled on go-control-plane's `cache/v3/simple.go`, apart from the gRPC server that reads
+it (`devmesh.adapters.xds_server`):
+
+- the current snapshot per node group (Envoy's node *cluster*), each packed to protobuf
+  once, every distinct resource parsed once (keyed by its digest) however many groups share
+  it;
+- per node id (each Envoy): connected, what was sent and what was ACKed or NACKed;
+- the open streams' wake-ups: a stream registers a callback for its group, and a snapshot
+  change calls it. The callback must not block (a queue put, or `call_soon_threadsafe`).
+
+`set_snapshots` replaces every group at once: groups not given are removed (their Envoys
+keep what they have; nothing is pushed), unchanged ones wake nobody, and if any snapshot
+fails to pack nothing changes. Thread-safe; the lock is held only for bookkeeping, never
+while packing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# types-protobuf may or may not be installed; `unused-ignore` keeps strict mypy quiet either way.
+from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped,unused-ignore]
+
+from devmesh.adapters.xds_types import CLUSTER, LISTENER, to_proto
+from devmesh.envoy.snapshot import SHORT, Snapshot, SnapshotError
+
+log = logging.getLogger("devmesh.xds")
+
+Wake = Callable[[], None]
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    type_url: str
+    version_rejected: str  # what we sent
+    message: str  # Envoy's words; they contain protobuf debug markers, show them, do not parse
+    version_kept: str = ""  # what Envoy runs instead (its request's version_info)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: str
+    cluster: str  # the node group
+    connected: bool
+    acked: dict[str, str]  # type_url -> version Envoy ACKed
+    sent: dict[str, str]  # type_url -> version last sent
+    nack: Nack | None
+    nonces: dict[str, str] = field(default_factory=dict)  # type_url -> nonce last sent
+    responses: dict[str, int] = field(default_factory=dict)  # type_url -> responses sent
+
+
+@dataclass(frozen=True, slots=True)
+class ServedType:
+    version: str
+    packed: Mapping[str, Any]  # resource name -> google.protobuf.Any, in the snapshot's order
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A snapshot as the server sends it."""
+
+    snapshot: Snapshot
+    types: Mapping[str, ServedType]
+    # The RDS / EDS names the listeners and clusters refer to: what a node must have
+    # requested, been sent and ACKed before it counts as synced.
+    references: Mapping[str, frozenset[str]]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.snapshot.versions
+
+
+@dataclass(slots=True)
+class _Node:
+    """What the cache knows of one Envoy; guarded by the cache lock."""
+
+    cluster: str
+    stream_id: int  # the stream that owns this status (a reconnect replaces it)
+    connected: bool = True
+    acked: dict[str, str] = field(default_factory=dict)
+    acked_nonce: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, str] = field(default_factory=dict)
+    sent_names: dict[str, frozenset[str]] = field(default_factory=dict)
+    nonces: dict[str, str] = field(default_factory=dict)
+    responses: dict[str, int] = field(default_factory=dict)
+    nack: Nack | None = None
+
+    def status(self, node_id: str) -> NodeStatus:
+        return NodeStatus(
+            node_id=node_id,
+            cluster=self.cluster,
+            connected=self.connected,
+            acked=dict(self.acked),
+            sent=dict(self.sent),
+            nack=self.nack,
+            nonces=dict(self.nonces),
+            responses=dict(self.responses),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    node_id: str
+    group: str
+    wake: Wake
+
+
+# -- the cache ------------------------------------------------------------------------------
+
+
+class SnapshotCache:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        # One publisher at a time, held while packing (reentrant: set_snapshot calls
+        # set_snapshots). Streams and status readers only ever take `_lock`.
+        self._publishing = threading.RLock()
+        self._served: dict[str, Served] = {}
+        self._packed: dict[str, Any] = {}  # resource digest -> Any; guarded by _publishing
+        self._nodes: dict[str, _Node] = {}
+        self._watches: dict[int, _Watch] = {}
+        self._stream_ids = itertools.count(1)
+
+    # -- snapshots
+
+    def set_snapshots(self, snapshots: Mapping[str, Snapshot]) -> frozenset[str]:
+        """Serve exactly these node groups, and wake the streams of every group whose
+        snapshot changed. Returns the changed groups. Raises SnapshotError, changing nothing,
+        if any resource does not parse as its Envoy type."""
+        with self._publishing:
+            with self._lock:
+                old = dict(self._served)
+            fresh: dict[str, Served] = {}
+            problems: list[str] = []
+            for group, snapshot in snapshots.items():
+                before = old.get(group)
+                if before is not None and before.versions == snapshot.versions:
+                    fresh[group] = before
+                    continue
+                try:
+                    fresh[group] = self._pack(group, snapshot)
+                except SnapshotError as e:
+                    problems += e.problems
+            if problems:
+                raise SnapshotError(problems)
+            # Keep only the packed resources still in use: the cache never outgrows the mesh.
+            in_use = {d for s in fresh.values() for t in s.snapshot.types for d in t.digests}
+            self._packed = {d: p for d, p in self._packed.items() if d in in_use}
+            changed = frozenset(g for g, s in fresh.items() if old.get(g) is not s)
+            with self._lock:
+                self._served = fresh
+                for watch in self._watches.values():
+                    if watch.group in changed:
+                        watch.wake()
+                self._lock.notify_all()
+        for group in sorted(changed):
+            log.debug("snapshot %s: %s", group, fresh[group].versions)
+        return changed
+
+    def set_snapshot(self, group: str, snapshot: Snapshot) -> bool:
+        """Set one group's snapshot, leaving the others. True if it changed."""
+        with self._publishing:
+            with self._lock:
+                snapshots = {g: s.snapshot for g, s in self._served.items()}
+            snapshots[group] = snapshot
+            return group in self.set_snapshots(snapshots)
+
+    def remove_snapshot(self, group: str) -> None:
+        """Forget a node group's config. Its Envoys keep what they have; nothing is pushed."""
+        with self._publishing, self._lock:
+            self._served.pop(group, None)
+            self._lock.notify_all()
+
+    def served(self, group: str) -> Served | None:
+        with self._lock:
+            return self._served.get(group)
+
+    def groups(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._served)
+
+    def _pack(self, group: str, snapshot: Snapshot) -> Served:
+        types: dict[str, ServedType] = {}
+        problems: list[str] = []
+        for typed in snapshot.types:
+            packed: dict[str, Any] = {}
+            for name, item, digest in zip(typed.names, typed.items, typed.digests, strict=True):
+                message = self._packed.get(digest)
+                if message is None:
+                    try:
+                        proto = to_proto(typed.type_url, item)
+                    except json_format.ParseError as e:
+                        problems.append(f"{group}: {SHORT[typed.type_url]} {name!r}: {e}")
+                        continue
+                    message = any_pb2.Any()
+                    message.Pack(proto)
+                    self._packed[digest] = message
+                packed[name] = message
+            types[typed.type_url] = ServedType(typed.version, packed)
+        if problems:
+            raise SnapshotError(problems)
+        return Served(snapshot, types, snapshot.references())
+
+    # -- streams (called by the server)
+
+    def open_stream(self, node_id: str, group: str, wake: Wake) -> int:
+        """A stream of `node_id` in `group` opened: a fresh status (versions are per stream
+        in SotW), and `wake` is called whenever the group's snapshot changes."""
+        with self._lock:
+            stream_id = next(self._stream_ids)
+            self._watches[stream_id] = _Watch(node_id, group, wake)
+            self._nodes[node_id] = _Node(cluster=group, stream_id=stream_id)
+            self._lock.notify_all()
+        log.info("%s (%s) connected", node_id, group)
+        return stream_id
+
+    def close_stream(self, stream_id: int) -> None:
+        with self._lock:
+            watch = self._watches.pop(stream_id, None)
+            if watch is None:
+                return
+            node = self._owned(watch.node_id, stream_id)
+            if node is not None:
+                node.connected = False
+            self._lock.notify_all()
+        log.info("%s disconnected", watch.node_id)
+
+    def record_sent(
+        self, stream_id: int, type_url: str, version: str, names: frozenset[str], nonce: str
+    ) -> None:
+        with self._lock:
+            node = self._owned_by_stream(stream_id)
+            if node is not None:
+                node.sent[type_url] = version
+                node.sent_names[type_url] = names
+                node.nonces[type_url] = nonce
+                node.responses[type_url] = node.responses.get(type_url, 0) + 1
+                self._lock.notify_all()
+
+    def record_ack(self, stream_id: int, type_url: str, version: str, nonce: str) -> None:
+        with self._lock:
+            node = self._owned_by_stream(stream_id)
+            if node is None:
+                return
+            node.acked[type_url] = version
+            node.acked_nonce[type_url] = nonce
+            if node.nack is not None and node.nack.type_url == type_url:
+                node.nack = None
+            self._lock.notify_all()
+
+    def record_nack(self, stream_id: int, nack: Nack) -> None:
+        with self._lock:
+            node = self._owned_by_stream(stream_id)
+            if node is None:
+                return
+            node.nack = nack
+            self._lock.notify_all()
+
+    def _owned_by_stream(self, stream_id: int) -> _Node | None:
+        watch = self._watches.get(stream_id)
+        return None if watch is None else self._owned(watch.node_id, stream_id)
+
+    def _owned(self, node_id: str, stream_id: int) -> _Node | None:
+        """The node's status, unless a newer stream of the same node id has taken it over."""
+        node = self._nodes.get(node_id)
+        return node if node is not None and node.stream_id == stream_id else None
+
+    # -- status
+
+    def status(self, node_id: str) -> NodeStatus:
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                raise KeyError(f"no Envoy with node id {node_id!r} has connected")
+            return node.status(node_id)
+
+    def statuses(self) -> list[NodeStatus]:
+        with self._lock:
+            return [node.status(node_id) for node_id, node in sorted(self._nodes.items())]
+
+    def is_synced(self, node_id: str) -> bool:
+        with self._lock:
+            return self._synced(node_id)
+
+    def wait_synced(self, node_ids: Iterable[str], timeout: float) -> bool:
+        """Block until every node has ACKed its group's current snapshot, or `timeout`."""
+        wanted = tuple(node_ids)
+        with self._lock:
+            return self._lock.wait_for(lambda: all(self._synced(n) for n in wanted), timeout)
+
+    def _synced(self, node_id: str) -> bool:
+        """Connected, LDS and CDS sent, and the last response of every type sent is ACKed at
+        the group's current version. RDS/EDS must also have covered every name the listeners
+        and clusters refer to: when a snapshot adds a cluster, the EDS push that follows the
+        CDS push still carries the old names, and Envoy ACKs it at the new version before its
+        request for the new cluster's endpoints is answered; "all sent is ACKed" alone would
+        be true too early there."""
+        node = self._nodes.get(node_id)
+        if node is None or not node.connected:
+            return False
+        served = self._served.get(node.cluster)
+        if served is None or LISTENER not in node.sent or CLUSTER not in node.sent:
+            return False
+        for type_url, version in node.sent.items():
+            if version != served.types[type_url].version:
+                return False
+            if node.acked_nonce.get(type_url) != node.nonces.get(type_url):
+                return False
+        for type_url, names in served.references.items():
+            if names and not names <= node.sent_names.get(type_url, frozenset()):
+                return False
+        return True
