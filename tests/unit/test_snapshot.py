@@ -1,0 +1,249 @@
+"""The whole-mesh render and xDS snapshots: pure values, checked before they are served."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devmesh.core.load import load, load_path
+from devmesh.envoy.bootstrap import static_bootstrap
+from devmesh.envoy.render import gateway_group, node_groups, render, render_mesh
+from devmesh.envoy.resources import Json, Resources, placeholder_endpoints
+from devmesh.envoy.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    SnapshotError,
+    new_snapshot,
+    new_snapshots,
+)
+from devmesh.plan.desired import gateway_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+MESH_FILES = [*sorted(ROOT.glob("examples/*/devmesh.yaml")), ROOT / "tests/data/everything.yaml"]
+
+MESH = """
+mesh: t
+services:
+  front: {image: f, port: 8000, calls: [back, db]}
+  back:
+    image: b
+    port: 8000
+    versions: {v1: {}, v2: {replicas: 2}}
+    routes:
+      - to: {v1: 75, v2: 25}
+  db: {image: d, port: 5432, protocol: tcp}
+"""
+
+
+def _front() -> Resources:
+    mesh = load(MESH)
+    return render(mesh, placeholder_endpoints(mesh))["t/front/default"]
+
+
+# -- the whole-mesh render ------------------------------------------------------------------
+
+
+def test_render_gives_every_node_group_its_resources_gateway_last() -> None:
+    mesh = load(MESH)
+    rendered = render(mesh, placeholder_endpoints(mesh))
+    assert list(rendered) == [g.name for g in node_groups(mesh)]
+    assert list(rendered) == [
+        "t/front/default",
+        "t/back/v1",
+        "t/back/v2",
+        "t/db/default",
+        "t/gateway",
+    ]
+    assert gateway_group(mesh) == gateway_cluster(mesh) == "t/gateway"
+
+
+def test_render_is_pure_equal_inputs_give_equal_resources() -> None:
+    mesh = load(MESH)
+    assert render(mesh, placeholder_endpoints(mesh)) == render(mesh, placeholder_endpoints(mesh))
+
+
+@pytest.mark.parametrize("mesh_file", MESH_FILES, ids=lambda p: p.parent.name or p.stem)
+def test_static_export_packs_the_same_resources_the_daemon_serves(mesh_file: Path) -> None:
+    mesh = load_path(str(mesh_file))
+    endpoints = placeholder_endpoints(mesh)
+    served = render(mesh, endpoints)
+    exported = render_mesh(mesh, endpoints)
+    assert [r.node for r in exported] == list(served)
+    for item in exported:
+        assert item.bootstrap == static_bootstrap(item.node, item.node, served[item.node])
+
+
+@pytest.mark.parametrize("mesh_file", MESH_FILES, ids=lambda p: p.parent.name or p.stem)
+@pytest.mark.parametrize("endpoints", ["placeholder", "none yet"])
+def test_every_rendered_mesh_makes_consistent_snapshots(mesh_file: Path, endpoints: str) -> None:
+    mesh = load_path(str(mesh_file))
+    eps = placeholder_endpoints(mesh) if endpoints == "placeholder" else {}
+    snapshots = new_snapshots(render(mesh, eps))
+    assert list(snapshots) == [g.name for g in node_groups(mesh)]
+
+
+# -- the consistency check ------------------------------------------------------------------
+
+
+def _drop_routes(r: Resources) -> Resources:
+    return dataclasses.replace(r, routes=())
+
+
+def _drop_endpoints(r: Resources) -> Resources:
+    return dataclasses.replace(r, endpoints=r.endpoints[1:])
+
+
+def _duplicate_listener(r: Resources) -> Resources:
+    return dataclasses.replace(r, listeners=(*r.listeners, r.listeners[-1]))
+
+
+def _duplicate_assignment(r: Resources) -> Resources:
+    return dataclasses.replace(r, endpoints=(*r.endpoints, r.endpoints[0]))
+
+
+def _drop_cluster(name: str) -> Callable[[Resources], Resources]:
+    def edit(r: Resources) -> Resources:
+        return dataclasses.replace(r, clusters=tuple(c for c in r.clusters if c["name"] != name))
+
+    return edit
+
+
+def _eds_service_name(r: Resources) -> Resources:
+    clusters = [copy.deepcopy(c) for c in r.clusters]
+    eds = next(c for c in clusters if c.get("type") == "EDS")
+    eds["eds_cluster_config"]["service_name"] = "elsewhere"
+    return dataclasses.replace(r, clusters=tuple(clusters))
+
+
+def _mirror_to(cluster: str) -> Callable[[Resources], Resources]:
+    def edit(r: Resources) -> Resources:
+        routes: list[Json] = [copy.deepcopy(x) for x in r.routes]
+        action = routes[0]["virtual_hosts"][0]["routes"][0]["route"]
+        action["request_mirror_policies"] = [{"cluster": cluster}]
+        return dataclasses.replace(r, routes=tuple(routes))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "problems"),
+    [
+        pytest.param(lambda r: r, [], id="as-rendered"),
+        pytest.param(
+            _drop_routes,
+            ["g: RDS 'out|back' is referred to but has no route config"],
+            id="rds-name-without-route",
+        ),
+        pytest.param(
+            _drop_endpoints,
+            ["g: EDS 'back|v1' is referred to but has no endpoints (ClusterLoadAssignment)"],
+            id="eds-cluster-without-assignment",
+        ),
+        pytest.param(
+            _eds_service_name,
+            ["g: EDS 'elsewhere' is referred to but has no endpoints (ClusterLoadAssignment)"],
+            id="eds-service-name-without-assignment",
+        ),
+        pytest.param(
+            _duplicate_listener, ["g: two LDS resources named 'out|db'"], id="duplicate-listener"
+        ),
+        pytest.param(
+            _duplicate_assignment,
+            ["g: two EDS resources named 'back|v1'"],
+            id="duplicate-assignment",
+        ),
+        pytest.param(
+            _drop_cluster("db|default"),
+            ["g: LDS 'out|db' routes to cluster 'db|default', which the snapshot lacks"],
+            id="tcp-proxy-to-missing-cluster",
+        ),
+        pytest.param(
+            _drop_cluster("back|v2"),
+            ["g: RDS 'out|back' routes to cluster 'back|v2', which the snapshot lacks"],
+            id="weighted-route-to-missing-cluster",
+        ),
+        pytest.param(
+            _drop_cluster("_app"),
+            ["g: LDS 'in' routes to cluster '_app', which the snapshot lacks"],
+            id="inbound-to-missing-app-cluster",
+        ),
+        pytest.param(
+            _mirror_to("nowhere|v9"),
+            ["g: RDS 'out|back' routes to cluster 'nowhere|v9', which the snapshot lacks"],
+            id="mirror-to-missing-cluster",
+        ),
+        pytest.param(
+            lambda r: _drop_endpoints(_drop_routes(r)),
+            [
+                "g: RDS 'out|back' is referred to but has no route config",
+                "g: EDS 'back|v1' is referred to but has no endpoints (ClusterLoadAssignment)",
+            ],
+            id="every-problem-at-once",
+        ),
+    ],
+)
+def test_snapshot_refuses_dangling_references_and_duplicates(
+    edit: Callable[[Resources], Resources], problems: list[str]
+) -> None:
+    resources = edit(_front())
+    if not problems:
+        assert new_snapshot(resources, "g").problems() == []
+        return
+    with pytest.raises(SnapshotError) as caught:
+        new_snapshot(resources, "g")
+    assert list(caught.value.problems) == problems
+    assert str(caught.value) == "\n".join(problems)
+
+
+def test_snapshot_error_is_a_mesh_error() -> None:
+    from devmesh.core.problems import MeshError
+
+    assert issubclass(SnapshotError, MeshError)
+
+
+def test_new_snapshots_reports_every_group_at_once() -> None:
+    front = _front()
+    with pytest.raises(SnapshotError) as caught:
+        new_snapshots({"a": _drop_routes(front), "ok": front, "b": _drop_routes(front)})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["a", "b"]
+
+
+# -- versions -------------------------------------------------------------------------------
+
+
+def test_versions_are_stable_hashes_of_content() -> None:
+    first, again = Snapshot.of(_front()), Snapshot.of(_front())  # rebuilt from scratch
+    assert first.versions == again.versions
+    assert set(first.versions) == {LISTENER, ROUTE, CLUSTER, ENDPOINT}
+    assert all(len(v) == 16 for v in first.versions.values())
+
+
+def test_a_weight_change_changes_only_the_route_version() -> None:
+    mesh = load(MESH)
+    shifted = load(MESH.replace("{v1: 75, v2: 25}", "{v1: 50, v2: 50}"))
+    before = new_snapshot(render(mesh, placeholder_endpoints(mesh))["t/front/default"])
+    after = new_snapshot(render(shifted, placeholder_endpoints(shifted))["t/front/default"])
+    changed = {t for t in before.versions if before.versions[t] != after.versions[t]}
+    assert changed == {ROUTE}
+
+
+def test_new_endpoints_change_only_the_endpoint_version() -> None:
+    mesh = load(MESH)
+    eps = placeholder_endpoints(mesh)
+    moved = {**eps, ("back", "v2"): ("10.0.0.9",)}
+    before = new_snapshot(render(mesh, eps)["t/front/default"])
+    after = new_snapshot(render(mesh, moved)["t/front/default"])
+    changed = {t for t in before.versions if before.versions[t] != after.versions[t]}
+    assert changed == {ENDPOINT}
+
+
+def test_references_name_what_listeners_and_clusters_wait_for() -> None:
+    refs = new_snapshot(_front()).references()
+    assert refs == {ROUTE: {"out|back"}, ENDPOINT: {"back|v1", "back|v2", "db|default"}}

@@ -1,0 +1,197 @@
+"""The xDS snapshot cache and the SotW stream protocol, without gRPC or Envoy: requests are
+built as Envoy would send them and fed to `SotwStream` directly."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import Counter
+from typing import Any
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+
+from devmesh.adapters.xds_cache import SnapshotCache
+from devmesh.adapters.xds_server import SotwStream
+from devmesh.core.load import load
+from devmesh.envoy.render import render
+from devmesh.envoy.resources import placeholder_endpoints
+from devmesh.envoy.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    SnapshotError,
+    new_snapshots,
+)
+
+MESH = """
+mesh: t
+services:
+  front: {image: f, port: 8000, calls: [back]}
+  back:
+    image: b
+    port: 8000
+    versions: {v1: {}, v2: {}}
+    routes:
+      - to: {v1: 75, v2: 25}
+"""
+FRONT = "t/front/default"
+
+
+def _snapshots(weights: str = "{v1: 75, v2: 25}") -> dict[str, Snapshot]:
+    mesh = load(MESH.replace("{v1: 75, v2: 25}", weights))
+    return new_snapshots(render(mesh, placeholder_endpoints(mesh)))
+
+
+class Woken:
+    """Wake-up callbacks that count, one per stream name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, name: str) -> Any:
+        return lambda: self.counts.update([name])
+
+
+def test_set_snapshots_serves_exactly_the_groups_given() -> None:
+    cache = SnapshotCache()
+    everything = _snapshots()
+    assert cache.set_snapshots(everything) == frozenset(everything)
+    assert cache.groups() == frozenset(everything)
+
+    only_front = {FRONT: everything[FRONT]}
+    assert cache.set_snapshots(only_front) == frozenset()  # removed groups are not "changed"
+    assert cache.groups() == {FRONT}
+    assert cache.served("t/back/v1") is None
+
+
+def test_unchanged_snapshot_wakes_nobody_and_a_change_wakes_only_its_group() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    woken = Woken()
+    cache.open_stream("front-0", FRONT, woken("front-0"))
+    cache.open_stream("front-1", FRONT, woken("front-1"))
+    cache.open_stream("back-0", "t/back/v1", woken("back-0"))
+    served = cache.served(FRONT)
+
+    assert cache.set_snapshots(_snapshots()) == frozenset()  # rebuilt from scratch, same content
+    assert woken.counts == Counter()
+    assert cache.served(FRONT) is served  # nothing repacked
+
+    changed = cache.set_snapshots(_snapshots("{v1: 50, v2: 50}"))
+    # Every caller of back carries back's route: front and the gateway, not back itself.
+    assert changed == {FRONT, "t/gateway"}
+    assert woken.counts == Counter({"front-0": 1, "front-1": 1})
+
+
+def test_a_resource_envoy_cannot_parse_changes_nothing() -> None:
+    cache = SnapshotCache()
+    good = _snapshots()
+    cache.set_snapshots(good)
+    woken = Woken()
+    cache.open_stream("front-0", FRONT, woken("front-0"))
+
+    shifted = _snapshots("{v1: 50, v2: 50}")
+    front = shifted[FRONT]
+    clusters = [copy.deepcopy(c) for c in front.clusters.items]
+    clusters[-1]["no_such_field"] = 1
+    broken = dataclasses.replace(front, clusters=type(front.clusters).of(CLUSTER, clusters))
+    with pytest.raises(SnapshotError) as caught:
+        cache.set_snapshots({**shifted, FRONT: broken, "t/new": broken})
+    assert len(caught.value.problems) == 2  # both groups, at once
+    assert "no_such_field" in caught.value.problems[0]
+    assert cache.groups() == frozenset(good)
+    assert cache.served(FRONT).versions == good[FRONT].versions  # type: ignore[union-attr]
+    assert woken.counts == Counter()
+
+
+def test_a_resource_shared_by_groups_is_packed_once() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    front, gateway = cache.served(FRONT), cache.served("t/gateway")
+    assert front is not None and gateway is not None
+    assert front.types[ROUTE].packed["out|back"] is gateway.types[ROUTE].packed["out|back"]
+
+
+# -- one stream, as Envoy drives it ---------------------------------------------------------
+
+
+def _request(type_url: str, names: tuple[str, ...] = (), ack: Any = None) -> Any:
+    request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
+    request.node.id, request.node.cluster = "front-0", FRONT
+    if ack is not None:
+        request.version_info, request.response_nonce = ack.version_info, ack.nonce
+    return request
+
+
+def test_a_stream_waiting_for_its_first_snapshot_is_woken_by_it() -> None:
+    cache = SnapshotCache()
+    wakes: list[int] = []
+    stream = SotwStream(cache, lambda: wakes.append(1))
+    assert stream.on_request(_request(CLUSTER)) == []  # connected, nothing to serve yet
+    assert cache.status("front-0").connected
+    assert not cache.is_synced("front-0")
+
+    cache.set_snapshots(_snapshots())
+    assert wakes == [1]
+    (cds,) = stream.on_wake()
+    assert cds.type_url == CLUSTER
+    assert len(cds.resources) == 3  # _app, back|v1, back|v2
+
+
+def test_a_nack_is_recorded_and_not_answered_with_the_same_version() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    stream = SotwStream(cache, lambda: None)
+    (cds,) = stream.on_request(_request(CLUSTER))
+    nack = _request(CLUSTER, ack=cds)
+    nack.version_info = ""  # the version Envoy keeps: none yet
+    nack.error_detail.code, nack.error_detail.message = 13, "bad cluster"
+    assert stream.on_request(nack) == []
+    assert stream.on_wake() == []
+    status = cache.status("front-0")
+    assert status.nack is not None
+    assert (status.nack.version_rejected, status.nack.message) == (cds.version_info, "bad cluster")
+    assert status.responses[CLUSTER] == 1
+
+
+def test_stream_protocol_subscribe_ack_push() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    wakes: list[int] = []
+    stream = SotwStream(cache, lambda: wakes.append(1))
+
+    answers = {}
+    for type_url, names in (
+        (CLUSTER, ()),
+        (ENDPOINT, ("back|v1", "back|v2")),
+        (LISTENER, ()),
+        (ROUTE, ("out|back",)),
+    ):
+        (answers[type_url],) = stream.on_request(_request(type_url, names))
+    assert not cache.is_synced("front-0")  # sent, not yet ACKed
+    for type_url, names in (
+        (CLUSTER, ()),
+        (ENDPOINT, ("back|v1", "back|v2")),
+        (LISTENER, ()),
+        (ROUTE, ("out|back",)),
+    ):
+        assert stream.on_request(_request(type_url, names, ack=answers[type_url])) == []
+    assert cache.is_synced("front-0")
+    status = cache.status("front-0")
+    assert status.connected and status.nack is None and status.acked == status.sent
+
+    cache.set_snapshots(_snapshots("{v1: 50, v2: 50}"))
+    assert wakes == [1]
+    assert not cache.is_synced("front-0")
+    (route,) = stream.on_wake()  # only the route config changed
+    assert route.type_url == ROUTE
+    assert stream.on_wake() == []  # a second wake-up for the same change sends nothing
+    stream.on_request(_request(ROUTE, ("out|back",), ack=route))
+    assert cache.wait_synced(["front-0"], timeout=0)
+
+    stream.close()
+    assert not cache.status("front-0").connected
+    assert not cache.is_synced("front-0")
