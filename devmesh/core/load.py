@@ -10,6 +10,7 @@ from typing import Any
 
 from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
 from devmesh.core.model import (
+    DEFAULT_APP_CONNECT_TIMEOUT_MS,
     DEFAULT_ROUTE,
     IMPLICIT_VERSION,
     Abort,
@@ -29,6 +30,7 @@ from devmesh.core.model import (
     RateLimit,
     Retries,
     Route,
+    Security,
     Service,
     Target,
     ValueMatch,
@@ -43,7 +45,7 @@ DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
 # Blocks a service merges key by key over the mesh `defaults:`; others (retries) replace.
-_MERGED_POLICIES = ("health", "outlier_detection", "connection_pool")
+_MERGED_POLICIES = ("health", "outlier_detection", "connection_pool", "security")
 
 
 def load_path(path: str) -> Mesh:
@@ -201,6 +203,13 @@ class _Builder:
             rate_limit=None
             if rl is None or "requests" not in rl
             else RateLimit(requests=rl["requests"], per_ms=rl.get("per", 1000)),
+            app_connect_timeout_ms=self.policy(raw, "app_connect_timeout")
+            or DEFAULT_APP_CONNECT_TIMEOUT_MS,
+            security=Security(
+                no_new_privileges=(self.policy(raw, "security") or {}).get(
+                    "no_new_privileges", True
+                )
+            ),
         )
 
     def service_versions(self, at: Path, raw: dict[str, Any]) -> tuple[Version, ...]:

@@ -111,6 +111,18 @@ class ConnectionPool:
 
 
 @dataclass(frozen=True, slots=True)
+class Security:
+    """What an app container may do. Sidecars, the gateway and pause are always locked down."""
+
+    no_new_privileges: bool = True  # setuid binaries (sudo, ping) cannot gain privileges
+
+
+# The sidecar's connect timeout to its own app: longer than the kernel's 1 s first SYN
+# retransmit, so an app whose accept backlog overflowed for an instant is not a 503.
+DEFAULT_APP_CONNECT_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     requests: int
     per_ms: int
@@ -153,6 +165,8 @@ class Service:
     outlier_detection: OutlierDetection | None = None
     connection_pool: ConnectionPool = ConnectionPool(connect_timeout_ms=1000)
     rate_limit: RateLimit | None = None
+    app_connect_timeout_ms: int = DEFAULT_APP_CONNECT_TIMEOUT_MS
+    security: Security = Security()
 
     @property
     def is_http(self) -> bool:

@@ -207,7 +207,7 @@ pool_spec = Obj(
         "max_connections": Field(Int(1, 1_000_000)),
         "max_pending_requests": Field(Int(1, 1_000_000)),
         "max_requests": Field(Int(1, 1_000_000)),
-        "max_retries": Field(Int(0, 1_000_000)),
+        "max_retries": Field(Int(0, 1_000_000), description="concurrent retries; default no limit"),
     },
     description="connection-pool limits (Envoy circuit breakers) per calling sidecar",
 )
@@ -218,6 +218,16 @@ rate_limit_spec = Obj(
         "per": Field(Duration(minimum_ms=1), description="default 1s"),
     },
     description="local rate limit at the service's own sidecar (answers 429 beyond it)",
+)
+
+security_spec = Obj(
+    {
+        "no_new_privileges": Field(
+            Bool(),
+            description="default true; false lets setuid programs in the app gain privileges",
+        ),
+    },
+    description="the app container's privileges (sidecars are always locked down)",
 )
 
 health_spec = Obj(
@@ -277,6 +287,11 @@ _policy_fields = {
         Enum(("declared", "all")),
         description="declared: only `calls` are reachable (default); all: every service",
     ),
+    "app_connect_timeout": Field(
+        Duration(minimum_ms=1),
+        description="the sidecar's connect timeout to its own app; default 5s",
+    ),
+    "security": Field(security_spec),
 }
 
 service_spec = Obj(
