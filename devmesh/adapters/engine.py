@@ -351,6 +351,35 @@ class Engine:
         finally:
             stream.close()
 
+    def joined_before_owner(self, project: str) -> list[str]:
+        """Running app and sidecar containers whose pod's namespace owner started after
+        them: they lost their network when it restarted (an engine restart does that)."""
+        by_pod: dict[str, dict[str, dict[str, Any]]] = {}
+        for raw in self._list(project):
+            lab = raw.get("Labels") or {}
+            role = lab.get(labels.ROLE)
+            if raw.get("State") != "running" or role not in ("pod", "app", "sidecar"):
+                continue
+            try:
+                attrs = self.client.api.inspect_container(raw["Id"])
+            except docker.errors.APIError:
+                continue  # gone meanwhile
+            except requests.exceptions.RequestException as exc:
+                raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+            by_pod.setdefault(lab.get(labels.POD, ""), {})[role] = attrs
+        stale = []
+        for roles in by_pod.values():
+            owner = roles.get("pod")
+            for member in (roles.get("app"), roles.get("sidecar")):
+                # RFC 3339 times from one engine compare as text (one zone, one precision)
+                if owner is not None and member is not None and _started(member) < _started(owner):
+                    stale.append(str(member["Name"]).lstrip("/"))
+        return stale
+
+
+def _started(attrs: dict[str, Any]) -> str:
+    return str((attrs.get("State") or {}).get("StartedAt") or "")
+
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,3 +395,4 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc)
     return text if len(text) < 160 else text[:157] + "..."
+

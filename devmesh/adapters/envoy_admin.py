@@ -15,7 +15,8 @@ from devmesh.unixhttp import STALE, UnixHTTPConnection
 # Requests, errors and retries per version cluster, per route, and into the pod; the latency
 # histograms (`upstream_rq_time`) of version clusters and routes, read as two quantiles.
 STATS_FILTER = (
-    r"^(cluster\.[^.]+\|[^.]+\.(upstream_rq_total|upstream_rq_[245]xx|upstream_rq_retry"
+    r"^(cluster\.[^.]+\|[^.]+\.(upstream_rq_total|upstream_rq_completed|upstream_rq_[245]xx"
+    r"|upstream_rq_retry|upstream_rq_retry_overflow"
     r"|upstream_cx_active|upstream_rq_pending_overflow|outlier_detection\.ejections_active"
     r"|upstream_rq_time)"
     r"|vhost\.[^.]+\.route\..+\.upstream_rq_(total|completed|[245]xx|retry|time)"

@@ -35,6 +35,10 @@ class ImageError(MeshError):
     pass
 
 
+class EngineGone(ImageError):
+    """No answer from the engine: says nothing about the image (not remembered)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageChoice:
     name: str
@@ -74,7 +78,7 @@ def image_id(client: docker.DockerClient, name: str) -> str | None:
     except docker.errors.APIError as exc:
         raise ImageError(f"cannot inspect image {name}: {exc.explanation or exc}") from None
     except requests.exceptions.RequestException as exc:
-        raise ImageError(f"cannot reach the Docker engine: {exc}") from None
+        raise EngineGone(f"cannot reach the Docker engine: {exc}") from None
 
 
 def pull(client: docker.DockerClient, name: str) -> str:
@@ -252,3 +256,76 @@ def build_pause_image(client: docker.DockerClient, progress: Progress) -> str:
             raise ImageError(f"compiling pause.c failed: {exc.stderr.strip()[-300:]}") from None
         progress(f"building {LOCAL_PAUSE_IMAGE} ...")
         return build(client, root, None, LOCAL_PAUSE_IMAGE, {}, {labels.ROLE: "image"}, progress)
+
+
+class ImageResolver:
+    """The images a mesh runs, resolved against one engine: the sidecars' Envoy, the pods'
+    pause, and each version's app (`image:` looked up or pulled, `build:` built). What a
+    version resolved to is remembered, a failure too, until `forget()` (a second `up`), so a
+    missing image is not looked for again on every pass."""
+
+    def __init__(self, client: docker.DockerClient, project: str, note: Progress) -> None:
+        self._client = client
+        self._project = project
+        self._note = note
+        self._policy = pull_policy()
+        self._apps: dict[Any, str | MeshError] = {}
+        self.envoy: ImageChoice | None = None
+        self.pause: ImageChoice | None = None
+
+    def ensure_base(self) -> None:
+        """The Envoy and pause images, made if missing (minutes at most, once)."""
+        if self.envoy is None:
+            self.envoy = ensure_envoy_image(self._client, None, self._policy, self._note)
+            self._note(f"sidecar image: {self.envoy}")
+        if self.pause is None:
+            self.pause = ensure_pause_image(self._client, self._policy, self._note)
+
+    def forget(self) -> None:
+        self._apps.clear()  # Docker's cache makes an unchanged build quick
+
+    def app(self, base_dir: str, service: str, version: Any) -> str:
+        """The image id `version` (a core.model.Version of `service`) runs, or MeshError."""
+        build = version.build
+        if build is not None:
+            tag = version.image or f"devmesh-{self._project}-{service}:{version.name}"
+            context = Path(base_dir) / build.context
+            key: Any = ("build", str(context), build.dockerfile, build.args, tag)
+        else:
+            key = ("image", version.image)
+        if key not in self._apps:
+            try:
+                self._apps[key] = self._resolve(key)
+            except EngineGone:
+                raise  # nothing learnt about the image: look again next time
+            except MeshError as exc:
+                self._apps[key] = exc
+        found = self._apps[key]
+        if isinstance(found, MeshError):
+            raise found
+        return found
+
+    def _resolve(self, key: Any) -> str:
+        if key[0] == "build":
+            _, context, dockerfile, args, tag = key
+            self._note(f"building {tag} from {context}")
+            return build(
+                self._client,
+                Path(context),
+                dockerfile,
+                tag,
+                dict(args),
+                {labels.ROLE: "image"},
+                self._note,
+            )
+        name = key[1]
+        found = image_id(self._client, name)
+        if found:
+            return found
+        if self._policy == "missing":
+            self._note(f"pulling {name}")
+            try:
+                return pull(self._client, name)
+            except MeshError as exc:
+                raise ImageError(f"image {name} not found, and {exc}") from None
+        raise ImageError(f"image {name} not found (pulling is off: DEVMESH_PULL=never)")

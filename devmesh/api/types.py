@@ -245,7 +245,7 @@ class MirrorSpec:
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
     name: str
-    match: dict[str, Any]  # as the mesh file says it (path_prefix, headers, ...)
+    match: str  # for people: "path_prefix /catalog/, header x-canary=1"
     to: dict[str, int]  # version -> weight
     retries: RetrySpec | None = None
     timeout_ms: int | None = None
@@ -266,7 +266,7 @@ class ServiceRoutes:
 @dataclass(frozen=True, slots=True)
 class IngressRoute:
     name: str
-    match: dict[str, Any]
+    match: str
     service: str
 
 

@@ -1,0 +1,226 @@
+"""The API's endpoints: each decodes nothing itself (the server does, into the request type
+it names), reads the loop's view or hands the loop a command, and answers a typed value.
+
+Reads (state, routes, stats, events, logs) never wait for the loop: they use its last
+published view. Changes (reload, shift, fault, restart) run on the loop; shift and fault
+then wait here, off the loop, until the Envoys have ACKed them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from devmesh.adapters.envoy_admin import StatsReader
+from devmesh.adapters.xds_server import NodeStatus, XdsServer
+from devmesh.api import types as api
+from devmesh.api.codec import decode
+from devmesh.core.model import Abort, Delay, Fault
+from devmesh.core.problems import MeshError
+from devmesh.core.summary import mesh_routes_json
+from devmesh.daemon.api import Endpoint, Refusal
+from devmesh.daemon.controller import Controller, Refused
+from devmesh.daemon.eventlog import EventLog
+from devmesh.daemon.logtail import LogTails
+from devmesh.daemon.state import StateDir
+from devmesh.daemon.status import mesh_state
+from devmesh.envoy.names import sidecar_stats, unreadable
+
+PUSH_WAIT = 5.0  # seconds an API change waits for the sidecars to ACK it
+CALL_WAIT = 600.0  # seconds a change may wait for the loop (a reload may build images)
+
+
+class Handlers:
+    def __init__(
+        self,
+        controller: Controller,
+        xds: XdsServer,
+        state: StateDir,
+        events: EventLog,
+        stats: StatsReader,
+        log_tails: LogTails,
+        follow: Callable[[str, int | None, threading.Event], Iterator[api.LogLine]],
+        request_stop: Callable[[], None],
+    ) -> None:
+        self._loop = controller
+        self._xds = xds
+        self._state = state
+        self._events = events
+        self._stats = stats
+        self._log_tails = log_tails
+        self._follow = follow
+        self._request_stop = request_stop
+        self.sidecar_image: str | None = None
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("GET", "/v1/state", lambda _: self.state()),
+            Endpoint("GET", "/v1/routes", lambda _: self.routes()),
+            Endpoint("GET", "/v1/stats", lambda _: self.stats()),
+            Endpoint("GET", "/v1/events", lambda _: api.Events(self._events.last())),
+            Endpoint("POST", "/v1/reload", self.reload, api.ReloadRequest),
+            Endpoint("POST", "/v1/shift", self.shift, api.ShiftRequest),
+            Endpoint("POST", "/v1/fault", self.fault, api.FaultRequest),
+            Endpoint("POST", "/v1/restart", self.restart, api.RestartRequest),
+            Endpoint("POST", "/v1/logs", self.logs, api.LogsRequest),
+            Endpoint("POST", "/v1/logs/follow", self.follow_logs, api.FollowRequest),
+            Endpoint("POST", "/v1/shutdown", lambda _: self.shutdown()),
+        ]
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _xds_lookup(self, node_id: str) -> tuple[NodeStatus | None, bool]:
+        try:
+            status = self._xds.status(node_id)
+        except KeyError:
+            return None, False
+        return status, self._xds.is_synced(node_id)
+
+    def state(self) -> api.MeshState:
+        view = self._loop.view
+        return mesh_state(
+            view,
+            self._xds_lookup,
+            self._loop.project,
+            str(self._loop.mesh_file),
+            self.sidecar_image,
+            self._events.last(50),
+        )
+
+    def routes(self) -> api.Routes:
+        view = self._loop.view
+        data = mesh_routes_json(view.served)
+        for service in data["services"]:
+            for route in service["routes"]:
+                route["fault_override"] = (service["name"], route["name"]) in view.overrides
+        return decode(api.Routes, data)
+
+    def stats(self) -> api.Stats:
+        """Each sidecar's (and the gateway's) counters, read from its admin socket, in mesh
+        terms."""
+        want = self._loop.view.desired
+        if want is None:
+            return api.Stats(time.time())
+        sources = {p.name: (p.service, p.version) for p in want.pods}
+        if want.gateway is not None:
+            sources[want.gateway.name] = (api.INGRESS, "")
+        read = self._stats.read_many({n: self._state.admin_socket(n) for n in sources})
+        out = []
+        for name, (service, version) in sources.items():
+            counters = read.get(name, "not read")
+            if isinstance(counters, str):
+                out.append(unreadable(name, service, version, counters))
+            else:
+                out.append(sidecar_stats(name, service, version, counters))
+        return api.Stats(time.time(), tuple(out))
+
+    def logs(self, req: api.LogsRequest) -> api.LogsResult:
+        view = self._loop.view
+        pods = view.desired.pods if view.desired else ()
+        chosen = next((p for p in pods if p.name == req.pod), None)
+        if chosen is None:
+            raise Refusal(
+                api.ErrorCode.NOT_FOUND, f"no pod {req.pod!r} in mesh '{self._loop.project}'"
+            )
+        tail = max(1, min(req.tail, 1000))
+        app = view.infos.get(chosen.app.name)
+        running = app is not None and app.state == "running"
+        try:
+            lines = self._log_tails.tail(chosen.app.name, tail, running)
+        except MeshError as exc:
+            raise Refusal(api.ErrorCode.NOT_FOUND, str(exc)) from None
+        return api.LogsResult(chosen.name, tuple(lines))
+
+    def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine]:
+        view = self._loop.view
+        if not view.mesh.has_service(req.service):
+            names = ", ".join(s.name for s in view.mesh.services)
+            raise Refusal(
+                api.ErrorCode.NOT_FOUND,
+                f"no service '{req.service}' in mesh '{self._loop.project}'; services: {names}",
+            )
+        stop = threading.Event()
+        lines = self._follow(req.service, req.tail, stop)
+        try:
+            yield from lines
+        finally:
+            stop.set()
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def _on_loop(self, run: Callable[[Controller], Any]) -> Any:
+        try:
+            return self._loop.call(run, CALL_WAIT)
+        except Refused as exc:
+            raise Refusal(api.ErrorCode(exc.code), str(exc)) from None
+        except TimeoutError:
+            raise Refusal(api.ErrorCode.UNAVAILABLE, "the daemon is busy; try again") from None
+
+    def _wait_pushed(self) -> bool:
+        """Until every connected sidecar and the gateway has ACKed what was just published,
+        so an API change is in force when its call returns (a test's `with mesh.fault(...)`
+        sends its first request straight after). False after PUSH_WAIT seconds (a NACK, or an
+        Envoy not answering); the change stays published either way."""
+        groups = self._loop.view.published
+        nodes = [s.node_id for s in self._xds.statuses() if s.connected and s.cluster in groups]
+        return self._xds.wait_synced(nodes, PUSH_WAIT)
+
+    def reload(self, req: api.ReloadRequest) -> api.ReloadResult:
+        problems = self._on_loop(lambda loop: loop.reload(req.file))
+        return api.ReloadResult(ok=not problems, problems=problems)
+
+    def shift(self, req: api.ShiftRequest) -> api.ShiftResult:
+        route = self._on_loop(lambda loop: loop.shift(req.service, req.weights, req.route))
+        return api.ShiftResult(req.service, route, req.weights, self._wait_pushed())
+
+    def fault(self, req: api.FaultRequest) -> api.FaultResult:
+        fault = _fault(req)
+        route = self._on_loop(lambda loop: loop.set_fault(req.service, req.route, fault))
+        return api.FaultResult(req.service, route, fault is not None, self._wait_pushed())
+
+    def restart(self, req: api.RestartRequest) -> api.RestartResult:
+        if not req.pod and not req.service:
+            raise Refusal(api.ErrorCode.BAD_REQUEST, "restart needs a service or a pod")
+        names = self._on_loop(lambda loop: loop.restart(req.service, req.pod))
+        return api.RestartResult(names)
+
+    def shutdown(self) -> api.Ok:
+        self._request_stop()
+        return api.Ok()
+
+
+MAX_DELAY_MS = 3_600_000  # an hour: longer is a mistake, and Envoy's durations overflow later
+
+
+def _percent(name: str, value: float) -> list[str]:
+    return [] if 0 <= value <= 100 else [f"{name} must be 0-100, not {value:g}"]
+
+
+def _fault(req: api.FaultRequest) -> Fault | None:
+    """The API's fault as the model's, range-checked as the mesh file's faults are."""
+    delay, abort = req.delay, req.abort
+    if delay is None and abort is None:
+        return None
+    problems = []
+    if delay is not None:
+        problems += _percent("delay.percent", delay.percent)
+        if not 0 <= delay.fixed_ms <= MAX_DELAY_MS:
+            problems.append(f"delay.fixed_ms must be 0-{MAX_DELAY_MS}, not {delay.fixed_ms}")
+    if abort is not None:
+        problems += _percent("abort.percent", abort.percent)
+        if (abort.status is None) == (abort.grpc_status is None):
+            problems.append("abort needs one of status (HTTP) or grpc_status")
+        if abort.status is not None and not 200 <= abort.status <= 599:
+            problems.append(f"abort.status must be an HTTP status 200-599, not {abort.status}")
+        if abort.grpc_status is not None and not 0 <= abort.grpc_status <= 16:
+            problems.append(f"abort.grpc_status must be 0-16, not {abort.grpc_status}")
+    if problems:
+        raise Refusal(api.ErrorCode.BAD_REQUEST, "bad fault: " + "; ".join(problems))
+    return Fault(
+        delay=None if delay is None else Delay(fixed_ms=delay.fixed_ms, percent=delay.percent),
+        abort=None
+        if abort is None
+        else Abort(percent=abort.percent, http_status=abort.status, grpc_status=abort.grpc_status),
+    )

@@ -1,0 +1,134 @@
+"""The health monitor: probes each pod's app from the host, on its own thread and schedule,
+and tells the loop when a pod's health changes. It owns the probe results; the loop owns
+which pods there are (it hands the monitor its targets after each pass)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from devmesh.adapters.probe import probe
+from devmesh.api.types import EventKind, Severity
+from devmesh.core.model import Health
+from devmesh.daemon.eventlog import EventLog
+
+log = logging.getLogger("devmesh.health")
+TICK = 0.25  # seconds between looks at what is due
+NOT_CHECKED = "not checked yet"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    pod: str
+    app_id: str  # the app container checked: a new one starts unhealthy
+    ip: str
+    port: int
+    health: Health | None
+    running: bool  # the app container runs (else: unhealthy without a probe)
+    app_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    app_id: str
+    ok: bool = False
+    reason: str = NOT_CHECKED
+
+
+Probe = Callable[[str, int, Health | None], tuple[bool, str]]
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        on_change: Callable[[Mapping[str, Result]], None],
+        events: EventLog,
+        check: Probe = probe,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._on_change = on_change
+        self._events = events
+        self._check = check
+        self._clock = clock
+        self._targets: tuple[Target, ...] = ()
+        self._results: dict[str, Result] = {}  # pod -> result; this thread's alone
+        self._next_at: dict[str, float] = {}
+        self._lock = threading.Lock()  # guards _targets (set by the loop)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+
+    def set_targets(self, targets: tuple[Target, ...]) -> None:
+        with self._lock:
+            self._targets = targets
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False)
+
+    def results(self) -> dict[str, Result]:
+        """A copy, for the loop's first pass (adopted pods keep their traffic)."""
+        with self._lock:
+            return dict(self._results)
+
+    def probe_now(self) -> dict[str, Result]:
+        """One round of every target, now (the loop's first pass waits for it)."""
+        self._round(force=True)
+        return self.results()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                if self._round(force=False):
+                    self._on_change(self.results())
+            except Exception:
+                log.exception("health probes failed")
+
+    def _round(self, force: bool) -> bool:
+        """Probe the apps that are due; True if any pod's health changed."""
+        with self._lock:
+            targets = self._targets
+        now = self._clock()
+        changed = False
+        results = dict(self._results)
+        due: list[Target] = []
+        for t in targets:
+            old = results.get(t.pod)
+            if old is None or old.app_id != t.app_id:
+                changed = changed or bool(old and old.ok)
+                results[t.pod] = Result(t.app_id)
+                self._next_at[t.pod] = 0.0
+            if not t.running:
+                if results[t.pod].ok or results[t.pod].reason != f"app {t.app_state}":
+                    changed = changed or results[t.pod].ok
+                    results[t.pod] = Result(t.app_id, False, f"app {t.app_state}")
+            elif force or now >= self._next_at.get(t.pod, 0.0):
+                due.append(t)
+        for gone in set(results) - {t.pod for t in targets}:
+            del results[gone]
+            self._next_at.pop(gone, None)
+        outcomes = list(self._pool.map(lambda t: self._check(t.ip, t.port, t.health), due))
+        for t, (ok, reason) in zip(due, outcomes, strict=True):
+            interval = (t.health.interval_ms if t.health else 2000) / 1000
+            # Until it first passes, look often: readiness should not wait a whole interval.
+            self._next_at[t.pod] = now + (interval if ok else min(interval, 0.5))
+            old = results[t.pod]
+            if ok != old.ok:
+                changed = True
+                if ok:
+                    self._events.add(EventKind.HEALTH, "healthy", t.pod)
+                else:
+                    self._events.add(
+                        EventKind.HEALTH, f"unhealthy: {reason}", t.pod, Severity.WARNING
+                    )
+            results[t.pod] = Result(t.app_id, ok, reason)
+        with self._lock:
+            self._results = results
+        return changed

@@ -1,0 +1,98 @@
+"""The mesh source: watches the mesh file, reads and validates each save once, and hands
+the loop what it found. Valid text goes at once; invalid text only if it is still there a
+moment later (an editor may be halfway through a save)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devmesh.adapters.watch import FileWatcher
+from devmesh.core.load import load
+from devmesh.core.model import Mesh
+from devmesh.core.problems import MeshError, MeshInvalid
+from devmesh.core.source import read_text
+
+SETTLE = 0.3  # seconds invalid text is given to become valid before it is reported
+MAX_BYTES = 1 << 20  # the largest mesh file read; larger ones are a problem, not a read
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """One look at the file: its digest, and the mesh or its problems."""
+
+    digest: str
+    mesh: Mesh | None
+    problems: tuple[str, ...] = ()
+
+
+def read_mesh(path: Path, base_dir: str) -> FileRead:
+    """Read and validate the file once. Never blocks on a FIFO, never reads a device."""
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return FileRead(f"unreadable:{exc.errno}", None, (f"{name}: {exc.strerror}",))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return FileRead("not-a-file", None, (f"{name}: not a regular file",))
+        if info.st_size > MAX_BYTES:
+            return FileRead(
+                f"too-large:{info.st_size}",
+                None,
+                (f"{name}: {info.st_size} bytes; a mesh file may have at most {MAX_BYTES}",),
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        return FileRead(f"unreadable:{exc.errno}", None, (f"{name}: {exc.strerror}",))
+    finally:
+        os.close(fd)
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        return FileRead(digest, load(read_text(raw, name), name, base_dir))
+    except MeshInvalid as exc:
+        return FileRead(digest, None, tuple(str(p) for p in exc.problems))
+    except MeshError as exc:
+        return FileRead(digest, None, (str(exc),))
+    except RecursionError:
+        return FileRead(digest, None, (f"{name}: nested too deeply",))
+
+
+class MeshSource:
+    def __init__(self, path: Path, on_read: Callable[[FileRead], None]) -> None:
+        self.path = path
+        self.base_dir = str(path.resolve().parent)
+        self._on_read = on_read
+        self._pending = ""  # digest of invalid text seen once, given a moment to settle
+        self._watcher = FileWatcher(path, self._on_save)
+
+    def read(self) -> FileRead:
+        return read_mesh(self.path, self.base_dir)
+
+    def start(self) -> None:
+        self._watcher.start()
+        self._watcher.poke()  # a save made while the daemon started is not lost
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+    def _on_save(self) -> None:
+        found = self.read()
+        if found.mesh is None and found.digest.startswith("unreadable:"):
+            # Renamed away mid-save (editors do): look once more before reporting it.
+            if self._pending != found.digest:
+                self._pending = found.digest
+                self._watcher.poke(SETTLE)
+                return
+        elif found.mesh is None and found.digest != self._pending:
+            self._pending = found.digest
+            self._watcher.poke(SETTLE)
+            return
+        self._pending = ""
+        self._on_read(found)

@@ -1,0 +1,175 @@
+"""The state document (`GET /v1/state`) from the loop's view: pure, but for the xDS
+statuses it is given. A pod's state is decided here, once, as a `PodState`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+
+from devmesh.adapters.xds_server import NodeStatus
+from devmesh.api import types as api
+from devmesh.core.addressing import GATEWAY_HOP_BASE
+from devmesh.daemon.controller import View
+from devmesh.daemon.health import NOT_CHECKED, Result
+from devmesh.plan.desired import PodSpec
+
+XdsLookup = Callable[[str], "tuple[NodeStatus | None, bool]"]  # node id -> (status, synced)
+
+
+def xds_status(status: NodeStatus | None, synced: bool) -> api.XdsStatus:
+    if status is None:
+        return api.XdsStatus()
+    nack = status.nack
+    return api.XdsStatus(
+        connected=status.connected,
+        synced=synced,
+        version=_short_version(status.acked),
+        nack=None
+        if nack is None
+        else api.Nack(type=nack.type_url.rsplit(".", 1)[-1], message=nack.message),
+    )
+
+
+def pod_status(view: View, pod: PodSpec, xds: XdsLookup) -> api.Pod:
+    info = view.infos.get(pod.name)
+    app = view.infos.get(pod.app.name)
+    sidecar = view.infos.get(pod.sidecar.name)
+    health = view.health.get(pod.name)
+    node, synced = xds(pod.node_id)
+    state, reason = _pod_state(view, pod, node, synced, health)
+    return api.Pod(
+        pod=pod.name,
+        service=pod.service,
+        version=pod.version,
+        replica=pod.replica,
+        state=state,
+        reason=reason,
+        address=info.ip if info else None,
+        app=app.state if app else "missing",
+        restarts=app.restarts if app else 0,
+        sidecar=sidecar.state if sidecar else "missing",
+        xds=xds_status(node, synced),
+    )
+
+
+def _pod_state(
+    view: View, pod: PodSpec, node: NodeStatus | None, synced: bool, health: Result | None
+) -> tuple[api.PodState, str]:
+    info = view.infos.get(pod.name)
+    app = view.infos.get(pod.app.name)
+    sidecar = view.infos.get(pod.sidecar.name)
+    broken = [
+        view.start_errors[n]
+        for n in (pod.name, pod.sidecar.name, pod.app.name)
+        if n in view.start_errors
+    ]
+    S = api.PodState
+    if not view.engine_ok:
+        return S.ENGINE_DOWN, f"the container engine does not answer ({view.engine_detail})"
+    if broken:
+        return S.FAILED, broken[0]
+    if info is None:
+        return S.STARTING, "pod starting"
+    if info.state != "running":
+        return S.STARTING, f"namespace owner {info.state}"
+    if app is None:
+        return S.STARTING, "app container missing"
+    if app.state != "running":
+        return (
+            S.CRASHING,
+            f"app exiting (exit code {app.exit_code}, restarted {app.restarts} times)",
+        )
+    if sidecar is None or sidecar.state != "running":
+        return S.SIDECAR_DOWN, "sidecar not running"
+    if view.push_error is not None:
+        return S.SYNCING, f"config not delivered: {view.push_error}"
+    if node is not None and node.nack is not None:
+        return S.NACKED, f"config NACKed: {node.nack.message}"
+    if not synced:
+        return S.SYNCING, "sidecar has not ACKed its config yet"
+    if health is None or health.app_id != app.id or not health.ok:
+        why = health.reason if health is not None and health.app_id == app.id else NOT_CHECKED
+        return S.UNHEALTHY, f"health failing ({why})"
+    return S.READY, ""
+
+
+def gateway_status(view: View, xds: XdsLookup) -> api.Gateway | None:
+    want = view.desired
+    if want is None or want.gateway is None:
+        return None
+    info = view.infos.get(want.gateway.name)
+    node, synced = xds(want.gateway.name)
+    ingress = view.served.ingress
+    published = info.ports if info else {}
+    services = {
+        svc.name: f"http://127.0.0.1:{published[GATEWAY_HOP_BASE + i]}/"
+        for i, svc in enumerate(view.served.gateway_services())
+        if GATEWAY_HOP_BASE + i in published
+    }
+    return api.Gateway(
+        name=want.gateway.name,
+        state=(info.state if info else "missing") if view.engine_ok else "unknown",
+        ready=bool(
+            view.engine_ok
+            and view.push_error is None
+            and info
+            and info.state == "running"
+            and synced
+        ),
+        url=f"http://{ingress.host}:{ingress.port}/" if ingress else None,
+        services=services,
+        xds=xds_status(node, synced),
+    )
+
+
+def mesh_state(
+    view: View,
+    xds: XdsLookup,
+    project: str,
+    mesh_file: str,
+    sidecar_image: str | None,
+    events: tuple[api.Event, ...],
+) -> api.MeshState:
+    want = view.desired
+    pods = tuple(pod_status(view, p, xds) for p in want.pods) if want else ()
+    gateway = gateway_status(view, xds)
+    failed = [api.Failure(s, v, r) for (s, v), r in view.failed.items()]
+    failed += [
+        api.Failure(p.service, p.version, p.reason) for p in pods if p.state is api.PodState.FAILED
+    ]
+    ready = (
+        view.phase == "serving"
+        and view.engine_ok
+        and view.push_error is None
+        and not view.errors
+        and not failed
+        and all(p.ready for p in pods)
+        and (gateway is None or gateway.ready)
+    )
+    return api.MeshState(
+        mesh=view.mesh.name,
+        project=project,
+        phase=api.Phase(view.phase),
+        ready=ready,
+        file=mesh_file,
+        pid=os.getpid(),
+        problems=view.problems,
+        reloads=view.reloads,
+        reload_failures=view.reload_failures,
+        errors=view.errors,
+        push_error=view.push_error,
+        engine=api.EngineStatus(view.engine_ok, view.engine_detail),
+        failed=tuple(failed),
+        sidecar_image=sidecar_image,
+        pods=pods,
+        gateway=gateway,
+        events=events,
+    )
+
+
+def _short_version(acked: dict[str, str]) -> str | None:
+    if not acked:
+        return None
+    joined = "".join(v for _, v in sorted(acked.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:8]

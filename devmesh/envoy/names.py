@@ -1,0 +1,117 @@
+"""Envoy resource and stat names devmesh gives, as build/parse pairs in one place.
+
+The rendered config builds names here; the daemon parses the stats Envoy reports under
+those names back into mesh terms (service, version, route) here, so no other module knows
+what `cluster.catalog|v2.upstream_rq_5xx` means. Pure: no I/O.
+
+Service, version and route names never contain `|` or `.` (the mesh file's name pattern),
+which is what makes every name below parse back unambiguously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Final
+
+from devmesh.api.types import INGRESS, RouteTraffic, SidecarStats, Traffic, UpstreamTraffic
+
+INBOUND_STAT_PREFIX: Final = "in"  # the pod's inbound HTTP connection manager
+INGRESS_STAT_PREFIX: Final = INGRESS  # the gateway's connection manager and virtual host
+
+
+def cluster_name(service: str, version: str) -> str:
+    return f"{service}|{version}"
+
+
+def parse_cluster_name(name: str) -> tuple[str, str] | None:
+    service, sep, version = name.partition("|")
+    return (service, version) if sep and service and version and "|" not in version else None
+
+
+def route_stat_prefix(service: str, route: str) -> str:
+    """A route's `stat_prefix`: Envoy reports `vhost.VHOST.route.PREFIX.*` under it."""
+    return f"{service}.{route}"
+
+
+def ingress_route_stat_prefix(route: str) -> str:
+    return f"{INGRESS}.{route}"
+
+
+# Envoy counter (or gauge, or histogram quantile) -> the Traffic field it fills.
+_UPSTREAM: Final = {
+    "upstream_rq_total": "requests",
+    "upstream_rq_completed": "completed",
+    "upstream_rq_2xx": "rq_2xx",
+    "upstream_rq_4xx": "rq_4xx",
+    "upstream_rq_5xx": "rq_5xx",
+    "upstream_rq_retry": "retries",
+    "upstream_rq_retry_overflow": "retry_overflow",
+    "upstream_cx_active": "connections",
+    "outlier_detection.ejections_active": "ejections",
+    "upstream_rq_time.p50": "p50_ms",
+    "upstream_rq_time.p99": "p99_ms",
+}
+_DOWNSTREAM: Final = {
+    "downstream_rq_total": "requests",
+    "downstream_rq_2xx": "rq_2xx",
+    "downstream_rq_4xx": "rq_4xx",
+    "downstream_rq_5xx": "rq_5xx",
+    "downstream_cx_active": "connections",
+}
+_FLOATS: Final = {"p50_ms", "p99_ms"}
+
+
+def _field(table: Mapping[str, str], tail: str) -> str | None:
+    return table.get(tail)
+
+
+def sidecar_stats(
+    source: str, service: str, version: str, counters: Mapping[str, float]
+) -> SidecarStats:
+    """One Envoy's filtered stats (`name -> value`) in mesh terms. `service` is INGRESS for
+    the gateway. Names this module did not build are ignored."""
+    inbound: dict[str, float] = {}
+    upstreams: dict[tuple[str, str], dict[str, float]] = {}
+    routes: dict[tuple[str, str], dict[str, float]] = {}
+    down_prefix = f"http.{INGRESS_STAT_PREFIX if service == INGRESS else INBOUND_STAT_PREFIX}."
+    for name, value in counters.items():
+        if name.startswith("cluster."):
+            head, _, tail = name[len("cluster.") :].partition(".")
+            key = parse_cluster_name(head)
+            f = _field(_UPSTREAM, tail)
+            if key is not None and f is not None:
+                upstreams.setdefault(key, {})[f] = value
+        elif name.startswith("vhost."):
+            # vhost.VHOST.route.SERVICE.ROUTE.COUNTER (COUNTER may itself hold a dot)
+            parts = name.split(".", 5)
+            if len(parts) == 6 and parts[2] == "route":
+                f = _field(_UPSTREAM, parts[5])
+                if f is not None:
+                    routes.setdefault((parts[3], parts[4]), {})[f] = value
+        elif name.startswith(down_prefix):
+            f = _field(_DOWNSTREAM, name[len(down_prefix) :])
+            if f is not None:
+                inbound[f] = value
+    return SidecarStats(
+        source=source,
+        service=service,
+        version=version,
+        inbound=None if service == INGRESS and not inbound else _traffic(inbound),
+        upstreams=tuple(
+            UpstreamTraffic(s, v, _traffic(values)) for (s, v), values in sorted(upstreams.items())
+        ),
+        routes=tuple(
+            RouteTraffic(s, r, _traffic(values)) for (s, r), values in sorted(routes.items())
+        ),
+    )
+
+
+def unreadable(source: str, service: str, version: str, why: str) -> SidecarStats:
+    return SidecarStats(source=source, service=service, version=version, error=why)
+
+
+def _traffic(values: Mapping[str, float]) -> Traffic:
+    out = Traffic()
+    changes = {f: (float(v) if f in _FLOATS else int(v)) for f, v in values.items()}
+    return replace(out, **changes) if changes else out  # type: ignore[arg-type]
