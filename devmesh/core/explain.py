@@ -282,11 +282,25 @@ def _why_not(match: Match, request: _Request) -> str:
     return ""
 
 
-def _rewrite(route: IngressRoute, path: str) -> str:
-    """Envoy's prefix_rewrite: the matched prefix (or exact path) is replaced, the rest kept."""
-    if route.rewrite_prefix is None or route.match.path.kind == "regex":
+def rewritten_path(match: PathMatch, rewrite_prefix: str | None, path: str) -> str:
+    """The :path an ingress route forwards: the matched prefix (or exact path) replaced by
+    `rewrite_prefix`, the rest (query string included) kept, and a '/' where the two meet
+    neither doubled nor lost (App Mesh's, Istio's and the Gateway API's rule; rendered by
+    `devmesh.envoy.resources.path_rewrite`): `/red` -> `/` sends `/red/tell` as `/tell`,
+    `/red/` -> `/blue` sends it as `/blue/tell`."""
+    if rewrite_prefix is None or match.kind == "regex":
         return path
-    return route.rewrite_prefix + path[len(route.match.path.value) :]
+    rest = path[len(match.value) :]
+    if match.kind == "prefix":
+        if rewrite_prefix.endswith("/") and not match.value.endswith("/"):
+            return rewrite_prefix + rest.removeprefix("/")
+        if match.value.endswith("/") and not rewrite_prefix.endswith("/"):
+            return rewrite_prefix + "/" + rest
+    return rewrite_prefix + rest
+
+
+def _rewrite(route: IngressRoute, path: str) -> str:
+    return rewritten_path(route.match.path, route.rewrite_prefix, path)
 
 
 def _stage(
@@ -477,4 +491,5 @@ __all__ = [
     "explanation_json",
     "format_explanation",
     "parse_header",
+    "rewritten_path",
 ]

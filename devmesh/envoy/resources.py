@@ -16,6 +16,7 @@ A leading `_` keeps devmesh's own clusters apart from `SERVICE|VERSION` ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from devmesh.core.model import (
     IngressRoute,
     Match,
     Mesh,
+    PathMatch,
     Route,
     Service,
     ValueMatch,
@@ -51,12 +53,27 @@ FAULT = _T + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 LOCAL_RATELIMIT = _T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 TCP_LOCAL_RATELIMIT = _T + "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
 HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+NETWORK_RBAC = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
 
 FAULT_FILTER = "envoy.filters.http.fault"
 RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 ADS: Json = {"ads": {}, "resource_api_version": "V3"}
 
 SERVED_BY_HEADER = "x-devmesh-served-by"  # added by each pod's inbound sidecar: "catalog/v2"
+
+# Concurrent retries per cluster when the mesh file sets no `max_retries`. Envoy's own
+# default is 3 for the whole cluster, so with four callers in retry at once the fourth's
+# retry overflows and its 503 reaches the app however many `attempts` the route has.
+# A route's `attempts` already bound each request; like Istio, no second, hidden limit.
+UNLIMITED = 4_294_967_295  # UInt32 max
+
+# The sidecar's own hop to its app: retried when no request reached the app (refused
+# connection, or a kept connection the app closed just as the request went out), so a
+# healthy app behind an idle mesh answers every request. Never on a response: that is
+# the caller's route's to retry.
+APP_RETRY_ON = "connect-failure,reset-before-request"
+APP_RETRIES = 2
+APP_CONNECT_ATTEMPTS = 3  # tcp services: the first try and two more
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +277,11 @@ def version_cluster(service: Service, version: Version) -> Json:
             ("max_connections", pool.max_connections),
             ("max_pending_requests", pool.max_pending_requests),
             ("max_requests", pool.max_requests),
-            ("max_retries", pool.max_retries),
+            ("max_retries", UNLIMITED if pool.max_retries is None else pool.max_retries),
         )
         if value is not None
     }
-    if thresholds:
-        out["circuit_breakers"] = {"thresholds": [thresholds]}
+    out["circuit_breakers"] = {"thresholds": [thresholds]}
     od = service.outlier_detection
     if od is not None:
         out["outlier_detection"] = {
@@ -286,12 +302,17 @@ def load_assignment(cluster: str, addresses: Iterable[str], port: int = INBOUND_
     }
 
 
-def _static_cluster(name: str, address: str, port: int, protocol: str) -> Json:
+def _static_cluster(
+    name: str, address: str, port: int, protocol: str, connect_timeout_ms: int = 1000
+) -> Json:
     out: Json = {
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "1s",
+        "connect_timeout": envoy_duration(connect_timeout_ms),
         "load_assignment": load_assignment(name, (address,), port),
+        # Retries on this hop (APP_RETRY_ON, a route's through the gateway) are never
+        # capped by Envoy's default of 3 at a time.
+        "circuit_breakers": {"thresholds": [{"max_retries": UNLIMITED}]},
     }
     if protocol != "tcp":
         out["typed_extension_protocol_options"] = http_options(protocol)
@@ -367,13 +388,41 @@ def ingress_route_config(mesh: Mesh) -> Json:
             action["timeout"] = envoy_duration(r.timeout_ms)
         else:
             action["timeout"] = "0s"  # the service's own route timeout applies on the hop
-        if r.rewrite_prefix is not None:
-            action["prefix_rewrite"] = r.rewrite_prefix
+        action.update(path_rewrite(r.match.path, r.rewrite_prefix))
         routes.append(_ingress_route(r, action))
     return {
         "name": "ingress",
         "virtual_hosts": [{"name": "ingress", "domains": ["*"], "routes": routes}],
     }
+
+
+def path_rewrite(path: PathMatch, rewrite_prefix: str | None) -> Json:
+    """The RouteAction fields that replace the matched prefix with `rewrite_prefix`.
+
+    Envoy's prefix_rewrite splices strings: `path_prefix: /red` with `rewrite_prefix: /`
+    sends `/red/tell` as `//tell`. devmesh follows App Mesh, Istio and the Gateway API's
+    ReplacePrefixMatch instead: a '/' where the prefix meets the rest is neither doubled
+    nor lost (`explain.rewritten_path` is the same rule, applied to one path):
+
+      path_prefix  rewrite_prefix  /red/tell ->
+      /red         /               /tell        regex ^/red/? -> /
+      /red         /blue/          /blue/tell   regex ^/red/? -> /blue/
+      /red/        /blue           /blue/tell   prefix_rewrite /blue/
+      /red/, /red  /, /blue        /tell, /blue/tell   prefix_rewrite as written
+    """
+    if rewrite_prefix is None or path.kind == "regex":
+        return {}
+    if path.kind == "prefix":
+        if rewrite_prefix.endswith("/") and not path.value.endswith("/"):
+            return {
+                "regex_rewrite": {
+                    "pattern": {"regex": f"^{re.escape(path.value)}/?"},
+                    "substitution": rewrite_prefix,
+                }
+            }
+        if path.value.endswith("/") and not rewrite_prefix.endswith("/"):
+            return {"prefix_rewrite": rewrite_prefix + "/"}
+    return {"prefix_rewrite": rewrite_prefix}
 
 
 def _ingress_route(r: IngressRoute, action: Json) -> Json:
@@ -425,7 +474,12 @@ def inbound_listener(service: Service, version: Version) -> Json:
         filters.append(
             {
                 "name": "envoy.filters.network.tcp_proxy",
-                "typed_config": {"@type": TCP_PROXY, "stat_prefix": "in", "cluster": "_app"},
+                "typed_config": {
+                    "@type": TCP_PROXY,
+                    "stat_prefix": "in",
+                    "cluster": "_app",
+                    "max_connect_attempts": APP_CONNECT_ATTEMPTS,
+                },
             }
         )
         return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
@@ -458,7 +512,14 @@ def inbound_listener(service: Service, version: Version) -> Json:
                     {
                         "match": {"prefix": "/"},
                         # The caller's route timeout governs; none here to cut it short.
-                        "route": {"cluster": "_app", "timeout": "0s"},
+                        "route": {
+                            "cluster": "_app",
+                            "timeout": "0s",
+                            "retry_policy": {
+                                "retry_on": APP_RETRY_ON,
+                                "num_retries": APP_RETRIES,
+                            },
+                        },
                     }
                 ],
             }
@@ -524,17 +585,57 @@ def sidecar_resources(
         ports = outbound_ports(service.port, upstream)
         listeners.append(outbound_listener(upstream, [(ip, p) for p in ports]))
     routes, clusters, assignments = _upstream_resources(upstreams, mesh, endpoints)
-    clusters.insert(0, _static_cluster("_app", "127.0.0.1", service.port, service.protocol))
+    clusters.insert(
+        0,
+        _static_cluster(
+            "_app", "127.0.0.1", service.port, service.protocol, service.app_connect_timeout_ms
+        ),
+    )
     return Resources(tuple(listeners), tuple(routes), tuple(clusters), tuple(assignments))
 
 
-def gateway_resources(mesh: Mesh, endpoints: Endpoints) -> Resources:
+def host_only(host_address: str) -> Json:
+    """A network RBAC filter admitting connections from `host_address` alone.
+
+    The gateway's hop listeners must bind 0.0.0.0: Docker publishes a port by forwarding
+    to the container's address (docker-proxy, or DNAT), never to its loopback. So any pod
+    on the mesh network could reach them too, and through them every service, whatever
+    its `calls`. What tells the host apart is the source address: the host's connections
+    to a published port arrive from the network's gateway address (docker-proxy dials
+    from it; without the proxy, Docker masquerades loopback clients to it). Measured on
+    Docker 20.10: host -> 127.0.0.1:PORT arrives from 172.18.0.1, a pod's from its own IP.
+    """
+    return {
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": NETWORK_RBAC,
+            "stat_prefix": "hop.",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "host": {
+                        "permissions": [{"any": True}],
+                        "principals": [
+                            {"direct_remote_ip": {"address_prefix": host_address, "prefix_len": 32}}
+                        ],
+                    }
+                },
+            },
+        },
+    }
+
+
+def gateway_resources(
+    mesh: Mesh, endpoints: Endpoints, host_address: str | None = None
+) -> Resources:
     """The gateway: the public ingress listener (if any), and one hop per HTTP service.
 
     A hop listener serves a service's own routes (`out|SERVICE`), so the gateway is an
     ordinary caller: weights, retries and faults apply to ingress traffic exactly as to any
     pod's calls. Each hop is also published on a 127.0.0.1 port of its own, the service's
-    URL from the host.
+    URL from the host, and admits only the host: `host_address` is the mesh network's
+    gateway address (see `host_only`). Without it (a config rendered with no network),
+    the hops admit any caller.
     """
     targets = mesh.gateway_services()
     listeners = []
@@ -550,8 +651,11 @@ def gateway_resources(mesh: Mesh, endpoints: Endpoints) -> Resources:
     hops = []
     for i, service in enumerate(targets):
         port = GATEWAY_HOP_BASE + i
-        # 0.0.0.0 inside the gateway's own namespace: Docker publishes it on 127.0.0.1 only.
-        listeners.append(outbound_listener(service, [("0.0.0.0", port)]))
+        # 0.0.0.0, as Docker's publishing needs; host_only keeps the pods out.
+        hop = outbound_listener(service, [("0.0.0.0", port)])
+        if host_address is not None:
+            hop["filter_chains"][0]["filters"].insert(0, host_only(host_address))
+        listeners.append(hop)
         hops.append(_static_cluster(hop_name(service.name), "127.0.0.1", port, service.protocol))
     routes, clusters, assignments = _upstream_resources(targets, mesh, endpoints)
     ingress = (ingress_route_config(mesh),) if mesh.ingress is not None else ()
