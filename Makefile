@@ -1,6 +1,7 @@
 # Everything a fresh machine needs is installed by these targets.
 #   make demo   — the main job: the example mesh up and serving on 127.0.0.1:8080
 #   make test   — ruff, mypy, the import contract and pytest (real Docker, real Envoy)
+#   make unit   — the pure tests only: no Docker, under a minute
 #   make down   — remove the demo mesh
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ OUT    ?= out/shop
 # No registry on CI machines: devmesh and the setup scripts never try one when this is set.
 export DEVMESH_PULL ?= never
 
-.PHONY: demo down test lint typecheck contracts pytest venv engine schema clean clean-images
+.PHONY: demo down test unit lint typecheck contracts pytest venv engine schema clean clean-images
 
 venv: $(VENV)/.installed
 
@@ -49,6 +50,12 @@ typecheck: venv
 
 contracts: venv
 	$(BIN)/lint-imports
+
+# The pure tests: no Docker engine, a minute at most on 2 cores (fewer property examples
+# than `make test` runs; the real Envoy binary still validates what they render).
+unit: venv
+	DEVMESH_PROPERTY_EXAMPLES=100 DEVMESH_ENVOY_EXAMPLES=10 \
+		$(BIN)/pytest -q -m "not docker" -p no:cacheprovider tests/unit tests/tui
 
 pytest: venv engine
 	$(BIN)/pytest -q

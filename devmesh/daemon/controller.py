@@ -27,6 +27,7 @@ from typing import Any
 
 from devmesh.adapters.engine import ContainerInfo, Engine, EngineError, EngineUnavailable
 from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.probe import probe
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.edit import pick_route, write_file
@@ -36,7 +37,7 @@ from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError, MeshInvalid
 from devmesh.core.source import read_text
 from devmesh.daemon.eventlog import EventLog
-from devmesh.daemon.health import HealthMonitor, Result, Target
+from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
 from devmesh.daemon.meshsource import FileRead, MeshSource
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.render import render
@@ -139,6 +140,7 @@ class Controller:
         events: EventLog,
         ingress_port: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        check: Probe = probe,
     ) -> None:
         self.mesh_file = mesh_file
         self.project = project
@@ -151,7 +153,7 @@ class Controller:
         self._clock = clock
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.source = MeshSource(mesh_file, lambda read: self.submit(FileChanged(read)))
-        self.health = HealthMonitor(lambda r: self.submit(HealthChanged(r)), events)
+        self.health = HealthMonitor(lambda r: self.submit(HealthChanged(r)), events, check)
         # -- the state this loop owns (only its thread writes it) --
         self._mesh = mesh
         self._overrides: dict[tuple[str, str], Fault | None] = {}

@@ -1,0 +1,299 @@
+"""The daemon's loop without Docker: a fake engine that keeps containers in a dict, a fake
+xDS cache, a fake probe, a clock the test moves. The loop's steps are driven directly."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devmesh.adapters.engine import ContainerInfo, EngineError, EngineUnavailable
+from devmesh.adapters.images import ImageChoice, ImageError
+from devmesh.api import types as api
+from devmesh.core.load import load_path
+from devmesh.core.model import Abort, Fault
+from devmesh.daemon.controller import (
+    RECHECK,
+    ContainerDied,
+    Controller,
+    FileChanged,
+    Refused,
+    Tick,
+)
+from devmesh.daemon.eventlog import EventLog
+from devmesh.daemon.meshsource import read_mesh
+from devmesh.daemon.state import StateDir
+from devmesh.daemon.status import mesh_state
+from devmesh.envoy.snapshot import Snapshot, SnapshotError
+from devmesh.plan.plan import Observed, Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOP = ROOT / "examples" / "shop" / "devmesh.yaml"
+
+
+class FakeEngine:
+    """Containers as the engine would report them; `lag` more looks report a killed
+    container as still running (Docker's list trails its `die` event)."""
+
+    def __init__(self) -> None:
+        self.containers_: dict[str, tuple[Observed, ContainerInfo]] = {}
+        self.applied: list[Plan] = []
+        self.down = False
+        self.lag: dict[str, int] = {}
+        self.restarted: list[str] = []
+        self._ids = 0
+
+    def _check(self) -> None:
+        if self.down:
+            raise EngineUnavailable("connection refused")
+
+    def look(self, project: str) -> tuple[list[Observed], dict[str, ContainerInfo]]:
+        self._check()
+        observed, infos = [], {}
+        for name, (obs, info) in self.containers_.items():
+            if self.lag.get(name):
+                self.lag[name] -= 1
+                obs = dataclasses.replace(obs, state="running")
+                info = dataclasses.replace(info, state="running")
+            observed.append(obs)
+            infos[name] = info
+        return observed, infos
+
+    def containers(self, project: str) -> dict[str, ContainerInfo]:
+        return self.look(project)[1]
+
+    def network_exists(self, name: str) -> bool:
+        self._check()
+        return bool(self.applied)
+
+    def apply(self, plan: Plan, project: str, network: str, progress: Any) -> list[EngineError]:
+        self._check()
+        self.applied.append(plan)
+        gone = set(plan.remove) | {cid for _, old in plan.replace_pods for cid in old}
+        gone |= {old for _, old in plan.replace}
+        self.containers_ = {n: c for n, c in self.containers_.items() if c[0].id not in gone}
+        specs = [c for p in plan.create_pods for c in p.containers]
+        specs += [c for p, _ in plan.replace_pods for c in p.containers]
+        specs += list(plan.create) + [s for s, _ in plan.replace]
+        for spec in specs:
+            self._ids += 1
+            labels = dict(spec.all_labels())
+            obs = Observed(
+                id=f"id{self._ids}",
+                name=spec.name,
+                role=spec.role,
+                pod=labels.get("dev.devmesh.pod", spec.name),
+                service=labels.get("dev.devmesh.service", ""),
+                version=labels.get("dev.devmesh.version", ""),
+                config_hash=spec.config_hash,
+                state="running",
+            )
+            ip = f"10.9.0.{self._ids}" if spec.role == "pod" else None
+            self.containers_[spec.name] = (
+                obs,
+                ContainerInfo(obs.id, spec.name, "running", 0, 0, ip, {}),
+            )
+        return []
+
+    def kill(self, name: str, lag: int = 0) -> str:
+        obs, info = self.containers_[name]
+        self.containers_[name] = (
+            dataclasses.replace(obs, state="exited"),
+            dataclasses.replace(info, state="exited", exit_code=137),
+        )
+        self.lag[name] = lag
+        return obs.id
+
+    def restart(self, names: list[str]) -> None:
+        self.restarted += names
+
+    def joined_before_owner(self, project: str) -> list[str]:
+        return []
+
+
+class FakeImages:
+    envoy = ImageChoice("devmesh/envoy:1", "sha256:envoy", "present")
+    pause = ImageChoice("devmesh/pause:1", "sha256:pause", "present")
+
+    def __init__(self) -> None:
+        self.missing: set[str] = set()
+
+    def ensure_base(self) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass
+
+    def app(self, base_dir: str, service: str, version: Any) -> str:
+        if service in self.missing:
+            raise ImageError(f"image {service}:1 not found (pulling is off: DEVMESH_PULL=never)")
+        return f"sha256:{service}"
+
+
+class FakeXds:
+    def __init__(self) -> None:
+        self.published: list[Mapping[str, Snapshot]] = []
+        self.refuse = False
+
+    def set_snapshots(self, snapshots: Mapping[str, Snapshot]) -> frozenset[str]:
+        if self.refuse:
+            raise SnapshotError(["catalog: a resource Envoy would not take"])
+        self.published.append(snapshots)
+        return frozenset(snapshots)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> tuple[Controller, FakeEngine, FakeXds, FakeImages, Clock]:
+    engine, xds, images, clock = FakeEngine(), FakeXds(), FakeImages(), Clock()
+    controller = Controller(
+        SHOP,
+        load_path(str(SHOP)),
+        "t",
+        engine,  # type: ignore[arg-type]
+        images,  # type: ignore[arg-type]
+        xds,  # type: ignore[arg-type]
+        StateDir(tmp_path / "t"),
+        EventLog(),
+        ingress_port=18080,
+        clock=clock,
+        check=lambda ip, port, health: (True, ""),
+    )
+    controller._reconcile("start")
+    return controller, engine, xds, images, clock
+
+
+def _healthy(controller: Controller) -> None:
+    controller._set_targets()
+    controller._health = controller.health.probe_now()
+    controller._publish()
+
+
+def test_second_pass_over_an_unchanged_world_plans_nothing(loop: Any) -> None:
+    controller, engine, xds, _, _ = loop
+    assert len(engine.applied) == 1 and not engine.applied[0].empty
+    published = len(xds.published)
+    controller._step([Tick()])
+    controller._step([Tick()])
+    assert len(engine.applied) == 1  # nothing to do: apply is not even called
+    assert len(xds.published) == published  # and nothing new is pushed
+
+
+def test_healthy_pods_get_traffic(loop: Any) -> None:
+    controller, _, xds, _, _ = loop
+    _healthy(controller)
+    last = xds.published[-1]
+    catalog = next(g for g in last if g.endswith("/frontend/default"))
+    assert catalog
+    controller._set_view()
+    state = mesh_state(controller.view, lambda node: (None, False), "t", "f", None, ())
+    assert {p.state for p in state.pods} == {api.PodState.SYNCING}  # no Envoy ACKed: fake xDS
+
+
+def test_a_dead_container_is_looked_at_until_the_engine_agrees(loop: Any) -> None:
+    controller, engine, _, _, clock = loop
+    gateway = "t-gateway"
+    cid = engine.kill(gateway, lag=2)  # the engine's list says "running" twice more
+    controller._step([ContainerDied(gateway, cid)])
+    assert len(engine.applied) == 1  # the list still says running: nothing planned yet
+    assert controller._next_wake() == pytest.approx(clock.now + RECHECK)
+    controller._step([Tick()])
+    controller._step([Tick()])
+    assert len(engine.applied) == 2
+    assert engine.applied[1].start == (cid,)  # a stopped gateway is started again
+    assert controller._next_wake() > clock.now + RECHECK  # back to the safety-net timer
+
+
+def test_a_fault_that_cannot_be_served_is_refused_and_not_kept(loop: Any) -> None:
+    controller, _, xds, _, _ = loop
+    xds.refuse = True
+    with pytest.raises(Refused, match="cannot be served"):
+        controller.set_fault("catalog", None, Fault(abort=Abort(percent=50, http_status=503)))
+    assert controller.overrides() == {}
+    xds.refuse = False
+    assert controller.set_fault("catalog", None, Fault(abort=Abort(100, 503))) == "main"
+    assert set(controller.overrides()) == {("catalog", "main")}
+
+
+@pytest.mark.parametrize(
+    ("service", "route", "code"),
+    [
+        pytest.param("nope", None, "not_found", id="unknown-service"),
+        pytest.param("catalog", "nope", "not_found", id="unknown-route"),
+    ],
+)
+def test_fault_on_what_does_not_exist_is_refused(
+    loop: Any, service: str, route: str | None, code: str
+) -> None:
+    controller = loop[0]
+    with pytest.raises(Refused) as caught:
+        controller.set_fault(service, route, Fault(abort=Abort(100, 503)))
+    assert caught.value.code == code
+
+
+def test_engine_loss_shows_and_its_return_reconciles(loop: Any) -> None:
+    controller, engine, _, _, clock = loop
+    engine.down = True
+    controller._step([Tick()])
+    controller._set_view()
+    state = mesh_state(controller.view, lambda node: (None, False), "t", "f", None, ())
+    assert not state.ready and not state.engine.ok
+    assert {p.state for p in state.pods} == {api.PodState.ENGINE_DOWN}
+    assert controller._next_wake() <= clock.now + 1.0  # looks again soon
+    engine.down = False
+    cid = engine.kill("t-gateway")  # it went down with the engine
+    controller._step([Tick()])
+    controller._set_view()
+    assert controller.view.engine_ok
+    assert engine.applied[-1].start == (cid,)
+
+
+def test_a_missing_image_fails_its_version_and_says_why(loop: Any) -> None:
+    controller, _, _, images, _ = loop
+    images.missing.add("stock")
+    controller._step([Tick()])
+    controller._set_view()
+    state = mesh_state(controller.view, lambda node: (None, False), "t", "f", None, ())
+    assert [(f.service, f.version) for f in state.failed] == [("stock", "default")]
+    assert "not found" in state.failed[0].reason
+    assert not state.ready
+    assert not state.only_permanent_failures_left  # the others are not ready either (no ACK)
+
+
+def test_an_invalid_save_keeps_the_last_good_mesh(loop: Any, tmp_path: Path) -> None:
+    controller = loop[0]
+    bad = tmp_path / "devmesh.yaml"
+    bad.write_text("mesh: shop\nservices: {catalog: {port: eighty}}\n")
+    read = read_mesh(bad, str(tmp_path))
+    assert read.mesh is None and read.problems
+    before = controller.view.mesh
+    controller._step([FileChanged(read)])
+    controller._set_view()
+    assert controller.view.mesh == before
+    assert controller.view.problems == read.problems
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda p: __import__("os").mkfifo(p), id="fifo"),
+        pytest.param(lambda p: p.write_bytes(b"#" * ((1 << 20) + 1)), id="too-large"),
+        pytest.param(lambda p: p.mkdir(), id="directory"),
+        pytest.param(lambda p: None, id="missing"),
+    ],
+)
+def test_the_mesh_source_refuses_at_once_what_is_not_a_mesh_file(tmp_path: Path, make: Any) -> None:
+    path = tmp_path / "devmesh.yaml"
+    make(path)
+    read = read_mesh(path, str(tmp_path))  # a FIFO would block a plain open: this must not
+    assert read.mesh is None and len(read.problems) == 1
