@@ -5,8 +5,6 @@ moment later (an editor may be halfway through a save)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +13,9 @@ from devmesh.adapters.watch import FileWatcher
 from devmesh.core.load import load
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError, MeshInvalid
-from devmesh.core.source import read_text
+from devmesh.core.source import read_mesh_bytes, read_text
 
 SETTLE = 0.3  # seconds invalid text is given to become valid before it is reported
-MAX_BYTES = 1 << 20  # the largest mesh file read; larger ones are a problem, not a read
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +31,10 @@ def read_mesh(path: Path, base_dir: str) -> FileRead:
     """Read and validate the file once. Never blocks on a FIFO, never reads a device."""
     name = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        return FileRead(f"unreadable:{exc.errno}", None, (f"{name}: {exc.strerror}",))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return FileRead("not-a-file", None, (f"{name}: not a regular file",))
-        if info.st_size > MAX_BYTES:
-            return FileRead(
-                f"too-large:{info.st_size}",
-                None,
-                (f"{name}: {info.st_size} bytes; a mesh file may have at most {MAX_BYTES}",),
-            )
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(MAX_BYTES + 1)
-    except OSError as exc:
-        return FileRead(f"unreadable:{exc.errno}", None, (f"{name}: {exc.strerror}",))
-    finally:
-        os.close(fd)
+        raw = read_mesh_bytes(name)
+    except MeshError as exc:
+        why = str(exc)
+        return FileRead("unreadable:" + hashlib.sha256(why.encode()).hexdigest(), None, (why,))
     digest = hashlib.sha256(raw).hexdigest()
     try:
         return FileRead(digest, load(read_text(raw, name), name, base_dir))
@@ -60,8 +42,6 @@ def read_mesh(path: Path, base_dir: str) -> FileRead:
         return FileRead(digest, None, tuple(str(p) for p in exc.problems))
     except MeshError as exc:
         return FileRead(digest, None, (str(exc),))
-    except RecursionError:
-        return FileRead(digest, None, (f"{name}: nested too deeply",))
 
 
 class MeshSource:

@@ -13,6 +13,7 @@ import pytest
 from devmesh.adapters.engine import ContainerInfo, EngineError, EngineUnavailable
 from devmesh.adapters.images import ImageChoice, ImageError
 from devmesh.api import types as api
+from devmesh.core.limits import MAX_FILE_BYTES
 from devmesh.core.load import load_path
 from devmesh.core.model import Abort, Fault
 from devmesh.daemon.controller import (
@@ -287,7 +288,7 @@ def test_an_invalid_save_keeps_the_last_good_mesh(loop: Any, tmp_path: Path) -> 
     "make",
     [
         pytest.param(lambda p: __import__("os").mkfifo(p), id="fifo"),
-        pytest.param(lambda p: p.write_bytes(b"#" * ((1 << 20) + 1)), id="too-large"),
+        pytest.param(lambda p: p.write_bytes(b"#" * (MAX_FILE_BYTES + 1)), id="too-large"),
         pytest.param(lambda p: p.mkdir(), id="directory"),
         pytest.param(lambda p: None, id="missing"),
     ],
