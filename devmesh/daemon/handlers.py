@@ -17,6 +17,7 @@ from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.api.codec import decode
+from devmesh.core.limits import check_fault_values
 from devmesh.core.model import Abort, Delay, Fault
 from devmesh.core.problems import MeshError
 from devmesh.core.summary import mesh_routes_json
@@ -191,31 +192,21 @@ class Handlers:
         return api.Ok()
 
 
-MAX_DELAY_MS = 3_600_000  # an hour: longer is a mistake, and Envoy's durations overflow later
-
-
-def _percent(name: str, value: float) -> list[str]:
-    return [] if 0 <= value <= 100 else [f"{name} must be 0-100, not {value:g}"]
-
-
 def _fault(req: api.FaultRequest) -> Fault | None:
-    """The API's fault as the model's, range-checked as the mesh file's faults are."""
+    """The API's fault as the model's, range-checked by the rules `fault:` in a mesh file
+    follows."""
     delay, abort = req.delay, req.abort
     if delay is None and abort is None:
         return None
-    problems = []
-    if delay is not None:
-        problems += _percent("delay.percent", delay.percent)
-        if not 0 <= delay.fixed_ms <= MAX_DELAY_MS:
-            problems.append(f"delay.fixed_ms must be 0-{MAX_DELAY_MS}, not {delay.fixed_ms}")
-    if abort is not None:
-        problems += _percent("abort.percent", abort.percent)
-        if (abort.status is None) == (abort.grpc_status is None):
-            problems.append("abort needs one of status (HTTP) or grpc_status")
-        if abort.status is not None and not 200 <= abort.status <= 599:
-            problems.append(f"abort.status must be an HTTP status 200-599, not {abort.status}")
-        if abort.grpc_status is not None and not 0 <= abort.grpc_status <= 16:
-            problems.append(f"abort.grpc_status must be 0-16, not {abort.grpc_status}")
+    problems = check_fault_values(
+        delay_percent=None if delay is None else delay.percent,
+        fixed_ms=None if delay is None else delay.fixed_ms,
+        abort_percent=None if abort is None else abort.percent,
+        status=None if abort is None else abort.status,
+        grpc_status=None if abort is None else abort.grpc_status,
+    )
+    if abort is not None and (abort.status is None) == (abort.grpc_status is None):
+        problems.append("abort: needs one of status (HTTP) or grpc_status")
     if problems:
         raise Refusal(api.ErrorCode.BAD_REQUEST, "bad fault: " + "; ".join(problems))
     return Fault(
