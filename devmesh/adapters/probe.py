@@ -5,12 +5,13 @@ from __future__ import annotations
 import http.client
 import socket
 
-from devmesh.core.model import Health
+from devmesh.core.model import HEALTH_TIMEOUT_MS, HEALTHY_STATUSES, Health
 
 
 def probe(ip: str, port: int, health: Health | None) -> tuple[bool, str]:
-    """(healthy, why not). With a path: GET must answer 2xx or 3xx; else a TCP connect."""
-    timeout = (health.timeout_ms if health else 1000) / 1000
+    """(healthy, why not). With a path: GET must answer one of HEALTHY_STATUSES (2xx or 3xx);
+    else a TCP connect."""
+    timeout = (health.timeout_ms if health else HEALTH_TIMEOUT_MS) / 1000
     if health is not None and health.path is not None:
         conn = http.client.HTTPConnection(ip, port, timeout=timeout)
         try:
@@ -20,7 +21,7 @@ def probe(ip: str, port: int, health: Health | None) -> tuple[bool, str]:
             return False, f"GET {health.path}: {_why(exc)}"
         finally:
             conn.close()
-        if 200 <= status < 400:
+        if status in HEALTHY_STATUSES:
             return True, ""
         return False, f"GET {health.path} answered {status}"
     try:

@@ -1,18 +1,36 @@
 """`load(text) -> Mesh`: parse, check the shape, check the rules that span the file, resolve
-inherited defaults. Every problem is collected and reported at once, each located.
+inherited defaults. Every problem is collected and reported at once, each located (at most
+MAX_PROBLEMS of them: past that a hostile file would only cost time).
+
+`load` raises only MeshInvalid or MeshFileError, whatever the text. Its one look at the
+filesystem: a build's Dockerfile must resolve, symlinks followed, inside its build context.
+`load_path` reads a file through `read_mesh_bytes`: a regular file of at most 1 MiB
+(`devmesh.core.limits.MAX_FILE_BYTES`), refused at once otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+from collections import Counter
 from typing import Any
 
 from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
+from devmesh.core.limits import MAX_PROBLEMS
 from devmesh.core.model import (
+    CONNECT_TIMEOUT_MS,
     DEFAULT_APP_CONNECT_TIMEOUT_MS,
     DEFAULT_ROUTE,
+    HEALTH_INTERVAL_MS,
+    HEALTH_TIMEOUT_MS,
     IMPLICIT_VERSION,
+    OUTLIER_BASE_EJECTION_MS,
+    OUTLIER_CONSECUTIVE_5XX,
+    OUTLIER_INTERVAL_MS,
+    OUTLIER_MAX_EJECTION_PERCENT,
+    RATE_LIMIT_PER_MS,
+    REPLICAS,
+    RETRY_ON,
     Abort,
     Build,
     ConnectionPool,
@@ -36,30 +54,26 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
-from devmesh.core.problems import MeshFileError, MeshInvalid, Path, did_you_mean
+from devmesh.core.problems import MeshInvalid, Path, Problem, did_you_mean
 from devmesh.core.schema import mesh_spec
-from devmesh.core.source import parse, read_text
-from devmesh.core.spec import INVALID, Ctx
+from devmesh.core.source import parse, read_mesh_bytes, read_text
+from devmesh.core.spec import INVALID, Ctx, TooManyProblems
 
-DEFAULT_RETRY_ON = ("5xx", "reset", "connect-failure")
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
 # Blocks a service merges key by key over the mesh `defaults:`; others (retries) replace.
 _MERGED_POLICIES = ("health", "outlier_detection", "connection_pool", "security")
 
 
-def load_path(path: str) -> Mesh:
-    """Read and load a mesh file; MeshFileError when it cannot be read at all."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        raise MeshFileError(f"{path}: no such file (give another with -f FILE)") from None
-    except IsADirectoryError:
-        raise MeshFileError(f"{path}: is a directory, not a mesh file") from None
-    except OSError as exc:
-        raise MeshFileError(f"{path}: cannot read: {exc.strerror}") from None
-    return load(read_text(raw, path), path, base_dir=os.path.dirname(os.path.abspath(path)))
+def load_path(path: str, *, allow_stdin: bool = False) -> Mesh:
+    """Read and load a mesh file; MeshFileError when it cannot be read at all.
+
+    `-` reads standard input, only with `allow_stdin` (builds are then relative to the
+    current directory)."""
+    raw = read_mesh_bytes(path, allow_stdin=allow_stdin)
+    file = "<stdin>" if path == "-" else path
+    base = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
+    return load(read_text(raw, file), file, base_dir=base)
 
 
 def load(text: str, file: str = "devmesh.yaml", base_dir: str = ".") -> Mesh:
@@ -68,13 +82,29 @@ def load(text: str, file: str = "devmesh.yaml", base_dir: str = ".") -> Mesh:
         raise MeshInvalid(problems)  # a syntax error: nothing further can be read
     ctx = Ctx(located, problems)
     if not isinstance(located.data, dict):
-        ctx.error((), "a mesh file is a mapping with at least `mesh:` and `services:`")
-        raise MeshInvalid(ctx.problems)
-    cleaned = mesh_spec.check(located.data, (), ctx)
-    mesh = _Builder(ctx, cleaned).build(file, base_dir)
+        ctx.problems.append(
+            located.at((), "a mesh file is a mapping with at least `mesh:` and `services:`")
+        )
+        raise MeshInvalid(_at_most(ctx.problems, file))
+    try:
+        cleaned = mesh_spec.check(located.data, (), ctx)
+        mesh = _Builder(ctx, cleaned).build(file, base_dir)
+    except TooManyProblems:
+        raise MeshInvalid(_at_most(ctx.problems, file)) from None
     if ctx.problems:
-        raise MeshInvalid(ctx.problems)
+        raise MeshInvalid(_at_most(ctx.problems, file))
     return mesh
+
+
+def _at_most(problems: list[Problem], file: str) -> list[Problem]:
+    """The first MAX_PROBLEMS, and a last line saying the check stopped there."""
+    kept = sorted(set(problems))
+    if len(kept) < MAX_PROBLEMS:
+        return kept
+    last = kept[MAX_PROBLEMS - 1]
+    note = f"stopped after {MAX_PROBLEMS} problems; fix these and run again"
+    # Just past the last one kept, so it sorts last.
+    return [*kept[:MAX_PROBLEMS], Problem(last.line, last.col + 1, "", note, file)]
 
 
 class _Builder:
@@ -93,6 +123,9 @@ class _Builder:
         # reported as missing by the rules here.
         written = ctx.doc.data.get("services") if isinstance(ctx.doc.data, dict) else None
         self.written_services: set[str] = set(written) if isinstance(written, dict) else set()
+        # How many keys are written under each path: a route's `to:` is checked against it.
+        self.key_counts = Counter(p[:-1] for p in ctx.doc.keys)
+        self.base_dir = "."
         self.versions: dict[str, list[str]] = {
             name: list(s.get("versions", {IMPLICIT_VERSION: {}}))
             for name, s in self.raw_services.items()
@@ -108,6 +141,7 @@ class _Builder:
         return any((*at, k) in located or (*service, k) in located for k in keys)
 
     def build(self, file: str, base_dir: str) -> Mesh:
+        self.base_dir = base_dir
         services = tuple(
             s
             for name, raw in self.raw_services.items()
@@ -188,13 +222,13 @@ class _Builder:
             outlier_detection=None
             if od is None
             else OutlierDetection(
-                consecutive_5xx=od.get("consecutive_5xx", 5),
-                interval_ms=od.get("interval", 10_000),
-                base_ejection_ms=od.get("base_ejection_time", 30_000),
-                max_ejection_percent=od.get("max_ejection_percent", 10),
+                consecutive_5xx=od.get("consecutive_5xx", OUTLIER_CONSECUTIVE_5XX),
+                interval_ms=od.get("interval", OUTLIER_INTERVAL_MS),
+                base_ejection_ms=od.get("base_ejection_time", OUTLIER_BASE_EJECTION_MS),
+                max_ejection_percent=od.get("max_ejection_percent", OUTLIER_MAX_EJECTION_PERCENT),
             ),
             connection_pool=ConnectionPool(
-                connect_timeout_ms=pool.get("connect_timeout", 1000),
+                connect_timeout_ms=pool.get("connect_timeout", CONNECT_TIMEOUT_MS),
                 max_connections=pool.get("max_connections"),
                 max_pending_requests=pool.get("max_pending_requests"),
                 max_requests=pool.get("max_requests"),
@@ -202,7 +236,7 @@ class _Builder:
             ),
             rate_limit=None
             if rl is None or "requests" not in rl
-            else RateLimit(requests=rl["requests"], per_ms=rl.get("per", 1000)),
+            else RateLimit(requests=rl["requests"], per_ms=rl.get("per", RATE_LIMIT_PER_MS)),
             app_connect_timeout_ms=self.policy(raw, "app_connect_timeout")
             or DEFAULT_APP_CONNECT_TIMEOUT_MS,
             security=Security(
@@ -236,6 +270,8 @@ class _Builder:
             build = {"context": build}
         if build is not None and "context" not in build:
             build = None  # reported by the structural check
+        if build is not None:
+            self.check_dockerfile((*(at if "build" in own else at[:2]), "build"), build)
         command = merged.get("command")
         if isinstance(command, str):
             try:
@@ -255,8 +291,36 @@ class _Builder:
             ),
             env=tuple(sorted(merged.get("env", {}).items())),
             command=None if command is None else tuple(command),
-            replicas=merged.get("replicas", 1),
+            replicas=merged.get("replicas", REPLICAS),
         )
+
+    def check_dockerfile(self, at: Path, build: dict[str, Any]) -> None:
+        """The Dockerfile must be inside the build context, symlinks followed.
+
+        Docker takes a Dockerfile from anywhere and sends it to the engine, which shows its
+        first line when it fails to parse: `dockerfile: ../../etc/passwd` would read any
+        file of the machine, as would a `Dockerfile` that is a symlink out of the context.
+        """
+        written = build.get("dockerfile")
+        context = os.path.normpath(os.path.join(self.base_dir, build["context"]))
+        target = os.path.normpath(os.path.join(context, written or "Dockerfile"))
+        try:
+            real_target, real_context = os.path.realpath(target), os.path.realpath(context)
+        except (OSError, ValueError):
+            return  # unreadable paths fail at build time with their own error
+        if not _inside(target, context):
+            self.error(
+                (*at, "dockerfile"),
+                f"'{written}' is outside the build context '{build['context']}'; "
+                "the Dockerfile must be inside it",
+            )
+        elif not _inside(real_target, real_context):
+            shown = written or "Dockerfile"
+            self.error(
+                (*at, "dockerfile") if written else at,
+                f"'{shown}' is a symlink to {real_target}, outside the build context "
+                f"'{build['context']}'; the Dockerfile must be inside it",
+            )
 
     def health(self, at: Path, raw: dict[str, Any], protocol: str) -> Health | None:
         h = self.policy(raw, "health")
@@ -271,7 +335,9 @@ class _Builder:
                 )
             path = None  # an inherited HTTP path does not apply to a TCP service
         return Health(
-            path=path, interval_ms=h.get("interval", 2000), timeout_ms=h.get("timeout", 1000)
+            path=path,
+            interval_ms=h.get("interval", HEALTH_INTERVAL_MS),
+            timeout_ms=h.get("timeout", HEALTH_TIMEOUT_MS),
         )
 
     # -- routes -----------------------------------------------------------------------------
@@ -297,7 +363,7 @@ class _Builder:
                     key=isinstance(to, dict),
                 )
         total = sum(weights.values())
-        written = sum(1 for p in self.ctx.doc.keys if p[:-1] == at)
+        written = self.key_counts[at]
         if isinstance(to, dict) and total != 100 and written == len(weights):
             ok = False
             self.error(at, f"weights add up to {total}, not 100")
@@ -364,7 +430,7 @@ class _Builder:
             return None
         return Retries(
             attempts=raw["attempts"],
-            on=tuple(raw.get("on", DEFAULT_RETRY_ON)),
+            on=tuple(raw.get("on", RETRY_ON)),
             per_try_timeout_ms=raw.get("per_try_timeout"),
         )
 
@@ -384,9 +450,20 @@ class _Builder:
                     "paths are matched without the query string; "
                     "match parameters with `query:` instead",
                 )
+        headers: dict[str, Any] = raw.get("headers", {})
+        seen: dict[str, str] = {}
+        for name in headers:
+            first = seen.setdefault(name.lower(), name)
+            if first != name:
+                self.error(
+                    (*at, "headers", name),
+                    f"'{name}' is the header '{first}' again: header names are compared "
+                    f"without case, so a request cannot match both; keep one '{first}'",
+                    key=True,
+                )
         return Match(
             path=path,
-            headers=tuple(_value_match(k.lower(), v) for k, v in raw.get("headers", {}).items()),
+            headers=tuple(_value_match(k.lower(), v) for k, v in headers.items()),
             query=tuple(_value_match(k, v) for k, v in raw.get("query", {}).items()),
             methods=(methods,) if isinstance(methods, str) else tuple(methods),
         )
@@ -509,6 +586,11 @@ class _Builder:
                     f"'{service.name}' listens on port {service.port}, the only port "
                     f"'{upstream.name}' can be reached on from its pod; change one of the ports",
                 )
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, root]) == root
 
 
 def _value_match(name: str, raw: Any) -> ValueMatch:

@@ -19,6 +19,21 @@ ValueKind = Literal["exact", "prefix", "regex", "present", "absent"]
 IMPLICIT_VERSION = "default"  # the one version of a service that declares no `versions:`
 DEFAULT_ROUTE = "default"  # the catch-all route of a service that declares no `routes:`
 
+# Defaults, declared once: the schema's descriptions, the loader and the runtime read these.
+HEALTH_INTERVAL_MS = 2000
+HEALTH_TIMEOUT_MS = 1000
+# What an HTTP health check accepts: 2xx and 3xx, as Kubernetes' httpGet probe does
+# (a redirect from `/health` to `/health/` is an app that answers).
+HEALTHY_STATUSES = range(200, 400)
+CONNECT_TIMEOUT_MS = 1000
+OUTLIER_CONSECUTIVE_5XX = 5
+OUTLIER_INTERVAL_MS = 10_000
+OUTLIER_BASE_EJECTION_MS = 30_000
+OUTLIER_MAX_EJECTION_PERCENT = 10
+RATE_LIMIT_PER_MS = 1000
+REPLICAS = 1
+RETRY_ON = ("5xx", "reset", "connect-failure")
+
 
 @dataclass(frozen=True, slots=True)
 class PathMatch:
@@ -131,8 +146,8 @@ class RateLimit:
 @dataclass(frozen=True, slots=True)
 class Health:
     path: str | None  # None: the port accepting a connection is healthy
-    interval_ms: int
-    timeout_ms: int
+    interval_ms: int = HEALTH_INTERVAL_MS
+    timeout_ms: int = HEALTH_TIMEOUT_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +164,7 @@ class Version:
     build: Build | None
     env: tuple[tuple[str, str], ...] = ()
     command: tuple[str, ...] | None = None
-    replicas: int = 1
+    replicas: int = REPLICAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +178,7 @@ class Service:
     egress: Egress = "declared"
     health: Health | None = None
     outlier_detection: OutlierDetection | None = None
-    connection_pool: ConnectionPool = ConnectionPool(connect_timeout_ms=1000)
+    connection_pool: ConnectionPool = ConnectionPool(connect_timeout_ms=CONNECT_TIMEOUT_MS)
     rate_limit: RateLimit | None = None
     app_connect_timeout_ms: int = DEFAULT_APP_CONNECT_TIMEOUT_MS
     security: Security = Security()

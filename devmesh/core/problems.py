@@ -31,7 +31,16 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return printable(text)
+
+
+def printable(text: str) -> str:
+    """Control characters a hostile file put in a key or value, escaped: a message must not
+    move the cursor or recolour the terminal it is printed on."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class MeshError(Exception):
@@ -50,7 +59,13 @@ class MeshFileError(MeshError):
     """The file cannot be read as a mesh file at all (missing, binary, empty)."""
 
 
+_MAX_CHOICES = 1000  # difflib per choice: a hostile list of thousands must stay cheap
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'path_prefix'?)` for a near miss, else an empty string."""
-    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    pool = sorted(set(choices))
+    if len(pool) > _MAX_CHOICES or len(word) > 100:
+        return ""
+    close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

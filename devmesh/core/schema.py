@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 from devmesh.core import regex
-from devmesh.core.model import PROTOCOLS
+from devmesh.core.durations import format_duration
+from devmesh.core.limits import (
+    HTTP_STATUS_RANGE,
+    MAX_FAULT_DELAY_MS,
+    MAX_REPLICAS,
+    MAX_RETRY_ATTEMPTS,
+    MAX_ROUTES,
+    MAX_SERVICES,
+    MAX_VERSIONS,
+    PORT_RANGE,
+)
+from devmesh.core.model import (
+    CONNECT_TIMEOUT_MS,
+    HEALTH_INTERVAL_MS,
+    HEALTH_TIMEOUT_MS,
+    HEALTHY_STATUSES,
+    OUTLIER_BASE_EJECTION_MS,
+    OUTLIER_CONSECUTIVE_5XX,
+    OUTLIER_INTERVAL_MS,
+    OUTLIER_MAX_EJECTION_PERCENT,
+    PROTOCOLS,
+    RATE_LIMIT_PER_MS,
+    REPLICAS,
+    RETRY_ON,
+)
 from devmesh.core.problems import Path
 from devmesh.core.spec import (
     INVALID,
@@ -36,6 +61,52 @@ VERSION_HINT = "a version name of lowercase letters, digits and '-' (30 at most)
 HEADER = r":?[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
+# Service names an app cannot reach: every pod's /etc/hosts (plan/desired.py `hosts_text`)
+# maps these to loopback before any service line, so the sidecar would never see the call.
+_HOSTS_FILE = "every pod's /etc/hosts maps it to the pod itself"
+RESERVED_SERVICE_NAMES: Final = {
+    "localhost": _HOSTS_FILE,
+    "ip6-localhost": _HOSTS_FILE,
+    "ip6-loopback": _HOSTS_FILE,
+    # Docker writes these into /etc/hosts of containers; keep them free for a pod that
+    # does not get devmesh's own hosts file.
+    "ip6-localnet": "Docker's /etc/hosts uses it",
+    "ip6-mcastprefix": "Docker's /etc/hosts uses it",
+    "ip6-allnodes": "Docker's /etc/hosts uses it",
+    "ip6-allrouters": "Docker's /etc/hosts uses it",
+}
+
+# Docker's image reference grammar (distribution/reference, regexp.go):
+#   [host[:port]/]path[:tag][@digest]; path components lowercase, separated by `.`, `_`,
+#   `__` or runs of `-`; the host may have capitals; a tag is [\w][\w.-]{0,127}.
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REPOSITORY = rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE = re.compile(rf"({_REPOSITORY})(?::({_TAG}))?(?:@({_DIGEST}))?")
+_MAX_REPOSITORY = 255  # Docker's NameTotalLengthMax
+
+
+def image_reference_problem(image: str) -> str | None:
+    """None when Docker would take `image` as a reference, else why not."""
+    if len(image) > 1024:
+        return "is too long for an image reference"
+    found = _IMAGE.fullmatch(image)
+    if found is None:
+        if image != image.lower() and _IMAGE.fullmatch(image.lower()):
+            return f"'{image}' is not a valid image reference: repository names are lowercase"
+        return (
+            f"'{image}' is not a valid image reference "
+            "([registry[:port]/]name[:tag][@digest], lowercase name)"
+        )
+    if len(found.group(1)) > _MAX_REPOSITORY:
+        return f"the repository name is longer than {_MAX_REPOSITORY} characters"
+    return None
+
+
 HTTP_RETRY_ON = (
     "5xx",
     "gateway-error",
@@ -49,6 +120,10 @@ HTTP_RETRY_ON = (
 GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 
+def _default_ms(ms: int) -> str:
+    return f"default {format_duration(ms)}"
+
+
 def _regex(value: Any, path: Path, ctx: Ctx) -> Any:
     problem = regex.check(value)
     return ctx.error(path, f"invalid RE2 regex: {problem}") if problem else value
@@ -60,6 +135,11 @@ def _starts_with_slash(value: Any, path: Path, ctx: Ctx) -> Any:
 
 def _upper(value: Any, path: Path, ctx: Ctx) -> Any:
     return value.upper()
+
+
+def _image(value: Any, path: Path, ctx: Ctx) -> Any:
+    problem = image_reference_problem(value)
+    return ctx.error(path, problem) if problem else value
 
 
 _url_path = Then(Str(description="starts with '/'"), _starts_with_slash)
@@ -129,10 +209,12 @@ _weights = ByType(
 
 retries_spec = Obj(
     {
-        "attempts": Field(Int(0, 10), required=True, description="retries after the first try"),
+        "attempts": Field(
+            Int(0, MAX_RETRY_ATTEMPTS), required=True, description="retries after the first try"
+        ),
         "on": Field(
             ListOf(Enum((*HTTP_RETRY_ON, *GRPC_RETRY_ON)), min_items=1, unique=True),
-            description="conditions (Envoy retry_on); default 5xx, reset, connect-failure",
+            description="conditions (Envoy retry_on); default " + ", ".join(RETRY_ON),
         ),
         "per_try_timeout": Field(Duration(minimum_ms=1)),
     }
@@ -143,7 +225,9 @@ fault_spec = Obj(
         "delay": Field(
             Obj(
                 {
-                    "fixed": Field(Duration(minimum_ms=1), required=True),
+                    "fixed": Field(
+                        Duration(minimum_ms=1, maximum_ms=MAX_FAULT_DELAY_MS), required=True
+                    ),
                     "percent": Field(Percent(), description="default 100"),
                 }
             )
@@ -151,7 +235,9 @@ fault_spec = Obj(
         "abort": Field(
             Obj(
                 {
-                    "status": Field(Int(200, 599), description="HTTP status to answer with"),
+                    "status": Field(
+                        Int(*HTTP_STATUS_RANGE), description="HTTP status to answer with"
+                    ),
                     "grpc_status": Field(Int(0, 16), description="gRPC status to answer with"),
                     "percent": Field(Percent(), description="default 100"),
                 },
@@ -193,17 +279,23 @@ route_spec = Obj(
 
 outlier_spec = Obj(
     {
-        "consecutive_5xx": Field(Int(1, 1000), description="default 5"),
-        "interval": Field(Duration(minimum_ms=1), description="default 10s"),
-        "base_ejection_time": Field(Duration(minimum_ms=1), description="default 30s"),
-        "max_ejection_percent": Field(Int(0, 100), description="default 10"),
+        "consecutive_5xx": Field(Int(1, 1000), description=f"default {OUTLIER_CONSECUTIVE_5XX}"),
+        "interval": Field(Duration(minimum_ms=1), description=_default_ms(OUTLIER_INTERVAL_MS)),
+        "base_ejection_time": Field(
+            Duration(minimum_ms=1), description=_default_ms(OUTLIER_BASE_EJECTION_MS)
+        ),
+        "max_ejection_percent": Field(
+            Int(0, 100), description=f"default {OUTLIER_MAX_EJECTION_PERCENT}"
+        ),
     },
     description="eject a pod from the pool after consecutive errors",
 )
 
 pool_spec = Obj(
     {
-        "connect_timeout": Field(Duration(minimum_ms=1), description="default 1s"),
+        "connect_timeout": Field(
+            Duration(minimum_ms=1), description=_default_ms(CONNECT_TIMEOUT_MS)
+        ),
         "max_connections": Field(Int(1, 1_000_000)),
         "max_pending_requests": Field(Int(1, 1_000_000)),
         "max_requests": Field(Int(1, 1_000_000)),
@@ -215,7 +307,7 @@ pool_spec = Obj(
 rate_limit_spec = Obj(
     {
         "requests": Field(Int(1, 1_000_000), required=True),
-        "per": Field(Duration(minimum_ms=1), description="default 1s"),
+        "per": Field(Duration(minimum_ms=1), description=_default_ms(RATE_LIMIT_PER_MS)),
     },
     description="local rate limit at the service's own sidecar (answers 429 beyond it)",
 )
@@ -232,9 +324,14 @@ security_spec = Obj(
 
 health_spec = Obj(
     {
-        "path": Field(_url_path, description="HTTP GET must answer 2xx; omit for a TCP check"),
-        "interval": Field(Duration(minimum_ms=100), description="default 2s"),
-        "timeout": Field(Duration(minimum_ms=1), description="default 1s"),
+        "path": Field(
+            _url_path,
+            description=f"HTTP GET must answer {HEALTHY_STATUSES.start}-"
+            f"{HEALTHY_STATUSES.stop - 1} (2xx or 3xx, as Kubernetes' httpGet probe); "
+            "omit for a TCP check",
+        ),
+        "interval": Field(Duration(minimum_ms=100), description=_default_ms(HEALTH_INTERVAL_MS)),
+        "timeout": Field(Duration(minimum_ms=1), description=_default_ms(HEALTH_TIMEOUT_MS)),
     }
 )
 
@@ -263,11 +360,15 @@ build_spec = ByType(
 )
 
 _workload_fields = {
-    "image": Field(Str(), description="image to run (with `build`: the tag to build)"),
+    "image": Field(
+        Then(Str(), _image), description="image to run (with `build`: the tag to build)"
+    ),
     "build": Field(build_spec),
     "env": Field(_env),
     "command": Field(_command),
-    "replicas": Field(Int(0, 50), description="pods of this version; default 1"),
+    "replicas": Field(
+        Int(0, MAX_REPLICAS), description=f"pods of this version; default {REPLICAS}"
+    ),
 }
 
 version_spec = ByType(
@@ -297,17 +398,25 @@ _policy_fields = {
 service_spec = Obj(
     {
         **_workload_fields,
-        "port": Field(Int(1, 65535), required=True, description="where the app listens"),
+        "port": Field(Int(*PORT_RANGE), required=True, description="where the app listens"),
         **_policy_fields,
         "calls": Field(
             ListOf(Str(pattern=NAME, pattern_hint=NAME_HINT), unique=True),
             description="services this one reaches by name",
         ),
         "versions": Field(
-            MapOf(version_spec, key_pattern=VERSION, key_hint=VERSION_HINT, min_items=1),
+            MapOf(
+                version_spec,
+                key_pattern=VERSION,
+                key_hint=VERSION_HINT,
+                min_items=1,
+                max_items=MAX_VERSIONS,
+            ),
             description="versions; each inherits this service's image, build, env...",
         ),
-        "routes": Field(ListOf(route_spec, min_items=1), description="first match wins"),
+        "routes": Field(
+            ListOf(route_spec, min_items=1, max_items=MAX_ROUTES), description="first match wins"
+        ),
     }
 )
 
@@ -323,8 +432,10 @@ ingress_route_spec = Obj(
 
 ingress_spec = Obj(
     {
-        "port": Field(Int(1, 65535), required=True, description="published on 127.0.0.1 only"),
-        "routes": Field(ListOf(ingress_route_spec, min_items=1), required=True),
+        "port": Field(Int(*PORT_RANGE), required=True, description="published on 127.0.0.1 only"),
+        "routes": Field(
+            ListOf(ingress_route_spec, min_items=1, max_items=MAX_ROUTES), required=True
+        ),
     }
 )
 
@@ -341,7 +452,14 @@ mesh_spec = Obj(
         "defaults": Field(Obj(dict(_policy_fields)), description="what every service inherits"),
         "ingress": Field(ingress_spec),
         "services": Field(
-            MapOf(service_spec, key_pattern=NAME, key_hint=NAME_HINT, min_items=1),
+            MapOf(
+                service_spec,
+                key_pattern=NAME,
+                key_hint=NAME_HINT,
+                min_items=1,
+                max_items=MAX_SERVICES,
+                reserved=RESERVED_SERVICE_NAMES,
+            ),
             required=True,
         ),
     },

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from devmesh.core.durations import DurationError, parse_duration
+from devmesh.core.durations import DurationError, format_duration, parse_duration
+from devmesh.core.limits import MAX_DURATION_MS, MAX_PROBLEMS, percent_problem
 from devmesh.core.problems import Path, Problem, did_you_mean
 from devmesh.core.source import UNREADABLE, Located
 
@@ -27,6 +28,10 @@ class _Invalid:
 INVALID: Final = _Invalid()
 
 
+class TooManyProblems(Exception):
+    """MAX_PROBLEMS found: the check stops, and what was found is reported."""
+
+
 @dataclass
 class Ctx:
     doc: Located
@@ -34,7 +39,12 @@ class Ctx:
 
     def error(self, path: Path, message: str, *, key: bool = False) -> _Invalid:
         self.problems.append(self.doc.at(path, message, key=key))
+        if len(self.problems) >= MAX_PROBLEMS:
+            raise TooManyProblems  # a hostile file must not cost a did-you-mean per entry
         return INVALID
+
+
+_NUL = "contains a NUL character (\\0), which Docker and Envoy cannot take"
 
 
 def type_name(value: Any) -> str:
@@ -43,7 +53,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        return f"a number ({value:g})" if isinstance(value, float) else f"a number ({value})"
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"'{shown}'"
@@ -82,6 +92,8 @@ class Str(Spec):
             return ctx.error(path, f"expected a string, got {type_name(value)}")
         if len(value) < self.min_length:
             return ctx.error(path, "must not be empty")
+        if "\0" in value:
+            return ctx.error(path, _NUL)
         if self.pattern and not re.fullmatch(self.pattern, value):
             return ctx.error(path, f"'{value}' is not {self.pattern_hint or self.pattern}")
         return value
@@ -106,6 +118,8 @@ class Scalar(Spec):
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if isinstance(value, bool):
             return str(value).lower()
+        if isinstance(value, str) and "\0" in value:
+            return ctx.error(path, _NUL)
         if isinstance(value, str | int | float):
             return str(value)
         return ctx.error(path, f"expected a string or number, got {type_name(value)}")
@@ -143,13 +157,12 @@ class Percent(Spec):
     description: str = "a percentage, 0 to 100 (fractions allowed)"
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
-        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?%", value):
+        if isinstance(value, str) and re.fullmatch(r"\d{1,3}(\.\d{1,6})?%", value):
             value = float(value[:-1])
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return ctx.error(path, f"expected a percentage (0 to 100), got {type_name(value)}")
-        if not 0 <= value <= 100:
-            return ctx.error(path, f"a percentage must be between 0 and 100, got {value}")
-        return float(value)
+        problem = percent_problem(value)  # the same rule as faults sent over the API
+        return ctx.error(path, problem) if problem else float(value)
 
     def schema(self) -> dict[str, Any]:
         return self._doc(
@@ -181,6 +194,7 @@ class Duration(Spec):
 
     description: str = "a duration such as 250ms, 2s, 1m or 1m30s"
     minimum_ms: int = 0
+    maximum_ms: int = MAX_DURATION_MS
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -193,6 +207,10 @@ class Duration(Spec):
             return ctx.error(path, str(exc))
         if ms < self.minimum_ms:
             return ctx.error(path, f"must be at least {self.minimum_ms}ms")
+        if ms > self.maximum_ms:
+            return ctx.error(
+                path, f"must be at most {format_duration(self.maximum_ms)}, got {value}"
+            )
         return ms
 
     def schema(self) -> dict[str, Any]:
@@ -235,12 +253,15 @@ class ListOf(Spec):
     min_items: int = 0
     description: str = ""
     unique: bool = False
+    max_items: int | None = None
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if not isinstance(value, list):
             return ctx.error(path, f"expected a list, got {type_name(value)}")
         if len(value) < self.min_items:
             return ctx.error(path, f"needs at least {self.min_items} item(s)")
+        if self.max_items is not None and len(value) > self.max_items:
+            return ctx.error(path, f"takes at most {self.max_items} items, got {len(value)}")
         out = []
         seen: set[Any] = set()
         for i, item in enumerate(value):
@@ -263,6 +284,8 @@ class ListOf(Spec):
             out["minItems"] = self.min_items
         if self.unique:
             out["uniqueItems"] = True
+        if self.max_items is not None:
+            out["maxItems"] = self.max_items
         return self._doc(out)
 
 
@@ -275,6 +298,9 @@ class MapOf(Spec):
     key_hint: str = ""
     min_items: int = 0
     description: str = ""
+    max_items: int | None = None
+    # Names the pattern allows that cannot be used, each with why not.
+    reserved: Mapping[str, str] = field(default_factory=dict)
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if not isinstance(value, dict):
@@ -283,13 +309,21 @@ class MapOf(Spec):
             return ctx.error(
                 path, f"needs at least {self.min_items} entr{'y' if self.min_items == 1 else 'ies'}"
             )
+        if self.max_items is not None and len(value) > self.max_items:
+            return ctx.error(path, f"takes at most {self.max_items} entries, got {len(value)}")
         out = {}
         for key, item in value.items():
             sub = (*path, key)
             if item is UNREADABLE:
                 continue
+            if "\0" in key:
+                ctx.error(sub, _NUL, key=True)
+                continue
             if not re.fullmatch(self.key_pattern, key):
                 ctx.error(sub, f"'{key}' is not {self.key_hint or 'a valid name'}", key=True)
+                continue
+            if key in self.reserved:
+                ctx.error(sub, f"'{key}' is reserved: {self.reserved[key]}", key=True)
                 continue
             cleaned = self.value.check(item, sub, ctx)
             if cleaned is not INVALID:
@@ -304,6 +338,10 @@ class MapOf(Spec):
         }
         if self.min_items:
             out["minProperties"] = self.min_items
+        if self.max_items is not None:
+            out["maxProperties"] = self.max_items
+        if self.reserved:
+            out["propertyNames"]["not"] = {"enum": sorted(self.reserved)}
         return self._doc(out)
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from devmesh.core.load import DEFAULT_RETRY_ON, load, load_path
+from devmesh.core.load import load, load_path
 from devmesh.core.model import (
     DEFAULT_ROUTE,
     IMPLICIT_VERSION,
+    RETRY_ON,
     Build,
     ConnectionPool,
     Delay,
@@ -174,7 +175,7 @@ def test_service_without_its_own_policy_takes_the_mesh_defaults(inherited: Mesh)
     assert plain.connection_pool == ConnectionPool(connect_timeout_ms=250, max_requests=64)
     (route,) = plain.routes
     assert route.timeout_ms == 3000
-    assert route.retries == Retries(attempts=2, on=DEFAULT_RETRY_ON)
+    assert route.retries == Retries(attempts=2, on=RETRY_ON)
 
 
 def test_service_policy_blocks_merge_key_by_key_over_the_mesh_defaults(inherited: Mesh) -> None:
@@ -196,7 +197,7 @@ def test_route_takes_the_service_policy_unless_it_sets_its_own(inherited: Mesh) 
 
     report = own.route("report")
     assert report.timeout_ms == 30_000
-    assert report.retries == Retries(attempts=1, on=DEFAULT_RETRY_ON)
+    assert report.retries == Retries(attempts=1, on=RETRY_ON)
     rest = own.route("rest")
     assert rest.timeout_ms == 1000
     assert rest.retries == Retries(attempts=4, on=("unavailable",), per_try_timeout_ms=200)
