@@ -7,16 +7,17 @@ from pathlib import Path
 
 from devmesh.client import DaemonClient
 from devmesh.tui.app import MeshApp, make_app
-from devmesh.tui.source import MeshClient, TuiClient
+from devmesh.tui.source import MeshClient, connect
 
-__all__ = ["MeshApp", "MeshClient", "TuiClient", "make_app", "mesh_name", "run"]
+__all__ = ["MeshApp", "MeshClient", "connect", "make_app", "mesh_name", "run"]
 
 
 def run(
     client: DaemonClient, owns_mesh: bool = False, stop_when: Callable[[], bool] | None = None
 ) -> None:
     """Run the TUI in this terminal until the user quits (or `stop_when()` turns true)."""
-    make_app(TuiClient.of(client), owns_mesh=owns_mesh, stop_when=stop_when).run()
+    reader = connect(client.socket_path, client.timeout)  # its reads on a kept connection
+    make_app(reader, owns_mesh=owns_mesh, stop_when=stop_when).run()
 
 
 def mesh_name(file: Path) -> str:

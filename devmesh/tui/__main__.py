@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from devmesh.tui.app import make_app
-from devmesh.tui.source import TuiClient
+from devmesh.tui.source import connect
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     app = make_app(
-        TuiClient(args.socket, timeout=5),
+        connect(args.socket, timeout=5),
         stop_when=None if deadline is None else (lambda: time.monotonic() >= deadline),
     )
     cols, _, rows = args.size.partition("x")

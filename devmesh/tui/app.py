@@ -3,14 +3,15 @@ selected pod's app log and the mesh's events.
 
 Attributes down, messages up: a poller thread reads the daemon and posts `Refreshed`; the app
 hands each widget its rows; the widgets post nothing but Textual's own highlight messages.
-Actions (shift, fault, restart) run in thread workers and post `ActionDone`.
+Actions (shift, fault, restart) run in thread workers and post `ActionDone`. Everything
+the app shows comes as `devmesh.api.types` values; time comes from a `Clock`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -21,13 +22,19 @@ from textual.events import Resize
 from textual.message import Message
 from textual.widgets import Footer, Log, Static
 
+from devmesh.api import types as api
 from devmesh.core.problems import MeshError
+from devmesh.tui.clock import Clock, Timer
 from devmesh.tui.model import (
     POD_COLUMNS,
     ROUTE_COLUMNS,
+    PendingShifts,
     Row,
+    ShiftKey,
     appended,
     banner,
+    event_line,
+    find_route,
     find_service,
     header_text,
     pod_rows,
@@ -47,9 +54,8 @@ POD_WIDTHS |= {"trend": 10, "config": 8, "address": 22}
 ROUTE_WIDTHS = {"route": 14, "weight": 6, "seen": 5, "rps": 5, "ok": 5, "p50": 5, "p99": 5}
 ROUTE_WIDTHS |= {"trend": 10, "policy": 30, "match": 28}
 
-DELAY_FAULT: dict[str, Any] = {"fixed_ms": 300, "percent": 50}
-ABORT_FAULT: dict[str, Any] = {"status": 503, "percent": 50}
-SHIFT_SETTLE = 0.35  # seconds: quick key presses add up to one shift
+DELAY_FAULT = api.DelaySpec(fixed_ms=300, percent=50)
+ABORT_FAULT = api.AbortSpec(percent=50, status=503)
 WIDE = 150  # columns from which the log and events sit beside the tables
 TALL = 40  # rows from which the bottom pane grows
 
@@ -59,7 +65,7 @@ class Refreshed(Message):
 
 
 class ActionDone(Message):
-    def __init__(self, text: str, ok: bool, key: tuple[str, str] | None = None) -> None:
+    def __init__(self, text: str, ok: bool, key: ShiftKey | None = None) -> None:
         super().__init__()
         self.text = text
         self.ok = ok
@@ -99,7 +105,13 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "restart the selected pod's app (on a service row: every pod of the service); asks first",
     ),
     ("l", "l", "show_pane('log')", "Log", "show the selected pod's app log (following)"),
-    ("e", "e", "show_pane('events')", "", "show the events: pushes, ACKs, NACKs, restarts"),
+    (
+        "e",
+        "e",
+        "show_pane('events')",
+        "",
+        "show the mesh's events: saves, pushes and NACKs, restarts, health",
+    ),
     ("q,ctrl+c", "q  Ctrl+C", "quit", "Quit", "quit (a TUI of `up -d` leaves the mesh running)"),
 )
 # Keys the tables handle themselves, listed in the help screen with the app's own.
@@ -153,15 +165,17 @@ class MeshApp(App[None]):
         interval: float = 1.0,
         poll: bool = True,
         stop_when: Callable[[], bool] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
         self.client = client
+        self.clock: Clock = clock or _TextualClock(self)
         self.owns_mesh = owns_mesh
         self.poller = Poller(client, interval)
         self._poll = poll
         self._stop_when = stop_when
-        self.state: dict[str, Any] | None = None
-        self.routes: dict[str, Any] | None = None
+        self.state: api.MeshState | None = None
+        self.routes: api.Routes | None = None
         self.rates: Rates | None = None
         self.unavailable: str | None = None
         self._banner: tuple[tuple[str, str], ...] = ()
@@ -169,11 +183,9 @@ class MeshApp(App[None]):
         self.pane = "events"
         self._log_lines: tuple[str, ...] = ()
         self._log_pod: str | None = None
-        # Weights asked for but not yet seen in /v1/routes: (service, route) -> weights.
-        self.pending: dict[tuple[str, str], dict[str, int]] = {}
-        self._pending_since: dict[tuple[str, str], float] = {}
-        self._sent: set[tuple[str, str]] = set()
-        self._shift_timer: Any = None
+        # Weights asked for but not yet seen in /v1/routes.
+        self.shifts = PendingShifts()
+        self._shift_timer: Timer | None = None
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -251,7 +263,7 @@ class MeshApp(App[None]):
             self.state = frame.state
         if frame.routes is not None:
             self.routes = frame.routes
-            self._settle_pending()
+            self.shifts.settle_with(self.routes, self.clock.now())
         if frame.rates is not None:
             self.rates = frame.rates
         self.query_one("#title", Line).text = header_text(self.state, self.owns_mesh)
@@ -268,13 +280,13 @@ class MeshApp(App[None]):
         self._show_routes()
         events = self.query_one("#events", Log)
         if frame.events:
-            events.write_lines([e.line() for e in frame.events])
+            events.write_lines([event_line(e) for e in frame.events])
         if frame.log is not None:
             self._show_log(*frame.log)
         self._details()
 
     def _show_routes(self) -> None:
-        self._routes.show(route_rows(self.routes, self.service, self.rates, self.pending))
+        self._routes.show(route_rows(self.routes, self.service, self.rates, self.shifts.asked))
 
     def _show_log(self, pod: str, lines: tuple[str, ...]) -> None:
         log = self.query_one("#log", Log)
@@ -334,10 +346,8 @@ class MeshApp(App[None]):
             self._wire_log()
 
     def _first_pod(self, service: str | None) -> str | None:
-        for p in (self.state or {}).get("pods", []):
-            if p["service"] == service:
-                return str(p["pod"])
-        return None
+        pods = self.state.pods if self.state is not None else ()
+        return next((p.pod for p in pods if p.service == service), None)
 
     def _wire_log(self) -> None:
         """The poller reads the app log only while it is on screen."""
@@ -375,7 +385,7 @@ class MeshApp(App[None]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*self.KEYS, *TABLE_KEYS]))
 
-    def _target(self) -> tuple[Row, dict[str, Any], dict[str, Any]] | None:
+    def _target(self) -> tuple[Row, api.ServiceRoutes, api.RouteInfo] | None:
         """The route the keys act on: the routes table's highlighted row (a route or one of
         its versions), with its service's and route's documents."""
         row = self._routes.current()
@@ -388,42 +398,34 @@ class MeshApp(App[None]):
                 self.notify("select a route or a version in the routes table", severity="warning")
             return None
         svc = find_service(self.routes, row.service)
-        if svc is None:
+        route = find_route(self.routes, row.service, row.route) if row.service else None
+        if svc is None or route is None:
             return None
-        route = next((r for r in svc.get("routes", []) if r["name"] == row.route), None)
-        if route is None:
-            return None
-        return row, dict(svc), dict(route)
+        return row, svc, route
 
-    def _weights(
-        self, row: Row, svc: dict[str, Any], route: dict[str, Any]
-    ) -> tuple[str, dict[str, int]] | None:
-        versions = list(svc.get("versions", {}))
-        if len(versions) < 2:
-            self.notify(f"{svc['name']} has one version: nothing to shift", severity="warning")
-            return None
-        key = (str(svc["name"]), str(route["name"]))
-        current = self.pending.get(key) or {v: int(route["to"].get(v, 0)) for v in versions}
-        version = row.version or versions[-1]  # on a route row: its last version, the canary
-        return version, current
-
-    def _selected_weights(self) -> tuple[Any, Any, str, dict[str, int]] | None:
+    def _selected_weights(
+        self,
+    ) -> tuple[api.ServiceRoutes, api.RouteInfo, str, dict[str, int]] | None:
         """The selected route's service, route, version to change and current weights."""
         target = self._target()
         if target is None:
             return None
         row, svc, route = target
-        found = self._weights(row, svc, route)
-        if found is None:
+        versions = list(svc.versions)
+        if len(versions) < 2:
+            self.notify(f"{svc.name} has one version: nothing to shift", severity="warning")
             return None
-        return (svc, route, *found)
+        asked = self.shifts.asked.get((svc.name, route.name))
+        current = asked or {v: route.to.get(v, 0) for v in versions}
+        version = row.version or versions[-1]  # on a route row: its last version, the canary
+        return svc, route, version, current
 
     def action_step(self, delta: int) -> None:
         selected = self._selected_weights()
         if selected is None:
             return
         svc, route, version, current = selected
-        self._ask(svc, route, step_weight(current, list(svc["versions"]), version, delta))
+        self._ask(svc, route, step_weight(current, list(svc.versions), version, delta))
 
     def action_type_weight(self) -> None:
         selected = self._selected_weights()
@@ -433,87 +435,70 @@ class MeshApp(App[None]):
 
         def chosen(value: int | None) -> None:
             if value is not None:
-                weights = set_weight(current, list(svc["versions"]), version, value)
+                weights = set_weight(current, list(svc.versions), version, value)
                 self._ask(svc, route, weights)
 
-        what = f"{svc['name']}/{route['name']} → {version}"
+        what = f"{svc.name}/{route.name} → {version}"
         self.push_screen(WeightScreen(what, current.get(version, 0)), chosen)
 
-    def _ask(self, svc: dict[str, Any], route: dict[str, Any], weights: dict[str, int]) -> None:
+    def _ask(self, svc: api.ServiceRoutes, route: api.RouteInfo, weights: dict[str, int]) -> None:
         """Show the new weights at once; send them when the keys stop for a moment."""
-        key = (str(svc["name"]), str(route["name"]))
-        self.pending[key] = weights
-        self._pending_since[key] = time.monotonic()
-        self._sent.discard(key)
+        self.shifts.ask((svc.name, route.name), weights, self.clock.now())
         self._show_routes()
         self._details()
+        self._schedule_shifts()
+
+    def _schedule_shifts(self) -> None:
         if self._shift_timer is not None:
             self._shift_timer.stop()
-        self._shift_timer = self.set_timer(SHIFT_SETTLE, self._send_pending)
+            self._shift_timer = None
+        delay = self.shifts.due_in(self.clock.now())
+        if delay is not None:
+            self._shift_timer = self.clock.later(delay, self._send_due)
 
-    def _send_pending(self) -> None:
+    def _send_due(self) -> None:
         self._shift_timer = None
-        for key, weights in list(self.pending.items()):
-            if key in self._sent:
-                continue
-            self._sent.add(key)
-            svc = find_service(self.routes, key[0])
-            route = next((r for r in (svc or {}).get("routes", []) if r["name"] == key[1]), None)
-            configured = dict(route["to"]) if route else {}
-            self._shift(key, weights_to_send(weights, configured))
+        for key, weights in self.shifts.take_due(self.clock.now()):
+            route = find_route(self.routes, *key)
+            self._shift(key, weights_to_send(weights, route.to if route else {}))
+        self._schedule_shifts()  # a press in between: wait for quiet again
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _shift(self, key: tuple[str, str], weights: dict[str, int]) -> None:
+    def _shift(self, key: ShiftKey, weights: dict[str, int]) -> None:
         try:
             result = self.client.shift(key[0], weights, key[1])
-            split = ", ".join(f"{v} {w}" for v, w in result.get("weights", weights).items())
-            text = f"{key[0]}/{result.get('route', key[1])}: {split} (applied, written to the file)"
+            split = ", ".join(f"{v} {w}" for v, w in result.weights.items())
+            text = f"{key[0]}/{result.route}: {split} (applied, written to the file)"
             self.post_message(ActionDone(text, True, key))
         except MeshError as exc:
             self.post_message(ActionDone(f"shift {key[0]}/{key[1]} refused: {exc}", False, key))
         self.poller.poke(routes=True)
-
-    def _settle_pending(self) -> None:
-        """Forget asked-for weights once the daemon serves them (or after a while)."""
-        for key in list(self.pending):
-            svc = find_service(self.routes, key[0])
-            route = next((r for r in (svc or {}).get("routes", []) if r["name"] == key[1]), None)
-            served = {v: int(w) for v, w in (route or {}).get("to", {}).items() if int(w) > 0}
-            asked = {v: w for v, w in self.pending[key].items() if w > 0}
-            stale = time.monotonic() - self._pending_since.get(key, 0) > 15
-            if key in self._sent and (served == asked or stale):
-                self._forget(key)
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        self.pending.pop(key, None)
-        self._pending_since.pop(key, None)
-        self._sent.discard(key)
 
     def action_toggle_fault(self, kind: str) -> None:
         target = self._target()
         if target is None:
             return
         _, svc, route = target
-        if svc.get("protocol") == "tcp":
-            self.notify(f"{svc['name']} is a tcp service: faults are HTTP", severity="warning")
+        if svc.protocol == "tcp":
+            self.notify(f"{svc.name} is a tcp service: faults are HTTP", severity="warning")
             return
-        fault = route.get("fault") or {}
-        mine = bool(route.get("fault_override"))
-        delay = fault.get("delay") if mine else None
-        abort = fault.get("abort") if mine else None
-        if abort:
-            abort = {"status": abort["status"], "percent": abort["percent"]}
-            if abort["status"] is None:
-                abort = None
+        # Only a fault set here is toggled; the file's own comes back when it is cleared.
+        mine = route.fault if route.fault_override and route.fault is not None else None
+        delay = mine.delay if mine else None
+        abort = mine.abort if mine and mine.abort and mine.abort.status is not None else None
         if kind == "delay":
-            delay = None if delay else dict(DELAY_FAULT)
+            delay = None if delay else DELAY_FAULT
         else:
-            abort = None if abort else dict(ABORT_FAULT)
-        self._fault(str(svc["name"]), str(route["name"]), delay, abort)
+            abort = None if abort else ABORT_FAULT
+        self._fault(svc.name, route.name, delay, abort)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _fault(
-        self, service: str, route: str, delay: dict[str, Any] | None, abort: dict[str, Any] | None
+        self,
+        service: str,
+        route: str,
+        delay: api.DelaySpec | None,
+        abort: api.AbortSpec | None,
     ) -> None:
         try:
             self.client.fault(service, route, delay=delay, abort=abort)
@@ -530,24 +515,22 @@ class MeshApp(App[None]):
             self.notify("select a pod or a service in the pods table", severity="warning")
             return
         if row.kind == "pod":
-            question, args = f"Restart the app of pod {row.pod}?", {"pod": row.pod}
+            question, service, pod = f"Restart the app of pod {row.pod}?", None, row.pod
         else:
-            question, args = (
-                f"Restart the apps of every pod of {row.service}?",
-                {"service": row.service},
-            )
+            question = f"Restart the apps of every pod of {row.service}?"
+            service, pod = row.service, None
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._restart(args)
+                self._restart(service, pod)
 
         self.push_screen(ConfirmScreen(question), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _restart(self, args: dict[str, Any]) -> None:
+    def _restart(self, service: str | None, pod: str | None) -> None:
         try:
-            result = self.client.restart(**args)
-            names = ", ".join(result.get("restarted", []))
+            result = self.client.restart(service=service, pod=pod)
+            names = ", ".join(result.restarted)
             self.post_message(ActionDone(f"restarted {names}", True))
         except MeshError as exc:
             self.post_message(ActionDone(f"restart refused: {exc}", False))
@@ -556,7 +539,7 @@ class MeshApp(App[None]):
     @on(ActionDone)
     def _action_done(self, message: ActionDone) -> None:
         if not message.ok and message.key is not None:
-            self._forget(message.key)
+            self.shifts.forget(message.key)
             self._show_routes()
         self.notify(message.text, severity="information" if message.ok else "error", timeout=6)
         self.query_one("#events", Log).write_line(
@@ -571,8 +554,30 @@ def make_app(
     interval: float = 1.0,
     poll: bool = True,
     stop_when: Callable[[], bool] | None = None,
+    clock: Clock | None = None,
 ) -> MeshApp:
-    """The TUI over `client` (a `TuiClient`, or in tests a recorded one). `owns_mesh`: quitting
-    stops the mesh (a foreground `devmesh up`); `poll=False` leaves the reads to the caller
-    (snapshot tests feed frames themselves); `stop_when` is checked after every read."""
-    return MeshApp(client, owns_mesh=owns_mesh, interval=interval, poll=poll, stop_when=stop_when)
+    """The TUI over `client` (a `DaemonClient`, or in tests a recorded one). `owns_mesh`:
+    quitting stops the mesh (a foreground `devmesh up`); `poll=False` leaves the reads to the
+    caller (snapshot tests feed frames themselves); `stop_when` is checked after every read;
+    `clock`: what the app waits with (default: the monotonic clock and Textual's timers)."""
+    return MeshApp(
+        client,
+        owns_mesh=owns_mesh,
+        interval=interval,
+        poll=poll,
+        stop_when=stop_when,
+        clock=clock,
+    )
+
+
+class _TextualClock:
+    """The real clock: time.monotonic, and timers on the app's event loop."""
+
+    def __init__(self, app: App[None]) -> None:
+        self._app = app
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self._app.set_timer(delay, callback)

@@ -1,9 +1,12 @@
 """The TUI's screens as values: table rows, header, banner and event lines computed from the
-daemon's API documents and the live rates. Pure: no I/O, no Textual; tested on its own.
+daemon's API documents (`devmesh.api.types`) and the live rates. Pure: no I/O, no Textual;
+tested on its own.
 
 A cell is (text, style) with a style *name* ("ok", "warn", "bad", "dim", "accent", ""); the
 widgets turn names into colours, and NO_COLOR turns them into plain text. States never rely on
-colour alone: each carries a symbol and a word.
+colour alone: each carries a symbol and a word. Nothing here reads the daemon's English: a
+pod's state is its `PodState`, an event's weight its `Severity`; reasons and details are
+shown as they are.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from devmesh.api import types as api
 from devmesh.tui.stats import (
     INGRESS,
     Live,
@@ -77,50 +80,31 @@ class Row:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    time: float
-    text: str
-    style: str = ""
-    seen: bool = False  # derived by the TUI from two reads, not told by the daemon
-
-    def line(self) -> str:
-        clock = time.strftime("%H:%M:%S", time.localtime(self.time))
-        return f"{clock} {'· ' if self.seen else ''}{self.text}"
-
-
 # -- pods and services ---------------------------------------------------------------------------
 
-
-def pod_state(pod: Mapping[str, Any]) -> Cell:
-    if pod.get("ready"):
-        return "● ready", "ok"
-    reason = str(pod.get("reason") or "")
-    if reason.startswith("cannot "):
-        return "✗ failed", "bad"
-    if reason.startswith("config NACKed"):
-        return "✗ NACKed", "bad"
-    if reason.startswith("app exiting"):
-        return "↻ restarting", "warn"
-    if reason.startswith("sidecar not running"):
-        return "✗ no sidecar", "bad"
-    if reason == "daemon not running":
-        return "? no daemon", "dim"
-    if reason.startswith("health failing") and "not checked yet" not in reason:
-        if pod.get("restarts"):
-            return "↻ restarting", "warn"
-        return "◐ unhealthy", "warn"
-    return "◐ starting", "warn"
+POD_STATES: Mapping[api.PodState, Cell] = {
+    api.PodState.READY: ("● ready", "ok"),
+    api.PodState.FAILED: ("✗ failed", "bad"),
+    api.PodState.ENGINE_DOWN: ("? engine down", "warn"),
+    api.PodState.STARTING: ("◐ starting", "warn"),
+    api.PodState.CRASHING: ("↻ restarting", "warn"),  # the engine restarts the exiting app
+    api.PodState.SIDECAR_DOWN: ("✗ no sidecar", "bad"),
+    api.PodState.NACKED: ("✗ NACKed", "bad"),
+    api.PodState.SYNCING: ("◐ syncing", "warn"),
+    api.PodState.UNHEALTHY: ("◐ unhealthy", "warn"),
+}
 
 
-def xds_cell(xds: Mapping[str, Any] | None) -> Cell:
-    if not xds:
-        return "-", "dim"
-    if xds.get("nack"):
+def pod_state(pod: api.Pod) -> Cell:
+    return POD_STATES[pod.state]
+
+
+def xds_cell(xds: api.XdsStatus) -> Cell:
+    if xds.nack is not None:
         return "NACK", "bad"
-    if xds.get("synced"):
+    if xds.synced:
         return "ACK", "ok"
-    if xds.get("connected"):
+    if xds.connected:
         return "…", "warn"
     return "-", "dim"
 
@@ -135,50 +119,39 @@ def _live_cells(live: Live | None, history: Sequence[float] | None) -> dict[str,
     }
 
 
-def _short_pod(pod: Mapping[str, Any], project: str) -> str:
-    name = str(pod["pod"])
-    prefix = f"{project}-{pod['service']}-"
-    return name[len(prefix) :] if name.startswith(prefix) else name
+def _short_pod(pod: api.Pod, project: str) -> str:
+    prefix = f"{project}-{pod.service}-"
+    return pod.pod[len(prefix) :] if pod.pod.startswith(prefix) else pod.pod
 
 
-def service_order(state: Mapping[str, Any], routes: Mapping[str, Any] | None) -> list[str]:
-    names: list[str] = []
-    for svc in (routes or {}).get("services", []):
-        names.append(str(svc["name"]))
-    for pod in state.get("pods", []):
-        if pod["service"] not in names:
-            names.append(str(pod["service"]))
+def service_order(state: api.MeshState, routes: api.Routes | None) -> list[str]:
+    names = [s.name for s in routes.services] if routes else []
+    for pod in state.pods:
+        if pod.service not in names:
+            names.append(pod.service)
     return names
 
 
-def pod_rows(
-    state: Mapping[str, Any], routes: Mapping[str, Any] | None, rates: Rates | None
-) -> list[Row]:
+def pod_rows(state: api.MeshState, routes: api.Routes | None, rates: Rates | None) -> list[Row]:
     """Each service, then its pods (and versions that cannot run); the gateway last."""
     rates = rates or Rates(0.0)
-    project = str(state.get("project", ""))
-    pods = list(state.get("pods", []))
-    failed = list(state.get("failed", []))
-    replicas: dict[str, dict[str, int]] = {
-        str(s["name"]): dict(s.get("versions", {})) for s in (routes or {}).get("services", [])
-    }
-    protocols = {str(s["name"]): str(s["protocol"]) for s in (routes or {}).get("services", [])}
     rows: list[Row] = []
     for service in service_order(state, routes):
-        mine = [p for p in pods if p["service"] == service]
-        broken = [f for f in failed if f["service"] == service]
-        ready = sum(1 for p in mine if p.get("ready"))
+        mine = [p for p in state.pods if p.service == service]
+        broken = [f for f in state.failed if f.service == service]
+        ready = sum(1 for p in mine if p.ready)
         if broken:
             state_cell: Cell = (f"✗ {ready}/{len(mine)} ready", "bad")
         elif mine and ready == len(mine):
             state_cell = (f"● {ready}/{len(mine)} ready", "ok")
         else:
             state_cell = (f"◐ {ready}/{len(mine)} ready", "warn")
-        versions = replicas.get(service) or _versions_of(mine)
+        svc = routes.service(service) if routes else None
+        versions = dict(svc.versions) if svc and svc.versions else _versions_of(mine)
         version_text = " ".join(v if n == 1 else f"{v}×{n}" for v, n in versions.items())
         live = rates.services.get(service)
         detail = (
-            f"{service} ({protocols.get(service, '?')}): {len(versions)} version(s), "
+            f"{service} ({svc.protocol if svc else '?'}): {len(versions)} version(s), "
             f"{len(mine)} pod(s), {ready} ready"
             + (f"; requests from callers: {_live_text(live)}" if live else "")
         )
@@ -199,30 +172,30 @@ def pod_rows(
         )
         for i, pod in enumerate(mine):
             last = i == len(mine) - 1 and not broken
-            rows.append(_pod_row(pod, project, last, rates))
+            rows.append(_pod_row(pod, state.project, last, rates))
         for j, f in enumerate(broken):
-            if any(p["version"] == f["version"] and not p.get("ready") for p in mine):
+            if any(p.version == f.version and not p.ready for p in mine):
                 continue  # its pods already say why
             branch = "└" if j == len(broken) - 1 else "├"
             rows.append(
                 Row(
-                    key=f"failed:{service}|{f['version']}",
+                    key=f"failed:{service}|{f.version}",
                     cells=cells(
                         POD_COLUMNS,
-                        name=(f" {branch} {f['version']}", ""),
-                        state=("✗ failed", "bad"),
-                        version=(str(f["version"]), ""),
+                        name=(f" {branch} {f.version}", ""),
+                        state=POD_STATES[api.PodState.FAILED],
+                        version=(f.version, ""),
                     ),
                     kind="failed",
                     service=service,
-                    version=str(f["version"]),
-                    detail=f"{service}/{f['version']} cannot run: {f['reason']}",
+                    version=f.version,
+                    detail=f"{service}/{f.version} cannot run: {f.reason}",
                 )
             )
-    gateway = state.get("gateway")
-    if gateway:
-        live = rates.pods.get(str(gateway["name"]))
-        g_state: Cell = ("● ready", "ok") if gateway.get("ready") else (gateway["state"], "warn")
+    gateway = state.gateway
+    if gateway is not None:
+        live = rates.pods.get(gateway.name)
+        g_state: Cell = ("● ready", "ok") if gateway.ready else (gateway.state, "warn")
         rows.append(
             Row(
                 key="gateway",
@@ -230,71 +203,66 @@ def pod_rows(
                     POD_COLUMNS,
                     name=("ingress", "accent"),
                     state=g_state,
-                    xds=xds_cell(gateway.get("xds")),
-                    **_live_cells(live, rates.history.get(pod_key(str(gateway["name"])))),
-                    config=((gateway.get("xds") or {}).get("version") or "-", "dim"),
-                    address=(str(gateway.get("url", "")), ""),
+                    xds=xds_cell(gateway.xds),
+                    **_live_cells(live, rates.history.get(pod_key(gateway.name))),
+                    config=(gateway.xds.version or "-", "dim"),
+                    address=(gateway.url or "", ""),
                 ),
                 kind="gateway",
-                pod=str(gateway["name"]),
-                detail=f"ingress gateway {gateway['name']}: {gateway['state']}, "
-                f"{gateway.get('url', '')}; {_xds_text(gateway.get('xds'))}",
+                pod=gateway.name,
+                detail=f"ingress gateway {gateway.name}: {gateway.state}, "
+                f"{gateway.url or ''}; {_xds_text(gateway.xds)}",
             )
         )
     return rows
 
 
-def _versions_of(pods: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _versions_of(pods: Sequence[api.Pod]) -> dict[str, int]:
     out: dict[str, int] = {}
     for p in pods:
-        out[str(p["version"])] = out.get(str(p["version"]), 0) + 1
+        out[p.version] = out.get(p.version, 0) + 1
     return out
 
 
-def _pod_row(pod: Mapping[str, Any], project: str, last: bool, rates: Rates) -> Row:
-    name = str(pod["pod"])
-    live = rates.pods.get(name)
-    xds = pod.get("xds") or {}
+def _pod_row(pod: api.Pod, project: str, last: bool, rates: Rates) -> Row:
+    live = rates.pods.get(pod.pod)
     state = pod_state(pod)
     detail = (
-        f"{name} ({pod.get('address') or 'no address'}): {state[0][2:]}"
-        + (f" — {pod['reason']}" if pod.get("reason") else "")
-        + f"; app {pod.get('app')}, {pod.get('restarts', 0)} restart(s); "
-        f"sidecar {pod.get('sidecar')}; {_xds_text(xds)}"
+        f"{pod.pod} ({pod.address or 'no address'}): {state[0][2:]}"
+        + (f" — {pod.reason}" if pod.reason else "")
+        + f"; app {pod.app}, {pod.restarts} restart(s); "
+        f"sidecar {pod.sidecar}; {_xds_text(pod.xds)}"
     )
     return Row(
-        key=f"pod:{name}",
+        key=f"pod:{pod.pod}",
         cells=cells(
             POD_COLUMNS,
             name=(f" {'└' if last else '├'} {_short_pod(pod, project)}", ""),
             state=state,
-            version=(str(pod["version"]), ""),
-            xds=xds_cell(xds),
+            version=(pod.version, ""),
+            xds=xds_cell(pod.xds),
             **{
-                **_live_cells(live, rates.history.get(pod_key(name))),
+                **_live_cells(live, rates.history.get(pod_key(pod.pod))),
                 "p99": ("", ""),  # into a pod: counted, but no latency histogram is read
             },
-            config=(str(xds.get("version") or "-"), "dim"),
-            address=(str(pod.get("address") or "-"), ""),
+            config=(pod.xds.version or "-", "dim"),
+            address=(pod.address or "-", ""),
         ),
         kind="pod",
-        service=str(pod["service"]),
-        pod=name,
-        version=str(pod["version"]),
+        service=pod.service,
+        pod=pod.pod,
+        version=pod.version,
         detail=detail,
     )
 
 
-def _xds_text(xds: Mapping[str, Any] | None) -> str:
-    if not xds:
-        return "xDS: not connected"
-    text = f"config {xds.get('version') or '-'} "
-    if xds.get("nack"):
-        nack = xds["nack"]
-        return text + f"NACKed ({nack['type']}): {' '.join(str(nack['message']).split())}"
-    if xds.get("synced"):
+def _xds_text(xds: api.XdsStatus) -> str:
+    text = f"config {xds.version or '-'} "
+    if xds.nack is not None:
+        return text + f"NACKed ({xds.nack.type}): {' '.join(xds.nack.message.split())}"
+    if xds.synced:
         return text + "ACKed"
-    return text + ("pushed, waiting for the ACK" if xds.get("connected") else "(not connected)")
+    return text + ("pushed, waiting for the ACK" if xds.connected else "(not connected)")
 
 
 def _live_text(live: Live | None) -> str:
@@ -302,7 +270,11 @@ def _live_text(live: Live | None) -> str:
         return "no numbers yet"
     text = f"{fmt_rps(live.rps)} req/s, {fmt_success(live.success)} ok"
     if live.p50 is not None or live.p99 is not None:
-        text += f", p50 {fmt_ms(live.p50)} p99 {fmt_ms(live.p99)}"
+        # Over several Envoys each percentile is the highest of theirs: an upper bound.
+        at_most = "≤" if live.bound else ""
+        text += f", p50 {at_most}{fmt_ms(live.p50)} p99 {at_most}{fmt_ms(live.p99)}"
+        if live.bound:
+            text += f" (the slowest of {live.merged} callers')"
     if live.cx is not None:
         text += f", {live.cx} conn"
     return text
@@ -311,62 +283,64 @@ def _live_text(live: Live | None) -> str:
 # -- routes --------------------------------------------------------------------------------------
 
 
-def find_service(routes: Mapping[str, Any] | None, name: str | None) -> Mapping[str, Any] | None:
-    for svc in (routes or {}).get("services", []):
-        if svc["name"] == name:
-            found: Mapping[str, Any] = svc
-            return found
-    return None
+def find_service(routes: api.Routes | None, name: str | None) -> api.ServiceRoutes | None:
+    return routes.service(name) if routes is not None and name is not None else None
 
 
-def fault_text(fault: Mapping[str, Any] | None) -> str:
-    if not fault:
+def find_route(routes: api.Routes | None, service: str, route: str) -> api.RouteInfo | None:
+    svc = find_service(routes, service)
+    return next((r for r in svc.routes if r.name == route), None) if svc else None
+
+
+def fault_text(fault: api.FaultSpec | None) -> str:
+    if fault is None:
         return ""
     parts = []
-    if fault.get("delay"):
-        d = fault["delay"]
-        parts.append(f"delay {fmt_ms(float(d['fixed_ms']))} {d['percent']:g}%")
-    if fault.get("abort"):
-        a = fault["abort"]
-        code = a.get("status") or f"grpc {a.get('grpc_status')}"
-        parts.append(f"abort {code} {a['percent']:g}%")
+    if fault.delay is not None:
+        d = fault.delay
+        parts.append(f"delay {fmt_ms(float(d.fixed_ms))} {d.percent:g}%")
+    if fault.abort is not None:
+        a = fault.abort
+        code = a.status or f"grpc {a.grpc_status}"
+        parts.append(f"abort {code} {a.percent:g}%")
     return ", ".join(parts)
 
 
-def policy_text(route: Mapping[str, Any]) -> str:
+def policy_text(route: api.RouteInfo) -> str:
     parts = []
-    if route.get("retries"):
-        parts.append(f"retry {route['retries']['attempts']}")
-    if route.get("timeout_ms") is not None:
-        parts.append(fmt_ms(float(route["timeout_ms"])))
-    fault = fault_text(route.get("fault"))
+    if route.retries is not None:
+        parts.append(f"retry {route.retries.attempts}")
+    if route.timeout_ms is not None:
+        parts.append(fmt_ms(float(route.timeout_ms)))
+    fault = fault_text(route.fault)
     if fault:
-        parts.append(("⚡" if route.get("fault_override") else "") + fault)
-    if route.get("mirror"):
-        parts.append(f"mirror {route['mirror']['percent']:g}%")
+        parts.append(("⚡" if route.fault_override else "") + fault)
+    if route.mirror is not None:
+        parts.append(f"mirror {route.mirror.percent:g}%")
     return " · ".join(parts)
 
 
-def route_detail(service: str, route: Mapping[str, Any]) -> str:
-    to = ", ".join(f"{v} {w}%" for v, w in route.get("to", {}).items())
-    parts = [f"{service}/{route['name']}: {route.get('match') or 'any request'} → {to}"]
-    if route.get("retries"):
-        r = route["retries"]
-        parts.append(f"retries {r['attempts']} on {','.join(r['on'])}")
-    if route.get("timeout_ms") is not None:
-        parts.append(f"timeout {fmt_ms(float(route['timeout_ms']))}")
-    fault = fault_text(route.get("fault"))
+def route_detail(service: str, route: api.RouteInfo) -> str:
+    to = ", ".join(f"{v} {w}%" for v, w in route.to.items())
+    parts = [f"{service}/{route.name}: {route.match or 'any request'} → {to}"]
+    if route.retries is not None:
+        r = route.retries
+        parts.append(f"retries {r.attempts} on {','.join(r.on)}")
+    if route.timeout_ms is not None:
+        parts.append(f"timeout {fmt_ms(float(route.timeout_ms))}")
+    fault = fault_text(route.fault)
     if fault:
-        origin = "set here, not in the file" if route.get("fault_override") else "from the file"
+        origin = "set here, not in the file" if route.fault_override else "from the file"
         parts.append(f"fault {fault} ({origin})")
-    if route.get("mirror"):
-        m = route["mirror"]
-        parts.append(f"mirror {m['percent']:g}% to {m['service']}/{m['version']}")
+    if route.mirror is not None:
+        m = route.mirror
+        to_what = f"{m.service}/{m.version}" if m.version else m.service
+        parts.append(f"mirror {m.percent:g}% to {to_what}")
     return " · ".join(parts)
 
 
 def route_rows(
-    routes: Mapping[str, Any] | None,
+    routes: api.Routes | None,
     service: str | None,
     rates: Rates | None,
     pending: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
@@ -377,10 +351,10 @@ def route_rows(
     rows: list[Row] = []
     svc = find_service(routes, service)
     if svc is not None:
-        name = str(svc["name"])
-        versions = list(svc.get("versions", {}))
-        for route in svc.get("routes", []):
-            rname = str(route["name"])
+        name = svc.name
+        versions = list(svc.versions)
+        for route in svc.routes:
+            rname = route.name
             live = rates.routes.get((name, rname))
             split = rates.splits.get((name, rname))
             rows.append(
@@ -391,8 +365,8 @@ def route_rows(
                         route=(rname, "accent"),
                         seen=("" if split is None or split.exact else "≈all", "dim"),
                         **_route_live(live, rates.history.get(route_key(name, rname))),
-                        policy=(policy_text(route), "warn" if route.get("fault") else ""),
-                        match=(str(route.get("match") or "*"), "dim"),
+                        policy=(policy_text(route), "warn" if route.fault else ""),
+                        match=(route.match or "*", "dim"),
                     ),
                     kind="route",
                     service=name,
@@ -400,7 +374,7 @@ def route_rows(
                     detail=route_detail(name, route),
                 )
             )
-            configured: Mapping[str, int] = route.get("to", {})
+            configured = route.to
             wanted = pending.get((name, rname))
             shown = [v for v in versions if v in configured or (wanted and v in wanted)]
             if len(versions) > 1:
@@ -409,7 +383,7 @@ def route_rows(
                 rows.append(
                     _version_row(name, rname, version, configured, wanted, split, live, rates, k)
                 )
-        if not svc.get("routes"):
+        if not svc.routes:
             rows.append(
                 Row(
                     key=f"none:{name}",
@@ -418,36 +392,36 @@ def route_rows(
                     service=name,
                 )
             )
-    ingress = (routes or {}).get("ingress")
-    if ingress:
+    ingress = routes.ingress if routes is not None else None
+    if ingress is not None:
         rows.append(
             Row(
                 key="section:ingress",
                 cells=cells(
                     ROUTE_COLUMNS,
                     route=("ingress", "accent"),
-                    match=(str(ingress.get("address", "")), "dim"),
+                    match=(ingress.address, "dim"),
                 ),
                 kind="section",
-                detail=f"the ingress gateway on {ingress.get('address')}",
+                detail=f"the ingress gateway on {ingress.address}",
             )
         )
-        for r in ingress.get("routes", []):
-            live = rates.routes.get((INGRESS, str(r["name"])))
+        for r in ingress.routes:
+            live = rates.routes.get((INGRESS, r.name))
             rows.append(
                 Row(
-                    key=f"ingress:{r['name']}",
+                    key=f"ingress:{r.name}",
                     cells=cells(
                         ROUTE_COLUMNS,
-                        route=(f" {r['name']} → {r['service']}", ""),
-                        **_route_live(live, rates.history.get(route_key(INGRESS, str(r["name"])))),
-                        match=(str(r.get("match") or "*"), "dim"),
+                        route=(f" {r.name} → {r.service}", ""),
+                        **_route_live(live, rates.history.get(route_key(INGRESS, r.name))),
+                        match=(r.match or "*", "dim"),
                     ),
                     kind="ingress",
-                    service=str(r["service"]),
-                    route=str(r["name"]),
-                    detail=f"ingress route {r['name']}: {r.get('match') or 'any request'} → "
-                    f"{r['service']} (its routes apply)",
+                    service=r.service,
+                    route=r.name,
+                    detail=f"ingress route {r.name}: {r.match or 'any request'} → "
+                    f"{r.service} (its routes apply)",
                 )
             )
     return rows
@@ -456,6 +430,8 @@ def route_rows(
 def _route_live(live: Live | None, history: Sequence[float] | None) -> dict[str, Cell]:
     return {
         **_live_cells(live, history),
+        # The highest of the callers' p50s (an upper bound of the route's median, see
+        # `stats.Live`); the help screen says so.
         "p50": (fmt_ms(live.p50 if live else None), ""),
     }
 
@@ -559,23 +535,74 @@ def weights_to_send(new: Mapping[str, int], configured: Mapping[str, int]) -> di
     return {v: w for v, w in new.items() if w > 0 or v in configured}
 
 
+ShiftKey = tuple[str, str]  # (service, route)
+SHIFT_SETTLE = 0.35  # seconds without a key press before the asked-for weights are sent
+SHIFT_GIVE_UP = 15.0  # seconds after which sent weights the daemon does not show are dropped
+
+
+@dataclass
+class PendingShifts:
+    """Weights asked for with the keys and not served yet, per route. Quick key presses add
+    up to one shift: nothing is sent until the keys have been quiet for `settle` seconds.
+    Pure: the caller says what time it is (the app reads its `Clock`)."""
+
+    settle: float = SHIFT_SETTLE
+    give_up: float = SHIFT_GIVE_UP
+    asked: dict[ShiftKey, dict[str, int]] = field(default_factory=dict)
+    _since: dict[ShiftKey, float] = field(default_factory=dict)
+    _sent: set[ShiftKey] = field(default_factory=set)
+    _last_press: float = float("-inf")
+
+    def ask(self, key: ShiftKey, weights: dict[str, int], now: float) -> None:
+        self.asked[key] = weights
+        self._since[key] = now
+        self._sent.discard(key)
+        self._last_press = now
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until `take_due` has something to send; None: nothing waits."""
+        if not any(key not in self._sent for key in self.asked):
+            return None
+        return max(0.0, self._last_press + self.settle - now)
+
+    def take_due(self, now: float) -> list[tuple[ShiftKey, dict[str, int]]]:
+        """What to send now (each route once), if the keys have been quiet long enough."""
+        if self.due_in(now) != 0.0:
+            return []
+        out = [(key, weights) for key, weights in self.asked.items() if key not in self._sent]
+        self._sent.update(key for key, _ in out)
+        return out
+
+    def settle_with(self, routes: api.Routes | None, now: float) -> None:
+        """Forget sent weights once the daemon serves them (or after `give_up` seconds)."""
+        for key in list(self.asked):
+            if key not in self._sent:
+                continue
+            route = find_route(routes, *key)
+            served = {v: w for v, w in (route.to if route else {}).items() if w > 0}
+            asked = {v: w for v, w in self.asked[key].items() if w > 0}
+            if served == asked or now - self._since.get(key, now) > self.give_up:
+                self.forget(key)
+
+    def forget(self, key: ShiftKey) -> None:
+        self.asked.pop(key, None)
+        self._since.pop(key, None)
+        self._sent.discard(key)
+
+
 # -- header, banner, events ----------------------------------------------------------------------
 
 
-def header_text(state: Mapping[str, Any] | None, owns_mesh: bool) -> str:
-    if not state:
+def header_text(state: api.MeshState | None, owns_mesh: bool) -> str:
+    if state is None:
         return "connecting to the daemon …"
-    pods = state.get("pods", [])
-    ready = sum(1 for p in pods if p.get("ready"))
-    name = state.get("mesh", "?")
-    project = state.get("project", name)
-    title = f"{name}" + (f" ({project})" if project != name else "")
-    parts = [f"{title} {state.get('phase', '?')}", f"{ready}/{len(pods)} pods ready"]
+    ready = sum(1 for p in state.pods if p.ready)
+    title = state.mesh + (f" ({state.project})" if state.project != state.mesh else "")
+    parts = [f"{title} {state.phase}", f"{ready}/{len(state.pods)} pods ready"]
     if owns_mesh:
         parts.append("q stops the mesh")
-    gateway = state.get("gateway")
-    if gateway:
-        parts.append(str(gateway.get("url", "")))
+    if state.gateway is not None:
+        parts.append(state.gateway.url or "")
     return " · ".join(parts)
 
 
@@ -584,88 +611,63 @@ class Banner:
     lines: tuple[Cell, ...] = ()
 
 
-def banner(state: Mapping[str, Any] | None, unavailable: str | None) -> Banner:
+def banner(state: api.MeshState | None, unavailable: str | None) -> Banner:
     lines: list[Cell] = []
     if unavailable:
         lines.append((f"✗ {unavailable}", "bad"))
-    if state:
-        problems = state.get("problems") or []
-        if problems:
+    if state is not None:
+        if not state.engine.ok:
+            lines.append((f"✗ the container engine does not answer: {state.engine.detail}", "bad"))
+        if state.problems:
             lines.append(
                 (
-                    f"✗ the mesh file has {len(problems)} problem(s); "
+                    f"✗ the mesh file has {len(state.problems)} problem(s); "
                     "the last good config keeps serving:",
                     "bad",
                 )
             )
-            lines.extend((f"  {p}", "bad") for p in problems)
-        for error in state.get("errors") or []:
+            lines.extend((f"  {p}", "bad") for p in state.problems)
+        if state.push_error:
+            lines.append((f"✗ config not delivered: {state.push_error}", "bad"))
+        for error in state.errors:
             lines.append((f"! {error}", "warn"))
-        for f in state.get("failed") or []:
-            lines.append((f"✗ {f['service']}/{f['version']} cannot run: {f['reason']}", "bad"))
+        for f in state.failed:
+            lines.append((f"✗ {f.service}/{f.version} cannot run: {f.reason}", "bad"))
     return Banner(tuple(lines))
 
 
-def event_style(text: str) -> str:
-    lowered = text.lower()
-    if any(w in lowered for w in ("nack", "error", "problem", "unhealthy", "failed", ": die")):
-        return "bad"
-    if any(w in lowered for w in ("restart", "fault", "shift", "oom", "destroy")):
-        return "warn"
-    return ""
+# The events pane is plain text: the severity shows as a mark, as the banner's do.
+SEVERITY_MARK: Mapping[api.Severity, str] = {
+    api.Severity.INFO: "",
+    api.Severity.WARNING: "! ",
+    api.Severity.ERROR: "✗ ",
+}
+
+
+def event_line(event: api.Event) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(event.time))
+    return f"{clock} {SEVERITY_MARK[event.severity]}{event.text}"
 
 
 @dataclass
 class EventFeed:
-    """New daemon events since the last read, and events the TUI sees by comparing two states
-    (the daemon does not log pushes, ACKs and NACKs: the sidecars' xDS status shows them)."""
+    """The daemon's events not shown yet. The first read is its whole history, later ones the
+    state's recent events: both overlap what was shown, so they are told apart by value."""
 
-    last: tuple[float, str] = (0.0, "")
-    pods: dict[str, tuple[str | None, str | None, int]] = field(default_factory=dict)
+    last: float = 0.0
+    at_last: set[api.Event] = field(default_factory=set)  # shown, with time `last`
 
-    def daemon_events(self, events: Sequence[Mapping[str, Any]]) -> list[Event]:
-        out = []
-        for e in events:
-            key = (float(e["time"]), str(e["text"]))
-            if key > self.last:
-                out.append(Event(key[0], key[1], event_style(key[1])))
-        if out:
-            self.last = (out[-1].time, out[-1].text)
-        return out
-
-    def seen(self, state: Mapping[str, Any], now: float) -> list[Event]:
-        out: list[Event] = []
-        current: dict[str, tuple[str | None, str | None, int]] = {}
-        items = [
-            (str(p["pod"]), p.get("xds") or {}, int(p.get("restarts") or 0))
-            for p in state.get("pods", [])
+    def new(self, events: Sequence[api.Event]) -> list[api.Event]:
+        out = [
+            e
+            for e in events
+            if e.time > self.last or (e.time == self.last and e not in self.at_last)
         ]
-        gateway = state.get("gateway")
-        if gateway:
-            items.append((str(gateway["name"]), gateway.get("xds") or {}, 0))
-        for name, xds, restarts in items:
-            nack = xds.get("nack")
-            nack_text = (
-                f"{nack['type']}: {' '.join(str(nack['message']).split())}" if nack else None
-            )
-            now_status = (xds.get("version"), nack_text, restarts)
-            current[name] = now_status
-            before = self.pods.get(name)
-            if before is None:
-                continue
-            if now_status[0] and now_status[0] != before[0] and xds.get("synced"):
-                out.append(
-                    Event(now, f"{name}: config {now_status[0]} pushed and ACKed", seen=True)
-                )
-            if nack_text and nack_text != before[1]:
-                out.append(Event(now, f"{name}: NACK ({nack_text})", "bad", seen=True))
-            elif before[1] and not nack_text:
-                out.append(Event(now, f"{name}: NACK cleared", seen=True))
-            if restarts > before[2]:
-                out.append(
-                    Event(now, f"{name}: app restarted ({restarts} so far)", "warn", seen=True)
-                )
-        self.pods = current
+        if out:
+            newest = max(e.time for e in out)
+            if newest > self.last:
+                self.last, self.at_last = newest, set()
+            self.at_last.update(e for e in out if e.time == newest)
         return out
 
 

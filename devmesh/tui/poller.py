@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
+from devmesh.api import types as api
 from devmesh.core.problems import MeshError
-from devmesh.tui.model import Event, EventFeed
+from devmesh.tui.model import EventFeed
 from devmesh.tui.source import MeshClient
 from devmesh.tui.stats import Rates, StatsTracker
 
@@ -25,10 +25,10 @@ LOG_TAIL = 200
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    state: dict[str, Any] | None = None  # None: the daemon did not answer
-    routes: dict[str, Any] | None = None  # None: not re-read this time (keep the last)
+    state: api.MeshState | None = None  # None: the daemon did not answer
+    routes: api.Routes | None = None  # None: not re-read this time (keep the last)
     rates: Rates | None = None
-    events: tuple[Event, ...] = ()
+    events: tuple[api.Event, ...] = ()  # the daemon's, not shown yet
     log: tuple[str, tuple[str, ...]] | None = None  # (pod, its last lines)
     unavailable: str | None = None
     at: float = 0.0
@@ -70,13 +70,14 @@ class Poller:
     routes_wanted: bool = True
     wake: threading.Event = field(default_factory=threading.Event)
     stopped: threading.Event = field(default_factory=threading.Event)
+    wall: Callable[[], float] = time.time  # a frame's time (tests pass their own)
 
     def __post_init__(self) -> None:
         self._tracker = StatsTracker()
         self._feed = EventFeed()
         self._reads = 0
-        self._reloads: object = None
-        self._routes: dict[str, Any] | None = None
+        self._reloads: tuple[int, int] | None = None
+        self._routes: api.Routes | None = None
         self._first = True
 
     def poke(self, routes: bool = False) -> None:
@@ -103,11 +104,11 @@ class Poller:
             self.wake.clear()
 
     def read_once(self) -> Frame:
-        now = time.time()
+        now = self.wall()
         try:
             state = self.client.state()
             routes = None
-            reloads = (state.get("reloads"), state.get("reload_failures"))
+            reloads = (state.reloads, state.reload_failures)
             if self.routes_wanted or reloads != self._reloads or self._reads % ROUTES_EVERY == 0:
                 self.routes_wanted = False
                 routes = self.client.routes()
@@ -116,12 +117,13 @@ class Poller:
             self._reads += 1
             stats = self.client.stats()
             rates = self._tracker.update(stats, self._routes)
+            # The whole history once; then the state's recent events carry what is new.
             if self._first:
-                history = self.client.events().get("events", [])
+                history = self.client.events().events
                 self._first = False
             else:
-                history = state.get("events", [])
-            events = self._feed.daemon_events(history) + self._feed.seen(state, now)
+                history = state.events
+            events = self._feed.new(history)
         except MeshError as exc:
             self.routes_wanted = True
             return Frame(unavailable=str(exc), at=now)
@@ -129,8 +131,7 @@ class Poller:
         pod = self.log_pod
         if pod is not None:
             try:
-                lines = self.client.logs(pod, LOG_TAIL).get("lines", [])
-                log = (pod, tuple(str(line) for line in lines))
+                log = (pod, self.client.logs(pod, LOG_TAIL).lines)
             except MeshError as exc:
                 log = (pod, (f"(no log: {exc})",))
         return Frame(state, routes, rates, tuple(events), log, None, now)

@@ -15,6 +15,9 @@ HELP_INTRO = (
     "devmesh TUI: live routes, stats and traffic shifting. Data comes from the daemon's API "
     "once a second; weights are applied live and written into the mesh file."
 )
+# Percentiles of several Envoys cannot be combined from their summaries: the TUI shows the
+# highest (stats.Live), an upper bound of the true value. Said here and in the detail lines.
+NUMBERS_NOTE = "P50, P99: Envoy's, last 5 s; from several callers the slowest's (an upper bound)."
 
 
 class HelpScreen(ModalScreen[None]):
@@ -30,8 +33,8 @@ class HelpScreen(ModalScreen[None]):
         width = max(len(k) for k, _ in self._keys) + 2
         lines = [HELP_INTRO, ""]
         lines += [f"{key.ljust(width)}{what}" for key, what in self._keys]
-        lines += ["", "Mouse: click a row to select it, a key in the footer to press it."]
-        lines += ["Esc, q or ? closes this screen."]
+        lines += ["", NUMBERS_NOTE]
+        lines += ["Mouse: click a row to select it, a footer key to press it. Esc, q or ? closes."]
         with Vertical(id="help-box"):
             yield Static("Keys", id="help-title")
             yield Static("\n".join(lines), id="help-text", markup=False)

@@ -1,50 +1,54 @@
-"""Live numbers from the daemon's /v1/stats: cumulative Envoy counters turned into rates.
+"""Live numbers from the daemon's /v1/stats: cumulative counters turned into rates.
 
 Pure: no I/O, no Textual. The poller thread owns one `StatsTracker` and feeds it each read;
 the result is an immutable `Rates` value that the UI only displays.
 
-Where the numbers come from (every sidecar's and the gateway's admin API, one read a second):
+The daemon gives each sidecar's (and the gateway's) counters in mesh terms (`api.Stats`); the
+rows here are sums over those Envoys, one read a second:
 
-- per version (`cluster.SERVICE|VERSION.*`, summed over every caller): upstream requests,
-  5xx, active connections, and (when the daemon's stats filter includes them) the interval
-  p50/p99 of `upstream_rq_time`. Upstream counts include retries and mirrored requests.
-- per route (`vhost.SERVICE.route.SERVICE.ROUTE.*`, summed over callers; ingress routes as
-  `vhost.ingress.route.ingress.NAME.*` in the gateway): requests, 5xx, latency.
-- per pod (`http.in.downstream_*` in the pod's own sidecar): requests into the pod.
+- per version (`UpstreamTraffic`, summed over every caller): requests, 5xx, connections and
+  the interval p50/p99. Upstream counts include retries and mirrored requests.
+- per route (`RouteTraffic`, summed over callers; the gateway's own routes under service
+  `api.INGRESS`): requests, 5xx, latency.
+- per pod (`SidecarStats.inbound` of the pod's own sidecar): requests into the pod; for the
+  gateway, into its listener (or, without those counters, over its routes).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from devmesh.api import types as api
 
 HISTORY = 30  # samples kept per row: about half a minute at one read a second
 SPLIT_WINDOW = 5  # reads the observed split is summed over: steady, yet it follows a shift
-INGRESS = "ingress"  # the gateway's virtual host and the service name used for its routes
-ROUTE_STATS = (
-    "upstream_rq_total",
-    "upstream_rq_completed",
-    "upstream_rq_2xx",
-    "upstream_rq_4xx",
-    "upstream_rq_5xx",
-    "upstream_rq_retry",
-    "upstream_rq_time.p50",
-    "upstream_rq_time.p99",
-)
+INGRESS = api.INGRESS  # the service name of the gateway's own routes
 
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """One row's live numbers; None where there is nothing to show (yet)."""
+    """One row's live numbers; None where there is nothing to show (yet).
+
+    p50 and p99 are each the *highest* of the Envoys' own interval percentiles (every caller
+    of a version or route has its own histogram, and percentiles do not add up). The highest
+    is an upper bound of the percentile over all of them: at least half (99 %) of every
+    caller's requests took no longer than it, so at least half (99 %) of all did. `merged`
+    says how many Envoys' percentiles it is the highest of: with one it is exact.
+    """
 
     rps: float | None = None
     success: float | None = None  # share of responses that were not 5xx, 0..1
-    p50: float | None = None  # milliseconds, Envoy's last stats interval
+    p50: float | None = None  # milliseconds, Envoy's last stats interval; see above
     p99: float | None = None
     cx: int | None = None  # active connections (a gauge)
+    merged: int = 0  # Envoys whose percentiles p50/p99 are the highest of
+
+    @property
+    def bound(self) -> bool:
+        """The percentiles are an upper bound (several Envoys), not the exact value."""
+        return self.merged > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,7 @@ class Rates:
     services: Mapping[str, Live] = field(default_factory=dict)
     versions: Mapping[tuple[str, str], Live] = field(default_factory=dict)
     routes: Mapping[tuple[str, str], Live] = field(default_factory=dict)
-    pods: Mapping[str, Live] = field(default_factory=dict)
+    pods: Mapping[str, Live] = field(default_factory=dict)  # by pod, and the gateway's name
     splits: Mapping[tuple[str, str], Split] = field(default_factory=dict)
     history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     unreadable: Mapping[str, str] = field(default_factory=dict)  # sidecar -> why
@@ -90,61 +94,75 @@ def share_key(service: str, route: str, version: str) -> str:
 
 @dataclass(slots=True)
 class _Acc:
-    """Counters summed over sidecars for one row during one interval."""
+    """Counters summed over Envoys for one row during one interval."""
 
     total: float = 0.0
     completed: float = 0.0
     errors: float = 0.0
     cx: int = 0
     has_cx: bool = False
-    p50: list[tuple[float, float]] = field(default_factory=list)  # (value, requests)
+    p50: list[float] = field(default_factory=list)  # one per Envoy that had a sample
     p99: list[float] = field(default_factory=list)
 
+    def add(self, now: api.Traffic, before: api.Traffic | None, cx: bool = True) -> None:
+        """One Envoy's counters; `before` is its previous read (None: no rate yet)."""
+        if before is not None:
+            self.total += _delta(now.requests, before.requests)
+            self.completed += _delta(now.completed, before.completed)
+            self.errors += _delta(now.rq_5xx, before.rq_5xx)
+        if cx:
+            self.cx += now.connections
+            self.has_cx = True
+        if now.p50_ms is not None:
+            self.p50.append(now.p50_ms)
+        if now.p99_ms is not None:
+            self.p99.append(now.p99_ms)
+
     def merge(self, other: _Acc) -> None:
-        """Add one sidecar's numbers; its p50 counts as much as its requests did."""
         self.total += other.total
         self.completed += other.completed
         self.errors += other.errors
         if other.has_cx:
             self.cx += other.cx
             self.has_cx = True
-        self.p50.extend((value, other.total) for value, _ in other.p50)
+        self.p50.extend(other.p50)
         self.p99.extend(other.p99)
 
-    def live(self, interval: float) -> Live:
+    def live(self, interval: float, percentiles: bool = True) -> Live:
         rps = self.total / interval if interval > 0 else None
+        # No request completed in this interval (all still in flight): compare with those started.
         answered = self.completed or self.total
         success = None if answered <= 0 else max(0.0, 1.0 - self.errors / answered)
-        weight = sum(w for _, w in self.p50)
-        if self.p50 and weight > 0:
-            p50: float | None = sum(v * w for v, w in self.p50) / weight
-        elif self.p50:
-            p50 = sum(v for v, _ in self.p50) / len(self.p50)
-        else:
-            p50 = None
-        # Percentiles of several callers cannot be merged exactly: p50 is their mean weighted
-        # by requests, p99 the largest (an upper bound, which is what one looks for).
-        return Live(
-            rps=rps,
-            success=success,
-            p50=p50,
-            p99=max(self.p99) if self.p99 else None,
-            cx=self.cx if self.has_cx else None,
-        )
+        # The highest of the Envoys' percentiles: an upper bound (see `Live`), never a mean.
+        p50 = max(self.p50) if percentiles and self.p50 else None
+        p99 = max(self.p99) if percentiles and self.p99 else None
+        merged = max(len(self.p50), len(self.p99)) if percentiles else 0
+        return Live(rps, success, p50, p99, self.cx if self.has_cx else None, merged)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+def _delta(now: int, before: int) -> float:
+    return float(now - before if now >= before else now)  # a restarted Envoy counts anew
+
+
+_Key = tuple[str, str, str]  # ("in", "", ""), ("up", service, version), ("route", service, route)
+
+
+def _traffic_of(sidecar: api.SidecarStats) -> dict[_Key, api.Traffic]:
+    out: dict[_Key, api.Traffic] = {}
+    if sidecar.inbound is not None:
+        out[("in", "", "")] = sidecar.inbound
+    for up in sidecar.upstreams:
+        out[("up", up.service, up.version)] = up.traffic
+    for route in sidecar.routes:
+        out[("route", route.service, route.route)] = route.traffic
+    return out
 
 
 class StatsTracker:
     """Keeps the previous read of every sidecar and a short history per row."""
 
     def __init__(self, history: int = HISTORY) -> None:
-        self._previous: dict[str, dict[str, float]] = {}
+        self._previous: dict[str, dict[_Key, api.Traffic]] = {}
         self._time: float | None = None
         self._history: dict[str, deque[float]] = {}
         self._size = history
@@ -153,48 +171,49 @@ class StatsTracker:
             tuple[float, dict[tuple[str, str], float], dict[tuple[str, str], float]]
         ] = deque(maxlen=SPLIT_WINDOW)
 
-    def update(self, stats: Mapping[str, Any], routes: Mapping[str, Any] | None) -> Rates:
-        """The rates between the previous read and `stats` (a /v1/stats document); `routes`
-        (a /v1/routes document) tells which traffic is mirrored or single-version."""
-        now = _num(stats.get("time")) or 0.0
+    def update(self, stats: api.Stats, routes: api.Routes | None) -> Rates:
+        """The rates between the previous read and `stats`; `routes` tells which traffic is
+        mirrored or single-version."""
+        now = stats.time
         interval = now - self._time if self._time is not None else 0.0
         if interval <= 0:
             interval = 0.0
-        sidecars: Mapping[str, Any] = stats.get("sidecars") or {}
-        current: dict[str, dict[str, float]] = {}
+        current: dict[str, dict[_Key, api.Traffic]] = {}
         unreadable: dict[str, str] = {}
-        for name, values in sidecars.items():
-            if isinstance(values, Mapping):
-                current[name] = {k: n for k, v in values.items() if (n := _num(v)) is not None}
-            else:
-                unreadable[name] = str(values)
         versions: dict[tuple[str, str], _Acc] = {}
         routes_acc: dict[tuple[str, str], _Acc] = {}
         pods: dict[str, _Acc] = {}
-        for sidecar, values in current.items():
-            before = self._previous.get(sidecar)
-            mine: tuple[dict[tuple[str, str], _Acc], dict[tuple[str, str], _Acc]] = ({}, {})
-            for name, value in values.items():
-                self._account(sidecar, name, value, before, mine[0], mine[1], pods)
-            for key, acc in mine[0].items():
-                versions.setdefault(key, _Acc()).merge(acc)
-            for key, acc in mine[1].items():
-                routes_acc.setdefault(key, _Acc()).merge(acc)
+        for sidecar in stats.sidecars:
+            if sidecar.error is not None:
+                unreadable[sidecar.source] = sidecar.error
+                continue
+            mine = current[sidecar.source] = _traffic_of(sidecar)
+            known = self._previous.get(sidecar.source)
+            for key, traffic in mine.items():
+                # A sidecar seen for the first time has no rate yet; a row new in a known
+                # sidecar counts from zero.
+                before = None if known is None else known.get(key, api.Traffic())
+                kind, a, b = key
+                if kind == "in":
+                    pods.setdefault(sidecar.source, _Acc()).add(traffic, before)
+                elif kind == "up":
+                    versions.setdefault((a, b), _Acc()).add(traffic, before)
+                else:
+                    routes_acc.setdefault((a, b), _Acc()).add(traffic, before)
+                    if a == INGRESS and sidecar.service == INGRESS and sidecar.inbound is None:
+                        # A gateway without inbound counters: what came in over its routes.
+                        pods.setdefault(sidecar.source, _Acc()).add(traffic, before, cx=False)
         self._previous = current
         self._time = now
         if interval == 0.0:
             return Rates(0.0, unreadable=unreadable, history=self._snapshot())
         services: dict[str, _Acc] = {}
         for (service, _), acc in versions.items():
-            whole = services.setdefault(service, _Acc())
-            weights = list(acc.p50)  # already weighted by each sidecar's requests
-            acc_copy = _Acc(acc.total, acc.completed, acc.errors, acc.cx, acc.has_cx)
-            whole.merge(acc_copy)
-            whole.p50.extend(weights)
-            whole.p99.extend(acc.p99)
+            services.setdefault(service, _Acc()).merge(acc)
         out_versions = {k: a.live(interval) for k, a in versions.items()}
         out_routes = {k: a.live(interval) for k, a in routes_acc.items()}
-        out_pods = {k: a.live(interval) for k, a in pods.items()}
+        # Into a pod no latency is read; the gateway's routes' percentiles are on their rows.
+        out_pods = {k: a.live(interval, percentiles=False) for k, a in pods.items()}
         out_services = {k: a.live(interval) for k, a in services.items()}
         self._window.append(
             (
@@ -248,80 +267,9 @@ class StatsTracker:
     def _snapshot(self) -> dict[str, tuple[float, ...]]:
         return {k: tuple(v) for k, v in self._history.items()}
 
-    @staticmethod
-    def _account(
-        sidecar: str,
-        name: str,
-        value: float,
-        before: Mapping[str, float] | None,
-        versions: dict[tuple[str, str], _Acc],
-        routes: dict[tuple[str, str], _Acc],
-        pods: dict[str, _Acc],
-    ) -> None:
-        def delta() -> float:
-            if before is None:
-                return 0.0  # a sidecar seen for the first time: no rate yet
-            old = before.get(name, 0.0)
-            return value - old if value >= old else value  # a restarted Envoy counts anew
-
-        if name.startswith("cluster."):
-            cluster, _, stat = name[len("cluster.") :].partition(".")
-            service, bar, version = cluster.partition("|")
-            if not bar or service.startswith("_"):
-                return  # the sidecar's own `_app` or the gateway's `_hop|...` clusters
-            acc = versions.setdefault((service, version), _Acc())
-            _add(acc, stat, value, delta)
-        elif name.startswith("vhost."):
-            parsed = _route_stat(name)
-            if parsed is None:
-                return
-            service, route, stat = parsed
-            _add(routes.setdefault((service, route), _Acc()), stat, value, delta)
-        elif name.startswith(("http.in.", "http.ingress.")):
-            stat = name.split(".", 2)[2]
-            acc = pods.setdefault(sidecar, _Acc())
-            if stat == "downstream_rq_total":
-                acc.total += delta()
-            elif stat == "downstream_rq_5xx":
-                acc.errors += delta()
-            elif stat == "downstream_cx_active":
-                acc.cx += int(value)
-                acc.has_cx = True
-
-
-def _add(acc: _Acc, stat: str, value: float, delta: Callable[[], float]) -> None:
-    if stat == "upstream_rq_total":
-        acc.total += delta()
-    elif stat == "upstream_rq_completed":
-        acc.completed += delta()
-    elif stat == "upstream_rq_5xx":
-        acc.errors += delta()
-    elif stat == "upstream_cx_active":
-        acc.cx += int(value)
-        acc.has_cx = True
-    elif stat == "upstream_rq_time.p50":
-        acc.p50.append((value, 0.0))
-    elif stat == "upstream_rq_time.p99":
-        acc.p99.append(value)
-
-
-def _route_stat(name: str) -> tuple[str, str, str] | None:
-    """`vhost.catalog.route.catalog.main.upstream_rq_total` -> (catalog, main, stat)."""
-    vhost, sep, rest = name[len("vhost.") :].partition(".route.")
-    if not sep:
-        return None
-    for stat in ROUTE_STATS:
-        if rest.endswith("." + stat):
-            prefix = rest[: -len(stat) - 1]
-            owner, dot, route = prefix.partition(".")  # stat_prefix is SERVICE.ROUTE
-            if not dot or owner != vhost:
-                return None
-            return (INGRESS if vhost == INGRESS else vhost), route, stat
-    return None
-
 
 def observed_splits(
-    routes: Mapping[str, Any],
+    routes: api.Routes,
     versions: Mapping[tuple[str, str], Live],
     route_rates: Mapping[tuple[str, str], Live],
 ) -> dict[tuple[str, str], Split]:
@@ -337,31 +285,29 @@ def observed_splits(
     remaining: dict[tuple[str, str], float] = {
         key: live.rps or 0.0 for key, live in versions.items()
     }
-    services = [s for s in routes.get("services", []) if isinstance(s, Mapping)]
-    for service in services:
-        for route in service.get("routes", []):
-            mirror = route.get("mirror")
-            rate = (route_rates.get((service["name"], route["name"])) or Live()).rps or 0.0
-            if mirror and rate:
-                key = (str(mirror["service"]), str(mirror["version"]))
+    for service in routes.services:
+        for route in service.routes:
+            mirror = route.mirror
+            rate = (route_rates.get((service.name, route.name)) or Live()).rps or 0.0
+            if mirror is not None and mirror.version is not None and rate:
+                key = (mirror.service, mirror.version)
                 if key in remaining:
-                    remaining[key] -= rate * float(mirror["percent"]) / 100
-    for service in services:
-        name = str(service["name"])
-        known = list(service.get("versions", {}))
+                    remaining[key] -= rate * mirror.percent / 100
+    for service in routes.services:
+        name = service.name
         weighted: list[str] = []
-        for route in service.get("routes", []):
-            rate = (route_rates.get((name, route["name"])) or Live()).rps or 0.0
-            targets = [v for v, w in route.get("to", {}).items() if w > 0]
+        for route in service.routes:
+            rate = (route_rates.get((name, route.name)) or Live()).rps or 0.0
+            targets = [v for v, w in route.to.items() if w > 0]
             if len(targets) == 1:
                 if rate:
-                    out[(name, route["name"])] = Split({targets[0]: 100.0}, exact=True)
+                    out[(name, route.name)] = Split({targets[0]: 100.0}, exact=True)
                 key = (name, targets[0])
                 if key in remaining:
                     remaining[key] -= rate
             elif rate:
-                weighted.append(route["name"])
-        left = {v: max(0.0, remaining.get((name, v), 0.0)) for v in known}
+                weighted.append(route.name)
+        left = {v: max(0.0, remaining.get((name, v), 0.0)) for v in service.versions}
         total = sum(left.values())
         if not weighted or total <= 0:
             continue

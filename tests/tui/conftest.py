@@ -1,5 +1,9 @@
-"""TUI tests: pure ones, snapshots against recorded daemon documents, and Pilot and terminal
-tests against a real daemon (the end-to-end fixtures: a real engine, real Envoy)."""
+"""TUI tests. Here: pure ones, no Docker and no daemon (the screens as values, the poller,
+keys through Pilot and snapshots against recorded daemon documents, time from a manual
+clock); `live/`: Pilot and terminal tests against a real daemon, marked `docker`.
+
+    .venv/bin/pytest tests/tui -m "not docker"      # the pure ones, in seconds
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import pytest
 from textual.pilot import Pilot
 
 from devmesh.tui.app import MeshApp
-from tests.e2e.conftest import docker_client, make_mesh  # noqa: F401 - fixtures used here
 
 __all__ = ["feed", "utc"]
 

@@ -1,25 +1,34 @@
 """A client that replays API documents recorded from a real daemon (tests/tui/record.py):
-the one place a fake stands in for the daemon, for snapshot tests of the screens."""
+the one place a fake stands in for the daemon, for snapshot and key tests of the screens.
+The documents are decoded by the API's own codec, as the real client does."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from devmesh.core.problems import MeshError
+from devmesh.api import codec
+from devmesh.api import types as api
+from devmesh.client import DaemonRefused
 
 RECORDED = Path(__file__).parent / "recorded"
+T = TypeVar("T")
+
+
+def load(name: str, document: str, cls: type[T]) -> T:
+    return codec.decode(cls, json.loads((RECORDED / name / document).read_text()))
 
 
 class RecordedClient:
     def __init__(self, name: str) -> None:
         where = RECORDED / name
-        self._state: dict[str, Any] = json.loads((where / "state.json").read_text())
-        self._routes: dict[str, Any] = json.loads((where / "routes.json").read_text())
-        self._events: dict[str, Any] = json.loads((where / "events.json").read_text())
-        self._stats: list[dict[str, Any]] = json.loads((where / "stats.json").read_text())
+        self._state = load(name, "state.json", api.MeshState)
+        self._routes = load(name, "routes.json", api.Routes)
+        self._events = load(name, "events.json", api.Events)
+        self._stats = [
+            codec.decode(api.Stats, doc) for doc in json.loads((where / "stats.json").read_text())
+        ]
         self._logs: dict[str, list[str]] = json.loads((where / "logs.json").read_text())
         self._read = 0
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -28,40 +37,40 @@ class RecordedClient:
     def frames(self) -> int:
         return len(self._stats)
 
-    def state(self) -> dict[str, Any]:
-        return copy.deepcopy(self._state)
+    def state(self) -> api.MeshState:
+        return self._state  # frozen values: the same one each time is as good as a copy
 
-    def routes(self) -> dict[str, Any]:
-        return copy.deepcopy(self._routes)
+    def routes(self) -> api.Routes:
+        return self._routes
 
-    def events(self) -> dict[str, Any]:
-        return copy.deepcopy(self._events)
+    def events(self) -> api.Events:
+        return self._events
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> api.Stats:
         """The recorded reads in order, then the last one again."""
         doc = self._stats[min(self._read, len(self._stats) - 1)]
         self._read += 1
-        return copy.deepcopy(doc)
+        return doc
 
-    def logs(self, pod: str, tail: int = 100) -> dict[str, Any]:
+    def logs(self, pod: str, tail: int = 100) -> api.LogsResult:
         if pod not in self._logs:
-            raise MeshError(f"no pod {pod!r}")
-        return {"pod": pod, "lines": self._logs[pod][-tail:]}
+            raise DaemonRefused(api.ApiError(api.ErrorCode.NOT_FOUND, f"no pod {pod!r}"))
+        return api.LogsResult(pod, tuple(self._logs[pod][-tail:]))
 
-    def shift(self, service: str, weights: dict[str, int], route: str | None) -> dict[str, Any]:
+    def shift(self, service: str, weights: dict[str, int], route: str | None) -> api.ShiftResult:
         self.calls.append(("shift", (service, weights, route)))
-        return {"ok": True, "service": service, "route": route, "weights": weights}
+        return api.ShiftResult(service, route or "default", weights, synced=True)
 
     def fault(
         self,
         service: str,
         route: str | None = None,
-        delay: dict[str, Any] | None = None,
-        abort: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        delay: api.DelaySpec | None = None,
+        abort: api.AbortSpec | None = None,
+    ) -> api.FaultResult:
         self.calls.append(("fault", (service, route, delay, abort)))
-        return {"ok": True, "service": service, "route": route, "active": bool(delay or abort)}
+        return api.FaultResult(service, route or "default", bool(delay or abort), synced=True)
 
-    def restart(self, service: str | None = None, pod: str | None = None) -> dict[str, Any]:
+    def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
         self.calls.append(("restart", (service, pod)))
-        return {"ok": True, "restarted": [f"{pod}-app"]}
+        return api.RestartResult((f"{pod}-app",))

@@ -1,4 +1,7 @@
-"""Keys to API calls, against the recorded daemon (the real daemon's flows: test_live.py)."""
+"""Keys to API calls, against the recorded daemon (the real daemon's flows: live/test_live.py).
+
+Time is a `ManualClock` moved on by the test: quick presses add up to one shift because the
+clock says so, not because the machine was fast enough. Nothing here sleeps."""
 
 from __future__ import annotations
 
@@ -9,24 +12,44 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from devmesh.api import types as api
 from devmesh.tui.app import MeshApp, make_app
+from devmesh.tui.clock import ManualClock
+from devmesh.tui.model import SHIFT_SETTLE
 from tests.tui.conftest import feed
 from tests.tui.fake import RecordedClient
 
 # Rows of the recorded shop's routes table once catalog is selected:
 # canary, → v1, → v2, main, → v1, → v2, ingress, ...
 TO_MAIN_V2 = ("down", "down", "down", "tab", "down", "down", "down", "down", "down")
-SETTLE = 0.6  # past the shift's settle time, and a worker's round trip
+QUICK = SHIFT_SETTLE / 4  # between two presses of one burst
 
 
-def drive(script: Callable[[MeshApp, Pilot[None]], Awaitable[None]]) -> RecordedClient:
+async def settle(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
+    """Let the keys' quiet time pass, and the action workers finish and report."""
+    clock.advance(SHIFT_SETTLE)
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def press(pilot: Pilot[None], clock: ManualClock, *keys: str, gap: float = QUICK) -> None:
+    """Press `keys` with `gap` seconds of the clock between them."""
+    for key in keys:
+        await pilot.press(key)
+        clock.advance(gap)
+
+
+def drive(
+    script: Callable[[MeshApp, Pilot[None], ManualClock], Awaitable[None]],
+) -> RecordedClient:
     client = RecordedClient("shop")
-    app = make_app(client, poll=False)
+    clock = ManualClock()
+    app = make_app(client, poll=False, clock=clock)
 
     async def run() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await feed(app, pilot, client.frames)
-            await script(app, pilot)
+            await script(app, pilot, clock)
 
     asyncio.run(run())
     return client
@@ -44,26 +67,49 @@ def drive(script: Callable[[MeshApp, Pilot[None]], Awaitable[None]]) -> Recorded
     ids=["plus-5", "quick-presses-make-one-shift", "minus", "typed", "enter-types"],
 )
 def test_weight_keys_make_one_shift_call(keys: tuple[str, ...], weights: dict[str, int]) -> None:
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
         await pilot.press(*TO_MAIN_V2)
         row = app.query_one("#routes").current()  # type: ignore[attr-defined]
         assert row.key == "version:catalog/main/v2"
-        await pilot.press(*keys)
-        await asyncio.sleep(SETTLE)
-        await pilot.pause()
+        await press(pilot, clock, *keys)
+        await app.workers.wait_for_complete()
+        assert client_calls(app) == []  # still within the quiet time: nothing sent yet
+        await settle(app, pilot, clock)
 
     assert drive(script).calls == [("shift", ("catalog", weights, "main"))]
 
 
-def test_fault_keys_toggle_a_delay_and_an_abort() -> None:
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
-        await pilot.press(*TO_MAIN_V2, "d")
-        await asyncio.sleep(SETTLE)
-        await pilot.press("a")
-        await asyncio.sleep(SETTLE)
+def client_calls(app: MeshApp) -> list[tuple[str, tuple[Any, ...]]]:
+    client = app.client
+    assert isinstance(client, RecordedClient)
+    return client.calls
 
-    delay = {"fixed_ms": 300, "percent": 50}
-    abort = {"status": 503, "percent": 50}
+
+def test_presses_apart_by_more_than_the_quiet_time_make_two_shifts() -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
+        await pilot.press(*TO_MAIN_V2)
+        await press(pilot, clock, "plus", gap=SHIFT_SETTLE)  # sent: the next press is later
+        await app.workers.wait_for_complete()
+        assert len(client_calls(app)) == 1
+        await press(pilot, clock, "plus", "plus")
+        await settle(app, pilot, clock)
+
+    # The second shift starts from the weights asked for, not yet served, by the first.
+    assert drive(script).calls == [
+        ("shift", ("catalog", {"v1": 75, "v2": 25}, "main")),
+        ("shift", ("catalog", {"v1": 65, "v2": 35}, "main")),
+    ]
+
+
+def test_fault_keys_toggle_a_delay_and_an_abort() -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
+        await pilot.press(*TO_MAIN_V2, "d")
+        await settle(app, pilot, clock)
+        await pilot.press("a")
+        await settle(app, pilot, clock)
+
+    delay = api.DelaySpec(fixed_ms=300, percent=50)
+    abort = api.AbortSpec(percent=50, status=503)
     # The recorded routes never show an override, so each key starts from the file's fault.
     assert drive(script).calls == [
         ("fault", ("catalog", "main", delay, None)),
@@ -72,11 +118,11 @@ def test_fault_keys_toggle_a_delay_and_an_abort() -> None:
 
 
 def test_restart_asks_first() -> None:
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
         await pilot.press("down", "down", "down", "r", "n")
-        await asyncio.sleep(SETTLE)
+        await settle(app, pilot, clock)
         await pilot.press("r", "y")
-        await asyncio.sleep(SETTLE)
+        await settle(app, pilot, clock)
 
     assert drive(script).calls == [("restart", (None, "tuidev-catalog-v1-0"))]
 
@@ -84,7 +130,7 @@ def test_restart_asks_first() -> None:
 def test_keys_on_the_wrong_row_say_what_to_select() -> None:
     texts: list[str] = []
 
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
         await pilot.press("tab", *["down"] * 12, "plus")  # an ingress route: no weights there
         await pilot.press("shift+tab", *["down"] * 12, "r")  # the gateway: no pod to restart
         await pilot.pause()
@@ -98,7 +144,7 @@ def test_keys_on_the_wrong_row_say_what_to_select() -> None:
 def test_help_lists_every_key() -> None:
     seen: dict[str, Any] = {}
 
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
         await pilot.press("question_mark")
         seen["text"] = str(app.screen.query_one("#help-text").render())
         await pilot.press("escape")
@@ -114,7 +160,7 @@ def test_help_lists_every_key() -> None:
 def test_mouse_click_selects_a_row_and_its_routes() -> None:
     seen: dict[str, Any] = {}
 
-    async def script(app: MeshApp, pilot: Pilot[None]) -> None:
+    async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
         await pilot.click("#pods", offset=(5, 3))  # the header is line 0: this is catalog
         seen["pod"] = app.query_one("#pods").current().key  # type: ignore[attr-defined]
         seen["routes"] = [r.key for r in app.query_one("#routes").shown][:2]  # type: ignore[attr-defined]

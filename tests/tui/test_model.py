@@ -6,10 +6,14 @@ from typing import Any
 
 import pytest
 
+from devmesh.api import types as api
 from devmesh.tui.model import (
+    POD_STATES,
     EventFeed,
+    PendingShifts,
     appended,
     banner,
+    event_line,
     pod_rows,
     pod_state,
     route_rows,
@@ -49,26 +53,36 @@ def test_steps_and_what_is_sent() -> None:
     }
 
 
+def pod(state: api.PodState, reason: str = "", restarts: int = 0) -> api.Pod:
+    return api.Pod("p", "s", "v1", 0, state, reason, restarts=restarts)
+
+
 @pytest.mark.parametrize(
-    ("pod", "label"),
+    ("state", "label"),
     [
-        ({"ready": True}, "● ready"),
-        ({"ready": False, "reason": "cannot start: image x"}, "✗ failed"),
-        ({"ready": False, "reason": "config NACKed: Error adding"}, "✗ NACKed"),
-        (
-            {"ready": False, "reason": "app exiting (exit code 1, restarted 3 times)"},
-            "↻ restarting",
-        ),
-        ({"ready": False, "reason": "pod starting"}, "◐ starting"),
-        ({"ready": False, "reason": "sidecar has not ACKed its config yet"}, "◐ starting"),
-        ({"ready": False, "reason": "health failing (not checked yet)"}, "◐ starting"),
-        ({"ready": False, "reason": "health failing (HTTP 500)", "restarts": 0}, "◐ unhealthy"),
-        ({"ready": False, "reason": "health failing (HTTP 500)", "restarts": 2}, "↻ restarting"),
-        ({"ready": False, "reason": "sidecar not running"}, "✗ no sidecar"),
+        (api.PodState.READY, "● ready"),
+        (api.PodState.FAILED, "✗ failed"),
+        (api.PodState.ENGINE_DOWN, "? engine down"),
+        (api.PodState.STARTING, "◐ starting"),
+        (api.PodState.CRASHING, "↻ restarting"),
+        (api.PodState.SIDECAR_DOWN, "✗ no sidecar"),
+        (api.PodState.NACKED, "✗ NACKed"),
+        (api.PodState.SYNCING, "◐ syncing"),
+        (api.PodState.UNHEALTHY, "◐ unhealthy"),
     ],
+    ids=lambda v: str(v),
 )
-def test_pod_state_labels(pod: dict[str, Any], label: str) -> None:
-    assert pod_state(pod)[0] == label
+def test_pod_state_labels_come_from_the_state_not_the_reason(
+    state: api.PodState, label: str
+) -> None:
+    # A reason is for people: whatever it says, the state decides the label.
+    assert pod_state(pod(state, reason="cannot start: image x not found")) == POD_STATES[state]
+    assert POD_STATES[state][0] == label
+
+
+def test_every_pod_state_has_a_symbol_and_a_word() -> None:
+    assert set(POD_STATES) == set(api.PodState)
+    assert all(" " in text and style for text, style in POD_STATES.values())
 
 
 @pytest.mark.parametrize(
@@ -131,18 +145,53 @@ def test_recorded_trouble_shows_nack_failure_restarts_and_problems() -> None:
     assert any("legacy/default cannot run" in t for t in lines)
 
 
-def test_events_seen_between_two_states() -> None:
+def event(t: float, severity: api.Severity, subject: str, detail: str) -> api.Event:
+    return api.Event(t, api.EventKind.CONTAINER, severity, subject, detail)
+
+
+def test_event_lines_mark_the_severity(utc: None) -> None:
+    line = event_line(event(0.0, api.Severity.WARNING, "p-app", "die"))
+    assert line == "00:00:00 ! p-app: die"
+    assert event_line(event(1.0, api.Severity.ERROR, "", "no")) == "00:00:01 ✗ no"
+    assert event_line(event(2.0, api.Severity.INFO, "p", "healthy")) == "00:00:02 p: healthy"
+
+
+def test_the_event_feed_gives_each_event_once() -> None:
     feed = EventFeed()
-    pod = {"pod": "p", "restarts": 0, "xds": {"version": "a", "synced": True, "nack": None}}
-    assert feed.seen({"pods": [pod]}, 1.0) == []
-    pushed = {**pod, "xds": {"version": "b", "synced": True, "nack": None}}
-    assert [e.text for e in feed.seen({"pods": [pushed]}, 2.0)] == ["p: config b pushed and ACKed"]
-    nacked = {
-        **pushed,
-        "restarts": 1,
-        "xds": {"version": "b", "synced": False, "nack": {"type": "Listener", "message": "no"}},
-    }
-    texts = [e.text for e in feed.seen({"pods": [nacked]}, 3.0)]
-    assert texts == ["p: NACK (Listener: no)", "p: app restarted (1 so far)"]
-    assert [e.text for e in feed.daemon_events([{"time": 1, "text": "x"}])] == ["x"]
-    assert feed.daemon_events([{"time": 1, "text": "x"}, {"time": 2, "text": "y"}])[0].text == "y"
+    a, b = event(1, api.Severity.INFO, "p", "a"), event(2, api.Severity.INFO, "p", "b")
+    assert feed.new([a, b]) == [a, b]
+    assert feed.new([a, b]) == []
+    c = event(2, api.Severity.INFO, "q", "c")  # the same time as the last one shown
+    assert feed.new([b, c]) == [c]
+    assert feed.new([b, c, event(3, api.Severity.INFO, "", "d")])[0].detail == "d"
+
+
+def test_quick_asks_are_sent_once_when_the_keys_are_quiet() -> None:
+    shifts = PendingShifts(settle=0.35)
+    key = ("catalog", "main")
+    shifts.ask(key, {"v1": 75, "v2": 25}, now=10.0)
+    shifts.ask(key, {"v1": 70, "v2": 30}, now=10.2)
+    assert shifts.take_due(10.5) == [] and shifts.due_in(10.5) == pytest.approx(0.05)
+    assert shifts.take_due(10.55) == [(key, {"v1": 70, "v2": 30})]
+    assert shifts.take_due(20.0) == [] and shifts.due_in(20.0) is None  # sent once
+    served = api.Routes(
+        "m",
+        (
+            api.ServiceRoutes(
+                "catalog", "http", 80, {}, (api.RouteInfo("main", "", {"v1": 70, "v2": 30}),)
+            ),
+        ),
+    )
+    shifts.settle_with(served, 11.0)
+    assert shifts.asked == {}  # served: forgotten
+
+
+def test_sent_weights_never_served_are_dropped_after_a_while() -> None:
+    shifts = PendingShifts(settle=0.35, give_up=15)
+    key = ("catalog", "main")
+    shifts.ask(key, {"v1": 0, "v2": 100}, now=0.0)
+    shifts.take_due(1.0)
+    shifts.settle_with(None, 10.0)
+    assert key in shifts.asked
+    shifts.settle_with(None, 16.0)
+    assert key not in shifts.asked

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from devmesh.api import types as api
 from devmesh.tui.stats import (
     Live,
     StatsTracker,
@@ -18,97 +19,123 @@ from devmesh.tui.stats import (
     sparkline,
 )
 
-
-def read(t: float, **sidecars: Any) -> dict[str, Any]:
-    return {"time": t, "sidecars": sidecars}
+T = api.Traffic
 
 
-ROUTES = {
-    "services": [
-        {
-            "name": "catalog",
-            "versions": {"v1": 1, "v2": 2},
-            "routes": [
-                {"name": "canary", "to": {"v2": 100}, "mirror": None},
-                {
-                    "name": "main",
-                    "to": {"v1": 80, "v2": 20},
-                    "mirror": {"service": "catalog", "version": "v2", "percent": 10.0},
-                },
-            ],
-        }
-    ]
-}
+def read(t: float, *sidecars: api.SidecarStats) -> api.Stats:
+    return api.Stats(t, sidecars)
+
+
+def gateway(
+    ups: dict[tuple[str, str], T] | None = None, routes: dict[tuple[str, str], T] | None = None
+) -> api.SidecarStats:
+    return sidecar("gw", api.INGRESS, "", ups=ups, routes=routes)
+
+
+def sidecar(
+    source: str,
+    service: str = "frontend",
+    version: str = "default",
+    inbound: T | None = None,
+    ups: dict[tuple[str, str], T] | None = None,
+    routes: dict[tuple[str, str], T] | None = None,
+) -> api.SidecarStats:
+    return api.SidecarStats(
+        source,
+        service,
+        version,
+        inbound,
+        tuple(api.UpstreamTraffic(s, v, t) for (s, v), t in (ups or {}).items()),
+        tuple(api.RouteTraffic(s, r, t) for (s, r), t in (routes or {}).items()),
+    )
+
+
+def catalog_routes(*routes: api.RouteInfo, versions: dict[str, int] | None = None) -> api.Routes:
+    return api.Routes("m", (api.ServiceRoutes("catalog", "http", 8000, versions or {}, routes),))
+
+
+ROUTES = catalog_routes(
+    api.RouteInfo("canary", "headers x-canary=1", {"v2": 100}),
+    api.RouteInfo(
+        "main",
+        "path_prefix /",
+        {"v1": 80, "v2": 20},
+        mirror=api.MirrorSpec("catalog", "v2", 10.0),
+    ),
+    versions={"v1": 1, "v2": 2},
+)
+V1 = ("catalog", "v1")
 
 
 def test_first_read_gives_no_rates_and_the_second_gives_differences_per_second() -> None:
     tracker = StatsTracker()
-    first = tracker.update(read(100.0, gw={"cluster.catalog|v1.upstream_rq_total": 10}), None)
+    first = tracker.update(read(100.0, gateway({V1: T(requests=10)})), None)
     assert first.interval == 0 and first.versions == {}
     second = tracker.update(
         read(
             102.0,
-            gw={
-                "cluster.catalog|v1.upstream_rq_total": 30,
-                "cluster.catalog|v1.upstream_rq_5xx": 2,
-                "cluster.catalog|v1.upstream_cx_active": 3,
-                "cluster.catalog|v1.upstream_rq_time.p50": 2.5,
-                "cluster.catalog|v1.upstream_rq_time.p99": 40.0,
-            },
+            gateway({V1: T(requests=30, rq_5xx=2, connections=3, p50_ms=2.5, p99_ms=40.0)}),
         ),
         None,
     )
     assert second.interval == 2.0
-    assert second.versions[("catalog", "v1")] == Live(
-        rps=10.0, success=0.9, p50=2.5, p99=40.0, cx=3
-    )
+    assert second.versions[V1] == Live(rps=10.0, success=0.9, p50=2.5, p99=40.0, cx=3, merged=1)
+    assert not second.versions[V1].bound  # one Envoy's percentiles: exact
     assert second.services["catalog"].rps == 10.0
 
 
-def test_rates_sum_over_callers_and_percentiles_merge_by_traffic() -> None:
+def test_rates_sum_over_callers_and_percentiles_are_the_slowest_callers() -> None:
+    """p50 over two callers is the higher of their p50s: at least half of each caller's
+    requests took no longer, so at least half of all did (an upper bound, not a mean)."""
     tracker = StatsTracker()
-    names = ("cluster.catalog|v1.upstream_rq_total", "cluster.catalog|v1.upstream_rq_time.p50")
-    tracker.update(read(0.0, a={names[0]: 0}, b={names[0]: 0}), None)
+    tracker.update(read(0.0, sidecar("a", ups={V1: T()}), sidecar("b", ups={V1: T()})), None)
     rates = tracker.update(
-        read(1.0, a={names[0]: 30, names[1]: 2.0}, b={names[0]: 10, names[1]: 10.0}), None
+        read(
+            1.0,
+            sidecar("a", ups={V1: T(requests=30, p50_ms=2.0, p99_ms=9.0)}),
+            sidecar("b", ups={V1: T(requests=10, p50_ms=10.0, p99_ms=12.0)}),
+        ),
+        None,
     )
-    live = rates.versions[("catalog", "v1")]
+    live = rates.versions[V1]
     assert live.rps == 40.0
-    assert live.p50 == pytest.approx((30 * 2.0 + 10 * 10.0) / 40)
+    assert (live.p50, live.p99) == (10.0, 12.0)
+    assert live.bound and live.merged == 2
 
 
 def test_a_restarted_sidecar_counts_from_zero_and_a_new_one_waits_a_read() -> None:
     tracker = StatsTracker()
-    name = "http.in.downstream_rq_total"
-    tracker.update(read(0.0, pod={name: 500}), None)
-    rates = tracker.update(read(1.0, pod={name: 7}, new={name: 1000}), None)
+    tracker.update(read(0.0, sidecar("pod", inbound=T(requests=500))), None)
+    rates = tracker.update(
+        read(1.0, sidecar("pod", inbound=T(requests=7)), sidecar("new", inbound=T(requests=1000))),
+        None,
+    )
     assert rates.pods["pod"].rps == 7.0
     assert rates.pods["new"].rps == 0.0
 
 
 def test_route_and_ingress_counters_and_unreadable_sidecars() -> None:
     tracker = StatsTracker()
-    main = "vhost.catalog.route.catalog.main.upstream_rq_"
-    api = "vhost.ingress.route.ingress.api.upstream_rq_"
-    tracker.update(read(0.0, gw={main + "total": 0, api + "total": 0}), None)
+    main, api_route = ("catalog", "main"), (api.INGRESS, "api")
+    tracker.update(read(0.0, gateway(routes={main: T(), api_route: T()})), None)
     rates = tracker.update(
         read(
             1.0,
-            gw={
-                main + "total": 10,
-                main + "completed": 10,
-                main + "5xx": 5,
-                api + "total": 4,
-                "cluster._hop|catalog.upstream_rq_total": 4,  # the gateway's own hop: not shown
-            },
-            broken="unreadable: connection refused",
+            gateway(
+                routes={
+                    main: T(requests=10, completed=10, rq_5xx=5),
+                    api_route: T(requests=4, completed=4, p99_ms=3.0),
+                }
+            ),
+            api.SidecarStats("broken", "stock", "default", error="connection refused"),
         ),
         None,
     )
-    assert rates.routes[("catalog", "main")].success == 0.5
-    assert rates.routes[("ingress", "api")].rps == 4.0
-    assert ("_hop", "catalog") not in rates.versions
-    assert rates.unreadable == {"broken": "unreadable: connection refused"}
+    assert rates.routes[main].success == 0.5
+    assert rates.routes[api_route].rps == 4.0
+    # A gateway without inbound counters: its row counts what came over its own routes.
+    assert rates.pods["gw"].rps == 4.0 and rates.pods["gw"].p99 is None
+    assert rates.unreadable == {"broken": "connection refused"}
     assert rates.history[route_key("catalog", "main")] == (10.0,)
 
 
@@ -126,7 +153,7 @@ def test_route_and_ingress_counters_and_unreadable_sidecars() -> None:
 def test_observed_split_of_a_weighted_route(
     v1: float, v2: float, main: float, canary: float, expected: dict[str, float], exact: bool
 ) -> None:
-    versions = {("catalog", "v1"): Live(rps=v1), ("catalog", "v2"): Live(rps=v2)}
+    versions = {V1: Live(rps=v1), ("catalog", "v2"): Live(rps=v2)}
     routes = {("catalog", "main"): Live(rps=main), ("catalog", "canary"): Live(rps=canary)}
     split = observed_splits(ROUTES, versions, routes)[("catalog", "main")]
     assert split.exact is exact
@@ -134,18 +161,21 @@ def test_observed_split_of_a_weighted_route(
 
 
 def test_two_busy_weighted_routes_show_the_service_split_marked_inexact() -> None:
-    routes_doc = {
-        "services": [
-            {
-                "name": "s",
-                "versions": {"a": 1, "b": 1},
-                "routes": [
-                    {"name": "x", "to": {"a": 50, "b": 50}},
-                    {"name": "y", "to": {"a": 90, "b": 10}},
-                ],
-            }
-        ]
-    }
+    routes_doc = api.Routes(
+        "m",
+        (
+            api.ServiceRoutes(
+                "s",
+                "http",
+                8000,
+                {"a": 1, "b": 1},
+                (
+                    api.RouteInfo("x", "", {"a": 50, "b": 50}),
+                    api.RouteInfo("y", "", {"a": 90, "b": 10}),
+                ),
+            ),
+        ),
+    )
     versions = {("s", "a"): Live(rps=70.0), ("s", "b"): Live(rps=30.0)}
     splits = observed_splits(
         routes_doc, versions, {("s", "x"): Live(rps=50.0), ("s", "y"): Live(rps=50.0)}
@@ -155,25 +185,25 @@ def test_two_busy_weighted_routes_show_the_service_split_marked_inexact() -> Non
 
 def test_the_split_is_summed_over_recent_reads_and_kept_as_a_share_history() -> None:
     tracker = StatsTracker()
-    v1, v2 = "cluster.catalog|v1.upstream_rq_total", "cluster.catalog|v2.upstream_rq_total"
-    main = "vhost.catalog.route.catalog.main.upstream_rq_total"
-    counts = {v1: 0, v2: 0, main: 0}
-    routes = {
-        "services": [
-            {
-                "name": "catalog",
-                "versions": {"v1": 1, "v2": 1},
-                "routes": [{"name": "main", "to": {"v1": 50, "v2": 50}}],
-            }
-        ]
-    }
-    tracker.update(read(0.0, gw=dict(counts)), routes)
+    v2, main = ("catalog", "v2"), ("catalog", "main")
+    counts = {V1: 0, v2: 0, main: 0}
+    routes = catalog_routes(
+        api.RouteInfo("main", "", {"v1": 50, "v2": 50}), versions={"v1": 1, "v2": 1}
+    )
+
+    def now(t: float) -> api.Stats:
+        return read(
+            t,
+            gateway({k: T(requests=counts[k]) for k in (V1, v2)}, {main: T(requests=counts[main])}),
+        )
+
+    tracker.update(now(0.0), routes)
     for t, (d1, d2) in enumerate([(10, 0), (0, 10)], start=1):
-        counts[v1] += d1
+        counts[V1] += d1
         counts[v2] += d2
         counts[main] += 10
-        rates = tracker.update(read(float(t), gw=dict(counts)), routes)
-    split = rates.splits[("catalog", "main")]
+        rates = tracker.update(now(float(t)), routes)
+    split = rates.splits[main]
     assert split.shares == pytest.approx({"v1": 50.0, "v2": 50.0})  # both reads, not the last
     assert rates.history[share_key("catalog", "main", "v2")] == pytest.approx((0.0, 50.0))
 

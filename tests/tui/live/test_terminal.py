@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.conftest import Mesh
 from tests.e2e.test_live import MAIN, live_shop, weights
-from tests.tui.test_live import traffic
+from tests.tui.live.test_live import traffic
 
 pytestmark = pytest.mark.docker
 
