@@ -1,26 +1,38 @@
 """The per-mesh state directory: the daemon's lock and pid, its sockets, each pod's files.
 
 $DEVMESH_STATE_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/devmesh-UID, then /PROJECT:
+  .devmesh-state           the marker: devmesh made this directory (see `remove`)
   daemon.lock  daemon.pid  daemon.log
+  ingress.port             the instance's own ingress port (`--ingress-port`), kept for
+                           the next daemon to adopt the running gateway with it
   api.sock                 the daemon's local API (owner only)
   xds/xds.sock             the ADS server; the directory is bind-mounted into sidecars
   pods/POD/                bootstrap.json and admin.sock of each sidecar and the gateway
+
+devmesh changes modes of, and removes, only directories it made: the base directory only
+when it creates it (mode 0700 from the start), a project directory only when it carries
+the marker written when devmesh created it, and only as a direct child of the base.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from devmesh.core.names import check_project, is_project
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import pod_dir
 
 _SUN_PATH_MAX = 107  # a UNIX socket path longer than this cannot be bound
+MARKER = ".devmesh-state"
+_MARKER_WAIT = 2.0  # seconds a concurrent creator gets to write the marker
 
 
 def base_dir() -> Path:
@@ -31,13 +43,42 @@ def base_dir() -> Path:
     return Path(runtime) / f"devmesh-{os.getuid()}"
 
 
+class StateDirError(MeshError):
+    pass
+
+
+def ensure_base(base: Path) -> None:
+    """The base directory, private to its owner: made with mode 0700 when missing; when it
+    exists it must be ours and 0700 already (never chmod what devmesh did not make: with
+    defaults the base's parent is /tmp)."""
+    if not base.exists():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a concurrent `up` made it
+            base.mkdir(mode=0o700)
+    info = base.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise StateDirError(f"{base} is not a directory; set DEVMESH_STATE_DIR")
+    if info.st_uid != os.getuid():  # a shared /tmp: someone else's directory
+        raise StateDirError(f"{base} belongs to another user; set DEVMESH_STATE_DIR")
+    if info.st_mode & 0o077:
+        raise StateDirError(
+            f"{base} has mode {stat.S_IMODE(info.st_mode):04o}; devmesh keeps its sockets in "
+            f"a directory only its owner can enter and does not change one it did not make: "
+            f"`chmod 700 {base}`, or set DEVMESH_STATE_DIR"
+        )
+
+
 @dataclass(frozen=True)
 class StateDir:
     path: Path
 
     @classmethod
     def for_project(cls, project: str) -> StateDir:
-        return cls(base_dir() / project)
+        return cls(base_dir() / check_project(project))
+
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
 
     @property
     def lock_file(self) -> Path:
@@ -50,6 +91,10 @@ class StateDir:
     @property
     def log_file(self) -> Path:
         return self.path / "daemon.log"
+
+    @property
+    def ingress_port_file(self) -> Path:
+        return self.path / "ingress.port"
 
     @property
     def api_socket(self) -> Path:
@@ -69,22 +114,82 @@ class StateDir:
     def create(self) -> None:
         longest = self.admin_socket("any")  # every pod directory name has the same length
         if len(str(longest)) > _SUN_PATH_MAX:
-            raise MeshError(
+            raise StateDirError(
                 f"the state directory {self.path} makes UNIX socket paths too long "
                 f"({len(str(longest))} > {_SUN_PATH_MAX}); use a shorter -p name or set "
                 "DEVMESH_STATE_DIR to a shorter path"
             )
-        base = self.path.parent
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if base.stat().st_uid != os.getuid():  # a shared /tmp: someone else's directory
-            raise MeshError(f"{base} belongs to another user; set DEVMESH_STATE_DIR")
-        for d in (self.path, self.xds_dir, self.path / "pods"):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(base, 0o700)
-        os.chmod(self.path, 0o700)  # the API socket inside is for its owner only
+        self._check_placed()
+        ensure_base(self.path.parent)
+        try:
+            self.path.mkdir(mode=0o700)
+        except FileExistsError:
+            self._check_ours(wait=_MARKER_WAIT)
+        else:  # ours: marked at once, before anything else goes in
+            self.marker.write_text(f"devmesh state of mesh instance '{self.path.name}'\n")
+        for d in (self.xds_dir, self.path / "pods"):
+            d.mkdir(exist_ok=True)
+        os.chmod(self.path, 0o700)  # ours (marked): the API socket inside is for its owner
 
-    def remove(self) -> None:
+    def owned(self) -> bool:
+        """Whether devmesh made this directory: a direct child of the base dir, named as a
+        project, a real directory (not a link) holding the marker as a regular file."""
+        try:
+            placed = self.path.parent == base_dir() and is_project(self.path.name)
+            return (
+                placed
+                and stat.S_ISDIR(self.path.lstat().st_mode)
+                and stat.S_ISREG(self.marker.lstat().st_mode)
+            )
+        except OSError:
+            return False
+
+    def remove(self) -> bool:
+        """Remove the directory; False when there is none. Refuses (StateDirError) to touch
+        one devmesh did not make: `down -p ../x` must never become `rm -rf ../x`."""
+        if not os.path.lexists(self.path):
+            return False
+        if not self.owned():
+            raise StateDirError(
+                f"refusing to remove {self.path}: it is not a state directory devmesh made "
+                f"(no {MARKER} in it, or not directly under {base_dir()})"
+            )
         shutil.rmtree(self.path, ignore_errors=True)
+        return True
+
+    def _check_placed(self) -> None:
+        if self.path.parent != base_dir() or not is_project(self.path.name):
+            raise StateDirError(f"{self.path} is not a project directory under {base_dir()}")
+
+    def _check_ours(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while not self.owned():
+            if time.monotonic() >= deadline:
+                raise StateDirError(
+                    f"{self.path} exists but devmesh did not make it (no {MARKER} in it); "
+                    "remove it yourself or use another -p name"
+                )
+            time.sleep(0.05)  # a concurrent `up` made it and is about to mark it
+
+    # -- the instance's ingress port -------------------------------------------------------
+
+    def stored_ingress_port(self) -> int | None:
+        try:
+            port = int(self.ingress_port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def store_ingress_port(self, port: int | None) -> None:
+        """Keep the port (None: the file's own port, nothing to keep)."""
+        if port is None:
+            self.ingress_port_file.unlink(missing_ok=True)
+            return
+        tmp = self.ingress_port_file.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, self.ingress_port_file)
+
+    # -- the daemon's lock -----------------------------------------------------------------
 
     def acquire(self) -> IO[str] | None:
         """Take the daemon lock (held for the daemon's life); None when another holds it."""
