@@ -298,3 +298,31 @@ def test_the_mesh_source_refuses_at_once_what_is_not_a_mesh_file(tmp_path: Path,
     make(path)
     read = read_mesh(path, str(tmp_path))  # a FIFO would block a plain open: this must not
     assert read.mesh is None and len(read.problems) == 1
+
+
+def test_a_new_daemon_adopts_running_pods_without_an_empty_first_push(loop: Any) -> None:
+    first, engine, _, images, clock = loop
+    xds = FakeXds()
+    second = Controller(
+        SHOP,
+        load_path(str(SHOP)),
+        "t",
+        engine,
+        images,
+        xds,  # type: ignore[arg-type]
+        first.state,
+        EventLog(),
+        ingress_port=18080,
+        clock=clock,
+        check=lambda ip, port, health: (True, ""),
+    )
+    second.start()
+    try:
+        assert len(engine.applied) == 1  # nothing recreated: the pods are adopted as they run
+        assert len(xds.published) == 1
+        endpoints = second._published[1] if second._published else {}
+        assert sorted(endpoints) == sorted(
+            (s.name, v.name) for s in second.view.mesh.services for v in s.versions
+        )
+    finally:
+        second.stop()
