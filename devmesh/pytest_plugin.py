@@ -15,6 +15,9 @@
 The mesh comes up under a name of its own on free host ports (several at once do not
 collide), is waited for, and is always torn down: after a failure, on Ctrl-C, and when
 its daemon crashed. A failing test's report gets the mesh's state and its apps' logs.
+
+The fixture's value is a `devmesh.testing.MeshInstance` (also importable as `Mesh`, its
+first name); `mesh.state` is the daemon's typed `MeshState` as of `up` or `refresh()`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any
 
 import pytest
 
-from devmesh.testing import Mesh
+from devmesh.api import types as api
+from devmesh.testing import MeshInstance
 
-_LIVE: dict[str, Mesh] = {}  # up and not yet down: torn down at exit whatever happened
+_LIVE: dict[str, MeshInstance] = {}  # up and not yet down: torn down at exit whatever happened
 
 
 def _down_all() -> None:
@@ -62,7 +66,7 @@ def _scope(fixture_name: str, config: pytest.Config) -> Any:
 
 
 @pytest.fixture(scope=_scope)
-def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
+def mesh(request: pytest.FixtureRequest) -> Iterator[MeshInstance]:
     config = request.config
     file = config.getoption("--devmesh-file") or config.getini("devmesh_file")
     path = Path(file)
@@ -71,7 +75,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     if not path.exists():
         pytest.fail(f"devmesh: no mesh file {path} (set devmesh_file or --devmesh-file)")
     try:
-        handle = Mesh.up(path)
+        handle = MeshInstance.up(path)
     except Exception as exc:
         pytest.fail(f"devmesh: {exc}", pytrace=False)
     _LIVE[handle.project] = handle
@@ -90,26 +94,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when != "call" or not report.failed:
         return
     handle = getattr(item, "funcargs", {}).get("mesh")
-    if not isinstance(handle, Mesh):
+    if not isinstance(handle, MeshInstance):
         return
     try:
         state = handle.refresh()
         report.sections.append(("devmesh state", json.dumps(_brief(state), indent=2)))
-        for service in sorted({p["service"] for p in state.get("pods", [])}):
+        for service in sorted({p.service for p in state.pods}):
             report.sections.append((f"devmesh logs: {service}", handle.logs(service, tail=40)))
     except Exception as exc:  # the mesh may be what broke: say so rather than fail again
         report.sections.append(("devmesh state", f"unavailable: {exc}"))
 
 
-def _brief(state: dict[str, Any]) -> dict[str, Any]:
+def _brief(state: api.MeshState) -> dict[str, Any]:
     return {
-        "project": state.get("project"),
-        "ready": state.get("ready"),
-        "problems": state.get("problems"),
-        "failed": state.get("failed"),
+        "project": state.project,
+        "ready": state.ready,
+        "problems": list(state.problems),
+        "failed": [f"{f.service}/{f.version}: {f.reason}" for f in state.failed],
         "pods": [
-            {k: p.get(k) for k in ("pod", "ready", "reason", "address", "app", "restarts")}
-            for p in state.get("pods", [])
+            {
+                "pod": p.pod,
+                "state": str(p.state),
+                "reason": p.reason,
+                "address": p.address,
+                "app": p.app,
+                "restarts": p.restarts,
+            }
+            for p in state.pods
         ],
-        "events": [e["text"] for e in state.get("events", [])[-20:]],
+        "events": [
+            f"{e.severity}: {e.text}" if e.severity != api.Severity.INFO else e.text
+            for e in state.events[-20:]
+        ],
     }

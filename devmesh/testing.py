@@ -1,24 +1,27 @@
 """Driving a real mesh from tests and scripts: up, wait, shift, faults, stats, down.
 
-`Mesh.up(file)` brings up an instance of a mesh file under a name of its own and on free
-host ports, so several can run at once (pytest-xdist workers, two meshes in one test). It
-talks to the daemon through its API, and runs the `devmesh` command for up and down so
-that a test drives exactly what a user runs.
+`MeshInstance.up(file)` brings up an instance of a mesh file under a name of its own and on
+free host ports, so several can run at once (pytest-xdist workers, two meshes in one test).
+It talks to the daemon through its API (typed values, `devmesh.api.types`), and runs the
+`devmesh` command for up and down so that a test drives exactly what a user runs.
+
+`Mesh` is the same class under its first name (what the pytest plugin's users import);
+`devmesh.core.model.Mesh` is a mesh file's model, a different thing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from devmesh.api import codec
+from devmesh.api import types as api
 from devmesh.client import DaemonClient
 from devmesh.core.load import load_path
 from devmesh.core.problems import MeshError
@@ -40,10 +43,10 @@ def _devmesh(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class Mesh:
+class MeshInstance:
     file: Path
     project: str
-    state: dict[str, Any] = field(default_factory=dict)
+    state: api.MeshState | None = None  # as of `up` or the last `refresh()`
     _client: DaemonClient | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -51,7 +54,7 @@ class Mesh:
     @classmethod
     def up(
         cls, file: str | os.PathLike[str], project: str | None = None, timeout: float = 180
-    ) -> Mesh:
+    ) -> MeshInstance:
         """Up and ready, or MeshUpError with the reason (the mesh is then torn down)."""
         path = Path(file).resolve()
         name = project or f"{load_path(str(path)).name}-{uuid.uuid4().hex[:6]}"
@@ -75,7 +78,11 @@ class Mesh:
             mesh.down()
             reason = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise MeshUpError(f"mesh {name} did not come up: " + "\n".join(reason[-15:]))
-        mesh.state = json.loads(result.stdout)
+        try:
+            mesh.state = codec.decode(api.MeshState, codec.loads(result.stdout))
+        except codec.DecodeError as exc:
+            mesh.down()
+            raise MeshUpError(f"mesh {name}: `devmesh up --json` printed no state: {exc}") from None
         return mesh
 
     def down(self) -> None:
@@ -90,23 +97,27 @@ class Mesh:
             self._client = DaemonClient(StateDir.for_project(self.project).api_socket)
         return self._client
 
-    def refresh(self) -> dict[str, Any]:
+    def refresh(self) -> api.MeshState:
         self.state = self.client.state()
         return self.state
 
     # -- addresses ------------------------------------------------------------------------
 
     @property
+    def gateway(self) -> api.Gateway | None:
+        return self.state.gateway if self.state is not None else None
+
+    @property
     def url(self) -> str:
         """The ingress, e.g. http://127.0.0.1:41234/."""
-        gw = self.state.get("gateway") or {}
-        if not gw.get("url"):
+        gw = self.gateway
+        if gw is None or not gw.url:
             raise MeshError(f"mesh {self.project} has no ingress")
-        return str(gw["url"])
+        return gw.url
 
     def service_url(self, service: str) -> str:
         """A service's own door from the host: its routes apply as to any caller."""
-        services: Mapping[str, str] = (self.state.get("gateway") or {}).get("services", {})
+        services = self.gateway.services if self.gateway is not None else {}
         if service not in services:
             raise MeshError(
                 f"no HTTP service '{service}' in mesh {self.project}; "
@@ -117,11 +128,13 @@ class Mesh:
     @property
     def urls(self) -> dict[str, str]:
         """DEVMESH_URL (ingress) and DEVMESH_URL_<SERVICE> for each HTTP service."""
-        out = {}
-        gw = self.state.get("gateway") or {}
-        if gw.get("url"):
-            out["DEVMESH_URL"] = str(gw["url"])
-        for name, url in gw.get("services", {}).items():
+        out: dict[str, str] = {}
+        gw = self.gateway
+        if gw is None:
+            return out
+        if gw.url:
+            out["DEVMESH_URL"] = gw.url
+        for name, url in gw.services.items():
             out["DEVMESH_URL_" + name.upper().replace("-", "_")] = url
         return out
 
@@ -148,8 +161,8 @@ class Mesh:
         self.client.fault(
             service,
             route,
-            delay=None if delay_ms is None else {"fixed_ms": delay_ms, "percent": percent},
-            abort=None if abort is None else {"status": abort, "percent": percent},
+            delay=None if delay_ms is None else api.DelaySpec(delay_ms, percent),
+            abort=None if abort is None else api.AbortSpec(percent, status=abort),
         )
         try:
             yield
@@ -157,23 +170,28 @@ class Mesh:
             self.client.fault(service, route)
 
     def restart(self, service: str) -> list[str]:
-        restarted: list[str] = self.client.restart(service=service)["restarted"]
-        return restarted
+        return list(self.client.restart(service=service).restarted)
 
     def stats(self, service: str) -> dict[str, dict[str, int]]:
         """Requests, errors and retries to each version of `service`, summed over every
         caller (sidecars and the gateway), and per route: {"v1": {...}, "route:main": {...}}.
+        Each holds the counters since the callers' Envoys started: requests, completed, 2xx,
+        4xx, 5xx, retries (the typed reading: `self.client.stats()`).
         """
         totals: dict[str, dict[str, int]] = {}
-        sidecars = self.client.stats()["sidecars"]
-        for counters in sidecars.values():
-            if not isinstance(counters, dict):
-                continue
-            for name, value in counters.items():
-                key, stat = _classify(service, name)
-                if key:
-                    bucket = totals.setdefault(key, {})
-                    bucket[stat] = bucket.get(stat, 0) + value
+
+        def count(key: str, traffic: api.Traffic) -> None:
+            bucket = totals.setdefault(key, dict.fromkeys(_COUNTERS, 0))
+            for name, value in _counters(traffic).items():
+                bucket[name] += value
+
+        for sidecar in self.client.stats().sidecars:
+            for up in sidecar.upstreams:
+                if up.service == service:
+                    count(up.version, up.traffic)
+            for route in sidecar.routes:
+                if route.service == service:
+                    count("route:" + route.route, route.traffic)
         return totals
 
     def logs(self, service: str, tail: int = 200) -> str:
@@ -191,27 +209,12 @@ class Mesh:
         return result.stdout + result.stderr
 
 
-_STATS = {
-    "upstream_rq_total": "requests",
-    "upstream_rq_completed": "completed",
-    "upstream_rq_2xx": "2xx",
-    "upstream_rq_4xx": "4xx",
-    "upstream_rq_5xx": "5xx",
-    "upstream_rq_retry": "retries",
-}
+_COUNTERS = ("requests", "completed", "2xx", "4xx", "5xx", "retries")
 
 
-def _classify(service: str, stat: str) -> tuple[str, str]:
-    """`cluster.catalog|v2.upstream_rq_retry` -> ("v2", "retries");
-    `vhost.catalog.route.catalog.main.upstream_rq_5xx` -> ("route:main", "5xx")."""
-    for suffix, short in _STATS.items():
-        if not stat.endswith("." + suffix):
-            continue
-        head = stat[: -len(suffix) - 1]
-        prefix = f"cluster.{service}|"
-        if head.startswith(prefix):
-            return head[len(prefix) :], short
-        route_prefix = f"vhost.{service}.route.{service}."
-        if head.startswith(route_prefix):
-            return "route:" + head[len(route_prefix) :], short
-    return "", ""
+def _counters(t: api.Traffic) -> dict[str, int]:
+    values = (t.requests, t.completed, t.rq_2xx, t.rq_4xx, t.rq_5xx, t.retries)
+    return dict(zip(_COUNTERS, values, strict=True))
+
+
+Mesh = MeshInstance  # its first name: `from devmesh.testing import Mesh` keeps working

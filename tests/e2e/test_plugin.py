@@ -1,20 +1,24 @@
-"""The pytest plugin and `devmesh run`, against real meshes (pytest's own pytester)."""
+"""The pytest plugin and `devmesh run`, against real meshes (pytest's own pytester), and
+`devmesh.testing` on typed daemon documents (pure: no engine)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from devmesh import labels
+from devmesh import labels, testing
+from devmesh.api import codec
+from devmesh.api import types as api
+from devmesh.core.problems import MeshError
 from tests.e2e.conftest import APP, ENV, devmesh
 from tests.e2e.test_live import RETRYING
 from tests.e2e.test_runtime import SHOP
-
-pytestmark = pytest.mark.docker
 
 MESH = SHOP.replace("@APP@", str(APP)).replace("@PORT@", "8080")
 
@@ -35,6 +39,7 @@ def project(pytester: pytest.Pytester, docker_client: Any) -> pytest.Pytester:
     return pytester
 
 
+@pytest.mark.docker
 def test_fixture_serves_passing_and_failing_tests_and_always_tears_down(
     project: pytest.Pytester, docker_client: Any
 ) -> None:
@@ -63,6 +68,7 @@ def test_fixture_serves_passing_and_failing_tests_and_always_tears_down(
     assert leftovers(docker_client) == []
 
 
+@pytest.mark.docker
 def test_fault_context_makes_the_retry_policy_visible_in_stats(
     project: pytest.Pytester, docker_client: Any
 ) -> None:
@@ -106,6 +112,7 @@ def test_fault_context_makes_the_retry_policy_visible_in_stats(
     assert leftovers(docker_client) == []
 
 
+@pytest.mark.docker
 def test_shift_is_observed_and_two_meshes_run_at_once(
     project: pytest.Pytester, docker_client: Any
 ) -> None:
@@ -138,6 +145,7 @@ def test_shift_is_observed_and_two_meshes_run_at_once(
     assert leftovers(docker_client) == []
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("code", [0, 3])
 def test_run_exits_with_the_commands_code(
     project: pytest.Pytester, docker_client: Any, code: int
@@ -155,6 +163,7 @@ def test_run_exits_with_the_commands_code(
     assert leftovers(docker_client) == []
 
 
+@pytest.mark.docker
 def test_run_says_why_when_the_mesh_cannot_come_up(
     project: pytest.Pytester, docker_client: Any
 ) -> None:
@@ -176,6 +185,7 @@ def test_run_says_why_when_the_mesh_cannot_come_up(
     json.dumps(result.stderr)
 
 
+@pytest.mark.docker
 def test_the_ci_example_passes_against_the_shop(
     pytester: pytest.Pytester, docker_client: Any
 ) -> None:
@@ -192,3 +202,98 @@ def test_the_ci_example_passes_against_the_shop(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert leftovers(docker_client) == []
+
+
+# -- devmesh.testing on typed documents (no engine) ---------------------------------------------
+
+T = api.Traffic
+GATEWAY = api.Gateway(
+    "shop-x-gateway",
+    "running",
+    True,
+    "http://127.0.0.1:41234/",
+    {"catalog": "http://127.0.0.1:41235/", "web-shop": "http://127.0.0.1:41236/"},
+)
+STATE = api.MeshState("shop", "shop-x", api.Phase.SERVING, True, gateway=GATEWAY)
+
+
+class StatsOnly:
+    def stats(self) -> api.Stats:
+        def routes(*pairs: tuple[str, str, T]) -> tuple[api.RouteTraffic, ...]:
+            return tuple(api.RouteTraffic(s, r, t) for s, r, t in pairs)
+
+        return api.Stats(
+            1.0,
+            (
+                api.SidecarStats(
+                    "shop-x-gateway",
+                    api.INGRESS,
+                    "",
+                    upstreams=(
+                        api.UpstreamTraffic("catalog", "v1", T(requests=10, rq_2xx=9, rq_5xx=1)),
+                        api.UpstreamTraffic("_hop", "catalog", T(requests=99)),
+                    ),
+                    routes=routes(("catalog", "main", T(requests=10)), ("ingress", "api", T(7))),
+                ),
+                api.SidecarStats(
+                    "shop-x-web-default-0",
+                    "web",
+                    "default",
+                    upstreams=(api.UpstreamTraffic("catalog", "v1", T(requests=5, retries=2)),),
+                    routes=routes(("catalog", "main", T(requests=5, rq_5xx=1))),
+                ),
+                api.SidecarStats("shop-x-stock-0", "stock", "default", error="refused"),
+            ),
+        )
+
+
+def test_stats_sum_a_service_over_its_callers_in_mesh_terms() -> None:
+    mesh = testing.MeshInstance(Path("devmesh.yaml"), "shop-x", STATE)
+    mesh._client = StatsOnly()  # type: ignore[assignment]
+    stats = mesh.stats("catalog")
+    assert set(stats) == {"v1", "route:main"}  # no other service, no gateway hop
+    assert stats["v1"] == {
+        "requests": 15,
+        "completed": 0,
+        "2xx": 9,
+        "4xx": 0,
+        "5xx": 1,
+        "retries": 2,
+    }
+    assert stats["route:main"]["requests"] == 15 and stats["route:main"]["5xx"] == 1
+
+
+def test_urls_come_from_the_gateway_in_the_state() -> None:
+    mesh = testing.Mesh(Path("devmesh.yaml"), "shop-x", STATE)  # the first name still works
+    assert mesh.url == "http://127.0.0.1:41234/"
+    assert mesh.service_url("catalog") == "http://127.0.0.1:41235/"
+    assert mesh.urls == {
+        "DEVMESH_URL": "http://127.0.0.1:41234/",
+        "DEVMESH_URL_CATALOG": "http://127.0.0.1:41235/",
+        "DEVMESH_URL_WEB_SHOP": "http://127.0.0.1:41236/",
+    }
+    with pytest.raises(MeshError, match="there are: catalog, web-shop"):
+        mesh.service_url("stock")
+    assert testing.MeshInstance(Path("f"), "p").urls == {}
+
+
+def test_up_decodes_the_state_that_up_json_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "devmesh.yaml"
+    file.write_text("mesh: shop\nservices:\n  web:\n    image: x:1\n    port: 8000\n")
+    printed = json.dumps(codec.encode(STATE))
+    calls: list[tuple[str, ...]] = []
+
+    def devmesh_command(*args: str, timeout: float) -> Any:
+        calls.append(args)
+        out = printed if args[0] == "up" else ""  # `printed` as it is at the call
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(testing, "_devmesh", devmesh_command)
+    mesh = testing.MeshInstance.up(file, "shop-x")
+    assert mesh.state == STATE and mesh.url == GATEWAY.url
+    printed = "not json"
+    with pytest.raises(testing.MeshUpError, match="printed no state"):
+        testing.MeshInstance.up(file, "shop-y")
+    assert calls[-1][:1] == ("down",)  # torn down all the same
