@@ -77,8 +77,6 @@ def set_weights(
             f"no service '{service_name}' in mesh '{mesh.name}'{did_you_mean(service_name, names)}"
         )
     service = mesh.service(service_name)
-    if service.protocol == "tcp" and len(service.routes) > 1:
-        raise EditError("unreachable: a tcp service has one route")
     route = pick_route(service, route_name)
     check_weights(service, weights)
     loader = Yaml12Loader(text)

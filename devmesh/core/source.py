@@ -360,6 +360,9 @@ class _Walker:
             self.problem(at, path, f"YAML: {exc.problem}")
         except (ValueError, ArithmeticError) as exc:  # `!!int 0x`, `!!float x`, long numbers
             self.problem(at, path, f"not a usable value: {exc}")
+        except Exception:  # PyYAML's constructors are foreign code: `!!float ''` raises IndexError
+            shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+            self.problem(at, path, f"'{shown}' is not a usable {_tag(node.tag)} value")
         return UNREADABLE
 
     def key(self, node: yaml.Node, path: Path) -> str | None:
