@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,11 @@ class _Node:
         )
 
 
+@dataclass(slots=True)
+class _Waiter:
+    remaining: set[str]  # the nodes a wait_synced call has not yet seen synced
+
+
 @dataclass(frozen=True, slots=True)
 class _Watch:
     node_id: str
@@ -128,6 +134,7 @@ class SnapshotCache:
         self._packed: dict[str, Any] = {}  # resource digest -> Any; guarded by _publishing
         self._nodes: dict[str, _Node] = {}
         self._watches: dict[int, _Watch] = {}
+        self._waiters: list[_Waiter] = []
         self._stream_ids = itertools.count(1)
 
     # -- snapshots
@@ -161,7 +168,7 @@ class SnapshotCache:
                 for watch in self._watches.values():
                     if watch.group in changed:
                         watch.wake()
-                self._lock.notify_all()
+                self._recheck(None)  # a group set back to what its nodes ACKed is synced
         for group in sorted(changed):
             log.debug("snapshot %s: %s", group, fresh[group].versions)
         return changed
@@ -178,7 +185,6 @@ class SnapshotCache:
         """Forget a node group's config. Its Envoys keep what they have; nothing is pushed."""
         with self._publishing, self._lock:
             self._served.pop(group, None)
-            self._lock.notify_all()
 
     def served(self, group: str) -> Served | None:
         with self._lock:
@@ -219,7 +225,6 @@ class SnapshotCache:
             stream_id = next(self._stream_ids)
             self._watches[stream_id] = _Watch(node_id, group, wake)
             self._nodes[node_id] = _Node(cluster=group, stream_id=stream_id)
-            self._lock.notify_all()
         log.info("%s (%s) connected", node_id, group)
         return stream_id
 
@@ -231,7 +236,6 @@ class SnapshotCache:
             node = self._owned(watch.node_id, stream_id)
             if node is not None:
                 node.connected = False
-            self._lock.notify_all()
         log.info("%s disconnected", watch.node_id)
 
     def record_sent(
@@ -244,7 +248,6 @@ class SnapshotCache:
                 node.sent_names[type_url] = names
                 node.nonces[type_url] = nonce
                 node.responses[type_url] = node.responses.get(type_url, 0) + 1
-                self._lock.notify_all()
 
     def record_ack(self, stream_id: int, type_url: str, version: str, nonce: str) -> None:
         with self._lock:
@@ -255,7 +258,7 @@ class SnapshotCache:
             node.acked_nonce[type_url] = nonce
             if node.nack is not None and node.nack.type_url == type_url:
                 node.nack = None
-            self._lock.notify_all()
+            self._recheck(self._watches[stream_id].node_id)
 
     def record_nack(self, stream_id: int, nack: Nack) -> None:
         with self._lock:
@@ -263,7 +266,6 @@ class SnapshotCache:
             if node is None:
                 return
             node.nack = nack
-            self._lock.notify_all()
 
     def _owned_by_stream(self, stream_id: int) -> _Node | None:
         watch = self._watches.get(stream_id)
@@ -295,7 +297,38 @@ class SnapshotCache:
         """Block until every node has ACKed its group's current snapshot, or `timeout`."""
         wanted = tuple(node_ids)
         with self._lock:
-            return self._lock.wait_for(lambda: all(self._synced(n) for n in wanted), timeout)
+            waiter = _Waiter({n for n in wanted if not self._synced(n)})
+            if not waiter.remaining:
+                return True
+            self._waiters.append(waiter)
+            try:
+                # Each change rechecks only the node it concerns (an ACK), so a push to N
+                # nodes costs O(N), not O(N) per ACK; once none remains, confirm all at once
+                # (a node synced earlier may have fallen behind a newer snapshot since).
+                deadline = time.monotonic() + timeout
+                while self._lock.wait_for(
+                    lambda: not waiter.remaining, max(0.0, deadline - time.monotonic())
+                ):
+                    waiter.remaining.update(n for n in wanted if not self._synced(n))
+                    if not waiter.remaining:
+                        return True
+                return False
+            finally:
+                self._waiters.remove(waiter)
+
+    def _recheck(self, node_id: str | None) -> None:
+        """Under the lock, after a change that can make `node_id` (None: any) synced."""
+        woken = False
+        for waiter in self._waiters:
+            if node_id is None:
+                done = {n for n in waiter.remaining if self._synced(n)}
+            else:
+                done = {node_id} if node_id in waiter.remaining and self._synced(node_id) else set()
+            if done:
+                waiter.remaining -= done
+                woken = woken or not waiter.remaining
+        if woken:
+            self._lock.notify_all()
 
     def _synced(self, node_id: str) -> bool:
         """Connected, LDS and CDS sent, and the last response of every type sent is ACKed at

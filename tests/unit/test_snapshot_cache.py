@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -118,9 +120,11 @@ def test_a_resource_shared_by_groups_is_packed_once() -> None:
 # -- one stream, as Envoy drives it ---------------------------------------------------------
 
 
-def _request(type_url: str, names: tuple[str, ...] = (), ack: Any = None) -> Any:
+def _request(
+    type_url: str, names: tuple[str, ...] = (), ack: Any = None, node_id: str = "front-0"
+) -> Any:
     request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
-    request.node.id, request.node.cluster = "front-0", FRONT
+    request.node.id, request.node.cluster = node_id, FRONT
     if ack is not None:
         request.version_info, request.response_nonce = ack.version_info, ack.nonce
     return request
@@ -195,3 +199,71 @@ def test_stream_protocol_subscribe_ack_push() -> None:
     stream.close()
     assert not cache.status("front-0").connected
     assert not cache.is_synced("front-0")
+
+
+SUBSCRIPTIONS = (
+    (CLUSTER, ()),
+    (ENDPOINT, ("back|v1", "back|v2")),
+    (LISTENER, ()),
+    (ROUTE, ("out|back",)),
+)
+
+
+class FakeEnvoy:
+    """Subscribes as Envoy does and ACKs whatever it is sent, when told to."""
+
+    def __init__(self, cache: SnapshotCache, node_id: str) -> None:
+        self.node_id = node_id
+        self.names = dict(SUBSCRIPTIONS)
+        self.stream = SotwStream(cache, lambda: None)
+
+    def subscribe_and_ack(self) -> None:
+        for type_url, names in SUBSCRIPTIONS:
+            self.ack(self.stream.on_request(_request(type_url, names, node_id=self.node_id)))
+
+    def ack(self, responses: list[Any]) -> None:
+        for r in responses:
+            request = _request(r.type_url, self.names[r.type_url], ack=r, node_id=self.node_id)
+            assert self.stream.on_request(request) == []
+
+    def take_push(self) -> None:
+        self.ack(self.stream.on_wake())
+
+
+def test_wait_synced_waits_for_every_node_at_the_newest_snapshot() -> None:
+    cache = SnapshotCache()
+    first, shifted = _snapshots(), _snapshots("{v1: 50, v2: 50}")
+    cache.set_snapshots(first)
+    a, b = FakeEnvoy(cache, "front-a"), FakeEnvoy(cache, "front-b")
+    a.subscribe_and_ack()
+    b.subscribe_and_ack()
+    assert cache.wait_synced(["front-a", "front-b"], timeout=0)
+
+    cache.set_snapshots(shifted)
+    result: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(cache.wait_synced(["front-a", "front-b"], timeout=5))
+    )
+    waiter.start()
+    deadline = time.monotonic() + 2
+    while not cache._waiters and time.monotonic() < deadline:  # the waiter is waiting
+        time.sleep(0.005)
+
+    a.take_push()  # a runs the shifted routes; b has not taken the push
+    cache.set_snapshots(first)  # back: now b is synced again and a has fallen behind
+    time.sleep(0.05)
+    assert result == []  # every node had been seen synced, but never all at once
+    a.take_push()
+    waiter.join(timeout=5)
+    assert result == [True]
+
+
+def test_wait_synced_times_out_on_a_node_that_never_acks() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    a = FakeEnvoy(cache, "front-a")
+    a.subscribe_and_ack()
+    started = time.monotonic()
+    assert not cache.wait_synced(["front-a", "front-never"], timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < 1
+    assert cache._waiters == []
