@@ -119,9 +119,9 @@ def _live_cells(live: Live | None, history: Sequence[float] | None) -> dict[str,
     }
 
 
-def _short_pod(pod: api.Pod, project: str) -> str:
-    prefix = f"{project}-{pod.service}-"
-    return pod.pod[len(prefix) :] if pod.pod.startswith(prefix) else pod.pod
+def _short_pod(pod: api.Pod) -> str:
+    """The pod under its service's row: `v2-1` for tuidev-catalog-v2-1."""
+    return f"{pod.version}-{pod.replica}"
 
 
 def service_order(state: api.MeshState, routes: api.Routes | None) -> list[str]:
@@ -172,7 +172,7 @@ def pod_rows(state: api.MeshState, routes: api.Routes | None, rates: Rates | Non
         )
         for i, pod in enumerate(mine):
             last = i == len(mine) - 1 and not broken
-            rows.append(_pod_row(pod, state.project, last, rates))
+            rows.append(_pod_row(pod, last, rates))
         for j, f in enumerate(broken):
             if any(p.version == f.version and not p.ready for p in mine):
                 continue  # its pods already say why
@@ -224,7 +224,7 @@ def _versions_of(pods: Sequence[api.Pod]) -> dict[str, int]:
     return out
 
 
-def _pod_row(pod: api.Pod, project: str, last: bool, rates: Rates) -> Row:
+def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
     live = rates.pods.get(pod.pod)
     state = pod_state(pod)
     detail = (
@@ -237,7 +237,7 @@ def _pod_row(pod: api.Pod, project: str, last: bool, rates: Rates) -> Row:
         key=f"pod:{pod.pod}",
         cells=cells(
             POD_COLUMNS,
-            name=(f" {'└' if last else '├'} {_short_pod(pod, project)}", ""),
+            name=(f" {'└' if last else '├'} {_short_pod(pod)}", ""),
             state=state,
             version=(pod.version, ""),
             xds=xds_cell(pod.xds),
@@ -563,7 +563,8 @@ class PendingShifts:
         """Seconds until `take_due` has something to send; None: nothing waits."""
         if not any(key not in self._sent for key in self.asked):
             return None
-        return max(0.0, self._last_press + self.settle - now)
+        left = self._last_press + self.settle - now
+        return left if left > 1e-6 else 0.0  # a timer set for `left` may wake a hair early
 
     def take_due(self, now: float) -> list[tuple[ShiftKey, dict[str, int]]]:
         """What to send now (each route once), if the keys have been quiet long enough."""

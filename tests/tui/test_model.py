@@ -195,3 +195,20 @@ def test_sent_weights_never_served_are_dropped_after_a_while() -> None:
     assert key in shifts.asked
     shifts.settle_with(None, 16.0)
     assert key not in shifts.asked
+
+
+def test_the_banner_says_what_the_state_reports_beyond_the_pods() -> None:
+    state = api.MeshState(
+        "m",
+        "m",
+        api.Phase.SERVING,
+        False,
+        engine=api.EngineStatus(False, "connection refused"),
+        push_error="Listener out|x: bad",
+        errors=("create m-web-v1-0-app: port taken",),
+    )
+    lines = banner(state, "the daemon does not answer").lines
+    assert [style for _, style in lines] == ["bad", "bad", "bad", "warn"]
+    assert lines[1][0] == "✗ the container engine does not answer: connection refused"
+    assert "config not delivered: Listener out|x: bad" in lines[2][0]
+    assert banner(api.MeshState("m", "m", api.Phase.SERVING, True), None).lines == ()
