@@ -36,16 +36,15 @@ def parse_duration(value: str | int | float) -> int:
 
 
 def format_duration(ms: int) -> str:
-    """Human form for messages and `explain`: 200ms, 2s, 1m30s."""
+    """Human form for messages and `explain`: 200ms, 2s, 1m30s, 24h."""
     if ms == 0:
         return "0s"
     if ms % 1000:
         return f"{ms}ms"
-    seconds = ms // 1000
-    minutes, seconds = divmod(seconds, 60)
-    if minutes and seconds:
-        return f"{minutes}m{seconds}s"
-    return f"{minutes}m" if minutes else f"{seconds}s"
+    minutes, seconds = divmod(ms // 1000, 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = ((hours, "h"), (minutes, "m"), (seconds, "s"))
+    return "".join(f"{n}{unit}" for n, unit in parts if n)
 
 
 def envoy_duration(ms: int) -> str:
