@@ -1,0 +1,85 @@
+"""What several commands take: the options they share, and turning arguments into values
+(each bad one a MeshError with a message, never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from devmesh.core.names import check_project
+from devmesh.core.problems import MeshError
+
+DEFAULT_FILE = Path("devmesh.yaml")
+MeshFile = Annotated[
+    Path,
+    typer.Option("-f", "--file", help="The mesh file.", show_default=True),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--project",
+        help="Instance name (default: the file's `mesh:` name): lowercase letters, digits, "
+        "'-' and '_'.",
+    ),
+]
+
+
+def project_name(file: Path, project: str | None) -> str:
+    """The instance's name: `-p`, checked, else the file's `mesh:` (read also while the file
+    has problems elsewhere: `ps`, `down` and `logs` of a mesh being edited still work)."""
+    if project is not None:
+        return check_project(project)
+    return check_project(declared_name(file))
+
+
+def declared_name(file: Path) -> str:
+    from devmesh.core.load import load_path
+    from devmesh.core.problems import MeshInvalid
+    from devmesh.core.source import parse, read_text
+
+    try:
+        return load_path(str(file)).name
+    except MeshInvalid as exc:
+        try:
+            located, _ = parse(read_text(file.read_bytes(), str(file)), str(file))
+            name = located.data.get("mesh") if isinstance(located.data, dict) else None
+        except (MeshError, OSError):
+            name = None
+        if isinstance(name, str) and name:
+            return name
+        raise exc from None
+
+
+def parse_weights(items: list[str]) -> dict[str, int]:
+    """`v1=70 v2=30` -> {"v1": 70, "v2": 30}; weights are ASCII digits ("²".isdigit() is
+    True, int("²") is not a number)."""
+    parsed: dict[str, int] = {}
+    for item in items:
+        version, sep, weight = item.partition("=")
+        version, weight = version.strip(), weight.strip()
+        if not sep or not version or not _digits(weight):
+            raise MeshError(f"'{item}' is not VERSION=WEIGHT (e.g. v1=70)")
+        if version in parsed:
+            raise MeshError(f"version '{version}' is given twice")
+        value = int(weight)
+        if value > 100:
+            raise MeshError(f"'{item}': a weight is 0-100")
+        parsed[version] = value
+    return parsed
+
+
+def parse_tail(text: str) -> int | None:
+    """`--tail`: a number of lines, or 'all' (None)."""
+    if text.strip().lower() == "all":
+        return None
+    if not _digits(text.strip()) or len(text.strip()) > 9:
+        raise MeshError(f"--tail takes a number of lines or 'all', not {text!r}")
+    return int(text)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()

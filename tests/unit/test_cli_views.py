@@ -1,0 +1,115 @@
+"""What `ps`, `up --wait` and `logs` print, from typed values alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devmesh.api import types as api
+from devmesh.cli import views
+
+READY = api.Pod(
+    "shop-web-v1-0",
+    "web",
+    "v1",
+    0,
+    api.PodState.READY,
+    address="172.18.0.3",
+    app="running",
+    sidecar="running",
+    xds=api.XdsStatus(connected=True, synced=True, version="ab12cd34"),
+)
+NACKED = api.Pod(
+    "shop-web-v2-0",
+    "web",
+    "v2",
+    0,
+    api.PodState.NACKED,
+    reason="config NACKed: bad\n  listener",
+    xds=api.XdsStatus(connected=True, nack=api.Nack("Listener", "bad listener")),
+)
+CRASHING = api.Pod(
+    "shop-db-default-0",
+    "db",
+    "default",
+    0,
+    api.PodState.CRASHING,
+    reason="app exiting (exit code 3, restarted 2 times)",
+)
+GATEWAY = api.Gateway("shop-gateway", "running", True, url="http://127.0.0.1:8080/")
+
+
+def _state(*pods: api.Pod, **kw: object) -> api.MeshState:
+    return api.MeshState("shop", "shop", api.Phase.SERVING, False, pods=pods, **kw)  # type: ignore[arg-type]
+
+
+def test_ps_shows_each_pods_typed_state_and_why_not_ready() -> None:
+    text = views.ps_table(_state(READY, NACKED, pid=42, gateway=GATEWAY))
+    lines = text.splitlines()
+    assert lines[0] == "mesh 'shop' (serving) pid 42  ingress http://127.0.0.1:8080/ ready"
+    assert lines[1].split() == ["POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS"]
+    assert lines[2].split() == [
+        "shop-web-v1-0",
+        "web",
+        "v1",
+        "ready",
+        "172.18.0.3",
+        "ab12cd34",
+        "ACK",
+    ]
+    assert lines[3].split()[:4] == ["shop-web-v2-0", "web", "v2", "nacked"]
+    assert lines[3].endswith("NACK (Listener)")
+    assert lines[4] == "  └ config NACKed: bad listener"  # one line, however Envoy wrapped it
+
+
+def test_ps_lists_failed_versions_problems_and_a_lost_engine() -> None:
+    state = _state(
+        failed=(api.Failure("db", "v9", "image db:9 not found"),),
+        problems=("devmesh.yaml:3:5: services.db.port: expected an integer",),
+        engine=api.EngineStatus(ok=False, detail="cannot reach the Docker engine"),
+    )
+    text = views.ps_table(state)
+    assert "db       v9       failed" in text.replace("  -", "")
+    assert "  └ image db:9 not found" in text
+    assert "mesh file problem (the last good config serves on): devmesh.yaml:3:5" in text
+    assert "the container engine does not answer: cannot reach the Docker engine" in text
+
+
+def test_ps_without_a_daemon_says_so() -> None:
+    state = api.MeshState("shop", "shop", api.Phase.NO_DAEMON, False)
+    assert views.ps_table(state).splitlines()[0] == "mesh 'shop' (no daemon)"
+
+
+def test_not_ready_names_each_failure_once_and_each_waiting_pod_with_its_state() -> None:
+    failed = api.Failure("db", "default", "app exiting (exit code 3, restarted 2 times)")
+    lines = views.not_ready_lines(
+        _state(
+            READY, CRASHING, NACKED, failed=(failed,), gateway=api.Gateway("g", "created", False)
+        )
+    )
+    assert lines == [
+        "  db/default: app exiting (exit code 3, restarted 2 times)",
+        "  web/v2 (shop-web-v2-0): nacked: config NACKed: bad\n  listener",
+        "  gateway: created, xDS -",
+    ]
+
+
+def test_urls_list_the_ingress_and_each_service() -> None:
+    gw = api.Gateway("g", "running", True, url="http://127.0.0.1:8080/", services={"web": "u"})
+    assert views.url_lines(_state(gateway=gw)) == ["ingress: http://127.0.0.1:8080/", "  web: u"]
+    assert views.url_lines(_state()) == []
+
+
+@pytest.mark.parametrize(
+    ("several", "text"), [(False, "hello"), (True, "shop-web-v1-0 | hello")], ids=["one", "several"]
+)
+def test_log_lines_are_prefixed_by_pod_when_there_are_several(several: bool, text: str) -> None:
+    assert views.log_line(api.LogLine("shop-web-v1-0", "hello"), several) == text
+
+
+def test_json_is_the_apis_encoding() -> None:
+    data = json.loads(views.as_json(_state(READY)))
+    assert data["phase"] == "serving"
+    assert data["pods"][0]["state"] == "ready"
+    assert data["pods"][0]["xds"]["synced"] is True
