@@ -232,6 +232,11 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
         + (f" — {pod.reason}" if pod.reason else "")
         + f"; app {pod.app}, {pod.restarts} restart(s); "
         f"sidecar {pod.sidecar}; {_xds_text(pod.xds)}"
+        + (
+            f"; stats unreadable: {rates.unreadable[pod.pod]}"
+            if pod.pod in rates.unreadable
+            else ""
+        )
     )
     return Row(
         key=f"pod:{pod.pod}",

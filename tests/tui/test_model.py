@@ -212,3 +212,11 @@ def test_the_banner_says_what_the_state_reports_beyond_the_pods() -> None:
     assert lines[1][0] == "✗ the container engine does not answer: connection refused"
     assert "config not delivered: Listener out|x: bad" in lines[2][0]
     assert banner(api.MeshState("m", "m", api.Phase.SERVING, True), None).lines == ()
+
+
+def test_a_pod_whose_stats_cannot_be_read_says_why() -> None:
+    from devmesh.tui.stats import Rates
+
+    state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
+    rows = pod_rows(state, None, Rates(1.0, unreadable={"p": "admin: connection refused"}))
+    assert rows[1].detail.endswith("; stats unreadable: admin: connection refused")
