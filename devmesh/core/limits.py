@@ -15,8 +15,12 @@ from typing import Any
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: a mesh file of 30 services is about 10 KB
 MAX_DEPTH = 64  # nesting; a mesh file needs 8, and PyYAML's composer recurses per level
 # Values (mappings, lists, scalars) in one document, counting every copy an alias makes:
-# billion laughs in 600 bytes stops here instead of taking seconds and gigabytes.
-MAX_VALUES = 50_000
+# billion laughs in 600 bytes stops here instead of taking seconds and gigabytes. A mesh of
+# the largest size (500 services) needs about 10,000; PyYAML composes ~20,000 in about 1 s.
+MAX_VALUES = 20_000
+# Characters in one string: Linux refuses a longer single argument or environment string
+# (MAX_ARG_STRLEN) when the container starts, and `shlex.split` of more is slow.
+MAX_STRING = 131_072
 MAX_PROBLEMS = 100  # reported at once; past this the loader stops looking
 MAX_INTEGER_DIGITS = 100  # longer integers are refused: nothing in a mesh counts that high
 

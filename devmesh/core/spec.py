@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from devmesh.core.durations import DurationError, format_duration, parse_duration
-from devmesh.core.limits import MAX_DURATION_MS, MAX_PROBLEMS, percent_problem
+from devmesh.core.limits import MAX_DURATION_MS, MAX_PROBLEMS, MAX_STRING, percent_problem
 from devmesh.core.problems import Path, Problem, did_you_mean
 from devmesh.core.source import UNREADABLE, Located
 
@@ -45,6 +45,7 @@ class Ctx:
 
 
 _NUL = "contains a NUL character (\\0), which Docker and Envoy cannot take"
+_LONG = f"is longer than {MAX_STRING} characters, more than Linux takes in one argument"
 
 
 def type_name(value: Any) -> str:
@@ -94,6 +95,8 @@ class Str(Spec):
             return ctx.error(path, "must not be empty")
         if "\0" in value:
             return ctx.error(path, _NUL)
+        if len(value) > MAX_STRING:
+            return ctx.error(path, _LONG)
         if self.pattern and not re.fullmatch(self.pattern, value):
             return ctx.error(path, f"'{value}' is not {self.pattern_hint or self.pattern}")
         return value
@@ -120,6 +123,8 @@ class Scalar(Spec):
             return str(value).lower()
         if isinstance(value, str) and "\0" in value:
             return ctx.error(path, _NUL)
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            return ctx.error(path, _LONG)
         if isinstance(value, str | int | float):
             return str(value)
         return ctx.error(path, f"expected a string or number, got {type_name(value)}")

@@ -202,6 +202,41 @@ def test_a_port_is_1_to_65535(port: str, message: str) -> None:
     assert message in problem.message
 
 
+COUNTS: dict[str, tuple[str, str, str]] = {
+    # name: (text, path, message)
+    "too-many-services": (
+        "mesh: demo\nservices:\n"
+        + "".join(f"  s{i}: {{image: web, port: 80}}\n" for i in range(limits.MAX_SERVICES + 1)),
+        "services",
+        f"at most {limits.MAX_SERVICES} entries",
+    ),
+    "too-many-versions": (
+        mesh_with(
+            "versions: {" + ", ".join(f"v{i}: {{}}" for i in range(limits.MAX_VERSIONS + 1)) + "}"
+        ),
+        "services.web.versions",
+        f"at most {limits.MAX_VERSIONS} entries",
+    ),
+    "too-many-routes": (
+        mesh_with("routes: [" + ", ".join(["{to: default}"] * (limits.MAX_ROUTES + 1)) + "]"),
+        "services.web.routes",
+        f"at most {limits.MAX_ROUTES} items",
+    ),
+    "string-longer-than-linux-takes": (
+        mesh_with("env: {A: '" + "a" * (limits.MAX_STRING + 1) + "'}"),
+        "services.web.env.A",
+        f"longer than {limits.MAX_STRING} characters",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "path", "message"), COUNTS.values(), ids=COUNTS.keys())
+def test_counts_and_lengths_are_bounded(text: str, path: str, message: str) -> None:
+    (problem,) = problems_of(text)
+    assert problem.path == path
+    assert message in problem.message
+
+
 # -- service names ---------------------------------------------------------------------
 
 
