@@ -57,7 +57,7 @@ from devmesh.core.model import (
 from devmesh.core.problems import MeshInvalid, Path, Problem, did_you_mean
 from devmesh.core.schema import mesh_spec
 from devmesh.core.source import parse, read_mesh_bytes, read_text
-from devmesh.core.spec import INVALID, Ctx, TooManyProblems
+from devmesh.core.spec import Ctx, TooManyProblems
 
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
@@ -604,4 +604,4 @@ def _value_match(name: str, raw: Any) -> ValueMatch:
     return ValueMatch(name, "present", "true")  # unreachable: the schema requires one key
 
 
-__all__ = ["INVALID", "load", "load_path"]
+__all__ = ["load", "load_path"]

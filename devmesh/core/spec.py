@@ -107,6 +107,7 @@ class Str(Spec):
             out["pattern"] = f"^(?:{self.pattern})$"
         if self.min_length:
             out["minLength"] = self.min_length
+        out["maxLength"] = MAX_STRING
         if self.examples:
             out["examples"] = list(self.examples)
         return self._doc(out)
