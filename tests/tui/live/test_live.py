@@ -179,7 +179,7 @@ def test_fault_toggle_and_pod_restart(make_mesh: Any) -> None:
 
     attach(mesh, script)
     pods = {p["pod"]: p for p in mesh.ps()["pods"]}
-    assert pods[v1_pod]["ready"]
+    assert pods[v1_pod]["state"] == "ready"  # `ps --json`: the PodState, as encoded
 
 
 def test_file_problems_show_in_a_banner_as_they_happen(make_mesh: Any) -> None:
