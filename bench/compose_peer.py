@@ -33,27 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import BENCH_LABEL, Images, free_subnet
-from bringup import (
+from _common import (
+    BENCH_LABEL,
     DOCKER_TIMEOUT,
     BenchError,
-    Case,
+    Images,
     Memory,
+    admin_get,
     docker,
     envoy_memory,
     free_port,
+    free_subnet,
     progress,
-    request_once,
     run,
     shielded,
 )
+from bringup import Case, request_once
 
 from devmesh.adapters.probe import probe
 from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
 from devmesh.envoy.render import render_mesh
 from devmesh.plan.desired import SIDECAR_FLAGS, hosts_text
-from devmesh.unixhttp import UnixHTTPConnection
 
 READY_POLL = 0.05  # seconds between readiness rounds
 READY_TIMEOUT = 120.0
@@ -215,14 +216,10 @@ def compose(peer: Peer, *args: str, timeout: float = 300) -> subprocess.Complete
 def admin_ready(socket_path: Path) -> bool:
     if not socket_path.exists():
         return False
-    conn = UnixHTTPConnection(socket_path, 1)
     try:
-        conn.request("GET", "/ready")
-        return conn.getresponse().status == 200
+        return admin_get(socket_path, "/ready", 1)[0] == 200
     except (OSError, http.client.HTTPException):
         return False
-    finally:
-        conn.close()
 
 
 def wait_ready(peer: Peer, began: float) -> float:

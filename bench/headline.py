@@ -33,40 +33,23 @@ by label (devmesh's mesh label, compose's project label, this benchmark's own la
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import _common as c
 import bringup
 import live
-from _common import Line, RowResult, mib, percentile, ratio
-from bringup import BenchError, Case, Terminated, progress
-
-from devmesh import __version__ as devmesh_version
+from _common import BenchError, Line, RowResult, Terminated, mib, percentile, progress, ratio
+from bringup import Case
 
 SCRIPT = "bench/headline.py"
 ROWS = ("bringup", "saves", "edits", "latency", "push", "cpu", "scale")
-TITLES = {
-    "1": "Bring-up until every pod is ready",
-    "2": "Save → traffic on the new route",
-    "3": "Failed requests during edits",
-    "4": "Latency added by two sidecars",
-    "5": "Sidecar memory",
-    "6": "Push to 50 sidecars",
-    "7": "Daemon CPU",
-    "8": "Scale",
-}
 
 
 class Context:
@@ -119,7 +102,9 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
             # alternate who goes first, so neither always finds the engine freshly cleaned
             for who in ("devmesh", "compose") if i % 2 == 0 else ("compose", "devmesh"):
                 if who == "devmesh":
-                    ours.append(bringup.one_run(case, ctx.project(), measure=True))
+                    final = size == max(sizes) and i == args.runs - 1
+                    floor = images if final else None  # measured while this mesh runs
+                    ours.append(bringup.one_run(case, ctx.project(), True, floor))
                     took = ours[-1].up_s
                 else:
                     where = ctx.work / f"peer{size}-{i + 1}"
@@ -145,23 +130,13 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
     ours, theirs = measured[size]
     last, peer_last = ours[-1], theirs[-1]
     dm_mem, peer_mem = c.memory_stats(last.sidecars), c.memory_stats(peer_last.sidecars)
-    explained = None
-    if args.explain:
-        from breakdown import explain
-
-        explained = explain(cases[size], ctx.project(), ctx.project("hc"), images, ctx.work)
-    floor = (
-        next((m for m in explained.memory if m.what.startswith("bare")), None)
-        if explained
-        else None
-    )
     result.lines += [
         Line(
             "5a",
             f"private memory per sidecar, {size} services (MiB, median)",
             mib(dm_mem["private"]),
-            f"{mib(peer_mem['private'])} (static config)"
-            + (f"; {mib(floor.private)} (bare Envoy: the floor)" if floor else ""),
+            f"{mib(peer_mem['private'])} (static config); "
+            f"{mib(last.floor)} (bare Envoy: the floor)",
             ratio(dm_mem["private"], peer_mem["private"]),
             "≤ 12 MiB",
             dm_mem["private"] <= 12,
@@ -184,7 +159,7 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
         "shares the binary's pages among every Envoy on the machine "
         f"({last.envoys_on_machine} while devmesh's were measured, other meshes included).",
         "",
-        bringup.table(
+        c.table(
             ["", "sidecars", "Rss", "Pss", "private (median / max)", "gateway Rss / Pss / priv."],
             [
                 [
@@ -207,72 +182,6 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
         ),
         "",
     ]
-    if explained is not None:
-        result.details += explained_details(explained, size)
-
-
-def explained_details(ex: Any, size: int) -> list[str]:
-    from breakdown import cpu_rows
-
-    head, rows = cpu_rows({"devmesh": ex.devmesh_cpu, "compose": ex.compose_cpu})
-    out = [
-        f"### 1 and 5 explained ({size} services, untimed extra runs)",
-        "",
-        "CPU seconds spent during one more bring-up of each: processes started meanwhile "
-        "(this mesh's) by kind, dockerd, containerd and the kernel's threads (network "
-        "namespaces, veths: set up and torn down there) whole, the rest as *other tenants*; "
-        "processes that exited count through their parent (runc through its shim); "
-        "*machine*: all cores from /proc/stat; *CLI*: `devmesh up` itself; *devmesh daemon*: "
-        "the Python daemon `up -d` starts:",
-        "",
-        bringup.table(head, rows),
-        "",
-        "Where a sidecar's private memory goes (MiB; *relocated*: the Envoy binary's pages "
-        "written by the loader in every process (private dirty); *code*: its pages no other "
-        "process maps at that moment (private clean); *anon*: heap and stacks; tcmalloc's "
-        "*allocated* and *heap* from Envoy's admin `/memory`; *stats*: lines of admin "
-        "`/stats`). The three Envoys started here (no network, same image and flags) ran "
-        "while the devmesh mesh above was up, so their code pages are shared as in a mesh:",
-        "",
-        bringup.table(
-            [
-                "Envoy",
-                "private",
-                "relocated",
-                "code",
-                "anon",
-                "allocated",
-                "heap",
-                "stats",
-                "threads",
-            ],
-            [
-                [
-                    m.what,
-                    mib(m.private),
-                    mib(m.relocated),
-                    mib(m.code),
-                    mib(m.anon),
-                    mib(m.allocated),
-                    mib(m.heap),
-                    str(m.stats),
-                    str(m.threads),
-                ]
-                for m in ex.memory
-            ],
-        ),
-        "",
-    ]
-    for process, lines in ex.profile.items():
-        out += [
-            f"py-spy of `devmesh up -d --wait`, {process} (100 Hz):",
-            "",
-            "```",
-            *lines,
-            "```",
-            "",
-        ]
-    return out
 
 
 def bringup_details(
@@ -310,7 +219,7 @@ def bringup_details(
             ]
         )
     out.append(
-        bringup.table(
+        c.table(
             [
                 "services",
                 "devmesh runs (s)",
@@ -378,7 +287,6 @@ def row_saves(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
     notes: list[str] = []
     for r in results:
         notes += live.save_notes(r)
-    profile = profile_saves(args, ctx) if args.profile else []
     result.details += [
         "### 2. Save → traffic on the new route",
         "",
@@ -391,50 +299,12 @@ def row_saves(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
         "examples/shop as it is: its catalog route delays 5 % of requests by 200 ms, which the "
         "request loop meets (see the notes); *example, no fault* is the same without that line.",
         "",
-        bringup.table(
+        c.table(
             live.SAVE_COLUMNS,
             live.save_rows(results),
         ),
         "",
         *(f"- {n}" for n in notes),
-        "",
-        *profile,
-    ]
-
-
-def profile_saves(args: argparse.Namespace, ctx: Context) -> list[str]:
-    """The daemon under py-spy while the generated mesh's route is flipped `--saves` times,
-    0.3 s apart: where a save's reconcile goes, in milliseconds of Python per save."""
-    import control_plane
-
-    where = ctx.work / "profile"
-    where.mkdir()
-    mesh = live.services_mesh(where, args.services)
-    project = ctx.project()
-    progress(f"saves: {mesh.name} under py-spy ({project}) ...")
-    with live.running(mesh, project, ctx.projects):
-        pid = int(bringup.ps_json(project)["pid"])
-        flips = iter(range(10**6))
-
-        def save() -> None:
-            mesh.write(*((0, 100) if next(flips) % 2 == 0 else (100, 0)))
-
-        pause = 0.3
-        lines = control_plane.py_spy(
-            pid,
-            args.saves * pause,
-            ctx.work / "saves.txt",
-            save,
-            every=pause,
-            unit=(args.saves, "ms per save"),
-        )
-    return [
-        f"py-spy of the daemon while the {mesh.name} mesh's route is flipped {args.saves} "
-        f"times, {pause:g} s apart (200 Hz, only samples holding the GIL: Python's own work):",
-        "",
-        "```",
-        *lines,
-        "```",
         "",
     ]
 
@@ -458,17 +328,6 @@ def row_edits(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
     )
     section = live.load_section(load)
     result.details += ["### 3. Failed requests during edits", "", *section[2:]]
-    # Health changes take pods out of (or put them back into) every caller's endpoints: the
-    # first thing to look at beside failures. The daemon log has them; the timeline does not.
-    health = []
-    for line in load.log:
-        stamp = live.LOG_TIME.match(line)
-        if stamp and re.search(r"healthy|: die|: oom|error", line):
-            at = live.log_time(stamp.group(1)) - load.start_wall
-            health.append(f"- {at:6.2f} {line[stamp.end() :].removeprefix('INFO ')}")
-    if health:
-        result.details += ["Daemon log, health and container events during the load:", ""]
-        result.details += [*health[:60], ""]
 
 
 # -- 4: latency ---------------------------------------------------------------------------------
@@ -519,12 +378,6 @@ def row_latency(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
                 f"{med['max']:.1f}",
                 f"{med['p50'] - got.figure('no proxy', 'p50'):.3f}",
                 " / ".join(f"{v:.0f}" for v in cpu.values()) if cpu else "-",
-                " / ".join(
-                    f"{target.per_request[role][0]} + {target.per_request[role][1]}"
-                    for role in ("outbound", "inbound")
-                    if role in target.per_request
-                )
-                or "-",
                 str(sum(int(r["errors"]) for r in target.rounds)),
                 " ".join(f"{r['p50']:.3f}" for r in target.rounds),
             ]
@@ -541,19 +394,14 @@ def row_latency(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
         "after a warm-up; the figures are the medians over the rounds of wrk's own "
         "percentiles (write of the request to its response). Paths: *devmesh*: the client "
         "sidecar's `out|server` listener (the service's loopback address, port 80) → the "
-        "server pod's sidecar `in` (:15006) → the app; *devmesh config, static*: the same "
-        "two hops through Envoys given devmesh's configs for those two sidecars as static "
-        "files (`devmesh render`, real endpoints), i.e. devmesh's config without xDS; "
-        "*hand-written*: the same two hops "
+        "server pod's sidecar `in` (:15006) → the app; *hand-written*: the same two hops "
         "through two Envoys whose configs hold only a listener, the router and one static "
         "cluster, same image and flags, pods of the same pause image; *no proxy*: the client "
         "pod → the server pod's app directly. The app: Envoy with a `direct_response` route "
         "(the sidecar image, `--config-yaml`). CPU: the Envoys' utime + stime per request "
-        "(/proc), outbound / inbound hop. Stats per request: from Envoy's own stats before and "
-        "after the rounds, the counters + the histograms that grew by at least one per "
-        "request: the bookkeeping each request costs in that Envoy.",
+        "(/proc), outbound / inbound hop.",
         "",
-        bringup.table(
+        c.table(
             [
                 "path",
                 "requests/s",
@@ -563,7 +411,6 @@ def row_latency(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
                 "max ms",
                 "p50 added over no proxy",
                 "CPU µs/request out / in",
-                "stats per request out / in",
                 "errors",
                 "p50 per round",
             ],
@@ -622,7 +469,7 @@ def row_push(args: argparse.Namespace, ctx: Context, result: RowResult) -> None:
         "sidecar's RDS `update_time` (Envoy's own stat: when it applied the route); "
         "*spread*: first to last sidecar.",
         "",
-        bringup.table(
+        c.table(
             ["", "end to end", "apply", "push", "Envoy last", "Envoy spread", "polls"],
             [
                 [
@@ -645,9 +492,9 @@ def row_cpu(args: argparse.Namespace, ctx: Context, result: RowResult) -> None:
 
     file = ctx.work / "cpu" / "devmesh.yaml"
     file.parent.mkdir()
-    port = bringup.free_port()
+    port = c.free_port()
     file.write_text(c.chain_text("cpu", args.services, ctx.app_images().app, str(port)))
-    got = control_plane.measure_cpu(file, ctx.project(), ctx.work, args.window, args.profile)
+    got = control_plane.measure_cpu(file, ctx.project(), args.window)
     result.lines += [
         Line(
             "7a",
@@ -675,34 +522,6 @@ def row_cpu(args: argparse.Namespace, ctx: Context, result: RowResult) -> None:
         f"{max(got.stats_ms):.0f} ms at most.",
         "",
     ]
-    names = sorted(
-        {n for t in got.threads.values() for n in t} - {"(user)", "(system)"},
-        key=lambda n: -sum(t.get(n, 0.0) for t in got.threads.values()),
-    )
-    names = ["(user)", "(system)", *names]
-    result.details += [
-        "The daemon's CPU, % of one core: in user and in system (kernel) time, then by "
-        "thread name (/proc/PID/task; Python's threads all carry the process's name "
-        "`python3`, gRPC's C core names its own):",
-        "",
-        bringup.table(
-            ["", "total", *names],
-            [
-                [state, f"{pct:.2f}", *(f"{got.threads[state].get(n, 0.0):.2f}" for n in names)]
-                for state, pct in (("idle", got.idle_pct), ("polling", got.polling_pct))
-            ],
-        ),
-        "",
-    ]
-    for state, lines in got.profiles.items():
-        result.details += [
-            f"py-spy, {state} ({args.window:g} s at 200 Hz, non-blocking; % of one core):",
-            "",
-            "```",
-            *lines,
-            "```",
-            "",
-        ]
 
 
 # -- 8: scale -----------------------------------------------------------------------------------
@@ -712,34 +531,32 @@ def row_scale(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
     n = args.services
     file = ctx.work / f"scale{n}" / "devmesh.yaml"
     file.parent.mkdir()
-    file.write_text(c.chain_text(f"scale{n}", n, ctx.app_images().app, str(bringup.free_port())))
+    file.write_text(c.chain_text(f"scale{n}", n, ctx.app_images().app, str(c.free_port())))
     project = ctx.project()
     try:
         progress(f"scale: devmesh up, {n} services ({project}) ...")
         began = time.perf_counter()
-        up = bringup.devmesh(
+        up = c.devmesh(
             *("up", "-d", "--wait", "--timeout", str(args.timeout), "-f", str(file)),
             *("-p", project),
             timeout=args.timeout + 60,
         )
         up_s = time.perf_counter() - began
         if up.returncode != 0:
-            raise BenchError(
-                f"`devmesh up` of {n} services exited {up.returncode}:\n{bringup.tail(up)}"
-            )
+            raise BenchError(f"`devmesh up` of {n} services exited {up.returncode}:\n{c.tail(up)}")
         phases = bringup.phases(up.stdout + up.stderr, time.time() - up_s, time.time())
-        state = bringup.ps_json(project)
+        state = c.mesh_state(project)
         acked = sum(1 for p in state["pods"] if p["xds"]["synced"])
         if not state.get("ready") or acked != len(state["pods"]):
             raise BenchError(f"{n} services: up returned but {acked} of {len(state['pods'])} ACKed")
         progress(f"scale: up in {up_s:.1f}s; memory ...")
         memory = scale_memory(project, int(state["pid"]))
         began = time.perf_counter()
-        bringup.devmesh("down", "-p", project, timeout=300)
+        c.devmesh("down", "-p", project, timeout=300)
         down_s = time.perf_counter() - began
     finally:
-        with bringup.shielded():
-            bringup.sweep(project, None)
+        with c.shielded():
+            c.sweep(project, None)
     total = memory["total"]
     result.lines += [
         Line(
@@ -762,7 +579,7 @@ def row_scale(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
         + f"); `devmesh down`: {down_s:.1f} s. Memory once ready, Pss (each shared page "
         "divided among the processes mapping it, so the parts add up), MiB:",
         "",
-        bringup.table(
+        c.table(
             ["sidecars", "gateway", "apps", "pod owners", "daemon", "total", "+ containerd shims"],
             [
                 [
@@ -783,7 +600,7 @@ def row_scale(args: argparse.Namespace, ctx: Context, result: RowResult) -> None
 def scale_memory(project: str, daemon_pid: int) -> dict[str, float]:
     from devmesh import labels
 
-    containers = bringup.mesh_containers(project)
+    containers = c.mesh_containers(project)
     ppids = c.parents()
     out = {"sidecar": 0.0, "gateway": 0.0, "app": 0.0, "pod": 0.0}
     pids = []
@@ -804,28 +621,16 @@ def scale_memory(project: str, daemon_pid: int) -> dict[str, float]:
 # -- the table ----------------------------------------------------------------------------------
 
 
-def source_version() -> str:
-    try:
-        return live.source_version()
-    except Exception as exc:  # a report line, never a reason to fail
-        return f"devmesh source: unknown ({exc})"
-
-
 def write_table() -> int:
     found = {p.stem: RowResult.load(p) for p in sorted(c.RESULTS.glob("*.json"))}
     rows = [found[r] for r in ROWS if r in found]
     missing = [r for r in ROWS if r not in found]
     lines = sorted(((line, r) for r in rows for line in r.lines), key=lambda t: t[0].key)
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     out = [
         "# devmesh: the headline table",
         "",
-        f"Written {now} on {platform.node()}: **{os.cpu_count()} cores**, {mem:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"devmesh {devmesh_version}, Docker engine {bringup.engine_version()}. "
-        f"{source_version()}. `make bench` runs every row, then this table "
-        f"(`{c.PYTHON} {SCRIPT} table`).",
+        f"Written {c.now_iso()} on {c.machine()}. {c.source_version()}. `make bench` runs every "
+        f"row, then this table (`{c.PYTHON} {SCRIPT} table`).",
         "",
         "| # | measure | devmesh | peer | devmesh / peer | target | met | command |",
         "|---|---|---|---|---|---|---|---|",
@@ -848,7 +653,7 @@ def write_table() -> int:
         "",
     ]
     out.append(
-        bringup.table(
+        c.table(
             [
                 "row",
                 "started",
@@ -899,11 +704,6 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bringup", help="rows 1 and 5")
     s.add_argument("--sizes", default="10,20", help="services per mesh (default 10,20)")
     s.add_argument("--runs", type=int, default=3, help="timed runs of each (default 3)")
-    s.add_argument(
-        "--explain",
-        action="store_true",
-        help="then CPU accounting, memory breakdown and py-spy of one more bring-up",
-    )
     s = sub.add_parser("saves", help="row 2")
     s.add_argument("--saves", type=int, default=50, help="saves per mesh (default 50)")
     s.add_argument("--services", type=int, default=20, help="the generated mesh (default 20)")
@@ -912,7 +712,6 @@ def parser() -> argparse.ArgumentParser:
         default="example,nofault,services",
         help="which meshes: example, nofault, services (default all three)",
     )
-    s.add_argument("--profile", action="store_true", help="then py-spy the daemon during the saves")
     s = sub.add_parser("edits", help="row 3")
     s.add_argument("--rate", type=float, default=200, help="requests/s (default 200)")
     s.add_argument("--duration", type=float, default=30, help="seconds of load (default 30)")
@@ -928,7 +727,6 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cpu", help="row 7")
     s.add_argument("--services", type=int, default=20, help="mesh size (default 20)")
     s.add_argument("--window", type=float, default=30, help="seconds per window (default 30)")
-    s.add_argument("--profile", action="store_true", help="then sample the daemon with py-spy")
     s = sub.add_parser("scale", help="row 8")
     s.add_argument("--services", type=int, default=100, help="mesh size (default 100)")
     s.add_argument("--timeout", type=float, default=420, help="for `up --wait` (default 420)")
@@ -969,15 +767,12 @@ def main(argv: list[str] | None = None) -> int:
         "scale": row_scale,
     }
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_term)
+    c.raise_on_sigterm()
     busy = c.settle()  # the engine and the kernel done with what an earlier row removed
     start = c.conditions()
     result = RowResult(args.row, command_line(args, argv), started=c.now_iso())
     began = time.monotonic()
-    app_before = bringup.image_id(bringup.APP_IMAGE)
+    app_before = c.image_id(c.APP_IMAGE)
     ctx: Context | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="devmesh-headline-") as tmp:
@@ -990,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"{args.row}: interrupted; everything started was removed")
         return 130
     finally:
-        with bringup.shielded():
+        with c.shielded():
             cleanup(ctx, app_before)
     result.seconds = time.monotonic() - began
     result.conditions = {
@@ -1008,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         result.notes.append(f"the CPUs were still {busy:.0%} busy at the start (after 60 s)")
     path = result.save()
     print(
-        bringup.table(
+        c.table(
             ["#", "measure", "devmesh", "peer", "ratio", "target", "met"],
             [
                 [x.key, x.measure, x.devmesh, x.peer, x.ratio, x.target, str(x.met)]
@@ -1026,7 +821,7 @@ def cleanup(ctx: Context | None, app_before: str | None) -> None:
     if ctx is not None:
         for project in ctx.projects:
             try:
-                left = bringup.sweep(project, None)
+                left = c.sweep(project, None)
                 if left:
                     progress(f"final sweep of {project} removed {left}")
             except BenchError as exc:
@@ -1037,8 +832,8 @@ def cleanup(ctx: Context | None, app_before: str | None) -> None:
             progress(f"final sweep by label removed {left}")
         if ctx is not None and ctx.images is not None:
             c.remove_app_image()
-        if app_before is None and bringup.image_id(bringup.APP_IMAGE) is not None:
-            bringup.run(["docker", "image", "rm", bringup.APP_IMAGE], 60)
+        if app_before is None and c.image_id(c.APP_IMAGE) is not None:
+            c.run(["docker", "image", "rm", c.APP_IMAGE], 60)
     except BenchError as exc:
         progress(f"final sweep: {exc}")
 

@@ -1,86 +1,27 @@
-"""Live-change benchmark: how soon a saved mesh file moves traffic, and whether any request
-fails while the file is edited and the daemon is killed and restarted under load.
-
-    .venv/bin/python bench/live.py [--saves 50] [--rate 200] [--duration 30] [--out FILE]
-
-1. Save -> traffic on the new route, for three meshes: "example" (examples/shop as it is, in a
-   temp dir: absolute build path, a free ingress port), "example, no fault" (the same without
-   the `fault:` line of catalog's `main` route) and "20 services" (generated: `target` with
-   v1/v2 and a route whose weights flip, 19 others, every service `egress: all`, so every
-   sidecar carries every other service's listener, route and clusters). Before the first save
-   the route is set to v1 and traffic must be all on v1. Then, per save: t0, the file written
-   in place (one plain write) with the route flipped to the other version, and GETs through
-   the ingress in a tight loop on one keep-alive connection until a response carries
-   `x-devmesh-served-by: SERVICE/NEW_VERSION`; latency = arrival of that response - t0. About
-   0.3 s between saves. The daemon log's `save: applied in N ms` lines split each save into
-   write -> applied (watcher + reconcile) and the rest (push, Envoy, the request).
-2. Failed requests under load, on a fresh example mesh: GET /catalog/x through the ingress at
-   `--rate` requests/s for `--duration` s (a fixed schedule over `--workers` threads, each
-   with one keep-alive connection and a 5 s timeout; a request is never sent before its slot,
-   so the rate is bounded), while another thread makes 20 evenly spaced edits of the mesh
-   file (weights changed each time; 3 of them invalid, each followed by a valid one) and, in
-   the middle, the daemon is SIGKILLed and `devmesh up -d --wait` restarts it 1 s later.
-
-Every devmesh command runs with DEVMESH_PULL=never; traffic goes to 127.0.0.1 only.
-Everything the benchmark starts is removed at the end, on failure and on Ctrl-C: `devmesh
-down`, then a sweep by the mesh label. This is a benchmark, not a test: it prints a table and
-exits non-zero only when it could not measure.
+"""Rows 2 and 3: how soon a saved mesh file moves traffic (`measure_saves`), and whether any
+request fails while the file is edited and the daemon is killed and restarted under load
+(`measure_load`). The method is written out once, in the rows' details (bench/headline.py
+`row_saves`, `row_edits`, and `load_section` here; bench/results.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import math
 import os
-import platform
 import re
 import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
-    APP_CONTEXT,
-    APP_IMAGE,
-    COMMAND_SLACK,
-    DOWN_TIMEOUT,
-    UP_TIMEOUT,
-    BenchError,
-    Terminated,
-    daemon_alive,
-    devmesh,
-    docker,
-    engine_version,
-    example_case,
-    free_port,
-    image_id,
-    progress,
-    ps_json,
-    run,
-    shielded,
-    sweep,
-    table,
-    tail,
-)
+import _common as c
+from _common import LOG_TIME, BenchError, Client, Outcome, log_time, ms, percentile, progress, table
 
-from devmesh import __version__ as devmesh_version
-from devmesh import labels
-from devmesh.daemon.state import StateDir
-
-ROOT = Path(__file__).resolve().parents[1]
-SERVED_BY = "x-devmesh-served-by"
 SAVE_TARGET_P50_MS = 75.0
 SAVE_TARGET_P99_MS = 250.0
 SAVE_GIVE_UP = 10.0  # seconds: a save whose new route is not seen by then counts as missed
@@ -93,25 +34,6 @@ RESTART_AFTER = 1.0  # seconds between the SIGKILL and `devmesh up -d --wait`
 WEIGHTS = re.compile(r"(?m)^(\s+to: )\{v1: \d+, v2: \d+\}[ \t]*$")
 FAULT = re.compile(r"(?m)^\s+fault: \{delay: .*\}\n")
 APPLIED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO save: applied in (\d+) ms$")
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def project_name(n: int) -> str:
-    """`live-PID-N`: devmesh refuses project names longer than 15 characters (the default
-    state directory makes UNIX socket paths too long otherwise)."""
-    name = f"live-{os.getpid()}-{n}"
-    return name if len(name) <= 15 else f"l{os.getpid()}-{n}"
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest rank: with 50 values, p99 is the largest."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def log_time(text: str) -> float:
-    """A daemon log timestamp (local time, milliseconds) as a Unix time."""
-    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 # -- the meshes ---------------------------------------------------------------------------------
@@ -138,17 +60,16 @@ class LiveMesh:
 
 
 def example_mesh(workdir: Path, name: str, fault: bool) -> LiveMesh:
-    """bringup's copy of the example (absolute build path), with a free ingress port."""
-    where = workdir / re.sub(r"\W+", "-", name)
-    where.mkdir()
-    case = example_case(where)
-    port = free_port()
-    text = case.template.replace("@PORT@", str(port))
+    """A copy of the example (absolute build path), with a free ingress port."""
+    file = workdir / re.sub(r"\W+", "-", name) / "example" / "devmesh.yaml"
+    file.parent.mkdir(parents=True)
+    port = c.free_port()
+    text = c.example_text(port)
     if not fault:
         text, n = FAULT.subn("", text)
         if n != 1:
-            raise BenchError(f"{case.file}: expected one `fault: {{delay: ...}}` line, found {n}")
-    mesh = LiveMesh(name, case.file, text, port, "catalog", "/catalog/x", pods=5)
+            raise BenchError(f"{file}: expected one `fault: {{delay: ...}}` line, found {n}")
+    mesh = LiveMesh(name, file, text, port, "catalog", "/catalog/x", pods=5)
     mesh.with_weights(100, 0)  # the line to flip is there
     mesh.file.write_text(text)
     return mesh
@@ -156,7 +77,7 @@ def example_mesh(workdir: Path, name: str, fault: bool) -> LiveMesh:
 
 def services_mesh(workdir: Path, n: int) -> LiveMesh:
     """`target` (v1, v2, a weighted route) and n - 1 others, every one with `egress: all`."""
-    port = free_port()
+    port = c.free_port()
     lines = [
         f"mesh: live{n}",
         "defaults:",
@@ -168,8 +89,8 @@ def services_mesh(workdir: Path, n: int) -> LiveMesh:
         "    - {name: target, match: {path_prefix: /target/}, service: target}",
         "services:",
         "  target:",
-        f"    build: {APP_CONTEXT}",
-        f"    image: {APP_IMAGE}",
+        f"    build: {c.APP_CONTEXT}",
+        f"    image: {c.APP_IMAGE}",
         "    port: 8000",
         "    egress: all",
         "    versions: {v1: {}, v2: {}}",
@@ -180,8 +101,8 @@ def services_mesh(workdir: Path, n: int) -> LiveMesh:
     for i in range(2, n + 1):
         lines += [
             f"  s{i:02d}:",
-            f"    build: {APP_CONTEXT}",
-            f"    image: {APP_IMAGE}",
+            f"    build: {c.APP_CONTEXT}",
+            f"    image: {c.APP_IMAGE}",
             "    port: 8000",
             "    egress: all",
         ]
@@ -193,41 +114,6 @@ def services_mesh(workdir: Path, n: int) -> LiveMesh:
 
 
 # -- requests -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    served_by: str
-
-
-class Client:
-    """One keep-alive connection to the ingress on 127.0.0.1; a new one after any error."""
-
-    def __init__(self, port: int, timeout: float = REQUEST_TIMEOUT) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-        self.used = 0  # requests answered on the current connection
-
-    def get(self, path: str) -> Reply:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            self.used = 0
-        try:
-            self.conn.request("GET", path)
-            resp = self.conn.getresponse()
-            resp.read()
-        except (OSError, http.client.HTTPException):
-            self.close()
-            raise
-        self.used += 1
-        return Reply(resp.status, resp.getheader(SERVED_BY) or "")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.conn = None
 
 
 def settle(mesh: LiveMesh, client: Client, version: str, in_a_row: int = 10) -> None:
@@ -250,78 +136,6 @@ def settle(mesh: LiveMesh, client: Client, version: str, in_a_row: int = 10) -> 
             ok, last = False, f"{type(exc).__name__}: {exc}"
             time.sleep(0.05)
         streak = streak + 1 if ok else 0
-
-
-# -- running a mesh -----------------------------------------------------------------------------
-
-
-def up(mesh: LiveMesh, project: str) -> subprocess.CompletedProcess[str]:
-    return devmesh(
-        *("up", "-d", "--wait", "--timeout", str(UP_TIMEOUT)),
-        *("-f", str(mesh.file), "-p", project),
-        timeout=UP_TIMEOUT + COMMAND_SLACK,
-    )
-
-
-@contextmanager
-def running(mesh: LiveMesh, project: str, started: list[str]) -> Iterator[float]:
-    """The mesh up (yields how long `up` took); down and swept afterwards, whatever happens."""
-    started.append(project)
-    try:
-        began = time.perf_counter()
-        result = up(mesh, project)
-        took = time.perf_counter() - began
-        if result.returncode != 0:
-            raise BenchError(
-                f"`devmesh up` for {mesh.name} exited {result.returncode}:\n{tail(result)}"
-            )
-        yield took
-    finally:
-        with shielded():
-            try:
-                down = devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
-                if down.returncode != 0:
-                    progress(f"`devmesh down -p {project}` exited {down.returncode}:\n{tail(down)}")
-            except BenchError as exc:
-                progress(f"cleanup: {exc}")
-            for pid in stray_daemons(project):  # e.g. a restart interrupted before its lock
-                progress(f"{project}: its daemon pid {pid} outlived `devmesh down`; killed")
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                left = sweep(project, None)
-                if left:
-                    progress(f"{project}: `devmesh down` left {left}; removed")
-            except BenchError as exc:
-                progress(f"cleanup sweep: {exc}")
-
-
-def stray_daemons(project: str) -> list[int]:
-    """Daemons of this benchmark's project still running (by their command line)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and daemon_alive(int(entry.name), project):
-            found.append(int(entry.name))
-    return found
-
-
-def others_running(ours: Sequence[str]) -> int:
-    """Running devmesh containers of meshes other than ours: they share the two cores."""
-    mesh_of = '{{.Label "%s"}}' % labels.MESH  # noqa: UP031 - Go template braces
-    listed = docker("ps", "--filter", f"label={labels.MANAGED}=1", "--format", mesh_of)
-    return sum(1 for mesh in listed.split() if mesh not in ours)
-
-
-def log_offset(project: str) -> int:
-    log = StateDir.for_project(project).log_file
-    return log.stat().st_size if log.exists() else 0
-
-
-def log_lines(project: str, offset: int) -> list[str]:
-    log = StateDir.for_project(project).log_file
-    with open(log, "rb") as fh:
-        fh.seek(offset)
-        return fh.read().decode(errors="replace").splitlines()
 
 
 # -- 1. save -> traffic on the new route ---------------------------------------------------------
@@ -408,21 +222,21 @@ def match_log(saves: list[Save], lines: list[str]) -> int:
 
 def measure_saves(mesh: LiveMesh, project: str, n: int, started: list[str]) -> SaveResult:
     progress(f"{mesh.name}: up ({project}) ...")
-    with running(mesh, project, started) as up_s:
+    with c.running(mesh.file, project, started) as up_s:
         progress(f"{mesh.name}: up in {up_s:.1f}s; {n} saves ...")
         client = Client(mesh.port)
         try:
             mesh.write(100, 0)  # start from all on v1 (the example has 80/20)
             settle(mesh, client, "v1")
             time.sleep(SAVE_PAUSE)
-            offset = log_offset(project)
+            offset = c.log_offset(project)
             saves: list[Save] = []
             for i in range(n):
                 saves.append(one_save(mesh, client, "v2" if i % 2 == 0 else "v1"))
                 time.sleep(SAVE_PAUSE)
             time.sleep(0.2)
             result = SaveResult(mesh, up_s, saves)
-            result.unmatched_log_lines = match_log(saves, log_lines(project, offset))
+            result.unmatched_log_lines = match_log(saves, c.log_lines(project, offset))
         finally:
             client.close()
     lat = result.latencies()
@@ -435,17 +249,6 @@ def measure_saves(mesh: LiveMesh, project: str, n: int, started: list[str]) -> S
 
 
 # -- 2. failed requests under load --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    slot: float  # seconds from the start of the load
-    sent: float
-    done: float
-    status: int | None  # None: a connection error or timeout
-    error: str  # the exception's type and text, for a None status
-    served_by: str
-    reused: bool  # sent on a connection that had answered before
 
 
 @dataclass
@@ -463,9 +266,6 @@ class LoadResult:
     workers: int
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    before_load: dict[str, Any] = field(default_factory=dict)  # `ps --json`
-    before_kill: dict[str, Any] = field(default_factory=dict)
-    after: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     final_check: str = ""
     control_errors: list[str] = field(default_factory=list)
@@ -510,45 +310,6 @@ def edit_plan(mesh: LiveMesh) -> list[tuple[str, str]]:
     return plan
 
 
-def worker(
-    mesh: LiveMesh,
-    index: int,
-    total: int,
-    args: argparse.Namespace,
-    start: float,
-    stop: threading.Event,
-    out: list[Outcome],
-) -> None:
-    client = Client(mesh.port, REQUEST_TIMEOUT)
-    try:
-        for k in range(index, total, args.workers):
-            slot = k / args.rate
-            delay = start + slot - time.perf_counter()
-            if delay > 0 and stop.wait(delay):
-                return
-            if stop.is_set():
-                return
-            reused = client.conn is not None and client.used > 0
-            sent = time.perf_counter() - start
-            try:
-                reply = client.get(mesh.path)
-                outcome = Outcome(
-                    slot,
-                    sent,
-                    time.perf_counter() - start,
-                    reply.status,
-                    "",
-                    reply.served_by,
-                    reused,
-                )
-            except (OSError, http.client.HTTPException) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                outcome = Outcome(slot, sent, time.perf_counter() - start, None, error, "", reused)
-            out.append(outcome)  # list.append is atomic
-    finally:
-        client.close()
-
-
 def at(start: float, when: float, stop: threading.Event) -> bool:
     """Sleep until `when` seconds after `start`; False when stopped meanwhile."""
     delay = start + when - time.perf_counter()
@@ -578,27 +339,22 @@ def killer(
     stop: threading.Event,
     result: LoadResult,
 ) -> None:
-    """In the middle of the load: the daemon's counters, SIGKILL, and `up -d --wait` 1 s later."""
+    """In the middle of the load: SIGKILL of the daemon, and `up -d --wait` 1 s later."""
     try:
-        if not at(start, duration / 2 - 0.5, stop):
+        if not at(start, duration / 2, stop):
             return
-        state = ps_json(project)  # about half a second: the CLI starting
-        result.before_kill = state
+        state = c.mesh_state(project)
         pid = int(state["pid"])
-        if not daemon_alive(pid, project):
-            raise BenchError(f"pid {pid} from `ps --json` is not {project}'s daemon")
+        if not c.daemon_alive(pid, project):
+            raise BenchError(f"pid {pid} from GET /v1/state is not {project}'s daemon")
         os.kill(pid, signal.SIGKILL)
         killed = time.perf_counter() - start
         result.events.append(Event(killed, f"SIGKILL daemon pid {pid}"))
         if not at(start, killed + RESTART_AFTER, stop):
             return
         result.events.append(Event(time.perf_counter() - start, "`devmesh up -d --wait` ..."))
-        restarted = up(mesh, project)
+        c.up(mesh.file, project)
         took = time.perf_counter() - start
-        if restarted.returncode != 0:
-            raise BenchError(
-                f"restart `devmesh up` exited {restarted.returncode}:\n{tail(restarted)}"
-            )
         result.events.append(Event(took, "... `up -d --wait` returned 0 (mesh ready)"))
     except (BenchError, KeyError, ValueError, OSError) as exc:
         result.control_errors.append(f"daemon kill/restart: {exc}")
@@ -621,7 +377,7 @@ def measure_load(
     mesh: LiveMesh, project: str, args: argparse.Namespace, started: list[str]
 ) -> LoadResult:
     progress(f"load: up ({project}) ...")
-    with running(mesh, project, started) as up_s:
+    with c.running(mesh.file, project, started) as up_s:
         result = LoadResult(mesh, up_s, args.rate, args.duration, args.workers)
         client = Client(mesh.port)
         try:
@@ -630,11 +386,10 @@ def measure_load(
         finally:
             client.close()
         time.sleep(SAVE_PAUSE)
-        result.before_load = ps_json(project)  # the write above counts as a reload
         plan = edit_plan(mesh)
         result.invalid_edits = sum(1 for _, what in plan if what.startswith("invalid"))
         result.valid_edits = len(plan) - result.invalid_edits
-        offset = log_offset(project)
+        offset = c.log_offset(project)
         total = int(args.rate * args.duration)
         progress(
             f"load: {total} requests at {args.rate:g}/s for {args.duration:g}s, "
@@ -643,15 +398,10 @@ def measure_load(
         stop = threading.Event()
         start = time.perf_counter() + 0.2
         result.start_wall = time.time() + 0.2
-        threads = [
-            threading.Thread(
-                target=worker,
-                args=(mesh, i, total, args, start, stop, result.outcomes),
-                name=f"load-{i}",
-                daemon=True,
-            )
-            for i in range(args.workers)
-        ]
+        threads = c.paced_threads(
+            mesh.port, mesh.path, args.workers, total, args.rate, start, stop, result.outcomes,
+            REQUEST_TIMEOUT,
+        )  # fmt: skip
         threads.append(
             threading.Thread(
                 target=editor,
@@ -670,7 +420,7 @@ def measure_load(
         try:
             for t in threads:
                 t.start()
-            limit = start + args.duration + REQUEST_TIMEOUT + UP_TIMEOUT + COMMAND_SLACK
+            limit = start + args.duration + REQUEST_TIMEOUT + c.UP_TIMEOUT + c.COMMAND_SLACK
             for t in threads:
                 while t.is_alive() and time.perf_counter() < limit:
                     t.join(0.2)  # short joins: Ctrl-C reaches the main thread
@@ -678,22 +428,17 @@ def measure_load(
                 raise BenchError("the load threads did not finish in time")
         finally:
             stop.set()
-            with shielded():
+            with c.shielded():
                 # `down` must not race a restart: wait for the thread that runs `up`.
-                control.join(UP_TIMEOUT + COMMAND_SLACK)
+                control.join(c.UP_TIMEOUT + c.COMMAND_SLACK)
         result.outcomes.sort(key=lambda o: o.slot)
         time.sleep(1.0)  # past the watcher's grace for the last edit
         result.final_check = final_check(mesh, "v2")
-        result.after = ps_json(project)
-        result.log = log_lines(project, offset)
+        result.log = c.log_lines(project, offset)
     return result
 
 
 # -- the report ---------------------------------------------------------------------------------
-
-
-def ms(values: Sequence[float], p: float) -> str:
-    return f"{percentile(values, p):.0f}" if values else "-"
 
 
 SAVE_COLUMNS = [
@@ -759,7 +504,7 @@ def failure_windows(failed: list[Outcome]) -> list[str]:
 
 DAEMON_NEWS = re.compile(
     r"save: applied|problem\(s\)|daemon \d+ for mesh|reconcile \(|(?<!save): applied in|"
-    r"error|rejected|gateway.*connected"
+    r"error|rejected|gateway.*connected|healthy|: die|: oom"  # health: endpoints change
 )
 
 
@@ -772,69 +517,6 @@ def timeline(r: LoadResult) -> list[Event]:
             text = line[m.end() :].removeprefix("INFO ").removeprefix("WARNING ")
             events.append(Event(log_time(m.group(1)) - r.start_wall, f"daemon: {text}"))
     return events
-
-
-def counters(r: LoadResult) -> list[str]:
-    """The daemon's account of the edits: `ps --json` (per daemon process) and its log."""
-    applied = sum(1 for line in r.log if " INFO save: applied in " in line)
-    reported = sum(1 for line in r.log if "the last good config serves on" in line)
-    events = timeline(r)
-    kill = next((e.at for e in events if e.text.startswith("SIGKILL")), None)
-    start = next((e.at for e in events if re.match(r"daemon: daemon \d+ for mesh", e.text)), None)
-    unwatched = 0  # valid edits made while no daemon ran: the restart's first load has them
-    if kill is not None and start is not None:
-        unwatched = sum(
-            1
-            for e in r.events
-            if kill < e.at < start and re.match(r"\d+: edit ", e.text)  # valid edits only
-        )
-
-    def row(name: str, state: dict[str, Any]) -> list[str]:
-        if not state:
-            return [name, "-", "-", "-"]
-        problems = state.get("problems", [])
-        return [name, str(state["reloads"]), str(state["reload_failures"]), str(len(problems))]
-
-    base, kill_state, end = r.before_load, r.before_kill, r.after
-    summed = ["during the load: (before the kill - before the load) + at the end", "-", "-", ""]
-    if base and kill_state and end:
-        for i, key in ((1, "reloads"), (2, "reload_failures")):
-            summed[i] = str(kill_state[key] - base[key] + end[key])
-    lost = r.valid_edits - applied - unwatched
-    return [
-        "The daemon's account of the edits. `ps --json` counts per daemon process (the "
-        "restarted daemon starts from 0); the daemon log survives the restart. A valid edit "
-        "made while no daemon ran is applied by the restarted daemon's first load, not counted "
-        "as a reload.",
-        "",
-        table(
-            ["", "reloads", "reload_failures", "problems"],
-            [
-                row("ps --json before the load", base),
-                row("ps --json just before the SIGKILL", kill_state),
-                row("ps --json at the end (restarted daemon)", end),
-                summed,
-                [
-                    "daemon log: `save: applied` / `the last good config serves on`",
-                    str(applied),
-                    str(reported),
-                    "",
-                ],
-                [
-                    "expected (valid / invalid edits)",
-                    f"{r.valid_edits} ({r.valid_edits - unwatched} + {unwatched} made while "
-                    "no daemon ran)",
-                    str(r.invalid_edits),
-                    "0",
-                ],
-            ],
-        ),
-        "",
-        f"Valid edits applied neither on save nor by the restart: {max(lost, 0)}"
-        + (" **(lost)**" if lost > 0 else "")
-        + ".",
-        "",
-    ]
 
 
 def load_section(r: LoadResult) -> list[str]:
@@ -904,7 +586,6 @@ def load_section(r: LoadResult) -> list[str]:
     served = Counter(o.served_by or "?" for o in ok)
     out += ["Served by: " + ", ".join(f"{k} {n}" for k, n in sorted(served.items())), ""]
     starts = sum(1 for line in r.log if re.search(r"INFO daemon \d+ for mesh", line))
-    out += counters(r)
     out += [
         f"Daemon starts in the log during the load: {starts}. After the load: {r.final_check}.",
         "",
@@ -916,19 +597,6 @@ def load_section(r: LoadResult) -> list[str]:
     for e in r.control_errors:
         out += [f"**{e}**", ""]
     return out
-
-
-def source_version() -> str:
-    """The commit measured (read-only git), and whether devmesh/ had uncommitted changes."""
-    try:
-        head = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], 10)
-        dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "devmesh"], 10)
-    except BenchError:
-        return "devmesh source: unknown"
-    if head.returncode != 0:
-        return "devmesh source: not a git checkout"
-    changed = " + uncommitted changes in devmesh/" if dirty.stdout.strip() else ""
-    return f"devmesh source: commit {head.stdout.strip()}{changed}"
 
 
 def save_notes(r: SaveResult) -> list[str]:
@@ -973,143 +641,3 @@ def save_notes(r: SaveResult) -> list[str]:
     if errs:
         notes.append(f"{r.mesh.name}: {errs} failed requests during the saves")
     return notes
-
-
-def report(
-    saves: list[SaveResult], load: LoadResult | None, args: argparse.Namespace, notes: list[str]
-) -> str:
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    out = [
-        "# devmesh live-change benchmark",
-        "",
-        f"{now} on {platform.node()}: {os.cpu_count()} cores, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"devmesh {devmesh_version}, Docker engine {engine_version()}, "
-        f"load average at the end {os.getloadavg()[0]:.2f}. DEVMESH_PULL=never. "
-        f"{source_version()}.",
-        "",
-    ]
-    if saves:
-        out += [
-            "## 1. Save → traffic on the new route (ms)",
-            "",
-            f"{args.saves} saves per mesh, each flipping the route between all-v1 and all-v2 "
-            "(one plain in-place write); latency = from just before the write to the first "
-            "response served by the new version (GETs in a tight loop through the ingress, one "
-            f"keep-alive connection), {SAVE_PAUSE:g} s between saves. p99 is nearest-rank "
-            f"(with 50 saves, the largest). Target: p50 ≤ {SAVE_TARGET_P50_MS:.0f} ms and "
-            f"p99 ≤ {SAVE_TARGET_P99_MS:.0f} ms. From the daemon log: *write → applied* is "
-            "until the `save: applied` line (file watcher + reconcile), *apply* is its N "
-            "(the reconcile: load, plan, Docker look-up, xDS snapshots), *rest* is the "
-            "latency minus write → applied (push, Envoy, the request loop).",
-            "",
-            table(
-                SAVE_COLUMNS,
-                save_rows(saves),
-            ),
-            "",
-        ]
-        for r in saves:
-            notes += save_notes(r)
-    if load is not None:
-        out += load_section(load)
-    if notes:
-        out += ["## Notes", "", *(f"- {n}" for n in notes), ""]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-# -- main ---------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--saves", type=int, default=50, help="saves per mesh (default 50)")
-    parser.add_argument("--rate", type=float, default=200, help="requests/s under load (200)")
-    parser.add_argument("--duration", type=float, default=30, help="seconds of load (30)")
-    parser.add_argument("--workers", type=int, default=8, help="load threads (default 8)")
-    parser.add_argument(
-        "--services", type=int, default=20, help="services of the generated mesh (default 20)"
-    )
-    parser.add_argument(
-        "--skip",
-        choices=["saves", "load"],
-        action="append",
-        default=[],
-        help="leave out a part (repeatable)",
-    )
-    parser.add_argument("--out", type=Path, help="also write the report as Markdown to FILE")
-    args = parser.parse_args(argv)
-    if args.saves < 1 or args.rate <= 0 or args.duration < 5 or args.workers < 1:
-        parser.error("--saves ≥ 1, --rate > 0, --duration ≥ 5 and --workers ≥ 1")
-    if not 2 <= args.services <= 60:
-        parser.error("--services must be 2-60")
-    if args.rate * args.duration > 100_000:
-        parser.error("at most 100000 requests (--rate × --duration)")
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_term)
-    started: list[str] = []
-    tag_before = image_id(APP_IMAGE)
-    saves: list[SaveResult] = []
-    load: LoadResult | None = None
-    notes: list[str] = []
-    counter = iter(range(1, 1000))
-    ours = [project_name(n) for n in range(1, 10)]
-    others = [others_running(ours)]
-    load_before = os.getloadavg()[0]
-    try:
-        with tempfile.TemporaryDirectory(prefix="devmesh-live-") as tmp:
-            work = Path(tmp)
-            if "saves" not in args.skip:
-                meshes: list[Callable[[], LiveMesh]] = [
-                    lambda: example_mesh(work, "example", fault=True),
-                    lambda: example_mesh(work, "example, no fault", fault=False),
-                    lambda: services_mesh(work, args.services),
-                ]
-                for make in meshes:
-                    mesh = make()
-                    saves.append(
-                        measure_saves(mesh, project_name(next(counter)), args.saves, started)
-                    )
-            if "load" not in args.skip:
-                mesh = example_mesh(work, "load", fault=True)
-                load = measure_load(mesh, project_name(next(counter)), args, started)
-    except BenchError as exc:
-        progress(f"benchmark failed: {exc}")
-        return 1
-    except (KeyboardInterrupt, Terminated):
-        progress("interrupted; everything started was removed")
-        return 130
-    finally:
-        with shielded():
-            for project in started:  # each mesh was removed; this catches the unexpected
-                try:
-                    left = sweep(project, None)
-                    if left:
-                        progress(f"final sweep of {project} removed {left}")
-                except BenchError as exc:
-                    progress(f"final sweep: {exc}")
-            if tag_before is None and image_id(APP_IMAGE) is not None:
-                gone = run(["docker", "image", "rm", APP_IMAGE], 60)
-                if gone.returncode == 0:
-                    notes.append(f"removed {APP_IMAGE}: the benchmark's meshes built it")
-    others.append(others_running(ours))
-    if any(others):
-        notes.append(
-            f"other devmesh meshes were running on the engine: {others[0]} containers at the "
-            f"start, {others[1]} at the end (they share the cores; load average at the start "
-            f"{load_before:.2f})"
-        )
-    text = report(saves, load, args, notes)
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text)
-        progress(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

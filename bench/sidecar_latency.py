@@ -1,29 +1,7 @@
-"""Row 4: the latency two sidecars add, through devmesh's sidecars, through the same two hops
-of a minimal hand-written Envoy config, and with no proxy at all.
-
-Every path starts in a client pod's network namespace (wrk runs on the host inside it,
-`nsenter --net`), so the load generator stands where an app would:
-
-- devmesh: `client` -> its sidecar's `out|server` listener (the service's loopback address,
-  port 80) -> `server`'s pod address :15006, its sidecar's `in` listener -> the app;
-- devmesh config, static: the same two hops through Envoys started with devmesh's own configs
-  for those two sidecars as static files (`devmesh render`, real endpoints): what devmesh's
-  config costs per request, apart from how it is delivered (xDS);
-- hand-written: the same hops, each Envoy with the smallest config that does it (a listener,
-  an HTTP connection manager with the router, one static cluster);
-- no proxy: straight to the server pod's address, port 8000.
-
-All Envoys: the same image and command-line flags (`--concurrency 1` ...), in pods made of
-the same pause image.
-
-The app is fast and the same everywhere: Envoy answering every request with a
-`direct_response` (the sidecar image, configured by `--config-yaml`; no new image).
-
-wrk (Debian's) has no fixed-rate mode, so the rate is paced: C connections on one thread,
-each waiting `C / rate` seconds (a wrk Lua `delay()`) after every response before sending the
-next; latency is wrk's own, from the request's write to its response. Several rounds of each
-path, in rotating order; the figures are medians over the rounds. Also measured: the CPU time
-each Envoy on the path used per request (/proc), which says where extra latency comes from.
+"""Row 4: the latency two sidecars add: through devmesh's sidecars, through the same two hops
+of a minimal hand-written Envoy config, and with no proxy at all, each path measured by wrk
+(paced, `nsenter` into the client pod's network namespace) in rotating rounds. The method is
+written out once, in the row's details (bench/headline.py `row_latency`, bench/results.md).
 """
 
 from __future__ import annotations
@@ -39,23 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common as c
 import yaml
-from _common import BENCH_LABEL, Images, cpu_seconds, median, sweep_label
-from bringup import BenchError, devmesh, docker, progress, ps_json, tail
+from _common import BENCH_LABEL, BenchError, Images, cpu_seconds, docker, median, progress
 
 from devmesh.core.addressing import INBOUND_PORT, service_addresses
-from devmesh.core.load import load_path
-from devmesh.daemon.state import StateDir
-from devmesh.envoy.render import render_mesh
 from devmesh.plan.desired import SIDECAR_FLAGS
-from devmesh.unixhttp import UnixHTTPConnection
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FLAGS = list(SIDECAR_FLAGS)  # devmesh's sidecar flags, for every Envoy here
 APP_PORT = 8000
 HAND_OUT_PORT = 10080  # the hand-written outbound listener, on 127.0.0.1 in the client pod
-UP_TIMEOUT = 120.0
 RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
 PACED = """
 local pause_ms = {pause_ms}
@@ -202,10 +175,6 @@ def _with_admin(config: str) -> str:
     return json.dumps(data)
 
 
-def _pid(container: str) -> int:
-    return int(docker("inspect", "-f", "{{.State.Pid}}", container).strip())
-
-
 def hand_pods(
     images: Images,
     net: str,
@@ -248,25 +217,12 @@ def hand_pods(
         admin=admins["outbound"],
     )
     return HandPods(
-        _pid(f"{tag}-client"),
+        c.container_pid(f"{tag}-client"),
         ip,
-        _pid(f"{tag}-client-sidecar"),
-        _pid(f"{tag}-server-sidecar"),
+        c.container_pid(f"{tag}-client-sidecar"),
+        c.container_pid(f"{tag}-server-sidecar"),
         {role: where / "admin.sock" for role, where in admins.items()},
     )
-
-
-def rendered(mesh_file: Path, service: str, server_ip: str) -> str:
-    """devmesh's own config for `service`'s sidecar as a static file (`devmesh render`),
-    endpoints filled in, without the admin socket (nothing reads it here)."""
-    mesh = load_path(str(mesh_file))
-    endpoints = {("server", "default"): (server_ip,)}
-    for r in render_mesh(mesh, endpoints):
-        if r.filename == f"sidecar-{service}-default.yaml":
-            config = dict(r.bootstrap)
-            del config["admin"]
-            return json.dumps(config)
-    raise BenchError(f"`devmesh render` made no sidecar config for {service}")
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -278,8 +234,6 @@ class Target:
     netns_pid: int
     url: str
     envoys: dict[str, int]  # role -> host PID, whose CPU time is read around each round
-    admins: dict[str, Path] = field(default_factory=dict)  # role -> admin socket
-    per_request: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> stats
     rounds: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -325,43 +279,6 @@ def wait_serving(path: Target, script: Path) -> None:
     raise BenchError(f"{path.name} does not serve: {last}")
 
 
-def stat_counts(admin: Path) -> dict[str, float]:
-    """Every counter and every histogram's sample count (Prometheus format, which says which
-    series is which type), by series."""
-    conn = UnixHTTPConnection(admin, 5)
-    try:
-        conn.request("GET", "/stats/prometheus?usedonly")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    kinds: dict[str, str] = {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            kinds[name] = kind
-            continue
-        series, _, value = line.rpartition(" ")
-        name = series.split("{", 1)[0]
-        if kinds.get(name) == "counter" or (
-            name.endswith("_count") and kinds.get(name.removesuffix("_count")) == "histogram"
-        ):
-            out[series] = float(value)
-    return out
-
-
-def per_request(
-    before: dict[str, float], after: dict[str, float], requests: int
-) -> tuple[int, int]:
-    """Envoy's own account of its per-request bookkeeping: how many counters and how many
-    histograms grew with every request measured."""
-    # half: histograms reach the admin API at the stats flush (every 5 s), so the last
-    # seconds' samples may not be in yet; anything that is not per request grows far less
-    grew = [k for k, v in after.items() if v - before.get(k, 0.0) >= requests / 2]
-    histograms = sum(1 for k in grew if k.split("{", 1)[0].endswith("_count"))
-    return len(grew) - histograms, histograms
-
-
 @dataclass
 class LatencyResult:
     rate: float
@@ -389,23 +306,8 @@ def measure(
     mesh_file.write_text(mesh_text(images))
     try:
         progress(f"latency: devmesh up ({project}) ...")
-        up = devmesh(
-            "up",
-            "-d",
-            "--wait",
-            "--timeout",
-            str(UP_TIMEOUT),
-            "-f",
-            str(mesh_file),
-            "-p",
-            project,
-            timeout=UP_TIMEOUT + 60,
-        )
-        if up.returncode != 0:
-            raise BenchError(
-                f"`devmesh up` of the latency mesh exited {up.returncode}:\n{tail(up)}"
-            )
-        state = ps_json(project)
+        c.up(mesh_file, project)
+        state = c.mesh_state(project)
         server_ip = next(p["address"] for p in state["pods"] if p["service"] == "server")
         client = f"{project}-client-default-0"
         server = f"{project}-server-default-0"
@@ -415,42 +317,24 @@ def measure(
         docker("network", "create", "--label", f"{BENCH_LABEL}={os.getpid()}", net)
         admin = work / "admin"
         hand = hand_pods(images, net, f"{tag}-hand", hand_inbound(), hand_outbound, admin)
-        static = hand_pods(
-            images,
-            net,
-            f"{tag}-static",
-            rendered(mesh_file, "server", "127.0.0.1"),
-            lambda ip: rendered(mesh_file, "client", ip),
-            admin,
-        )
-        state_dir = StateDir.for_project(project)
         address = service_addresses(["server", "client"])["server"]
         paths = [
             Target(
                 "devmesh",
-                _pid(client),
+                c.container_pid(client),
                 f"http://{address}:80/",
-                {"outbound": _pid(f"{client}-sidecar"), "inbound": _pid(f"{server}-sidecar")},
                 {
-                    "outbound": state_dir.admin_socket(client),
-                    "inbound": state_dir.admin_socket(server),
+                    "outbound": c.container_pid(f"{client}-sidecar"),
+                    "inbound": c.container_pid(f"{server}-sidecar"),
                 },
-            ),
-            Target(
-                "devmesh config, static",
-                static.client_pid,
-                f"http://{address}:80/",
-                {"outbound": static.outbound, "inbound": static.inbound},
-                static.admins,
             ),
             Target(
                 "hand-written",
                 hand.client_pid,
                 f"http://127.0.0.1:{HAND_OUT_PORT}/",
                 {"outbound": hand.outbound, "inbound": hand.inbound},
-                hand.admins,
             ),
-            Target("no proxy", _pid(client), f"http://{server_ip}:{APP_PORT}/", {}),
+            Target("no proxy", c.container_pid(client), f"http://{server_ip}:{APP_PORT}/", {}),
         ]
         with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=work, delete=False) as fh:
             fh.write(PACED.replace("{pause_ms}", f"{connections / rate * 1000:.3f}"))
@@ -458,11 +342,6 @@ def measure(
         for path in paths:
             wait_serving(path, script)
             wrk(path, script, connections, 2)  # warm-up: connections and pools open
-        counts = {
-            (path.name, role): stat_counts(socket_path)
-            for path in paths
-            for role, socket_path in path.admins.items()
-        }
         for r in range(rounds):
             order = paths[r % len(paths) :] + paths[: r % len(paths)]
             for path in order:
@@ -473,23 +352,8 @@ def measure(
                     f"p90 {result['p90']:.3f} p99 {result['p99']:.3f} ms, "
                     f"{result['rate']:.0f}/s, {result['errors']:.0f} errors"
                 )
-        for path in paths:
-            sent = sum(int(r["requests"]) for r in path.rounds)
-            for role, socket_path in path.admins.items():
-                after = stat_counts(socket_path)
-                path.per_request[role] = per_request(counts[(path.name, role)], after, sent)
         return LatencyResult(rate, connections, seconds, paths)
     finally:
-        cleanup(project)
-
-
-def cleanup(project: str) -> None:
-    from bringup import shielded, sweep
-
-    with shielded():
-        try:
-            devmesh("down", "-p", project, timeout=90)
-        except BenchError as exc:
-            progress(f"cleanup: {exc}")
-        sweep(project, None)
-        sweep_label(str(os.getpid()))
+        with c.shielded():
+            c.down(project)
+            c.sweep_label(str(os.getpid()))

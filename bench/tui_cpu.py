@@ -36,34 +36,11 @@ import threading
 import time
 from pathlib import Path
 
-from bringup import (  # bench/bringup.py: the same commands, cleanup and tables
-    APP_CONTEXT,
-    APP_IMAGE,
-    COMMAND_SLACK,
-    DOWN_TIMEOUT,
-    UP_TIMEOUT,
-    BenchError,
-    devmesh,
-    engine_version,
-    free_port,
-    progress,
-    shielded,
-    sweep,
-    table,
-    tail,
-)
-
-from devmesh.daemon.state import StateDir
+import _common as c
+from _common import BenchError, cpu_seconds, progress
 
 BUDGET = 3.0  # percent of one core, daemon and TUI together
 WARMUP = 5.0  # seconds of the TUI's start-up left out of the steady figure
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
 def mesh_text(n: int, port: int) -> str:
@@ -84,8 +61,8 @@ def mesh_text(n: int, port: int) -> str:
     for i in range(1, n + 1):
         lines += [
             f"  s{i:02d}:",
-            f"    build: {APP_CONTEXT}",
-            f"    image: {APP_IMAGE}",
+            f"    build: {c.APP_CONTEXT}",
+            f"    image: {c.APP_IMAGE}",
             "    port: 8000",
         ]
     return "\n".join(lines) + "\n"
@@ -225,22 +202,16 @@ def main() -> int:
         print("tui_cpu: --tmux needs tmux (apt-get install tmux)", file=sys.stderr)
         return 2
     project = f"tcpu{os.getpid()}"[:15]
-    port = free_port()
+    port = c.free_port()
     stop = threading.Event()
-    daemon_pid: int | None = None
     tui: Tui | None = None
     with tempfile.TemporaryDirectory(prefix="devmesh-tui-cpu-") as tmp:
         file = Path(tmp) / "devmesh.yaml"
         file.write_text(mesh_text(args.services, port))
         try:
             progress(f"bringing up {args.services} services as '{project}' ...")
-            up = devmesh(
-                "up", "-d", "--wait", "--timeout", str(UP_TIMEOUT), "-f", str(file), "-p", project,
-                timeout=UP_TIMEOUT + COMMAND_SLACK,
-            )  # fmt: skip
-            if up.returncode != 0:
-                raise BenchError(f"`devmesh up` failed:\n{tail(up)}")
-            state = StateDir.for_project(project)
+            c.up(file, project)
+            state = c.state_dir(project)
             daemon_pid = state.daemon_pid()
             if daemon_pid is None:
                 raise BenchError("the daemon is not running after `up`")
@@ -269,15 +240,10 @@ def main() -> int:
             progress(f"the TUI quit by itself after {time.monotonic() - started:.0f} s")
         finally:
             stop.set()
-            with shielded():
+            with c.shielded():
                 if tui is not None:
                     tui.stop()
-                down = devmesh("down", "-p", project, timeout=DOWN_TIMEOUT)
-                if down.returncode != 0:
-                    progress(f"`devmesh down` failed:\n{tail(down)}")
-                left = sweep(project, daemon_pid)
-                if left:
-                    progress(f"swept what was left: {left}")
+                c.down(project)
     daemon = 100 * (d1 - d0) / wall
     tui_pct = 100 * (t1 - t0) / wall
     total = daemon + tui_pct
@@ -293,11 +259,11 @@ def main() -> int:
     print(f"# devmesh TUI CPU: {args.services} services ({args.services} sidecars + gateway)")
     print(
         f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
-        f"Docker {engine_version()} · {args.seconds:.0f} s per phase · TUI {args.size} {where} "
+        f"Docker {c.engine_version()} · {args.seconds:.0f} s per phase · TUI {args.size} {where} "
         "· ~20 req/s through the ingress"
     )
     print()
-    print(table(["process", "% of one core"], rows))
+    print(c.table(["process", "% of one core"], rows))
     print()
     print(f"TUI start-up (imports, first screen; not in the figures above): {startup:.2f} s CPU")
     if screen:
