@@ -123,6 +123,8 @@ def find(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState | None:
     pid = state.daemon_pid()
     if pid is None:
         return None
+    if _is_stopped(pid):  # it cannot answer: say so now, not after the timeout
+        raise DaemonNotAnswering(project, pid, True, timeout)
     try:
         return DaemonClient(state.api_socket, timeout=timeout).state()
     except DaemonUnavailable:
@@ -243,12 +245,26 @@ def follow_logs(project: str, service: str, tail: int | None) -> LogStream:
     found = find(project)
     if found is not None:
         pods = tuple(p.pod for p in found.pods if p.service == service)
-        return LogStream(pods, client(project).follow_logs(service, tail))
+        return LogStream(pods, _from_daemon(project, service, tail))
     engine = Engine.connect()
     pods = tuple(logfollow.pods_of(engine, project, service))
     if not pods:
         raise MeshError(f"service '{service}' has no pods; is the mesh up?")
     return LogStream(pods, logfollow.follow(engine, project, service, tail, threading.Event()))
+
+
+def _from_daemon(project: str, service: str, tail: int | None) -> Iterator[api.LogLine]:
+    """The daemon's stream; if the daemon goes away meanwhile (`down` stops it before it
+    removes the pods, or it crashed), the pods may run on: follow them here from now on."""
+    from devmesh.daemon import logfollow
+
+    try:
+        yield from client(project).follow_logs(service, tail)
+        return
+    except DaemonUnavailable:
+        pass
+    engine = Engine.connect()
+    yield from logfollow.follow(engine, project, service, 0, threading.Event())
 
 
 # -- the ingress port ---------------------------------------------------------------------------
