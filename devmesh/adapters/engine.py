@@ -241,6 +241,7 @@ class Engine:
             kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
         if spec.init:
             kwargs["init"] = True
+        kwargs.update(_privileges(spec))
         try:
             container = self.client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
@@ -381,6 +382,30 @@ def _started(attrs: dict[str, Any]) -> str:
     return str((attrs.get("State") or {}).get("StartedAt") or "")
 
 
+def _privileges(spec: ContainerSpec) -> dict[str, Any]:
+    """docker-py's arguments for what a container may do; only what the spec sets."""
+    out: dict[str, Any] = {}
+    if spec.user is not None:
+        out["user"] = spec.user
+    if spec.cap_drop:
+        out["cap_drop"] = list(spec.cap_drop)
+    if spec.cap_add:
+        out["cap_add"] = list(spec.cap_add)
+    if spec.security_opt:
+        out["security_opt"] = list(spec.security_opt)
+    if spec.read_only:
+        out["read_only"] = True
+    if spec.tmpfs:
+        out["tmpfs"] = dict(spec.tmpfs)
+    if spec.pids_limit is not None:
+        out["pids_limit"] = spec.pids_limit
+    if spec.mem_limit is not None:
+        out["mem_limit"] = spec.mem_limit
+    if spec.sysctls:
+        out["sysctls"] = dict(spec.sysctls)
+    return out
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.read_text() == text:
@@ -395,4 +420,3 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc)
     return text if len(text) < 160 else text[:157] + "..."
-
