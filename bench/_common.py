@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,7 +190,8 @@ def daemon_alive(pid: int, project: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"devmesh.daemon" in cmdline and project.encode() in cmdline
+    mine = {project.encode(), b"--project=" + project.encode()}  # either spelling
+    return b"devmesh.daemon" in cmdline and bool(mine & set(cmdline))
 
 
 def sweep(project: str, daemon_pid: int | None = None) -> str:
@@ -492,6 +493,16 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of `pid` so far."""
     fields = stat_fields(pid)[1]
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_pct(pid: int, window: float, during: Callable[[], None] | None = None) -> float:
+    """% of one core `pid` used over `window` s, calling `during()` once a second."""
+    began, before = time.monotonic(), cpu_seconds(pid)
+    while time.monotonic() - began < window:
+        if during is not None:
+            during()
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - began) % 1.0))
+    return (cpu_seconds(pid) - before) / (time.monotonic() - began) * 100
 
 
 def parents() -> dict[int, int]:

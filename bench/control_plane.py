@@ -6,7 +6,6 @@ The method is written out once, in the rows' details (bench/headline.py, bench/r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,16 +155,6 @@ class CpuResult:
     stats_ms: list[float]  # each GET /v1/stats
 
 
-def cpu_pct(pid: int, window: float, during: Callable[[], None] | None = None) -> float:
-    """% of one core `pid` used over `window` s, calling `during()` once a second."""
-    began, before = time.monotonic(), c.cpu_seconds(pid)
-    while time.monotonic() - began < window:
-        if during is not None:
-            during()
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - began) % 1.0))
-    return (c.cpu_seconds(pid) - before) / (time.monotonic() - began) * 100
-
-
 def measure_cpu(file: Path, project: str, window: float) -> CpuResult:
     try:
         up(file, project, timeout=240)
@@ -183,9 +172,9 @@ def measure_cpu(file: Path, project: str, window: float) -> CpuResult:
 
         time.sleep(5)  # let the first health rounds and the start-up settle
         progress(f"cpu: idle window {window:g}s ...")
-        idle = cpu_pct(pid, window)
+        idle = c.cpu_pct(pid, window)
         progress(f"cpu: idle {idle:.2f} %; polling window {window:g}s ...")
-        polling = cpu_pct(pid, window, poll_stats)
+        polling = c.cpu_pct(pid, window, poll_stats)
         progress(f"cpu: polling {polling:.2f} %")
         return CpuResult(len(state["pods"]), window, idle, polling, stats_ms)
     finally:

@@ -617,21 +617,6 @@ def save_notes(r: SaveResult) -> list[str]:
                 else ""
             )
         )
-    timed = [s for s in r.saves if s.latency_ms is not None]
-    worst = sorted(timed, key=lambda s: s.latency_ms or 0.0, reverse=True)[:3]
-    if worst:
-
-        def part(value: float | None) -> str:
-            return "?" if value is None else f"{value:.0f}"
-
-        notes.append(
-            f"{r.mesh.name}: slowest saves (ms: latency = write → applied [apply] + rest): "
-            + "; ".join(
-                f"{part(s.latency_ms)} = {part(s.applied_ms)} [{part(s.apply_ms)}] + "
-                f"{part((s.latency_ms or 0) - s.applied_ms if s.applied_ms is not None else None)}"
-                for s in worst
-            )
-        )
     if r.unmatched_log_lines:
         notes.append(
             f"{r.mesh.name}: {r.unmatched_log_lines} `save: applied` lines matched no save "

@@ -84,13 +84,6 @@ def traffic(port: int, n: int, stop: threading.Event, rate: float = 20.0) -> Non
         stop.wait(1 / rate)
 
 
-def measure(pid: int, seconds: float) -> float:
-    """Percent of one core `pid` used over the next `seconds`."""
-    before, t0 = cpu_seconds(pid), time.monotonic()
-    time.sleep(seconds)
-    return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0)
-
-
 class Tui:
     """The TUI process under measurement."""
 
@@ -218,7 +211,7 @@ def main() -> int:
             threading.Thread(target=traffic, args=(port, args.services, stop), daemon=True).start()
             time.sleep(3)  # the first reads and health checks settle
             progress(f"baseline: the daemon alone for {args.seconds:.0f} s ...")
-            baseline = measure(daemon_pid, args.seconds)
+            baseline = c.cpu_pct(daemon_pid, args.seconds)
             where = "tmux" if args.tmux else "headless"
             progress(f"attached: the TUI ({where}, {args.size}) for {args.seconds:.0f} s ...")
             started = time.monotonic()
