@@ -6,10 +6,11 @@
 What the daemon does on every `devmesh shift`: render the whole mesh, make its snapshots,
 hand them to the cache, and wait until every connected Envoy has ACKed. Here:
 
-- The server runs in a process of its own (`serve`), with the daemon's settings: the
-  `XdsServer` with 256 workers ("threads"), or `AioXdsServer` below ("aio": one event-loop
-  thread, every stream a coroutine), both serving the same `SnapshotCache` through the same
-  `SotwStream` protocol code. Only the transport differs.
+- The server runs in a process of its own (`serve`): devmesh's `XdsServer` ("aio": grpc.aio,
+  one event-loop thread, every stream a coroutine), or `ThreadXdsServer` below ("threads":
+  grpc's sync server with the 256 workers the daemon gave it, devmesh's server until this
+  benchmark chose aio), both serving the same `SnapshotCache` through the same `SotwStream`
+  protocol code. Only the transport differs.
 - The clients are N ADS streams over the UNIX socket, in another process (`clients`): the
   xds-protos stubs on grpc.aio, one channel (its own connection, like each Envoy) per stream,
   subscribing to CDS, EDS, LDS and RDS as Envoy does and ACKing each response at once. With
@@ -33,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -40,7 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,7 +68,7 @@ IDLE_SECONDS: Final = 2.0
 MIB: Final = 1024 * 1024
 
 
-# -- the asyncio server ---------------------------------------------------------------------
+# -- the thread server (devmesh's until this benchmark) -----------------------------------
 
 
 class _Closed:
@@ -80,66 +83,60 @@ _CLOSED: Final = _Closed()
 _WAKE: Final = _Wake()
 
 
-class AioXdsServer:
-    """The same ADS over grpc.aio: one event loop on a thread of its own, every stream a
-    coroutine. The cache's wake-up reaches a stream through `call_soon_threadsafe`."""
+class ThreadXdsServer:
+    """The same ADS on grpc's sync server, as devmesh served it before: each open stream
+    holds a pool thread for its whole life (so `max_workers` caps the streams served), plus
+    a reader thread feeding its requests into the stream's queue, where the cache's
+    wake-ups also go."""
 
-    def __init__(self, socket_path: Path, cache: SnapshotCache) -> None:
+    def __init__(self, socket_path: Path, max_workers: int, cache: SnapshotCache) -> None:
         self.socket_path = socket_path
         self.cache = cache
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="xds-aio")
-        self._server: Any = None
+        self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="xds-stream")
+        self._server: Any = grpc.server(self._executor)
+        self._queues: set[queue.SimpleQueue[Any]] = set()
 
     def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
-
-    async def _start(self) -> None:
-        self._server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self._server.add_insecure_port(f"unix:{self.socket_path}")
-        await self._server.start()
+        self._server.start()
 
     def stop(self, grace: float = 1.0) -> None:
-        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        done = self._server.stop(grace)
+        for events in list(self._queues):
+            events.put(_CLOSED)
+        done.wait()
+        self._executor.shutdown(wait=True)
 
-    async def StreamAggregatedResources(
-        self, requests: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
+    def StreamAggregatedResources(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queues.add(events)
+        context.add_callback(lambda: events.put(_CLOSED))
 
-        def wake() -> None:  # called on the publishing thread, under the cache's lock
-            loop.call_soon_threadsafe(events.put_nowait, _WAKE)
-
-        sotw = SotwStream(self.cache, wake)
-
-        async def read() -> None:
+        def read() -> None:
             try:
-                async for request in requests:
-                    events.put_nowait(request)
+                for request in requests:
+                    events.put(request)
             except grpc.RpcError:
                 pass
             finally:
-                events.put_nowait(_CLOSED)
+                events.put(_CLOSED)
 
-        reader = asyncio.ensure_future(read())
+        threading.Thread(target=read, daemon=True).start()
+        sotw = SotwStream(self.cache, lambda: events.put(_WAKE))
         try:
             while True:
-                event = await events.get()
+                event = events.get()
                 if event is _CLOSED:
                     return
-                for response in sotw.on_wake() if event is _WAKE else sotw.on_request(event):
-                    yield response
+                yield from sotw.on_wake() if event is _WAKE else sotw.on_request(event)
         finally:
-            reader.cancel()
+            self._queues.discard(events)
             sotw.close()
 
-    async def DeltaAggregatedResources(self, requests: AsyncIterator[Any], context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "state-of-the-world ADS only")
+    def DeltaAggregatedResources(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "state-of-the-world ADS only")
+        return iter(())
 
 
 # -- the mesh -------------------------------------------------------------------------------
@@ -198,11 +195,11 @@ def proc_status() -> dict[str, int]:
 
 def serve(impl: str, socket_path: Path, streams: int) -> None:
     cache = SnapshotCache()
-    server: XdsServer | AioXdsServer
+    server: XdsServer | ThreadXdsServer
     if impl == "threads":
-        server = XdsServer(socket_path, max_workers=MAX_WORKERS, cache=cache)
+        server = ThreadXdsServer(socket_path, MAX_WORKERS, cache)
     else:
-        server = AioXdsServer(socket_path, cache)
+        server = XdsServer(socket_path, cache=cache)
     mesh = bench_mesh(0)
     cache.set_snapshots(new_snapshots(render(mesh, placeholder_endpoints(mesh))))
     server.start()
@@ -432,12 +429,17 @@ def run(impls: Iterable[str], streams: list[int], pushes: int, rounds: int, envo
                     r.setdefault("rss", []).append(stats["VmRSS"] / 1024)
                     r.setdefault("threads", []).append(stats["Threads"])
                     r.setdefault("idle", []).append(stats["idle_cpu"] * 100)
+    for (impl, n, real), r in sorted(results.items()):
+        slowest = ", ".join(f"{v:.0f}" for v in sorted(r["ack_ms"])[-8:])
+        print(
+            f"{impl} {n}{' Envoys' if real else ''}: slowest pushes (ms) {slowest}", file=sys.stderr
+        )
     print_table(results, pushes * rounds)
 
 
 def print_table(results: dict[tuple[str, int, bool], dict[str, list[float]]], samples: int) -> None:
     head = (
-        "| server | clients | push → all ACKed p50 / p99 ms | serving CPU ms/push "
+        "| server | clients | push → all ACKed p50 / p90 / p99 ms | serving CPU ms/push "
         "| publisher CPU ms/push | publish p50 ms | RSS MiB | threads | idle CPU % of a core |"
     )
     print(head)
@@ -448,7 +450,8 @@ def print_table(results: dict[tuple[str, int, bool], dict[str, list[float]]], sa
         clients_ = f"{n} {'Envoys' if real else 'ADS stubs'}"
         print(
             f"| {impl} | {clients_} "
-            f"| {statistics.median(r['ack_ms']):.1f} / {percentile(r['ack_ms'], 99):.1f} "
+            f"| {statistics.median(r['ack_ms']):.1f} / {percentile(r['ack_ms'], 90):.1f}"
+            f" / {percentile(r['ack_ms'], 99):.1f} "
             f"| {statistics.mean(r['cpu_ms']):.1f} "
             f"| {statistics.mean(r['publisher_cpu_ms']):.1f} "
             f"| {statistics.median(r['publish_ms']):.1f} "

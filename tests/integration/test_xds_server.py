@@ -20,6 +20,12 @@ from tests.integration.conftest import GROUP, Mesh, StartEnvoy, get, wait_for
 pytestmark = pytest.mark.envoy
 
 
+def _threads() -> list[str]:
+    """Python threads, less grpc.aio's poller: one per process, started on first use and
+    kept (its name is grpc's, `Thread-N (_poll_wrapper)`)."""
+    return sorted(t.name for t in threading.enumerate() if "_poll_wrapper" not in t.name)
+
+
 def _disconnected(xds: XdsServer, node_id: str) -> Callable[[], bool]:
     return lambda: not xds.status(node_id).connected
 
@@ -161,44 +167,40 @@ def test_rejected_config_is_recorded_not_resent_and_a_fix_clears_it(
     assert fixed.acked[CLUSTER] == kept
 
 
-def test_envoy_going_away_ends_its_stream_threads(
+def test_envoy_going_away_ends_its_stream_and_costs_no_thread(
     xds: XdsServer, envoy: StartEnvoy, mesh: Mesh
 ) -> None:
-    def stream_threads() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name.startswith("xds-read-")]
-
     xds.set_snapshot(GROUP, mesh.resources("v1"))
-    for round_ in range(3):  # churn: pool threads are reused, reader threads end
+    baseline = _threads()
+    for round_ in range(3):  # churn: each stream is a coroutine on the server's one loop
         proc = envoy(f"api-v1-{round_}")
         assert xds.wait_synced([f"api-v1-{round_}"], timeout=10)
-        assert len(stream_threads()) == 1
+        assert xds.open_streams() == 1
+        assert _threads() == baseline
         proc.terminate()
         proc.wait(timeout=5)
         assert wait_for(_disconnected(xds, f"api-v1-{round_}"), timeout=5)
-        assert wait_for(lambda: stream_threads() == [], timeout=5), stream_threads()
-    pool = [t for t in threading.enumerate() if t.name.startswith("xds-stream")]
-    assert 1 <= len(pool) <= 4  # bounded by max_workers, idle threads wait for the next stream
+        assert wait_for(lambda: xds.open_streams() == 0, timeout=5)
+    assert _threads() == baseline
 
 
 def test_server_stop_leaks_no_thread_and_envoy_reconnects(
     tmp_path: Path, envoy: StartEnvoy, mesh: Mesh
 ) -> None:
-    baseline = threading.active_count()
+    baseline = _threads()
     resources = mesh.resources("v1")
-    first = XdsServer(tmp_path / "xds.sock", max_workers=4)
-    second = XdsServer(tmp_path / "xds.sock", max_workers=4)
+    first = XdsServer(tmp_path / "xds.sock")
+    second = XdsServer(tmp_path / "xds.sock")
     try:
         first.start()
         assert os.stat(tmp_path / "xds.sock").st_mode & 0o777 == 0o600
         first.set_snapshot(GROUP, resources)
         envoy("api-v1-a")
         assert first.wait_synced(["api-v1-a"], timeout=10)
-        assert threading.active_count() > baseline  # a pool thread and a reader per stream
+        assert _threads() == sorted([*baseline, "xds-loop"])  # one, however many streams
 
         first.stop(grace=0.5)
-        assert wait_for(lambda: threading.active_count() <= baseline, timeout=5), [
-            t.name for t in threading.enumerate()
-        ]
+        assert _threads() == baseline
         assert not first.status("api-v1-a").connected  # the last status is kept
         stopped = time.perf_counter()
         while time.perf_counter() - stopped < 1.0:  # Envoy serves on without its control plane
@@ -219,6 +221,4 @@ def test_server_stop_leaks_no_thread_and_envoy_reconnects(
     finally:
         first.stop(grace=0.5)
         second.stop(grace=0.5)
-    assert wait_for(lambda: threading.active_count() <= baseline, timeout=5), [
-        t.name for t in threading.enumerate()
-    ]
+    assert _threads() == baseline
