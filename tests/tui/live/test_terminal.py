@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Mesh
+from tests.e2e.conftest import ROOT, Mesh
 from tests.e2e.test_live import MAIN, live_shop, weights
 from tests.tui.live.test_live import traffic
 
@@ -124,9 +124,7 @@ def test_attach_shift_see_file_and_split_change_then_quit(
                 mesh.file.read_text()
                 == live_shop()
                 .replace("@PORT@", str(mesh.port))
-                .replace(
-                    "@APP@", str(Path(__file__).resolve().parents[2] / "examples" / "shop" / "app")
-                )
+                .replace("@APP@", str(ROOT / "examples" / "shop" / "app"))
                 .replace(MAIN, weights(0, 100))
             ),
             15,
