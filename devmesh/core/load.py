@@ -54,7 +54,7 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
-from devmesh.core.problems import MeshInvalid, Path, Problem, did_you_mean
+from devmesh.core.problems import MeshInvalid, Path, Problem, did_you_mean, short
 from devmesh.core.schema import mesh_spec
 from devmesh.core.source import parse, read_mesh_bytes, read_text
 from devmesh.core.spec import Ctx, TooManyProblems
@@ -311,15 +311,16 @@ class _Builder:
         if not _inside(target, context):
             self.error(
                 (*at, "dockerfile"),
-                f"'{written}' is outside the build context '{build['context']}'; "
+                f"'{short(written or '')}' is outside the build context "
+                f"'{short(build['context'])}'; "
                 "the Dockerfile must be inside it",
             )
         elif not _inside(real_target, real_context):
-            shown = written or "Dockerfile"
+            shown = short(written or "Dockerfile")
             self.error(
                 (*at, "dockerfile") if written else at,
                 f"'{shown}' is a symlink to {real_target}, outside the build context "
-                f"'{build['context']}'; the Dockerfile must be inside it",
+                f"'{short(build['context'])}'; the Dockerfile must be inside it",
             )
 
     def health(self, at: Path, raw: dict[str, Any], protocol: str) -> Health | None:

@@ -17,8 +17,13 @@ def dotted(path: Path) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + part
+            out += ("." if out else "") + short(part)
     return out
+
+
+def short(text: str, limit: int = 60) -> str:
+    """A user's text in a message: a 100 KB key is shown by its first characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True, order=True)

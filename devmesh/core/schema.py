@@ -31,7 +31,7 @@ from devmesh.core.model import (
     REPLICAS,
     RETRY_ON,
 )
-from devmesh.core.problems import Path
+from devmesh.core.problems import Path, short
 from devmesh.core.spec import (
     INVALID,
     Bool,
@@ -97,9 +97,11 @@ def image_reference_problem(image: str) -> str | None:
     found = _IMAGE.fullmatch(image)
     if found is None:
         if image != image.lower() and _IMAGE.fullmatch(image.lower()):
-            return f"'{image}' is not a valid image reference: repository names are lowercase"
+            return (
+                f"'{short(image)}' is not a valid image reference: repository names are lowercase"
+            )
         return (
-            f"'{image}' is not a valid image reference "
+            f"'{short(image)}' is not a valid image reference "
             "([registry[:port]/]name[:tag][@digest], lowercase name)"
         )
     if len(found.group(1)) > _MAX_REPOSITORY:

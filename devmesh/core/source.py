@@ -168,6 +168,8 @@ def read_mesh_bytes(path: str, *, allow_stdin: bool = False, limit: int = MAX_FI
         raise MeshFileError(f"{path}: no such file (give another with -f FILE)") from None
     except OSError as exc:
         raise MeshFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the path
+        raise MeshFileError(f"{path!r}: not a usable file name") from None
     try:
         _check_kind(path, os.fstat(fd), limit)
         return _bounded(path, lambda n: os.read(fd, n), limit)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from devmesh.core.durations import DurationError, format_duration, parse_duration
 from devmesh.core.limits import MAX_DURATION_MS, MAX_PROBLEMS, MAX_STRING, percent_problem
-from devmesh.core.problems import Path, Problem, did_you_mean
+from devmesh.core.problems import Path, Problem, did_you_mean, short
 from devmesh.core.source import UNREADABLE, Located
 
 
@@ -98,7 +98,7 @@ class Str(Spec):
         if len(value) > MAX_STRING:
             return ctx.error(path, _LONG)
         if self.pattern and not re.fullmatch(self.pattern, value):
-            return ctx.error(path, f"'{value}' is not {self.pattern_hint or self.pattern}")
+            return ctx.error(path, f"'{short(value)}' is not {self.pattern_hint or self.pattern}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -230,7 +230,7 @@ class Enum(Spec):
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if not isinstance(value, str) or value not in self.values:
-            shown = value if isinstance(value, str) else type_name(value)
+            shown = short(value) if isinstance(value, str) else type_name(value)
             hint = did_you_mean(value, self.values) if isinstance(value, str) else ""
             choices = ", ".join(self.values)
             return ctx.error(path, f"'{shown}' is not one of {choices}{hint}")
@@ -278,7 +278,7 @@ class ListOf(Spec):
                 continue
             if self.unique and isinstance(cleaned, str):
                 if cleaned in seen:
-                    ctx.error((*path, i), f"'{cleaned}' is listed twice")
+                    ctx.error((*path, i), f"'{short(cleaned)}' is listed twice")
                     continue
                 seen.add(cleaned)
             out.append(cleaned)
@@ -326,7 +326,7 @@ class MapOf(Spec):
                 ctx.error(sub, _NUL, key=True)
                 continue
             if not re.fullmatch(self.key_pattern, key):
-                ctx.error(sub, f"'{key}' is not {self.key_hint or 'a valid name'}", key=True)
+                ctx.error(sub, f"'{short(key)}' is not {self.key_hint or 'a valid name'}", key=True)
                 continue
             if key in self.reserved:
                 ctx.error(sub, f"'{key}' is reserved: {self.reserved[key]}", key=True)
@@ -380,7 +380,9 @@ class Obj(Spec):
                 known = ", ".join(self.fields)
                 hint = did_you_mean(key, self.fields)
                 msg = (
-                    f"unknown key '{key}'{hint}" if hint else f"unknown key '{key}'; known: {known}"
+                    f"unknown key '{short(key)}'{hint}"
+                    if hint
+                    else f"unknown key '{short(key)}'; known: {known}"
                 )
                 ctx.error(sub, msg, key=True)
                 continue

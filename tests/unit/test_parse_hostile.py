@@ -352,6 +352,8 @@ REFUSED: dict[str, tuple[Callable[[Path], str], str]] = {
     "directory": (_directory, "is a directory"),
     "missing": (_missing, "no such file"),
     "stdin-not-asked-for": (lambda _: "-", "standard input is not accepted here"),
+    "nul-in-the-name": (lambda tmp: str(tmp / "a\0b.yaml"), "not a usable file name"),
+    "not-a-directory-on-the-way": (lambda _: "/etc/passwd/x.yaml", "cannot read"),
 }
 
 
