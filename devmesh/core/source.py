@@ -88,6 +88,14 @@ class Yaml12Loader(yaml.SafeLoader):
             self._depth -= 1
         return node
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner looks up to 1024 characters ahead for a `:` after each open `[` or
+        # `{`, which costs O(open brackets) per token: stop at MAX_DEPTH before that adds up.
+        if self.flow_level >= MAX_DEPTH:
+            problem = f"nested more than {MAX_DEPTH} levels deep"
+            raise _Refused(problem=problem, problem_mark=self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
 
 def _slot(parent: yaml.Node, index: Any) -> tuple[int, int]:
     """Where a child stands: a list's index, or a mapping value's key node."""

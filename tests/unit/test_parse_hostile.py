@@ -110,7 +110,7 @@ LOCATED: dict[str, Case] = {
         merge_bomb(), AT_ALIAS, AT_ALIAS, f"aliases expand to more than {MAX_VALUES} values"
     ),
     "deep-flow-lists": Case(
-        "mesh: demo\nservices: " + "[" * 600 + "\n", 2, 10 + MAX_DEPTH, "nested more than"
+        "mesh: demo\nservices: " + "[" * 600 + "\n", 2, 11 + MAX_DEPTH, "nested more than"
     ),
     "deep-flow-mappings": Case(
         "mesh: demo\nservices: " + "{a: " * 600 + "\n", 2, 12 + 4 * (MAX_DEPTH - 2), "nested"
