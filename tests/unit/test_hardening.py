@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devmesh.adapters.engine import _privileges
+from devmesh.adapters.xds_types import LISTENER, ROUTE, to_proto
 from devmesh.core.explain import explain, format_explanation, rewritten_path
 from devmesh.core.load import load
 from devmesh.core.model import PathMatch
@@ -160,6 +161,10 @@ def test_gateway_hops_admit_only_the_host_address() -> None:
         ]
     ingress = listeners["ingress"]["filter_chains"][0]["filters"]
     assert [f["name"] for f in ingress] == ["envoy.filters.network.http_connection_manager"]
+    for listener in res.listeners:  # what the xDS server serves: every type known to it
+        to_proto(LISTENER, listener)
+    for route in res.routes:
+        to_proto(ROUTE, route)
     open_hops = gateway_resources(mesh, placeholder_endpoints(mesh))
     assert "rbac" not in str(open_hops.listeners)  # no address known: as before
 
