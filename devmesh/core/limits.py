@@ -16,8 +16,9 @@ MAX_FILE_BYTES = 1 << 20  # 1 MiB: a mesh file of 30 services is about 10 KB
 MAX_DEPTH = 64  # nesting; a mesh file needs 8, and PyYAML's composer recurses per level
 # Values (mappings, lists, scalars) in one document, counting every copy an alias makes:
 # billion laughs in 600 bytes stops here instead of taking seconds and gigabytes. A mesh of
-# the largest size (500 services) needs about 10,000; PyYAML composes ~20,000 in about 1 s.
-MAX_VALUES = 20_000
+# the largest size (200 services) needs about 5,000; pure-Python PyYAML composes 10,000 in
+# 0.3-1 s on a busy 2-core machine.
+MAX_VALUES = 10_000
 # Characters in one string: Linux refuses a longer single argument or environment string
 # (MAX_ARG_STRLEN) when the container starts, and `shlex.split` of more is slow.
 MAX_STRING = 131_072
@@ -31,7 +32,7 @@ HTTP_STATUS_RANGE = (200, 599)  # what Envoy's fault filter can answer with
 GRPC_STATUS_RANGE = (0, 16)
 MAX_REPLICAS = 50
 MAX_RETRY_ATTEMPTS = 10
-MAX_SERVICES = 500  # a local Docker engine runs a few hundred pods at most
+MAX_SERVICES = 200  # a local Docker engine starts 30 pods in about 10 s
 MAX_VERSIONS = 50  # per service
 MAX_ROUTES = 200  # per service, and in the ingress
 

@@ -71,14 +71,14 @@ class Yaml12Loader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
         mark: Any = event.start_mark
+        self._composed += 1  # an alias too: 200,000 `*a` cost as much to compose as values
+        if self._composed > MAX_VALUES:
+            raise _Refused(problem=f"more than {MAX_VALUES} values in one file", problem_mark=mark)
         if isinstance(event, yaml.AliasEvent):
             node = super().compose_node(parent, index)
             if parent is not None and index is not None and mark is not None:
                 self.alias_marks[_slot(parent, index)] = (mark.line + 1, mark.column + 1)
             return node
-        self._composed += 1
-        if self._composed > MAX_VALUES:
-            raise _Refused(problem=f"more than {MAX_VALUES} values in one file", problem_mark=mark)
         if self._depth >= MAX_DEPTH:
             raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep", problem_mark=mark)
         self._depth += 1

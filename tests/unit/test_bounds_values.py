@@ -400,7 +400,7 @@ def answering() -> Iterator[tuple[str, int, list[int]]]:
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield "127.0.0.1", server.server_address[1], statuses

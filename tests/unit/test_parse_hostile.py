@@ -302,7 +302,7 @@ def test_merge_sources_earlier_in_the_list_win() -> None:
 
 
 def test_too_many_problems_stop_at_the_cap_with_a_note() -> None:
-    services = "".join(f"  s{i}: {{image: web, port: 0}}\n" for i in range(300))
+    services = "".join(f"  s{i}: {{image: web, port: 0}}\n" for i in range(150))
     found = problems_of("mesh: demo\nservices:\n" + services)
     assert len(found) == MAX_PROBLEMS + 1
     assert found[-1].message.startswith(f"stopped after {MAX_PROBLEMS} problems")
