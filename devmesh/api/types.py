@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 API_VERSION = "v1"
 
@@ -339,7 +338,7 @@ class SidecarStats:
     source: str  # the pod's or the gateway's name
     service: str
     version: str
-    inbound: Traffic | None = None  # requests into the pod (None for the gateway)
+    inbound: Traffic | None = None  # requests into the pod, or into the gateway from outside
     upstreams: tuple[UpstreamTraffic, ...] = ()
     routes: tuple[RouteTraffic, ...] = ()
     error: str | None = None  # unreadable: why (the counters are then empty)

@@ -25,8 +25,12 @@ def cluster_name(service: str, version: str) -> str:
 
 
 def parse_cluster_name(name: str) -> tuple[str, str] | None:
+    """(service, version) of a version cluster; None for devmesh's own clusters (`_app`, the
+    gateway's `_hop|SERVICE`: their names start with `_`, which no service name does)."""
     service, sep, version = name.partition("|")
-    return (service, version) if sep and service and version and "|" not in version else None
+    if not sep or not service or not version or "|" in version or service.startswith("_"):
+        return None
+    return service, version
 
 
 def route_stat_prefix(service: str, route: str) -> str:
@@ -97,7 +101,7 @@ def sidecar_stats(
         source=source,
         service=service,
         version=version,
-        inbound=None if service == INGRESS and not inbound else _traffic(inbound),
+        inbound=_traffic(inbound),
         upstreams=tuple(
             UpstreamTraffic(s, v, _traffic(values)) for (s, v), values in sorted(upstreams.items())
         ),
