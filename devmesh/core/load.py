@@ -272,6 +272,11 @@ class _Builder:
             build = None  # reported by the structural check
         if build is not None:
             self.check_dockerfile((*(at if "build" in own else at[:2]), "build"), build)
+            if "@" in merged.get("image", ""):
+                self.error(
+                    (*(at if "image" in own else at[:2]), "image"),
+                    "with `build`, the image is the tag to build, and a tag has no @digest",
+                )
         command = merged.get("command")
         if isinstance(command, str):
             try:

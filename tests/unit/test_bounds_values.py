@@ -294,6 +294,25 @@ def test_an_image_docker_refuses_is_a_located_problem(image: str, message: str) 
     assert message in problem.message
 
 
+@pytest.mark.parametrize(
+    ("build", "image", "ok"),
+    [
+        (".", "web:1", True),
+        (".", "'web@sha256:" + "0" * 64 + "'", False),
+        (None, "'web@sha256:" + "0" * 64 + "'", True),
+    ],
+    ids=["build-tag", "build-tag-with-a-digest", "digest-without-build"],
+)
+def test_a_build_tag_has_no_digest(build: str | None, image: str, ok: bool) -> None:
+    text = mesh_with(f"build: {build}" if build else "", image=image)
+    if ok:
+        load(text)
+        return
+    (problem,) = problems_of(text)
+    assert (problem.line, problem.col, problem.path) == (4, 12, "services.web.image")
+    assert "a tag has no @digest" in problem.message
+
+
 # -- Dockerfiles through symlinks --------------------------------------------------------
 
 
