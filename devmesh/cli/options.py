@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +80,16 @@ def parse_tail(text: str) -> int | None:
     if not _digits(text.strip()) or len(text.strip()) > 9:
         raise MeshError(f"--tail takes a number of lines or 'all', not {text!r}")
     return int(text)
+
+
+TIMEOUT_MAX = 7 * 24 * 3600.0  # seconds: a week is "for ever" enough
+
+
+def check_timeout(seconds: float) -> float:
+    """A wait's length: a finite number of seconds (typer lets 'nan' through its range)."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= TIMEOUT_MAX:
+        raise MeshError(f"a timeout is 0 to {TIMEOUT_MAX:.0f} seconds, not {seconds}")
+    return seconds
 
 
 def _digits(text: str) -> bool:

@@ -18,6 +18,7 @@ from devmesh.cli.options import (
     JsonFlag,
     MeshFile,
     ProjectOpt,
+    check_timeout,
     parse_tail,
     parse_weights,
     project_name,
@@ -73,6 +74,7 @@ def up(
     """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
     from devmesh.daemon import launcher
 
+    timeout = check_timeout(timeout)
     mesh, name = _load(file, project)
     try:
         found = launcher.find(name, UP_LOOK_TIMEOUT)
@@ -335,6 +337,7 @@ def run(
 
     from devmesh.testing import Mesh, MeshUpError
 
+    timeout = check_timeout(timeout)
     command = list(ctx.args)
     if command[:1] == ["--"]:
         command = command[1:]
