@@ -175,7 +175,7 @@ class Percent(Spec):
             {
                 "anyOf": [
                     {"type": "number", "minimum": 0, "maximum": 100},
-                    {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+                    {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,6})?%$"},
                 ]
             }
         )
