@@ -44,7 +44,7 @@ CASES = [
     ("port-word", ["up", "--ingress-port", "http"], Exit.USAGE, "--ingress-port"),
     ("port-superscript", ["up", "--ingress-port", "²"], Exit.USAGE, "--ingress-port"),
     ("timeout-negative", ["up", "--timeout=-5"], Exit.USAGE, "--timeout"),
-    ("timeout-nan", ["up", "-d", "--timeout", "nan"], Exit.ERROR, "timeout"),
+    ("timeout-nan", ["up", "-d", "--timeout", "nan"], Exit.USAGE, "--timeout"),
     ("timeout-inf", ["up", "-d", "--timeout", "inf"], Exit.ERROR, "timeout"),
     ("run-timeout-huge", ["run", "--timeout", "1e999", "--", "true"], Exit.ERROR, "timeout"),
     ("tail-superscript", ["logs", "catalog", "--tail", "²"], Exit.ERROR, "--tail"),
