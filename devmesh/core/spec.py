@@ -44,8 +44,19 @@ class Ctx:
         return INVALID
 
 
-_NUL = "contains a NUL character (\\0), which Docker and Envoy cannot take"
-_LONG = f"is longer than {MAX_STRING} characters, more than Linux takes in one argument"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """What Docker, Linux or Envoy would refuse in any string of a mesh file."""
+    if "\0" in value:
+        return "contains a NUL character (\\0), which Docker and Envoy cannot take"
+    if len(value) > MAX_STRING:
+        return f"is longer than {MAX_STRING} characters, more than Linux takes in one argument"
+    if _SURROGATE.search(value):
+        # `"\udc80"` in YAML: not Unicode text, and Envoy's protobuf strings must be UTF-8.
+        return "contains a lone surrogate escape (\\ud800-\\udfff), which is not text"
+    return None
 
 
 def type_name(value: Any) -> str:
@@ -93,10 +104,8 @@ class Str(Spec):
             return ctx.error(path, f"expected a string, got {type_name(value)}")
         if len(value) < self.min_length:
             return ctx.error(path, "must not be empty")
-        if "\0" in value:
-            return ctx.error(path, _NUL)
-        if len(value) > MAX_STRING:
-            return ctx.error(path, _LONG)
+        if problem := text_problem(value):
+            return ctx.error(path, problem)
         if self.pattern and not re.fullmatch(self.pattern, value):
             return ctx.error(path, f"'{short(value)}' is not {self.pattern_hint or self.pattern}")
         return value
@@ -122,10 +131,8 @@ class Scalar(Spec):
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
         if isinstance(value, bool):
             return str(value).lower()
-        if isinstance(value, str) and "\0" in value:
-            return ctx.error(path, _NUL)
-        if isinstance(value, str) and len(value) > MAX_STRING:
-            return ctx.error(path, _LONG)
+        if isinstance(value, str) and (problem := text_problem(value)):
+            return ctx.error(path, problem)
         if isinstance(value, str | int | float):
             return str(value)
         return ctx.error(path, f"expected a string or number, got {type_name(value)}")
@@ -322,8 +329,8 @@ class MapOf(Spec):
             sub = (*path, key)
             if item is UNREADABLE:
                 continue
-            if "\0" in key:
-                ctx.error(sub, _NUL, key=True)
+            if problem := text_problem(key):
+                ctx.error(sub, problem, key=True)
                 continue
             if not re.fullmatch(self.key_pattern, key):
                 ctx.error(sub, f"'{short(key)}' is not {self.key_hint or 'a valid name'}", key=True)

@@ -140,6 +140,16 @@ CASES: dict[str, Case] = {
         'env: {A: "x\\0y"}', 6, 14, "services.web.env.A", "contains a NUL character"
     ),
     "nul-in-env-name": Case('env: {"A\\0B": x}', 6, 11, "services.web.env.A\\x00B", "NUL"),
+    "lone-surrogate-in-env-value": Case(
+        'env: {A: "\\udc80"}', 6, 14, "services.web.env.A", "lone surrogate"
+    ),
+    "lone-surrogate-in-a-query-name": Case(
+        _route('match: {query: {"\\ud800": x}}'),
+        8,
+        25,
+        "services.web.routes[0].match.query.\\ud800",
+        "lone surrogate",
+    ),
     "nul-in-build-arg": Case(
         'build: {context: ., args: {A: "\\0"}}',
         6,
