@@ -11,6 +11,9 @@ daemon processes, for the foreground (`up` in a terminal) and the background (`u
     wait_ready(client, ...)    -> the MeshState once ready, hopeless, or out of time
     stop_daemon(state)         -> Stopped: API shutdown, then SIGTERM, then SIGKILL by PID
     down(project)              -> Down: the daemon stopped, containers removed by label
+    read_logs / follow_logs    -> a service's app log lines (followed by the daemon if one
+                                  runs, else here)
+    instance_ingress_port(...) -> the port a new daemon gets: a running gateway's is kept
 
 Nothing here parses the daemon's English: states are `devmesh.api.types` values.
 """
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 ANSWER_TIMEOUT = 2.0  # seconds a daemon gets to answer a look (a frozen one must not hang us)
 STOP_GRACE = 10.0  # seconds a daemon gets to stop after the API's shutdown, then SIGTERM's
 KILL_WAIT = 5.0
+SILENCE_LIMIT = 30.0  # seconds a daemon holding the lock may go without answering a look
 EXIT_ANOTHER_DAEMON = 75  # `python -m devmesh.daemon`: another daemon holds the lock
 
 
@@ -409,19 +413,26 @@ def start_background(
             time.sleep(0.1)
 
 
-def await_serving(project: str, poll: float = 0.2) -> Serving:
-    """Another daemon holds the instance: its state once it serves (it may be starting).
-    MeshError if it lets go of the lock before it serves."""
+def await_serving(project: str, poll: float = 0.2, silence: float = SILENCE_LIMIT) -> Serving:
+    """Another daemon holds the instance: its state once it serves (it may be starting,
+    building images: as long as it answers, it is waited for). MeshError if it lets go of
+    the lock before it serves, DaemonNotAnswering if it is stopped or silent for `silence`."""
     state = StateDir.for_project(project)
     answers = DaemonClient(state.api_socket, timeout=ANSWER_TIMEOUT)
+    answered = time.monotonic()
     while True:
         pid = state.daemon_pid()
         if pid is None:
             raise MeshError(f"the daemon that held mesh '{project}' exited before it served")
         if _is_stopped(pid):
             raise DaemonNotAnswering(project, pid, True, ANSWER_TIMEOUT)
-        with contextlib.suppress(MeshError):
+        try:
             found = answers.state()
+        except MeshError:
+            if time.monotonic() - answered > silence:
+                raise DaemonNotAnswering(project, pid, False, silence) from None
+        else:
+            answered = time.monotonic()
             if found.phase is api.Phase.SERVING:
                 return Serving(pid, False, found)
         time.sleep(poll)

@@ -246,3 +246,11 @@ def test_down_with_the_engine_unreachable_stops_the_daemon_and_keeps_the_state(
     )
     assert not result.ok
     assert StateDir.for_project("noengine").owned()  # the containers still bind-mount it
+
+
+def test_waiting_for_another_daemon_gives_up_when_it_never_answers(holder: Holder) -> None:
+    proc = holder("silent", "answer-never")
+    started = time.monotonic()
+    with pytest.raises(launcher.DaemonNotAnswering, match=f"pid {proc.pid}"):
+        launcher.await_serving("silent", poll=0.05, silence=0.5)
+    assert time.monotonic() - started < 5
