@@ -34,15 +34,20 @@ class Problem:
     message: str
     file: str = ""
 
+    def __post_init__(self) -> None:
+        # Escaped once here, so every reader (terminal, --json, the TUI) gets safe text.
+        object.__setattr__(self, "path", printable(self.path))
+        object.__setattr__(self, "message", printable(self.message))
+        object.__setattr__(self, "file", printable(self.file))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}"
-        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-        return printable(text)
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
 def printable(text: str) -> str:
-    """Control characters a hostile file put in a key or value, escaped: a message must not
-    move the cursor or recolour the terminal it is printed on."""
+    """Control characters and lone surrogates a hostile file put in a key or value, escaped:
+    a message must not move the cursor, recolour the terminal or fail to encode."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
