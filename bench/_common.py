@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -353,15 +354,20 @@ def paced_worker(
     out: list[Outcome],
     timeout: float = 5.0,
     pods: bool = False,
+    max_lag: float | None = None,
 ) -> None:
     """Requests index, index + workers, ... of a fixed schedule at `rate`/s from `start`
     (perf_counter), on one keep-alive connection: none is sent before its slot, so the rate
-    is bounded, and the loop ends after `total` slots or when `stop` is set."""
+    is bounded, and the loop ends after `total` slots or when `stop` is set. With `max_lag`,
+    a slot missed by more than that many seconds is skipped rather than sent late (no burst
+    of catching up: failures that come back at once are not multiplied)."""
     client = Client(port, timeout)
     try:
         for k in range(index, total, workers):
             slot = k / rate
             delay = start + slot - time.perf_counter()
+            if max_lag is not None and delay < -max_lag:
+                continue
             if delay > 0 and stop.wait(delay):
                 return
             if stop.is_set():
@@ -402,16 +408,33 @@ def paced_threads(
     out: list[Outcome],
     timeout: float = 5.0,
     pods: bool = False,
+    max_lag: float | None = None,
 ) -> list[threading.Thread]:
     return [
         threading.Thread(
             target=paced_worker,
-            args=(port, path, i, workers, total, rate, start, stop, out, timeout, pods),
+            args=(port, path, i, workers, total, rate, start, stop, out, timeout, pods, max_lag),
             name=f"load-{i}",
             daemon=True,
         )
         for i in range(workers)
     ]
+
+
+def failure_windows(failed: list[Outcome]) -> list[str]:
+    """Failures grouped into windows (a gap over 1 s starts a new one)."""
+    groups: list[list[Outcome]] = []
+    for o in failed:
+        if groups and o.sent - groups[-1][-1].sent <= 1.0:
+            groups[-1].append(o)
+        else:
+            groups.append([o])
+    out = []
+    for g in groups:
+        kinds = Counter(f"HTTP {o.status}" if o.status is not None else o.error for o in g)
+        what = ", ".join(f"{n} × {k}" for k, n in kinds.most_common())
+        out.append(f"{g[0].sent:.2f}–{g[-1].done:.2f} s: {what}")
+    return out
 
 
 # -- numbers and tables -------------------------------------------------------------------------

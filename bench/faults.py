@@ -5,8 +5,9 @@
 
 `faults`: the shop example (a copy in a temp dir, a project name of its own, `--ingress-port
 0`) serves GET /catalog/x through the ingress at about `--rate` requests/s for the whole run
-(a paced schedule over 8 threads, one keep-alive connection each, 5 s timeout; 127.0.0.1
-only). Each fault in turn, once the mesh is ready and the traffic is all 200 again:
+(a paced schedule over 8 threads, one keep-alive connection each, 5 s timeout, a slot
+missed by over 0.5 s skipped; 127.0.0.1 only). Each fault in turn, once the mesh is ready
+and the traffic is all 200 again:
 
   app        docker kill of catalog v1's app (v1 has one replica: 80 % of the traffic)
   sidecar    docker kill of that pod's Envoy sidecar
@@ -58,6 +59,7 @@ from devmesh import labels
 PATH = "/catalog/x"
 WORKERS = 8
 TIMEOUT = 5.0  # per request
+MAX_LAG = 0.5  # a slot missed by more is skipped: fast failures must not come in catch-up bursts
 READY_WAIT = 90.0  # seconds for the mesh to be ready before a fault
 FAULTS = ("app", "sidecar", "pause", "gateway", "daemon", "invalid", "deleted", "app-x2", "service")
 TARGETS = {  # fault -> its target; "steady" is judged on the time to steady 100 %
@@ -118,7 +120,7 @@ class Run:
         self.start = time.perf_counter() + 0.2
         self.threads = c.paced_threads(
             self.port, PATH, WORKERS, total, self.args.rate, self.start, self.stop,
-            self.outcomes, TIMEOUT, pods=True,
+            self.outcomes, TIMEOUT, pods=True, max_lag=MAX_LAG,
         )  # fmt: skip
         for t in self.threads:
             t.start()
@@ -132,7 +134,12 @@ class Run:
     def steady_since(self, since: float, affected: Callable[[Outcome], bool]) -> bool:
         """A 200 on the affected path after `since`, then --steady s of only 200s."""
         now, window = self.now(), self.args.steady
-        recent = [o for o in list(self.outcomes) if o.done >= since]
+        recent = []
+        for o in reversed(self.outcomes):  # appended as they end: by `done`, give or take
+            if o.done < since - TIMEOUT:  # one request's time
+                break
+            if o.done >= since:
+                recent.append(o)
         if not any(o.status == 200 and affected(o) for o in recent):
             return False
         last = [o for o in recent if o.done >= now - window]
@@ -308,13 +315,19 @@ def report(run: Run, faults: list[Fault], notes: list[str]) -> str:
                 f.name,
                 f.what,
                 str(len(failed)),
-                "-" if first is None else f"{first:.2f}",
-                f"{steady:.2f}" if f.steady else f"not steady in {f.end - f.at:.0f}",
+                "-" if first is None or f.name == "none" else f"{first:.2f}",
+                "-"
+                if f.name == "none"
+                else f"{steady:.2f}"
+                if f.steady
+                else f"not steady in {f.end - f.at:.0f}",
                 target,
                 met,
             ]
         )
-        if failed:
+        if failed and f.name == "none":
+            out_notes += [f"failed, s from the start: {w}" for w in c.failure_windows(failed)]
+        elif failed:
             out_notes.append(f"{f.name}: {kinds(failed)}")
         out_notes += [f"{f.name}: {n}" for n in f.notes]
     between = [o for o in run.outcomes if id(o) not in seen and o.status != 200]

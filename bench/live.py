@@ -486,22 +486,6 @@ def save_rows(results: list[SaveResult]) -> list[list[str]]:
     return rows
 
 
-def failure_windows(failed: list[Outcome]) -> list[str]:
-    """Failures grouped into windows (a gap over 1 s starts a new one)."""
-    groups: list[list[Outcome]] = []
-    for o in failed:
-        if groups and o.sent - groups[-1][-1].sent <= 1.0:
-            groups[-1].append(o)
-        else:
-            groups.append([o])
-    out = []
-    for g in groups:
-        kinds = Counter(f"HTTP {o.status}" if o.status is not None else o.error for o in g)
-        what = ", ".join(f"{n} × {k}" for k, n in kinds.most_common())
-        out.append(f"{g[0].sent:.2f}–{g[-1].done:.2f} s: {what}")
-    return out
-
-
 DAEMON_NEWS = re.compile(
     r"save: applied|problem\(s\)|daemon \d+ for mesh|reconcile \(|(?<!save): applied in|"
     r"error|rejected|gateway.*connected|healthy|: die|: oom"  # health: endpoints change
@@ -574,7 +558,9 @@ def load_section(r: LoadResult) -> list[str]:
         )
         out += ["Failures by kind: " + "; ".join(f"{n} × {k}" for k, n in kinds.most_common()), ""]
         out += ["Failures over time (seconds from the start of the load):", ""]
-        out += [f"- {w}" for w in failure_windows(sorted([*non200, *errors], key=lambda o: o.sent))]
+        out += [
+            f"- {w}" for w in c.failure_windows(sorted([*non200, *errors], key=lambda o: o.sent))
+        ]
         reused = sum(1 for o in errors if o.reused)
         if errors:
             out += [
