@@ -63,10 +63,6 @@ def int_problem(value: Any, low: int, high: int, what: str = "") -> str | None:
     return None
 
 
-def port_problem(value: Any) -> str | None:
-    return int_problem(value, *PORT_RANGE, "a port")
-
-
 def status_problem(value: Any) -> str | None:
     """An HTTP status an injected abort may answer with."""
     return int_problem(value, *HTTP_STATUS_RANGE, "an HTTP status")
