@@ -335,9 +335,8 @@ class MapOf(Spec):
             if not re.fullmatch(self.key_pattern, key):
                 ctx.error(sub, f"'{short(key)}' is not {self.key_hint or 'a valid name'}", key=True)
                 continue
-            if key in self.reserved:
+            if key in self.reserved:  # and its content is still checked
                 ctx.error(sub, f"'{key}' is reserved: {self.reserved[key]}", key=True)
-                continue
             cleaned = self.value.check(item, sub, ctx)
             if cleaned is not INVALID:
                 out[key] = cleaned
