@@ -406,14 +406,13 @@ def paced_threads(
     start: float,
     stop: threading.Event,
     out: list[Outcome],
-    timeout: float = 5.0,
-    pods: bool = False,
-    max_lag: float | None = None,
+    **options: Any,  # paced_worker's timeout, pods, max_lag
 ) -> list[threading.Thread]:
     return [
         threading.Thread(
             target=paced_worker,
-            args=(port, path, i, workers, total, rate, start, stop, out, timeout, pods, max_lag),
+            args=(port, path, i, workers, total, rate, start, stop, out),
+            kwargs=options,
             name=f"load-{i}",
             daemon=True,
         )
@@ -758,22 +757,28 @@ def image_id(name: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def chain_text(name: str, n: int, image: str, port: str = "@PORT@", calls: bool = True) -> str:
-    """A chain of N HTTP services (s01 -> s02 -> ...; behind an ingress that routes to s01),
-    with `image:` and no `build:`. Three digits from 100 services on."""
-    width = max(2, len(str(n)))
-    names = [f"s{i:0{width}d}" for i in range(1, n + 1)]
+def mesh_head(name: str, port: int | str, routes: list[tuple[str, str, str]]) -> list[str]:
+    """The generated meshes' first lines: defaults (5 s timeout, a health check every 1 s)
+    and an ingress with `routes` (name, path prefix, service); `services:` follows."""
     lines = [
         f"mesh: {name}",
         "defaults:",
         "  timeout: 5s",
         "  health: {path: /healthz, interval: 1s}",
-        "ingress:",
-        f"  port: {port}",
-        "  routes:",
-        f"    - {{name: site, match: {{path_prefix: /}}, service: {names[0]}}}",
-        "services:",
     ]
+    lines += ["ingress:", f"  port: {port}", "  routes:"]
+    lines += [
+        f"    - {{name: {r}, match: {{path_prefix: {p}}}, service: {s}}}" for r, p, s in routes
+    ]
+    return [*lines, "services:"]
+
+
+def chain_text(name: str, n: int, image: str, port: str = "@PORT@", calls: bool = True) -> str:
+    """A chain of N HTTP services (s01 -> s02 -> ...; behind an ingress that routes to s01),
+    with `image:` and no `build:`. Three digits from 100 services on."""
+    width = max(2, len(str(n)))
+    names = [f"s{i:0{width}d}" for i in range(1, n + 1)]
+    lines = mesh_head(name, port, [("site", "/", names[0])])
     for i, svc in enumerate(names):
         lines += [f"  {svc}:", f"    image: {image}", "    port: 8000"]
         if calls and i + 1 < n:

@@ -120,7 +120,7 @@ class Run:
         self.start = time.perf_counter() + 0.2
         self.threads = c.paced_threads(
             self.port, PATH, WORKERS, total, self.args.rate, self.start, self.stop,
-            self.outcomes, TIMEOUT, pods=True, max_lag=MAX_LAG,
+            self.outcomes, timeout=TIMEOUT, pods=True, max_lag=MAX_LAG,
         )  # fmt: skip
         for t in self.threads:
             t.start()

@@ -78,16 +78,8 @@ def example_mesh(workdir: Path, name: str, fault: bool) -> LiveMesh:
 def services_mesh(workdir: Path, n: int) -> LiveMesh:
     """`target` (v1, v2, a weighted route) and n - 1 others, every one with `egress: all`."""
     port = c.free_port()
-    lines = [
-        f"mesh: live{n}",
-        "defaults:",
-        "  timeout: 5s",
-        "  health: {path: /healthz, interval: 1s}",
-        "ingress:",
-        f"  port: {port}",
-        "  routes:",
-        "    - {name: target, match: {path_prefix: /target/}, service: target}",
-        "services:",
+    lines = c.mesh_head(f"live{n}", port, [("target", "/target/", "target")])
+    lines += [
         "  target:",
         f"    build: {c.APP_CONTEXT}",
         f"    image: {c.APP_IMAGE}",
@@ -400,7 +392,7 @@ def measure_load(
         result.start_wall = time.time() + 0.2
         threads = c.paced_threads(
             mesh.port, mesh.path, args.workers, total, args.rate, start, stop, result.outcomes,
-            REQUEST_TIMEOUT,
+            timeout=REQUEST_TIMEOUT,
         )  # fmt: skip
         threads.append(
             threading.Thread(

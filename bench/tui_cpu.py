@@ -44,23 +44,11 @@ WARMUP = 5.0  # seconds of the TUI's start-up left out of the steady figure
 
 
 def mesh_text(n: int, port: int) -> str:
-    lines = [
-        f"mesh: tuicpu{n}",
-        "defaults:",
-        "  timeout: 5s",
-        "  health: {path: /healthz, interval: 1s}",
-        "ingress:",
-        f"  port: {port}",
-        "  routes:",
-    ]
-    lines += [
-        f"    - {{name: s{i:02d}, match: {{path_prefix: /s{i:02d}/}}, service: s{i:02d}}}"
-        for i in range(1, n + 1)
-    ]
-    lines.append("services:")
-    for i in range(1, n + 1):
+    names = [f"s{i:02d}" for i in range(1, n + 1)]
+    lines = c.mesh_head(f"tuicpu{n}", port, [(s, f"/{s}/", s) for s in names])
+    for name in names:
         lines += [
-            f"  s{i:02d}:",
+            f"  {name}:",
             f"    build: {c.APP_CONTEXT}",
             f"    image: {c.APP_IMAGE}",
             "    port: 8000",
