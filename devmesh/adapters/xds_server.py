@@ -191,13 +191,22 @@ class XdsServer:
     given), on grpc.aio: one event loop on a thread of its own ("xds-loop"), every stream a
     coroutine. Start and stop it from any other thread.
 
-    grpc.aio rather than grpc's sync server (a pool thread per open stream plus a reader
-    thread each, as devmesh had before): measured with bench/xds_server.py on 2 shared
-    cores, one route change pushed to 100 ADS streams over this socket, it took about half
-    the server CPU per push (17-27 ms against 33-47 ms), all-ACKed p50 22-38 ms against
-    37-53 ms, 10 threads against 208, and 56 MiB RSS against 62; with 30 real Envoys
-    19 / 32 ms p50 / p99 against 23 / 74. The p99 of both moved with the machine's load.
-    And no stream waits for a free worker: the sync server queues the 257th stream.
+    grpc.aio rather than grpc's sync server (a pool thread held by each open stream plus a
+    reader thread each, devmesh's server before), measured with bench/xds_server.py: both on
+    this cache and protocol code, one route change pushed to N streams over this socket, on
+    2 cores shared with other work (load average 3 to 17), three runs:
+
+                          aio                  threads (256 workers)
+      100 ADS streams     p50 23-36 ms         p50 37-53 ms          push → all ACKed
+                          17-23 ms CPU/push    33-47 ms CPU/push     serving, less publishing
+                          9 threads, 56 MiB    208 threads, 62 MiB
+      30 real Envoys      p50 19-29 ms         p50 23-32 ms
+                          7-11 ms CPU/push     11-14 ms CPU/push
+
+    aio had the lower p50 and about half the serving CPU in every run; the p99 (80 to 140
+    ms for both) moved with the machine's load, one way or the other. And no stream waits
+    for a free worker: the sync server queues the 257th stream until another one ends.
+    Never call the cache's blocking `wait_synced` on this loop.
 
     The snapshot and status methods are shortcuts to the cache, kept for callers that set
     one group at a time; the whole mesh goes in with `set_snapshots`."""
@@ -264,6 +273,11 @@ class XdsServer:
             events.put_nowait(_CLOSED)  # each handler returns: its Envoy sees the stream end
         await self._server.stop(grace)  # refuses new streams; cancels the rest after `grace`
         self._server = None
+        # What is left (reader tasks being cancelled) ends here, not in a closed loop.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def _end_loop(self) -> None:
         loop, thread = self._loop, self._thread
