@@ -150,7 +150,6 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
         ),
         Line("5c", f"daemon RSS, {size} services (MiB)", mib(last.daemon_rss)),
     ]
-    gw, pgw = last.gateway, peer_last.gateway
     result.details += [
         f"### 5. Memory at {size} services",
         "",
@@ -163,21 +162,17 @@ def row_bringup(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
             ["", "sidecars", "Rss", "Pss", "private (median / max)", "gateway Rss / Pss / priv."],
             [
                 [
-                    "devmesh (xDS)",
-                    str(len(last.sidecars)),
-                    mib(dm_mem["rss"]),
-                    mib(dm_mem["pss"]),
-                    f"{mib(dm_mem['private'])} / {mib(dm_mem['private_max'])}",
-                    f"{gw.rss:.1f} / {gw.pss:.1f} / {gw.private:.1f}" if gw else "-",
-                ],
-                [
-                    "compose (static)",
-                    str(len(peer_last.sidecars)),
-                    mib(peer_mem["rss"]),
-                    mib(peer_mem["pss"]),
-                    f"{mib(peer_mem['private'])} / {mib(peer_mem['private_max'])}",
-                    f"{pgw.rss:.1f} / {pgw.pss:.1f} / {pgw.private:.1f}" if pgw else "-",
-                ],
+                    who,
+                    str(int(mem["n"])),
+                    mib(mem["rss"]),
+                    mib(mem["pss"]),
+                    f"{mib(mem['private'])} / {mib(mem['private_max'])}",
+                    f"{g.rss:.1f} / {g.pss:.1f} / {g.private:.1f}" if g else "-",
+                ]
+                for who, mem, g in (
+                    ("devmesh (xDS)", dm_mem, last.gateway),
+                    ("compose (static)", peer_mem, peer_last.gateway),
+                )
             ],
         ),
         "",
