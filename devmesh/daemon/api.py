@@ -332,6 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                 try:
                     item = next(items, _END)
+                except Refusal as refusal:  # too late for an error answer: the stream is cut
+                    log.info("API stream %s refused: %s", self.path, refusal.error.message)
+                    self.close_connection = True
+                    return
                 except Exception:
                     log.exception("API stream %s failed", self.path)
                     self.close_connection = True

@@ -77,6 +77,10 @@ class Toy:
                     time.sleep(0.05)
                     yield None
                 yield api.LogLine("quiet-1", "at last")
+            if request.service in ("crash", "refuse-late"):
+                if request.service == "crash":
+                    raise RuntimeError("a bug in the stream")
+                raise Refusal(api.ErrorCode.UNAVAILABLE, "the engine went away")
             while request.service == "forever":  # a quiet log: tick so the server can look
                 time.sleep(0.02)
                 yield None
@@ -455,6 +459,50 @@ def test_a_stream_is_ndjson_chunked_one_value_a_line(sock: Path) -> None:
         conn.close()
     assert status == 200
     assert body.splitlines() == [codec.dumps(api.LogLine("api-1", f"line {i}")) for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    "version, framing",
+    [("HTTP/1.1", "chunked"), ("HTTP/1.0", "until-close")],
+    ids=["http-1.1-chunked", "http-1.0-until-close"],
+)
+def test_a_stream_is_framed_for_the_clients_http_version(
+    sock: Path, version: str, framing: str
+) -> None:
+    body = b'{"service": "api"}'
+    head = f"POST /v1/logs/follow {version}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(head.encode() + body)
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        assert (resp.status, resp.chunked) == (200, framing == "chunked")
+        lines = resp.read().splitlines()
+    assert lines == [codec.dumps(api.LogLine("api-1", f"line {i}")) for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    "service, level, traceback",
+    [("crash", logging.ERROR, True), ("refuse-late", logging.INFO, False)],
+    ids=["exception", "refusal"],
+)
+def test_a_stream_failing_midway_is_cut_and_its_lines_kept(
+    sock: Path,
+    toy: Toy,
+    caplog: pytest.LogCaptureFixture,
+    service: str,
+    level: int,
+    traceback: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG, "devmesh.api")
+    with contextlib.suppress(DaemonUnavailable):
+        lines = [line.text for line in DaemonClient(sock).follow_logs(service)]
+        assert lines == [f"line {i}" for i in range(3)]
+    assert toy.closed.wait(1)
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert (logged.levelno, bool(logged.exc_info)) == (level, traceback)
+    assert ask(sock, "GET", "/v1/state")[0] == 200
 
 
 def test_a_stream_refused_before_its_first_line_is_an_error_answer(sock: Path) -> None:
