@@ -254,3 +254,25 @@ def test_waiting_for_another_daemon_gives_up_when_it_never_answers(holder: Holde
     with pytest.raises(launcher.DaemonNotAnswering, match=f"pid {proc.pid}"):
         launcher.await_serving("silent", poll=0.05, silence=0.5)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--file=f.yaml", "--project=-dash"], "not a project name"),
+        (["--file=f.yaml", "--project=../victim"], "not a project name"),
+        (["--file=f.yaml", "--project=ok", "--ingress-port=70000"], "not a port"),
+        (["--file=f.yaml", "--project=ok", "--ingress-port=-1"], "not a port"),
+        (["--file=f.yaml", "--project=ok", "--ingress-port=²"], "not a port"),
+    ],
+    ids=["dash", "path", "port-big", "port-negative", "port-superscript"],
+)
+def test_the_daemons_arguments_are_checked_before_anything_starts(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devmesh.daemon.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
