@@ -210,12 +210,14 @@ class Engine:
     def _create(self, spec: ContainerSpec, progress: Progress) -> None:
         for path, text in spec.files:
             _write(Path(path), text)
-        for host, target, _ in spec.binds:
+        for host, target, mode in spec.binds:
             if target == "/etc/hosts":
                 if not Path(host).is_file():  # else Docker would make a directory there
                     raise EngineError(f"{spec.name}: no hosts file {host}")
             else:
                 Path(host).mkdir(parents=True, exist_ok=True)
+                if mode == "rw":
+                    _hand_over(Path(host), spec.user)
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "name": spec.name,
@@ -380,6 +382,20 @@ class Engine:
 
 def _started(attrs: dict[str, Any]) -> str:
     return str((attrs.get("State") or {}).get("StartedAt") or "")
+
+
+def _hand_over(directory: Path, user: str | None) -> None:
+    """A directory a container writes into (Envoy's admin socket in the pod directory)
+    belongs to the user the container runs as. Only a root daemon can run a container as
+    another user, and only root can give a file away; for a daemon running as a normal
+    user the container is that user already (`desired.proxy_user`)."""
+    if user is None or os.geteuid() != 0:
+        return
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or not (gid or uid).isdigit():
+        return  # a user name: the image's passwd file knows it, the host does not
+    if (directory.stat().st_uid, directory.stat().st_gid) != (int(uid), int(gid or uid)):
+        os.chown(directory, int(uid), int(gid or uid))
 
 
 def _privileges(spec: ContainerSpec) -> dict[str, Any]:

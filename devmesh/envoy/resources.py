@@ -604,6 +604,8 @@ def host_only(host_address: str) -> Json:
     to a published port arrive from the network's gateway address (docker-proxy dials
     from it; without the proxy, Docker masquerades loopback clients to it). Measured on
     Docker 20.10: host -> 127.0.0.1:PORT arrives from 172.18.0.1, a pod's from its own IP.
+    The gateway's own ingress routes hop to these listeners from 127.0.0.1, which only a
+    process inside the gateway's namespace can be.
     """
     return {
         "name": "envoy.filters.network.rbac",
@@ -616,7 +618,9 @@ def host_only(host_address: str) -> Json:
                     "host": {
                         "permissions": [{"any": True}],
                         "principals": [
-                            {"direct_remote_ip": {"address_prefix": host_address, "prefix_len": 32}}
+                            {"direct_remote_ip": {"address_prefix": a, "prefix_len": 32}}
+                            # the ingress listener's own hops arrive over the gateway's loopback
+                            for a in (host_address, "127.0.0.1")
                         ],
                     }
                 },

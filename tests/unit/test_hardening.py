@@ -157,7 +157,8 @@ def test_gateway_hops_admit_only_the_host_address() -> None:
         assert first["name"] == "envoy.filters.network.rbac"
         (policy,) = first["typed_config"]["rules"]["policies"].values()
         assert policy["principals"] == [
-            {"direct_remote_ip": {"address_prefix": "172.18.0.1", "prefix_len": 32}}
+            {"direct_remote_ip": {"address_prefix": "172.18.0.1", "prefix_len": 32}},
+            {"direct_remote_ip": {"address_prefix": "127.0.0.1", "prefix_len": 32}},
         ]
     ingress = listeners["ingress"]["filter_chains"][0]["filters"]
     assert [f["name"] for f in ingress] == ["envoy.filters.network.http_connection_manager"]
