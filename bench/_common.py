@@ -342,61 +342,6 @@ class Outcome:
 POD_IN_BODY = re.compile(rb"^\S+ \(([^)]+)\) served ")
 
 
-def paced_worker(
-    port: int,
-    path: str,
-    index: int,
-    workers: int,
-    total: int,
-    rate: float,
-    start: float,
-    stop: threading.Event,
-    out: list[Outcome],
-    timeout: float = 5.0,
-    pods: bool = False,
-    max_lag: float | None = None,
-) -> None:
-    """Requests index, index + workers, ... of a fixed schedule at `rate`/s from `start`
-    (perf_counter), on one keep-alive connection: none is sent before its slot, so the rate
-    is bounded, and the loop ends after `total` slots or when `stop` is set. With `max_lag`,
-    a slot missed by more than that many seconds is skipped rather than sent late (no burst
-    of catching up: failures that come back at once are not multiplied)."""
-    client = Client(port, timeout)
-    try:
-        for k in range(index, total, workers):
-            slot = k / rate
-            delay = start + slot - time.perf_counter()
-            if max_lag is not None and delay < -max_lag:
-                continue
-            if delay > 0 and stop.wait(delay):
-                return
-            if stop.is_set():
-                return
-            reused = client.conn is not None and client.used > 0
-            sent = time.perf_counter() - start
-            try:
-                reply = client.get(path)
-                pod = ""
-                if pods and (m := POD_IN_BODY.match(reply.body)):
-                    pod = m.group(1).decode()
-                outcome = Outcome(
-                    slot,
-                    sent,
-                    time.perf_counter() - start,
-                    reply.status,
-                    "",
-                    reply.served_by,
-                    reused,
-                    pod,
-                )
-            except (OSError, http.client.HTTPException) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                outcome = Outcome(slot, sent, time.perf_counter() - start, None, error, "", reused)
-            out.append(outcome)  # list.append is atomic
-    finally:
-        client.close()
-
-
 def paced_threads(
     port: int,
     path: str,
@@ -406,16 +351,44 @@ def paced_threads(
     start: float,
     stop: threading.Event,
     out: list[Outcome],
-    **options: Any,  # paced_worker's timeout, pods, max_lag
+    timeout: float = 5.0,
+    pods: bool = False,
+    max_lag: float | None = None,
 ) -> list[threading.Thread]:
+    """`workers` threads (not started) sending GET `path` on a fixed schedule of `total`
+    requests at `rate`/s from `start` (perf_counter), thread i taking slots i, i + workers,
+    ..., each on one keep-alive connection: none is sent before its slot, so the rate is
+    bounded, and a thread ends after its last slot or when `stop` is set. With `max_lag`, a
+    slot missed by more than that many seconds is skipped rather than sent late (no burst of
+    catching up: failures that come back at once are not multiplied). `pods`: read the app's
+    POD from each body."""
+
+    def worker(index: int) -> None:
+        client = Client(port, timeout)
+        try:
+            for k in range(index, total, workers):
+                slot = k / rate
+                delay = start + slot - time.perf_counter()
+                if max_lag is not None and delay < -max_lag:
+                    continue
+                if (delay > 0 and stop.wait(delay)) or stop.is_set():
+                    return
+                reused = client.conn is not None and client.used > 0
+                sent = time.perf_counter() - start
+                try:
+                    reply = client.get(path)
+                    m = POD_IN_BODY.match(reply.body) if pods else None
+                    pod = m.group(1).decode() if m else ""
+                    status, error, served_by = reply.status, "", reply.served_by
+                except (OSError, http.client.HTTPException) as exc:
+                    status, error, served_by, pod = None, f"{type(exc).__name__}: {exc}", "", ""
+                done = time.perf_counter() - start
+                out.append(Outcome(slot, sent, done, status, error, served_by, reused, pod))
+        finally:
+            client.close()
+
     return [
-        threading.Thread(
-            target=paced_worker,
-            args=(port, path, i, workers, total, rate, start, stop, out),
-            kwargs=options,
-            name=f"load-{i}",
-            daemon=True,
-        )
+        threading.Thread(target=worker, args=(i,), name=f"load-{i}", daemon=True)
         for i in range(workers)
     ]
 
