@@ -19,6 +19,7 @@ from devmesh.core.limits import (
 )
 from devmesh.core.model import (
     CONNECT_TIMEOUT_MS,
+    DEFAULT_APP_CONNECT_TIMEOUT_MS,
     HEALTH_INTERVAL_MS,
     HEALTH_TIMEOUT_MS,
     HEALTHY_STATUSES,
@@ -392,7 +393,8 @@ _policy_fields = {
     ),
     "app_connect_timeout": Field(
         Duration(minimum_ms=1),
-        description="the sidecar's connect timeout to its own app; default 5s",
+        description="the sidecar's connect timeout to its own app; default "
+        + format_duration(DEFAULT_APP_CONNECT_TIMEOUT_MS),
     ),
     "security": Field(security_spec),
 }
