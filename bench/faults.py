@@ -304,6 +304,7 @@ def report(run: Run, faults: list[Fault], notes: list[str]) -> str:
             last = max(o.done for o in failed)
             after = [o.done for o in inside if o.status == 200 and o.done > last]
             steady = after[0] - f.at if after and f.steady else float("nan")
+        steady_cell = f"{steady:.2f}" if f.steady else f"not steady in {f.end - f.at:.0f}"
         target = TARGETS.get(f.name, "—")
         met = "—"
         if target == "0 failed":
@@ -316,17 +317,16 @@ def report(run: Run, faults: list[Fault], notes: list[str]) -> str:
                 f.what,
                 str(len(failed)),
                 "-" if first is None or f.name == "none" else f"{first:.2f}",
-                "-"
-                if f.name == "none"
-                else f"{steady:.2f}"
-                if f.steady
-                else f"not steady in {f.end - f.at:.0f}",
+                "-" if f.name == "none" else steady_cell,
                 target,
                 met,
             ]
         )
         if failed and f.name == "none":
-            out_notes += [f"failed, s from the start: {w}" for w in c.failure_windows(failed)]
+            out_notes += [
+                f"failed, s from the start: {w}"
+                for w in c.failure_windows(sorted(failed, key=lambda o: o.sent))
+            ]
         elif failed:
             out_notes.append(f"{f.name}: {kinds(failed)}")
         out_notes += [f"{f.name}: {n}" for n in f.notes]
