@@ -66,9 +66,7 @@ class Endpoint:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
     max_body: int = 1 << 20  # bytes; a larger body is refused (413) unread
-    request_timeout: float = (
-        10.0  # s from a request's first byte to its last; also per answer write
-    )
+    request_timeout: float = 10.0  # s from a request's first byte to its last; and to write one
     idle_timeout: float = 60.0  # s a kept connection may wait for its next request
     stream_write_timeout: float = 60.0  # s a stream's reader may take nothing before it is dropped
     stop_grace: float = 1.0  # s stop() waits for streams to close their iterators
