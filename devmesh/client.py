@@ -174,17 +174,22 @@ class DaemonClient:
                 raise self._unavailable(exc) from None
             if resp.status >= 400:
                 self._result(resp.status, resp.read(), api.Ok)
+            buffer = b""
             while True:
                 try:
-                    line = resp.readline()
+                    # read1, not readline: on a chunked answer readline takes a connection
+                    # the daemon cut (it stopped, or died) for a clean end; read1 raises.
+                    chunk = resp.read1(65536)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._unavailable(exc) from None
-                if not line:
+                if not chunk:
                     return
-                try:
-                    yield codec.decode(api.LogLine, json.loads(line))
-                except (ValueError, codec.DecodeError):
-                    continue  # not a line of the stream: skip it rather than stop following
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        yield codec.decode(api.LogLine, json.loads(line))
+                    except (ValueError, codec.DecodeError):
+                        continue  # not a line of the stream: skip it rather than stop
         finally:
             conn.close()
 
