@@ -176,6 +176,15 @@ def mesh_state(project: str) -> dict[str, Any]:
     return state
 
 
+def event_text(event: dict[str, Any]) -> str:
+    """An event of GET /v1/events or /v1/state: `text` as docs/api.md has it, or the typed
+    event's subject and detail (the daemon's `text` property)."""
+    if "text" in event:
+        return str(event["text"])
+    subject, detail = event.get("subject") or "", str(event.get("detail", ""))
+    return f"{subject}: {detail}" if subject else detail
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     return pod.get("ready") is True or pod.get("state") == "ready"
 

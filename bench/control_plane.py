@@ -88,14 +88,14 @@ def one_push(project: str, to_v2: bool) -> Push:
             raise BenchError(f"the fleet did not ACK the shift within {ACK_TIMEOUT:.0f}s")
         time.sleep(POLL)
     applied = [
-        e
+        (float(e["time"]), c.event_text(e))
         for e in c.api(project, "GET", "/v1/events")["events"]
-        if str(e["text"]).startswith("shift: applied in ")
+        if c.event_text(e).startswith("shift: applied in ")
     ]
-    if not applied or applied[-1]["time"] < t0:
+    if not applied or applied[-1][0] < t0:
         raise BenchError("no `shift: applied` event for the push")
-    t_applied = float(applied[-1]["time"])
-    apply_ms = float(str(applied[-1]["text"]).split()[3])
+    t_applied = applied[-1][0]
+    apply_ms = float(applied[-1][1].split()[3])
     times = []
     for pod in now:
         found = c.admin_stats(c.state_dir(project).admin_socket(pod), UPDATE_TIME)
