@@ -35,7 +35,7 @@ from devmesh.core.edit import set_weights as shift_text
 from devmesh.core.load import load
 from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError, MeshInvalid
-from devmesh.core.source import read_text
+from devmesh.core.source import read_mesh_bytes, read_text
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
 from devmesh.daemon.meshsource import FileRead, MeshSource
@@ -365,16 +365,17 @@ class Controller:
             raise Refused(
                 "conflict", "the mesh file has problems; fix them first: " + self._problems[0]
             )
+        name = str(self.mesh_file)
         try:
-            text = self.mesh_file.read_text()
+            text = read_text(read_mesh_bytes(name), name)
+        except MeshError as exc:
+            raise Refused("unavailable", str(exc)) from None
+        try:
             new_text, chosen = shift_text(text, self._mesh, service, route, weights)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Refused("unavailable", f"{self.mesh_file}: {exc}") from None
         except MeshError as exc:
             raise Refused("bad_request", str(exc)) from None
         raw = new_text.encode()
         try:
-            name = str(self.mesh_file)
             mesh = load(read_text(raw, name), name, self.source.base_dir)
         except MeshInvalid as exc:
             raise Refused(
