@@ -42,7 +42,7 @@ class Handlers:
         events: EventLog,
         stats: StatsReader,
         log_tails: LogTails,
-        follow: Callable[[str, int | None, threading.Event], Iterator[api.LogLine]],
+        follow: Callable[[str, int | None, threading.Event], Iterator[api.LogLine | None]],
         request_stop: Callable[[], None],
     ) -> None:
         self._loop = controller
@@ -134,7 +134,7 @@ class Handlers:
             raise Refusal(api.ErrorCode.NOT_FOUND, str(exc)) from None
         return api.LogsResult(chosen.name, tuple(lines))
 
-    def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine]:
+    def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine | None]:
         view = self._loop.view
         if not view.mesh.has_service(req.service):
             names = ", ".join(s.name for s in view.mesh.services)

@@ -79,6 +79,29 @@ def follow(
     idle_end: float = IDLE_END,
     look_every: float = LOOK_EVERY,
 ) -> Generator[api.LogLine, None, None]:
+    """The service's log lines as they come (see `follow_ticking`)."""
+    lines = follow_ticking(engine, project, service, tail, stop, idle_end, look_every)
+    try:
+        for line in lines:
+            if line is not None:
+                yield line
+    finally:
+        lines.close()
+
+
+def follow_ticking(
+    engine: LogEngine,
+    project: str,
+    service: str,
+    tail: int | None,
+    stop: threading.Event,
+    idle_end: float = IDLE_END,
+    look_every: float = LOOK_EVERY,
+) -> Generator[api.LogLine | None, None, None]:
+    """As `follow`, with a None first and whenever half a second passes without a line: the
+    API server then sends its answer's head at once, and notices a client that went away
+    from a quiet log (a thread blocked in `next()` cannot be told)."""
+    yield None
     closing = threading.Event()  # set when the generator ends, however it ends
     items: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE)
     following: dict[str, Any] = {}  # container id -> its open stream (None until opened)
@@ -173,6 +196,7 @@ def follow(
             try:
                 item = items.get(timeout=min(0.5, look_every))
             except queue.Empty:
+                yield None
                 continue
             if item.line is not None:
                 yield item.line
