@@ -88,7 +88,7 @@ def phases(output: str, began: float, ended: float) -> dict[str, float]:
         at = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         text = match.group(2)
         first = at if first is None else first
-        if text.startswith("reconcile (start)"):
+        if text.startswith(("reconcile (start)", "(start) ")):  # the older daemon's, today's
             reconcile = at
         elif text.startswith("started "):
             started = at
