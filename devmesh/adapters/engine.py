@@ -330,12 +330,13 @@ class Engine:
         except requests.exceptions.RequestException as exc:  # no answer
             raise EngineUnavailable(f"the Docker engine went away: {exc}") from None
 
-    def follow_logs(self, name: str, tail: int) -> Any:
-        """A stream of the container's log (the last `tail` lines, then what it writes), as
-        byte chunks that need not end at a line; `.close()` ends it from another thread. It
-        ends by itself when the container stops."""
+    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any:
+        """A stream of the container's log (the last `tail` lines, or what it wrote after
+        `since`, epoch seconds; then what it writes), as byte chunks that need not end at a
+        line; `.close()` ends it from another thread. It ends when the container stops."""
+        options: dict[str, Any] = {"tail": tail} if since is None else {"since": since}
         try:
-            return self.client.api.logs(name, stream=True, follow=True, tail=tail)
+            return self.client.api.logs(name, stream=True, follow=True, **options)
         except docker.errors.NotFound:
             raise EngineError(f"no container {name}") from None
         except docker.errors.APIError as exc:

@@ -41,7 +41,7 @@ class LogEngine(Protocol):
         self, name: str, follow: bool, tail: int | str = "all", since: float | None = None
     ) -> Iterator[bytes]: ...
 
-    def follow_logs(self, name: str, tail: int) -> Any: ...
+    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any: ...
 
 
 def read(engine: LogEngine, project: str, service: str, tail: int | None) -> list[api.LogLine]:
@@ -122,12 +122,8 @@ def follow_ticking(
 
     def pump(cid: str, pod: str, since: float | None, lines: int | None) -> None:
         try:
-            if since is None:  # closable from here: `closing` ends it at once
-                stream: Iterable[bytes] = engine.follow_logs(cid, -1 if lines is None else lines)
-            else:
-                # Engine.follow_logs takes no `since` yet: this stream ends with the
-                # container or at its next line after `closing` (a restart-in-place's).
-                stream = engine.logs(cid, follow=True, since=since)
+            # closable from here: `closing` ends it at once
+            stream: Iterable[bytes] = engine.follow_logs(cid, -1 if lines is None else lines, since)
             with lock:
                 if done():
                     _close(stream)

@@ -57,9 +57,9 @@ class Engine:
         lines = self.written[name]
         yield b"".join(lines if tail == "all" else lines[-int(tail) :])
 
-    def follow_logs(self, name: str, tail: int) -> Any:
+    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any:
         self.tails[name] = tail
-        lines = self.written[name]
+        lines = self.written[name] if since is None else []  # restarted in place: none new
         stream = Stream(lines if tail < 0 else lines[-tail:] if tail else [])
         self.streams[name] = stream
         return stream
