@@ -194,17 +194,17 @@ class XdsServer:
     grpc.aio rather than grpc's sync server (a pool thread held by each open stream plus a
     reader thread each, devmesh's server before), measured with bench/xds_server.py: both on
     this cache and protocol code, one route change pushed to N streams over this socket, on
-    2 cores shared with other work (load average 3 to 17), three runs:
+    2 cores shared with other work (load average 3 to 17), four runs:
 
                           aio                  threads (256 workers)
-      100 ADS streams     p50 23-36 ms         p50 37-53 ms          push → all ACKed
-                          17-23 ms CPU/push    33-47 ms CPU/push     serving, less publishing
+      100 ADS streams     p50 23-41 ms         p50 37-62 ms          push → all ACKed
+                          17-27 ms CPU/push    33-59 ms CPU/push     serving, less publishing
                           9 threads, 56 MiB    208 threads, 62 MiB
       30 real Envoys      p50 19-29 ms         p50 23-32 ms
-                          7-11 ms CPU/push     11-14 ms CPU/push
+                          7-11 ms CPU/push     11-15 ms CPU/push
 
-    aio had the lower p50 and about half the serving CPU in every run; the p99 (80 to 140
-    ms for both) moved with the machine's load, one way or the other. And no stream waits
+    aio had the lower p50 and about half the serving CPU in every run; the p99 (50 to 170
+    ms for both) moved with the machine's load, mostly in aio's favour. And no stream waits
     for a free worker: the sync server queues the 257th stream until another one ends.
     Never call the cache's blocking `wait_synced` on this loop.
 
