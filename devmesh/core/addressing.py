@@ -19,7 +19,10 @@ from devmesh.core.model import Service
 MESH_HTTP_PORT = 80
 INBOUND_PORT = 15006  # every pod's sidecar accepts mesh traffic here, on the pod's address
 GATEWAY_PORT = 15080  # the ingress gateway's public listener inside its container
-GATEWAY_HOP_BASE = 15100  # gateway → its own per-service routing listeners on 127.0.0.1
+# The gateway's per-service routing listeners (hops), one port each from here: published on
+# the host's 127.0.0.1, bound to 0.0.0.0 in the gateway (as Docker's publishing needs), and
+# admitting only the host and the gateway's own loopback (envoy.resources.host_only).
+GATEWAY_HOP_BASE = 15100
 RESERVED_PORTS = range(15000, 15200)  # the sidecar's; an app may not listen on them
 
 _BASE = int(ipaddress.IPv4Address("127.64.0.0"))
