@@ -63,7 +63,7 @@ SERVED_BY_HEADER = "x-devmesh-served-by"  # added by each pod's inbound sidecar:
 
 # Concurrent retries per cluster when the mesh file sets no `max_retries`. Envoy's own
 # default is 3 for the whole cluster, so with four callers in retry at once the fourth's
-# retry overflows and its 503 reaches the app however many `attempts` the route has.
+# retry overflows and the caller gets the 503 however many `attempts` the route has.
 # A route's `attempts` already bound each request; like Istio, no second, hidden limit.
 UNLIMITED = 4_294_967_295  # UInt32 max
 
@@ -416,6 +416,7 @@ def path_rewrite(path: PathMatch, rewrite_prefix: str | None) -> Json:
         if rewrite_prefix.endswith("/") and not path.value.endswith("/"):
             return {
                 "regex_rewrite": {
+                    # re.escape's backslashes precede punctuation only: literal in RE2 too
                     "pattern": {"regex": f"^{re.escape(path.value)}/?"},
                     "substitution": rewrite_prefix,
                 }
