@@ -7,7 +7,7 @@ Threads (docs/architecture.md has the picture):
 - health: probes the apps, enqueues health changes;
 - events: Docker's container events, enqueued as deaths;
 - api: one thread per API connection (reads the loop's view; changes go through the loop);
-- xDS: grpc's threads, one per sidecar stream, serving the snapshot cache.
+- xDS: grpc.aio's event loop thread, a coroutine per sidecar stream, serving the cache.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from devmesh.daemon.state import StateDir
 from devmesh.plan.effective import effective
 
 log = logging.getLogger("devmesh.daemon")
-XDS_WORKERS = 256  # one grpc thread per open sidecar stream (see adapters/xds_server.py)
 
 
 class DaemonRunning(MeshError):
@@ -58,7 +57,7 @@ class Daemon:
         self.state = state
         self.ingress_port = ingress_port
         self.events = EventLog()
-        self.xds = XdsServer(state.xds_socket, max_workers=XDS_WORKERS)
+        self.xds = XdsServer(state.xds_socket)
         self.images = ImageResolver(engine.client, project, self._note_image)
         self.controller = Controller(
             mesh_file,
