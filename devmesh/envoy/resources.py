@@ -416,7 +416,7 @@ def path_rewrite(path: PathMatch, rewrite_prefix: str | None) -> Json:
         if rewrite_prefix.endswith("/") and not path.value.endswith("/"):
             return {
                 "regex_rewrite": {
-                    # re.escape's backslashes precede punctuation only: literal in RE2 too
+                    # re.escape's backslashes precede non-word characters only: literal in RE2 too
                     "pattern": {"regex": f"^{re.escape(path.value)}/?"},
                     "substitution": rewrite_prefix,
                 }
