@@ -175,6 +175,8 @@ def test_real_envoy_accepts_the_hardened_gateway_and_rewrites(tmp_path: Path) ->
     text = MESH.replace(
         "    - {name: rest, service: web}",
         "    - {name: blue, match: {path_prefix: /blue/}, service: web, rewrite_prefix: /b}\n"
+        "    - {name: odd, match: {path_prefix: '/a.b-c~d#e&f(g)[h]{i}*+|^$ j'}, service: web,"
+        " rewrite_prefix: /}\n"
         "    - {name: rest, service: web}",
     )
     mesh = load(text)
