@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # types-protobuf may or may not be installed; `unused-ignore` keeps strict mypy quiet either way.
 from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped,unused-ignore]
@@ -124,8 +124,18 @@ class _Watch:
 # -- the cache ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """What the daemon's event log hears of the Envoys: connections and rejections."""
+
+    node_id: str
+    kind: Literal["connected", "disconnected", "nack"]
+    detail: str = ""
+
+
 class SnapshotCache:
-    def __init__(self) -> None:
+    def __init__(self, on_event: Callable[[NodeEvent], None] | None = None) -> None:
+        self._on_event = on_event  # called outside the lock, on the server's threads
         self._lock = threading.Condition()
         # One publisher at a time, held while packing (reentrant: set_snapshot calls
         # set_snapshots). Streams and status readers only ever take `_lock`.
@@ -225,7 +235,8 @@ class SnapshotCache:
             stream_id = next(self._stream_ids)
             self._watches[stream_id] = _Watch(node_id, group, wake)
             self._nodes[node_id] = _Node(cluster=group, stream_id=stream_id)
-        log.info("%s (%s) connected", node_id, group)
+        log.debug("%s (%s) connected", node_id, group)
+        self._tell(NodeEvent(node_id, "connected", group))
         return stream_id
 
     def close_stream(self, stream_id: int) -> None:
@@ -236,7 +247,9 @@ class SnapshotCache:
             node = self._owned(watch.node_id, stream_id)
             if node is not None:
                 node.connected = False
-        log.info("%s disconnected", watch.node_id)
+        log.debug("%s disconnected", watch.node_id)
+        if node is not None:  # not when a newer stream of the same Envoy took over
+            self._tell(NodeEvent(watch.node_id, "disconnected"))
 
     def record_sent(
         self, stream_id: int, type_url: str, version: str, names: frozenset[str], nonce: str
@@ -266,6 +279,17 @@ class SnapshotCache:
             if node is None:
                 return
             node.nack = nack
+            node_id = self._watches[stream_id].node_id
+        self._tell(
+            NodeEvent(node_id, "nack", f"{nack.type_url.rsplit('.', 1)[-1]}: {nack.message}")
+        )
+
+    def _tell(self, event: NodeEvent) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # a listener's fault must not break a stream
+                log.exception("xDS event listener failed")
 
     def _owned_by_stream(self, stream_id: int) -> _Node | None:
         watch = self._watches.get(stream_id)

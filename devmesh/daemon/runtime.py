@@ -21,6 +21,7 @@ from typing import IO
 from devmesh.adapters.engine import Engine
 from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
@@ -57,7 +58,7 @@ class Daemon:
         self.state = state
         self.ingress_port = ingress_port
         self.events = EventLog()
-        self.xds = XdsServer(state.xds_socket)
+        self.xds = XdsServer(state.xds_socket, cache=SnapshotCache(self._on_xds))
         self.images = ImageResolver(engine.client, project, self._note_image)
         self.controller = Controller(
             mesh_file,
@@ -88,6 +89,21 @@ class Daemon:
         self._stop = threading.Event()
         self._lock_handle: IO[str] | None = None
         self.phase = "starting"
+
+    def _on_xds(self, event: NodeEvent) -> None:
+        if event.kind == "nack":
+            self.events.add(
+                EventKind.PUSH, f"config NACKed: {event.detail}", event.node_id, Severity.ERROR
+            )
+        elif event.kind == "connected":
+            self.events.add(EventKind.PUSH, "connected to the control plane", event.node_id)
+        else:
+            self.events.add(
+                EventKind.PUSH,
+                "disconnected from the control plane",
+                event.node_id,
+                Severity.WARNING,
+            )
 
     def _note_image(self, text: str) -> None:
         self.events.add(EventKind.IMAGE, text)

@@ -267,3 +267,21 @@ def test_wait_synced_times_out_on_a_node_that_never_acks() -> None:
     assert not cache.wait_synced(["front-a", "front-never"], timeout=0.1)
     assert 0.1 <= time.monotonic() - started < 1
     assert cache._waiters == []
+
+
+def test_the_cache_tells_its_listener_of_connections_and_rejections() -> None:
+    from devmesh.adapters.xds_cache import Nack, NodeEvent
+
+    heard: list[NodeEvent] = []
+    cache = SnapshotCache(heard.append)
+    stream = cache.open_stream("pod-sidecar", "shop/catalog/v1", lambda: None)
+    cache.record_nack(
+        stream, Nack("type.googleapis.com/envoy.config.listener.v3.Listener", "v2", "bad")
+    )
+    cache.close_stream(stream)
+    assert [(e.node_id, e.kind) for e in heard] == [
+        ("pod-sidecar", "connected"),
+        ("pod-sidecar", "nack"),
+        ("pod-sidecar", "disconnected"),
+    ]
+    assert heard[1].detail == "Listener: bad"
