@@ -8,10 +8,9 @@ and any other path with the request line it received.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -208,6 +207,13 @@ def project(docker_client: docker.DockerClient) -> Iterator[str]:
     sweep(docker_client, name)
 
 
+@pytest.fixture
+def state_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="dmhop")  # short: admin.sock's path has a limit
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _labels(project: str, role: str) -> dict[str, str]:
     return {labels.MANAGED: "1", labels.MESH: project, labels.ROLE: role}
 
@@ -229,7 +235,7 @@ def _wget(client: docker.DockerClient, project: str, network: str, url: str) -> 
 
 
 def test_gateway_hops_admit_the_host_and_refuse_other_pods(
-    docker_client: docker.DockerClient, project: str
+    docker_client: docker.DockerClient, project: str, state_dir: str
 ) -> None:
     """The gateway's real hardened container spec, with the rendered gateway config as a
     static bootstrap: the host reaches `api` on its published 127.0.0.1 port; a container
@@ -251,7 +257,6 @@ def test_gateway_hops_admit_the_host_and_refuse_other_pods(
     upstream_ip = upstream.attrs["NetworkSettings"]["Networks"][net_name]["IPAddress"]
 
     mesh = load(HOP_MESH)
-    state_dir = tempfile.mkdtemp(prefix="dmhop")  # short: admin.sock's path has a limit
     envoy = ensure_envoy_image(client, None, "never", lambda _: None)
     inputs = Inputs(project, state_dir, envoy.image_id, "unused", {}, proxy_user=daemon_user())
     gateway = desired(mesh, inputs).gateway
@@ -280,8 +285,6 @@ def test_gateway_hops_admit_the_host_and_refuse_other_pods(
     assert _wget(client, project, net_name, f"http://{upstream_ip}:15006/") == (0, "api\n")
     stats = _admin_stats(Path(pod_dir(state_dir, gateway.name)) / "admin.sock")
     assert stats.get("hop.rbac.denied", 0) >= 1 and stats.get("hop.rbac.allowed", 0) >= 1, stats
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _admin_stats(sock: Path) -> dict[str, int]:
