@@ -166,7 +166,10 @@ def measure_cpu(file: Path, project: str, window: float) -> CpuResult:
             began = time.perf_counter()
             found = c.api(project, "GET", "/v1/stats")["sidecars"]
             stats_ms.append((time.perf_counter() - began) * 1000)
-            bad = [k for k, v in found.items() if isinstance(v, str)]
+            if isinstance(found, dict):  # docs/api.md: name -> counters, or why unreadable
+                bad = [k for k, v in found.items() if isinstance(v, str)]
+            else:  # the typed document: a list of sidecars, each with `error` when unreadable
+                bad = [str(s.get("source")) for s in found if s.get("error")]
             if bad:
                 raise BenchError(f"GET /v1/stats: unreadable sidecars {bad[:3]}")
 
