@@ -140,6 +140,8 @@ class Engine:
             attrs = self.client.api.inspect_container(cid)
         except docker.errors.APIError:
             return 0, 0  # gone meanwhile
+        except requests.exceptions.RequestException as exc:  # the engine is stopping
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
         return int(attrs.get("State", {}).get("ExitCode", 0)), int(attrs.get("RestartCount", 0))
 
     def network_exists(self, name: str) -> bool:
@@ -152,6 +154,22 @@ class Engine:
             raise EngineError(f"cannot inspect network {name}: {_explain(exc)}") from None
         except requests.exceptions.RequestException as exc:
             raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+
+    def network_gateway(self, name: str) -> str | None:
+        """The network's gateway address: where the host's connections to a published port
+        come from (docker-proxy, or the DNAT hairpin's masquerade). None if unknown."""
+        try:
+            attrs = self.client.api.inspect_network(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot inspect network {name}: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+        for config in (attrs.get("IPAM") or {}).get("Config") or []:
+            if config.get("Gateway"):
+                return str(config["Gateway"]).split("/")[0]
+        return None
 
     # -- apply --------------------------------------------------------------------------------
 
@@ -195,8 +213,13 @@ class Engine:
 
     def _create_pod(self, pod: PodSpec, progress: Progress) -> None:
         self._create(pod.pause, progress)
-        self._create(pod.sidecar, progress)
-        self._create(pod.app, progress)
+        # Sidecar and app only need the namespace owner: made side by side, not in turn.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="member") as pool:
+            jobs = [pool.submit(self._create, spec, progress) for spec in (pod.sidecar, pod.app)]
+        for job in jobs:
+            err = job.exception()
+            if err is not None:
+                raise err
 
     def _replace_pod(self, pod: PodSpec, old: tuple[str, ...], progress: Progress) -> None:
         for cid in old:

@@ -172,8 +172,9 @@ class Controller:
         self._engine_ok = True
         self._engine_detail = ""
         self._push_error: str | None = None
-        self._published: tuple[Mesh, Mapping[tuple[str, str], list[str]]] | None = None
+        self._published: tuple[Mesh, Mapping[tuple[str, str], list[str]], str | None] | None = None
         self._groups: frozenset[str] = frozenset()
+        self._host: str | None = None  # the mesh network's gateway: the host, to the pods
         self._dead: dict[str, float] = {}  # container id -> until when to look again
         self._next_pass = 0.0
         self._phase = "starting"
@@ -457,6 +458,8 @@ class Controller:
             errors += self._write_hosts(mesh, want)
             todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
             engine_errors: list[EngineError] = []
+            if todo.ensure_network:
+                self._host = None  # a new network: its gateway may differ
             if not todo.empty:
                 self.events.add(EventKind.RECONCILE, f"({why}) " + ", ".join(todo.describe()))
                 engine_errors = self.engine.apply(todo, self.project, want.network, log.info)
@@ -465,6 +468,8 @@ class Controller:
                         EventKind.RECONCILE, str(error), error.container or "engine", Severity.ERROR
                     )
                 infos = self.engine.containers(self.project)  # what applying changed
+            if self._host is None:
+                self._host = self.engine.network_gateway(want.network)
         except EngineUnavailable as exc:
             self._engine_lost(str(exc))
             return
@@ -592,10 +597,13 @@ class Controller:
         once. False (and `push_error` says why) if it could not be served."""
         mesh = effective(self._mesh, self._overrides, self.ingress_port)
         endpoints = self._endpoints()
-        if (mesh, endpoints) == self._published and self._push_error is None:
+        published = (mesh, endpoints, self._host)
+        if published == self._published and self._push_error is None:
             return True  # the timer's passes over an unchanged mesh build nothing
         try:
-            snapshots = new_snapshots(render(mesh, endpoints))
+            # Without the host's address (no network yet) the gateway's hops admit anyone;
+            # the pass after the network exists pushes them locked to the host.
+            snapshots = new_snapshots(render(mesh, endpoints, self._host))
             self.xds.set_snapshots(snapshots)
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
             if self._push_error != str(exc):
@@ -604,7 +612,7 @@ class Controller:
             return False
         self._push_error = None
         self._groups = frozenset(snapshots)
-        self._published = (mesh, endpoints)
+        self._published = published
         return True
 
     def _set_targets(self) -> None:

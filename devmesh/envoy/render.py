@@ -51,7 +51,9 @@ def node_groups(mesh: Mesh) -> tuple[NodeGroup, ...]:
     return tuple(out)
 
 
-def render(mesh: Mesh, endpoints: Endpoints) -> dict[str, Resources]:
+def render(
+    mesh: Mesh, endpoints: Endpoints, host_address: str | None = None
+) -> dict[str, Resources]:
     """Node group -> its complete configuration, for every group of the mesh (node_groups'
     order). Pure: the same mesh and endpoints give equal resources."""
     out: dict[str, Resources] = {}
@@ -60,7 +62,7 @@ def render(mesh: Mesh, endpoints: Endpoints) -> dict[str, Resources]:
             group = sidecar_node(mesh, service.name, version.name)
             out[group] = sidecar_resources(mesh, service, version, endpoints)
     if mesh.has_gateway:
-        out[gateway_group(mesh)] = gateway_resources(mesh, endpoints)
+        out[gateway_group(mesh)] = gateway_resources(mesh, endpoints, host_address)
     return out
 
 

@@ -277,6 +277,9 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         env=tuple(sorted(env.items())),
         network_mode=f"container:{name}",
         binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
+        # An init as PID 1: a shell or busybox server there ignores SIGTERM, and every stop
+        # (a rolled pod, an engine restart) then waited Docker's 10 s for the SIGKILL.
+        init=True,
         **_app_security(service),
     )
     sidecar_name = f"{name}-sidecar"

@@ -176,10 +176,6 @@ def test_containers_run_locked_down(traffic_mesh: Mesh) -> None:
     assert not opted_out["HostConfig"]["SecurityOpt"]  # security: {no_new_privileges: false}
 
 
-@pytest.mark.xfail(
-    reason="the daemon must pass the mesh network's gateway address to gateway_resources",
-    strict=False,
-)
 def test_only_the_host_can_use_the_gateways_hops(traffic_mesh: Mesh) -> None:
     """`flaky` does not call `echo`, and cannot reach it through the gateway's hop either;
     the host can, on the hop's published 127.0.0.1 port."""

@@ -4,6 +4,7 @@ xDS cache, a fake probe, a clock the test moves. The loop's steps are driven dir
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ class FakeEngine:
     def network_exists(self, name: str) -> bool:
         self._check()
         return bool(self.applied)
+
+    def network_gateway(self, name: str) -> str | None:
+        self._check()
+        return "10.9.0.254" if self.applied else None
 
     def apply(self, plan: Plan, project: str, network: str, progress: Any) -> list[EngineError]:
         self._check()
@@ -326,3 +331,10 @@ def test_a_new_daemon_adopts_running_pods_without_an_empty_first_push(loop: Any)
         )
     finally:
         second.stop()
+
+
+def test_the_gateways_hops_are_locked_to_the_host_once_the_network_exists(loop: Any) -> None:
+    _, _, xds, _, _ = loop
+    gateway = next(s for g, s in xds.published[-1].items() if g.endswith("/gateway"))
+    hops = [item for item in gateway.listeners.items if "15100" in json.dumps(item)]
+    assert hops and "10.9.0.254" in json.dumps(hops[0])
