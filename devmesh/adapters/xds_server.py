@@ -41,6 +41,7 @@ from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from devmesh.core.problems import MeshError
 from devmesh.envoy.resources import Resources
 from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError, new_snapshot
+from devmesh.plan.desired import PROXY_UID
 
 __all__ = ["Nack", "NodeStatus", "SnapshotCache", "SnapshotError", "SotwStream", "XdsServer"]
 
@@ -244,6 +245,8 @@ class XdsServer:
         # grpc binds with the process umask; only the daemon's user (and the sidecars it
         # bind-mounts the socket into, running as that user) may talk to the control plane.
         os.chmod(self.socket_path, stat.S_IRUSR | stat.S_IWUSR)
+        if os.geteuid() == 0:  # the proxies run as PROXY_UID under a root daemon
+            os.chown(self.socket_path, PROXY_UID, PROXY_UID)
         log.info("xDS server listening on unix:%s", self.socket_path)
 
     async def _start(self) -> None:

@@ -102,18 +102,20 @@ class Desired:
     failed: Mapping[tuple[str, str], str]
 
 
-def proxy_user(uid: int, gid: int) -> str:
-    """Who sidecars and the gateway run as, given the daemon's user: that same user.
+PROXY_UID = 1337  # the proxies' user under a root daemon (Istio's sidecar uid)
 
-    Each proxy must connect to the daemon's xds.sock, which the xDS server makes 0600 for
-    its own user, and the daemon must read the proxy's 0600 admin.sock; one user on both
-    ends needs neither wider modes nor chown. For a daemon started as a normal user the
-    proxies are that user, never root. For a root daemon they are uid 0 too, but with
-    every capability dropped (PROXY) and xds.sock's directory mounted read-only, so they
-    cannot override file modes, bind raw sockets or remove the control plane's socket.
-    A root daemon could run them as a uid of their own (Istio's 1337) once the xDS server
-    hands its socket to that uid (`os.chown` after its `chmod`).
+
+def proxy_user(uid: int, gid: int) -> str:
+    """Who sidecars and the gateway run as, given the daemon's user: never root.
+
+    Each proxy connects to the daemon's xds.sock (0600) and the daemon reads the proxy's
+    admin.sock (0600). A daemon started as a normal user runs them as that same user, so
+    both ends are one user and need neither wider modes nor chown. A root daemon runs them
+    as PROXY_UID: the xDS server hands its socket to that uid and the engine hands it each
+    proxy's pod directory; root reads their admin sockets whatever the owner.
     """
+    if uid == 0:
+        return f"{PROXY_UID}:{PROXY_UID}"
     return f"{uid}:{gid}"
 
 

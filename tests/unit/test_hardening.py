@@ -261,9 +261,9 @@ def test_opting_out_recreates_only_that_app() -> None:
 
 
 @pytest.mark.parametrize(
-    ("uid", "gid", "user"), [(1000, 1000, "1000:1000"), (0, 0, "0:0")], ids=["user", "root"]
+    ("uid", "gid", "user"), [(1000, 1000, "1000:1000"), (0, 0, "1337:1337")], ids=["user", "root"]
 )
-def test_proxies_run_as_the_daemons_user(uid: int, gid: int, user: str) -> None:
+def test_proxies_never_run_as_root(uid: int, gid: int, user: str) -> None:
     assert proxy_user(uid, gid) == user
 
 
