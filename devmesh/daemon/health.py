@@ -17,7 +17,8 @@ from devmesh.core.model import Health
 from devmesh.daemon.eventlog import EventLog
 
 log = logging.getLogger("devmesh.health")
-TICK = 0.25  # seconds between looks at what is due
+TICK = 0.25  # seconds between looks at what is due, at most
+UNTIL_HEALTHY = 0.2  # seconds between probes of an app that has not passed (yet, or again)
 NOT_CHECKED = "not checked yet"
 # A healthy pod is dropped from its service's endpoints only after this many failed probes
 # in a row, taken RECONFIRM seconds apart (Kubernetes' failureThreshold is 3 too): under
@@ -66,18 +67,23 @@ class HealthMonitor:
         self._next_at: dict[str, float] = {}
         self._lock = threading.Lock()  # guards _targets (set by the loop)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # new targets: probe them now, not at the next tick
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
 
     def set_targets(self, targets: tuple[Target, ...]) -> None:
         with self._lock:
+            changed = targets != self._targets
             self._targets = targets
+        if changed:
+            self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._pool.shutdown(wait=False)
 
     def results(self) -> dict[str, Result]:
@@ -91,7 +97,12 @@ class HealthMonitor:
         return self.results()
 
     def _run(self) -> None:
-        while not self._stop.wait(TICK):
+        while True:
+            due = min(self._next_at.values(), default=self._clock() + TICK)
+            self._wake.wait(min(TICK, max(0.02, due - self._clock())))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 if self._round(force=False):
                     self._on_change(self.results())
@@ -113,6 +124,7 @@ class HealthMonitor:
                 results[t.pod] = Result(t.app_id)
                 self._next_at[t.pod] = 0.0
             if not t.running:
+                self._next_at[t.pod] = now + TICK  # nothing to probe: no reason to wake
                 if results[t.pod].ok or results[t.pod].reason != f"app {t.app_state}":
                     changed = changed or results[t.pod].ok
                     results[t.pod] = Result(t.app_id, False, f"app {t.app_state}")
@@ -131,7 +143,7 @@ class HealthMonitor:
                 self._next_at[t.pod] = now + min(interval, RECONFIRM)
                 continue
             # Until it first passes, look often: readiness should not wait a whole interval.
-            self._next_at[t.pod] = now + (interval if ok else min(interval, 0.5))
+            self._next_at[t.pod] = now + (interval if ok else min(interval, UNTIL_HEALTHY))
             if ok != old.ok:
                 changed = True
                 if ok:

@@ -338,3 +338,25 @@ def test_the_gateways_hops_are_locked_to_the_host_once_the_network_exists(loop: 
     gateway = next(s for g, s in xds.published[-1].items() if g.endswith("/gateway"))
     hops = [item for item in gateway.listeners.items if "15100" in json.dumps(item)]
     assert hops and "10.9.0.254" in json.dumps(hops[0])
+
+
+def test_health_drops_a_pod_only_after_failures_in_a_row() -> None:
+    from devmesh.daemon.health import FAILURES_TO_DROP, HealthMonitor, Target
+
+    answers: list[bool] = []
+    clock = Clock()
+    monitor = HealthMonitor(
+        lambda r: None, EventLog(), lambda ip, port, h: (answers.pop(0), "x"), clock
+    )
+    monitor.set_targets((Target("p", "app1", "10.0.0.1", 80, None, True, "running"),))
+    answers.append(True)
+    monitor.probe_now()
+    assert monitor.results()["p"].ok
+    for _ in range(FAILURES_TO_DROP - 1):
+        answers.append(False)
+        monitor.probe_now()
+        assert monitor.results()["p"].ok  # one slow probe under load is not a dead app
+    answers.append(False)
+    monitor.probe_now()
+    assert not monitor.results()["p"].ok
+    monitor.stop()
