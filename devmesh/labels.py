@@ -14,7 +14,6 @@ REPLICA = PREFIX + "replica"
 POD = PREFIX + "pod"  # the pod's name, shared by its pause, app and sidecar containers
 ROLE = PREFIX + "role"  # pod (namespace owner) | app | sidecar | gateway | network | image
 CONFIG_HASH = PREFIX + "config-hash"  # recreate only when this differs from the desired one
-MESH_FILE = PREFIX + "mesh-file"
 
 
 def selector(**labels: str) -> list[str]:

@@ -122,10 +122,7 @@ def explain(
 
     mesh = load_path(str(file))
     headers = [parse_header(h) for h in header or ()]
-    try:
-        result = run_explain(mesh, method, url, headers)
-    except ValueError as exc:  # urlsplit's own ("Invalid IPv6 URL"), until explain says it
-        raise MeshError(f"'{url}' is not a URL: {exc}") from None
+    result = run_explain(mesh, method, url, headers)
     if as_json:
         _print_json(explanation_json(result))
     else:

@@ -161,7 +161,10 @@ def _split_url(url: str) -> tuple[str | None, str, str]:
         return None, "", path
     if "://" not in text:
         text = "http://" + text  # as curl reads `catalog/items`
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: http://[::1/x
+        raise ExplainError(f"'{url}' is not a URL: {exc}") from None
     if parts.scheme.lower() != "http":
         raise ExplainError(
             f"'{url}': the mesh speaks plain http, not {parts.scheme}; "

@@ -18,10 +18,22 @@ from devmesh.api.types import INGRESS, RouteTraffic, SidecarStats, Traffic, Upst
 
 INBOUND_STAT_PREFIX: Final = "in"  # the pod's inbound HTTP connection manager
 INGRESS_STAT_PREFIX: Final = INGRESS  # the gateway's connection manager and virtual host
+INGRESS_ROUTE_CONFIG: Final = INGRESS  # the gateway's route configuration
 
 
 def cluster_name(service: str, version: str) -> str:
+    """A version's cluster: `catalog|v2`."""
     return f"{service}|{version}"
+
+
+def out_name(service: str) -> str:
+    """A caller's listener and route configuration for `service` (`out|catalog`)."""
+    return f"out|{service}"
+
+
+def hop_name(service: str) -> str:
+    """The gateway's cluster to its own hop listener for `service` (`_hop|catalog`)."""
+    return f"_hop|{service}"
 
 
 def parse_cluster_name(name: str) -> tuple[str, str] | None:

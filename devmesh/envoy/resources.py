@@ -40,6 +40,16 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
+from devmesh.envoy.names import (
+    INBOUND_STAT_PREFIX,
+    INGRESS_ROUTE_CONFIG,
+    INGRESS_STAT_PREFIX,
+    cluster_name,
+    hop_name,
+    ingress_route_stat_prefix,
+    out_name,
+    route_stat_prefix,
+)
 
 Json = dict[str, Any]
 # (service, version) -> the addresses of its pods
@@ -87,18 +97,6 @@ class Resources:
 
 
 # -- names ----------------------------------------------------------------------------------
-
-
-def out_name(service: str) -> str:
-    return f"out|{service}"
-
-
-def cluster_name(service: str, version: str) -> str:
-    return f"{service}|{version}"
-
-
-def hop_name(service: str) -> str:
-    return f"_hop|{service}"
 
 
 def sidecar_node(mesh: Mesh, service: str, version: str) -> str:
@@ -356,7 +354,7 @@ def http_route(service: Service, route: Route) -> Json:
         "name": route.name,
         "match": route_match(route.match),
         "route": action,
-        "stat_prefix": f"{service.name}.{route.name}",
+        "stat_prefix": route_stat_prefix(service.name, route.name),
     }
     if route.fault is not None:
         out["request_headers_to_add"] = _fault_headers(route.fault)
@@ -391,8 +389,8 @@ def ingress_route_config(mesh: Mesh) -> Json:
         action.update(path_rewrite(r.match.path, r.rewrite_prefix))
         routes.append(_ingress_route(r, action))
     return {
-        "name": "ingress",
-        "virtual_hosts": [{"name": "ingress", "domains": ["*"], "routes": routes}],
+        "name": INGRESS_ROUTE_CONFIG,
+        "virtual_hosts": [{"name": INGRESS_STAT_PREFIX, "domains": ["*"], "routes": routes}],
     }
 
 
@@ -431,7 +429,7 @@ def _ingress_route(r: IngressRoute, action: Json) -> Json:
         "name": r.name,
         "match": route_match(r.match),
         "route": action,
-        "stat_prefix": f"ingress.{r.name}",
+        "stat_prefix": ingress_route_stat_prefix(r.name),
     }
 
 
@@ -467,7 +465,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
                     "name": "envoy.filters.network.local_ratelimit",
                     "typed_config": {
                         "@type": TCP_LOCAL_RATELIMIT,
-                        "stat_prefix": "in",
+                        "stat_prefix": INBOUND_STAT_PREFIX,
                         "token_bucket": _bucket(rl.requests, rl.per_ms),
                     },
                 }
@@ -477,7 +475,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
                     "@type": TCP_PROXY,
-                    "stat_prefix": "in",
+                    "stat_prefix": INBOUND_STAT_PREFIX,
                     "cluster": "_app",
                     "max_connect_attempts": APP_CONNECT_ATTEMPTS,
                 },
@@ -495,7 +493,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
                 "name": RATELIMIT_FILTER,
                 "typed_config": {
                     "@type": LOCAL_RATELIMIT,
-                    "stat_prefix": "in",
+                    "stat_prefix": INBOUND_STAT_PREFIX,
                     "token_bucket": _bucket(rl.requests, rl.per_ms),
                     "filter_enabled": always,
                     "filter_enforced": always,
@@ -532,7 +530,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
             }
         ],
     }
-    filters = [_hcm("in", {"route_config": route_config}, http_filters)]
+    filters = [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters)]
     return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
 
 
@@ -649,7 +647,7 @@ def gateway_resources(
             _listener(
                 "ingress",
                 [("0.0.0.0", GATEWAY_PORT)],
-                [_hcm("ingress", _rds("ingress"))],
+                [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG))],
                 "INBOUND",
             )
         )

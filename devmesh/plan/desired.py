@@ -177,10 +177,9 @@ def hosts_text(mesh: Mesh, service: Service, pod: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _labels(project: str, role: str, **extra: str) -> tuple[tuple[str, str], ...]:
-    out = {labels.MANAGED: "1", labels.MESH: project, labels.ROLE: role}
-    for key, value in extra.items():
-        out[f"{labels.PREFIX}{key}"] = value
+def _labels(project: str, role: str, ident: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Every label of a container; `ident` maps label names (of `devmesh.labels`) to values."""
+    out = {labels.MANAGED: "1", labels.MESH: project, labels.ROLE: role, **ident}
     return tuple(sorted(out.items()))
 
 
@@ -246,12 +245,17 @@ def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tup
 def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica: int) -> PodSpec:
     project = inputs.project
     name = pod_name(project, service.name, version.name, replica)
-    ident = {"service": service.name, "version": version.name, "replica": str(replica), "pod": name}
+    ident = {
+        labels.SERVICE: service.name,
+        labels.VERSION: version.name,
+        labels.REPLICA: str(replica),
+        labels.POD: name,
+    }
     pause = ContainerSpec(
         name=name,
         role="pod",
         image=inputs.pause_image,
-        labels=_labels(project, "pod", **ident),
+        labels=_labels(project, "pod", ident),
         # Never restarted in place: a restarted owner has a new namespace and its members
         # would be cut off. A dead owner makes the daemon replace the pod whole.
         restart="no",
@@ -274,7 +278,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         name=f"{name}-app",
         role="app",
         image=inputs.app_images[(service.name, version.name)],
-        labels=_labels(project, "app", **ident),
+        labels=_labels(project, "app", ident),
         command=version.command,
         env=tuple(sorted(env.items())),
         network_mode=f"container:{name}",
@@ -290,7 +294,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         name=sidecar_name,
         role="sidecar",
         image=inputs.envoy_image,
-        labels=_labels(project, "sidecar", **ident),
+        labels=_labels(project, "sidecar", ident),
         entrypoint=(ENVOY_BINARY,),
         command=_envoy_command(),
         network_mode=f"container:{name}",
@@ -337,7 +341,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             name=name,
             role="gateway",
             image=inputs.envoy_image,
-            labels=_labels(inputs.project, "gateway", pod=name),
+            labels=_labels(inputs.project, "gateway", {labels.POD: name}),
             entrypoint=(ENVOY_BINARY,),
             command=_envoy_command(),
             network=network_name(inputs.project),

@@ -416,6 +416,7 @@ def test_bare_path_without_ingress_is_an_explain_error() -> None:
     [
         pytest.param("", "is not a URL", id="empty"),
         pytest.param("http://catalog/a b", "%20", id="space"),
+        pytest.param("http://[::1/x", "is not a URL", id="unclosed-ipv6-bracket"),
     ],
 )
 def test_unreadable_url_is_an_explain_error(url: str, words: str) -> None:
