@@ -13,6 +13,7 @@ import pytest
 
 from devmesh.adapters.engine import ContainerInfo, EngineError, EngineUnavailable
 from devmesh.adapters.images import ImageChoice, ImageError
+from devmesh.adapters.xds_cache import NodeStatus
 from devmesh.api import types as api
 from devmesh.core.limits import MAX_FILE_BYTES
 from devmesh.core.load import load_path
@@ -360,3 +361,24 @@ def test_health_drops_a_pod_only_after_failures_in_a_row() -> None:
     monitor.probe_now()
     assert not monitor.results()["p"].ok
     monitor.stop()
+
+
+def _synced(node_id: str) -> tuple[NodeStatus, bool]:
+    return NodeStatus(node_id, "group", True, {}, {}, None), True
+
+
+def test_a_hosts_file_that_cannot_be_written_is_an_error_not_ready(loop: Any) -> None:
+    """As on a full disk: the write fails, the pass says so, and nothing claims ready."""
+    controller = loop[0]
+    _healthy(controller)
+    controller._phase = "serving"
+    controller._set_view()
+    assert mesh_state(controller.view, _synced, "t", "f", None, ()).ready
+    pods = controller.state.path / "pods"
+    victim = next(p for p in pods.iterdir())
+    (victim / "hosts").unlink()
+    (victim / "hosts").mkdir()  # opening it to write now fails (IsADirectoryError)
+    controller._step([Tick()])
+    controller._set_view()
+    assert any("cannot write" in e for e in controller.view.errors)
+    assert not mesh_state(controller.view, _synced, "t", "f", None, ()).ready
