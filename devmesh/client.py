@@ -8,7 +8,6 @@ the daemon). Every call answers a typed value of `devmesh.api.types`, or raises:
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,8 @@ class DaemonRefused(MeshError):
         self.error = error
 
 
+FOLLOW_SILENCE = 10.0  # seconds of nothing on a followed log stream: the daemon is gone
+
 # Calls that only read: safe to send again on a new connection when a kept one went stale.
 _READS = frozenset({"/v1/state", "/v1/routes", "/v1/stats", "/v1/events", "/v1/logs"})
 
@@ -49,12 +50,13 @@ class DaemonClient:
 
     # -- transport ----------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Any, answer: type[T]) -> T:
+    def _call(self, method: str, path: str, body: Any, answer: type[T], wait: float = 0.0) -> T:
+        """`wait`: what the daemon may take for this call, beyond the client's timeout."""
         data = None if body is None else codec.dumps(body)
         if self.keep and path in _READS:
             status, payload = self._kept_exchange(method, path, data)
         else:
-            conn = UnixHTTPConnection(self.socket_path, self.timeout)
+            conn = UnixHTTPConnection(self.socket_path, max(self.timeout, wait))
             try:
                 status, payload = self._exchange(conn, method, path, data)
             except (OSError, http.client.HTTPException) as exc:
@@ -136,12 +138,12 @@ class DaemonClient:
 
     def reload(self, file: str | None = None) -> api.ReloadResult:
         # A reload rebuilds images and reconciles before it answers: allow it the time.
-        slow = DaemonClient(self.socket_path, timeout=max(self.timeout, 600))
-        return slow._call("POST", "/v1/reload", api.ReloadRequest(file), api.ReloadResult)
+        body = api.ReloadRequest(file)
+        return self._call("POST", "/v1/reload", body, api.ReloadResult, api.RELOAD_WAIT + 10)
 
     def shift(self, service: str, weights: dict[str, int], route: str | None) -> api.ShiftResult:
         body = api.ShiftRequest(service, dict(weights), route)
-        return self._call("POST", "/v1/shift", body, api.ShiftResult)
+        return self._call("POST", "/v1/shift", body, api.ShiftResult, api.CHANGE_TIMEOUT)
 
     def fault(
         self,
@@ -152,19 +154,21 @@ class DaemonClient:
     ) -> api.FaultResult:
         """Neither delay nor abort: clear the route's fault override."""
         body = api.FaultRequest(service, route, delay, abort)
-        return self._call("POST", "/v1/fault", body, api.FaultResult)
+        return self._call("POST", "/v1/fault", body, api.FaultResult, api.CHANGE_TIMEOUT)
 
     def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
         body = api.RestartRequest(pod=pod) if pod else api.RestartRequest(service=service)
-        return self._call("POST", "/v1/restart", body, api.RestartResult)
+        return self._call("POST", "/v1/restart", body, api.RestartResult, api.CHANGE_TIMEOUT)
 
     def logs(self, pod: str, tail: int = 100) -> api.LogsResult:
         """The last `tail` lines of the pod's app log."""
         return self._call("POST", "/v1/logs", api.LogsRequest(pod, tail), api.LogsResult)
 
     def follow_logs(self, service: str, tail: int | None = None) -> Iterator[api.LogLine]:
-        """A service's app log lines as they come, until no pod of it runs any more."""
-        conn = UnixHTTPConnection(self.socket_path, timeout=None)
+        """A service's app log lines as they come, until no pod of it runs any more. The
+        daemon sends a bare newline at least every second on a quiet log: `FOLLOW_SILENCE`
+        seconds without anything means it is frozen or gone (DaemonUnavailable)."""
+        conn = UnixHTTPConnection(self.socket_path, timeout=FOLLOW_SILENCE)
         try:
             try:
                 body = codec.dumps(api.FollowRequest(service, tail))
@@ -186,10 +190,15 @@ class DaemonClient:
                     return
                 *lines, buffer = (buffer + chunk).split(b"\n")
                 for line in lines:
+                    if not line.strip():
+                        continue  # the daemon's keepalive
                     try:
-                        yield codec.decode(api.LogLine, json.loads(line))
-                    except (ValueError, codec.DecodeError):
-                        continue  # not a line of the stream: skip it rather than stop
+                        yield codec.decode(api.LogLine, codec.loads(line))
+                    except codec.DecodeError as exc:
+                        raise DaemonUnavailable(
+                            f"the daemon on {self.socket_path} sent a line that is not a log "
+                            f"line: {exc}"
+                        ) from None
         finally:
             conn.close()
 

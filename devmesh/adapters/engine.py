@@ -290,6 +290,10 @@ class Engine:
                 err = job.exception()
                 if isinstance(err, docker.errors.APIError):
                     raise EngineError(f"cannot restart: {_explain(err)}")
+                if isinstance(err, requests.exceptions.RequestException):
+                    raise EngineUnavailable(f"lost the Docker engine: {_root_cause(err)}")
+                if err is not None:
+                    raise EngineError(f"cannot restart: {err}")
 
     def _check_ours(self, spec: ContainerSpec) -> None:
         try:

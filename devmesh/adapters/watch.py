@@ -41,6 +41,8 @@ class FileWatcher(FileSystemEventHandler):
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        if not self._thread.is_alive():  # never started (the daemon failed to start)
+            return
         self._observer.stop()
         self._observer.join(timeout=5)
         self._thread.join(timeout=5)

@@ -48,7 +48,10 @@ def dumps(value: Any) -> bytes:
 def loads(raw: bytes | str) -> Any:
     """JSON text to data, refusing what JSON does not have (NaN, Infinity) and nesting past
     MAX_DEPTH (Python's parser would recurse until RecursionError)."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not UTF-8: {exc}") from None
     depth = 0
     in_string = escaped = False
     for ch in text:  # a cheap pre-scan: json.loads itself has no depth limit
@@ -71,6 +74,8 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise DecodeError(f"not JSON this API takes: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -150,9 +155,13 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
             raise DecodeError(f"{_where(path)}expected a number, got {_kind(data)}")
-        if not math.isfinite(data):
-            raise DecodeError(f"{_where(path)}expected a finite number, got {data}")
-        return float(data)
+        try:
+            value = float(data)  # an integer too large for a float raises OverflowError
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise DecodeError(f"{_where(path)}expected a finite number, got {_kind(data)}")
+        return value
     if tp is str:
         if not isinstance(data, str):
             raise DecodeError(f"{_where(path)}expected a string, got {_kind(data)}")
@@ -168,6 +177,8 @@ def _kind(data: Any) -> str:
     if isinstance(data, str):
         shown = data if len(data) <= 40 else data[:37] + "..."
         return repr(shown)
+    if isinstance(data, int) and data.bit_length() > 128:
+        return "an integer too large to show"
     if isinstance(data, int | float):
         text = repr(data)
         return text if len(text) <= 40 else text[:37] + "..."

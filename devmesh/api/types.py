@@ -16,6 +16,12 @@ from enum import StrEnum
 
 API_VERSION = "v1"
 
+# How long the daemon lets a change wait, and so how long a client waits for its answer.
+LOOP_WAIT = 10.0  # seconds a change (shift, fault, restart) waits its turn on the daemon's loop
+PUSH_WAIT = 5.0  # then seconds it waits for the Envoys' ACK (answered with synced: false)
+RELOAD_WAIT = 600.0  # a reload (a second `up`) may build images first
+CHANGE_TIMEOUT = LOOP_WAIT + PUSH_WAIT + 5.0  # what a client waits for a change's answer
+
 
 class Phase(StrEnum):
     STARTING = "starting"

@@ -267,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
             return codec.decode(endpoint.request, data)
         except codec.DecodeError as exc:
             raise _Answer(400, ErrorCode.BAD_REQUEST, f"{where}: {exc}") from None
+        except (ValueError, OverflowError, RecursionError) as exc:  # not a value we can read
+            log.info("API %s: an unreadable body: %s", where, type(exc).__name__)
+            raise _Answer(400, ErrorCode.BAD_REQUEST, f"{where}: an unreadable body") from None
 
     def _run(self, endpoint: Endpoint, body: bytes) -> None:
         request = self._decode(endpoint, body)
@@ -318,6 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if self._client_gone():
                         log.debug("API client went away from stream %s", self.path)
                         self.close_connection = True
+                        return
+                    # A bare newline: the client knows the daemon is alive on a quiet stream.
+                    if not self._write(b"1\r\n\n\r\n" if chunked else b"\n"):
                         return
                 else:
                     try:

@@ -16,21 +16,17 @@ from typing import Any
 from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
-from devmesh.api.codec import decode
 from devmesh.core.limits import check_fault_values
 from devmesh.core.model import Abort, Delay, Fault
 from devmesh.core.problems import MeshError
-from devmesh.core.summary import mesh_routes_json
 from devmesh.daemon.api import Endpoint, Refusal
-from devmesh.daemon.controller import Controller, Refused
+from devmesh.daemon.controller import Controller
+from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.state import StateDir
-from devmesh.daemon.status import mesh_state
+from devmesh.daemon.status import mesh_state, routes
 from devmesh.envoy.names import sidecar_stats, unreadable
-
-PUSH_WAIT = 5.0  # seconds an API change waits for the sidecars to ACK it
-CALL_WAIT = 600.0  # seconds a change may wait for the loop (a reload may build images)
 
 
 class Handlers:
@@ -92,11 +88,7 @@ class Handlers:
 
     def routes(self) -> api.Routes:
         view = self._loop.view
-        data = mesh_routes_json(view.served)
-        for service in data["services"]:
-            for route in service["routes"]:
-                route["fault_override"] = (service["name"], route["name"]) in view.overrides
-        return decode(api.Routes, data)
+        return routes(view.served, view.overrides)
 
     def stats(self) -> api.Stats:
         """Each sidecar's (and the gateway's) counters, read from its admin socket, in mesh
@@ -151,11 +143,11 @@ class Handlers:
 
     # -- changes --------------------------------------------------------------------------------
 
-    def _on_loop(self, run: Callable[[Controller], Any]) -> Any:
+    def _on_loop(self, run: Callable[[Controller], Any], wait: float = api.LOOP_WAIT) -> Any:
         try:
-            return self._loop.call(run, CALL_WAIT)
+            return self._loop.call(run, wait)
         except Refused as exc:
-            raise Refusal(api.ErrorCode(exc.code), str(exc)) from None
+            raise Refusal(exc.code, str(exc)) from None
         except TimeoutError:
             raise Refusal(api.ErrorCode.UNAVAILABLE, "the daemon is busy; try again") from None
 
@@ -166,10 +158,10 @@ class Handlers:
         Envoy not answering); the change stays published either way."""
         groups = self._loop.view.published
         nodes = [s.node_id for s in self._xds.statuses() if s.connected and s.cluster in groups]
-        return self._xds.wait_synced(nodes, PUSH_WAIT)
+        return self._xds.wait_synced(nodes, api.PUSH_WAIT)
 
     def reload(self, req: api.ReloadRequest) -> api.ReloadResult:
-        problems = self._on_loop(lambda loop: loop.reload(req.file))
+        problems = self._on_loop(lambda loop: loop.reload(req.file), api.RELOAD_WAIT)
         return api.ReloadResult(ok=not problems, problems=problems)
 
     def shift(self, req: api.ShiftRequest) -> api.ShiftResult:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from devmesh.adapters.probe import probe
 from devmesh.api.types import EventKind, Severity
-from devmesh.core.model import Health
+from devmesh.core.model import HEALTH_INTERVAL_MS, Health
 from devmesh.daemon.eventlog import EventLog
 
 log = logging.getLogger("devmesh.health")
@@ -107,6 +107,8 @@ class HealthMonitor:
                 if self._round(force=False):
                     self._on_change(self.results())
             except Exception:
+                if self._stop.is_set():
+                    return  # the probe pool was shut down under a round: not a fault
                 log.exception("health probes failed")
 
     def _round(self, force: bool) -> bool:
@@ -135,7 +137,7 @@ class HealthMonitor:
             self._next_at.pop(gone, None)
         outcomes = list(self._pool.map(lambda t: self._check(t.ip, t.port, t.health), due))
         for t, (ok, reason) in zip(due, outcomes, strict=True):
-            interval = (t.health.interval_ms if t.health else 2000) / 1000
+            interval = (t.health.interval_ms if t.health else HEALTH_INTERVAL_MS) / 1000
             old = results[t.pod]
             if not ok and old.ok and old.failures + 1 < FAILURES_TO_DROP:
                 # Healthy until failures in a row confirm it: look again soon.

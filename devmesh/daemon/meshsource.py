@@ -25,6 +25,7 @@ class FileRead:
     digest: str
     mesh: Mesh | None
     problems: tuple[str, ...] = ()
+    unreadable: bool = False  # not read at all (missing, not a file, too large)
 
 
 def read_mesh(path: Path, base_dir: str) -> FileRead:
@@ -34,7 +35,7 @@ def read_mesh(path: Path, base_dir: str) -> FileRead:
         raw = read_mesh_bytes(name)
     except MeshError as exc:
         why = str(exc)
-        return FileRead("unreadable:" + hashlib.sha256(why.encode()).hexdigest(), None, (why,))
+        return FileRead(hashlib.sha256(why.encode()).hexdigest(), None, (why,), unreadable=True)
     digest = hashlib.sha256(raw).hexdigest()
     try:
         return FileRead(digest, load(read_text(raw, name), name, base_dir))
@@ -64,7 +65,7 @@ class MeshSource:
 
     def _on_save(self) -> None:
         found = self.read()
-        if found.mesh is None and found.digest.startswith("unreadable:"):
+        if found.unreadable:
             # Renamed away mid-save (editors do): look once more before reporting it.
             if self._pending != found.digest:
                 self._pending = found.digest

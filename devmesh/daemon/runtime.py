@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -147,28 +148,33 @@ class Daemon:
 
     def stop(self, teardown: bool = False) -> None:
         """Stop serving. With `teardown`, also remove the mesh; only a daemon that came up
-        may do that: one that failed to start must not remove what another one runs."""
+        may do that: one that failed to start must not remove what another one runs. Every
+        part is stopped even when another fails to (the lock is let go last)."""
         if self.phase == "stopping":
             return
         teardown = teardown and self.phase == "serving"
         self.phase = "stopping"
         self.request_stop()
-        self.controller.stop()
-        if self._api is not None:
-            self._api.stop()
-        self.xds.stop(grace=0.5)
-        self._stats.close()
-        self._log_tails.close()
-        if teardown:
-            containers, networks = self.engine.remove_all(self.project)
-            self.events.add(
-                EventKind.DAEMON, f"removed {containers} containers, {networks} networks"
-            )
-            self.state.remove()
-        elif self._lock_handle is not None:
-            self.state.pid_file.unlink(missing_ok=True)
-        if self._lock_handle is not None:
-            self._lock_handle.close()
+        try:
+            if not self.controller.stop():
+                log.warning("a pass under way did not end: the mesh is left as it is")
+                teardown = False  # the loop may still act on the engine
+            if self._api is not None:
+                _quietly("the API", self._api.stop)
+            _quietly("the xDS server", lambda: self.xds.stop(grace=0.5))
+            _quietly("the stats reader", self._stats.close)
+            _quietly("the log tails", self._log_tails.close)
+            if teardown:
+                containers, networks = self.engine.remove_all(self.project)
+                self.events.add(
+                    EventKind.DAEMON, f"removed {containers} containers, {networks} networks"
+                )
+                self.state.remove()
+            elif self._lock_handle is not None:
+                self.state.pid_file.unlink(missing_ok=True)
+        finally:
+            if self._lock_handle is not None:
+                self._lock_handle.close()
 
     def _preflight(self) -> None:
         ingress = effective(self.controller.view.mesh, {}, self.ingress_port).ingress
@@ -205,3 +211,11 @@ class Daemon:
     def _sweep_loop(self) -> None:
         while not self._stop.wait(1.0):
             self._log_tails.sweep()
+
+
+def _quietly(what: str, stop: Callable[[], object]) -> None:
+    """Stop one part; a failure is logged, and the others are stopped all the same."""
+    try:
+        stop()
+    except Exception:
+        log.exception("stopping %s failed", what)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from devmesh.adapters.xds_server import NodeStatus
 from devmesh.api import types as api
 from devmesh.core.addressing import GATEWAY_HOP_BASE
+from devmesh.core.explain import describe_match
+from devmesh.core.model import Fault, Mesh
 from devmesh.daemon.controller import View
 from devmesh.daemon.health import NOT_CHECKED, Result
 from devmesh.plan.desired import PodSpec
@@ -173,3 +175,55 @@ def _short_version(acked: dict[str, str]) -> str | None:
         return None
     joined = "".join(v for _, v in sorted(acked.items()))
     return hashlib.sha256(joined.encode()).hexdigest()[:8]
+
+
+def routes(mesh: Mesh, overrides: frozenset[tuple[str, str]]) -> api.Routes:
+    """`GET /v1/routes`: every service's routes as served (`mesh` is the effective one)."""
+    services = []
+    for service in mesh.services:
+        infos = tuple(
+            api.RouteInfo(
+                name=r.name,
+                match=describe_match(r.match),
+                to={t.version: t.weight for t in r.to},
+                retries=None
+                if r.retries is None
+                else api.RetrySpec(r.retries.attempts, r.retries.on),
+                timeout_ms=r.timeout_ms,
+                fault=None if r.fault is None else _fault_spec(r.fault),
+                mirror=None
+                if r.mirror is None
+                else api.MirrorSpec(r.mirror.service, r.mirror.version, r.mirror.percent),
+                fault_override=(service.name, r.name) in overrides,
+            )
+            for r in service.routes
+        )
+        services.append(
+            api.ServiceRoutes(
+                name=service.name,
+                protocol=service.protocol,
+                port=service.port,
+                versions={v.name: v.replicas for v in service.versions},
+                routes=infos,
+            )
+        )
+    ingress = None
+    if mesh.ingress is not None:
+        ingress = api.IngressRoutes(
+            address=f"{mesh.ingress.host}:{mesh.ingress.port}",
+            routes=tuple(
+                api.IngressRoute(r.name, describe_match(r.match), r.service)
+                for r in mesh.ingress.routes
+            ),
+        )
+    return api.Routes(mesh.name, tuple(services), ingress)
+
+
+def _fault_spec(fault: Fault) -> api.FaultSpec:
+    delay, abort = fault.delay, fault.abort
+    return api.FaultSpec(
+        delay=None if delay is None else api.DelaySpec(delay.fixed_ms, delay.percent),
+        abort=None
+        if abort is None
+        else api.AbortSpec(abort.percent, abort.http_status, abort.grpc_status),
+    )

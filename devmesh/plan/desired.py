@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -119,10 +118,6 @@ def proxy_user(uid: int, gid: int) -> str:
     return f"{uid}:{gid}"
 
 
-def daemon_user() -> str:
-    return proxy_user(os.geteuid(), os.getegid())
-
-
 @dataclass(frozen=True, slots=True)
 class Inputs:
     """What the daemon resolved before planning."""
@@ -133,7 +128,9 @@ class Inputs:
     pause_image: str
     app_images: Mapping[tuple[str, str], str]  # (service, version) -> image id
     failed: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    proxy_user: str = field(default_factory=daemon_user)  # "UID:GID" of sidecars, gateway
+    # "UID:GID" of sidecars and the gateway: proxy_user() of the daemon's user (the daemon
+    # asks the OS; this module does no I/O). Nobody's, where a caller does not say.
+    proxy_user: str = "65534:65534"
 
 
 def network_name(project: str) -> str:
@@ -317,10 +314,6 @@ def _proxy_binds(inputs: Inputs, name: str) -> tuple[tuple[str, str, str], ...]:
     )
 
 
-def gateway_cluster(mesh: Mesh) -> str:
-    return gateway_group(mesh)  # the name is the Envoy layer's; the daemon still calls this
-
-
 def desired(mesh: Mesh, inputs: Inputs) -> Desired:
     pods = []
     for service in mesh.services:
@@ -348,7 +341,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             dns=("127.0.0.1",),
             ports=tuple(ports),  # host port 0: any free one, read back from Docker
             binds=_proxy_binds(inputs, name),
-            files=(_bootstrap_file(inputs.state_dir, name, name, gateway_cluster(mesh)),),
+            files=(_bootstrap_file(inputs.state_dir, name, name, gateway_group(mesh)),),
             user=inputs.proxy_user,
             mem_limit=GATEWAY_MEMORY,
             **PROXY_HARDENING,

@@ -30,9 +30,10 @@ from devmesh.adapters.engine import Engine
 from devmesh.adapters.images import ensure_envoy_image
 from devmesh.core.explain import explain
 from devmesh.core.load import load, load_path
+from devmesh.daemon.reconciler import daemon_user
 from devmesh.envoy.bootstrap import static_bootstrap
 from devmesh.envoy.resources import gateway_resources
-from devmesh.plan.desired import Inputs, daemon_user, desired, network_name, pod_dir
+from devmesh.plan.desired import Inputs, desired, network_name, pod_dir
 from devmesh.unixhttp import UnixHTTPConnection
 from tests.e2e.conftest import PROJECTS, Mesh, request, sweep
 

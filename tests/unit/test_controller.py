@@ -15,19 +15,20 @@ from devmesh.adapters.engine import ContainerInfo, EngineError, EngineUnavailabl
 from devmesh.adapters.images import ImageChoice, ImageError
 from devmesh.adapters.xds_cache import NodeStatus
 from devmesh.api import types as api
+from devmesh.api.types import Phase
 from devmesh.core.limits import MAX_FILE_BYTES
 from devmesh.core.load import load_path
 from devmesh.core.model import Abort, Fault
 from devmesh.daemon.controller import (
-    RECHECK,
     ContainerDied,
     Controller,
     FileChanged,
-    Refused,
     Tick,
 )
+from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.meshsource import read_mesh
+from devmesh.daemon.reconciler import RECHECK
 from devmesh.daemon.state import StateDir
 from devmesh.daemon.status import mesh_state
 from devmesh.envoy.snapshot import Snapshot, SnapshotError
@@ -213,12 +214,12 @@ def test_a_dead_container_is_looked_at_until_the_engine_agrees(loop: Any) -> Non
     cid = engine.kill(gateway, lag=2)  # the engine's list says "running" twice more
     controller._step([ContainerDied(gateway, cid)])
     assert len(engine.applied) == 1  # the list still says running: nothing planned yet
-    assert controller._next_wake() == pytest.approx(clock.now + RECHECK)
+    assert controller.reconciler.next_wake() == pytest.approx(clock.now + RECHECK)
     controller._step([Tick()])
     controller._step([Tick()])
     assert len(engine.applied) == 2
     assert engine.applied[1].start == (cid,)  # a stopped gateway is started again
-    assert controller._next_wake() > clock.now + RECHECK  # back to the safety-net timer
+    assert controller.reconciler.next_wake() > clock.now + RECHECK  # back to the safety-net timer
 
 
 def test_a_fault_that_cannot_be_served_is_refused_and_not_kept(loop: Any) -> None:
@@ -256,7 +257,7 @@ def test_engine_loss_shows_and_its_return_reconciles(loop: Any) -> None:
     state = mesh_state(controller.view, lambda node: (None, False), "t", "f", None, ())
     assert not state.ready and not state.engine.ok
     assert {p.state for p in state.pods} == {api.PodState.ENGINE_DOWN}
-    assert controller._next_wake() <= clock.now + 1.0  # looks again soon
+    assert controller.reconciler.next_wake() <= clock.now + 1.0  # looks again soon
     engine.down = False
     cid = engine.kill("t-gateway")  # it went down with the engine
     controller._step([Tick()])
@@ -326,8 +327,8 @@ def test_a_new_daemon_adopts_running_pods_without_an_empty_first_push(loop: Any)
     try:
         assert len(engine.applied) == 1  # nothing recreated: the pods are adopted as they run
         assert len(xds.published) == 1
-        endpoints = second._published[1] if second._published else {}
-        assert sorted(endpoints) == sorted(
+        served = second.publisher._published[1] if second.publisher._published else {}
+        assert sorted(served) == sorted(
             (s.name, v.name) for s in second.view.mesh.services for v in s.versions
         )
     finally:
@@ -371,7 +372,7 @@ def test_a_hosts_file_that_cannot_be_written_is_an_error_not_ready(loop: Any) ->
     """As on a full disk: the write fails, the pass says so, and nothing claims ready."""
     controller = loop[0]
     _healthy(controller)
-    controller._phase = "serving"
+    controller._phase = Phase.SERVING
     controller._set_view()
     assert mesh_state(controller.view, _synced, "t", "f", None, ()).ready
     pods = controller.state.path / "pods"
@@ -382,3 +383,19 @@ def test_a_hosts_file_that_cannot_be_written_is_an_error_not_ready(loop: Any) ->
     controller._set_view()
     assert any("cannot write" in e for e in controller.view.errors)
     assert not mesh_state(controller.view, _synced, "t", "f", None, ()).ready
+
+
+def test_routes_are_served_as_typed_values_with_the_api_fault_marked(loop: Any) -> None:
+    from devmesh.daemon.status import routes
+
+    controller = loop[0]
+    controller.set_fault("catalog", None, Fault(abort=Abort(50, 503)))
+    controller._set_view()
+    served = routes(controller.view.served, controller.view.overrides)
+    catalog = served.service("catalog")
+    assert catalog is not None
+    main = next(r for r in catalog.routes if r.name == "main")
+    assert main.fault_override and main.fault is not None and main.fault.abort is not None
+    assert main.fault.abort.status == 503 and main.fault.abort.percent == 50
+    assert sum(main.to.values()) == 100
+    assert served.ingress is not None and served.ingress.address.endswith(":18080")

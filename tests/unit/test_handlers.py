@@ -50,6 +50,12 @@ def test_a_fault_out_of_range_is_refused(body: dict[str, object]) -> None:
         pytest.param('["c"]', id="not-an-object"),
         pytest.param('{"abort": null}', id="no-service"),
         pytest.param("[" * 1000 + "]" * 1000, id="deep"),
+        pytest.param('{"service": "c", "abort": {"status": ' + "9" * 5000 + "}}", id="5000-digits"),
+        pytest.param(
+            '{"service": "c", "delay": {"fixed_ms": 1, "percent": 1' + "0" * 400 + "}}",
+            id="float-overflow",
+        ),
+        pytest.param('{"service": 1' + "0" * 400 + "}", id="huge-int-for-a-string"),
     ],
 )
 def test_a_fault_body_that_is_not_a_fault_does_not_decode(text: str) -> None:

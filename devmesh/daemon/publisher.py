@@ -1,0 +1,61 @@
+"""Config delivery: render the whole mesh, check every node group's snapshot, hand them all
+to the xDS cache at once. Owned and called by the loop alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from devmesh.adapters.engine import ContainerInfo
+from devmesh.adapters.xds_server import XdsServer
+from devmesh.api.types import EventKind, Severity
+from devmesh.core.model import Mesh
+from devmesh.core.problems import MeshError
+from devmesh.daemon.eventlog import EventLog
+from devmesh.daemon.health import Result
+from devmesh.envoy.render import render
+from devmesh.envoy.snapshot import SnapshotError, new_snapshots
+from devmesh.plan.desired import Desired
+
+Endpoints = dict[tuple[str, str], list[str]]
+
+
+def endpoints(
+    want: Desired | None, infos: Mapping[str, ContainerInfo], health: Mapping[str, Result]
+) -> Endpoints:
+    """(service, version) -> the addresses of its pods whose current app passes its check."""
+    out: Endpoints = {}
+    for pod in want.pods if want else ():
+        info, app, result = infos.get(pod.name), infos.get(pod.app.name), health.get(pod.name)
+        if info and info.ip and app and result and result.ok and result.app_id == app.id:
+            out.setdefault((pod.service, pod.version), []).append(info.ip)
+    return out
+
+
+class Publisher:
+    def __init__(self, xds: XdsServer, events: EventLog) -> None:
+        self._xds = xds
+        self._events = events
+        self._published: tuple[Mesh, Endpoints, str | None] | None = None
+        self.groups: frozenset[str] = frozenset()  # node groups served
+        self.error: str | None = None  # why the last config could not be delivered
+
+    def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
+        """False (and `error` says why) if the config could not be served; what the Envoys
+        have stays as it was."""
+        key = (mesh, served, host)
+        if key == self._published and self.error is None:
+            return True  # the timer's passes over an unchanged mesh build nothing
+        try:
+            # Without the host's address (no network yet) the gateway's hops admit anyone;
+            # the pass after the network exists pushes them locked to the host.
+            snapshots = new_snapshots(render(mesh, served, host))
+            self._xds.set_snapshots(snapshots)
+        except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
+            if self.error != str(exc):
+                self._events.add(EventKind.PUSH, f"config not delivered: {exc}", "", Severity.ERROR)
+            self.error = str(exc)
+            return False
+        self.error = None
+        self.groups = frozenset(snapshots)
+        self._published = key
+        return True
