@@ -170,7 +170,7 @@ class PrivateEngine:
 
     def client(self, timeout: int = 10) -> docker.DockerClient:
         # API 1.41: the engine's own (20.10); saying it skips the version round trip.
-        return docker.DockerClient(base_url=self.host, version="1.41", timeout=timeout)
+        return docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
 
     @property
     def pid(self) -> int | None:
@@ -189,6 +189,10 @@ class PrivateEngine:
             "--iptables=false",  # leave the main engine's rules alone
             "--ip-masq=false",  # nothing from its containers leaves the machine
             "--default-address-pool", f"base={self.pool},size=24",
+            # Should dockerd find a system containerd and use it after all, its containers
+            # stay apart from the main engine's (another namespace).
+            "--containerd-namespace", f"devmesh-e2e-{os.getpid()}",
+            "--containerd-plugins-namespace", f"devmesh-e2e-{os.getpid()}-plugins",
             # No --containerd: dockerd supervises a containerd of its own under the exec
             # root; it dies with dockerd (SIGKILL included) while the shims, and so the
             # containers, live on until the next dockerd kills them (no live-restore).
@@ -325,7 +329,11 @@ class PrivateEngine:
         finally:
             if save.stdout is not None:
                 save.stdout.close()
-            save.wait(60)
+            try:
+                save.wait(60)
+            except subprocess.TimeoutExpired:
+                save.kill()
+                save.wait()
         if save.returncode != 0 or load.returncode != 0:
             raise RuntimeError(
                 f"copying {present} into the private engine failed: {load.stderr.decode()}"
