@@ -103,6 +103,7 @@ class Engine:
                     version=lab.get(labels.VERSION, ""),
                     config_hash=lab.get(labels.CONFIG_HASH, ""),
                     state=state,
+                    replica=_number(lab.get(labels.REPLICA)),
                 )
             )
             nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
@@ -406,6 +407,10 @@ class Engine:
                 if owner is not None and member is not None and _started(member) < _started(owner):
                     stale.append(str(member["Name"]).lstrip("/"))
         return stale
+
+
+def _number(label: str | None) -> int:
+    return int(label) if label and label.isdigit() and len(label) < 6 else 0
 
 
 def _started(attrs: dict[str, Any]) -> str:

@@ -34,25 +34,9 @@ def project_name(file: Path, project: str | None) -> str:
     has problems elsewhere: `ps`, `down` and `logs` of a mesh being edited still work)."""
     if project is not None:
         return check_project(project)
-    return check_project(declared_name(file))
+    from devmesh.core.load import declared_name
 
-
-def declared_name(file: Path) -> str:
-    from devmesh.core.load import load_path
-    from devmesh.core.problems import MeshInvalid
-    from devmesh.core.source import parse, read_text
-
-    try:
-        return load_path(str(file)).name
-    except MeshInvalid as exc:
-        try:
-            located, _ = parse(read_text(file.read_bytes(), str(file)), str(file))
-            name = located.data.get("mesh") if isinstance(located.data, dict) else None
-        except (MeshError, OSError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-        raise exc from None
+    return check_project(declared_name(str(file)))
 
 
 def parse_weights(items: list[str]) -> dict[str, int]:

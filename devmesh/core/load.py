@@ -54,7 +54,7 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
-from devmesh.core.problems import MeshInvalid, Path, Problem, did_you_mean, short
+from devmesh.core.problems import MeshError, MeshInvalid, Path, Problem, did_you_mean, short
 from devmesh.core.schema import mesh_spec
 from devmesh.core.source import parse, read_mesh_bytes, read_text
 from devmesh.core.spec import Ctx, TooManyProblems
@@ -74,6 +74,22 @@ def load_path(path: str, *, allow_stdin: bool = False) -> Mesh:
     file = "<stdin>" if path == "-" else path
     base = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
     return load(read_text(raw, file), file, base_dir=base)
+
+
+def declared_name(path: str) -> str:
+    """The `mesh:` name of a mesh file, also while the file has problems elsewhere (a
+    command aimed at a running instance may come in the middle of an edit)."""
+    try:
+        return load_path(path).name
+    except MeshInvalid as exc:
+        try:
+            located, _ = parse(read_text(read_mesh_bytes(path), path), path)
+            name = located.data.get("mesh") if isinstance(located.data, dict) else None
+        except MeshError:
+            name = None
+        if isinstance(name, str) and name:
+            return name
+        raise exc from None
 
 
 def load(text: str, file: str = "devmesh.yaml", base_dir: str = ".") -> Mesh:

@@ -41,7 +41,7 @@ from devmesh.core.addressing import GATEWAY_PORT
 from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError
 from devmesh.daemon.state import StateDir
-from devmesh.plan.desired import gateway_name, pod_name
+from devmesh.plan.desired import gateway_name
 from devmesh.plan.plan import Observed
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def state_from_engine(
                 pod=o.pod,
                 service=o.service,
                 version=o.version,
-                replica=_replica(project, o),
+                replica=o.replica,
                 state=state,
                 reason=reason,
                 address=owner.ip if owner else None,
@@ -202,14 +202,6 @@ def state_from_engine(
         pods=tuple(pods),
         gateway=gateway,
     )
-
-
-def _replica(project: str, o: Observed) -> int:
-    # Observed carries no replica label yet: match the one name builder instead of parsing.
-    for replica in range(1024):
-        if pod_name(project, o.service, o.version, replica) == o.pod:
-            return replica
-    return 0
 
 
 def _is_stopped(pid: int) -> bool:
@@ -395,10 +387,12 @@ def start_background(
             start_new_session=True,  # outlives this command and its terminal
         )
     answers = DaemonClient(state.api_socket, timeout=ANSWER_TIMEOUT)
+    heard = time.monotonic()  # the last sign of life: a log line, or an answer
     with open(state.log_file, "rb") as reader:
         reader.seek(start)  # show this start's lines only
         while True:
             for line in reader.readlines():
+                heard = time.monotonic()
                 show(line.decode(errors="replace").rstrip())
             code = proc.poll()
             if code is not None:
@@ -408,8 +402,11 @@ def start_background(
                 raise DaemonExited(code, state.log_file)
             with contextlib.suppress(MeshError):
                 found = answers.state()
+                heard = time.monotonic()
                 if found.phase is api.Phase.SERVING and found.pid == proc.pid:
                     return Serving(proc.pid, True, found)
+            if time.monotonic() - heard > SILENCE_LIMIT:  # neither writes nor answers: stuck
+                raise DaemonNotAnswering(project, proc.pid, _is_stopped(proc.pid), SILENCE_LIMIT)
             time.sleep(0.1)
 
 

@@ -64,6 +64,9 @@ def pods_of(engine: LogEngine, project: str, service: str) -> list[str]:
     )
 
 
+MAX_LINE = 64 * 1024  # bytes of one log line held before it is shown anyway
+
+
 @dataclass
 class _Item:
     line: api.LogLine | None = None
@@ -134,6 +137,9 @@ def follow_ticking(
                 if done():
                     break
                 *complete, partial = (partial + chunk).split(b"\n")
+                if len(partial) > MAX_LINE:  # a log without newlines: shown in pieces
+                    complete.append(partial)
+                    partial = b""
                 for raw in complete:
                     put(_Item(api.LogLine(pod, _decode(raw))))
             if partial and not done():

@@ -25,6 +25,7 @@ class Observed:
     version: str
     config_hash: str
     state: str  # created | running | restarting | exited | paused | dead | removing
+    replica: int = 0
 
 
 @dataclass(frozen=True, slots=True)

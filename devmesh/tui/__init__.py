@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from devmesh.client import DaemonClient
 from devmesh.tui.app import MeshApp, make_app
@@ -18,23 +17,3 @@ def run(
     """Run the TUI in this terminal until the user quits (or `stop_when()` turns true)."""
     reader = connect(client.socket_path, client.timeout)  # its reads on a kept connection
     make_app(reader, owns_mesh=owns_mesh, stop_when=stop_when).run()
-
-
-def mesh_name(file: Path) -> str:
-    """The `mesh:` name in a mesh file, also while the file has problems elsewhere (someone
-    attaching to a running mesh may be in the middle of an edit)."""
-    from devmesh.core.load import load_path
-    from devmesh.core.problems import MeshError, MeshInvalid
-    from devmesh.core.source import parse, read_text
-
-    try:
-        return load_path(str(file)).name
-    except MeshInvalid as exc:
-        try:
-            located, _ = parse(read_text(file.read_bytes(), str(file)), str(file))
-            name = located.data.get("mesh") if isinstance(located.data, dict) else None
-        except (MeshError, OSError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-        raise exc from None

@@ -51,7 +51,8 @@ def test_the_ingress_port_adopts_a_running_gateway(
 
 def _obs(name: str, role: str, pod: str, state: str = "running") -> Observed:
     service, version = ("web", "v1") if role != "gateway" else ("", "")
-    return Observed(name, name, role, pod, service, version, "h", state)
+    replica = int(pod.rsplit("-", 1)[1]) if role != "gateway" else 0  # as its label says
+    return Observed(name, name, role, pod, service, version, "h", state, replica)
 
 
 def _info(name: str, state: str = "running", **kw: object) -> ContainerInfo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_a_second_pass_over_what_runs_plans_nothing() -> None:
     assert plan(want, _running(want)).empty
 
 
-def _with(observed: list[Observed], name: str, **changes: str) -> list[Observed]:
+def _with(observed: list[Observed], name: str, **changes: Any) -> list[Observed]:
     return [dataclasses.replace(o, **changes) if o.name == name else o for o in observed]
 
 

@@ -251,8 +251,8 @@ def test_wait_synced_waits_for_every_node_at_the_newest_snapshot() -> None:
 
     a.take_push()  # a runs the shifted routes; b has not taken the push
     cache.set_snapshots(first)  # back: now b is synced again and a has fallen behind
-    time.sleep(0.05)
-    assert result == []  # every node had been seen synced, but never all at once
+    waiter.join(timeout=0.3)  # a wrong "synced" would come back within this
+    assert result == [] and waiter.is_alive()  # each node was synced once, never all at once
     a.take_push()
     waiter.join(timeout=5)
     assert result == [True]
