@@ -18,6 +18,7 @@ from devmesh.envoy.resources import (
     Endpoints,
     Json,
     Resources,
+    Shared,
     gateway_resources,
     placeholder_endpoints,
     sidecar_node,
@@ -57,10 +58,11 @@ def render(
     """Node group -> its complete configuration, for every group of the mesh (node_groups'
     order). Pure: the same mesh and endpoints give equal resources."""
     out: dict[str, Resources] = {}
+    shared: Shared = {}  # what every caller gets alike, made once (see resources._shared)
     for service in mesh.services:
         for version in service.versions:
             group = sidecar_node(mesh, service.name, version.name)
-            out[group] = sidecar_resources(mesh, service, version, endpoints)
+            out[group] = sidecar_resources(mesh, service, version, endpoints, shared)
     if mesh.has_gateway:
         out[gateway_group(mesh)] = gateway_resources(mesh, endpoints, host_address)
     return out

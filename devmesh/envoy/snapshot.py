@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +48,37 @@ def digest(item: Json) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+Digests = dict[int, str]  # id(resource) -> digest, for one call that holds the resources
+
+
+def _digest(item: Json, seen: Digests | None) -> str:
+    """`digest`, once per object while `seen` lives: a render hands every caller of a service
+    the same route config, clusters and endpoints objects."""
+    if seen is None:
+        return digest(item)
+    found = seen.get(id(item))
+    if found is None:
+        found = seen[id(item)] = digest(item)
+    return found
+
+
+_WALKS: dict[tuple[str, str], tuple[str, ...]] = {}  # (what, digest) -> names found
+_WALKS_LIMIT = 20_000
+
+
+def _walked(
+    what: str, key: str, item: Json, walk: Callable[[Any], Iterator[str]]
+) -> tuple[str, ...]:
+    """The names `walk` finds in a resource, remembered by its digest (a resource is the
+    same wherever and whenever it appears: a push walks only what changed)."""
+    found = _WALKS.get((what, key))
+    if found is None:
+        if len(_WALKS) >= _WALKS_LIMIT:
+            _WALKS.clear()  # crude, and rare: a mesh has far fewer distinct resources
+        found = _WALKS[(what, key)] = tuple(walk(item))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class TypeSnapshot:
     """The resources of one type, in the order they are served."""
@@ -59,9 +90,9 @@ class TypeSnapshot:
     digests: tuple[str, ...]  # per resource: the cache packs each distinct one only once
 
     @classmethod
-    def of(cls, type_url: str, items: Iterable[Json]) -> TypeSnapshot:
+    def of(cls, type_url: str, items: Iterable[Json], seen: Digests | None = None) -> TypeSnapshot:
         items = tuple(items)
-        digests = tuple(digest(item) for item in items)
+        digests = tuple(_digest(item, seen) for item in items)
         version = hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
         names = tuple(str(item.get(NAME_KEY[type_url], "")) for item in items)
         return cls(type_url, version, names, items, digests)
@@ -77,13 +108,13 @@ class Snapshot:
     endpoints: TypeSnapshot
 
     @classmethod
-    def of(cls, resources: Resources) -> Snapshot:
+    def of(cls, resources: Resources, seen: Digests | None = None) -> Snapshot:
         """The value, unchecked (see `new_snapshot`)."""
         return cls(
-            TypeSnapshot.of(LISTENER, resources.listeners),
-            TypeSnapshot.of(ROUTE, resources.routes),
-            TypeSnapshot.of(CLUSTER, resources.clusters),
-            TypeSnapshot.of(ENDPOINT, resources.endpoints),
+            TypeSnapshot.of(LISTENER, resources.listeners, seen),
+            TypeSnapshot.of(ROUTE, resources.routes, seen),
+            TypeSnapshot.of(CLUSTER, resources.clusters, seen),
+            TypeSnapshot.of(ENDPOINT, resources.endpoints, seen),
         )
 
     def of_type(self, type_url: str) -> TypeSnapshot:
@@ -106,8 +137,13 @@ class Snapshot:
     def references(self) -> dict[str, frozenset[str]]:
         """The RDS and EDS names the listeners and clusters refer to: what an Envoy must
         have asked for, been sent and ACKed before it runs this snapshot."""
+        listeners = self.listeners
+        rds = (
+            _walked("rds", d, item, _rds_names)
+            for d, item in zip(listeners.digests, listeners.items, strict=True)
+        )
         return {
-            ROUTE: frozenset(_rds_names(list(self.listeners.items))),
+            ROUTE: frozenset(name for names in rds for name in names),
             ENDPOINT: frozenset(_eds_names(self.clusters.items)),
         }
 
@@ -129,8 +165,8 @@ class Snapshot:
         clusters = set(self.clusters.names)
         routed: dict[str, str] = {}
         for typed in (self.listeners, self.routes):
-            for owner, item in zip(typed.names, typed.items, strict=True):
-                for name in _cluster_names(item):
+            for owner, d, item in zip(typed.names, typed.digests, typed.items, strict=True):
+                for name in _walked("cds", d, item, _cluster_names):
                     routed.setdefault(name, f"{SHORT[typed.type_url]} {owner!r}")
         for name, owner in sorted(routed.items()):
             if name not in clusters:
@@ -144,10 +180,10 @@ class Snapshot:
             raise SnapshotError(problems)
 
 
-def new_snapshot(resources: Resources, group: str = "") -> Snapshot:
+def new_snapshot(resources: Resources, group: str = "", seen: Digests | None = None) -> Snapshot:
     """A checked snapshot of one node group. Raises SnapshotError (each problem prefixed with
     `group`) rather than return one that would leave an Envoy waiting."""
-    snapshot = Snapshot.of(resources)
+    snapshot = Snapshot.of(resources, seen)
     problems = snapshot.problems()
     if problems:
         raise SnapshotError(f"{group}: {p}" if group else p for p in problems)
@@ -159,9 +195,10 @@ def new_snapshots(groups: Mapping[str, Resources]) -> dict[str, Snapshot]:
     One SnapshotError lists the problems of every group at once."""
     out: dict[str, Snapshot] = {}
     problems: list[str] = []
+    seen: Digests = {}  # while `groups` holds every resource: ids are not reused meanwhile
     for group, resources in groups.items():
         try:
-            out[group] = new_snapshot(resources, group)
+            out[group] = new_snapshot(resources, group, seen)
         except SnapshotError as e:
             problems += e.problems
     if problems:
