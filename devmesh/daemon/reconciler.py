@@ -20,7 +20,7 @@ from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import Desired, Inputs, desired, hosts_file, hosts_text, proxy_user
-from devmesh.plan.plan import plan
+from devmesh.plan.plan import Observed, plan
 
 log = logging.getLogger("devmesh.daemon")
 RECONCILE_EVERY = 15.0  # seconds: a safety net; events and saves trigger a pass at once
@@ -63,6 +63,7 @@ class Reconciler:
         self.next_pass = 0.0
         self._failed_passes = 0
         self._dead: dict[str, float] = {}  # container id -> until when to look again
+        self._acted: set[str] = set()  # of those, the ones a pass already planned as dead
 
     def died(self, container_id: str) -> None:
         """Docker said it died: look until the engine's list agrees (it trails the event)."""
@@ -90,6 +91,7 @@ class Reconciler:
                 push_early()
             actual, infos = self.engine.look(self.project)
             self._engine_back()
+            actual = self._believe_deaths(actual)
             errors += self._write_hosts(mesh, want)
             todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
             if todo.ensure_network:
@@ -182,12 +184,26 @@ class Reconciler:
                 errors.append(f"{pod.name}: cannot write {path}: {exc.strerror}")
         return errors
 
+    def _believe_deaths(self, actual: list[Observed]) -> list[Observed]:
+        """Docker's `die` event comes first and its list says `running` a moment longer:
+        plan a container it said died as stopped now, not after the list catches up (a
+        start of one that still runs is a no-op; the next look corrects either way)."""
+        if not self._dead:
+            return actual
+        return [
+            dataclasses.replace(o, state="exited")
+            if o.id in self._dead and o.state == "running"
+            else o
+            for o in actual
+        ]
+
     def _forget_dead(self) -> None:
         now = self._clock()
         running = {i.id for i in self.infos.values() if i.state == "running"}
         self._dead = {
             cid: until for cid, until in self._dead.items() if cid in running and until > now
         }
+        self._acted &= self._dead.keys()
 
     def _engine_lost(self, detail: str) -> None:
         if self.engine_ok:
