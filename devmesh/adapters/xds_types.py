@@ -6,6 +6,7 @@ the ADS server sends, and rejects any dict whose field names Envoy's API does no
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -45,8 +46,10 @@ MESSAGES: dict[str, Any] = {
 
 def to_proto(type_url: str, data: dict[str, Any]) -> Any:
     """Parse a resource dict strictly: an unknown field raises json_format.ParseError."""
-    return json_format.ParseDict(data, MESSAGES[type_url]())
+    # A copy: ParseDict takes '@type' out of every Any and puts it back last, reordering the
+    # caller's dicts (rendered resources are shared between node groups and renders).
+    return json_format.ParseDict(copy.deepcopy(data), MESSAGES[type_url]())
 
 
 def bootstrap_proto(data: dict[str, Any]) -> Any:
-    return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+    return json_format.ParseDict(copy.deepcopy(data), bootstrap_pb2.Bootstrap())
