@@ -40,6 +40,7 @@ from devmesh.client import DaemonClient, DaemonUnavailable
 from devmesh.core.addressing import GATEWAY_PORT
 from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError
+from devmesh.daemon.podstate import container_state
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import gateway_name
 from devmesh.plan.plan import Observed
@@ -162,18 +163,10 @@ def state_from_engine(
     pods = []
     for o in sorted((o for o in observed if o.role == "pod"), key=lambda o: o.name):
         owner, app, sidecar = info(o.pod, "pod"), info(o.pod, "app"), info(o.pod, "sidecar")
-        if owner is None or owner.state != "running":
-            state, reason = api.PodState.STARTING, f"namespace owner {o.state}"
-        elif app is None:
-            state, reason = api.PodState.STARTING, "app container missing"
-        elif app.state != "running":
-            state = api.PodState.CRASHING
-            reason = f"app {app.state} (exit code {app.exit_code}, restarted {app.restarts} times)"
-        elif sidecar is None or sidecar.state != "running":
-            state = api.PodState.SIDECAR_DOWN
-            reason = f"sidecar {sidecar.state if sidecar else 'missing'}"
-        else:
-            state, reason = api.PodState.UNHEALTHY, "not checked: no daemon runs"
+        state, reason = container_state(owner, app, sidecar) or (
+            api.PodState.UNHEALTHY,
+            "not checked: no daemon runs",
+        )
         pods.append(
             api.Pod(
                 pod=o.pod,

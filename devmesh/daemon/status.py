@@ -14,6 +14,7 @@ from devmesh.core.explain import describe_match
 from devmesh.core.model import Fault, Mesh
 from devmesh.daemon.controller import View
 from devmesh.daemon.health import NOT_CHECKED, Result
+from devmesh.daemon.podstate import container_state
 from devmesh.plan.desired import PodSpec
 
 XdsLookup = Callable[[str], "tuple[NodeStatus | None, bool]"]  # node id -> (status, synced)
@@ -71,19 +72,9 @@ def _pod_state(
         return S.ENGINE_DOWN, f"the container engine does not answer ({view.engine_detail})"
     if broken:
         return S.FAILED, broken[0]
-    if info is None:
-        return S.STARTING, "pod starting"
-    if info.state != "running":
-        return S.STARTING, f"namespace owner {info.state}"
-    if app is None:
-        return S.STARTING, "app container missing"
-    if app.state != "running":
-        return (
-            S.CRASHING,
-            f"app exiting (exit code {app.exit_code}, restarted {app.restarts} times)",
-        )
-    if sidecar is None or sidecar.state != "running":
-        return S.SIDECAR_DOWN, "sidecar not running"
+    containers = container_state(info, app, sidecar)
+    if containers is not None or app is None:  # (app is known when containers is None)
+        return containers or (S.STARTING, "app container missing")
     if view.push_error is not None:
         return S.SYNCING, f"config not delivered: {view.push_error}"
     if node is not None and node.nack is not None:
