@@ -21,19 +21,8 @@ from devmesh.core.problems import MeshError
 from devmesh.envoy.render import render
 from devmesh.envoy.resources import placeholder_endpoints
 from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, new_snapshots
+from tests.unit.test_snapshot_cache import FRONT, MESH
 
-MESH = """
-mesh: t
-services:
-  front: {image: f, port: 8000, calls: [back]}
-  back:
-    image: b
-    port: 8000
-    versions: {v1: {}, v2: {}}
-    routes:
-      - to: {v1: 75, v2: 25}
-"""
-FRONT = "t/front/default"
 NAMES: dict[str, tuple[str, ...]] = {
     CLUSTER: (),
     ENDPOINT: ("back|v1", "back|v2"),

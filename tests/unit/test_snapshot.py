@@ -23,22 +23,12 @@ from devmesh.envoy.snapshot import (
     new_snapshot,
     new_snapshots,
 )
+from tests.unit.test_render import SHOP
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH_FILES = [*sorted(ROOT.glob("examples/*/devmesh.yaml")), ROOT / "tests/data/everything.yaml"]
 
-MESH = """
-mesh: t
-services:
-  front: {image: f, port: 8000, calls: [back, db]}
-  back:
-    image: b
-    port: 8000
-    versions: {v1: {}, v2: {replicas: 2}}
-    routes:
-      - to: {v1: 75, v2: 25}
-  db: {image: d, port: 5432, protocol: tcp}
-"""
+MESH = SHOP  # front calls back (two versions) and db (tcp)
 
 
 def _front() -> Resources:
