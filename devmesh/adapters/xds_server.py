@@ -215,11 +215,9 @@ class XdsServer:
     def __init__(
         self,
         socket_path: str | os.PathLike[str],
-        max_workers: int | None = None,
         cache: SnapshotCache | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
-        del max_workers  # accepted for the thread server's callers; streams are coroutines
         self.cache = cache if cache is not None else SnapshotCache()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

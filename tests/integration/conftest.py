@@ -139,7 +139,7 @@ def mesh() -> Iterator[Mesh]:
 
 @pytest.fixture
 def xds(tmp_path: Path) -> Iterator[XdsServer]:
-    server = XdsServer(tmp_path / "xds.sock", max_workers=4)
+    server = XdsServer(tmp_path / "xds.sock")
     server.start()
     try:
         yield server
