@@ -53,6 +53,7 @@ from devmesh.core.model import (
     Target,
     ValueMatch,
     Version,
+    WatchRule,
 )
 from devmesh.core.problems import MeshError, MeshInvalid, Path, Problem, did_you_mean, short
 from devmesh.core.schema import mesh_spec
@@ -221,6 +222,7 @@ class _Builder:
         else:
             routes = self.http_routes(at, name, raw)
         health = self.health(at, raw, protocol)
+        watch = self.watch_rules(at, raw, versions)
         od = self.policy(raw, "outlier_detection")
         pool = self.policy(raw, "connection_pool") or {}
         rl = self.policy(raw, "rate_limit")
@@ -255,6 +257,7 @@ class _Builder:
             else RateLimit(requests=rl["requests"], per_ms=rl.get("per", RATE_LIMIT_PER_MS)),
             app_connect_timeout_ms=self.policy(raw, "app_connect_timeout")
             or DEFAULT_APP_CONNECT_TIMEOUT_MS,
+            watch=watch,
             security=Security(
                 no_new_privileges=(self.policy(raw, "security") or {}).get(
                     "no_new_privileges", True
@@ -309,11 +312,53 @@ class _Builder:
                 context=build["context"],
                 dockerfile=build.get("dockerfile"),
                 args=tuple(sorted(build.get("args", {}).items())),
+                target=build.get("target"),
+                secrets=tuple(sorted(build.get("secrets", {}).items())),
             ),
             env=tuple(sorted(merged.get("env", {}).items())),
             command=None if command is None else tuple(command),
             replicas=merged.get("replicas", REPLICAS),
         )
+
+    def watch_rules(
+        self, at: Path, raw: dict[str, Any], versions: tuple[Version, ...]
+    ) -> tuple[WatchRule, ...]:
+        """`develop: watch:` as compose reads it: sync needs an absolute `target` in the
+        container; rebuild needs something to build."""
+        out = []
+        for i, rule in enumerate(raw.get("develop", {}).get("watch", ())):
+            here = (*at, "develop", "watch", i)
+            action, target = rule.get("action"), rule.get("target")
+            if action is None or "path" not in rule:
+                continue  # reported by the structural check
+            if action in ("sync", "sync+restart"):
+                if target is None:
+                    self.error(here, f"action {action} needs a `target` in the container")
+                    continue
+                if not target.startswith("/"):
+                    self.error(
+                        (*here, "target"),
+                        f"'{short(target)}' is not an absolute path in the container",
+                    )
+                    continue
+            elif target is not None:
+                self.error((*here, "target"), f"action {action} takes no target (sync does)")
+                continue
+            if action == "rebuild" and not any(v.build for v in versions):
+                self.error(
+                    (*here, "action"),
+                    "rebuild needs a `build:` on the service or one of its versions",
+                )
+                continue
+            out.append(
+                WatchRule(
+                    path=rule["path"],
+                    action=action,
+                    target=target,
+                    ignore=tuple(rule.get("ignore", ())),
+                )
+            )
+        return tuple(out)
 
     def check_dockerfile(self, at: Path, build: dict[str, Any]) -> None:
         """The Dockerfile must be inside the build context, symlinks followed.

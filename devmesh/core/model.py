@@ -155,6 +155,24 @@ class Build:
     context: str  # relative to the mesh file's directory, as written
     dockerfile: str | None = None
     args: tuple[tuple[str, str], ...] = ()
+    target: str | None = None  # the stage of a multi-stage Dockerfile to build
+    # id -> file (relative to the mesh file's directory) for `RUN --mount=type=secret,id=`
+    secrets: tuple[tuple[str, str], ...] = ()
+
+
+WatchAction = Literal["sync", "rebuild", "sync+restart", "restart"]
+WATCH_ACTIONS: tuple[WatchAction, ...] = ("sync", "rebuild", "sync+restart", "restart")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRule:
+    """One `develop: watch:` entry, in compose's words: a change under `path` syncs the
+    files into the running app containers at `target`, rebuilds the image, or restarts."""
+
+    path: str  # relative to the mesh file's directory, as written
+    action: WatchAction
+    target: str | None = None  # absolute, in the app container (sync actions only)
+    ignore: tuple[str, ...] = ()  # glob patterns, relative to `path`
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +200,7 @@ class Service:
     rate_limit: RateLimit | None = None
     app_connect_timeout_ms: int = DEFAULT_APP_CONNECT_TIMEOUT_MS
     security: Security = Security()
+    watch: tuple[WatchRule, ...] = ()  # `develop: watch:`
 
     @property
     def is_http(self) -> bool:

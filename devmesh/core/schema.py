@@ -31,6 +31,7 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    WATCH_ACTIONS,
 )
 from devmesh.core.problems import Path, short
 from devmesh.core.spec import (
@@ -357,9 +358,41 @@ build_spec = ByType(
                 "context": Field(Str(), required=True),
                 "dockerfile": Field(Str()),
                 "args": Field(_env),
+                "target": Field(Str(), description="the stage of a multi-stage Dockerfile"),
+                "secrets": Field(
+                    MapOf(Str(), key_pattern=r"[A-Za-z0-9_.-]+", key_hint="a secret id"),
+                    description="secret id -> file (relative to the mesh file), for "
+                    "`RUN --mount=type=secret,id=...` (BuildKit)",
+                ),
             }
         ),
     }
+)
+
+watch_rule_spec = Obj(
+    {
+        "path": Field(Str(), required=True, description="relative to the mesh file"),
+        "action": Field(
+            Enum(WATCH_ACTIONS),
+            required=True,
+            description="sync: copy changed files into the running app containers; "
+            "rebuild: build the image and roll the pods; restart: restart the app; "
+            "sync+restart: both",
+        ),
+        "target": Field(Str(), description="where the files go in the app container (sync)"),
+        "ignore": Field(ListOf(Str()), description="glob patterns relative to `path`"),
+    }
+)
+
+develop_spec = Obj(
+    {
+        "watch": Field(
+            ListOf(watch_rule_spec, min_items=1),
+            required=True,
+            description="what the daemon does when files change",
+        )
+    },
+    description="the code-edit loop, in compose's `develop:` words",
 )
 
 _workload_fields = {
@@ -421,6 +454,7 @@ service_spec = Obj(
         "routes": Field(
             ListOf(route_spec, min_items=1, max_items=MAX_ROUTES), description="first match wins"
         ),
+        "develop": Field(develop_spec),
     }
 )
 
