@@ -12,6 +12,7 @@ SERVICE = PREFIX + "service"
 VERSION = PREFIX + "version"
 REPLICA = PREFIX + "replica"
 POD = PREFIX + "pod"  # the pod's name, shared by its pause, app and sidecar containers
+GENERATION = PREFIX + "generation"  # a replica's pods, numbered: a roll makes the next one
 ROLE = PREFIX + "role"  # pod (namespace owner) | app | sidecar | gateway | network | image
 CONFIG_HASH = PREFIX + "config-hash"  # recreate only when this differs from the desired one
 

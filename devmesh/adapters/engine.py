@@ -104,6 +104,7 @@ class Engine:
                     config_hash=lab.get(labels.CONFIG_HASH, ""),
                     state=state,
                     replica=_number(lab.get(labels.REPLICA)),
+                    generation=_number(lab.get(labels.GENERATION)),
                 )
             )
             nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}

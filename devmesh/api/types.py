@@ -41,6 +41,7 @@ class PodState(StrEnum):
     NACKED = "nacked"  # the sidecar rejected its config; it serves the last one it took
     SYNCING = "syncing"  # config pushed, not ACKed yet
     UNHEALTHY = "unhealthy"  # the app's health check fails (or has not passed yet)
+    DRAINING = "draining"  # a roll's old pod: out of the endpoints, ends in-flight requests
     READY = "ready"
 
     @property
@@ -137,6 +138,9 @@ class Pod:
     restarts: int = 0
     sidecar: str = "missing"
     xds: XdsStatus = field(default_factory=XdsStatus)
+    # A roll's old pod: it serves until its successor (same service, version, replica) is
+    # ready, then drains and is removed. Not counted in the mesh's `ready`.
+    retiring: bool = False
 
     @property
     def ready(self) -> bool:

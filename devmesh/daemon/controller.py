@@ -35,11 +35,12 @@ from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
 from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
 from devmesh.daemon.meshsource import FileRead, MeshSource
-from devmesh.daemon.publisher import Publisher, endpoints
-from devmesh.daemon.reconciler import Reconciler
+from devmesh.daemon.publisher import Publisher, endpoints, serves
+from devmesh.daemon.reconciler import ROLL_CHECK, Reconciler
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import Desired
 from devmesh.plan.effective import effective, kept_overrides
+from devmesh.plan.roll import Retiring
 
 log = logging.getLogger("devmesh.daemon")
 STOP_WAIT = 30.0  # seconds stop() waits for a pass under way (an image build) to end
@@ -109,6 +110,7 @@ class View:
     engine_detail: str = ""
     push_error: str | None = None
     published: frozenset[str] = frozenset()  # node groups served
+    retiring: tuple[Retiring, ...] = ()  # a roll's old pods: serving, or draining
 
 
 class Controller:
@@ -144,6 +146,7 @@ class Controller:
         self._overrides: Mapping[tuple[str, str], Fault | None] = {}  # replaced, never changed
         self._health: Mapping[str, Result] = {}
         self._phase = Phase.STARTING
+        self._unconfigured = False  # a healthy pod waits for its sidecar's first ACK
         self.view = self._view()
         self._thread = threading.Thread(target=self._run, name="loop", daemon=True)
 
@@ -191,7 +194,10 @@ class Controller:
 
     def _run(self) -> None:
         while True:
-            wait = max(0.0, self.reconciler.next_wake() - self._clock())
+            wake = self.reconciler.next_wake()
+            if self._unconfigured:  # no event says "ACKed": look again soon
+                wake = min(wake, self._clock() + ROLL_CHECK)
+            wait = max(0.0, wake - self._clock())
             try:
                 command: Command = self._queue.get(timeout=wait)
             except queue.Empty:
@@ -333,18 +339,16 @@ class Controller:
         return chosen.name
 
     def restart(self, service: str | None, pod: str | None) -> tuple[str, ...]:
+        """A rolling restart: each chosen pod gets a new pod beside it; the old one serves
+        until the new one does, then drains (plan/roll.py). Answers the pods replaced."""
         want = self.reconciler.desired
         chosen = [p for p in (want.pods if want else ()) if p.name == pod or p.service == service]
         if not chosen:
             what = f"pod {pod!r}" if pod else f"service {service!r}"
             raise Refused(ErrorCode.NOT_FOUND, f"no {what} runs in mesh '{self.project}'")
-        names = [p.app.name for p in chosen]
-        try:
-            self.engine.restart(names)
-        except MeshError as exc:
-            raise Refused(ErrorCode.UNAVAILABLE, str(exc)) from None
-        self.events.add(EventKind.RESTART, f"restarted {', '.join(names)}")
-        self.reconciler.next_pass = self._clock()  # look at what the restart changed
+        names = [p.name for p in chosen]
+        self.reconciler.roll({p.slot for p in chosen})
+        self.events.add(EventKind.RESTART, f"rolling restart of {', '.join(names)}")
         return tuple(names)
 
     def overrides(self) -> Mapping[tuple[str, str], Fault | None]:
@@ -356,7 +360,8 @@ class Controller:
         return effective(self.file.mesh, self._overrides, self.ingress_port)
 
     def _reconcile(self, why: str) -> None:
-        if not self.reconciler.run(self._served(), why, self._publish):
+        configured = self.publisher.configured
+        if not self.reconciler.run(self._served(), why, self._publish, self._health, configured):
             return  # the engine does not answer: the Envoys keep what they have
         if self._phase is Phase.STARTING:  # adopted pods keep their traffic: no empty push
             self._set_targets()
@@ -365,21 +370,28 @@ class Controller:
 
     def _publish(self) -> bool:
         r = self.reconciler
-        return self.publisher.publish(
-            self._served(), endpoints(r.desired, r.infos, self._health), r.host
+        served = endpoints(r.desired, r.infos, self._health, r.retiring, self.publisher.configured)
+        self._unconfigured = any(
+            not self.publisher.configured(p.node_id)
+            and serves(p.name, p.app.name, p.node_id, r.infos, self._health, lambda _: True)
+            for p in (r.desired.pods if r.desired else ())
         )
+        return self.publisher.publish(self._served(), served, r.host)
 
     def _set_targets(self) -> None:
         want, infos, mesh = self.reconciler.desired, self.reconciler.infos, self.file.mesh
         targets = []
-        for pod in want.pods if want else ():
-            owner, app = infos.get(pod.name), infos.get(pod.app.name)
-            if not owner or not owner.ip or not app or not mesh.has_service(pod.service):
+        pods = [(p.name, p.app.name, p.service) for p in want.pods] if want else []
+        # A roll's old pods are probed too: they serve until their successor does.
+        pods += [(r.name, r.app, r.service) for r in self.reconciler.retiring]
+        for name, app_name, service_name in pods:
+            owner, app = infos.get(name), infos.get(app_name)
+            if not owner or not owner.ip or not app or not mesh.has_service(service_name):
                 continue
-            service = mesh.service(pod.service)
+            service = mesh.service(service_name)
             running = app.state == "running"
             targets.append(
-                Target(pod.name, app.id, owner.ip, service.port, service.health, running, app.state)
+                Target(name, app.id, owner.ip, service.port, service.health, running, app.state)
             )
         self.health.set_targets(tuple(targets))
 
@@ -403,6 +415,7 @@ class Controller:
             engine_detail=r.engine_detail,
             push_error=self.publisher.error,
             published=self.publisher.groups,
+            retiring=r.retiring,
         )
 
     def _set_view(self) -> None:

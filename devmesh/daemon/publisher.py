@@ -3,7 +3,7 @@ to the xDS cache at once. Owned and called by the loop alone."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.adapters.xds_server import XdsServer
@@ -13,21 +13,56 @@ from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.envoy.render import render
-from devmesh.envoy.snapshot import SnapshotError, new_snapshots
+from devmesh.envoy.snapshot import LISTENER, SnapshotError, new_snapshots
 from devmesh.plan.desired import Desired
+from devmesh.plan.roll import Retiring
 
 Endpoints = dict[tuple[str, str], list[str]]
+Configured = Callable[[str], bool]  # sidecar node id -> it has taken a config (ACKed once)
+
+
+def serves(
+    pod: str,
+    app_name: str,
+    sidecar: str,
+    infos: Mapping[str, ContainerInfo],
+    health: Mapping[str, Result],
+    configured: Configured,
+) -> bool:
+    """A pod belongs in its version's endpoints: it has an address, its current app passes
+    its check, and its sidecar has taken a config (else callers would reach a pod whose
+    inbound listener does not exist yet). Once taken, a later push's ACK does not matter:
+    requiring "synced" would drop every pod for the few ms after each push."""
+    info, app, result = infos.get(pod), infos.get(app_name), health.get(pod)
+    return bool(
+        info
+        and info.ip
+        and app
+        and result
+        and result.ok
+        and result.app_id == app.id
+        and configured(sidecar)
+    )
 
 
 def endpoints(
-    want: Desired | None, infos: Mapping[str, ContainerInfo], health: Mapping[str, Result]
+    want: Desired | None,
+    infos: Mapping[str, ContainerInfo],
+    health: Mapping[str, Result],
+    retiring: Iterable[Retiring] = (),
+    configured: Configured = lambda _node: True,
 ) -> Endpoints:
-    """(service, version) -> the addresses of its pods whose current app passes its check."""
+    """(service, version) -> the addresses of its pods that serve (see `serves`): the
+    wanted pods, and the old pods of a roll that keep serving until their successor does."""
     out: Endpoints = {}
-    for pod in want.pods if want else ():
-        info, app, result = infos.get(pod.name), infos.get(pod.app.name), health.get(pod.name)
-        if info and info.ip and app and result and result.ok and result.app_id == app.id:
-            out.setdefault((pod.service, pod.version), []).append(info.ip)
+    wanted = want.pods if want else ()
+    pods = [(p.name, p.app.name, p.sidecar.name, p.service, p.version) for p in wanted]
+    pods += [(r.name, r.app, r.sidecar, r.service, r.version) for r in retiring if r.serving]
+    for name, app, sidecar, service, version in pods:
+        if serves(name, app, sidecar, infos, health, configured):
+            ip = infos[name].ip
+            assert ip is not None
+            out.setdefault((service, version), []).append(ip)
     return out
 
 
@@ -38,6 +73,14 @@ class Publisher:
         self._published: tuple[Mesh, Endpoints, str | None] | None = None
         self.groups: frozenset[str] = frozenset()  # node groups served
         self.error: str | None = None  # why the last config could not be delivered
+
+    def configured(self, node_id: str) -> bool:
+        """The Envoy with this node id is connected and has ACKed a listener config."""
+        try:
+            status = self._xds.status(node_id)
+        except KeyError:  # never connected
+            return False
+        return status.connected and LISTENER in status.acked
 
     def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
         """False (and `error` says why) if the config could not be served; what the Envoys

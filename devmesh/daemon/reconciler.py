@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from devmesh.adapters.engine import ContainerInfo, Engine, EngineError, EngineUnavailable
@@ -18,15 +18,19 @@ from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
+from devmesh.daemon.health import Result
+from devmesh.daemon.publisher import Configured, serves
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import Desired, Inputs, desired, hosts_file, hosts_text, proxy_user
 from devmesh.plan.plan import Observed, plan
+from devmesh.plan.roll import POD_ROLES, Retiring, Slot, bump, generations, retire, to_roll
 
 log = logging.getLogger("devmesh.daemon")
 RECONCILE_EVERY = 15.0  # seconds: a safety net; events and saves trigger a pass at once
 RECHECK = 0.1  # seconds between looks while the engine still reports a dead container running
 RECHECK_FOR = 1.0  # ... for at most this long (measured: the list trails by about 0.4 s)
 ENGINE_RETRY = 0.5  # seconds between looks while the engine does not answer
+ROLL_CHECK = 0.1  # seconds between looks while a roll runs (new pod ready? drain over?)
 
 
 def daemon_user() -> str:
@@ -64,36 +68,71 @@ class Reconciler:
         self._failed_passes = 0
         self._dead: dict[str, float] = {}  # container id -> until when to look again
         self._acted: set[str] = set()  # of those, the ones a pass already planned as dead
+        # Rolls (plan/roll.py): the old pods kept for now, what the last pass saw of the
+        # generations, and the replicas a restart asked to roll.
+        self.retiring: tuple[Retiring, ...] = ()
+        self._generations: dict[Slot, int] = {}
+        self._forced: set[Slot] = set()
 
     def died(self, container_id: str) -> None:
         """Docker said it died: look until the engine's list agrees (it trails the event)."""
         self._dead[container_id] = self._clock() + RECHECK_FOR
 
+    def roll(self, slots: set[Slot]) -> None:
+        """A restart: these replicas get a new pod at the next pass, the old ones drain."""
+        self._forced |= slots
+        self.next_pass = self._clock()
+
+    @property
+    def rolling(self) -> bool:
+        return bool(self.retiring or self._forced)
+
     def next_wake(self) -> float:
         if self._dead:
             return self._clock() + RECHECK
+        if self.rolling:
+            return min(self.next_pass, self._clock() + ROLL_CHECK)
         if not self.engine_ok:
             return self._clock() + ENGINE_RETRY
         return self.next_pass
 
-    def run(self, mesh: Mesh, why: str, push_early: Callable[[], object]) -> bool:
+    def run(
+        self,
+        mesh: Mesh,
+        why: str,
+        push_early: Callable[[], object],
+        health: Mapping[str, Result] | None = None,
+        configured: Configured = lambda _node: True,
+    ) -> bool:
         """One pass for `mesh` (the effective one). `push_early` is called when the pods
         stay as they are, before asking the engine anything (a routing change reaches the
-        Envoys without waiting for it). False when the engine does not answer."""
+        Envoys without waiting for it). `health` and `configured` say which pods serve
+        (a roll's old pod leaves when its successor does). False when the engine does not
+        answer."""
         self.next_pass = self._clock() + RECONCILE_EVERY
         if self._failed_passes:  # a container that cannot start is not retried in a tight loop
             self.next_pass = self._clock() + min(30.0, 0.5 * 2**self._failed_passes)
         errors: list[str] = []
         engine_errors: list[EngineError] = []
         try:
-            want = self._desired_for(mesh)
-            if want == self.desired:
+            inputs = self._inputs(mesh)
+            want = self._want(mesh, inputs, self._generations)
+            if want == self.desired and not self._forced:
                 push_early()
             actual, infos = self.engine.look(self.project)
             self._engine_back()
             actual = self._believe_deaths(actual)
+            want, rolled = self._roll(mesh, inputs, want, actual)
+            ready = self._serving(actual, infos, health or {}, configured)
+            retiring = retire(want, actual, ready, self._draining(), self._clock())
+            self._tell_retired(retiring)
             errors += self._write_hosts(mesh, want)
-            todo = plan(want, actual, network_exists=self.engine.network_exists(want.network))
+            todo = plan(
+                want,
+                actual,
+                network_exists=self.engine.network_exists(want.network),
+                keep=frozenset(r.name for r in retiring),
+            )
             if todo.ensure_network:
                 self.host = None  # a new network: its gateway may differ
             if not todo.empty:
@@ -119,6 +158,8 @@ class Reconciler:
         self.errors = tuple(errors + [str(e) for e in engine_errors if not e.container])
         self.desired = want
         self.infos = infos
+        self.retiring = retiring
+        self._forced -= rolled
         self._forget_dead()
         return True
 
@@ -130,14 +171,59 @@ class Reconciler:
         except EngineUnavailable as exc:
             self._engine_lost(str(exc))
 
-    def _desired_for(self, mesh: Mesh) -> Desired:
-        inputs = self._inputs(mesh)
-        want = desired(mesh, inputs)
+    def _want(self, mesh: Mesh, inputs: Inputs, gens: Mapping[Slot, int]) -> Desired:
+        want = desired(mesh, dataclasses.replace(inputs, generations=dict(gens)))
         if inputs.failed and self.desired is not None:
             # A version that cannot run its new spec keeps its old pods, serving.
             kept = tuple(p for p in self.desired.pods if (p.service, p.version) in inputs.failed)
             want = dataclasses.replace(want, pods=want.pods + kept)
         return want
+
+    def _roll(
+        self, mesh: Mesh, inputs: Inputs, want: Desired, actual: list[Observed]
+    ) -> tuple[Desired, frozenset[Slot]]:
+        """What should run, at the generations that run; a replica whose running pod
+        changed (or that a restart names) is asked for at the next generation: a new pod
+        beside the old one, which retire() keeps until the new one serves."""
+        gens = generations(actual)
+        if gens != self._generations:
+            want = self._want(mesh, inputs, gens)
+        self._generations = gens
+        rolled = to_roll(want, actual, self._forced)
+        if rolled:
+            want = self._want(mesh, inputs, bump(gens, rolled))
+            new = sorted(p.name for p in want.pods if p.slot in rolled)
+            self.events.add(EventKind.RECONCILE, f"rolling: new pod(s) {', '.join(new)}")
+        return want, rolled
+
+    def _serving(
+        self,
+        actual: list[Observed],
+        infos: Mapping[str, ContainerInfo],
+        health: Mapping[str, Result],
+        configured: Configured,
+    ) -> frozenset[str]:
+        """The pods (old and new) that are in their version's endpoints now."""
+        members: dict[str, dict[str, str]] = {}
+        for obs in actual:
+            if obs.role in POD_ROLES:
+                members.setdefault(obs.pod, {})[obs.role] = obs.name
+        return frozenset(
+            pod
+            for pod, names in members.items()
+            if "app" in names
+            and "sidecar" in names
+            and serves(pod, names["app"], names["sidecar"], infos, health, configured)
+        )
+
+    def _draining(self) -> dict[str, float]:
+        return {r.name: r.until for r in self.retiring if r.until is not None}
+
+    def _tell_retired(self, retiring: tuple[Retiring, ...]) -> None:
+        before = self._draining()
+        for r in retiring:
+            if r.until is not None and r.name not in before:
+                self.events.add(EventKind.RECONCILE, "left the endpoints; draining", r.name)
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None

@@ -16,6 +16,7 @@ from devmesh.daemon.controller import View
 from devmesh.daemon.health import NOT_CHECKED, Result
 from devmesh.daemon.podstate import container_state
 from devmesh.plan.desired import PodSpec
+from devmesh.plan.roll import Retiring
 
 XdsLookup = Callable[[str], "tuple[NodeStatus | None, bool]"]  # node id -> (status, synced)
 
@@ -34,13 +35,20 @@ def xds_status(status: NodeStatus | None, synced: bool) -> api.XdsStatus:
     )
 
 
-def pod_status(view: View, pod: PodSpec, xds: XdsLookup) -> api.Pod:
+def pod_status(view: View, pod: PodSpec | Retiring, xds: XdsLookup) -> api.Pod:
+    """A wanted pod, or a roll's old one (serving until its successor does, or draining)."""
+    if isinstance(pod, PodSpec):
+        app_name, sidecar_name, draining = pod.app.name, pod.sidecar.name, False
+    else:
+        app_name, sidecar_name, draining = pod.app, pod.sidecar, not pod.serving
     info = view.infos.get(pod.name)
-    app = view.infos.get(pod.app.name)
-    sidecar = view.infos.get(pod.sidecar.name)
+    app = view.infos.get(app_name)
+    sidecar = view.infos.get(sidecar_name)
     health = view.health.get(pod.name)
-    node, synced = xds(pod.node_id)
-    state, reason = _pod_state(view, pod, node, synced, health)
+    node, synced = xds(sidecar_name)
+    state, reason = _pod_state(view, (pod.name, app_name, sidecar_name), node, synced, health)
+    if draining and state is not api.PodState.ENGINE_DOWN:
+        state, reason = api.PodState.DRAINING, "replaced: out of the endpoints, draining"
     return api.Pod(
         pod=pod.name,
         service=pod.service,
@@ -53,19 +61,24 @@ def pod_status(view: View, pod: PodSpec, xds: XdsLookup) -> api.Pod:
         restarts=app.restarts if app else 0,
         sidecar=sidecar.state if sidecar else "missing",
         xds=xds_status(node, synced),
+        retiring=isinstance(pod, Retiring),
     )
 
 
 def _pod_state(
-    view: View, pod: PodSpec, node: NodeStatus | None, synced: bool, health: Result | None
+    view: View,
+    names: tuple[str, str, str],
+    node: NodeStatus | None,
+    synced: bool,
+    health: Result | None,
 ) -> tuple[api.PodState, str]:
-    info = view.infos.get(pod.name)
-    app = view.infos.get(pod.app.name)
-    sidecar = view.infos.get(pod.sidecar.name)
+    """`names`: the pod's, its app's and its sidecar's."""
+    pod_name, app_name, sidecar_name = names
+    info = view.infos.get(pod_name)
+    app = view.infos.get(app_name)
+    sidecar = view.infos.get(sidecar_name)
     broken = [
-        view.start_errors[n]
-        for n in (pod.name, pod.sidecar.name, pod.app.name)
-        if n in view.start_errors
+        view.start_errors[n] for n in (pod_name, sidecar_name, app_name) if n in view.start_errors
     ]
     S = api.PodState
     if not view.engine_ok:
@@ -126,6 +139,7 @@ def mesh_state(
 ) -> api.MeshState:
     want = view.desired
     pods = tuple(pod_status(view, p, xds) for p in want.pods) if want else ()
+    pods += tuple(pod_status(view, r, xds) for r in view.retiring)
     gateway = gateway_status(view, xds)
     failed = [api.Failure(s, v, r) for (s, v), r in view.failed.items()]
     failed += [
@@ -137,7 +151,7 @@ def mesh_state(
         and view.push_error is None
         and not view.errors
         and not failed
-        and all(p.ready for p in pods)
+        and all(p.ready for p in pods if not p.retiring)
         and (gateway is None or gateway.ready)
     )
     return api.MeshState(

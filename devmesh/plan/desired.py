@@ -80,6 +80,12 @@ class PodSpec:
     pause: ContainerSpec
     app: ContainerSpec
     sidecar: ContainerSpec
+    generation: int = 0
+
+    @property
+    def slot(self) -> tuple[str, str, int]:
+        """The replica this pod is one generation of: (service, version, replica)."""
+        return (self.service, self.version, self.replica)
 
     @property
     def node_id(self) -> str:
@@ -131,14 +137,20 @@ class Inputs:
     # "UID:GID" of sidecars and the gateway: proxy_user() of the daemon's user (the daemon
     # asks the OS; this module does no I/O). Nobody's, where a caller does not say.
     proxy_user: str = "65534:65534"
+    # (service, version, replica) -> the generation its pod is made as (0 where not given).
+    # A roll asks for the next one: a new pod under a new name beside the old (plan/roll.py).
+    generations: Mapping[tuple[str, str, int], int] = field(default_factory=dict)
 
 
 def network_name(project: str) -> str:
     return f"devmesh-{project}"
 
 
-def pod_name(project: str, service: str, version: str, replica: int) -> str:
-    return f"{project}-{service}-{version}-{replica}"
+def pod_name(project: str, service: str, version: str, replica: int, generation: int = 0) -> str:
+    """A replica's first pod keeps the plain name; each roll's pod gets `-gN`: old and new
+    run side by side while a roll drains the old one, so their names must differ."""
+    base = f"{project}-{service}-{version}-{replica}"
+    return base if generation == 0 else f"{base}-g{generation}"
 
 
 def gateway_name(project: str) -> str:
@@ -241,13 +253,16 @@ def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tup
 
 def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica: int) -> PodSpec:
     project = inputs.project
-    name = pod_name(project, service.name, version.name, replica)
+    generation = inputs.generations.get((service.name, version.name, replica), 0)
+    name = pod_name(project, service.name, version.name, replica, generation)
     ident = {
         labels.SERVICE: service.name,
         labels.VERSION: version.name,
         labels.REPLICA: str(replica),
         labels.POD: name,
     }
+    if generation:  # absent on a first pod: pods made before rolls existed keep their hash
+        ident[labels.GENERATION] = str(generation)
     pause = ContainerSpec(
         name=name,
         role="pod",
@@ -301,7 +316,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         mem_limit=SIDECAR_MEMORY,
         **PROXY_HARDENING,
     )
-    return PodSpec(name, service.name, version.name, replica, pause, app, sidecar)
+    return PodSpec(name, service.name, version.name, replica, pause, app, sidecar, generation)
 
 
 def _proxy_binds(inputs: Inputs, name: str) -> tuple[tuple[str, str, str], ...]:

@@ -26,6 +26,7 @@ class Observed:
     config_hash: str
     state: str  # created | running | restarting | exited | paused | dead | removing
     replica: int = 0
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,14 @@ _GONE = ("dead", "removing")
 _STOPPED = ("created", "exited")
 
 
-def plan(desired: Desired, actual: Iterable[Observed], network_exists: bool = True) -> Plan:
+def plan(
+    desired: Desired,
+    actual: Iterable[Observed],
+    network_exists: bool = True,
+    keep: frozenset[str] = frozenset(),
+) -> Plan:
+    """`keep`: pods `desired` does not list that stay for now (old pods of a roll, serving
+    or draining: plan/roll.py)."""
     by_pod: dict[str, dict[str, Observed]] = {}
     extra: list[Observed] = []
     for obs in actual:
@@ -104,13 +112,13 @@ def plan(desired: Desired, actual: Iterable[Observed], network_exists: bool = Tr
         wanted.add(gw.name)
         _member(gw, by_pod.get(gw.name, {}).get("gateway"), create, replace, start)
 
-    keep = {(s, v) for s, v in desired.failed}
+    kept_versions = {(s, v) for s, v in desired.failed}
     remove = [o.id for o in extra]
     for pod_name, roles in by_pod.items():
-        if pod_name in wanted:
+        if pod_name in wanted or pod_name in keep:
             continue
         for obs in roles.values():
-            if (obs.service, obs.version) in keep:
+            if (obs.service, obs.version) in kept_versions:
                 continue  # cannot run its new spec now: the old pods keep serving
             remove.append(obs.id)
     return Plan(

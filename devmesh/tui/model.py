@@ -92,6 +92,7 @@ POD_STATES: Mapping[api.PodState, Cell] = {
     api.PodState.NACKED: ("✗ NACKed", "bad"),
     api.PodState.SYNCING: ("◐ syncing", "warn"),
     api.PodState.UNHEALTHY: ("◐ unhealthy", "warn"),
+    api.PodState.DRAINING: ("⇣ draining", "warn"),  # a roll's old pod, leaving
 }
 
 

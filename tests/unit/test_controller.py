@@ -31,7 +31,7 @@ from devmesh.daemon.meshsource import read_mesh
 from devmesh.daemon.reconciler import RECHECK
 from devmesh.daemon.state import StateDir
 from devmesh.daemon.status import mesh_state
-from devmesh.envoy.snapshot import Snapshot, SnapshotError
+from devmesh.envoy.snapshot import LISTENER, Snapshot, SnapshotError
 from devmesh.plan.plan import Observed, Plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +98,8 @@ class FakeEngine:
                 version=labels.get("dev.devmesh.version", ""),
                 config_hash=spec.config_hash,
                 state="running",
+                replica=int(labels.get("dev.devmesh.replica", "0")),
+                generation=int(labels.get("dev.devmesh.generation", "0")),
             )
             ip = f"10.9.0.{self._ids}" if spec.role == "pod" else None
             self.containers_[spec.name] = (
@@ -145,6 +147,11 @@ class FakeXds:
     def __init__(self) -> None:
         self.published: list[Mapping[str, Snapshot]] = []
         self.refuse = False
+        self.unconfigured: set[str] = set()  # node ids that have not ACKed a config yet
+
+    def status(self, node_id: str) -> NodeStatus:
+        acked = {} if node_id in self.unconfigured else {LISTENER: "1"}
+        return NodeStatus(node_id, "group", True, acked, {}, None)
 
     def set_snapshots(self, snapshots: Mapping[str, Snapshot]) -> frozenset[str]:
         if self.refuse:
@@ -402,3 +409,76 @@ def test_routes_are_served_as_typed_values_with_the_api_fault_marked(loop: Any) 
     assert main.fault.abort.status == 503 and main.fault.abort.percent == 50
     assert sum(main.to.values()) == 100
     assert served.ingress is not None and served.ingress.address.endswith(":18080")
+
+
+def _env_changed(controller: Controller, tmp_path: Path, value: str) -> None:
+    """Save the shop with catalog/v1 given one more env variable, as the watcher would."""
+    text = SHOP.read_text().replace("v1: {}", f'v1: {{env: {{ROLL: "{value}"}}}}')
+    changed = tmp_path / "devmesh.yaml"
+    changed.write_text(text)
+    controller.apply_mesh(value, load_path(str(changed)), "save", rebuild=False)
+
+
+def _catalog_v1(controller: Controller) -> list[str]:
+    served = controller.publisher._published
+    assert served is not None
+    return sorted(served[1].get(("catalog", "v1"), []))
+
+
+def test_an_env_change_rolls_the_pod_new_beside_old_then_the_old_drains(
+    loop: Any, tmp_path: Path
+) -> None:
+    controller, engine, xds, _, clock = loop
+    _healthy(controller)
+    old_ip = _catalog_v1(controller)
+    assert len(old_ip) == 1 and "t-catalog-v1-0" in engine.containers_
+    new = "t-catalog-v1-0-g1"
+    xds.unconfigured.add(f"{new}-sidecar")  # its Envoy has not ACKed yet
+    _env_changed(controller, tmp_path, "1")
+    # The new pod runs beside the old, which alone serves; ps shows both.
+    assert {"t-catalog-v1-0", new} <= set(engine.containers_)
+    assert not engine.applied[-1].replace and not engine.applied[-1].remove
+    _healthy(controller)  # the new app passes its check, but its sidecar has no config
+    controller._step([Tick()])
+    assert _catalog_v1(controller) == old_ip
+    controller._set_view()
+    state = mesh_state(controller.view, _synced, "t", "f", None, ())
+    pods = {p.pod: p for p in state.pods if p.service == "catalog" and p.version == "v1"}
+    assert set(pods) == {"t-catalog-v1-0", new}
+    assert pods["t-catalog-v1-0"].retiring and pods["t-catalog-v1-0"].ready
+    assert controller.reconciler.next_wake() <= clock() + 0.1  # the loop looks again soon
+    # Its sidecar ACKs: it joins the endpoints and the old one leaves them, draining.
+    xds.unconfigured.clear()
+    controller._step([Tick()])
+    new_ip = _catalog_v1(controller)
+    assert len(new_ip) == 1 and new_ip != old_ip
+    assert "t-catalog-v1-0" in engine.containers_  # not stopped yet
+    controller._set_view()
+    state = mesh_state(controller.view, _synced, "t", "f", None, ())
+    old = next(p for p in state.pods if p.pod == "t-catalog-v1-0")
+    assert old.state is api.PodState.DRAINING
+    # The drain ends: the old pod's containers are removed, nothing else is.
+    clock.now += 1.0
+    controller._step([Tick()])
+    assert "t-catalog-v1-0" in engine.containers_
+    clock.now += 2.0
+    controller._step([Tick()])
+    assert {n for n in engine.containers_ if n.startswith("t-catalog-v1")} == {
+        new,
+        f"{new}-app",
+        f"{new}-sidecar",
+    }
+    assert controller.reconciler.retiring == ()
+    applied = len(engine.applied)
+    controller._step([Tick()])
+    assert len(engine.applied) == applied  # the roll is over: a pass plans nothing
+
+
+def test_restart_rolls_the_pods_it_names(loop: Any) -> None:
+    controller, engine, _, _, _ = loop
+    _healthy(controller)
+    assert controller.restart("stock", None) == ("t-stock-default-0",)
+    controller._step([Tick()])
+    assert "t-stock-default-0-g1" in engine.containers_
+    assert "t-stock-default-0" in engine.containers_  # serves until the new one does
+    assert engine.restarted == []  # nothing restarted in place
