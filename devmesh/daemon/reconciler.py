@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +22,15 @@ from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.daemon.publisher import Configured, serves
 from devmesh.daemon.state import StateDir
-from devmesh.plan.desired import Desired, Inputs, desired, hosts_file, hosts_text, proxy_user
+from devmesh.plan.desired import (
+    Desired,
+    Inputs,
+    desired,
+    hosts_file,
+    hosts_text,
+    pod_dir,
+    proxy_user,
+)
 from devmesh.plan.plan import Observed, plan
 from devmesh.plan.roll import POD_ROLES, Retiring, Slot, bump, generations, retire, to_roll
 
@@ -143,6 +152,7 @@ class Reconciler:
                         EventKind.RECONCILE, str(error), error.container or "engine", Severity.ERROR
                     )
                 infos = self.engine.containers(self.project)  # what applying changed
+                self._forget_pod_dirs(todo.remove, actual, infos)
             if self.host is None:
                 self.host = self.engine.network_gateway(want.network)
         except EngineUnavailable as exc:
@@ -215,6 +225,15 @@ class Reconciler:
             and "sidecar" in names
             and serves(pod, names["app"], names["sidecar"], infos, health, configured)
         )
+
+    def _forget_pod_dirs(
+        self, removed: tuple[str, ...], actual: list[Observed], infos: Mapping[str, ContainerInfo]
+    ) -> None:
+        """A removed pod's directory (hosts file, bootstrap, admin socket) goes with it:
+        each roll makes a pod under a new name, and their directories would pile up."""
+        gone = {o.pod for o in actual if o.id in removed and o.role == "pod"}
+        for name in gone - set(infos):  # its namespace owner is no longer listed
+            shutil.rmtree(pod_dir(str(self.state.path), name), ignore_errors=True)
 
     def _draining(self) -> dict[str, float]:
         return {r.name: r.until for r in self.retiring if r.until is not None}
