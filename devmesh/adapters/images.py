@@ -8,11 +8,14 @@ wheel's binary and the host glibc it links against. Which one was used is report
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -24,10 +27,12 @@ import docker.errors
 import requests.exceptions
 
 from devmesh import labels
+from devmesh.adapters import buildkit
 from devmesh.adapters.envoy_binary import envoy_path
 from devmesh.core.problems import MeshError
 
 Progress = Callable[[str], None]
+log = logging.getLogger("devmesh.images")
 PullPolicy = Literal["missing", "never"]
 
 
@@ -258,18 +263,187 @@ def build_pause_image(client: docker.DockerClient, progress: Progress) -> str:
         return build(client, root, None, LOCAL_PAUSE_IMAGE, {}, {labels.ROLE: "image"}, progress)
 
 
+# -- the services' `build:` images ------------------------------------------------------------
+
+_NEEDS_BUILDKIT = re.compile(r"^\s*(#\s*syntax\s*=|RUN\s+(--\S+\s+)*--mount=)", re.I | re.M)
+
+
+def needs_buildkit(dockerfile: Path) -> bool:
+    """A Dockerfile the legacy builder refuses: `RUN --mount=...` or a `# syntax=` line."""
+    try:
+        return bool(_NEEDS_BUILDKIT.search(dockerfile.read_text(errors="replace")))
+    except OSError:
+        return False
+
+
+def repository(project: str, service: str) -> str:
+    """Where a project's built images are tagged: `-p a` and `-p b` never share a tag."""
+    return f"devmesh-{project}/{service}"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildKey:
+    """What one version's image is built from (a change of any of it is a new build)."""
+
+    service: str
+    version: str
+    context: str  # absolute
+    dockerfile: str | None
+    args: tuple[tuple[str, str], ...]
+    target: str | None
+    secrets: tuple[tuple[str, str], ...]  # id -> absolute file
+    image: str | None  # the file's `image:` with `build:`: also tagged so
+
+    @property
+    def subject(self) -> str:
+        return f"{self.service}/{self.version}"
+
+
+def build_app(client: docker.DockerClient, project: str, key: BuildKey, progress: Progress) -> str:
+    """Build one version's image, tagged in the project's namespace and labelled with the
+    project, service and version; with BuildKit where a CLI has it, else the Engine API."""
+    context = Path(key.context)
+    if not context.is_dir():
+        raise ImageError(f"build context {context} is not a directory")
+    file = context / (key.dockerfile or "Dockerfile")
+    if not file.is_file():
+        raise ImageError(f"no Dockerfile {file}")
+    repo = repository(project, key.service)
+    tags = [f"{repo}:{key.version}", *([key.image] if key.image else [])]
+    own = {
+        labels.MANAGED: "1",
+        labels.ROLE: "image",
+        labels.MESH: project,
+        labels.SERVICE: key.service,
+        labels.VERSION: key.version,
+    }
+    cli = buildkit.find_cli()
+    if cli is not None:
+        secrets = {sid: Path(src) for sid, src in key.secrets}
+        try:
+            found = buildkit.build(
+                cli, context, key.dockerfile, tags, dict(key.args), own, key.target,
+                secrets, progress,
+            )  # fmt: skip
+        except buildkit.BuildFailed as exc:
+            raise ImageError(f"build failed: {exc}") from None
+    else:
+        why = []
+        if key.secrets:
+            why.append("build secrets")
+        if needs_buildkit(file):
+            why.append(f"{file.name} uses RUN --mount or # syntax=")
+        if why:
+            raise ImageError(
+                f"build needs BuildKit ({', '.join(why)}) and no docker CLI with BuildKit was "
+                "found (a docker CLI with buildx, or a 20.10 CLI; DEVMESH_DOCKER_CLI names one)"
+            )
+        if key.target:
+            raise ImageError("build target needs BuildKit, and no docker CLI with it was found")
+        found = build(
+            client, context, key.dockerfile, tags[0], dict(key.args), own, _legacy(progress)
+        )
+        for extra in tags[1:]:
+            _tag(client, found, extra)
+    _tag(client, found, f"{repo}:{key.version}-{found.split(':')[-1][:12]}")
+    return found
+
+
+def _legacy(progress: Progress) -> Progress:
+    """The legacy builder's stream, cut down to its `Step n/m : ...` lines."""
+
+    def emit(line: str) -> None:
+        text = line.split(": ", 1)[-1] if ": " in line else line
+        if text.startswith("Step "):
+            progress("step " + text[5:].replace(" : ", " ", 1)[:90])
+        elif "Using cache" in text:
+            progress("cached")
+
+    return emit
+
+
+def _tag(client: docker.DockerClient, image: str, name: str) -> None:
+    repo, _, tag = name.rpartition(":")
+    if not repo or "/" in tag:
+        repo, tag = name, "latest"
+    try:
+        client.api.tag(image, repo, tag)
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise ImageError(f"cannot tag {image[:19]} as {name}: {_short(exc)}") from None
+
+
+def prune_built(
+    client: docker.DockerClient,
+    project: str,
+    keep: frozenset[str],
+    service: str | None = None,
+) -> int:
+    """Remove the project's devmesh-built images (of `service`) except `keep`, found by
+    label. An image a container still uses is left for a later prune (the engine refuses
+    it); only the project's own tags are removed, so an image another tag holds stays."""
+    wanted = {"mesh": project, "role": "image"}
+    if service:
+        wanted["service"] = service
+    try:
+        found = client.images.list(filters={"label": labels.selector(**wanted)})
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        return 0
+    removed = 0
+    prefix = repository(project, "")
+    for image in found:
+        if image.id in keep:
+            continue
+        ours = [t for t in image.tags if t.startswith(prefix)]
+        try:
+            for tag in ours:
+                client.images.remove(tag, noprune=False)
+            if not image.tags:
+                client.images.remove(image.id, noprune=False)
+            removed += 1
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            continue  # in use by a container (maybe an old pod that drains): next time
+    return removed
+
+
+@dataclass(frozen=True, slots=True)
+class BuildState:
+    """One version's build as the daemon reports it."""
+
+    service: str
+    version: str
+    running: bool
+    step: str = ""  # the last progress line
+    error: str | None = None  # the last build's failure; the running pods keep serving
+
+
+class Pending(MeshError):
+    """The version's first image is being built: nothing to run yet."""
+
+
 class ImageResolver:
     """The images a mesh runs, resolved against one engine: the sidecars' Envoy, the pods'
-    pause, and each version's app (`image:` looked up or pulled, `build:` built). What a
-    version resolved to is remembered, a failure too, until `forget()` (a second `up`), so a
-    missing image is not looked for again on every pass."""
+    pause, and each version's app (`image:` looked up or pulled, `build:` built).
+
+    Builds run on a worker thread, never on the daemon's loop: `app()` answers with what a
+    version has (its last good image while a rebuild runs), or Pending before its first
+    image; a finished build calls `on_built` (the loop re-runs its pass). A version asked
+    to rebuild while it builds is built once more afterwards: edits coalesce. What a
+    version resolved to is remembered, a failure too, until `forget()` or `rebuild()`."""
 
     def __init__(self, client: docker.DockerClient, project: str, note: Progress) -> None:
         self._client = client
         self._project = project
         self._note = note
         self._policy = pull_policy()
-        self._apps: dict[Any, str | MeshError] = {}
+        self._lock = threading.Condition()
+        self._images: dict[Any, str | MeshError] = {}  # ("image", name) -> id or failure
+        self._built: dict[tuple[str, str], tuple[BuildKey, str | MeshError]] = {}
+        self._last_good: dict[tuple[str, str], str] = {}
+        self._queue: dict[tuple[str, str], BuildKey] = {}  # waiting to be built, in order
+        self._running: dict[tuple[str, str], str] = {}  # building now: its last step
+        self._worker: threading.Thread | None = None
+        self._stopped = False
+        self.on_built: Callable[[], None] = lambda: None
         self.envoy: ImageChoice | None = None
         self.pause: ImageChoice | None = None
 
@@ -281,44 +455,168 @@ class ImageResolver:
         if self.pause is None:
             self.pause = ensure_pause_image(self._client, self._policy, self._note)
 
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
+            self._lock.notify_all()
+
+    # -- for the loop -------------------------------------------------------------------------
+
     def forget(self) -> None:
-        self._apps.clear()  # Docker's cache makes an unchanged build quick
+        """A second `up`: look `image:` images up again (builds: `build_now(again=True)`)."""
+        with self._lock:
+            self._images.clear()
 
     def app(self, base_dir: str, service: str, version: Any) -> str:
-        """The image id `version` (a core.model.Version of `service`) runs, or MeshError."""
-        build = version.build
-        if build is not None:
-            tag = version.image or f"devmesh-{self._project}-{service}:{version.name}"
-            context = Path(base_dir) / build.context
-            key: Any = ("build", str(context), build.dockerfile, build.args, tag)
-        else:
-            key = ("image", version.image)
-        if key not in self._apps:
+        """The image id `version` (a core.model.Version of `service`) runs; Pending while
+        its first build runs, or the MeshError that keeps it from running."""
+        if version.build is None:
+            return self._image(version.image)
+        key = build_key(base_dir, service, version)
+        name = (service, version.name)
+        with self._lock:
+            done = self._built.get(name)
+            if done is None or done[0] != key:
+                if name not in self._running and self._queue.get(name) != key:
+                    self._queue[name] = key
+                    self._start_worker()
+                    self._lock.notify_all()
+                if done is None:
+                    if name in self._last_good:
+                        return self._last_good[name]
+                    raise Pending(f"building {service}/{version.name}")
+            found = self._last_good.get(name) if done is None else done[1]
+            if isinstance(found, MeshError):
+                raise found
+            assert found is not None
+            return found
+
+    def rebuild(self, base_dir: str, service: Any) -> None:
+        """Build `service`'s versions again (a watched file changed); coalesced with a
+        build of them under way or waiting."""
+        with self._lock:
+            for version in service.versions:
+                if version.build is not None:
+                    self._queue[(service.name, version.name)] = build_key(
+                        base_dir, service.name, version
+                    )
+            self._start_worker()
+            self._lock.notify_all()
+
+    def build_now(self, mesh: Any, again: bool = False) -> None:
+        """Build every version not built yet (`again`: every one), on the caller's thread:
+        the daemon's start, or a second `up` on its API thread, never the loop."""
+        for service in mesh.services:
+            for version in service.versions:
+                if version.build is None:
+                    continue
+                key = build_key(mesh.base_dir, service.name, version)
+                name = (service.name, version.name)
+                with self._lock:
+                    done = self._built.get(name)
+                    if done is not None and done[0] == key and not again:
+                        continue
+                    self._queue.pop(name, None)
+                    self._running[name] = "starting"
+                self._build_one(name, key)
+
+    def states(self) -> tuple[BuildState, ...]:
+        """Builds under way, waiting, or failed last, for the daemon's state."""
+        with self._lock:
+            names = {*self._running, *self._queue}
+            names |= {n for n, (_, r) in self._built.items() if isinstance(r, MeshError)}
+            out = []
+            for name in sorted(names):
+                done = self._built.get(name)
+                error = str(done[1]) if done and isinstance(done[1], MeshError) else None
+                running = name in self._running or name in self._queue
+                step = self._running.get(name, "waiting" if name in self._queue else "")
+                out.append(BuildState(name[0], name[1], running, step, error))
+            return tuple(out)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._running and not self._queue
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:  # with the lock held
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="build", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopped:
+                    if not self._lock.wait(timeout=30) and not self._queue:
+                        self._worker = None
+                        return  # idle: started again by the next request
+                if self._stopped:
+                    return
+                name, key = next(iter(self._queue.items()))
+                del self._queue[name]
+                self._running[name] = "starting"
+            self._build_one(name, key)
             try:
-                self._apps[key] = self._resolve(key)
+                self.on_built()
+            except Exception:
+                log.exception("reporting a finished build failed")
+
+    def _build_one(self, name: tuple[str, str], key: BuildKey) -> None:
+        subject = key.subject
+
+        def progress(line: str) -> None:
+            with self._lock:
+                self._running[name] = line
+            self._note(f"{subject}: {line}")
+
+        started = time.monotonic()
+        result: str | MeshError
+        try:
+            self._note(f"{subject}: building from {key.context}")
+            result = build_app(self._client, self._project, key, progress)
+        except EngineGone as exc:  # says nothing about the build: tried again next pass
+            with self._lock:
+                self._running.pop(name, None)
+            self._note(f"{subject}: {exc}")
+            return
+        except MeshError as exc:
+            result = exc
+        took = time.monotonic() - started
+        with self._lock:
+            self._running.pop(name, None)
+            self._built[name] = (key, result)
+            if isinstance(result, str):
+                self._last_good[name] = result
+                keep = frozenset(self._last_good.values())
+        if isinstance(result, MeshError):
+            self._note(f"{subject}: {result}")
+            return
+        self._note(f"{subject}: built {result.split(':')[-1][:12]} in {took:.1f} s")
+        prune_built(self._client, self._project, keep, key.service)
+
+    # -- `image:` -----------------------------------------------------------------------------
+
+    def _image(self, name: str) -> str:
+        key = ("image", name)
+        with self._lock:
+            found = self._images.get(key)
+        if found is None:
+            try:
+                found = self._resolve(name)
             except EngineGone:
                 raise  # nothing learnt about the image: look again next time
             except MeshError as exc:
-                self._apps[key] = exc
-        found = self._apps[key]
+                found = exc
+            with self._lock:
+                self._images[key] = found
         if isinstance(found, MeshError):
             raise found
         return found
 
-    def _resolve(self, key: Any) -> str:
-        if key[0] == "build":
-            _, context, dockerfile, args, tag = key
-            self._note(f"building {tag} from {context}")
-            return build(
-                self._client,
-                Path(context),
-                dockerfile,
-                tag,
-                dict(args),
-                {labels.ROLE: "image"},
-                self._note,
-            )
-        name = key[1]
+    def _resolve(self, name: str) -> str:
         found = image_id(self._client, name)
         if found:
             return found
@@ -329,3 +627,17 @@ class ImageResolver:
             except MeshError as exc:
                 raise ImageError(f"image {name} not found, and {exc}") from None
         raise ImageError(f"image {name} not found (pulling is off: DEVMESH_PULL=never)")
+
+
+def build_key(base_dir: str, service: str, version: Any) -> BuildKey:
+    build = version.build
+    return BuildKey(
+        service=service,
+        version=version.name,
+        context=str(Path(base_dir) / build.context),
+        dockerfile=build.dockerfile,
+        args=tuple(build.args),
+        target=build.target,
+        secrets=tuple((sid, str(Path(base_dir) / src)) for sid, src in build.secrets),
+        image=version.image,
+    )

@@ -75,3 +75,72 @@ class FileWatcher(FileSystemEventHandler):
                 self.on_save()
             except Exception:
                 log.exception("handling a save of %s failed", self.path)
+
+
+class TreeWatcher(FileSystemEventHandler):
+    """Watch files and directory trees; call back with the paths changed in a burst, once
+    it has been quiet for `quiet` seconds (a `git checkout` is one call, not hundreds)."""
+
+    def __init__(
+        self,
+        paths: tuple[str, ...],
+        on_change: Callable[[frozenset[str]], None],
+        quiet: float = 0.05,
+    ) -> None:
+        self.paths = paths
+        self.on_change = on_change
+        self.quiet = quiet
+        self._cond = threading.Condition()
+        self._changed: set[str] = set()
+        self._due: float | None = None
+        self._stopped = False
+        self._observer = Observer()
+        self._thread = threading.Thread(target=self._run, name="develop-watch", daemon=True)
+
+    def start(self) -> None:
+        scheduled: set[tuple[str, bool]] = set()
+        for path in self.paths:
+            real = os.path.realpath(path)
+            # A file (or one not made yet): its directory, not recursively.
+            where = (real, True) if os.path.isdir(real) else (os.path.dirname(real), False)
+            if where in scheduled or not os.path.isdir(where[0]):
+                continue
+            scheduled.add(where)
+            self._observer.schedule(self, where[0], recursive=where[1])
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if not self._thread.is_alive():
+            return
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory and event.event_type == "modified":
+            return  # a file in it changed: that file's own event says which
+        names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
+        with self._cond:
+            self._changed |= {n for n in names if n}
+            self._due = time.monotonic() + self.quiet
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (self._due is None or time.monotonic() < self._due):
+                    timeout = None if self._due is None else self._due - time.monotonic()
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                changed, self._changed, self._due = frozenset(self._changed), set(), None
+            try:
+                self.on_change(changed)
+            except Exception:
+                log.exception("handling changes of %s failed", ", ".join(sorted(changed)[:3]))

@@ -66,7 +66,8 @@ class EventKind(StrEnum):
     PUSH = "push"  # config delivery: a push that failed, a NACK
     FAULT = "fault"  # a fault set or cleared through the API
     RESTART = "restart"  # app containers restarted through the API
-    IMAGE = "image"  # an image built, pulled, or not found
+    IMAGE = "image"  # an image built, pulled, or not found; a build's progress and error
+    WATCH = "watch"  # `develop: watch:` files changed: synced, restarted, rebuild asked
     ENGINE = "engine"  # the container engine went away or came back
 
 
@@ -167,6 +168,18 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildStatus:
+    """A version's image build (`build:`): under way or waiting, or failed last. A failed
+    build leaves the running pods serving; `error` says why, with its Dockerfile line."""
+
+    service: str
+    version: str
+    running: bool  # building now, or waiting to (edits during a build: one more build)
+    step: str = ""  # the last progress line: "step 2/3 RUN make", "cached", "waiting"
+    error: str | None = None  # "build failed: Dockerfile:3: unknown instruction: RUNN"
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     time: float  # unix seconds
     kind: EventKind
@@ -206,6 +219,7 @@ class MeshState:
     pods: tuple[Pod, ...] = ()
     gateway: Gateway | None = None
     events: tuple[Event, ...] = ()
+    builds: tuple[BuildStatus, ...] = ()  # image builds under way or failed last
 
     @property
     def only_permanent_failures_left(self) -> bool:

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from devmesh.adapters.engine import ContainerInfo, Engine
-from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.images import BuildState, ImageResolver
 from devmesh.adapters.probe import probe
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import ErrorCode, EventKind, Phase
 from devmesh.core.edit import pick_route
 from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError
+from devmesh.daemon.develop import Develop
 from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
@@ -71,6 +72,11 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagesReady:
+    """A build on the image resolver's worker ended: a pass takes its image (or error)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """An API command: `run(controller)` on the loop's thread, its result on `reply`."""
 
@@ -83,7 +89,7 @@ class Stop:
     pass
 
 
-Command = FileChanged | ContainerDied | HealthChanged | Tick | Call | Stop
+Command = FileChanged | ContainerDied | HealthChanged | Tick | ImagesReady | Call | Stop
 
 
 # -- what readers see -----------------------------------------------------------------------
@@ -111,6 +117,7 @@ class View:
     push_error: str | None = None
     published: frozenset[str] = frozenset()  # node groups served
     retiring: tuple[Retiring, ...] = ()  # a roll's old pods: serving, or draining
+    builds: tuple[BuildState, ...] = ()  # image builds under way, or failed last
 
 
 class Controller:
@@ -139,6 +146,13 @@ class Controller:
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.source = MeshSource(mesh_file, lambda read: self.submit(FileChanged(read)))
         self.health = HealthMonitor(lambda r: self.submit(HealthChanged(r)), events, check)
+        images.on_built = lambda: self.submit(ImagesReady())  # builds run on its worker
+        self.develop = Develop(
+            images,
+            engine,
+            events,
+            lambda: self.view,
+        )
         # -- the state this loop owns (only its thread writes it, and its collaborators') --
         self.file = FileState(mesh, str(mesh_file), events)
         self.reconciler = Reconciler(project, engine, images, state, events, clock)
@@ -171,12 +185,14 @@ class Controller:
         """The first pass, on the caller's thread (a clear error if it cannot come up), then
         the loop and its sources."""
         self.images.ensure_base()
+        self.images.build_now(self.file.mesh)  # here, before the loop runs: up waits for it
         self._reconcile("start")
         self._phase = Phase.SERVING
         self._set_view()
         self._thread.start()
         self.source.start()
         self.health.start()
+        self.develop.set_mesh(self.file.mesh)
 
     def stop(self) -> bool:
         """Stop the loop and its sources. False if a pass under way did not end in time (the
@@ -188,6 +204,8 @@ class Controller:
             stopped = not self._thread.is_alive()
         self.source.stop()
         self.health.stop()
+        self.develop.stop()
+        self.images.stop()
         return stopped
 
     # -- the loop -------------------------------------------------------------------------------
@@ -247,6 +265,8 @@ class Controller:
                 publish = True
             elif isinstance(command, Tick):
                 why = why or "timer"
+            elif isinstance(command, ImagesReady):
+                why = "image built"
         if why:
             self._reconcile(why)
         elif publish:
@@ -277,6 +297,7 @@ class Controller:
     def apply_mesh(self, digest: str, mesh: Mesh, why: str, rebuild: bool) -> None:
         started = self._clock()
         self.file.accept(digest, mesh)
+        self.develop.set_mesh(mesh)
         self._overrides = kept_overrides(mesh, self._overrides)
         if rebuild:
             self.images.forget()
@@ -285,6 +306,15 @@ class Controller:
         self.events.add(EventKind.SAVE, f"{why}: applied in {took:.0f} ms")
 
     # -- API commands (run on the loop's thread through `call`) ----------------------------
+
+    def prebuild(self, asked: str | None) -> None:
+        """Before a second `up` reaches the loop: build the file's images again, on the
+        caller's (API) thread, so the loop keeps serving meanwhile."""
+        if asked and Path(asked).resolve() != self.mesh_file.resolve():
+            return  # refused by reload()
+        read = self.source.read()
+        if read.mesh is not None:
+            self.images.build_now(read.mesh, again=True)
 
     def reload(self, asked: str | None) -> tuple[str, ...]:
         """A second `up`: re-read the file now, rebuild images, reconcile; what failed."""
@@ -416,6 +446,7 @@ class Controller:
             push_error=self.publisher.error,
             published=self.publisher.groups,
             retiring=r.retiring,
+            builds=self.images.states(),
         )
 
     def _set_view(self) -> None:

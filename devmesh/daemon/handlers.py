@@ -161,6 +161,7 @@ class Handlers:
         return self._xds.wait_synced(nodes, api.PUSH_WAIT)
 
     def reload(self, req: api.ReloadRequest) -> api.ReloadResult:
+        self._loop.prebuild(req.file)  # off the loop: it keeps serving meanwhile
         problems = self._on_loop(lambda loop: loop.reload(req.file), api.RELOAD_WAIT)
         return api.ReloadResult(ok=not problems, problems=problems)
 

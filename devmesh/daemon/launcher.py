@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from devmesh.adapters.engine import ContainerInfo, Engine
+from devmesh.adapters.images import prune_built
 from devmesh.api import types as api
 from devmesh.client import DaemonClient, DaemonUnavailable
 from devmesh.core.addressing import GATEWAY_PORT
@@ -492,7 +493,9 @@ def down(project: str) -> Down:
     state = StateDir.for_project(project)
     stopped = stop_daemon(state)
     try:
-        containers, networks = Engine.connect().remove_all(project)
+        engine = Engine.connect()
+        containers, networks = engine.remove_all(project)
+        prune_built(engine.client, project, frozenset())  # the images built for it
     except MeshError as exc:
         return Down(project, stopped, engine_error=str(exc))
     try:

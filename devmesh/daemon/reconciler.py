@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from devmesh.adapters.engine import ContainerInfo, Engine, EngineError, EngineUnavailable
-from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.images import ImageResolver, Pending
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
@@ -248,6 +248,7 @@ class Reconciler:
         assert self.images.envoy is not None and self.images.pause is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
+        pending: dict[tuple[str, str], str] = {}  # first build under way: not a failure
         for service in mesh.services:
             for version in service.versions:
                 key = (service.name, version.name)
@@ -255,6 +256,8 @@ class Reconciler:
                     app_images[key] = self.images.app(mesh.base_dir, service.name, version)
                 except EngineUnavailable:
                     raise
+                except Pending as exc:
+                    pending[key] = str(exc)
                 except MeshError as exc:
                     failed[key] = str(exc)
         for key, reason in failed.items():
@@ -267,7 +270,7 @@ class Reconciler:
             envoy_image=self.images.envoy.image_id,
             pause_image=self.images.pause.image_id,
             app_images=app_images,
-            failed=failed,
+            failed={**failed, **pending},  # either way its old pods, if any, keep serving
             proxy_user=self._proxy_user,
         )
 

@@ -21,7 +21,7 @@ from typing import IO
 
 from devmesh.adapters.engine import Engine
 from devmesh.adapters.envoy_admin import StatsReader
-from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.images import ImageResolver, prune_built
 from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import EventKind, Severity
@@ -166,6 +166,7 @@ class Daemon:
             _quietly("the log tails", self._log_tails.close)
             if teardown:
                 containers, networks = self.engine.remove_all(self.project)
+                prune_built(self.engine.client, self.project, frozenset())
                 self.events.add(
                     EventKind.DAEMON, f"removed {containers} containers, {networks} networks"
                 )

@@ -172,6 +172,9 @@ def mesh_state(
         pods=pods,
         gateway=gateway,
         events=events,
+        builds=tuple(
+            api.BuildStatus(b.service, b.version, b.running, b.step, b.error) for b in view.builds
+        ),
     )
 
 

@@ -640,6 +640,9 @@ def banner(state: api.MeshState | None, unavailable: str | None) -> Banner:
             lines.append((f"! {error}", "warn"))
         for f in state.failed:
             lines.append((f"✗ {f.service}/{f.version} cannot run: {f.reason}", "bad"))
+        for b in state.builds:  # a failed one is in `failed` too: its error shows there
+            if b.running:
+                lines.append((f"… building {b.service}/{b.version}: {b.step}", "warn"))
     return Banner(tuple(lines))
 
 

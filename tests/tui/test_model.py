@@ -220,3 +220,23 @@ def test_a_pod_whose_stats_cannot_be_read_says_why() -> None:
     state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
     rows = pod_rows(state, None, Rates(1.0, unreadable={"p": "admin: connection refused"}))
     assert rows[1].detail.endswith("; stats unreadable: admin: connection refused")
+
+
+def test_the_banner_shows_a_build_under_way_and_a_failed_one_with_its_line() -> None:
+    error = "build failed: Dockerfile:3: unknown instruction: RUNN"
+    state = api.MeshState(
+        "m",
+        "m",
+        api.Phase.SERVING,
+        False,
+        failed=(api.Failure("web", "v1", error),),
+        builds=(
+            api.BuildStatus("web", "v1", False, "", error),
+            api.BuildStatus("api", "v2", True, "step 2/3 RUN make"),
+        ),
+    )
+    lines = banner(state, None).lines
+    assert lines == (
+        (f"✗ web/v1 cannot run: {error}", "bad"),
+        ("… building api/v2: step 2/3 RUN make", "warn"),
+    )

@@ -137,6 +137,15 @@ class FakeImages:
     def forget(self) -> None:
         pass
 
+    def build_now(self, mesh: Any, again: bool = False) -> None:
+        pass  # builds: tests/e2e/test_develop.py, with a real engine
+
+    def states(self) -> tuple[Any, ...]:
+        return ()
+
+    def stop(self) -> None:
+        pass
+
     def app(self, base_dir: str, service: str, version: Any) -> str:
         if service in self.missing:
             raise ImageError(f"image {service}:1 not found (pulling is off: DEVMESH_PULL=never)")
