@@ -37,6 +37,7 @@ from devmesh.core.model import (
     Delay,
     Fault,
     Health,
+    HostApp,
     Ingress,
     IngressRoute,
     Match,
@@ -278,6 +279,22 @@ class _Builder:
         merged = {**base, **own}
         if "env" in base and "env" in own:
             merged["env"] = {**base["env"], **own["env"]}
+        host = own.get("host")
+        if host is not None:
+            # The process runs on the host: nothing here builds or starts it.
+            for key in ("image", "build", "command", "replicas"):
+                if key in own:
+                    self.error((*at, key), f"a `host` version runs no container: no `{key}`")
+            if not isinstance(host, dict) or "port" not in host:
+                host = None  # reported by the structural check
+            return Version(
+                name=name,
+                image=None,
+                build=None,
+                env=tuple(sorted(merged.get("env", {}).items())),
+                replicas=1,
+                host=None if host is None else HostApp(port=host["port"]),
+            )
         if (
             "image" not in merged
             and "build" not in merged

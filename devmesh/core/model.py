@@ -176,6 +176,15 @@ class WatchRule:
 
 
 @dataclass(frozen=True, slots=True)
+class HostApp:
+    """A version whose app runs on the host, not in a container (`host: {port: 5000}`):
+    its pod is a sidecar alone, whose app is the host process listening on 127.0.0.1:port
+    (reached through a relay the daemon binds on the mesh network's gateway address)."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     name: str
     image: str | None
@@ -183,6 +192,7 @@ class Version:
     env: tuple[tuple[str, str], ...] = ()
     command: tuple[str, ...] | None = None
     replicas: int = REPLICAS
+    host: HostApp | None = None  # runs on the host (one pod: its sidecar), not in a container
 
 
 @dataclass(frozen=True, slots=True)

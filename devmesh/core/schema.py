@@ -407,9 +407,21 @@ _workload_fields = {
     ),
 }
 
+host_spec = Obj(
+    {
+        "port": Field(
+            Int(*PORT_RANGE),
+            required=True,
+            description="where the process listens on the host (127.0.0.1 is enough)",
+        )
+    },
+    description="this version runs on the host, not in a container: the mesh routes to "
+    "the process on this port (see `devmesh dev`)",
+)
+
 version_spec = ByType(
-    {dict: Obj(dict(_workload_fields)), type(None): Empty()},
-    wording="a mapping (image, build, env, command, replicas)",
+    {dict: Obj({**_workload_fields, "host": Field(host_spec)}), type(None): Empty()},
+    wording="a mapping (image, build, env, command, replicas, host)",
 )
 
 _policy_fields = {

@@ -25,8 +25,9 @@ from typing import Any
 from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.adapters.images import BuildState, ImageResolver
 from devmesh.adapters.probe import probe
+from devmesh.adapters.relay import HostRelays
 from devmesh.adapters.xds_server import XdsServer
-from devmesh.api.types import ErrorCode, EventKind, Phase
+from devmesh.api.types import ErrorCode, EventKind, Phase, Severity
 from devmesh.core.edit import pick_route
 from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError
@@ -157,6 +158,8 @@ class Controller:
         self.file = FileState(mesh, str(mesh_file), events)
         self.reconciler = Reconciler(project, engine, images, state, events, clock)
         self.publisher = Publisher(xds, events)
+        self.relays = HostRelays()  # to versions running on the host
+        self._relay_problems: tuple[str, ...] = ()
         self._overrides: Mapping[tuple[str, str], Fault | None] = {}  # replaced, never changed
         self._health: Mapping[str, Result] = {}
         self._phase = Phase.STARTING
@@ -204,6 +207,7 @@ class Controller:
             stopped = not self._thread.is_alive()
         self.source.stop()
         self.health.stop()
+        self.relays.close()
         self.develop.stop()
         self.images.stop()
         return stopped
@@ -406,23 +410,46 @@ class Controller:
             and serves(p.name, p.app.name, p.node_id, r.infos, self._health, lambda _: True)
             for p in (r.desired.pods if r.desired else ())
         )
-        return self.publisher.publish(self._served(), served, r.host)
+        mesh = self._served()
+        return self.publisher.publish(mesh, served, r.host, self._host_apps(mesh))
+
+    def _host_apps(self, mesh: Mesh) -> dict[tuple[str, str], tuple[str, int]]:
+        """Relays to the versions on the host, on the mesh network's gateway address (the
+        host, to the pods), started and stopped to match; where each one is reached."""
+        bridge = self.reconciler.host
+        on_host = {
+            (s.name, v.name): v.host.port for s in mesh.services for v in s.versions if v.host
+        }
+        problems = tuple(
+            self.relays.set({(bridge, p) for p in on_host.values()} if bridge else set())
+        )
+        for problem in set(problems) - set(self._relay_problems):
+            self.events.add(EventKind.RECONCILE, problem, "relay", Severity.ERROR)
+        self._relay_problems = problems
+        out = {}
+        for key, port in on_host.items():
+            address = self.relays.address(bridge, port) if bridge else None
+            if address is not None:
+                out[key] = address
+        return out
 
     def _set_targets(self) -> None:
-        want, infos, mesh = self.reconciler.desired, self.reconciler.infos, self.file.mesh
+        want, infos, mesh = self.reconciler.desired, self.reconciler.infos, self._served()
         targets = []
-        pods = [(p.name, p.app.name, p.service) for p in want.pods] if want else []
+        pods = [(p.name, p.app.name, p.service, p.version) for p in want.pods] if want else []
         # A roll's old pods are probed too: they serve until their successor does.
-        pods += [(r.name, r.app, r.service) for r in self.reconciler.retiring]
-        for name, app_name, service_name in pods:
+        pods += [(r.name, r.app, r.service, r.version) for r in self.reconciler.retiring]
+        for name, app_name, service_name, version in pods:
             owner, app = infos.get(name), infos.get(app_name)
             if not owner or not owner.ip or not app or not mesh.has_service(service_name):
                 continue
             service = mesh.service(service_name)
             running = app.state == "running"
-            targets.append(
-                Target(name, app.id, owner.ip, service.port, service.health, running, app.state)
-            )
+            ip, port = owner.ip, service.port
+            host = next((v.host for v in service.versions if v.name == version and v.host), None)
+            if host is not None:  # the process on the host, probed where it listens
+                ip, port = "127.0.0.1", host.port
+            targets.append(Target(name, app.id, ip, port, service.health, running, app.state))
         self.health.set_targets(tuple(targets))
 
     def _view(self) -> View:

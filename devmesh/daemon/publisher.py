@@ -70,7 +70,7 @@ class Publisher:
     def __init__(self, xds: XdsServer, events: EventLog) -> None:
         self._xds = xds
         self._events = events
-        self._published: tuple[Mesh, Endpoints, str | None] | None = None
+        self._published: tuple[Mesh, Endpoints, str | None, object] | None = None
         self.groups: frozenset[str] = frozenset()  # node groups served
         self.error: str | None = None  # why the last config could not be delivered
 
@@ -82,16 +82,22 @@ class Publisher:
             return False
         return status.connected and LISTENER in status.acked
 
-    def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
+    def publish(
+        self,
+        mesh: Mesh,
+        served: Endpoints,
+        host: str | None,
+        host_apps: Mapping[tuple[str, str], tuple[str, int]] | None = None,
+    ) -> bool:
         """False (and `error` says why) if the config could not be served; what the Envoys
-        have stays as it was."""
-        key = (mesh, served, host)
+        have stays as it was. `host_apps`: see `envoy.render.render`."""
+        key = (mesh, served, host, dict(host_apps or {}))
         if key == self._published and self.error is None:
             return True  # the timer's passes over an unchanged mesh build nothing
         try:
             # Without the host's address (no network yet) the gateway's hops admit anyone;
             # the pass after the network exists pushes them locked to the host.
-            snapshots = new_snapshots(render(mesh, served, host))
+            snapshots = new_snapshots(render(mesh, served, host, host_apps))
             self._xds.set_snapshots(snapshots)
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
             if self.error != str(exc):

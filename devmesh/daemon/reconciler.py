@@ -252,6 +252,9 @@ class Reconciler:
         for service in mesh.services:
             for version in service.versions:
                 key = (service.name, version.name)
+                if version.host is not None:  # on the host: the pod's app is a stand-in
+                    app_images[key] = self.images.pause.image_id
+                    continue
                 try:
                     app_images[key] = self.images.app(mesh.base_dir, service.name, version)
                 except EngineUnavailable:

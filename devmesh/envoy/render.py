@@ -9,6 +9,7 @@ bootstrap per group, so what `envoy --mode validate` accepted is what the daemon
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from devmesh.core.model import Mesh
@@ -53,16 +54,21 @@ def node_groups(mesh: Mesh) -> tuple[NodeGroup, ...]:
 
 
 def render(
-    mesh: Mesh, endpoints: Endpoints, host_address: str | None = None
+    mesh: Mesh,
+    endpoints: Endpoints,
+    host_address: str | None = None,
+    host_apps: Mapping[tuple[str, str], tuple[str, int]] | None = None,
 ) -> dict[str, Resources]:
     """Node group -> its complete configuration, for every group of the mesh (node_groups'
-    order). Pure: the same mesh and endpoints give equal resources."""
+    order). Pure: the same mesh and endpoints give equal resources. `host_apps`: (service,
+    version) on the host -> where its pods reach the process (the daemon's relay)."""
     out: dict[str, Resources] = {}
     shared: Shared = {}  # what every caller gets alike, made once (see resources._shared)
     for service in mesh.services:
         for version in service.versions:
             group = sidecar_node(mesh, service.name, version.name)
-            out[group] = sidecar_resources(mesh, service, version, endpoints, shared)
+            host_app = (host_apps or {}).get((service.name, version.name))
+            out[group] = sidecar_resources(mesh, service, version, endpoints, shared, host_app)
     if mesh.has_gateway:
         out[gateway_group(mesh)] = gateway_resources(mesh, endpoints, host_address)
     return out

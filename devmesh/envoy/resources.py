@@ -605,8 +605,11 @@ def sidecar_resources(
     version: Version,
     endpoints: Endpoints,
     shared: Shared | None = None,
+    host_app: tuple[str, int] | None = None,
 ) -> Resources:
-    """Everything the sidecar of one version's pods needs."""
+    """Everything the sidecar of one version's pods needs. A version on the host
+    (`host: {port}`) has its `_app` at `host_app`: the daemon's relay to the host process
+    on the mesh network's gateway address (the port itself until the relay runs)."""
     upstreams = mesh.upstreams(service)
     addresses = service_addresses(s.name for s in mesh.services)
     listeners = [inbound_listener(service, version)]
@@ -615,10 +618,13 @@ def sidecar_resources(
         ports = outbound_ports(service.port, upstream)
         listeners.append(outbound_listener(upstream, [(ip, p) for p in ports]))
     routes, clusters, assignments = _upstream_resources(upstreams, mesh, endpoints, shared)
+    app_address, app_port = "127.0.0.1", service.port
+    if version.host is not None:
+        app_address, app_port = host_app or ("127.0.0.1", version.host.port)
     clusters.insert(
         0,
         _static_cluster(
-            "_app", "127.0.0.1", service.port, service.protocol, service.app_connect_timeout_ms
+            "_app", app_address, app_port, service.protocol, service.app_connect_timeout_ms
         ),
     )
     return Resources(tuple(listeners), tuple(routes), tuple(clusters), tuple(assignments))

@@ -286,20 +286,10 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         "DEVMESH_PORT": str(service.port),
         "DEVMESH_POD": name,
     }
-    app = ContainerSpec(
-        name=f"{name}-app",
-        role="app",
-        image=inputs.app_images[(service.name, version.name)],
-        labels=_labels(project, "app", ident),
-        command=version.command,
-        env=tuple(sorted(env.items())),
-        network_mode=f"container:{name}",
-        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
-        # An init as PID 1: a shell or busybox server there ignores SIGTERM, and every stop
-        # (a rolled pod, an engine restart) then waited Docker's 10 s for the SIGKILL.
-        init=True,
-        **_app_security(service),
-    )
+    if version.host is None:
+        app = _app(inputs, service, version, name, ident, env)
+    else:
+        app = _host_stand_in(inputs, service, version, name, ident)
     sidecar_name = f"{name}-sidecar"
     cluster = sidecar_node(mesh, service.name, version.name)
     sidecar = ContainerSpec(
@@ -317,6 +307,47 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         **PROXY_HARDENING,
     )
     return PodSpec(name, service.name, version.name, replica, pause, app, sidecar, generation)
+
+
+def _app(
+    inputs: Inputs,
+    service: Service,
+    version: Version,
+    name: str,
+    ident: dict[str, str],
+    env: dict[str, str],
+) -> ContainerSpec:
+    return ContainerSpec(
+        name=f"{name}-app",
+        role="app",
+        image=inputs.app_images[(service.name, version.name)],
+        labels=_labels(inputs.project, "app", ident),
+        command=version.command,
+        env=tuple(sorted(env.items())),
+        network_mode=f"container:{name}",
+        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
+        # An init as PID 1: a shell or busybox server there ignores SIGTERM, and every stop
+        # (a rolled pod, an engine restart) then waited Docker's 10 s for the SIGKILL.
+        init=True,
+        **_app_security(service),
+    )
+
+
+def _host_stand_in(
+    inputs: Inputs, service: Service, version: Version, name: str, ident: dict[str, str]
+) -> ContainerSpec:
+    """A version running on the host: this container only holds the app's place in the pod
+    (the pause binary, locked down like the owner; `Inputs.app_images` names the pause
+    image for it). The sidecar's `_app` is the host process, reached through the daemon's
+    relay on the mesh network's gateway address (envoy/resources.py, adapters/relay.py)."""
+    return ContainerSpec(
+        name=f"{name}-app",
+        role="app",
+        image=inputs.app_images[(service.name, version.name)],
+        labels=_labels(inputs.project, "app", ident),
+        network_mode=f"container:{name}",
+        **{k: v for k, v in PAUSE_HARDENING.items() if k != "sysctls"},  # the owner's alone
+    )
 
 
 def _proxy_binds(inputs: Inputs, name: str) -> tuple[tuple[str, str, str], ...]:
