@@ -25,12 +25,19 @@ from devmesh.api import types as api
 from tests.e2e.conftest import PROJECTS, Mesh, free_port, sweep
 
 DOCKERFILE = """\
-FROM busybox:1.35
+FROM busybox:1.35 AS base
 RUN --mount=type=cache,target=/cache sh -c 'date >> /cache/runs; cp /cache/runs /built'
+RUN --mount=type=secret,id=token sh -c 'test "$(cat /run/secrets/token)" = s3cret && touch /ok'
+FROM base AS broken
+RUN exit 3
+FROM base AS final
 COPY www/ /www/
 COPY conf/ /conf/
 CMD ["sh", "-c", "cp /conf/greeting /www/greeting.txt; exec httpd -f -p $DEVMESH_PORT -h /www"]
+FROM final AS last
+RUN exit 4
 """
+COPY_CONF_LINE = DOCKERFILE.splitlines().index("COPY conf/ /conf/") + 1
 
 MESH = """\
 mesh: dev
@@ -41,7 +48,7 @@ defaults:
   health: {path: /healthz, interval: 200ms}
 services:
   web:
-    build: ./web
+    build: {context: ./web, target: final, secrets: {token: token.txt}}
     port: 8000
     develop:
       watch:
@@ -50,7 +57,7 @@ services:
         - {path: web/kick, action: restart}
         - {path: web/Dockerfile, action: rebuild}
   roll:
-    build: ./roll
+    build: {context: ./roll, target: final, secrets: {token: token.txt}}
     port: 8000
     replicas: @REPLICAS@
     develop:
@@ -108,6 +115,7 @@ def dev(
     directory = tmp_path_factory.mktemp("develop")
     _app(directory / "web", "web v1\n")
     _app(directory / "roll", "roll 0\n")
+    (directory / "token.txt").write_text("s3cret")
     mesh = Mesh(directory, f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client)
     PROJECTS.append(mesh.project)
     d = Dev(mesh)
@@ -139,7 +147,7 @@ def _only_app_container_is_not(dev: Dev, old: str) -> bool:
     return [c.id for c in found] != [old] and len(found) == 1
 
 
-def test_a_cache_mount_dockerfile_builds_with_buildkit_into_the_projects_namespace(
+def test_a_multi_stage_dockerfile_with_cache_and_secret_mounts_builds_into_the_projects_namespace(
     dev: Dev,
 ) -> None:
     assert dev.get("web") == (200, "web v1\n")
@@ -148,6 +156,9 @@ def test_a_cache_mount_dockerfile_builds_with_buildkit_into_the_projects_namespa
     assert image.labels[labels.MESH] == dev.mesh.project
     assert f"devmesh-{dev.mesh.project}/web:default" in image.tags
     assert app.exec_run(["cat", "/built"]).exit_code == 0  # the cache-mount RUN ran
+    assert app.exec_run(["test", "-f", "/ok"]).exit_code == 0  # it read the build secret
+    assert app.exec_run(["test", "-e", "/run/secrets/token"]).exit_code != 0  # not kept
+    # `target: final`: neither the stage after it nor a sibling stage (both fail) was built.
 
 
 def test_sync_serves_the_saved_file_without_a_new_container_or_a_failed_request(
@@ -187,11 +198,11 @@ def test_a_dockerfile_syntax_error_is_shown_with_its_line_and_old_pods_keep_serv
     before = _app_container(dev, "web").id
     served = dev.get("web")
     dockerfile.write_text(DOCKERFILE.replace("COPY conf/", "COPYY conf/"))
+    wanted = f"Dockerfile:{COPY_CONF_LINE}: unknown instruction: COPYY"
 
     def shown() -> bool:
         builds = dev.mesh.ps()["builds"]
-        return any(b["error"] and "Dockerfile:4: unknown instruction: COPYY" in b["error"]
-                   for b in builds)  # fmt: skip
+        return any(b["error"] and wanted in b["error"] for b in builds)
 
     assert wait_for(shown, timeout=30, every=0.2)
     state = dev.mesh.ps()
@@ -199,7 +210,7 @@ def test_a_dockerfile_syntax_error_is_shown_with_its_line_and_old_pods_keep_serv
     assert dev.get("web") == served
     assert _app_container(dev, "web").id == before
     events = [e["detail"] for e in state["events"] if e["kind"] == "image"]
-    assert any("Dockerfile:4: unknown instruction: COPYY" in e for e in events), events
+    assert any(wanted in e for e in events), events
     # Fixed: it builds, the pods roll to the new image, and the error is gone.
     dockerfile.write_text(DOCKERFILE + "# fixed\n")
     assert wait_for(lambda: not dev.mesh.ps()["builds"], timeout=30, every=0.2)
@@ -303,7 +314,9 @@ def test_two_projects_from_one_checkout_build_and_run_without_touching_each_othe
     tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     _app(tmp_path / "app", "one\n")
-    text = "mesh: twin\nservices:\n  web:\n    build: ./app\n    port: 8000\n"
+    (tmp_path / "token.txt").write_text("s3cret")
+    build = "{context: ./app, target: final, secrets: {token: token.txt}}"
+    text = f"mesh: twin\nservices:\n  web:\n    build: {build}\n    port: 8000\n"
     (tmp_path / "devmesh.yaml").write_text(text)
     a = Mesh(tmp_path, f"a{uuid.uuid4().hex[:8]}", free_port(), docker_client)
     b = Mesh(tmp_path, f"b{uuid.uuid4().hex[:8]}", free_port(), docker_client)
@@ -341,3 +354,32 @@ def test_two_projects_from_one_checkout_build_and_run_without_touching_each_othe
         for mesh in (a, b):
             mesh.run("down", timeout=60)
             sweep(docker_client, mesh.project)
+
+
+def test_without_a_buildkit_cli_the_engine_api_builds_and_a_buildkit_dockerfile_says_why(
+    tmp_path: Path, docker_client: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devmesh.adapters.images import BuildKey, ImageError, build_app, prune_built
+
+    monkeypatch.setenv("DEVMESH_BUILDER", "api")  # as where no docker CLI has BuildKit
+    project = f"l{uuid.uuid4().hex[:8]}"
+    PROJECTS.append(project)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("legacy\n")
+    (tmp_path / "Dockerfile").write_text("FROM busybox:1.35\nCOPY www/ /www/\n")
+    key = BuildKey("web", "v1", str(tmp_path), None, (), None, (), None)
+    lines: list[str] = []
+    try:
+        image = build_app(docker_client, project, key, lines.append)
+        found = docker_client.images.get(image)
+        assert f"devmesh-{project}/web:v1" in found.tags
+        assert found.labels[labels.MESH] == project
+        assert lines and all(line.startswith(("step ", "cached")) for line in lines), lines
+        (tmp_path / "Dockerfile").write_text(
+            "FROM busybox:1.35\nRUN --mount=type=cache,target=/c true\n"
+        )
+        with pytest.raises(ImageError, match=r"needs BuildKit .*RUN --mount"):
+            build_app(docker_client, project, key, lines.append)
+    finally:
+        prune_built(docker_client, project, frozenset())
+    assert not docker_client.images.list(filters={"label": labels.selector(mesh=project)})
