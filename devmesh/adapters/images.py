@@ -430,10 +430,17 @@ class ImageResolver:
     to rebuild while it builds is built once more afterwards: edits coalesce. What a
     version resolved to is remembered, a failure too, until `forget()` or `rebuild()`."""
 
-    def __init__(self, client: docker.DockerClient, project: str, note: Progress) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        project: str,
+        note: Progress,
+        builder: Callable[[docker.DockerClient, str, BuildKey, Progress], str] | None = None,
+    ) -> None:
         self._client = client
         self._project = project
         self._note = note
+        self._builder = builder or build_app  # tests hand in their own
         self._policy = pull_policy()
         self._lock = threading.Condition()
         self._images: dict[Any, str | MeshError] = {}  # ("image", name) -> id or failure
@@ -576,7 +583,7 @@ class ImageResolver:
         result: str | MeshError
         try:
             self._note(f"{subject}: building from {key.context}")
-            result = build_app(self._client, self._project, key, progress)
+            result = self._builder(self._client, self._project, key, progress)
         except EngineGone as exc:  # says nothing about the build: tried again next pass
             with self._lock:
                 self._running.pop(name, None)
@@ -595,7 +602,8 @@ class ImageResolver:
             self._note(f"{subject}: {result}")
             return
         self._note(f"{subject}: built {result.split(':')[-1][:12]} in {took:.1f} s")
-        prune_built(self._client, self._project, keep, key.service)
+        if self._builder is build_app:  # a test's own builder made no image to remove
+            prune_built(self._client, self._project, keep, key.service)
 
     # -- `image:` -----------------------------------------------------------------------------
 

@@ -32,7 +32,11 @@ from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 
 log = logging.getLogger("devmesh.daemon")
-DISABLED = os.environ.get("DEVMESH_WATCH", "1") == "0"  # the daemon ignores `develop:`
+
+
+def disabled() -> bool:
+    """DEVMESH_WATCH=0: the daemon ignores `develop:` (read when the mesh is set)."""
+    return os.environ.get("DEVMESH_WATCH", "1") == "0"
 
 
 class Develop:
@@ -52,7 +56,7 @@ class Develop:
 
     def set_mesh(self, mesh: Mesh) -> None:
         """Watch what `mesh` names (a save may add, change or drop rules)."""
-        paths = () if DISABLED else watched_paths(mesh)
+        paths = () if disabled() else watched_paths(mesh)
         if paths == self._paths:
             return
         self.stop()

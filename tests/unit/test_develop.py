@@ -214,3 +214,59 @@ def test_dockerfiles_the_legacy_builder_refuses_are_recognised(
 def test_projects_tag_in_their_own_namespace() -> None:
     assert repository("a", "web") != repository("b", "web")
     assert repository("a", "web") == "devmesh-a/web"
+
+
+def test_edits_during_a_build_coalesce_into_one_next_build_and_a_failure_is_kept() -> None:
+    import threading
+    import time
+
+    from devmesh.adapters.images import BuildKey, ImageError, ImageResolver
+
+    mesh = _mesh()
+    web = mesh.service("web")  # type: ignore[attr-defined]
+    version = web.versions[0]
+    release = threading.Event()
+    release.set()
+    built: list[BuildKey] = []
+    fail = False
+
+    def builder(client: object, project: str, key: BuildKey, progress: object) -> str:
+        built.append(key)
+        progress("step 1/2 RUN make")  # type: ignore[operator]
+        assert release.wait(5)
+        if fail:
+            raise ImageError("build failed: Dockerfile:2: unknown instruction: RUNN")
+        return f"sha256:{len(built)}"
+
+    woke: list[float] = []
+    images = ImageResolver(None, "p", lambda _: None, builder)  # type: ignore[arg-type]
+    images.on_built = lambda: woke.append(time.monotonic())
+    images.build_now(mesh)  # the daemon's start: on the caller's thread
+    assert images.app("/src", "web", version) == "sha256:1" and not woke
+
+    release.clear()
+    images.rebuild("/src", web)
+    deadline = time.monotonic() + 5
+    while not images.states() or images.states()[0].step != "step 1/2 RUN make":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for _ in range(5):  # saves while it builds
+        images.rebuild("/src", web)
+    assert images.app("/src", "web", version) == "sha256:1"  # the last good one meanwhile
+    release.set()
+    while not images.idle() or len(woke) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(built) == 3  # the start, the one under way, one for all five saves
+    assert images.app("/src", "web", version) == "sha256:3"
+
+    fail = True
+    images.rebuild("/src", web)
+    while len(woke) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(ImageError, match="Dockerfile:2: unknown instruction: RUNN"):
+        images.app("/src", "web", version)
+    (state,) = images.states()
+    assert not state.running and state.error is not None and "Dockerfile:2" in state.error
+    images.stop()
