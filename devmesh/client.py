@@ -156,6 +156,9 @@ class DaemonClient:
         body = api.FaultRequest(service, route, delay, abort)
         return self._call("POST", "/v1/fault", body, api.FaultResult, api.CHANGE_TIMEOUT)
 
+    def dev(self, req: api.DevRequest) -> api.DevResult:
+        return self._call("POST", "/v1/dev", req, api.DevResult, api.CHANGE_TIMEOUT)
+
     def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
         body = api.RestartRequest(pod=pod) if pod else api.RestartRequest(service=service)
         return self._call("POST", "/v1/restart", body, api.RestartResult, api.CHANGE_TIMEOUT)

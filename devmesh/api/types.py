@@ -424,6 +424,28 @@ class FaultResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DevRequest:
+    """`devmesh dev`: a version of `service` served by a process on the host, at
+    127.0.0.1:`port`, for the requests whose header `header` is `value` (live, not written
+    to the file). `remove`: take it out again (its requests go back to the file's routes)."""
+
+    service: str
+    version: str = "local"
+    port: int = 0  # 1-65535
+    header: str = "x-dev"
+    value: str = "me"
+    remove: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DevResult:
+    service: str
+    version: str
+    active: bool
+    synced: bool  # every connected Envoy ACKed it before the answer
+
+
+@dataclass(frozen=True, slots=True)
 class RestartRequest:
     service: str | None = None
     pod: str | None = None

@@ -12,7 +12,7 @@ import typer
 from typer.exceptions import TyperException
 
 from devmesh import __version__
-from devmesh.cli import file_commands, run_commands
+from devmesh.cli import dev_command, file_commands, run_commands
 from devmesh.cli.exits import Exit
 from devmesh.core.problems import MeshError, MeshInvalid
 
@@ -57,6 +57,7 @@ for command in (
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     run_commands.run
 )
+app.command()(dev_command.dev)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from devmesh.adapters.images import BuildState, ImageResolver
 from devmesh.adapters.probe import probe
 from devmesh.adapters.relay import HostRelays
 from devmesh.adapters.xds_server import XdsServer
-from devmesh.api.types import ErrorCode, EventKind, Phase, Severity
+from devmesh.api.types import DevRequest, ErrorCode, EventKind, Phase, Severity
 from devmesh.core.edit import pick_route
 from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError
@@ -41,7 +42,7 @@ from devmesh.daemon.publisher import Publisher, endpoints, serves
 from devmesh.daemon.reconciler import ROLL_CHECK, Reconciler
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import Desired
-from devmesh.plan.effective import effective, kept_overrides
+from devmesh.plan.effective import DevVersion, effective, kept_overrides
 from devmesh.plan.roll import Retiring
 
 log = logging.getLogger("devmesh.daemon")
@@ -161,6 +162,7 @@ class Controller:
         self.relays = HostRelays()  # to versions running on the host
         self._relay_problems: tuple[str, ...] = ()
         self._overrides: Mapping[tuple[str, str], Fault | None] = {}  # replaced, never changed
+        self._dev: Mapping[tuple[str, str], DevVersion] = {}  # `devmesh dev`; replaced too
         self._health: Mapping[str, Result] = {}
         self._phase = Phase.STARTING
         self._unconfigured = False  # a healthy pod waits for its sidecar's first ACK
@@ -303,6 +305,11 @@ class Controller:
         self.file.accept(digest, mesh)
         self.develop.set_mesh(mesh)
         self._overrides = kept_overrides(mesh, self._overrides)
+        self._dev = {  # a dev version stays while its service does and the file has no twin
+            (s, v): d
+            for (s, v), d in self._dev.items()
+            if mesh.has_service(s) and v not in {x.name for x in mesh.service(s).versions}
+        }
         if rebuild:
             self.images.forget()
         self._reconcile(why)
@@ -385,13 +392,50 @@ class Controller:
         self.events.add(EventKind.RESTART, f"rolling restart of {', '.join(names)}")
         return tuple(names)
 
+    def set_dev(self, req: DevRequest) -> bool:
+        """Add (or with `remove`, take out) a version served by a process on the host, live;
+        refused, and not kept, if it cannot be served. Whether it is in the mesh now."""
+        mesh, key = self.file.mesh, (req.service, req.version)
+        if not mesh.has_service(req.service):
+            raise Refused(ErrorCode.NOT_FOUND, f"no service {req.service!r} in mesh '{mesh.name}'")
+        if req.remove:
+            if key in self._dev:
+                self._dev = {k: d for k, d in self._dev.items() if k != key}
+                self._reconcile("dev: removed")
+                self.events.add(EventKind.RECONCILE, "host version removed", "/".join(key))
+            return False
+        service = mesh.service(req.service)
+        problems = []
+        if not service.is_http:
+            problems.append(f"'{req.service}' is a tcp service: a dev version is routed by header")
+        if req.version in {v.name for v in service.versions}:
+            problems.append(f"'{req.service}' has a version '{req.version}' in the file already")
+        if not _NAME.fullmatch(req.version):
+            problems.append(f"version name {req.version!r}: lower-case letters, digits and -")
+        if not 0 < req.port < 65536:
+            problems.append(f"port {req.port}: expected 1-65535")
+        if not _HEADER.fullmatch(req.header) or not req.value or "\n" in req.value:
+            problems.append(f"header {req.header}={req.value!r}: expected NAME=VALUE")
+        if problems:
+            raise Refused(ErrorCode.BAD_REQUEST, "; ".join(problems))
+        before = self._dev
+        self._dev = {**before, key: DevVersion(req.port, req.header, req.value)}
+        self._reconcile("dev")
+        if self.publisher.error is not None:
+            self._dev = before  # a change that cannot be served is never kept
+            self._reconcile("dev: refused")
+            raise Refused(ErrorCode.BAD_REQUEST, f"cannot serve it: {self.publisher.error}")
+        what = f"on the host at 127.0.0.1:{req.port} for {req.header}: {req.value}"
+        self.events.add(EventKind.RECONCILE, f"host version added, {what}", "/".join(key))
+        return True
+
     def overrides(self) -> Mapping[tuple[str, str], Fault | None]:
         return self._overrides
 
     # -- a pass, and what it hands on -------------------------------------------------------
 
     def _served(self) -> Mesh:
-        return effective(self.file.mesh, self._overrides, self.ingress_port)
+        return effective(self.file.mesh, self._overrides, self.ingress_port, self._dev)
 
     def _reconcile(self, why: str) -> None:
         configured = self.publisher.configured
@@ -478,6 +522,10 @@ class Controller:
 
     def _set_view(self) -> None:
         self.view = self._view()  # one reference swap: readers see one step or the next
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")  # an HTTP token
 
 
 def port_busy(ingress: Ingress) -> bool:

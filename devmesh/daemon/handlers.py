@@ -61,6 +61,7 @@ class Handlers:
             Endpoint("POST", "/v1/shift", self.shift, api.ShiftRequest),
             Endpoint("POST", "/v1/fault", self.fault, api.FaultRequest),
             Endpoint("POST", "/v1/restart", self.restart, api.RestartRequest),
+            Endpoint("POST", "/v1/dev", self.dev, api.DevRequest),
             Endpoint("POST", "/v1/logs", self.logs, api.LogsRequest),
             Endpoint("POST", "/v1/logs/follow", self.follow_logs, api.FollowRequest),
             Endpoint("POST", "/v1/shutdown", lambda _: self.shutdown()),
@@ -173,6 +174,10 @@ class Handlers:
         fault = _fault(req)
         route = self._on_loop(lambda loop: loop.set_fault(req.service, req.route, fault))
         return api.FaultResult(req.service, route, fault is not None, self._wait_pushed())
+
+    def dev(self, req: api.DevRequest) -> api.DevResult:
+        active = self._on_loop(lambda loop: loop.set_dev(req))
+        return api.DevResult(req.service, req.version, active, self._wait_pushed())
 
     def restart(self, req: api.RestartRequest) -> api.RestartResult:
         if not req.pod and not req.service:

@@ -3,11 +3,18 @@ http.server on the host, bound to 127.0.0.1, gets exactly the requests with the 
 the rest go to the container version. Paused (as in a debugger) it goes unhealthy and
 comes back by itself when it answers again: no container is replaced.
 
+`devmesh dev` runs a second one live (not in the file): it calls an upstream by name
+through the proxy `devmesh dev` gives it, and stopping `devmesh dev` under load sends its
+requests back to the containers with none failed.
+
 One mesh serves the module.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +25,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import APP, PROJECTS, Mesh, free_port, request, sweep
+from tests.e2e.conftest import APP, ENV, PROJECTS, Mesh, free_port, request, sweep
 
 pytestmark = pytest.mark.docker
 
@@ -41,6 +48,10 @@ services:
     routes:
       - {{name: mine, match: {{headers: {{x-dev: me}}}}, to: local}}
       - {{name: main, to: v1}}
+  stock:
+    build: {app}
+    image: devmesh-shop-app:1
+    port: 8000
 """
 
 
@@ -144,3 +155,108 @@ def test_a_paused_host_process_goes_unhealthy_and_comes_back_without_a_restart(
     assert _wait(lambda: mesh.get("/back", headers={"x-dev": "me"}).status == 200, 10)
     assert mesh.get("/back", headers={"x-dev": "me"}).body == "local served /back\n"
     assert mesh.containers() == before  # nothing was replaced or restarted
+
+
+# What a developer runs under `devmesh dev`: an http.server on $PORT that calls `stock` by
+# name (urllib takes HTTP_PROXY from the environment) and, stopped, finishes the requests
+# it has before it exits (with 7, to see the exit code passed through).
+DEV_APP = """
+import os, signal, sys, threading, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        with urllib.request.urlopen("http://stock/hello", timeout=10) as r:
+            upstream = r.read().decode().splitlines()[0]
+        body = f"dev served {self.path}; stock says: {upstream}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+server.server_close()  # joins the requests under way
+sys.exit(7)
+"""
+
+
+def test_devmesh_dev_serves_its_header_calls_upstreams_and_leaves_with_no_failed_request(
+    dev: tuple[Mesh, HostApp], tmp_path: Any
+) -> None:
+    mesh, _ = dev
+    script = tmp_path / "server.py"
+    script.write_text(DEV_APP)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devmesh",
+            "dev",
+            "api",
+            "--version",
+            "mine",
+            "--header",
+            "x-who=me",
+            "-f",
+            str(mesh.file),
+            "-p",
+            mesh.project,
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    mine = {"x-who": "me"}
+    try:
+        assert _wait(lambda: mesh.get("/up", headers=mine).body.startswith("dev served"), 30)
+        answers = [mesh.get(f"/m/{i}", headers=mine) for i in range(10)]
+        for i, r in enumerate(answers):
+            assert r.status == 200, r
+            assert r.body.startswith(f"dev served /m/{i}; stock says: stock/default ("), r.body
+        assert all(mesh.get("/p").body.startswith("api/v1 (") for _ in range(10))
+        # Stopped under load: its requests go back to the containers, none fails.
+        failures: list[str] = []
+        bodies: list[tuple[float, str]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    r = mesh.get("/load", headers=mine)
+                    bodies.append((time.monotonic(), r.body))
+                    if r.status != 200:
+                        failures.append(f"{r.status} {r.body[:100]}")
+                except OSError as exc:
+                    failures.append(repr(exc))
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        exited = time.monotonic()
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 7, proc.stderr.read() if proc.stderr else ""
+    assert failures == [], failures[:5]
+    assert any(b.startswith("dev served") for _, b in bodies)  # it served under the load
+    after = [b for t, b in bodies if t > exited]
+    assert after and all(b.startswith("api/v1 (") for b in after), after[:3]
+    assert _wait(lambda: all(p["version"] != "mine" for p in mesh.ps()["pods"]), 15)

@@ -98,3 +98,58 @@ def test_the_host_versions_sidecar_sends_mesh_traffic_to_the_relay() -> None:
     local = next(r for g, r in static.items() if g.endswith("/api/local"))
     loopback = json.dumps(_app_cluster(local))
     assert '"address": "127.0.0.1"' in loopback and '"port_value": 5000' in loopback
+
+
+def test_devmesh_dev_adds_a_host_version_and_a_first_route_to_it() -> None:
+    from devmesh.plan.effective import DevVersion, effective
+
+    mesh = load(TEXT)
+    served = effective(mesh, {}, None, {("api", "mine"): DevVersion(5001, "X-Who", "me")})
+    api = served.service("api")
+    assert [v.name for v in api.versions] == ["v1", "local", "mine"]
+    assert api.versions[2].host == HostApp(5001)
+    first = api.routes[0]
+    assert first.name == "dev-mine" and [(t.version, t.weight) for t in first.to] == [("mine", 100)]
+    assert [(h.name, h.kind, h.value) for h in first.match.headers] == [("x-who", "exact", "me")]
+    assert [r.name for r in api.routes[1:]] == ["mine", "main"]  # the file's, after it
+    assert effective(mesh, {}, None, {}) == mesh
+
+
+def test_the_dev_proxy_forwards_mesh_names_and_refuses_every_other_host() -> None:
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from devmesh.devproxy import DevProxy
+
+    seen: list[tuple[str, str]] = []
+
+    class Hop(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers["Host"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hop = ThreadingHTTPServer(("127.0.0.1", 0), Hop)
+    threading.Thread(target=hop.serve_forever, daemon=True).start()
+    proxy = DevProxy({"stock": ("127.0.0.1", hop.server_address[1])}, "dev")
+    proxy.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "http://stock/items?x=1")
+        answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b"ok")
+        assert seen == [("/items?x=1", "stock")]
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "http://example.com/")
+        refused = conn.getresponse()
+        assert refused.status == 502 and len(seen) == 1  # nothing sent anywhere
+    finally:
+        proxy.close()
+        hop.shutdown()
+        hop.server_close()
