@@ -239,7 +239,7 @@ def test_edits_during_a_build_coalesce_into_one_next_build_and_a_failure_is_kept
         return f"sha256:{len(built)}"
 
     woke: list[float] = []
-    images = ImageResolver(None, "p", lambda _: None, builder)  # type: ignore[arg-type]
+    images = ImageResolver(None, "p", lambda _: None, builder)
     images.on_built = lambda: woke.append(time.monotonic())
     images.build_now(mesh)  # the daemon's start: on the caller's thread
     assert images.app("/src", "web", version) == "sha256:1" and not woke
