@@ -102,7 +102,7 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "r",
         "restart",
         "Restart",
-        "restart the selected pod's app (on a service row: every pod of the service); asks first",
+        "rolling restart of the selected pod (a service row: every pod of it); asks first",
     ),
     ("l", "l", "show_pane('log')", "Log", "show the selected pod's app log (following)"),
     (
@@ -515,9 +515,9 @@ class MeshApp(App[None]):
             self.notify("select a pod or a service in the pods table", severity="warning")
             return
         if row.kind == "pod":
-            question, service, pod = f"Restart the app of pod {row.pod}?", None, row.pod
+            question, service, pod = f"Replace pod {row.pod} (a rolling restart)?", None, row.pod
         else:
-            question = f"Restart the apps of every pod of {row.service}?"
+            question = f"Replace every pod of {row.service} (a rolling restart)?"
             service, pod = row.service, None
 
         def answered(yes: bool | None) -> None:
@@ -531,7 +531,7 @@ class MeshApp(App[None]):
         try:
             result = self.client.restart(service=service, pod=pod)
             names = ", ".join(result.restarted)
-            self.post_message(ActionDone(f"restarted {names}", True))
+            self.post_message(ActionDone(f"rolling restart of {names}", True))
         except MeshError as exc:
             self.post_message(ActionDone(f"restart refused: {exc}", False))
         self.poller.poke()

@@ -174,12 +174,13 @@ def test_fault_toggle_and_pod_restart(make_mesh: Any) -> None:
         await select(pilot, app, "pods", f"pod:{v1_pod}")
         await pilot.press("r", "y")
         events = app.query_one("#events")
-        await until(pilot, lambda: any(f"restarted {v1_pod}-app" in x for x in events.lines))  # type: ignore[attr-defined]
-        await until(pilot, lambda: cell(app, "pods", f"pod:{v1_pod}", "state") == "● ready", 30)
+        await until(pilot, lambda: any(f"rolling restart of {v1_pod}" in x for x in events.lines))  # type: ignore[attr-defined]
+        # A new pod beside the old one, which drains and goes once the new one serves.
+        await until(pilot, lambda: cell(app, "pods", f"pod:{v1_pod}-g1", "state") == "● ready", 30)
 
     attach(mesh, script)
     pods = {p["pod"]: p for p in mesh.ps()["pods"]}
-    assert pods[v1_pod]["state"] == "ready"  # `ps --json`: the PodState, as encoded
+    assert pods[f"{v1_pod}-g1"]["state"] == "ready"  # `ps --json`: the PodState, as encoded
 
 
 def test_file_problems_show_in_a_banner_as_they_happen(make_mesh: Any) -> None:
