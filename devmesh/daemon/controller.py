@@ -247,7 +247,7 @@ class Controller:
 
     def _step(self, batch: list[Command]) -> None:
         why = ""
-        publish = False
+        publish = republish = False
         for command in batch:
             if isinstance(command, FileChanged):
                 mesh = self.file.take(command.read, self._refusals)
@@ -270,13 +270,18 @@ class Controller:
                 self._health = command.results
                 publish = True
             elif isinstance(command, Tick):
-                why = why or "timer"
+                if self._unconfigured and not self.reconciler.wants_pass():
+                    republish = True  # only a sidecar's first ACK awaited: no pass for it
+                else:
+                    why = why or "timer"
             elif isinstance(command, ImagesReady):
                 why = "image built"
         if why:
             self._reconcile(why)
         elif publish:
             self.reconciler.refresh()
+            self._publish()
+        elif republish:
             self._publish()
         self._set_targets()
 

@@ -96,6 +96,11 @@ class Reconciler:
     def rolling(self) -> bool:
         return bool(self.retiring or self._forced)
 
+    def wants_pass(self) -> bool:
+        """A pass is due now (a timer of its own, not another part's wait)."""
+        due = self._clock() >= self.next_pass
+        return due or bool(self._dead) or not self.engine_ok or self.rolling
+
     def next_wake(self) -> float:
         if self._dead:
             return self._clock() + RECHECK

@@ -48,6 +48,7 @@ class FakeEngine:
         self.down = False
         self.lag: dict[str, int] = {}
         self.restarted: list[str] = []
+        self.looks = 0
         self._ids = 0
 
     def _check(self) -> None:
@@ -56,6 +57,7 @@ class FakeEngine:
 
     def look(self, project: str) -> tuple[list[Observed], dict[str, ContainerInfo]]:
         self._check()
+        self.looks += 1
         observed, infos = [], {}
         for name, (obs, info) in self.containers_.items():
             if self.lag.get(name):
@@ -491,3 +493,20 @@ def test_restart_rolls_the_pods_it_names(loop: Any) -> None:
     assert "t-stock-default-0-g1" in engine.containers_
     assert "t-stock-default-0" in engine.containers_  # serves until the new one does
     assert engine.restarted == []  # nothing restarted in place
+
+
+def test_a_healthy_pod_joins_its_endpoints_once_its_sidecar_took_a_config(loop: Any) -> None:
+    controller, engine, xds, _, _ = loop
+    xds.unconfigured.add("t-stock-default-0-sidecar")
+    _healthy(controller)
+    served = controller.publisher._published
+    assert served is not None and ("stock", "default") not in served[1]
+    assert controller._unconfigured  # the loop looks again soon ...
+    looks = engine.looks
+    controller._step([Tick()])
+    assert engine.looks == looks  # ... by publishing again, not with a pass
+    xds.unconfigured.clear()
+    controller._step([Tick()])
+    served = controller.publisher._published
+    assert served is not None and ("stock", "default") in served[1]
+    assert not controller._unconfigured
