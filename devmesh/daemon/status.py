@@ -153,6 +153,7 @@ def mesh_state(
         and not failed
         and all(p.ready for p in pods if not p.retiring)
         and (gateway is None or gateway.ready)
+        and not any(b.running for b in view.builds)  # a version's first pods may wait on it
     )
     return api.MeshState(
         mesh=view.mesh.name,
