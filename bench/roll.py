@@ -80,7 +80,11 @@ def devmesh_running(directory: Path) -> Iterator[tuple[int, Change]]:
     project = f"rollbench-{uuid.uuid4().hex[:6]}"
     try:
         up(file, project)
-        yield port, lambda value: file.write_text(_mesh(port, value))  # the daemon rolls
+
+        def change(value: str) -> None:
+            file.write_text(_mesh(port, value))  # saved: the daemon rolls the pod
+
+        yield port, change
     finally:
         down(project)
 
