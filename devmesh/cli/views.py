@@ -65,6 +65,9 @@ def not_ready_lines(state: api.MeshState) -> list[str]:
     for p in state.pods:
         if not p.ready and (p.service, p.version, p.reason) not in reported:
             lines.append(f"  {p.service}/{p.version} ({p.pod}): {p.state.value}: {p.reason}")
+    for b in state.builds:
+        if b.running:
+            lines.append(f"  {b.service}/{b.version}: building: {b.step}")
     gw = state.gateway
     if gw is not None and not gw.ready:
         lines.append(f"  gateway: {gw.state}, xDS {gw.xds.word}")

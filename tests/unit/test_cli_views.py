@@ -113,3 +113,17 @@ def test_json_is_the_apis_encoding() -> None:
     assert data["phase"] == "serving"
     assert data["pods"][0]["state"] == "ready"
     assert data["pods"][0]["xds"]["synced"] is True
+
+
+def test_not_ready_names_a_build_under_way_with_its_step() -> None:
+    state = api.MeshState(
+        "m",
+        "m",
+        api.Phase.SERVING,
+        False,
+        builds=(
+            api.BuildStatus("web", "v2", True, "step 2/3 RUN make"),
+            api.BuildStatus("api", "v1", False, "", "build failed: Dockerfile:3: x"),
+        ),
+    )
+    assert views.not_ready_lines(state) == ["  web/v2: building: step 2/3 RUN make"]
