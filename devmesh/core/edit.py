@@ -339,13 +339,14 @@ def _insert_routes(text: str, svc_node: yaml.Node | None, flow: str) -> str:
     return text[:line_start] + f"{indent}routes:\n{indent}  - {entry}\n" + text[line_start:]
 
 
-def write_file(path: Path, text: str) -> None:
-    """Replace the file's content atomically, keeping its permissions."""
+def write_file(path: Path, text: str | bytes) -> None:
+    """Replace the file's content atomically, keeping its permissions. Text is written as
+    UTF-8 whatever the locale (a mesh file is read as UTF-8)."""
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

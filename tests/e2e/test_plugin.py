@@ -143,6 +143,8 @@ def test_shift_is_observed_and_two_meshes_run_at_once(
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert leftovers(docker_client) == []
+    # The shift was written while the mesh ran; teardown put the user's file back.
+    assert (project.path / "devmesh.yaml").read_text() == MESH
 
 
 @pytest.mark.docker
