@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import TyperException
 
 from devmesh import __version__
-from devmesh.cli import file_commands, run_commands
+from devmesh.cli import file_commands, init_command, run_commands
 from devmesh.cli.exits import Exit
+from devmesh.cli.options import Globals, set_globals
+from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError, MeshInvalid
 
 app = typer.Typer(
     name="devmesh",
     help="A local service mesh on plain Docker: Envoy sidecars, live routing, no cluster.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -34,11 +37,38 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-f",
+            "--file",
+            help="The mesh file, for every command (as `docker compose -f FILE ...`); '-': "
+            "standard input. Default: $DEVMESH_FILE, else ./devmesh.yaml or the nearest one "
+            "in a parent directory.",
+            show_default=False,
+        ),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "-p",
+            "--project-name",
+            "--project",
+            help="The instance's name, for every command (default: $DEVMESH_PROJECT, else the "
+            "file's `mesh:` name; with no file, the one mesh that runs).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """devmesh: validate, render and explain a mesh file; run it on Docker."""
+    """devmesh: validate, render and explain a mesh file; run it on Docker.
+
+    Example: devmesh -f examples/shop/devmesh.yaml up -d --wait"""
+    if project is not None:
+        check_project(project)  # `-p ../x` is refused before any command runs
+    set_globals(Globals(tuple(file or ()), project))
 
 
 for command in (
@@ -50,8 +80,12 @@ for command in (
     run_commands.tui,
     run_commands.down,
     run_commands.ps,
+    run_commands.ls,
     run_commands.logs,
+    run_commands.events,
     run_commands.shift,
+    file_commands.config,
+    init_command.init,
 ):
     app.command()(command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
@@ -65,6 +99,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; its exit code."""
+    set_globals(Globals())  # a second run in one process starts afresh
     try:
         code = app(args=argv, prog_name="devmesh", standalone_mode=False)
     except MeshInvalid as exc:

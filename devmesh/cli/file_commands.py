@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import json
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from devmesh.cli.exits import Exit
-from devmesh.cli.options import DEFAULT_FILE, JsonFlag, MeshFile
+from devmesh.cli.options import (
+    Format,
+    FormatOpt,
+    JsonFlag,
+    MeshFile,
+    explicit_file,
+    given_project,
+    load_mesh,
+    mesh_file,
+    output_format,
+)
 from devmesh.core.problems import MeshError, MeshInvalid, Problem
 
 
@@ -23,27 +34,37 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def validate(file: MeshFile = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
-    """Check the mesh file; print every problem at once as FILE:LINE:COL: key: message."""
-    from devmesh.core.load import load_path
+def _print(data: Any, fmt: Format) -> None:
+    from devmesh.cli.views import dump_plain
+
+    typer.echo(dump_plain(data, fmt))
+
+
+def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt = None) -> None:
+    """Check the mesh file; print every problem at once as FILE:LINE:COL: key: message.
+
+    Example: devmesh validate    (or: devmesh -f examples/shop/devmesh.yaml validate)"""
     from devmesh.core.summary import summarize
 
+    fmt = output_format(output, as_json)
+    as_json = fmt is not Format.TABLE
+    path = mesh_file(file, stdin=True)
     try:
-        mesh = load_path(str(file))
+        mesh = load_mesh(path)
     except MeshInvalid as exc:
         if as_json:
-            _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
+            _print({"valid": False, "problems": [_problem_json(p) for p in exc.problems]}, fmt)
         else:
             for problem in exc.problems:
                 _err(str(problem))
             n = len(exc.problems)
-            _err(f"{file}: {n} problem{'s' if n != 1 else ''}")
+            _err(f"{path}: {n} problem{'s' if n != 1 else ''}")
         raise typer.Exit(Exit.ERROR) from None
     summary = summarize(mesh)
     if as_json:
-        _print_json({"valid": True, **summary.as_json()})
+        _print({"valid": True, **summary.as_json()}, fmt)
     else:
-        typer.echo(f"{file}: {summary}")
+        typer.echo(f"{path}: {summary}")
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:
@@ -52,18 +73,19 @@ def _problem_json(p: Problem) -> dict[str, Any]:
 
 def render(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the config files.")],
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     check: Annotated[
         bool, typer.Option("--check", help="Also run `envoy --mode validate` on each file.")
     ] = False,
 ) -> None:
-    """Write one complete static Envoy config per sidecar and for the ingress gateway."""
+    """Write one complete static Envoy config per sidecar and for the ingress gateway.
+
+    Example: devmesh render --out out/shop --check"""
     import yaml
 
-    from devmesh.core.load import load_path
     from devmesh.envoy.render import render_mesh
 
-    rendered = render_mesh(load_path(str(file)))
+    rendered = render_mesh(load_mesh(mesh_file(file, stdin=True)))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,25 +134,77 @@ def explain(
         list[str] | None,
         typer.Option("-H", "--header", help="A request header, 'name: value'. Repeatable."),
     ] = None,
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     as_json: JsonFlag = False,
+    output: FormatOpt = None,
 ) -> None:
-    """Show which route matches a request, where it goes and what applies (and why not others)."""
+    """Show which route matches a request, where it goes and what applies (and why not others).
+
+    Example: devmesh explain GET http://catalog/items -H 'x-canary: 1'"""
     from devmesh.core.explain import explain as run_explain
     from devmesh.core.explain import explanation_json, format_explanation, parse_header
-    from devmesh.core.load import load_path
 
-    mesh = load_path(str(file))
+    fmt = output_format(output, as_json)
+    mesh = load_mesh(mesh_file(file, stdin=True))
     headers = [parse_header(h) for h in header or ()]
     result = run_explain(mesh, method, url, headers)
-    if as_json:
-        _print_json(explanation_json(result))
+    if fmt is not Format.TABLE:
+        _print(explanation_json(result), fmt)
     else:
         typer.echo(format_explanation(result))
 
 
 def schema() -> None:
-    """Print the JSON Schema of the mesh file (for yaml-language-server and editors)."""
+    """Print the JSON Schema of the mesh file (for yaml-language-server and editors).
+
+    Example: devmesh schema > devmesh.schema.json"""
     from devmesh.core.schema import json_schema
 
     _print_json(json_schema())
+
+
+class ConfigFormat(StrEnum):
+    YAML = "yaml"
+    JSON = "json"
+
+
+def config(
+    file: MeshFile = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "-p",
+            "--project-name",
+            "--project",
+            help="A running instance: show the file its daemon serves.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+    output: Annotated[
+        ConfigFormat, typer.Option("--format", help="yaml or json.", case_sensitive=False)
+    ] = ConfigFormat.YAML,
+) -> None:
+    """Print the mesh as devmesh reads it: every default resolved (mesh `defaults` ->
+    service -> route), every version and route named, durations in milliseconds.
+
+    Example: devmesh config --format json"""
+    from devmesh.core.resolved import resolved
+
+    named = explicit_file(file) or _served_file(project)
+    mesh = load_mesh(mesh_file([named] if named is not None else None, stdin=True))
+    fmt = Format.JSON if as_json or output is ConfigFormat.JSON else Format.YAML
+    _print(resolved(mesh), fmt)
+
+
+def _served_file(project: str | None) -> Path | None:
+    """With -p (or $DEVMESH_PROJECT) and a daemon running it: the file it serves."""
+    name = given_project(project)
+    if name is None:
+        return None
+    from devmesh.daemon import launcher
+
+    state = launcher.find(name)
+    if state is None or not state.file:
+        raise MeshError(f"no daemon runs mesh '{name}'; give its file with -f FILE")
+    return Path(state.file)

@@ -38,10 +38,10 @@ from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.api import types as api
 from devmesh.client import DaemonClient, DaemonUnavailable
 from devmesh.core.addressing import GATEWAY_PORT
-from devmesh.core.names import check_project
+from devmesh.core.names import check_project, is_project
 from devmesh.core.problems import MeshError
 from devmesh.daemon.podstate import container_state
-from devmesh.daemon.state import StateDir
+from devmesh.daemon.state import StateDir, base_dir
 from devmesh.plan.desired import gateway_name
 from devmesh.plan.plan import Observed
 
@@ -134,6 +134,41 @@ def find(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState | None:
         return DaemonClient(state.api_socket, timeout=timeout).state()
     except DaemonUnavailable:
         raise DaemonNotAnswering(project, pid, _is_stopped(pid), timeout) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A mesh instance whose daemon holds its lock: its state, or why it gave none."""
+
+    project: str
+    pid: int
+    state: api.MeshState | None
+    error: str = ""
+
+
+def instances(timeout: float = ANSWER_TIMEOUT) -> list[Instance]:
+    """Every instance with a running daemon under the state base (`devmesh ls`), by name.
+    Only directories named as projects are looked at; nothing is created or changed."""
+    try:
+        entries = sorted(p for p in base_dir().iterdir() if is_project(p.name) and p.is_dir())
+    except OSError:  # no base yet: nothing ever ran
+        return []
+    found = []
+    for path in entries:
+        try:
+            pid = StateDir(path).daemon_pid()
+        except OSError:
+            continue
+        if pid is None:
+            continue
+        try:
+            state = find(path.name, timeout)
+        except MeshError as exc:
+            found.append(Instance(path.name, pid, None, str(exc)))
+            continue
+        if state is not None:
+            found.append(Instance(path.name, pid, state))
+    return found
 
 
 def status(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState:
@@ -240,6 +275,62 @@ def follow_logs(project: str, service: str, tail: int | None) -> LogStream:
     if not pods:
         raise MeshError(f"service '{service}' has no pods; is the mesh up?")
     return LogStream(pods, logfollow.follow(engine, project, service, tail, threading.Event()))
+
+
+def follow_services(project: str, services: list[str], tail: int | None) -> LogStream:
+    """Several services' app log lines interleaved as they come (`devmesh logs` with no
+    SERVICE): one follower each, ending when every one has ended."""
+    streams = []
+    for service in services:
+        try:
+            streams.append(follow_logs(project, service, tail))
+        except MeshError:  # no pods (yet): the others are followed
+            continue
+    if not streams:
+        raise MeshError(f"mesh '{project}' has no pods; is it up?")
+    return LogStream(tuple(p for s in streams for p in s.pods), _merged([s.lines for s in streams]))
+
+
+def _merged(sources: list[Iterator[api.LogLine]]) -> Iterator[api.LogLine]:
+    import queue
+
+    lines: queue.Queue[api.LogLine | None] = queue.Queue(maxsize=1000)
+    done = threading.Event()
+
+    def pump(source: Iterator[api.LogLine]) -> None:
+        try:
+            for line in source:
+                while not done.is_set():
+                    try:
+                        lines.put(line, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    break
+        except MeshError:
+            pass  # that service's follower ended (its daemon went away): the others go on
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+            if not done.is_set():  # a reader that left does not drain: do not block on it
+                lines.put(None)
+
+    threads = [threading.Thread(target=pump, args=(s,), daemon=True) for s in sources]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    try:
+        while running:
+            line = lines.get()
+            if line is None:
+                running -= 1
+            else:
+                yield line
+    finally:
+        done.set()
 
 
 def _from_daemon(project: str, service: str, tail: int | None) -> Iterator[api.LogLine]:
