@@ -255,12 +255,12 @@ class MeshInstance:
 
     def logs(self, service: str, tail: int = 200) -> str:
         result = _devmesh(
-            "logs",
-            service,
-            "-f",
+            "-f",  # before the command: after `logs`, -f means --follow (as in compose)
             str(self.file),
             "-p",
             self.project,
+            "logs",
+            service,
             "--tail",
             str(tail),
             timeout=60,

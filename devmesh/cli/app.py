@@ -93,6 +93,16 @@ app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options"
 )
 
 
+def _hint_logs_follow(argv: list[str]) -> None:
+    """`devmesh logs SERVICE -f FILE` was the file before -f meant --follow (compose's)."""
+    if "logs" in argv and "-f" in argv[argv.index("logs") :]:
+        typer.echo(
+            "devmesh: after `logs`, -f means --follow (as in docker compose); give the file "
+            "before the command: devmesh -f FILE logs SERVICE, or --file FILE",
+            err=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(run(argv))
 
@@ -115,6 +125,7 @@ def run(argv: list[str] | None = None) -> int:
         return Exit.INTERRUPTED
     except TyperException as exc:  # a usage error: typer's message, exit 2
         exc.show()  # type: ignore[attr-defined]  # every TyperException raised here can
+        _hint_logs_follow(argv if argv is not None else sys.argv[1:])
         return int(getattr(exc, "exit_code", Exit.USAGE))
     except BrokenPipeError:  # `devmesh logs x | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,10 +13,10 @@ from typing import Annotated
 
 import typer
 
-from devmesh.core.names import PROJECT_MAX, check_project
 from devmesh.core.problems import MeshError
 
 MESH_MARK = "@MESH@"  # in a template's files: the new mesh's name
+MESH_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")  # the schema's rule for `mesh:`
 
 
 class Template(StrEnum):
@@ -56,7 +56,12 @@ def init(
             "start from a template (--template python-http, grpc or tcp) and copy your "
             "services' images and ports into devmesh.yaml"
         )
-    mesh = check_project(name if name is not None else mesh_name(directory))
+    mesh = name if name is not None else mesh_name(directory)
+    if MESH_NAME.fullmatch(mesh) is None:
+        raise MeshError(
+            f"--name {mesh!r} is not a mesh name: lowercase letters, digits and '-', "
+            "starting with a letter, 30 at most"
+        )
     source = starters() / template.value
     files = dict(_walk(source, Path()))
     taken = sorted(str(directory / rel) for rel in files if (directory / rel).exists())
@@ -89,7 +94,7 @@ def _walk(node: Traversable, rel: Path) -> list[tuple[Path, Traversable]]:
 
 
 def mesh_name(directory: Path) -> str:
-    """A valid project name from a directory's name: 'My Shop' -> 'my-shop'."""
-    word = directory.resolve().name.lower()
-    word = re.sub(r"[^a-z0-9_-]+", "-", word).strip("-_")[:PROJECT_MAX]
+    """A valid mesh name from a directory's name: 'My Shop_2' -> 'my-shop-2'."""
+    word = re.sub(r"[^a-z0-9]+", "-", directory.resolve().name.lower())
+    word = re.sub(r"^[^a-z]+", "", word)[:30].rstrip("-")
     return word or "mesh"
