@@ -42,6 +42,7 @@ def _root(
         typer.Option(
             "-f",
             "--file",
+            metavar="FILE",
             help="The mesh file, for every command (as `docker compose -f FILE ...`); '-': "
             "standard input. Default: $DEVMESH_FILE, else ./devmesh.yaml or the nearest one "
             "in a parent directory.",
@@ -54,6 +55,7 @@ def _root(
             "-p",
             "--project-name",
             "--project",
+            metavar="NAME",
             help="The instance's name, for every command (default: $DEVMESH_PROJECT, else the "
             "file's `mesh:` name; with no file, the one mesh that runs).",
             show_default=False,

@@ -185,8 +185,10 @@ def config(
         ConfigFormat, typer.Option("--format", help="yaml or json.", case_sensitive=False)
     ] = ConfigFormat.YAML,
 ) -> None:
-    """Print the mesh as devmesh reads it: every default resolved (mesh `defaults` ->
-    service -> route), every version and route named, durations in milliseconds.
+    """Print the mesh as devmesh reads it, every default resolved.
+
+    Mesh `defaults` -> service -> route resolved, every version and route named, durations
+    in milliseconds.
 
     Example: devmesh config --format json"""
     from devmesh.core.resolved import resolved

@@ -45,9 +45,10 @@ def init(
         typer.Option("--from", help="A compose file to convert (not yet: comes later)."),
     ] = None,
 ) -> None:
-    """Write a starter mesh (devmesh.yaml) and its app into DIR from a template: an HTTP
-    service, a gRPC service or a TCP service, each in two versions with a weighted split.
-    Nothing is overwritten.
+    """Write a starter mesh (devmesh.yaml) and its app into DIR from a template.
+
+    Templates: an HTTP service, a gRPC service or a TCP service, each in two versions with
+    a weighted split. Nothing is overwritten.
 
     Example: devmesh init shop --template python-http && cd shop && devmesh up -d --wait"""
     if from_compose is not None:

@@ -28,6 +28,7 @@ MeshFile = Annotated[
     typer.Option(
         "-f",
         "--file",
+        metavar="FILE",
         help="The mesh file ('-': standard input, for validate, render, explain, config). "
         f"Default: ${FILE_ENV}, else ./devmesh.yaml or the nearest one in a parent directory.",
         show_default=False,
@@ -47,6 +48,7 @@ ProjectOpt = Annotated[
         "-p",
         "--project-name",
         "--project",
+        metavar="NAME",
         help=f"Instance name (default: ${PROJECT_ENV}, else the file's `mesh:` name): "
         "lowercase letters, digits, '-' and '_'.",
         show_default=False,

@@ -147,7 +147,12 @@ def up(
         bool, typer.Option("--tui/--no-tui", help="In the foreground on a terminal: open the TUI.")
     ] = True,
 ) -> None:
-    """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
+    """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane.
+
+    In the foreground on a terminal it opens the TUI (quitting it stops the mesh); -d runs
+    the daemon in the background. A second `up` makes the running daemon re-read the file.
+
+    Example: devmesh up -d --wait"""
     from devmesh.daemon import launcher
 
     timeout = check_timeout(timeout)
@@ -212,25 +217,16 @@ def _foreground(
     tui: bool,
 ) -> None:
     from devmesh.daemon import launcher
+    from devmesh.tui import is_terminal
 
-    tui = tui and sys.stdin.isatty() and sys.stdout.isatty()
-    if tui:  # the TUI owns the terminal: the daemon logs into its file
-        typer.echo(f"starting mesh '{name}' ...")
+    if tui and is_terminal():
+        _foreground_tui(file, mesh, name, ingress_port)
+        return
     try:
-        with launcher.foreground(file, name, ingress_port, mesh, log_file=tui) as fg:
+        with launcher.foreground(file, name, ingress_port, mesh, log_file=False) as fg:
             try:
                 if wait:
                     _wait(fg.client, name, timeout, exit_when_not_ready=False, stop=fg.stopping)
-                if tui:
-                    from devmesh.tui import run as run_tui
-
-                    def serve() -> None:
-                        fg.daemon.wait(also=fg.stopping)  # `down` or a signal: the TUI closes
-                        fg.stopping.set()
-
-                    threading.Thread(target=serve, name="serve", daemon=True).start()
-                    run_tui(fg.client, owns_mesh=True, stop_when=fg.stopping.is_set)
-                    return
                 for line in views.url_lines(fg.client.state()):
                     typer.echo(line)
                 typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
@@ -241,6 +237,28 @@ def _foreground(
         _joined_or_started(launcher.await_serving(name), file)
         for line in views.url_lines(launcher.client(name).state()):
             typer.echo(line)
+
+
+def _foreground_tui(file: Path, mesh: Mesh, name: str, ingress_port: int | None) -> None:
+    """The TUI from the first moment: it shows the bring-up (images, pods starting, ready)
+    while the daemon starts on a thread; quitting it stops the mesh."""
+    from devmesh.daemon import launcher
+    from devmesh.tui import run as run_tui
+
+    typer.echo(f"starting mesh '{name}' ...")
+    with launcher.foreground_starting(file, name, ingress_port, mesh) as starting:
+        try:
+            run_tui(starting.client, owns_mesh=True, stop_when=starting.stopping.is_set)
+        finally:
+            typer.echo("stopping the mesh ...")
+            starting.stop()
+    for exc in starting.failed:
+        if isinstance(exc, launcher.AnotherDaemonServes):
+            _joined_or_started(launcher.await_serving(name), file)
+            for line in views.url_lines(launcher.client(name).state()):
+                typer.echo(line)
+            return
+        raise exc
 
 
 def _wait(
@@ -266,12 +284,14 @@ def _wait(
 
 def tui(file: MeshFile = None, project: ProjectOpt = None) -> None:
     """Watch and steer a running mesh: pods, routes, live stats, weights, faults, logs, events.
+
     Several may attach at once; quitting leaves the mesh running.
 
     Example: devmesh -p shop tui"""
     from devmesh.daemon import launcher
-    from devmesh.tui import run
+    from devmesh.tui import check_terminal, run
 
+    check_terminal()  # before anything else: `devmesh tui > file` must not wait or draw
     target = _target(file, project)
     if target.state is None:
         raise MeshError(f"no daemon runs mesh '{target.project}'; start it with `devmesh up -d`")
@@ -365,6 +385,7 @@ def events(
     output: FormatOpt = None,
 ) -> None:
     """Show what the daemon did and saw: saves, pushes, NACKs, containers, health, faults.
+
     With --follow, one line (or one JSON object) per event as it comes, until the daemon stops.
 
     Example: devmesh events --follow --json"""
@@ -414,9 +435,10 @@ def logs(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
 ) -> None:
-    """Show the app logs of a service's pods (prefixed by pod when there are several), or of
-    every service interleaved, each line prefixed by its pod (coloured on a terminal).
-    `-f` follows, as in compose; the mesh file is `--file` here (or `devmesh -f FILE logs`).
+    """Show the app logs of a service's pods, or of every service interleaved.
+
+    Lines are prefixed by their pod when there are several (coloured on a terminal). -f
+    follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
 
     Example: devmesh logs -f catalog --tail 20"""
     from devmesh.daemon import launcher
@@ -501,8 +523,9 @@ def shift(
     as_json: JsonFlag = False,
     output: FormatOpt = None,
 ) -> None:
-    """Set a route's weights live; they are written into the mesh file, comments kept. A
-    running instance writes its own file (the line says which).
+    """Set a route's weights live; they are written into the mesh file, comments kept.
+
+    A running instance writes its own file (the line says which).
 
     Example: devmesh shift catalog v1=70 v2=30"""
     from devmesh.core.edit import set_weights, write_file
@@ -536,9 +559,10 @@ def run(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the mesh up afterwards.")] = False,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the mesh.")] = 180.0,
 ) -> None:
-    """Up, wait, run COMMAND with the mesh's URLs in its environment, tear down; exit with
-    the command's code (125 if the mesh could not come up). The mesh gets its own name and
-    free ports; COMMAND sees DEVMESH_URL, DEVMESH_URL_<SERVICE> and DEVMESH_PROJECT.
+    """Up, wait, run COMMAND with the mesh's URLs in its environment, tear down.
+
+    Exits with COMMAND's code (125 if the mesh could not come up). The mesh gets its own
+    name and free ports; COMMAND sees DEVMESH_URL, DEVMESH_URL_<SERVICE>, DEVMESH_PROJECT.
 
     Example: devmesh run -- pytest tests/integration -x"""
     import os
