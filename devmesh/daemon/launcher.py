@@ -391,19 +391,27 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(daemon: Daemon, teardown: bool) -> Iterator[threading.Event]:
+def running(
+    daemon: Daemon, teardown: bool, stopping: threading.Event | None = None
+) -> Iterator[threading.Event]:
     """Run `daemon` in this process: SIGINT/SIGTERM stop it, it starts (AnotherDaemonServes
     when a concurrent one holds the lock), the context's body serves, and it stops at the end
-    (with `teardown`, removing the mesh it brought up). Yields the event the signals set."""
+    (with `teardown`, removing the mesh it brought up). Yields the event the signals set.
+    Given `stopping`, the caller handles the signals (this runs on another thread then)."""
     from devmesh.daemon.runtime import DaemonRunning
 
-    stopping = threading.Event()
+    signals = stopping is None
+    stopping = stopping or threading.Event()
 
     def on_signal(*_: Any) -> None:
         stopping.set()
         daemon.request_stop()
 
-    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = (
+        {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if signals
+        else {}
+    )
     try:
         try:
             daemon.start()
@@ -447,6 +455,69 @@ def foreground(
     daemon = compose(file, project, ingress_port, mesh)
     with running(daemon, teardown=True) as stopping:
         yield Foreground(daemon, stopping, DaemonClient(state.api_socket))
+
+
+@dataclass
+class Starting:
+    """A mesh coming up on a thread of its own while the caller's thread runs a TUI that shows
+    it come up (images built, pods starting, ready): the TUI reads the API, which serves from
+    before the first pass. `stop()` stops and removes the mesh, also halfway through."""
+
+    daemon: Daemon
+    stopping: threading.Event
+    client: DaemonClient
+    thread: threading.Thread
+    failed: list[BaseException]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.daemon.request_stop()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def foreground_starting(
+    file: Path, project: str, ingress_port: int | None, mesh: Mesh | None
+) -> Iterator[Starting]:
+    """As `foreground` with a TUI, but the daemon starts on a thread: the first pass (a 13 s
+    image build) is shown inside the TUI, not before it. Signals stay on this (the main)
+    thread. Errors before the start (engine, port, lock) are raised here, before any TUI."""
+    from devmesh.daemon.__main__ import compose
+
+    state = StateDir.for_project(project)
+    state.create()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", filename=str(state.log_file)
+    )
+    daemon = compose(file, project, ingress_port, mesh)
+    stopping = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with running(daemon, teardown=True, stopping=stopping):
+                daemon.wait(also=stopping)
+        except BaseException as exc:  # shown by the caller once the TUI is gone
+            failed.append(exc)
+        finally:
+            stopping.set()  # the TUI closes
+
+    def on_signal(*_: Any) -> None:
+        stopping.set()
+        daemon.request_stop()
+
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=serve, name="daemon", daemon=True)
+    starting = Starting(daemon, stopping, DaemonClient(state.api_socket), thread, failed)
+    try:
+        thread.start()
+        yield starting
+    finally:
+        try:
+            starting.stop()
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
 
 def start_background(
