@@ -16,7 +16,7 @@ from devmesh.api import types as api
 from devmesh.tui.app import MeshApp, make_app
 from devmesh.tui.clock import ManualClock
 from devmesh.tui.model import bring_up_progress, header_text
-from devmesh.tui.widgets import RowTable
+from devmesh.tui.widgets import Line, RowTable
 from tests.tui.conftest import feed
 from tests.tui.fake import RecordedClient, load
 
@@ -50,7 +50,7 @@ def test_no_table_row_is_wider_than_its_table_and_the_url_is_whole(size) -> None
             seen[name] = (table.content_width, table.size.width, table.drawn_columns)
             seen[name + "-right"] = table.region.right
         seen["bottom-left"] = app.query_one("#bottom").region.x
-        seen["title"] = str(app.query_one("#title").text)
+        seen["title"] = str(app.query_one("#title", Line).text)
         seen["wide"] = app.screen.has_class("-wide")
 
     run(size, script, owns_mesh=True)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_tui_without_a_terminal_says_so_and_exits(tmp_path: Path, redirected, na
     err = tmp_path / "err"
     try:
         with out.open("wb") as out_file, err.open("wb") as err_file:
-            streams = {"stdin": follower, "stdout": follower, "stderr": follower}
+            streams: dict[str, Any] = {"stdin": follower, "stdout": follower, "stderr": follower}
             streams[redirected] = subprocess.DEVNULL if redirected == "stdin" else out_file
             if redirected != "stderr":
                 streams["stderr"] = err_file  # where the message goes, to read it
@@ -33,7 +34,7 @@ def test_tui_without_a_terminal_says_so_and_exits(tmp_path: Path, redirected, na
                 cwd=tmp_path,
                 env={**os.environ, "TERM": "xterm-256color"},
                 check=False,
-                **streams,  # type: ignore[arg-type]
+                **streams,
             )
     finally:
         os.close(follower)

@@ -57,7 +57,8 @@ def _answer_types() -> dict[str, set[str]]:
         if method is None:
             continue
         hint = typing.get_type_hints(method).get("return")
-        found = {a.__name__ for a in _flatten(hint) if hasattr(api, getattr(a, "__name__", ""))}
+        names = {getattr(a, "__name__", "") for a in _flatten(hint)}
+        found = {n for n in names if n and hasattr(api, n)}
         out[endpoint.path] = found
     return out
 
