@@ -117,7 +117,8 @@ def test_attach_shift_see_file_and_split_change_then_quit(
     terminal.keys("Down", "Down", target=second)
     with traffic(mesh):
         terminal.wait(lambda s: (main_v2(s) or ("", ""))[1].endswith("%"))
-        terminal.keys("Tab", "Down", "Down", "Down", "Down", "Down")  # main's v2
+        # canary, its one version, main, → v1, → v2
+        terminal.keys("Tab", "Down", "Down", "Down", "Down")  # main's v2
         terminal.keys(*["]"] * 8)  # 20 -> 100
         wait_for(
             lambda: (
