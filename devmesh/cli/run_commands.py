@@ -67,10 +67,11 @@ class Target:
     state: api.MeshState | None  # the daemon's, when one runs
 
 
-def _target(file: list[Path] | None, project: str | None) -> Target:
+def _target(file: list[Path] | None, project: str | None, frozen_ok: bool = False) -> Target:
     """-p or $DEVMESH_PROJECT; else the mesh file's name (-f, $DEVMESH_FILE, the nearest
     devmesh.yaml); else the one mesh that runs. With a daemon running, its own file counts,
-    not a file of the same name here (the daemon knows which it serves)."""
+    not a file of the same name here (the daemon knows which it serves). `frozen_ok`: a
+    daemon that does not answer is no error (`down` stops it all the same)."""
     from devmesh.core.load import declared_name
     from devmesh.daemon import launcher
 
@@ -97,7 +98,12 @@ def _target(file: list[Path] | None, project: str | None) -> Target:
     if name is None:
         assert local is not None
         name = check_project(declared_name(str(local)))
-    state = launcher.find(name)
+    try:
+        state = launcher.find(name)
+    except launcher.DaemonNotAnswering:
+        if not frozen_ok:
+            raise
+        return Target(name, local, None)
     if state is None and from_file and local is not None:
         # `up -p other` of this very file: the file's own name does not run, the other does
         here = str(local.resolve())
@@ -311,7 +317,7 @@ def down(
 
     fmt = output_format(output, as_json)
     as_json = fmt is not Format.TABLE
-    name = _target(file, project).project
+    name = _target(file, project, frozen_ok=True).project
     result = launcher.down(name)
     stopped = result.daemon
     if stopped is not None:
