@@ -297,8 +297,8 @@ def tui(file: MeshFile = None, project: ProjectOpt = None) -> None:
     from devmesh.daemon import launcher
     from devmesh.tui import check_terminal, run
 
-    check_terminal()  # before anything else: `devmesh tui > file` must not wait or draw
-    target = _target(file, project)
+    target = _target(file, project)  # bad arguments are said first
+    check_terminal()  # `devmesh tui > file` must not wait or draw escape codes
     if target.state is None:
         raise MeshError(f"no daemon runs mesh '{target.project}'; start it with `devmesh up -d`")
     run(launcher.client(target.project, timeout=5))
