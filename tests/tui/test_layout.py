@@ -186,3 +186,13 @@ def test_bring_up_progress_names_the_image_then_the_pods() -> None:
     assert bring_up_progress(starting, events) == "pods starting: 4/5 ready"
     assert bring_up_progress(state, events) == ""
     assert "pods starting" in header_text(starting, True, 160, bring_up_progress(starting, []))
+
+
+@pytest.mark.parametrize("recording", ["shop", "trouble"])
+def test_event_lines_are_the_daemons_words_never_a_python_repr(recording, utc) -> None:
+    from devmesh.tui.model import event_line
+
+    for event in load(recording, "events.json", api.Events).events:
+        line = event_line(event)
+        assert line.endswith(event.text)
+        assert "{'" not in line and "Event(" not in line and "EventKind." not in line
