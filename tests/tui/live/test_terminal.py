@@ -156,6 +156,12 @@ def test_foreground_up_opens_the_tui_and_quitting_stops_the_mesh(
     assert any(
         "building" in title or "pods starting" in title or "· starting" in title for title in seen
     ), seen
+    # No phantom "save: applied" at start: the file did not change (issue 15).
+    from devmesh.api import types as api
+    from devmesh.daemon import launcher
+
+    kinds = [e.kind for e in launcher.client(mesh.project).events().events]
+    assert api.EventKind.DAEMON in kinds and api.EventKind.SAVE not in kinds, kinds
     assert mesh.containers()
     terminal.keys("q")
     wait_for(lambda: not terminal.alive(), 30)
