@@ -440,6 +440,17 @@ def logs(
     project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            "--proxy",
+            help="The Envoy sidecars' own logs (with no SERVICE: and the gateway's), "
+            "not the apps'.",
+        ),
+    ] = False,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", "-t", help="Start each line with its time.")
+    ] = False,
 ) -> None:
     """Show the app logs of a service's pods, or of every service interleaved.
 
@@ -459,30 +470,20 @@ def logs(
             f"services: {', '.join(services)}"
         )
     colour = views.use_colour(sys.stdout)
+    # a prefix on every line when they can come from several pods or several kinds of log
+    always = service is None
     if not follow:
-        chosen = [service] if service is not None else services or []
-        lines = []
-        for each in chosen:
-            try:
-                lines += launcher.read_logs(name, each, count)
-            except MeshError:
-                if service is not None:
-                    raise
-        if service is None and not lines:
-            raise MeshError(f"mesh '{name}' has no pods; is it up?")
-        several = service is None or len({line.pod for line in lines}) > 1
+        lines = launcher.read_logs(name, service, count, proxy, timestamps)
+        several = always or len({line.pod for line in lines}) > 1
         for line in lines:
             typer.echo(views.log_line(line, several, colour))
         return
-    if service is not None:
-        stream = launcher.follow_logs(name, service, count)
-    else:
-        stream = launcher.follow_services(name, services or [], count)
+    stream = launcher.follow_logs(name, service, count, proxy, timestamps)
     seen = set(stream.pods)
     try:
         for line in stream.lines:
             seen.add(line.pod)
-            typer.echo(views.log_line(line, service is None or len(seen) > 1, colour))
+            typer.echo(views.log_line(line, always or len(seen) > 1, colour))
     finally:
         close = getattr(stream.lines, "close", None)
         if close is not None:

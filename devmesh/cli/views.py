@@ -174,7 +174,8 @@ def log_line(line: api.LogLine, several: bool, colour: bool = False) -> str:
     interleaved, or a service with replicas), the prefix coloured per pod on a terminal."""
     if not several:
         return line.text
-    prefix = f"{line.pod} |"
+    who = line.pod if line.source in ("app", "gateway") else f"{line.pod} {line.source}"
+    prefix = f"{who} |"
     if colour:
         code = _COLOURS[zlib.crc32(line.pod.encode()) % len(_COLOURS)]  # stable per pod
         prefix = f"\x1b[{code}m{prefix}\x1b[0m"

@@ -251,100 +251,63 @@ class LogStream:
     lines: Iterator[api.LogLine]
 
 
-def read_logs(project: str, service: str, tail: int | None) -> list[api.LogLine]:
-    """The service's app logs as the engine has them now (no daemon needed)."""
+def read_logs(
+    project: str,
+    service: str | None,
+    tail: int | None,
+    proxy: bool = False,
+    timestamps: bool = False,
+) -> list[api.LogLine]:
+    """A service's (None: every service's) app logs as the engine has them now, or with
+    `proxy` its sidecars' (and for the whole mesh the gateway's); no daemon needed."""
     from devmesh.daemon import logfollow
 
+    which = logfollow.Which(service, proxy, timestamps)
     engine = Engine.connect()
-    if not logfollow.pods_of(engine, project, service):
-        raise MeshError(f"service '{service}' has no pods; is the mesh up?")
-    return logfollow.read(engine, project, service, tail)
+    if not logfollow.pods_of(engine, project, which):
+        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+    return logfollow.read(engine, project, which, tail)
 
 
-def follow_logs(project: str, service: str, tail: int | None) -> LogStream:
-    """The service's app log lines as they come, until no pod of it runs: served by the
-    daemon when one runs, else followed here."""
+def follow_logs(
+    project: str,
+    service: str | None,
+    tail: int | None,
+    proxy: bool = False,
+    timestamps: bool = False,
+) -> LogStream:
+    """The chosen log lines as they come, until no pod of them runs: served by the daemon
+    when one runs, else followed here."""
     from devmesh.daemon import logfollow
 
+    which = logfollow.Which(service, proxy, timestamps)
     found = find(project)
     if found is not None:
-        pods = tuple(p.pod for p in found.pods if p.service == service)
-        return LogStream(pods, _from_daemon(project, service, tail))
+        pods = tuple(p.pod for p in found.pods if service is None or p.service == service)
+        return LogStream(pods, _from_daemon(project, which, tail))
     engine = Engine.connect()
-    pods = tuple(logfollow.pods_of(engine, project, service))
+    pods = tuple(logfollow.pods_of(engine, project, which))
     if not pods:
-        raise MeshError(f"service '{service}' has no pods; is the mesh up?")
-    return LogStream(pods, logfollow.follow(engine, project, service, tail, threading.Event()))
+        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+    return LogStream(pods, logfollow.follow(engine, project, which, tail, threading.Event()))
 
 
-def follow_services(project: str, services: list[str], tail: int | None) -> LogStream:
-    """Several services' app log lines interleaved as they come (`devmesh logs` with no
-    SERVICE): one follower each, ending when every one has ended."""
-    streams = []
-    for service in services:
-        try:
-            streams.append(follow_logs(project, service, tail))
-        except MeshError:  # no pods (yet): the others are followed
-            continue
-    if not streams:
-        raise MeshError(f"mesh '{project}' has no pods; is it up?")
-    return LogStream(tuple(p for s in streams for p in s.pods), _merged([s.lines for s in streams]))
+def _whose(project: str, service: str | None) -> str:
+    return f"service '{service}'" if service is not None else f"mesh '{project}'"
 
 
-def _merged(sources: list[Iterator[api.LogLine]]) -> Iterator[api.LogLine]:
-    import queue
-
-    lines: queue.Queue[api.LogLine | None] = queue.Queue(maxsize=1000)
-    done = threading.Event()
-
-    def pump(source: Iterator[api.LogLine]) -> None:
-        try:
-            for line in source:
-                while not done.is_set():
-                    try:
-                        lines.put(line, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if done.is_set():
-                    break
-        except MeshError:
-            pass  # that service's follower ended (its daemon went away): the others go on
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
-            if not done.is_set():  # a reader that left does not drain: do not block on it
-                lines.put(None)
-
-    threads = [threading.Thread(target=pump, args=(s,), daemon=True) for s in sources]
-    for t in threads:
-        t.start()
-    running = len(threads)
-    try:
-        while running:
-            line = lines.get()
-            if line is None:
-                running -= 1
-            else:
-                yield line
-    finally:
-        done.set()
-
-
-def _from_daemon(project: str, service: str, tail: int | None) -> Iterator[api.LogLine]:
+def _from_daemon(project: str, which: Any, tail: int | None) -> Iterator[api.LogLine]:
     """The daemon's stream; if the daemon goes away meanwhile (`down` stops it before it
     removes the pods, or it crashed), the pods may run on: follow them here from now on."""
     from devmesh.daemon import logfollow
 
     try:
-        yield from client(project).follow_logs(service, tail)
+        yield from client(project).follow_logs(which.service, tail, which.proxy, which.timestamps)
         return
     except DaemonUnavailable:
         pass
     engine = Engine.connect()
-    yield from logfollow.follow(engine, project, service, 0, threading.Event())
+    yield from logfollow.follow(engine, project, which, 0, threading.Event())
 
 
 # -- the ingress port ---------------------------------------------------------------------------
