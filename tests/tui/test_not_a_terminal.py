@@ -3,6 +3,7 @@ codes in the file, no waiting. The other streams are a real terminal (a pty) her
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -14,10 +15,7 @@ import pytest
 DEVMESH = [sys.executable, "-m", "devmesh"]
 
 
-@pytest.mark.parametrize(
-    ("redirected", "name"),
-    [("stdout", "standard output"), ("stdin", "standard input"), ("stderr", "standard error")],
-)
+@pytest.mark.parametrize(("redirected", "name"), [("stdout", "standard output")])
 def test_tui_without_a_terminal_says_so_and_exits(tmp_path: Path, redirected, name) -> None:
     leader, follower = os.openpty()
     out = tmp_path / "out"
@@ -44,3 +42,35 @@ def test_tui_without_a_terminal_says_so_and_exits(tmp_path: Path, redirected, na
     assert b"\x1b[" not in written  # no escape codes into a file
     said = out.read_bytes() if redirected == "stderr" else err.read_bytes()
     assert f"{name} is not one".encode() in said
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        super().isatty()  # ValueError once closed, as a real stream's
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("stdin", "stdout", "stderr", "name"),
+    [
+        (False, True, True, "standard input"),
+        (True, False, True, "standard output"),
+        (True, True, False, "standard error"),
+    ],
+)
+def test_each_stream_must_be_a_terminal(stdin, stdout, stderr, name) -> None:
+    from devmesh.tui import NotATerminal, check_terminal, is_terminal
+
+    streams = (_Stream(stdin), _Stream(stdout), _Stream(stderr))
+    with pytest.raises(NotATerminal, match=f"{name} is not one"):
+        check_terminal(*streams)
+    check_terminal(_Stream(True), _Stream(True), _Stream(True))  # all three: no error
+    closed = _Stream(True)
+    closed.close()
+    with pytest.raises(NotATerminal):
+        check_terminal(closed, _Stream(True), _Stream(True))
+    assert isinstance(is_terminal(), bool)
