@@ -18,6 +18,7 @@ this mesh is "running" for `ls` and for the commands given no file.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,40 @@ def test_logs_with_no_service_interleaves_every_pod_with_a_prefix(running: Runni
         f"{running.project}-api-v2-0",
     }
     assert "\x1b[" not in result.stdout  # not a terminal: no colour
+
+
+@pytest.mark.docker
+def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None:
+    result = running.run("logs", "--proxy", "--tail", "3", cwd=running.elsewhere)
+    assert result.returncode == 0, result.stderr
+    prefixes = {line.split(" | ", 1)[0] for line in result.stdout.splitlines() if " | " in line}
+    assert f"{running.project}-api-v1-0 sidecar" in prefixes
+    assert f"{running.project}-gateway" in prefixes
+    assert not any(p.endswith("-0") for p in prefixes)  # no app lines
+
+
+@pytest.mark.docker
+def test_logs_timestamps_start_each_line_also_when_following(running: Running) -> None:
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+    result = running.run("logs", "api", "--timestamps", "--tail", "2", cwd=running.elsewhere)
+    assert result.returncode == 0, result.stderr
+    texts = [line.split(" | ", 1)[-1] for line in result.stdout.splitlines()]
+    assert texts and all(stamp.match(t) for t in texts), texts
+    # following goes through the daemon's stream
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", "logs", "api", "-f", "-t", "--tail", "1"],
+        env=running.env,
+        cwd=running.elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert stamp.match(first.split(" | ", 1)[-1]), first
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.mark.docker
