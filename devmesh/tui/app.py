@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.events import Resize
+from textual.events import Key, Resize
 from textual.message import Message
 from textual.widgets import Footer, Input, Log, Static
 
@@ -455,9 +455,11 @@ class MeshApp(App[None]):
     def _filter_done(self) -> None:
         self._pods.focus()
 
-    def on_key(self, event: Any) -> None:
+    def on_key(self, event: Key) -> None:
+        if event.key != "escape" or self.screen is not self.screen_stack[0]:
+            return  # a dialog's Esc is the dialog's
         box = self.query_one("#filter", Input)
-        if event.key == "escape" and (box.has_focus or self.filter):
+        if box.has_focus or self.filter:
             box.value = ""
             box.remove_class("shown")
             self._pods.focus()
