@@ -76,7 +76,7 @@ def _target(file: list[Path] | None, project: str | None, frozen_ok: bool = Fals
     from devmesh.daemon import launcher
 
     name = given_project(project)
-    local = explicit_file(file) if name is not None else explicit_file(file) or find_file()
+    local = explicit_file(file) or find_file()
     if local is not None and str(local) == "-":
         raise MeshError("-f - (standard input) cannot name a running instance; give a file")
     if name is None and local is None:
@@ -545,7 +545,11 @@ def shift(
         result = launcher.client(target.project).shift(service, parsed, route)
         applied = "applied live and written to"
     else:
-        assert target.file is not None  # no daemon: the name came from a local file
+        if target.file is None:
+            raise MeshError(
+                f"no daemon runs mesh '{target.project}' and there is no mesh file to write "
+                "the weights into; give one with -f FILE"
+            )
         path = target.file
         mesh = load_mesh(path)
         text, chosen = set_weights(path.read_text(), mesh, service, route, parsed)

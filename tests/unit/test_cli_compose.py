@@ -241,3 +241,16 @@ def test_the_completion_script_is_the_one_the_installer_writes() -> None:
     )
     assert "_devmesh_completion()" in result.output
     assert "_DEVMESH_COMPLETE=complete_bash" in result.output
+
+
+def test_shift_without_a_daemon_writes_the_file_it_names(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.chdir(isolated / "shop" / "sub")  # the file is the parent's
+    assert run(["shift", "catalog", "v1=50", "v2=50"]) == Exit.OK
+    out, _ = outputs(capsys)
+    assert "no daemon runs" in out and "written to ../devmesh.yaml" in out
+    assert "{v1: 50, v2: 50}" in (isolated / "shop" / "devmesh.yaml").read_text()
+    os.chdir(isolated)  # no file at all
+    assert run(["-p", "foo", "shift", "catalog", "v1=100"]) == Exit.ERROR
+    assert "no mesh file to write" in outputs(capsys)[1]
