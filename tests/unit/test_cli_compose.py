@@ -254,3 +254,38 @@ def test_shift_without_a_daemon_writes_the_file_it_names(
     os.chdir(isolated)  # no file at all
     assert run(["-p", "foo", "shift", "catalog", "v1=100"]) == Exit.ERROR
     assert "no mesh file to write" in outputs(capsys)[1]
+
+
+def _instances(monkeypatch: pytest.MonkeyPatch, serving: dict[str, str]) -> None:
+    """Daemons that run (project -> the file each serves), without any process or engine."""
+    from devmesh.api import types as api
+    from devmesh.daemon import launcher
+
+    states = {
+        name: api.MeshState(name, name, api.Phase.SERVING, True, file=file, pid=1)
+        for name, file in serving.items()
+    }
+    found = [launcher.Instance(n, 1, s) for n, s in sorted(states.items())]
+    monkeypatch.setattr(launcher, "instances", lambda timeout=2.0: found)
+    monkeypatch.setattr(launcher, "find", lambda name, timeout=2.0: states.get(name))
+
+
+def test_with_no_file_and_several_instances_they_are_listed(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _instances(monkeypatch, {"one": "/a/devmesh.yaml", "two": "/b/devmesh.yaml"})
+    os.chdir(isolated)
+    assert run(["ps"]) == Exit.ERROR
+    err = outputs(capsys)[1]
+    assert "2 meshes run: one (/a/devmesh.yaml), two (/b/devmesh.yaml)" in err
+    assert "choose one with -p NAME" in err
+
+
+def test_a_file_served_under_two_names_asks_which(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = str(isolated / "shop" / "devmesh.yaml")
+    _instances(monkeypatch, {"copy-1": here, "copy-2": here, "other": "/x/devmesh.yaml"})
+    assert run(["events"]) == Exit.ERROR  # the file says `mesh: shop`, which does not run
+    err = outputs(capsys)[1]
+    assert "served by 2 instances: copy-1" in err and "copy-2" in err and "other" not in err
