@@ -7,7 +7,7 @@ import json
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +24,10 @@ from devmesh.cli.options import (
     output_format,
 )
 from devmesh.core.problems import MeshError, MeshInvalid, Problem
+
+if TYPE_CHECKING:
+    from devmesh.api import types as api
+    from devmesh.core.model import Mesh
 
 
 def _err(text: str) -> None:
@@ -176,7 +180,7 @@ def config(
             "-p",
             "--project-name",
             "--project",
-            help="A running instance: show the file its daemon serves.",
+            help="A running instance: its mesh as served (its port, live faults).",
             show_default=False,
         ),
     ] = None,
@@ -188,19 +192,24 @@ def config(
     """Print the mesh as devmesh reads it, every default resolved.
 
     Mesh `defaults` -> service -> route resolved, every version and route named, durations
-    in milliseconds.
+    in milliseconds. With -p NAME (and no -f): the running instance's mesh as it serves it,
+    with its own ingress port and the faults set live through the API or the TUI.
 
     Example: devmesh config --format json"""
     from devmesh.core.resolved import resolved
 
-    named = explicit_file(file) or _served_file(project)
+    explicit = explicit_file(file)
+    served = None if explicit is not None else _served(project)
+    named = explicit if served is None else Path(served[0].file)
     mesh = load_mesh(mesh_file([named] if named is not None else None, stdin=True))
+    if served is not None:
+        mesh = _as_served(mesh, *served)
     fmt = Format.JSON if as_json or output is ConfigFormat.JSON else Format.YAML
     _print(resolved(mesh), fmt)
 
 
-def _served_file(project: str | None) -> Path | None:
-    """With -p (or $DEVMESH_PROJECT) and a daemon running it: the file it serves."""
+def _served(project: str | None) -> tuple[api.MeshState, api.Routes] | None:
+    """With -p (or $DEVMESH_PROJECT): the running instance's state and routes."""
     name = given_project(project)
     if name is None:
         return None
@@ -209,4 +218,31 @@ def _served_file(project: str | None) -> Path | None:
     state = launcher.find(name)
     if state is None or not state.file:
         raise MeshError(f"no daemon runs mesh '{name}'; give its file with -f FILE")
-    return Path(state.file)
+    return state, launcher.client(name).routes()
+
+
+def _as_served(mesh: Mesh, state: api.MeshState, routes: api.Routes) -> Mesh:
+    """The file's mesh as the instance serves it: its own ingress port (`--ingress-port`)
+    and the faults set through the API (`/v1/fault`, the TUI)."""
+    from urllib.parse import urlsplit
+
+    from devmesh.core.model import Abort, Delay, Fault
+    from devmesh.plan.effective import effective
+
+    port = None
+    if state.gateway is not None and state.gateway.url:
+        port = urlsplit(state.gateway.url).port
+    overrides: dict[tuple[str, str], Fault | None] = {}
+    for service in routes.services:
+        for route in service.routes:
+            if not route.fault_override:
+                continue
+            spec = route.fault
+            delay = spec.delay if spec else None
+            abort = spec.abort if spec else None
+            fault = Fault(
+                Delay(delay.fixed_ms, delay.percent) if delay else None,
+                Abort(abort.percent, abort.status, abort.grpc_status) if abort else None,
+            )
+            overrides[(service.name, route.name)] = fault if (delay or abort) else None
+    return effective(mesh, overrides, port)

@@ -254,3 +254,26 @@ def test_shift_from_another_mesh_directory_writes_the_instance_file(running: Run
     served = running.run("-p", running.project, "config", "--json", cwd=running.other)
     api = next(s for s in json.loads(served.stdout)["services"] if s["name"] == "api")
     assert [t["weight"] for t in api["routes"][0]["to"]] == [50, 50]
+
+
+@pytest.mark.docker
+def test_config_of_an_instance_shows_its_port_and_live_faults(running: Running) -> None:
+    from devmesh.api import types as api
+    from devmesh.client import DaemonClient
+
+    sock = Path(running.env["DEVMESH_STATE_DIR"]) / running.project / "api.sock"
+    daemon = DaemonClient(sock)
+    daemon.fault("api", "main", delay=api.DelaySpec(fixed_ms=250, percent=40))
+    try:
+        result = running.run("-p", running.project, "config", "--json", cwd=running.other)
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["ingress"]["port"] == running.port
+        api_service = next(s for s in doc["services"] if s["name"] == "api")
+        main = next(r for r in api_service["routes"] if r["name"] == "main")
+        assert main["fault"]["delay"] == {"fixed_ms": 250, "percent": 40.0}
+    finally:
+        daemon.fault("api", "main")  # cleared
+    from_file = running.run("-f", str(running.file), "config", "--json", cwd=running.other)
+    api_service = next(s for s in json.loads(from_file.stdout)["services"] if s["name"] == "api")
+    assert api_service["routes"][0]["fault"] is None  # the file alone has no fault
