@@ -125,6 +125,25 @@ class Engine:
             )
         return observed, infos
 
+    def projects(self) -> dict[str, int]:
+        """Every mesh instance the engine has containers of -> how many of them run."""
+        try:
+            found: list[dict[str, Any]] = self.client.api.containers(
+                all=True, filters={"label": labels.selector()}
+            )
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot list containers: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+        out: dict[str, int] = {}
+        for raw in found:
+            lab = raw.get("Labels") or {}
+            mesh = lab.get(labels.MESH)
+            if not mesh or lab.get(labels.ROLE) not in ("pod", "app", "sidecar", "gateway"):
+                continue  # an image build's leftover step is not an instance
+            out[mesh] = out.get(mesh, 0) + (raw.get("State") == "running")
+        return out
+
     def _list(self, project: str) -> list[dict[str, Any]]:
         try:
             found: list[dict[str, Any]] = self.client.api.containers(

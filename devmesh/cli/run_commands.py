@@ -370,11 +370,16 @@ def ps(
 def ls(as_json: JsonFlag = False, output: FormatOpt = None) -> None:
     """List the running mesh instances: project, state, pods ready, ingress URL, file.
 
+    Instances whose daemon is gone but whose containers are still there show as `no daemon`
+    (`devmesh up` adopts them, `devmesh down` removes them).
+
     Example: devmesh ls"""
     from devmesh.daemon import launcher
 
     fmt = output_format(output, as_json)
-    found = launcher.instances()
+    found, engine_error = launcher.all_instances()
+    if engine_error:
+        _err(f"devmesh: instances without a daemon not listed: {engine_error}")
     if fmt is Format.TABLE:
         typer.echo(views.ls_table(found))
     else:

@@ -116,6 +116,8 @@ def instance_json(i: Instance) -> dict[str, Any]:
         "url": s.gateway.url if s and s.gateway else None,
         "file": s.file if s else None,
         "error": i.error or None,
+        "daemon": i.pid > 0,
+        "containers_running": i.running if i.pid == 0 else None,
     }
 
 
@@ -125,6 +127,9 @@ def ls_table(found: list[Instance]) -> str:
     rows: list[tuple[str, ...]] = [("PROJECT", "STATE", "PODS", "URL", "FILE")]
     for i in found:
         d = instance_json(i)
+        if i.pid == 0:
+            rows.append((i.project, "no daemon", f"{i.running} containers running", "-", "-"))
+            continue
         if i.state is None:
             rows.append((i.project, "not answering", "-", "-", "-"))
             continue

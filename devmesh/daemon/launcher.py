@@ -141,14 +141,15 @@ class Instance:
     """A mesh instance whose daemon holds its lock: its state, or why it gave none."""
 
     project: str
-    pid: int
+    pid: int  # 0: no daemon runs it (containers only: a crashed or stopped daemon)
     state: api.MeshState | None
     error: str = ""
+    running: int = 0  # with no daemon: how many of its containers run
 
 
 def instances(timeout: float = ANSWER_TIMEOUT) -> list[Instance]:
-    """Every instance with a running daemon under the state base (`devmesh ls`), by name.
-    Only directories named as projects are looked at; nothing is created or changed."""
+    """Every instance with a running daemon under the state base, by name. Only
+    directories named as projects are looked at; nothing is created or changed."""
     try:
         entries = sorted(p for p in base_dir().iterdir() if is_project(p.name) and p.is_dir())
     except OSError:  # no base yet: nothing ever ran
@@ -169,6 +170,19 @@ def instances(timeout: float = ANSWER_TIMEOUT) -> list[Instance]:
         if state is not None:
             found.append(Instance(path.name, pid, state))
     return found
+
+
+def all_instances() -> tuple[list[Instance], str]:
+    """`devmesh ls`: the instances with a daemon, then those the engine has containers of
+    with no daemon; and why the engine could not be asked ("" when it answered)."""
+    found = instances()
+    try:
+        counts = Engine.connect(timeout=5).projects()
+    except MeshError as exc:
+        return found, str(exc)
+    daemons = {i.project for i in found}
+    extra = [Instance(p, 0, None, running=n) for p, n in sorted(counts.items()) if p not in daemons]
+    return found + extra, ""
 
 
 def status(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState:
