@@ -98,9 +98,12 @@ def _globals() -> Globals:
     return _given[0]
 
 
-def explicit_file(local: list[Path] | None) -> Path | None:
+def explicit_file(local: list[Path] | Path | None) -> Path | None:
     """The file named by -f (before or after the command) or $DEVMESH_FILE; None when none
-    is. `-f a -f b` is refused: compose merges files, devmesh has one file per mesh."""
+    is. `-f a -f b` is refused: compose merges files, devmesh has one file per mesh. (A
+    single Path is taken too, for callers that name a file themselves.)"""
+    if isinstance(local, Path):
+        local = [local]
     given: list[Path] = [*_globals().files, *(local or ())]
     distinct = list(dict.fromkeys(given))
     if len(distinct) > 1:
@@ -125,7 +128,7 @@ def find_file(start: Path | None = None) -> Path | None:
     return None
 
 
-def mesh_file(local: list[Path] | None, stdin: bool = False) -> Path:
+def mesh_file(local: list[Path] | Path | None, stdin: bool = False) -> Path:
     """The mesh file a command reads: -f, $DEVMESH_FILE, else the nearest devmesh.yaml."""
     file = explicit_file(local) or find_file()
     if file is None:
@@ -159,7 +162,7 @@ def given_project(local: str | None, env: bool = True) -> str | None:
     return check_project(name) if name is not None else None
 
 
-def project_name(file: list[Path] | None, project: str | None) -> str:
+def project_name(file: list[Path] | Path | None, project: str | None) -> str:
     """The instance's name from -p or the mesh file alone (no look at running instances)."""
     name = given_project(project)
     if name is not None:
