@@ -165,6 +165,33 @@ def test_logs_with_no_service_interleaves_every_pod_with_a_prefix(running: Runni
 
 
 @pytest.mark.docker
+def test_logs_follow_with_no_service_follows_every_pod_through_the_daemon(
+    running: Running,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", "logs", "-f", "--tail", "2"],
+        env=running.env,
+        cwd=running.elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
+    try:
+        want = {f"{running.project}-{pod}" for pod in ("web-default-0", "api-v1-0", "api-v2-0")}
+        deadline = time.monotonic() + 20
+        seen: set[str] = set()
+        while time.monotonic() < deadline and seen != want:
+            seen = {line.split(" | ", 1)[0] for line in list(lines) if " | " in line}
+            time.sleep(0.2)
+        assert seen == want, lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.docker
 def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None:
     result = running.run("logs", "--proxy", "--tail", "3", cwd=running.elsewhere)
     assert result.returncode == 0, result.stderr
