@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import typer
 
 from devmesh.cli.exits import Exit
-from devmesh.cli.options import DEFAULT_FILE, MeshFile, ProjectOpt
+from devmesh.cli.options import MeshFile, ProjectOpt, given_project, mesh_file
 from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError
 
@@ -49,10 +49,12 @@ def dev(
     header: Annotated[
         str, typer.Option(help="NAME=VALUE: the requests that go to CMD.")
     ] = "x-dev=me",
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     project: ProjectOpt = None,
 ) -> None:
-    """Serve SERVICE from CMD on the host, for the requests with the dev header."""
+    """Serve SERVICE from CMD on the host, for the requests with the dev header.
+
+    Example: devmesh dev catalog -- python -m catalog    (curl -H 'x-dev: me' ...)"""
     from devmesh.api import types as api
     from devmesh.core.load import load_path
     from devmesh.daemon import launcher
@@ -61,8 +63,9 @@ def dev(
     name, _, value = header.partition("=")
     if not name or not value:
         raise MeshError(f"--header {header!r}: expected NAME=VALUE, e.g. x-dev=me")
-    mesh = load_path(str(file))
-    instance = check_project(project if project is not None else mesh.name)
+    mesh = load_path(str(mesh_file(file)))
+    given = given_project(project)  # -p before or after the command, or $DEVMESH_PROJECT
+    instance = given if given is not None else check_project(mesh.name)
     state = launcher.find(instance)
     if state is None:
         raise MeshError(f"no daemon runs for '{instance}': run `devmesh up -d` first")
