@@ -129,8 +129,12 @@ class Load:
 
 
 def _pods(mesh: Mesh) -> list[dict[str, object]]:
-    pods: list[dict[str, object]] = mesh.ps()["pods"]
-    return pods
+    """The pods as `ps --json` lists them, read from the daemon's API directly: a `ps`
+    process takes longer to start than a roll may take here."""
+    client = DaemonClient(StateDir.for_project(mesh.project).api_socket)
+    return [
+        {"pod": p.pod, "retiring": p.retiring, "state": p.state.value} for p in client.state().pods
+    ]
 
 
 def _roll(mesh: Mesh, change: object, suffix: str) -> tuple[Load, float, set[tuple[str, ...]]]:
@@ -155,7 +159,7 @@ def _roll(mesh: Mesh, change: object, suffix: str) -> tuple[Load, float, set[tup
             ):
                 done = time.monotonic()
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert done, f"the roll did not end in {ROLL_TIMEOUT} s: {_pods(mesh)}"
         time.sleep(1.5)  # traffic after the roll
     finally:
