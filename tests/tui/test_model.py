@@ -240,3 +240,25 @@ def test_the_banner_shows_a_build_under_way_and_a_failed_one_with_its_line() -> 
         (f"✗ web/v1 cannot run: {error}", "bad"),
         ("… building api/v2: step 2/3 RUN make", "warn"),
     )
+
+
+def test_a_roll_shows_the_old_pod_draining_beside_the_new_one() -> None:
+    from devmesh.tui.model import pod_rows
+
+    new = api.Pod("m-s-v1-0-g1", "s", "v1", 0, api.PodState.READY)
+    old = api.Pod(
+        "m-s-v1-0", "s", "v1", 0, api.PodState.DRAINING, "replaced: draining", retiring=True
+    )
+    state = api.MeshState(
+        mesh="m",
+        project="m",
+        phase=api.Phase.SERVING,
+        ready=True,
+        file="f",
+        pid=1,
+        pods=(new, old),
+    )
+    rows = {r.pod: r for r in pod_rows(state, None, None) if r.kind == "pod"}
+    assert set(rows) == {"m-s-v1-0-g1", "m-s-v1-0"}
+    texts = [text for text, _ in rows["m-s-v1-0"].cells]
+    assert "⇣ draining" in texts
