@@ -212,8 +212,13 @@ def test_a_dockerfile_syntax_error_is_shown_with_its_line_and_old_pods_keep_serv
     events = [e["detail"] for e in state["events"] if e["kind"] == "image"]
     assert any(wanted in e for e in events), events
     # Fixed: it builds, the pods roll to the new image, and the error is gone.
-    dockerfile.write_text(DOCKERFILE + "# fixed\n")
-    assert wait_for(lambda: not dev.mesh.ps()["builds"], timeout=30, every=0.2)
+    # (A comment alone would build the very image that runs: nothing to roll.)
+    dockerfile.write_text(
+        DOCKERFILE.replace("FROM base AS final\n", "FROM base AS final\nCOPY conf/ /fixed/\n")
+    )
+    assert wait_for(lambda: not dev.mesh.ps()["builds"], timeout=30, every=0.2), dev.mesh.ps()[
+        "builds"
+    ]
     assert wait_for(lambda: _only_app_container_is_not(dev, before), timeout=30, every=0.2)
     assert wait_for(lambda: dev.get("web")[0] == 200)
 
