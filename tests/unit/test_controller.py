@@ -48,6 +48,7 @@ class FakeEngine:
         self.down = False
         self.lag: dict[str, int] = {}
         self.restarted: list[str] = []
+        self.network = False
         self._ids = 0
 
     def _check(self) -> None:
@@ -71,11 +72,15 @@ class FakeEngine:
 
     def network_exists(self, name: str) -> bool:
         self._check()
-        return bool(self.applied)
+        return self.network or bool(self.applied)
+
+    def ensure_network(self, name: str, project: str) -> None:
+        self._check()
+        self.network = True
 
     def network_gateway(self, name: str) -> str | None:
         self._check()
-        return "10.9.0.254" if self.applied else None
+        return "10.9.0.254" if self.network_exists(name) else None
 
     def apply(self, plan: Plan, project: str, network: str, progress: Any) -> list[EngineError]:
         self._check()
@@ -125,6 +130,7 @@ class FakeEngine:
 class FakeImages:
     envoy = ImageChoice("devmesh/envoy:1", "sha256:envoy", "present")
     pause = ImageChoice("devmesh/pause:1", "sha256:pause", "present")
+    guard = ImageChoice("devmesh/netguard:1", "sha256:guard", "present")
 
     def __init__(self) -> None:
         self.missing: set[str] = set()
