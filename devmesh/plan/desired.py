@@ -242,7 +242,7 @@ PAUSE_HARDENING: dict[str, Any] = {
 # the pod's namespace with NET_ADMIN alone, for the few hundred milliseconds it takes to
 # load the rules. Nothing in the pod keeps NET_ADMIN, so nothing in it can undo them.
 GUARD_HARDENING: dict[str, Any] = {
-    "user": "0:0",  # iptables checks for uid 0 besides the capability
+    "user": "0:0",  # root in the container, but with NET_ADMIN as its only capability
     "cap_drop": ("ALL",),
     "cap_add": ("NET_ADMIN",),
     "security_opt": ("no-new-privileges",),
