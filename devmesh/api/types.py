@@ -125,6 +125,16 @@ class XdsStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PodTls:
+    """A pod's (or the gateway's) mTLS as the daemon serves it."""
+
+    identity: str  # its certificate's SPIFFE ID
+    mode: str  # STRICT | PERMISSIVE | DISABLED: its inbound mode ("" for the gateway)
+    not_after: float  # the certificate's expiry, epoch seconds; renewed at half its life
+    serial: str = ""  # hex: tells one issue from the next
+
+
+@dataclass(frozen=True, slots=True)
 class Pod:
     pod: str
     service: str
@@ -137,6 +147,7 @@ class Pod:
     restarts: int = 0
     sidecar: str = "missing"
     xds: XdsStatus = field(default_factory=XdsStatus)
+    tls: PodTls | None = None  # None: the daemon serves it no certificate
 
     @property
     def ready(self) -> bool:
@@ -151,6 +162,7 @@ class Gateway:
     url: str | None = None
     services: dict[str, str] = field(default_factory=dict)  # service -> host URL
     xds: XdsStatus = field(default_factory=XdsStatus)
+    tls: PodTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +346,8 @@ class RouteTraffic:
 
 
 INGRESS = "ingress"  # the service name of the gateway's routes in `RouteTraffic`
+GATEWAY_CALLER = "_gateway"  # `Denial.caller` of the gateway
+UNKNOWN_CALLER = "_unknown"  # `Denial.caller` of a peer that is no identity of the mesh
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +362,16 @@ class SidecarStats:
     upstreams: tuple[UpstreamTraffic, ...] = ()
     routes: tuple[RouteTraffic, ...] = ()
     error: str | None = None  # unreadable: why (the counters are then empty)
+    denials: tuple[Denial, ...] = ()  # inbound requests (tcp: connections) RBAC refused
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Refusals of one caller by a pod's inbound authorization (403, or a closed tcp
+    connection). `caller` is a service name, `GATEWAY_CALLER` or `UNKNOWN_CALLER`."""
+
+    caller: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

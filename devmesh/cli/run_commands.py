@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -250,8 +251,13 @@ def ps(
     """List the mesh's pods: state, address, version, config version, ACK/NACK."""
     from devmesh.daemon import launcher
 
-    state = launcher.status(project_name(file, project))
-    typer.echo(views.as_json(state) if as_json else views.ps_table(state))
+    name = project_name(file, project)
+    state = launcher.status(name)
+    if as_json:
+        typer.echo(views.as_json(state))
+        return
+    stats = launcher.stats(name) if state.pid else None
+    typer.echo(views.ps_table(state, stats, time.time()))
 
 
 def logs(

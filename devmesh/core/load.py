@@ -18,6 +18,7 @@ from typing import Any
 from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
 from devmesh.core.limits import MAX_PROBLEMS
 from devmesh.core.model import (
+    CERT_LIFETIME_MS,
     CONNECT_TIMEOUT_MS,
     DEFAULT_APP_CONNECT_TIMEOUT_MS,
     DEFAULT_ROUTE,
@@ -31,7 +32,9 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    TLS_MODE,
     Abort,
+    Allow,
     Build,
     ConnectionPool,
     Delay,
@@ -51,6 +54,7 @@ from devmesh.core.model import (
     Security,
     Service,
     Target,
+    Tls,
     ValueMatch,
     Version,
 )
@@ -133,6 +137,11 @@ class _Builder:
     def __init__(self, ctx: Ctx, doc: dict[str, Any]) -> None:
         self.ctx = ctx
         self.doc = doc
+        tls: dict[str, Any] = doc.get("tls", {})
+        self.tls = Tls(
+            mode=tls.get("mode", TLS_MODE),
+            cert_lifetime_ms=tls.get("cert_lifetime", CERT_LIFETIME_MS),
+        )
         self.defaults: dict[str, Any] = doc.get("defaults", {})
         self.raw_services: dict[str, dict[str, Any]] = doc.get("services", {})
         # What was written, valid or not: an entry that failed its own check is not also
@@ -165,6 +174,7 @@ class _Builder:
         )
         ingress = self.ingress(self.doc["ingress"]) if "ingress" in self.doc else None
         mesh = Mesh(
+            tls=self.tls,
             name=self.doc.get("mesh", "mesh"),
             services=services,
             ingress=ingress,
@@ -255,6 +265,8 @@ class _Builder:
             else RateLimit(requests=rl["requests"], per_ms=rl.get("per", RATE_LIMIT_PER_MS)),
             app_connect_timeout_ms=self.policy(raw, "app_connect_timeout")
             or DEFAULT_APP_CONNECT_TIMEOUT_MS,
+            tls_mode=raw.get("tls", {}).get("mode", self.tls.mode),
+            allow=self.allow(at, raw, protocol),
             security=Security(
                 no_new_privileges=(self.policy(raw, "security") or {}).get(
                     "no_new_privileges", True
@@ -455,6 +467,22 @@ class _Builder:
             on=tuple(raw.get("on", RETRY_ON)),
             per_try_timeout_ms=raw.get("per_try_timeout"),
         )
+
+    def allow(self, at: Path, raw: dict[str, Any], protocol: str) -> tuple[Allow, ...]:
+        rules = raw.get("allow", ())
+        if rules and protocol == "tcp":
+            self.error(
+                (*at, "allow"),
+                "allow rules match HTTP methods and paths; a tcp service admits its callers "
+                "by `calls` alone",
+            )
+            return ()
+        out = []
+        for i, rule in enumerate(rules):
+            match = self.match(rule, (*at, "allow", i))
+            given = any(k in rule for k in ("path_prefix", "path", "path_regex"))
+            out.append(Allow(methods=match.methods, path=match.path if given else None))
+        return tuple(out)
 
     def match(self, raw: dict[str, Any], at: Path) -> Match:
         if "path" in raw:

@@ -14,6 +14,8 @@ HTTP_PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc")
 PROTOCOLS: tuple[Protocol, ...] = (*HTTP_PROTOCOLS, "tcp")
 Egress = Literal["declared", "all"]
 PathKind = Literal["prefix", "exact", "regex"]
+TlsMode = Literal["STRICT", "PERMISSIVE", "DISABLED"]
+TLS_MODES: tuple[TlsMode, ...] = ("STRICT", "PERMISSIVE", "DISABLED")
 ValueKind = Literal["exact", "prefix", "regex", "present", "absent"]
 
 IMPLICIT_VERSION = "default"  # the one version of a service that declares no `versions:`
@@ -33,6 +35,12 @@ OUTLIER_MAX_EJECTION_PERCENT = 10
 RATE_LIMIT_PER_MS = 1000
 REPLICAS = 1
 RETRY_ON = ("5xx", "reset", "connect-failure")
+# mTLS between sidecars. STRICT by default: every service of a mesh has a sidecar, so there
+# is no plaintext peer to migrate (the reason Istio starts PERMISSIVE) and `calls:` is
+# enforced from the first `up` (README, "mTLS").
+TLS_MODE: TlsMode = "STRICT"
+CERT_LIFETIME_MS = 24 * 3_600_000  # a pod certificate's; re-issued at half of it
+MIN_CERT_LIFETIME_MS = 2_000  # tests rotate in seconds; less cannot be pushed in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,22 @@ DEFAULT_APP_CONNECT_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True, slots=True)
+class Allow:
+    """One `allow:` rule: a request from a declared caller passes if it matches any rule."""
+
+    methods: tuple[str, ...] = ()  # any of; empty: any method
+    path: PathMatch | None = None  # None: any path
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The mesh's `tls:`: the mode every service has unless it sets its own."""
+
+    mode: TlsMode = TLS_MODE
+    cert_lifetime_ms: int = CERT_LIFETIME_MS
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     requests: int
     per_ms: int
@@ -182,6 +206,8 @@ class Service:
     rate_limit: RateLimit | None = None
     app_connect_timeout_ms: int = DEFAULT_APP_CONNECT_TIMEOUT_MS
     security: Security = Security()
+    tls_mode: TlsMode = TLS_MODE  # resolved: the service's own `tls.mode`, else the mesh's
+    allow: tuple[Allow, ...] = ()  # empty: every request of a declared caller
 
     @property
     def is_http(self) -> bool:
@@ -223,6 +249,7 @@ class Mesh:
     ingress: Ingress | None = None
     source: str = "devmesh.yaml"
     base_dir: str = "."
+    tls: Tls = Tls()
     _index: dict[str, Service] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -251,6 +278,11 @@ class Mesh:
     @property
     def has_gateway(self) -> bool:
         return self.ingress is not None or bool(self.gateway_services())
+
+    def callers(self, service: Service) -> tuple[Service, ...]:
+        """The services whose `calls:` list `service`: the ones its inbound authorization
+        admits. `egress: all` opens a pod's way to every service, not their doors."""
+        return tuple(s for s in self.services if service.name in s.calls)
 
     def ingress_services(self) -> tuple[Service, ...]:
         if self.ingress is None:

@@ -18,11 +18,13 @@ from devmesh.core.limits import (
     PORT_RANGE,
 )
 from devmesh.core.model import (
+    CERT_LIFETIME_MS,
     CONNECT_TIMEOUT_MS,
     DEFAULT_APP_CONNECT_TIMEOUT_MS,
     HEALTH_INTERVAL_MS,
     HEALTH_TIMEOUT_MS,
     HEALTHY_STATUSES,
+    MIN_CERT_LIFETIME_MS,
     OUTLIER_BASE_EJECTION_MS,
     OUTLIER_CONSECUTIVE_5XX,
     OUTLIER_INTERVAL_MS,
@@ -31,6 +33,8 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    TLS_MODE,
+    TLS_MODES,
 )
 from devmesh.core.problems import Path, short
 from devmesh.core.spec import (
@@ -325,6 +329,40 @@ security_spec = Obj(
     description="the app container's privileges (sidecars are always locked down)",
 )
 
+_tls_mode = Field(
+    Enum(TLS_MODES),
+    description="STRICT: mTLS only; PERMISSIVE: mTLS and plaintext; DISABLED: plaintext "
+    f"(default {TLS_MODE})",
+)
+
+mesh_tls_spec = Obj(
+    {
+        "mode": _tls_mode,
+        "cert_lifetime": Field(
+            Duration(minimum_ms=MIN_CERT_LIFETIME_MS),
+            description="pod certificates' lifetime, re-issued at half of it; default "
+            + format_duration(CERT_LIFETIME_MS),
+        ),
+    },
+    description="mTLS between sidecars, with certificates from devmesh's local CA",
+)
+
+service_tls_spec = Obj(
+    {"mode": _tls_mode},
+    description="this service's inbound mTLS mode, over the mesh's `tls.mode`",
+)
+
+allow_spec = Obj(
+    {
+        "method": match_spec.fields["method"],
+        "path_prefix": match_spec.fields["path_prefix"],
+        "path": match_spec.fields["path"],
+        "path_regex": match_spec.fields["path_regex"],
+    },
+    description="requests a declared caller may make; everything given must hold",
+    exclusive=(("path_prefix", "path", "path_regex"),),
+)
+
 health_spec = Obj(
     {
         "path": Field(
@@ -408,6 +446,13 @@ service_spec = Obj(
             ListOf(Str(pattern=NAME, pattern_hint=NAME_HINT), unique=True),
             description="services this one reaches by name",
         ),
+        "tls": Field(service_tls_spec),
+        "allow": Field(
+            ListOf(allow_spec, min_items=1, max_items=MAX_ROUTES),
+            description="narrows what callers may ask (any rule matching lets a request in; "
+            "others get 403); default: everything, from the services that list this one in "
+            "`calls`",
+        ),
         "versions": Field(
             MapOf(
                 version_spec,
@@ -454,6 +499,7 @@ mesh_spec = Obj(
             description="the mesh's name; Docker objects carry it",
         ),
         "defaults": Field(Obj(dict(_policy_fields)), description="what every service inherits"),
+        "tls": Field(mesh_tls_spec),
         "ingress": Field(ingress_spec),
         "services": Field(
             MapOf(

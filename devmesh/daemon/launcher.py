@@ -136,6 +136,17 @@ def find(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState | None:
         raise DaemonNotAnswering(project, pid, _is_stopped(pid), timeout) from None
 
 
+def stats(project: str, timeout: float = ANSWER_TIMEOUT) -> api.Stats | None:
+    """The running daemon's traffic counters (`ps` shows the denials); None without one."""
+    state = StateDir.for_project(project)
+    if state.daemon_pid() is None:
+        return None
+    try:
+        return DaemonClient(state.api_socket, timeout=timeout).stats()
+    except DaemonUnavailable:
+        return None
+
+
 def status(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState:
     """What the daemon says, or with none running what Docker alone can tell."""
     found = find(project, timeout)

@@ -5,6 +5,7 @@ daemon's ADS server for everything (running pods). Both carry the same resources
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from devmesh.envoy.resources import HCM, Json, Resources, http_options
@@ -22,11 +23,30 @@ def _admin(path: str) -> Json:
     return {"address": {"pipe": {"path": path, "mode": 0o600}}}
 
 
+# Where a static export's TLS material comes from (`devmesh render`): the daemon never writes
+# certificates to files (it serves them by SDS over ADS); an exported file reads each secret
+# from `STATIC_TLS_DIR/NAME.yaml` (file-based SDS: an SDS response in YAML, reloaded when a
+# new file is moved into place), which whoever runs it by hand provides.
+STATIC_TLS_DIR = "/devmesh/tls"
+
+
+def _static_sds(node: Any) -> Any:
+    """A copy with every SDS reference over ADS (`{name, sds_config}`) read from a file."""
+    if isinstance(node, dict):
+        if "sds_config" in node and "name" in node:
+            path = f"{STATIC_TLS_DIR}/{node['name']}.yaml"
+            return {"name": node["name"], "sds_config": {"path_config_source": {"path": path}}}
+        return {k: _static_sds(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_static_sds(v) for v in node]
+    return node
+
+
 def static_bootstrap(
     node_id: str, cluster: str, resources: Resources, admin_socket: str = ADMIN_SOCKET
 ) -> Json:
     """Inline every RDS route config into its listener and every EDS assignment into its
-    cluster, so the file stands alone."""
+    cluster, so the file stands alone. SDS references read files under STATIC_TLS_DIR."""
     routes = {r["name"]: r for r in resources.routes}
     assignments = {a["cluster_name"]: a for a in resources.endpoints}
     listeners = [_inline_routes(listener, routes) for listener in resources.listeners]
@@ -38,10 +58,13 @@ def static_bootstrap(
             del c["eds_cluster_config"]
             c["load_assignment"] = assignments[c["name"]]
         clusters.append(c)
+    static: Json = {"listeners": listeners, "clusters": clusters}
+    if '"sds_config"' in json.dumps(static):
+        static = _static_sds(static)
     return {
         "node": _node(node_id, cluster),
         "admin": _admin(admin_socket),
-        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "static_resources": static,
     }
 
 

@@ -14,11 +14,55 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
-from devmesh.api.types import INGRESS, RouteTraffic, SidecarStats, Traffic, UpstreamTraffic
+from devmesh.api.types import (
+    INGRESS,
+    Denial,
+    RouteTraffic,
+    SidecarStats,
+    Traffic,
+    UpstreamTraffic,
+)
 
 INBOUND_STAT_PREFIX: Final = "in"  # the pod's inbound HTTP connection manager
 INGRESS_STAT_PREFIX: Final = INGRESS  # the gateway's connection manager and virtual host
 INGRESS_ROUTE_CONFIG: Final = INGRESS  # the gateway's route configuration
+
+
+# -- identities (mTLS) ------------------------------------------------------------------------
+
+TRUST_DOMAIN: Final = "devmesh.local"
+IDENTITY_SECRET: Final = "identity"  # SDS: this Envoy's own certificate and key
+CA_SECRET: Final = "mesh-ca"  # SDS: the local CA, what peers' certificates must chain to
+# GATEWAY_CALLER and UNKNOWN_CALLER (api.types): the gateway, and a peer no policy names.
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    """A service's identity: the URI SAN of its pods' certificates."""
+    return f"spiffe://{TRUST_DOMAIN}/mesh/{mesh}/service/{service}"
+
+
+def gateway_spiffe_id(mesh: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/mesh/{mesh}/gateway"
+
+
+def denial_stat_prefix(caller: str) -> str:
+    """The RBAC filter's stat prefix that counts denials of one caller (a service name,
+    GATEWAY_CALLER or UNKNOWN_CALLER): Envoy reports `http.in.rbac.caller.C.denied`
+    (HTTP) or `in.caller.C.rbac.denied` (TCP)."""
+    return f"caller.{caller}."
+
+
+def parse_denial(name: str) -> str | None:
+    """The caller of a denial counter built by `denial_stat_prefix`, else None."""
+    for head, tail in (
+        (f"http.{INBOUND_STAT_PREFIX}.rbac.caller.", ".denied"),
+        (f"{INBOUND_STAT_PREFIX}.caller.", ".rbac.denied"),
+    ):
+        if name.startswith(head) and name.endswith(tail):
+            caller = name[len(head) : -len(tail)]
+            if caller and "." not in caller:
+                return caller
+    return None
 
 
 def cluster_name(service: str, version: str) -> str:
@@ -90,6 +134,7 @@ def sidecar_stats(
     inbound: dict[str, float] = {}
     upstreams: dict[tuple[str, str], dict[str, float]] = {}
     routes: dict[tuple[str, str], dict[str, float]] = {}
+    denials: dict[str, int] = {}
     down_prefix = f"http.{INGRESS_STAT_PREFIX if service == INGRESS else INBOUND_STAT_PREFIX}."
     for name, value in counters.items():
         if name.startswith("cluster."):
@@ -105,6 +150,9 @@ def sidecar_stats(
                 f = _field(_UPSTREAM, parts[5])
                 if f is not None:
                     routes.setdefault((parts[3], parts[4]), {})[f] = value
+        elif (caller := parse_denial(name)) is not None:
+            if value:
+                denials[caller] = denials.get(caller, 0) + int(value)
         elif name.startswith(down_prefix):
             f = _field(_DOWNSTREAM, name[len(down_prefix) :])
             if f is not None:
@@ -120,6 +168,7 @@ def sidecar_stats(
         routes=tuple(
             RouteTraffic(s, r, _traffic(values)) for (s, r), values in sorted(routes.items())
         ),
+        denials=tuple(Denial(c, n) for c, n in sorted(denials.items())),
     )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from devmesh.api.types import GATEWAY_CALLER, UNKNOWN_CALLER
 from devmesh.core.addressing import (
     GATEWAY_HOP_BASE,
     GATEWAY_PORT,
@@ -31,6 +32,7 @@ from devmesh.core.addressing import (
 )
 from devmesh.core.durations import envoy_duration
 from devmesh.core.model import (
+    Allow,
     Fault,
     IngressRoute,
     Match,
@@ -42,14 +44,19 @@ from devmesh.core.model import (
     Version,
 )
 from devmesh.envoy.names import (
+    CA_SECRET,
+    IDENTITY_SECRET,
     INBOUND_STAT_PREFIX,
     INGRESS_ROUTE_CONFIG,
     INGRESS_STAT_PREFIX,
     cluster_name,
+    denial_stat_prefix,
+    gateway_spiffe_id,
     hop_name,
     ingress_route_stat_prefix,
     out_name,
     route_stat_prefix,
+    spiffe_id,
 )
 
 Json = dict[str, Any]
@@ -65,6 +72,10 @@ LOCAL_RATELIMIT = _T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRa
 TCP_LOCAL_RATELIMIT = _T + "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
 HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 NETWORK_RBAC = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
+HTTP_RBAC = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+TLS_INSPECTOR = _T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+UPSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+DOWNSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 FAULT_FILTER = "envoy.filters.http.fault"
 RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
@@ -95,6 +106,9 @@ class Resources:
     routes: tuple[Json, ...]
     clusters: tuple[Json, ...]
     endpoints: tuple[Json, ...]
+    # SDS: this node's certificate and the CA (see `tls_secrets`). Not rendered: the daemon
+    # issues certificates and adds them per node group, so they never reach a file.
+    secrets: tuple[Json, ...] = ()
 
 
 # -- names ----------------------------------------------------------------------------------
@@ -258,8 +272,10 @@ def _listener(
 # -- clusters -------------------------------------------------------------------------------
 
 
-def version_cluster(service: Service, version: Version) -> Json:
-    """The pods of one version, by EDS; the calling sidecar's pool and ejection policy."""
+def version_cluster(service: Service, version: Version, mesh: str = "") -> Json:
+    """The pods of one version, by EDS; the calling sidecar's pool and ejection policy.
+    With `mesh` named and the service's mode not DISABLED, the caller's sidecar speaks
+    mTLS to them and accepts only the service's own identity."""
     pool = service.connection_pool
     out: Json = {
         "name": cluster_name(service.name, version.name),
@@ -270,6 +286,8 @@ def version_cluster(service: Service, version: Version) -> Json:
     }
     if service.is_http:
         out["typed_extension_protocol_options"] = http_options(service.protocol)
+    if mesh and service.tls_mode != "DISABLED":
+        out["transport_socket"] = upstream_tls(spiffe_id(mesh, service.name), service.protocol)
     thresholds = {
         key: value
         for key, value in (
@@ -316,6 +334,164 @@ def _static_cluster(
     if protocol != "tcp":
         out["typed_extension_protocol_options"] = http_options(protocol)
     return out
+
+
+# -- mTLS -----------------------------------------------------------------------------------
+
+
+def _sds(name: str) -> Json:
+    return {"name": name, "sds_config": ADS}
+
+
+def _alpn(protocol: str) -> list[str]:
+    if protocol in ("http2", "grpc"):
+        return ["h2"]
+    return ["http/1.1"] if protocol == "http" else []
+
+
+def _common_tls(alpn: list[str], validation: Json) -> Json:
+    out: Json = {
+        "tls_certificate_sds_secret_configs": [_sds(IDENTITY_SECRET)],
+        "combined_validation_context": {
+            "default_validation_context": validation,
+            "validation_context_sds_secret_config": _sds(CA_SECRET),
+        },
+    }
+    if alpn:
+        out["alpn_protocols"] = alpn
+    return out
+
+
+def upstream_tls(peer: str, protocol: str) -> Json:
+    """A caller's side: present this node's certificate, accept only `peer`'s, chained to
+    the local CA. Both by SDS over ADS: a rotation updates them in place."""
+    validation = {
+        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer}}]
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": _common_tls(_alpn(protocol), validation),
+        },
+    }
+
+
+def downstream_tls(protocol: str) -> Json:
+    """The pod's side: a client certificate chained to the local CA is required. Who may
+    call is RBAC's to decide (any valid mesh identity completes the handshake), so a
+    denial is a counted 403 and not an anonymous handshake failure."""
+    alpn = ["h2", "http/1.1"] if protocol != "tcp" else []
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "require_client_certificate": True,
+            "common_tls_context": _common_tls(alpn, {}),
+        },
+    }
+
+
+def tls_secrets(cert_pem: str, key_pem: str, ca_pem: str) -> tuple[Json, Json]:
+    """The SDS secrets every TLS-speaking node gets: its identity and the CA."""
+    return (
+        {
+            "name": IDENTITY_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": cert_pem},
+                "private_key": {"inline_string": key_pem},
+            },
+        },
+        {"name": CA_SECRET, "validation_context": {"trusted_ca": {"inline_string": ca_pem}}},
+    )
+
+
+def uses_tls(mesh: Mesh) -> bool:
+    return any(s.tls_mode != "DISABLED" for s in mesh.services)
+
+
+def group_identity(mesh: Mesh, service: str | None) -> str:
+    """The SPIFFE ID a node group's certificate carries (None: the gateway)."""
+    return gateway_spiffe_id(mesh.name) if service is None else spiffe_id(mesh.name, service)
+
+
+def _principal(identity: str) -> Json:
+    return {"authenticated": {"principal_name": {"exact": identity}}}
+
+
+def _allow_permission(rule: Allow) -> Json:
+    parts: list[Json] = []
+    if rule.methods:
+        method = (
+            {"exact": rule.methods[0]}
+            if len(rule.methods) == 1
+            else {"safe_regex": {"regex": "|".join(rule.methods)}}
+        )
+        parts.append({"header": {"name": ":method", "string_match": method}})
+    if rule.path is not None:
+        kind = {"prefix": "prefix", "exact": "exact"}.get(rule.path.kind)
+        path = {kind: rule.path.value} if kind else {"safe_regex": {"regex": rule.path.value}}
+        parts.append({"url_path": {"path": path}})
+    if not parts:
+        return {"any": True}
+    return parts[0] if len(parts) == 1 else {"and_rules": {"rules": parts}}
+
+
+def _rbac(http: bool, caller: str, action: str, policies: Json) -> Json:
+    """One RBAC filter whose `denied` counter is one caller's denials."""
+    rules = {"action": action, "policies": policies}
+    if http:
+        return {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": HTTP_RBAC,
+                "rules": rules,
+                "rules_stat_prefix": denial_stat_prefix(caller),
+            },
+        }
+    return {
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": NETWORK_RBAC,
+            "rules": rules,
+            "stat_prefix": f"{INBOUND_STAT_PREFIX}.{denial_stat_prefix(caller)}",
+        },
+    }
+
+
+def authorization(mesh: Mesh, service: Service) -> list[Json]:
+    """RBAC for mTLS traffic into `service`'s pods (HTTP filters, or network filters for
+    tcp): only the services that call it, and the gateway (its door to every HTTP service),
+    get in; `allow:` narrows what those may ask.
+
+    One DENY filter per other mesh identity and per declared caller with `allow:` rules,
+    each with a stat prefix naming that caller, so every denial is counted against who was
+    denied (`names.parse_denial`); last, an ALLOW filter of the declared callers for any
+    other peer (counted as UNKNOWN_CALLER)."""
+    http = service.is_http
+    allowed: dict[str, str] = {s.name: spiffe_id(mesh.name, s.name) for s in mesh.callers(service)}
+    if mesh.has_gateway and any(s.name == service.name for s in mesh.gateway_services()):
+        allowed[GATEWAY_CALLER] = gateway_spiffe_id(mesh.name)
+    everyone = {s.name: spiffe_id(mesh.name, s.name) for s in mesh.services}
+    if mesh.has_gateway:
+        everyone[GATEWAY_CALLER] = gateway_spiffe_id(mesh.name)
+    filters = []
+    for caller, identity in everyone.items():
+        if caller not in allowed:
+            permission: Json = {"any": True}
+        elif http and service.allow:
+            rules = [_allow_permission(r) for r in service.allow]
+            permission = {"not_rule": {"or_rules": {"rules": rules}}}
+        else:
+            continue
+        policy = {"permissions": [permission], "principals": [_principal(identity)]}
+        filters.append(_rbac(http, caller, "DENY", {caller: policy}))
+    admitted = {
+        "permissions": [{"any": True}],
+        "principals": [_principal(i) for i in allowed.values()] or [{"not_id": {"any": True}}],
+    }
+    filters.append(_rbac(http, UNKNOWN_CALLER, "ALLOW", {"callers": admitted}))
+    return filters
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -455,11 +631,55 @@ def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -
     return _listener(out_name(upstream.name), addresses, filters, "OUTBOUND")
 
 
-def inbound_listener(service: Service, version: Version) -> Json:
-    """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app."""
+def inbound_listener(service: Service, version: Version, mesh: Mesh | None = None) -> Json:
+    """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app.
+
+    With `mesh` given and the service's mode not DISABLED, mTLS is terminated here: a
+    `tls` filter chain (authorized by `authorization`) and, in PERMISSIVE, a plaintext
+    chain beside it, told apart by the TLS inspector. STRICT and PERMISSIVE differ only by
+    that second chain, so switching between them is a filter-chain-only update: Envoy
+    keeps the connections of the unchanged `tls` chain open (0 failed requests)."""
+    if mesh is None or service.tls_mode == "DISABLED":
+        return _listener(
+            "in", [("0.0.0.0", INBOUND_PORT)], _inbound_filters(service, version, []), "INBOUND"
+        )
+    mtls: Json = {
+        "name": "mtls",
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": _inbound_filters(service, version, authorization(mesh, service)),
+        "transport_socket": downstream_tls(service.protocol),
+    }
+    chains = [mtls]
+    if service.tls_mode == "PERMISSIVE":  # plaintext peers: not mesh identities, not authorized
+        chains.append(
+            {
+                "name": "plaintext",
+                "filter_chain_match": {"transport_protocol": "raw_buffer"},
+                "filters": _inbound_filters(service, version, []),
+            }
+        )
+    return {
+        "name": "in",
+        "address": _socket("0.0.0.0", INBOUND_PORT),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ],
+        # A server-first tcp client in PERMISSIVE sends nothing to inspect: go on after 1 s.
+        "listener_filters_timeout": "1s",
+        "continue_on_listener_filters_timeout": True,
+        "filter_chains": chains,
+    }
+
+
+def _inbound_filters(service: Service, version: Version, rbac: list[Json]) -> list[Json]:
+    """The inbound chain's network filters; `rbac` first (HTTP or network RBAC filters)."""
     rl = service.rate_limit
     if not service.is_http:
-        filters: list[Json] = []
+        filters: list[Json] = list(rbac)
         if rl is not None:
             filters.append(
                 {
@@ -482,8 +702,8 @@ def inbound_listener(service: Service, version: Version) -> Json:
                 },
             }
         )
-        return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
-    http_filters: list[Json] = []
+        return filters
+    http_filters: list[Json] = list(rbac)  # before the rate limit: a denial spends no token
     if rl is not None:
         always = {
             "default_value": {"numerator": 100, "denominator": "HUNDRED"},
@@ -531,8 +751,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
             }
         ],
     }
-    filters = [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters)]
-    return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
+    return [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters)]
 
 
 def _bucket(requests: int, per_ms: int) -> Json:
@@ -570,7 +789,8 @@ def _upstream_resources(
 
     def cluster(service: Service, version: Version) -> Json:
         name = cluster_name(service.name, version.name)
-        return _shared(shared, ("cds", name), partial(version_cluster, service, version))
+        build = partial(version_cluster, service, version, mesh.name)
+        return _shared(shared, ("cds", name), build)
 
     for upstream in upstreams:
         if upstream.is_http:
@@ -609,7 +829,7 @@ def sidecar_resources(
     """Everything the sidecar of one version's pods needs."""
     upstreams = mesh.upstreams(service)
     addresses = service_addresses(s.name for s in mesh.services)
-    listeners = [inbound_listener(service, version)]
+    listeners = [inbound_listener(service, version, mesh)]
     for upstream in upstreams:
         ip = addresses[upstream.name]
         ports = outbound_ports(service.port, upstream)
