@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.adapters.xds_server import XdsServer
@@ -42,6 +43,9 @@ class Publisher:
         self.identities = identities if identities is not None else Identities()
         self._published: tuple[Mesh, Endpoints, str | None, int] | None = None
         self.groups: frozenset[str] = frozenset()  # node groups served
+        # The last render, by what it was made from: a renewal changes secrets alone, so
+        # its push skips rendering the mesh again.
+        self._rendered: tuple[tuple[Mesh, Endpoints, str | None], dict[str, Any]] | None = None
         self.error: str | None = None  # why the last config could not be delivered
 
     def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
@@ -58,7 +62,10 @@ class Publisher:
         try:
             # Without the host's address (no network yet) the gateway's hops admit anyone;
             # the pass after the network exists pushes them locked to the host.
-            groups = render(mesh, served, host)
+            rendered = self._rendered
+            if rendered is None or rendered[0] != (mesh, served, host):
+                rendered = ((mesh, served, host), render(mesh, served, host))
+            groups = dict(rendered[1])
             for group, own in secrets.items():
                 if group in groups:
                     groups[group] = dataclasses.replace(groups[group], secrets=own)
@@ -67,6 +74,7 @@ class Publisher:
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
             return self._failed(exc)
         self.error = None
+        self._rendered = rendered
         self.groups = frozenset(snapshots)
         self._published = key
         return True
