@@ -39,6 +39,17 @@ def validate(file: MeshFile = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
             n = len(exc.problems)
             _err(f"{file}: {n} problem{'s' if n != 1 else ''}")
         raise typer.Exit(Exit.ERROR) from None
+    from devmesh.adapters.tlsfiles import ingress_problems
+
+    files = ingress_problems(mesh)  # the user's certificate and key, read and checked
+    if files:
+        if as_json:
+            _print_json({"valid": False, "problems": [{"message": p} for p in files]})
+        else:
+            for line in files:
+                _err(line)
+            _err(f"{file}: {len(files)} problem{'s' if len(files) != 1 else ''}")
+        raise typer.Exit(Exit.ERROR)
     summary = summarize(mesh)
     if as_json:
         _print_json({"valid": True, **summary.as_json()})

@@ -42,6 +42,7 @@ from devmesh.core.model import (
     Health,
     Ingress,
     IngressRoute,
+    IngressTls,
     Match,
     Mesh,
     Mirror,
@@ -612,7 +613,25 @@ class _Builder:
             )
         if "port" not in raw:
             return None
-        return Ingress(port=raw["port"], routes=tuple(routes))
+        return Ingress(port=raw["port"], routes=tuple(routes), tls=self.ingress_tls(raw))
+
+    def ingress_tls(self, raw: dict[str, Any]) -> IngressTls | None:
+        tls = raw.get("tls", False)
+        if tls is True:
+            return IngressTls()
+        if not isinstance(tls, dict) or "cert" not in tls or "key" not in tls:
+            return None  # false, or invalid (reported by the structural check)
+
+        def where(key: str) -> str:
+            at = self.ctx.doc.at(("ingress", "tls", key), "")
+            return f"{at.file}:{at.line}:{at.col}: {at.path}"
+
+        return IngressTls(
+            cert_file=os.path.normpath(os.path.join(self.base_dir, tls["cert"])),
+            key_file=os.path.normpath(os.path.join(self.base_dir, tls["key"])),
+            cert_at=where("cert"),
+            key_at=where("key"),
+        )
 
     def check_reachability(self, mesh: Mesh) -> None:
         """Every upstream a pod may call needs a port its own app does not hold."""

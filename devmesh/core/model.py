@@ -236,10 +236,25 @@ class IngressRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressTls:
+    """`ingress.tls`: HTTPS at the ingress. No files (`tls: true`): a certificate from the
+    user's local CA for localhost and 127.0.0.1. Else the user's certificate (chain) and key
+    files, read and checked by the daemon (adapters/tlsfiles.py), not here."""
+
+    cert_file: str | None = None  # resolved against the mesh file's directory
+    key_file: str | None = None
+    # Where each was written ("devmesh.yaml:14:9: ingress.tls.cert"), for problems found
+    # when the files are read; not part of the value.
+    cert_at: str = field(default="", compare=False)
+    key_at: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Ingress:
     port: int
     routes: tuple[IngressRoute, ...]
     host: str = "127.0.0.1"  # never anything wider: devmesh listens on loopback only
+    tls: IngressTls | None = None  # None: plain HTTP
 
 
 @dataclass(frozen=True, slots=True)

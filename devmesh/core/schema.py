@@ -479,9 +479,23 @@ ingress_route_spec = Obj(
     }
 )
 
+ingress_tls_spec = ByType(
+    {
+        bool: Bool(),
+        dict: Obj(
+            {
+                "cert": Field(Str(), required=True, description="PEM certificate (chain) file"),
+                "key": Field(Str(), required=True, description="its PEM private key file"),
+            }
+        ),
+    },
+    description="HTTPS: true for a certificate from the local CA (`devmesh ca`), or files",
+)
+
 ingress_spec = Obj(
     {
         "port": Field(Int(*PORT_RANGE), required=True, description="published on 127.0.0.1 only"),
+        "tls": Field(ingress_tls_spec),
         "routes": Field(
             ListOf(ingress_route_spec, min_items=1, max_items=MAX_ROUTES), required=True
         ),

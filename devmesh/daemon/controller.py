@@ -25,6 +25,7 @@ from typing import Any
 from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.adapters.images import ImageResolver
 from devmesh.adapters.probe import probe
+from devmesh.adapters.tlsfiles import ingress_problems
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import ErrorCode, EventKind, Phase
 from devmesh.core.edit import pick_route
@@ -35,6 +36,7 @@ from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
 from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
 from devmesh.daemon.identities import Cert, Identities
+from devmesh.daemon.ingress_tls import uses_ca as ingress_uses_ca
 from devmesh.daemon.meshsource import FileRead, MeshSource
 from devmesh.daemon.publisher import Publisher, endpoints
 from devmesh.daemon.reconciler import Reconciler
@@ -177,7 +179,7 @@ class Controller:
     def start(self) -> None:
         """The first pass, on the caller's thread (a clear error if it cannot come up), then
         the loop and its sources."""
-        if uses_tls(self.file.mesh):
+        if uses_tls(self.file.mesh) or ingress_uses_ca(self.file.mesh):
             self.identities.ensure_ca()  # CAError naming the directory, before any container
         self.images.ensure_base()
         self._reconcile("start")
@@ -277,6 +279,9 @@ class Controller:
                 f"the mesh is now named '{mesh.name}'; "
                 f"run `devmesh down` for '{current.name}' first",
             )
+        files = ingress_problems(mesh)  # the user's certificate: expired, foreign, unreadable
+        if files:
+            return files
         old, new = current.ingress, mesh.ingress
         moved = new is not None and (old is None or old.port != new.port)
         # Checked before the working gateway is replaced by one that could not start.

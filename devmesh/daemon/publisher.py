@@ -15,7 +15,8 @@ from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.daemon.identities import Identities
-from devmesh.envoy.render import render
+from devmesh.daemon.ingress_tls import IngressCert
+from devmesh.envoy.render import gateway_group, render
 from devmesh.envoy.snapshot import SnapshotError, new_snapshots
 from devmesh.plan.desired import Desired
 
@@ -41,7 +42,8 @@ class Publisher:
         self._xds = xds
         self._events = events
         self.identities = identities if identities is not None else Identities()
-        self._published: tuple[Mesh, Endpoints, str | None, int] | None = None
+        self.ingress_cert = IngressCert(self.identities.ensure_ca)  # one CA for both
+        self._published: tuple[Mesh, Endpoints, str | None, int, int] | None = None
         self.groups: frozenset[str] = frozenset()  # node groups served
         # The last render, by what it was made from: a renewal changes secrets alone, so
         # its push skips rendering the mesh again.
@@ -54,9 +56,13 @@ class Publisher:
         try:
             # Certificates first: one due for renewal makes this push differ (SDS alone).
             secrets = self.identities.secrets(mesh)
+            ingress = self.ingress_cert.secrets(mesh)  # user files that went bad: refused
         except MeshError as exc:  # the CA cannot be used: the Envoys keep what they have
             return self._failed(exc)
-        key = (mesh, served, host, self.identities.generation)
+        if ingress:
+            gateway = gateway_group(mesh)
+            secrets = {**secrets, gateway: (*secrets.get(gateway, ()), *ingress)}
+        key = (mesh, served, host, self.identities.generation, self.ingress_cert.generation)
         if key == self._published and self.error is None:
             return True  # the timer's passes over an unchanged mesh build nothing
         try:

@@ -22,6 +22,7 @@ from typing import IO
 from devmesh.adapters.engine import Engine
 from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.tlsfiles import TlsFileError, ingress_problems
 from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import EventKind, Severity
@@ -180,6 +181,9 @@ class Daemon:
         ingress = effective(self.controller.view.mesh, {}, self.ingress_port).ingress
         if ingress is None:
             return
+        problems = ingress_problems(self.controller.view.mesh)
+        if problems:  # the user's certificate files: say so before anything starts
+            raise TlsFileError(list(problems))
         mine = self.engine.containers(self.project).get(f"{self.project}-gateway")
         if mine is not None and mine.state == "running":
             return  # it is ours, adopted

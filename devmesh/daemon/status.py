@@ -129,7 +129,9 @@ def gateway_status(view: View, xds: XdsLookup) -> api.Gateway | None:
             and info.state == "running"
             and synced
         ),
-        url=f"http://{ingress.host}:{ingress.port}/" if ingress else None,
+        url=f"{'https' if ingress.tls else 'http'}://{ingress.host}:{ingress.port}/"
+        if ingress
+        else None,
         services=services,
         xds=xds_status(node, synced),
         tls=_tls(view.certs.get(gateway_group(view.served)), ""),

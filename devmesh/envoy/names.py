@@ -26,6 +26,7 @@ from devmesh.api.types import (
 INBOUND_STAT_PREFIX: Final = "in"  # the pod's inbound HTTP connection manager
 INGRESS_STAT_PREFIX: Final = INGRESS  # the gateway's connection manager and virtual host
 INGRESS_ROUTE_CONFIG: Final = INGRESS  # the gateway's route configuration
+INGRESS_SECRET: Final = "ingress-cert"  # SDS: the ingress's HTTPS certificate and key
 
 
 # -- identities (mTLS) ------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from devmesh.envoy.names import (
     IDENTITY_SECRET,
     INBOUND_STAT_PREFIX,
     INGRESS_ROUTE_CONFIG,
+    INGRESS_SECRET,
     INGRESS_STAT_PREFIX,
     cluster_name,
     denial_stat_prefix,
@@ -388,6 +389,33 @@ def downstream_tls(protocol: str) -> Json:
             "@type": DOWNSTREAM_TLS,
             "require_client_certificate": True,
             "common_tls_context": _common_tls(alpn, {}),
+        },
+    }
+
+
+def ingress_tls() -> Json:
+    """HTTPS at the ingress: the certificate by SDS (`ingress_secret`), so a new one (a
+    renewal, other files) reaches the listener without draining it; no client certificate
+    is asked for. HTTP/2 and HTTP/1.1 by ALPN, as browsers expect."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [_sds(INGRESS_SECRET)],
+                "alpn_protocols": ["h2", "http/1.1"],
+            },
+        },
+    }
+
+
+def ingress_secret(cert_pem: str, key_pem: str) -> Json:
+    """The gateway's SDS secret for `ingress_tls`: a certificate chain and its key."""
+    return {
+        "name": INGRESS_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": cert_pem},
+            "private_key": {"inline_string": key_pem},
         },
     }
 
@@ -894,14 +922,15 @@ def gateway_resources(
     targets = mesh.gateway_services()
     listeners = []
     if mesh.ingress is not None:
-        listeners.append(
-            _listener(
-                "ingress",
-                [("0.0.0.0", GATEWAY_PORT)],
-                [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG))],
-                "INBOUND",
-            )
+        public = _listener(
+            "ingress",
+            [("0.0.0.0", GATEWAY_PORT)],
+            [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG))],
+            "INBOUND",
         )
+        if mesh.ingress.tls is not None:
+            public["filter_chains"][0]["transport_socket"] = ingress_tls()
+        listeners.append(public)
     hops = []
     for i, service in enumerate(targets):
         port = GATEWAY_HOP_BASE + i
