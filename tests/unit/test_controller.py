@@ -408,3 +408,18 @@ def test_routes_are_served_as_typed_values_with_the_api_fault_marked(loop: Any) 
     assert main.fault.abort.status == 503 and main.fault.abort.percent == 50
     assert sum(main.to.values()) == 100
     assert served.ingress is not None and served.ingress.address.endswith(":18080")
+
+
+def test_the_first_pass_makes_the_network_first_and_guards_pods_with_its_gateway(
+    loop: Any,
+) -> None:
+    """The guard's rules admit the host by the network's gateway address: it is learnt (the
+    network made if missing) before the first plan, so no pod is made twice."""
+    controller, engine, _, _, _ = loop
+    assert engine.network and controller.reconciler.host == "10.9.0.254"
+    (first,) = engine.applied
+    for pod in first.create_pods:
+        (_, rules), *_ = pod.guard.files
+        assert "-A INPUT -s 10.9.0.254/32 -j ACCEPT" in rules
+    controller._reconcile("again")
+    assert len(engine.applied) == 1  # nothing to replace: the rules were right the first time
