@@ -42,8 +42,15 @@ services:
     build: @APP@
     image: devmesh-shop-app:1
     port: 8000
-    env: {UPSTREAMS: api}
-    calls: [api]
+    env: {UPSTREAMS: "api db:7000"}
+    calls: [api, db]
+  db:
+    build: @APP@
+    image: devmesh-shop-app:1
+    port: 7000
+    protocol: tcp
+    env: {MODE: tcp}
+    health: {interval: 1s}
   api:
     build: @APP@
     image: devmesh-shop-app:1
@@ -206,6 +213,13 @@ def test_a_declared_caller_gets_200_an_undeclared_one_403(mesh: Mesh) -> None:
     stats = mesh.run("ps").stdout
     pod_line = next(i for i, line in enumerate(stats.splitlines()) if "-api-" in line)
     assert "denied: other 1, web 1" in "\n".join(stats.splitlines()[pod_line : pod_line + 3])
+
+
+def test_http_and_tcp_calls_travel_over_mtls(mesh: Mesh) -> None:
+    body = mesh.get("/").body  # ingress -> web -> (mTLS) -> api, and -> (mTLS, tcp) -> db
+    assert "-> api: api/default" in body and "-> db: db/default: widget in stock: 42" in body, body
+    handshakes = mesh.admin_stats(f"{mesh.project}-db-default-0", "listener.*ssl.handshake")
+    assert sum(handshakes.values()) >= 1, handshakes
 
 
 def test_strict_refuses_a_container_outside_the_mesh(mesh: Mesh, outsider: Any) -> None:
