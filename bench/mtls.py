@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"{rot_label}, p50 (ms)", "-", f"{statistics.median(r[0] for r in rot):.1f}", "", "≤ 150"],
         [f"{rot_label}, max (ms)", "-", f"{max(r[0] for r in rot):.1f}", "", ""],
         [
-            "  of which issue + render + snapshots, p50 (ms)",
+            "  of which issuing the certificates + snapshots, p50 (ms)",
             "-",
             f"{statistics.median(r[1] for r in rot):.1f}",
             "",
