@@ -232,6 +232,7 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
         + (f" — {pod.reason}" if pod.reason else "")
         + f"; app {pod.app}, {pod.restarts} restart(s); "
         f"sidecar {pod.sidecar}; {_xds_text(pod.xds)}"
+        + _tls_text(pod.tls)
         + (
             f"; stats unreadable: {rates.unreadable[pod.pod]}"
             if pod.pod in rates.unreadable
@@ -259,6 +260,14 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
         version=pod.version,
         detail=detail,
     )
+
+
+def _tls_text(tls: api.PodTls | None) -> str:
+    """`; mTLS STRICT as spiffe://... (certificate until 14:02:11)`; nothing without TLS."""
+    if tls is None:
+        return ""
+    until = time.strftime("%H:%M:%S", time.localtime(tls.not_after))
+    return f"; mTLS {tls.mode} as {tls.identity} (certificate until {until})"
 
 
 def _xds_text(xds: api.XdsStatus) -> str:
