@@ -164,14 +164,21 @@ class DaemonClient:
         """The last `tail` lines of the pod's app log."""
         return self._call("POST", "/v1/logs", api.LogsRequest(pod, tail), api.LogsResult)
 
-    def follow_logs(self, service: str, tail: int | None = None) -> Iterator[api.LogLine]:
-        """A service's app log lines as they come, until no pod of it runs any more. The
+    def follow_logs(
+        self,
+        service: str | None,
+        tail: int | None = None,
+        proxy: bool = False,
+        timestamps: bool = False,
+    ) -> Iterator[api.LogLine]:
+        """A service's (None: every service's) app log lines as they come, until no pod of it
+        runs any more; `proxy`: the sidecars' (and the gateway's) own logs instead. The
         daemon sends a bare newline at least every second on a quiet log: `FOLLOW_SILENCE`
         seconds without anything means it is frozen or gone (DaemonUnavailable)."""
         conn = UnixHTTPConnection(self.socket_path, timeout=FOLLOW_SILENCE)
         try:
             try:
-                body = codec.dumps(api.FollowRequest(service, tail))
+                body = codec.dumps(api.FollowRequest(service, tail, proxy, timestamps))
                 conn.request("POST", "/v1/logs/follow", body=body, headers={})
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:

@@ -32,7 +32,7 @@ from devmesh.daemon.api import ApiServer
 from devmesh.daemon.controller import ContainerDied, Controller, Tick, port_busy
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
-from devmesh.daemon.logfollow import follow_ticking
+from devmesh.daemon.logfollow import Which, follow_ticking
 from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.state import StateDir
 from devmesh.plan.effective import effective
@@ -84,7 +84,9 @@ class Daemon:
             self.events,
             self._stats,
             self._log_tails,
-            lambda service, tail, stop: follow_ticking(engine, project, service, tail, stop),
+            lambda req, stop: follow_ticking(
+                engine, project, Which(req.service, req.proxy, req.timestamps), req.tail, stop
+            ),
             self.request_stop,
         )
         self._api: ApiServer | None = None

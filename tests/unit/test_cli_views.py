@@ -150,3 +150,27 @@ def test_ps_shows_identity_mode_time_left_and_the_callers_refused() -> None:
     ]  # fmt: skip
     expired = views.ps_table(_state(pod), None, now=1000.0 + 8000).splitlines()
     assert expired[2].split()[-1] == "expired"
+
+
+def test_ls_table_shows_daemons_and_instances_left_without_one() -> None:
+    from devmesh.daemon.launcher import Instance
+
+    serving = api.MeshState(
+        "shop",
+        "shop",
+        api.Phase.SERVING,
+        False,
+        file="/m/devmesh.yaml",
+        pid=7,
+        pods=(
+            api.Pod("shop-a-v1-0", "a", "v1", 0, api.PodState.READY),
+            api.Pod("shop-b-v1-0", "b", "v1", 0, api.PodState.STARTING),
+        ),
+        gateway=api.Gateway("shop-gateway", "running", True, url="http://127.0.0.1:8080/"),
+    )
+    table = views.ls_table([Instance("shop", 7, serving), Instance("old", 0, None, running=3)])
+    head, shop, old = table.splitlines()
+    assert head.split() == ["PROJECT", "STATE", "PODS", "URL", "FILE"]
+    assert shop.split() == ["shop", "serving", "1/2", "http://127.0.0.1:8080/", "/m/devmesh.yaml"]
+    assert old.split()[:3] == ["old", "no", "daemon"] and "3 containers running" in old
+    assert views.instance_json(Instance("old", 0, None, running=3))["daemon"] is False
