@@ -22,6 +22,8 @@ import docker
 import docker.errors
 import pytest
 
+from devmesh.api import codec
+from devmesh.client import DaemonClient
 from devmesh.plan.desired import network_name
 from devmesh.unixhttp import UnixHTTPConnection
 from tests.e2e.conftest import ENV, PROJECTS, Mesh, devmesh, free_port, sweep
@@ -104,8 +106,15 @@ def outsider(mesh: Mesh) -> Iterator[Any]:
             container.remove(force=True)
 
 
+def _state(mesh: Mesh) -> dict[str, Any]:
+    """The daemon's state document (what `ps --json` prints), from its API: a `ps`
+    subprocess per poll costs seconds on a loaded machine."""
+    data: dict[str, Any] = codec.encode(DaemonClient(mesh.state_dir() / "api.sock").state())
+    return data
+
+
 def _pods(mesh: Mesh) -> dict[str, dict[str, Any]]:
-    return {p["service"]: p for p in mesh.ps()["pods"]}
+    return {p["service"]: p for p in _state(mesh)["pods"]}
 
 
 def _wget_from_app(mesh: Mesh, service: str, url: str, *extra: str) -> tuple[int, str]:
@@ -186,7 +195,7 @@ class Load:
 
 
 def _api_door(mesh: Mesh) -> int:
-    url = mesh.ps()["gateway"]["services"]["api"]
+    url = _state(mesh)["gateway"]["services"]["api"]
     return int(url.rsplit(":", 1)[1].strip("/"))
 
 
@@ -198,7 +207,7 @@ def test_ps_shows_each_pods_identity_mode_and_certificate_expiry(mesh: Mesh) -> 
     tls = pods["api"]["tls"]
     assert tls["identity"] == API_ID and tls["mode"] == "STRICT"
     assert 0 < tls["not_after"] - time.time() <= 4.5
-    assert mesh.ps()["gateway"]["tls"]["identity"].endswith("/mesh/tlsmesh/gateway")
+    assert _state(mesh)["gateway"]["tls"]["identity"].endswith("/mesh/tlsmesh/gateway")
     text = mesh.run("ps").stdout
     assert API_ID in text and "STRICT" in text, text
 
