@@ -45,7 +45,9 @@ def ca(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show the local CA (made if missing) and how to trust it; --export writes it."""
+    """Show the local CA (made if missing) and how to trust it; --export writes it.
+
+    Example: devmesh ca --export ca.pem && curl --cacert ca.pem https://127.0.0.1:8443/"""
     from devmesh.adapters.ca import load_or_create
 
     local = load_or_create()  # CAError (a MeshError) names the directory and what to do
