@@ -31,17 +31,22 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    TRACE_SAMPLING_PERCENT,
+    XRAY_DAEMON_ADDRESS,
+    ZIPKIN_PATH_SUFFIX,
     Abort,
     Build,
     ConnectionPool,
     Delay,
     Fault,
     Health,
+    HostAddress,
     Ingress,
     IngressRoute,
     Match,
     Mesh,
     Mirror,
+    Observability,
     OutlierDetection,
     PathMatch,
     Protocol,
@@ -50,7 +55,10 @@ from devmesh.core.model import (
     Route,
     Security,
     Service,
+    Statsd,
     Target,
+    TraceForward,
+    Tracing,
     ValueMatch,
     Version,
 )
@@ -164,10 +172,12 @@ class _Builder:
             if (s := self.service(name, raw)) is not None
         )
         ingress = self.ingress(self.doc["ingress"]) if "ingress" in self.doc else None
+        observability = self.observability(self.doc.get("observability", {}), ingress)
         mesh = Mesh(
             name=self.doc.get("mesh", "mesh"),
             services=services,
             ingress=ingress,
+            observability=observability,
             source=file,
             base_dir=base_dir,
         )
@@ -585,6 +595,64 @@ class _Builder:
         if "port" not in raw:
             return None
         return Ingress(port=raw["port"], routes=tuple(routes))
+
+    # -- observability ----------------------------------------------------------------------
+
+    def observability(self, raw: dict[str, Any], ingress: Ingress | None) -> Observability:
+        at: Path = ("observability",)
+        default = Observability()
+        metrics_port = raw.get("metrics", {}).get("port")
+        if metrics_port is not None and ingress is not None and metrics_port == ingress.port:
+            self.error(
+                (*at, "metrics", "port"),
+                f"port {metrics_port} is the ingress port; the daemon's /metrics needs its own",
+            )
+        statsd = raw.get("statsd")
+        return Observability(
+            access_log=raw.get("access_log", default.access_log),
+            metrics_port=metrics_port,
+            tracing=self.tracing((*at, "tracing"), raw["tracing"])
+            if "tracing" in raw
+            else default.tracing,
+            statsd=None
+            if statsd is None or "address" not in statsd
+            else Statsd(HostAddress(*statsd["address"]), statsd.get("flavor", "statsd")),
+        )
+
+    def tracing(self, at: Path, raw: bool | dict[str, Any]) -> Tracing | None:
+        if raw is False:
+            return None
+        if raw is True:
+            return Tracing()
+        provider = raw.get("provider", "otel")
+        if provider == "otel" and "address" in raw:
+            self.error(
+                (*at, "address"),
+                "`address` is the X-Ray daemon's, for provider: xray; "
+                "to send otel spans on, use `forward: http://HOST:PORT/v1/traces`",
+                key=True,
+            )
+        if provider == "xray" and "forward" in raw:
+            self.error(
+                (*at, "forward"),
+                "provider xray sends segments to `address` (the X-Ray daemon); "
+                "`forward` is for provider otel",
+                key=True,
+            )
+        forward = None
+        if provider == "otel" and "forward" in raw:
+            url, host, port, path = raw["forward"]
+            kind = "zipkin" if path.rstrip("/").endswith(ZIPKIN_PATH_SUFFIX) else "otlp"
+            forward = TraceForward(url, kind, HostAddress(host, port), path)
+        xray = None
+        if provider == "xray":
+            xray = HostAddress(*raw.get("address", XRAY_DAEMON_ADDRESS))
+        return Tracing(
+            provider=provider,
+            sampling_percent=raw.get("sampling", TRACE_SAMPLING_PERCENT),
+            forward=forward,
+            xray_address=xray,
+        )
 
     def check_reachability(self, mesh: Mesh) -> None:
         """Every upstream a pod may call needs a port its own app does not hold."""
