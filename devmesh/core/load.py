@@ -39,6 +39,7 @@ from devmesh.core.model import (
     ConnectionPool,
     Delay,
     Fault,
+    ForwardKind,
     Health,
     HostAddress,
     Ingress,
@@ -642,7 +643,9 @@ class _Builder:
         forward = None
         if provider == "otel" and "forward" in raw:
             url, host, port, path = raw["forward"]
-            kind = "zipkin" if path.rstrip("/").endswith(ZIPKIN_PATH_SUFFIX) else "otlp"
+            kind: ForwardKind = (
+                "zipkin" if path.rstrip("/").endswith(ZIPKIN_PATH_SUFFIX) else "otlp"
+            )
             forward = TraceForward(url, kind, HostAddress(host, port), path)
         xray = None
         if provider == "xray":
