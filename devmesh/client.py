@@ -171,8 +171,8 @@ class DaemonClient:
         conn = UnixHTTPConnection(self.socket_path, timeout=FOLLOW_SILENCE)
         try:
             try:
-                body = codec.dumps(api.FollowRequest(service, tail))
-                conn.request("POST", "/v1/logs/follow", body=body, headers={})
+                body = codec.dumps(request)
+                conn.request("POST", path, body=body, headers={})
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 raise self._unavailable(exc) from None
@@ -183,6 +183,18 @@ class DaemonClient:
                 try:
                     # read1, not readline: on a chunked answer readline takes a connection
                     # the daemon cut (it stopped, or died) for a clean end; read1 raises.
+        return self._follow("/v1/logs/follow", api.FollowRequest(service, tail), api.LogLine)
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult:
+        """The newest access-log entries the daemon keeps that match `req`'s filters."""
+        return self._call("POST", "/v1/access", req, api.AccessResult)
+
+    def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry]:
+        """Access-log entries as they come (after the last `req.tail` kept), until closed."""
+        return self._follow("/v1/access/follow", req, api.AccessEntry)
+
+    def _follow(self, path: str, request: Any, answer: type[T]) -> Iterator[T]:
+        """A streamed answer, one value a line (see follow_logs)."""
                     chunk = resp.read1(65536)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._unavailable(exc) from None
@@ -193,11 +205,11 @@ class DaemonClient:
                     if not line.strip():
                         continue  # the daemon's keepalive
                     try:
-                        yield codec.decode(api.LogLine, codec.loads(line))
+                        yield codec.decode(answer, codec.loads(line))
                     except codec.DecodeError as exc:
                         raise DaemonUnavailable(
-                            f"the daemon on {self.socket_path} sent a line that is not a log "
-                            f"line: {exc}"
+                            f"the daemon on {self.socket_path} sent a line that is not "
+                            f"{answer.__name__}: {exc}"
                         ) from None
         finally:
             conn.close()

@@ -16,6 +16,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
 # Imported for their side effect: they register the typed_config types Any fields name.
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401  access logs
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401
     local_rate_limit_pb2 as http_local_rate_limit_pb2,

@@ -444,6 +444,90 @@ class LogLine:
 
 
 @dataclass(frozen=True, slots=True)
+# -- access logs (every request every Envoy saw) ------------------------------------------------
+
+
+class Reporter(StrEnum):
+    """Which Envoy logged a request: the caller's sidecar (or the gateway's hop to a
+    service), the callee's sidecar, or the gateway's public listener."""
+
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+    INGRESS = "ingress"
+
+
+ACCESS_CAPACITY = 10_000  # entries the daemon keeps; older ones make room (`evicted`)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEntry:
+    """One request (one connection, for TCP) as one Envoy saw it, in mesh terms. Service
+    names are "" where unknown; the gateway is the service `INGRESS`, a caller from outside
+    the mesh has source "" ."""
+
+    time: float  # unix seconds: the request's first byte
+    reporter: Reporter
+    node: str  # the Envoy that logged it: a sidecar's or the gateway's container
+    source_service: str
+    source_version: str
+    source_pod: str
+    service: str  # the destination
+    version: str
+    pod: str
+    route: str  # the mesh route it took (the caller's, or the ingress'); "" on an inbound side
+    method: str = ""
+    authority: str = ""
+    path: str = ""
+    status: int | None = None  # None: no response (a TCP connection, a reset)
+    flags: tuple[str, ...] = ()  # Envoy's response flags (`api.response_flags` in words)
+    duration_ms: float | None = None  # first byte in to last byte out
+    upstream_ms: float | None = None  # request sent upstream to its first byte back
+    bytes_received: int = 0  # request body (TCP: from the caller)
+    bytes_sent: int = 0  # response body (TCP: to the caller)
+    request_id: str = ""  # x-request-id
+    trace_id: str = ""  # W3C trace id (32 hex digits) or X-Ray's, when the request had one
+    detail: str = ""  # Envoy's response code details (`via_upstream`, `fault_filter_abort`)
+    tcp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """`POST /v1/access`: the newest entries kept, filtered (every filter given must hold)."""
+
+    service: str | None = None  # the entry's source or destination service
+    status: str | None = None  # a class ("5xx") or one code ("503")
+    route: str | None = None
+    slower_ms: float | None = None  # only entries that took longer
+    limit: int = 100  # 1-10000: this many of the newest matches, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class AccessCounters:
+    kept: int = 0  # entries in memory now
+    capacity: int = ACCESS_CAPACITY
+    received: int = 0  # entries Envoys sent since the daemon started
+    evicted: int = 0  # pushed out by newer ones
+    dropped: int = 0  # not taken in: the daemon's backlog of undecoded batches was full
+
+
+@dataclass(frozen=True, slots=True)
+class AccessResult:
+    entries: tuple[AccessEntry, ...] = ()
+    counters: AccessCounters = AccessCounters()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessFollowRequest:
+    """`POST /v1/access/follow`: entries as they come, one `AccessEntry` a line of
+    newline-delimited JSON, starting with the last `tail` kept matches."""
+
+    service: str | None = None
+    status: str | None = None
+    route: str | None = None
+    slower_ms: float | None = None
+    tail: int = 10  # 0-10000
+
+
 class Events:
     events: tuple[Event, ...] = ()
 

@@ -255,15 +255,37 @@ def ps(
 
 
 def logs(
-    service: Annotated[str, typer.Argument(help="The service whose app logs to show.")],
+    service: Annotated[
+        str | None,
+        typer.Argument(help="The service whose app logs to show (with --access: optional)."),
+    ] = None,
     file: MeshFile = DEFAULT_FILE,
     project: ProjectOpt = None,
     follow: Annotated[bool, typer.Option("--follow", help="Keep following.")] = False,
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
+    access: Annotated[
+        bool, typer.Option("--access", help="Every request the Envoys saw, not the app's log.")
+    ] = False,
+    as_json: JsonFlag = False,
+    status: Annotated[
+        str | None, typer.Option("--status", help="--access: a status class (5xx) or code.")
+    ] = None,
+    route: Annotated[str | None, typer.Option("--route", help="--access: this route only.")] = None,
+    slower: Annotated[
+        str | None, typer.Option("--slower", help="--access: slower than this (100ms, 2s).")
+    ] = None,
 ) -> None:
-    """Show the app logs of a service's pods (prefixed by pod when there are several)."""
+    """Show the app logs of a service's pods (prefixed by pod when there are several), or
+    with --access the mesh's access log: every request every sidecar and the gateway saw."""
     from devmesh.daemon import launcher
 
+    if access:
+        _access_logs(file, project, service, follow, tail, as_json, status, route, slower)
+        return
+    if service is None:
+        raise MeshError("logs needs a SERVICE (or --access, for every service's requests)")
+    if as_json or status or route or slower:
+        raise MeshError("--json, --status, --route and --slower go with --access")
     count = parse_tail(tail)
     mesh, name = _load(file, project)
     if not mesh.has_service(service):
@@ -289,6 +311,62 @@ def logs(
         if close is not None:
             close()  # ends the daemon's stream, or the local followers' threads
     _err(f"devmesh: no pod of '{service}' runs any more; stopped following")
+
+
+def _access_logs(
+    file: Path,
+    project: str | None,
+    service: str | None,
+    follow: bool,
+    tail: str,
+    as_json: bool,
+    status: str | None,
+    route: str | None,
+    slower: str | None,
+) -> None:
+    from devmesh.api import types as api
+    from devmesh.cli import access_views
+    from devmesh.core.durations import DurationError, parse_duration
+    from devmesh.daemon import launcher
+
+    name = project_name(file, project)
+    count = parse_tail(tail)
+    slower_ms: float | None = None
+    if slower is not None:
+        try:
+            slower_ms = float(parse_duration(slower))
+        except DurationError as exc:
+            raise MeshError(f"--slower: {exc}") from None
+    if launcher.find(name) is None:
+        raise MeshError(
+            f"no daemon runs mesh '{name}': the access log lives in the daemon "
+            "(start it with `devmesh up`)"
+        )
+    client = launcher.client(name)
+
+    def show(entry: api.AccessEntry) -> None:
+        typer.echo(access_views.as_json_line(entry) if as_json else access_views.access_line(entry))
+
+    if not follow:
+        limit = api.ACCESS_CAPACITY if count is None else max(1, count)
+        result = client.access(api.AccessRequest(service, status, route, slower_ms, limit))
+        for entry in result.entries:
+            show(entry)
+        if not as_json and not result.entries:
+            _err(
+                f"devmesh: no request matches; {access_views.access_counters_line(result.counters)}"
+            )
+        return
+    tail_n = api.ACCESS_CAPACITY if count is None else count
+    request = api.AccessFollowRequest(service, status, route, slower_ms, tail_n)
+    stream = client.follow_access(request)
+    try:
+        for entry in stream:
+            show(entry)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def shift(

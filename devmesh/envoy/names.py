@@ -36,6 +36,12 @@ def hop_name(service: str) -> str:
     return f"_hop|{service}"
 
 
+def parse_hop_name(name: str) -> str | None:
+    """The service of a gateway hop cluster (`_hop|catalog` -> catalog), else None."""
+    head, sep, service = name.partition("|")
+    return service if sep and head == "_hop" and service and "|" not in service else None
+
+
 def parse_cluster_name(name: str) -> tuple[str, str] | None:
     """(service, version) of a version cluster; None for devmesh's own clusters (`_app`, the
     gateway's `_hop|SERVICE`: their names start with `_`, which no service name does)."""
