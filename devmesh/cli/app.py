@@ -12,7 +12,7 @@ import typer
 from typer.exceptions import TyperException
 
 from devmesh import __version__
-from devmesh.cli import file_commands, run_commands
+from devmesh.cli import file_commands, run_commands, trace_commands
 from devmesh.cli.exits import Exit
 from devmesh.core.problems import MeshError, MeshInvalid
 
@@ -52,6 +52,7 @@ for command in (
     run_commands.ps,
     run_commands.logs,
     run_commands.shift,
+    trace_commands.traces,
 ):
     app.command()(command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(

@@ -47,6 +47,8 @@ def ps_table(state: api.MeshState) -> str:
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
         head += f"  {where} {'ready' if gw.ready else gw.state}"
+    if state.tracing is not None:
+        lines.append(tracing_line(state.tracing))
     if not state.engine.ok:
         lines.append(f"the container engine does not answer: {state.engine.detail}")
     for problem in state.problems:
@@ -87,3 +89,18 @@ def url_lines(state: api.MeshState) -> list[str]:
 def log_line(line: api.LogLine, several: bool) -> str:
     """A line of a service's app log: prefixed by its pod when the service has several."""
     return f"{line.pod} | {line.text}" if several else line.text
+
+
+def tracing_line(t: api.TracingStatus) -> str:
+    """`ps`'s tracing line: where spans go, how many are kept, and what was dropped."""
+    if t.provider == "xray":
+        return f"tracing: X-Ray, {t.sampling:g}% sampled"
+    line = (
+        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans received, "
+        f"{t.dropped} dropped"
+    )
+    if t.forward:
+        line += f"; forwarded to {t.forward}: {t.forwarded} sent, {t.forward_dropped} dropped"
+        if t.forward_error:
+            line += f" ({t.forward_error})"
+    return line
