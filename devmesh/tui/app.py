@@ -47,6 +47,7 @@ from devmesh.tui.poller import Frame, Poller
 from devmesh.tui.screens import ConfirmScreen, HelpScreen, WeightScreen
 from devmesh.tui.source import MeshClient
 from devmesh.tui.stats import Rates
+from devmesh.tui.traces import TracesScreen
 from devmesh.tui.widgets import Line, RowTable, lines_text
 
 POD_WIDTHS = {"name": 14, "state": 12, "version": 8, "xds": 4, "rps": 5, "ok": 5, "p99": 5}
@@ -105,6 +106,13 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "restart the selected pod's app (on a service row: every pod of the service); asks first",
     ),
     ("l", "l", "show_pane('log')", "Log", "show the selected pod's app log (following)"),
+    (
+        "t",
+        "t",
+        "traces",
+        "",
+        "the selected service's recent traces (f: 5xx only); Enter shows one as a waterfall",
+    ),
     (
         "e",
         "e",
@@ -384,6 +392,10 @@ class MeshApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*self.KEYS, *TABLE_KEYS]))
+
+    def action_traces(self) -> None:  # the screens are tui/traces.py's
+        row = self._pods.current()
+        self.push_screen(TracesScreen(self.client, row.service if row is not None else None))
 
     def _target(self) -> tuple[Row, api.ServiceRoutes, api.RouteInfo] | None:
         """The route the keys act on: the routes table's highlighted row (a route or one of

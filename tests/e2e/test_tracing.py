@@ -143,7 +143,9 @@ def _trace_of(mesh: Mesh, path: str, services: set[str]) -> dict[str, Any]:
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         for summary in _traces(mesh, "--limit", "50")["traces"]:
-            trace = json.loads(mesh.run("traces", summary["trace_id"], "--json").stdout)
+            trace: dict[str, Any] = json.loads(
+                mesh.run("traces", summary["trace_id"], "--json").stdout
+            )
             if any(s["url"].endswith(path) for s in trace["spans"]):
                 last = trace
                 if services <= {s["service"] for s in trace["spans"]}:
@@ -238,8 +240,7 @@ def test_spans_are_forwarded_to_an_otlp_receiver_as_a_call_tree(
             s
             for s in list(receiver.spans)
             if any(
-                kv.key == "http.url" and kv.value.string_value.endswith(path)
-                for kv in s.attributes
+                kv.key == "http.url" and kv.value.string_value.endswith(path) for kv in s.attributes
             )
         ]
         if len(mine) >= 5:

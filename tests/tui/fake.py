@@ -74,3 +74,28 @@ class RecordedClient:
     def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
         self.calls.append(("restart", (service, pod)))
         return api.RestartResult((f"{pod}-app",))
+
+    # Traces were recorded from a small mesh of their own (gateway -> frontend -> catalog).
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult:
+        self.calls.append(("traces", (service, slower_ms, status, limit)))
+        every = load("traces", "traces.json", api.TracesResult)
+        kept = tuple(
+            t
+            for t in every.traces
+            if (service is None or service in t.services)
+            and (status != "5xx" or (t.status or 0) >= 500)
+        )
+        return api.TracesResult(kept, every.kept, every.capacity)
+
+    def trace(self, trace_id: str) -> api.Trace:
+        self.calls.append(("trace", (trace_id,)))
+        path = RECORDED / "traces" / f"trace-{trace_id}.json"
+        if not path.exists():
+            raise DaemonRefused(api.ApiError(api.ErrorCode.NOT_FOUND, f"no trace {trace_id}"))
+        return load("traces", path.name, api.Trace)
