@@ -2,15 +2,18 @@
 server on the socket every pod mounts (`XdsServer(services=...)`), and the forwarder that
 also sends the spans to a user's OTLP/HTTP or Zipkin endpoint.
 
-Neither may hold a request up or stall the daemon. The collector only decodes and hands the
-spans on (on the xDS loop: a few microseconds a span); the forwarder posts from a thread of
-its own, from a bounded queue: when the endpoint is slow or gone, batches are dropped and
-counted, and every post has a short timeout. Envoy's tracer never waits for us either: it
-exports in the background, and a refused export only loses that batch.
+Neither may hold a request up or stall the daemon. The collector's servicer only queues
+each batch (the xDS loop serves the Envoys' config too, so it decodes nothing); a thread
+decodes them and hands the spans on. Its queue is bounded: a backlog is dropped, counted
+(`on_dropped`), never grown. The forwarder posts from a thread of its own, from a bounded
+queue too: when the endpoint is slow or gone, batches are dropped and counted, and every
+post has a short timeout. Envoy's tracer never waits for us either: it exports in the
+background, and a refused export only loses that batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -32,11 +35,49 @@ QUEUE_BATCHES = 64  # Envoy sends a batch per flush (1 s) per Envoy: a minute of
 POST_TIMEOUT = 2.0  # seconds, connect and answer: a stalled endpoint costs one slot
 
 
-class TraceCollector:
-    """OTLP TraceService.Export: each request's spans to `on_spans(spans, request)`."""
+BACKLOG_BATCHES = 256  # export requests waiting to be decoded (an Envoy sends one a second)
 
-    def __init__(self, on_spans: Callable[[list[api.Span], Any], None]) -> None:
+
+class TraceCollector:
+    """OTLP TraceService.Export: each request's spans to `on_spans(spans, request)`, from a
+    thread of its own (`start`); what the backlog cannot hold to `on_dropped(spans)`."""
+
+    def __init__(
+        self,
+        on_spans: Callable[[list[api.Span], Any], None],
+        on_dropped: Callable[[int], None] = lambda n: None,
+        backlog: int = BACKLOG_BATCHES,
+    ) -> None:
         self._on_spans = on_spans
+        self._on_dropped = on_dropped
+        self._backlog: queue.Queue[Any] = queue.Queue(backlog)
+        self._thread = threading.Thread(target=self._run, name="trace-decode", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._backlog.put_nowait(None)
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+    def offer(self, request: Any) -> None:
+        """On the xDS loop: queue the batch, or count it dropped. Never blocks."""
+        try:
+            self._backlog.put_nowait(request)
+        except queue.Full:
+            self._on_dropped(count_spans(request))
+
+    def _run(self) -> None:
+        while True:
+            request = self._backlog.get()
+            if request is None:
+                return
+            try:
+                self.export(request)
+            except Exception:  # a bug must not end the collector
+                log.exception("handling a span batch failed")
 
     def register(self, server: Any) -> None:
         # generated without annotations, unlike the messages (which ship .pyi files)
@@ -57,7 +98,7 @@ class _Servicer:
         self._collector = collector
 
     async def Export(self, request: Any, context: Any) -> Any:
-        self._collector.export(request)
+        self._collector.offer(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

@@ -46,7 +46,7 @@ class Telemetry:
         self._mesh = mesh  # the mesh the Envoys are served (the loop's view)
         self._xds_dir = xds_dir
         self.store = TraceStore()
-        self.collector = TraceCollector(self.on_spans)
+        self.collector = TraceCollector(self.on_spans, self.store.drop)
         self.relays = Relays()
         self._forwarder: SpanForwarder | None = None
         self._lock = threading.Lock()  # the forwarder is swapped by `sync`, used by the collector
@@ -57,6 +57,9 @@ class Telemetry:
             forwarder = self._forwarder
         if forwarder is not None:
             forwarder.offer(request, spans)
+
+    def start(self) -> None:
+        self.collector.start()
 
     def sync(self, host: str | None) -> None:
         mesh = self._mesh()
@@ -95,6 +98,7 @@ class Telemetry:
         )
 
     def close(self) -> None:
+        self.collector.stop()
         with self._lock:
             forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import json
 import socket
 import threading
 import time
@@ -14,8 +15,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from devmesh.adapters.envoy_binary import validate
 from devmesh.adapters.otlp import scope_spans, spans_of, upstream_words, zipkin
-from devmesh.adapters.trace_collector import SpanForwarder
+from devmesh.adapters.trace_collector import SpanForwarder, TraceCollector
 from devmesh.adapters.udp_relay import RelaySpec, UdpRelay
 from devmesh.api import types as api
 from devmesh.api import waterfall
@@ -24,9 +26,10 @@ from devmesh.core.model import HostAddress, TraceForward
 from devmesh.daemon.traces import TraceStore, parse_status
 from devmesh.daemon.tracing import relay_specs
 from devmesh.envoy import bootstrap, tracing
-from devmesh.envoy.render import render
+from devmesh.envoy.render import render, render_mesh
 from devmesh.envoy.resources import placeholder_endpoints
 from devmesh.plan.desired import STATSD_SOCKET, XDS_SOCKET
+from tests.envoy_check import envoy_rejections
 
 MESH = """\
 mesh: m
@@ -404,3 +407,54 @@ def test_the_relay_passes_datagrams_on_and_counts_refusals(tmp_path: Any) -> Non
         relay.stop()
         target.close()
     assert relay.relayed == 1
+
+
+# -- the real Envoy -----------------------------------------------------------------------
+
+SINKS = MESH.replace(
+    "ingress:",
+    "observability:\n"
+    '  tracing: {provider: xray, address: "127.0.0.1:2999", sampling: 12.5}\n'
+    '  statsd: {address: "127.0.0.1:8125", flavor: dogstatsd}\n'
+    "ingress:",
+)
+
+
+@pytest.mark.parametrize("text", [MESH, SINKS], ids=["otel", "xray"])
+def test_real_envoy_accepts_the_tracing_configs(text: str, tmp_path: Any) -> None:
+    assert envoy_rejections(render_mesh(load(text)), tmp_path) == []
+
+
+@pytest.mark.parametrize("flavor", ["statsd", "dogstatsd"])
+def test_real_envoy_accepts_a_pods_bootstrap_with_stats_sinks(flavor: str, tmp_path: Any) -> None:
+    mesh = load(SINKS.replace("dogstatsd", flavor))
+    config = bootstrap.ads_bootstrap(
+        "node-1",
+        "m/front/default",
+        XDS_SOCKET,
+        "/devmesh/admin.sock",
+        tracing.stats_sinks(mesh, STATSD_SOCKET),
+        tracing.runtime(mesh),
+    )
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config))
+    verdict = validate(path)
+    assert verdict.ok, verdict.detail
+
+
+# -- the collector's backlog --------------------------------------------------------------
+
+
+def test_a_collector_backlog_is_dropped_and_counted_never_grown() -> None:
+    got: list[api.Span] = []
+    dropped: list[int] = []
+    collector = TraceCollector(lambda spans, _: got.extend(spans), dropped.append, backlog=1)
+    for _ in range(3):
+        collector.offer(_otlp())  # not started: nothing is taken off the backlog
+    assert dropped == [1, 1]  # one span a batch, two batches over
+    collector.start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    collector.stop()
+    assert len(got) == 1
