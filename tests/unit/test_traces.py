@@ -355,13 +355,16 @@ def test_a_forward_endpoint_nobody_listens_on_drops_and_counts_without_blocking(
     assert counters.error and str(port) in counters.error
 
 
-def test_the_forwarder_posts_otlp_protobuf() -> None:
+@pytest.mark.parametrize("kind", ["otlp", "zipkin"])
+def test_the_forwarder_posts_otlp_protobuf_or_zipkin_json(kind: str) -> None:
     got: list[bytes] = []
+    types: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             got.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
+            types.append(self.headers["Content-Type"])
+            self.send_response(202 if kind == "zipkin" else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -372,7 +375,8 @@ def test_the_forwarder_posts_otlp_protobuf() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        target = TraceForward("u", "otlp", HostAddress("127.0.0.1", port), "/v1/traces")
+        path = "/api/v2/spans" if kind == "zipkin" else "/v1/traces"
+        target = TraceForward("u", kind, HostAddress("127.0.0.1", port), path)  # type: ignore[arg-type]
         forwarder = SpanForwarder(target)
         forwarder.start()
         request = _otlp()
@@ -385,8 +389,13 @@ def test_the_forwarder_posts_otlp_protobuf() -> None:
         server.shutdown()
         server.server_close()
     assert forwarder.counters().forwarded == 1
-    decoded = trace_service_pb2.ExportTraceServiceRequest.FromString(got[0])
-    assert spans_of(decoded) == spans_of(request)
+    if kind == "zipkin":
+        assert types == ["application/json"]
+        assert json.loads(got[0]) == zipkin(spans_of(request))
+    else:
+        assert types == ["application/x-protobuf"]
+        decoded = trace_service_pb2.ExportTraceServiceRequest.FromString(got[0])
+        assert spans_of(decoded) == spans_of(request)
 
 
 # -- the relay ----------------------------------------------------------------------------
