@@ -99,7 +99,9 @@ class Relays:
         self._running: dict[str, UdpRelay] = {}
         self.errors: dict[str, str] = {}  # name -> why it could not bind
 
-    def sync(self, specs: list[RelaySpec]) -> None:
+    def sync(self, specs: list[RelaySpec]) -> list[str]:
+        """Start, replace or stop relays to match `specs`; what newly could not start."""
+        new_errors: list[str] = []
         want = {s.name: s for s in specs}
         for name, relay in list(self._running.items()):
             if want.get(name) != relay.spec:
@@ -113,15 +115,18 @@ class Relays:
                 relay.start()
             except OSError as exc:
                 relay.stop()
-                if self.errors.get(name) != str(exc):
-                    log.warning("cannot relay %s on %s: %s", name, spec.listen, exc)
-                self.errors[name] = f"cannot listen on {spec.listen}: {exc}"
+                error = f"cannot relay {name} from {spec.listen}: {exc}"
+                if self.errors.get(name) != error:
+                    log.warning("%s", error)
+                    new_errors.append(error)
+                self.errors[name] = error
                 continue
             self.errors.pop(name, None)
             self._running[name] = relay
         for name in list(self.errors):
             if name not in want:
                 del self.errors[name]
+        return new_errors
 
     def counters(self) -> dict[str, tuple[int, int]]:
         return {n: (r.relayed, r.failed) for n, r in self._running.items()}

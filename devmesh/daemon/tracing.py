@@ -42,8 +42,14 @@ def relay_specs(mesh: Mesh, xds_dir: Path, host: str | None) -> list[RelaySpec]:
 
 
 class Telemetry:
-    def __init__(self, mesh: Callable[[], Mesh], xds_dir: Path) -> None:
+    def __init__(
+        self,
+        mesh: Callable[[], Mesh],
+        xds_dir: Path,
+        on_problem: Callable[[str], object] = lambda text: None,
+    ) -> None:
         self._mesh = mesh  # the mesh the Envoys are served (the loop's view)
+        self._on_problem = on_problem  # a relay that cannot start: an event
         self._xds_dir = xds_dir
         self.store = TraceStore()
         self.collector = TraceCollector(self.on_spans, self.store.drop)
@@ -76,7 +82,8 @@ class Telemetry:
                 self._forwarder.start()
         if old is not None:
             old.stop()
-        self.relays.sync(relay_specs(mesh, self._xds_dir, host))
+        for problem in self.relays.sync(relay_specs(mesh, self._xds_dir, host)):
+            self._on_problem(problem)
 
     def status(self) -> api.TracingStatus | None:
         tracing = self._mesh().observability.tracing

@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from devmesh.adapters.envoy_binary import validate
 from devmesh.adapters.otlp import scope_spans, spans_of, upstream_words, zipkin
 from devmesh.adapters.trace_collector import SpanForwarder, TraceCollector
-from devmesh.adapters.udp_relay import RelaySpec, UdpRelay
+from devmesh.adapters.udp_relay import Relays, RelaySpec, UdpRelay
 from devmesh.api import types as api
 from devmesh.api import waterfall
 from devmesh.core.load import load
@@ -467,3 +467,23 @@ def test_a_collector_backlog_is_dropped_and_counted_never_grown() -> None:
         time.sleep(0.02)
     collector.stop()
     assert len(got) == 1
+
+
+def test_a_relay_that_cannot_listen_is_told_once_and_others_still_run(tmp_path: Any) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    relays = Relays()
+    specs = [
+        RelaySpec("xray", taken.getsockname(), ("127.0.0.1", 2000)),
+        RelaySpec("statsd", str(tmp_path / "statsd.sock"), ("127.0.0.1", 8125)),
+    ]
+    try:
+        first = relays.sync(specs)
+        assert len(first) == 1 and "cannot relay xray" in first[0]
+        assert relays.sync(specs) == []  # the same problem is not told again
+        assert set(relays.counters()) == {"statsd"}
+        relays.sync([])
+        assert relays.counters() == {} and relays.errors == {}
+    finally:
+        relays.close()
+        taken.close()
