@@ -164,10 +164,37 @@ class DaemonClient:
         """The last `tail` lines of the pod's app log."""
         return self._call("POST", "/v1/logs", api.LogsRequest(pod, tail), api.LogsResult)
 
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult:
+        """The newest traces first, filtered: a service's, slower than, with a status."""
+        body = api.TracesRequest(service, slower_ms, status, limit)
+        return self._call("POST", "/v1/traces", body, api.TracesResult)
+
+    def trace(self, trace_id: str) -> api.Trace:
+        """One trace, every span (its id, or a unique start of at least 6 hex digits)."""
+        return self._call("POST", "/v1/trace", api.TraceRequest(trace_id), api.Trace)
+
     def follow_logs(self, service: str, tail: int | None = None) -> Iterator[api.LogLine]:
         """A service's app log lines as they come, until no pod of it runs any more. The
         daemon sends a bare newline at least every second on a quiet log: `FOLLOW_SILENCE`
         seconds without anything means it is frozen or gone (DaemonUnavailable)."""
+        return self._follow("/v1/logs/follow", api.FollowRequest(service, tail), api.LogLine)
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult:
+        """The newest access-log entries the daemon keeps that match `req`'s filters."""
+        return self._call("POST", "/v1/access", req, api.AccessResult)
+
+    def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry]:
+        """Access-log entries as they come (after the last `req.tail` kept), until closed."""
+        return self._follow("/v1/access/follow", req, api.AccessEntry)
+
+    def _follow(self, path: str, request: Any, answer: type[T]) -> Iterator[T]:
+        """A streamed answer, one value a line (see follow_logs)."""
         conn = UnixHTTPConnection(self.socket_path, timeout=FOLLOW_SILENCE)
         try:
             try:
@@ -183,18 +210,6 @@ class DaemonClient:
                 try:
                     # read1, not readline: on a chunked answer readline takes a connection
                     # the daemon cut (it stopped, or died) for a clean end; read1 raises.
-        return self._follow("/v1/logs/follow", api.FollowRequest(service, tail), api.LogLine)
-
-    def access(self, req: api.AccessRequest) -> api.AccessResult:
-        """The newest access-log entries the daemon keeps that match `req`'s filters."""
-        return self._call("POST", "/v1/access", req, api.AccessResult)
-
-    def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry]:
-        """Access-log entries as they come (after the last `req.tail` kept), until closed."""
-        return self._follow("/v1/access/follow", req, api.AccessEntry)
-
-    def _follow(self, path: str, request: Any, answer: type[T]) -> Iterator[T]:
-        """A streamed answer, one value a line (see follow_logs)."""
                     chunk = resp.read1(65536)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._unavailable(exc) from None

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from devmesh.api.histogram import Bucket as Bucket  # a field of Traffic, re-exported
+
 API_VERSION = "v1"
 
 # How long the daemon lets a change wait, and so how long a client waits for its answer.
@@ -202,6 +204,8 @@ class MeshState:
     pods: tuple[Pod, ...] = ()
     gateway: Gateway | None = None
     events: tuple[Event, ...] = ()
+    tracing: TracingStatus | None = None  # None: tracing is off
+    metrics: str | None = None  # the daemon's Prometheus endpoint, http://127.0.0.1:PORT/metrics
 
     @property
     def only_permanent_failures_left(self) -> bool:
@@ -310,8 +314,11 @@ class Traffic:
     retry_overflow: int = 0
     connections: int = 0  # active (a gauge)
     ejections: int = 0  # outlier detection ejections active (a gauge)
-    p50_ms: float | None = None
+    p50_ms: float | None = None  # since the Envoy started, from `latency` (api.histogram)
     p99_ms: float | None = None
+    # Envoy's cumulative latency buckets (ms) since it started: windows and merges across
+    # Envoys are computed from these (`devmesh.api.histogram`), never from percentiles.
+    latency: tuple[Bucket, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +450,6 @@ class LogLine:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
 # -- access logs (every request every Envoy saw) ------------------------------------------------
 
 
@@ -528,6 +534,7 @@ class AccessFollowRequest:
     tail: int = 10  # 0-10000
 
 
+@dataclass(frozen=True, slots=True)
 class Events:
     events: tuple[Event, ...] = ()
 
@@ -535,3 +542,96 @@ class Events:
 @dataclass(frozen=True, slots=True)
 class Ok:
     ok: bool = True
+
+
+# -- traces (the daemon's span collector) -------------------------------------------------------
+
+
+class SpanKind(StrEnum):
+    """Which side of a hop an Envoy span is: a sidecar's outbound listener (or the gateway's
+    hop) is the caller's, a pod's inbound listener (or the gateway's ingress) the callee's."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One Envoy's part of one request, in mesh terms."""
+
+    trace_id: str  # 32 hex digits, W3C trace context
+    span_id: str  # 16 hex digits
+    parent_id: str  # "" for the trace's root
+    name: str  # Envoy's operation: the route's decorator, `catalog/main`, `catalog/v2`
+    kind: SpanKind
+    start: float  # unix seconds
+    duration_ms: float
+    service: str  # whose Envoy made it: the pod's service, or "gateway"
+    version: str = ""  # the pod's version ("" for the gateway)
+    node: str = ""  # the Envoy's node id: the sidecar's or the gateway's container
+    route: str = ""  # the mesh route it took ("" when none matched)
+    upstream: str = ""  # where it went: `catalog/v2`, the app (`_app`), a gateway hop
+    method: str = ""
+    url: str = ""
+    status: int | None = None  # HTTP status; None when no response came
+    flags: str = ""  # Envoy's response flags (UO, URX, UT, ...); "" or "-" when none
+    request_id: str = ""  # x-request-id
+    error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    trace_id: str
+    start: float  # the earliest span's start, unix seconds
+    duration_ms: float  # the earliest start to the latest end
+    root: str  # the first span's name
+    services: tuple[str, ...]  # every service with a span in it, in order of start
+    spans: int
+    status: int | None = None  # the first span's HTTP status
+    error: bool = False  # any span failed (5xx, no response, error flag)
+
+
+@dataclass(frozen=True, slots=True)
+class TracesRequest:
+    """`POST /v1/traces`: the newest traces first, filtered."""
+
+    service: str | None = None  # only traces with a span of this service
+    slower_ms: float | None = None  # only traces longer than this
+    status: str | None = None  # "5xx", "4xx", "2xx" or one code, "503": any span's status
+    limit: int = 50  # 1-1000
+
+
+@dataclass(frozen=True, slots=True)
+class TracesResult:
+    traces: tuple[TraceSummary, ...] = ()
+    kept: int = 0  # traces in memory (at most `capacity`)
+    capacity: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """`POST /v1/trace`: one trace, every span the daemon has of it."""
+
+    trace_id: str  # the full 32 hex digits or a unique prefix of at least 6
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    trace_id: str
+    spans: tuple[Span, ...] = ()  # in order of start
+
+
+@dataclass(frozen=True, slots=True)
+class TracingStatus:
+    """The collector's counters, in `MeshState.tracing` (shown by `ps`)."""
+
+    provider: str  # "otel" (the daemon collects) or "xray" (Envoy sends to an X-Ray daemon)
+    sampling: float  # percent of requests traced
+    traces: int = 0  # kept now
+    spans: int = 0  # received since the daemon started
+    dropped: int = 0  # spans dropped: the collector's backlog was full, or the store evicted
+    forward: str | None = None  # where spans are also sent (OTLP/HTTP or Zipkin)
+    forwarded: int = 0
+    forward_dropped: int = 0  # spans not forwarded: queue full, or the endpoint failed
+    forward_error: str | None = None  # the last failure, for people

@@ -70,6 +70,16 @@ def up(
     tui: Annotated[
         bool, typer.Option("--tui/--no-tui", help="In the foreground on a terminal: open the TUI.")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus /metrics on 127.0.0.1:PORT (instead of the file's "
+            "observability.metrics.port).",
+        ),
+    ] = None,
 ) -> None:
     """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
     from devmesh.daemon import launcher
@@ -85,9 +95,13 @@ def up(
     if found is not None:
         _reload(file, name, found.pid)
     elif detach:
-        _joined_or_started(launcher.start_background(file, name, ingress_port, _show_log), file)
+        _joined_or_started(
+            launcher.start_background(file, name, ingress_port, _show_log, metrics_port), file
+        )
     else:
-        _foreground(file, mesh, name, wait, timeout, ingress_port, tui and not as_json)
+        _foreground(
+            file, mesh, name, wait, timeout, ingress_port, tui and not as_json, metrics_port
+        )
         return
     client = launcher.client(name)
     if wait:
@@ -133,6 +147,7 @@ def _foreground(
     timeout: float,
     ingress_port: int | None,
     tui: bool,
+    metrics_port: int | None = None,
 ) -> None:
     from devmesh.daemon import launcher
 
@@ -140,7 +155,9 @@ def _foreground(
     if tui:  # the TUI owns the terminal: the daemon logs into its file
         typer.echo(f"starting mesh '{name}' ...")
     try:
-        with launcher.foreground(file, name, ingress_port, mesh, log_file=tui) as fg:
+        with launcher.foreground(
+            file, name, ingress_port, mesh, log_file=tui, metrics_port=metrics_port
+        ) as fg:
             try:
                 if wait:
                     _wait(fg.client, name, timeout, exit_when_not_ready=False, stop=fg.stopping)

@@ -49,6 +49,8 @@ def ps_table(state: api.MeshState) -> str:
         head += f"  {where} {'ready' if gw.ready else gw.state}"
     if state.tracing is not None:
         lines.append(tracing_line(state.tracing))
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
     if not state.engine.ok:
         lines.append(f"the container engine does not answer: {state.engine.detail}")
     for problem in state.problems:
@@ -83,6 +85,8 @@ def url_lines(state: api.MeshState) -> list[str]:
         return []
     lines = [f"ingress: {gw.url}"] if gw.url else []
     lines += [f"  {name}: {url}" for name, url in gw.services.items()]
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
     return lines
 
 
