@@ -24,6 +24,7 @@ from textual.widgets import Footer, Log, Static
 
 from devmesh.api import types as api
 from devmesh.core.problems import MeshError
+from devmesh.tui.access import AccessScreen
 from devmesh.tui.clock import Clock, Timer
 from devmesh.tui.model import (
     POD_COLUMNS,
@@ -112,6 +113,14 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "traces",
         "",
         "the selected service's recent traces (f: 5xx only); Enter shows one as a waterfall",
+    ),
+    (
+        "L",
+        "L",
+        "access_log",
+        "",
+        "the selected service's requests, as every Envoy logged them (flags in words; "
+        "f: 5xx only); Enter opens a request's trace",
     ),
     (
         "e",
@@ -392,6 +401,10 @@ class MeshApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*self.KEYS, *TABLE_KEYS]))
+
+    def action_access_log(self) -> None:  # the screen is tui/access.py's
+        row = self._pods.current()
+        self.push_screen(AccessScreen(self.client, row.service if row is not None else None))
 
     def action_traces(self) -> None:  # the screens are tui/traces.py's
         row = self._pods.current()

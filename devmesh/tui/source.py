@@ -49,6 +49,8 @@ class MeshClient(Protocol):
 
     def trace(self, trace_id: str) -> api.Trace: ...
 
+    def access(self, req: api.AccessRequest) -> api.AccessResult: ...
+
 
 def connect(socket_path: Path, timeout: float = 5) -> DaemonClient:
     """The TUI's client of the daemon on `socket_path`: reads on a kept connection."""

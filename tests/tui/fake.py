@@ -95,7 +95,21 @@ class RecordedClient:
 
     def trace(self, trace_id: str) -> api.Trace:
         self.calls.append(("trace", (trace_id,)))
-        path = RECORDED / "traces" / f"trace-{trace_id}.json"
-        if not path.exists():
-            raise DaemonRefused(api.ApiError(api.ErrorCode.NOT_FOUND, f"no trace {trace_id}"))
-        return load("traces", path.name, api.Trace)
+        for where in ("traces", "access"):  # the access log's recording has its trace too
+            path = RECORDED / where / f"trace-{trace_id}.json"
+            if path.exists():
+                return load(where, path.name, api.Trace)
+        raise DaemonRefused(api.ApiError(api.ErrorCode.NOT_FOUND, f"no trace {trace_id}"))
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult:
+        """The access log recorded from a real daemon (tests/tui/recorded/access: gateway ->
+        front -> back, 8 requests and 2 injected 503s), filtered by service and status."""
+        self.calls.append(("access", (req.service, req.status)))
+        every = load("access", "access.json", api.AccessResult)
+        kept = tuple(
+            e
+            for e in every.entries
+            if (req.service is None or req.service in (e.service, e.source_service))
+            and (req.status != "5xx" or (e.status or 0) >= 500)
+        )
+        return api.AccessResult(kept[-req.limit :], every.counters)
