@@ -206,6 +206,7 @@ class MeshState:
     events: tuple[Event, ...] = ()
     tracing: TracingStatus | None = None  # None: tracing is off
     metrics: str | None = None  # the daemon's Prometheus endpoint, http://127.0.0.1:PORT/metrics
+    access: AccessCounters | None = None  # the access log's counters (None: not kept)
 
     @property
     def only_permanent_failures_left(self) -> bool:

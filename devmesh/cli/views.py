@@ -51,6 +51,12 @@ def ps_table(state: api.MeshState) -> str:
         lines.append(tracing_line(state.tracing))
     if state.metrics:
         lines.append(f"metrics: {state.metrics}")
+    if state.access is not None:
+        a = state.access
+        lines.append(
+            f"access log: {a.kept} of {a.capacity} entries kept, {a.received} received, "
+            f"{a.dropped} dropped"
+        )
     if not state.engine.ok:
         lines.append(f"the container engine does not answer: {state.engine.detail}")
     for problem in state.problems:

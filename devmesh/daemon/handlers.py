@@ -101,6 +101,8 @@ class Handlers:
             out = dataclasses.replace(out, tracing=self.telemetry.status())
         if self.metrics_url is not None:
             out = dataclasses.replace(out, metrics=self.metrics_url)
+        if self.access is not None:
+            out = dataclasses.replace(out, access=self.access.counters())
         return out
 
     def traces(self, req: api.TracesRequest) -> api.TracesResult:

@@ -171,6 +171,18 @@ def test_an_injected_fault_is_logged_with_its_flag_and_filters_narrow_the_log(
     assert _access(mesh, "back", "--slower", "1h") == []
 
 
+def test_ps_shows_the_metrics_url_and_the_access_logs_counters(
+    observed: tuple[Mesh, int],
+) -> None:
+    mesh, metrics = observed
+    state = mesh.ps()
+    assert state["metrics"] == f"http://127.0.0.1:{metrics}/metrics"
+    assert state["access"]["capacity"] == 10_000 and state["access"]["dropped"] == 0
+    text = mesh.run("ps")
+    assert f"metrics: http://127.0.0.1:{metrics}/metrics" in text.stdout
+    assert "access log:" in text.stdout and "0 dropped" in text.stdout
+
+
 def test_an_unknown_service_or_filter_is_a_located_message_not_a_traceback(
     observed: tuple[Mesh, int],
 ) -> None:
