@@ -48,12 +48,14 @@ def rows(trace: Trace) -> list[Row]:
 
 
 def describe(span: Span) -> str:
-    """`gateway/api -> frontend`, `frontend/default (in)`: what the span is, in mesh words."""
+    """What the span is, in mesh words: a call `frontend -> catalog/v2 via main` (the
+    caller, the version it reached, the route), a pod's own `catalog/v2 in`, the gateway's
+    `gateway in via api` (its ingress route)."""
+    via = f" via {span.route}" if span.route else ""
     if span.kind is SpanKind.SERVER:
         who = f"{span.service}/{span.version}" if span.version else span.service
-        return f"{who} in" if span.name in ("", who) else f"{who} in ({span.name})"
-    target = f" -> {span.upstream}" if span.upstream else ""
-    return f"{span.name or span.service}{target}"
+        return f"{who} in{via}"
+    return f"{span.service} -> {span.upstream or span.name}{via}"
 
 
 def bar(offset_ms: float, duration_ms: float, total_ms: float, width: int) -> str:

@@ -82,8 +82,6 @@ def span_detail(span: api.Span) -> str:
         f"status {waterfall.status_text(span)}",
         f"{span.duration_ms:.1f} ms",
     ]
-    if span.route:
-        parts.append(f"route {span.route}")
     if span.node:
         parts.append(span.node)
     if span.method or span.url:

@@ -72,7 +72,7 @@ async def _t_opens_traces() -> None:
         assert "gateway" in detail and "status 503" in detail
         await pilot.press("down")
         detail = str(app.screen.query_one("#span-detail", Static).render())
-        assert "route default" in detail
+        assert "gateway -> frontend/default via default" in detail
         await pilot.press("escape")
         await pilot.press("f")  # failing only
         await pilot.pause()

@@ -219,7 +219,7 @@ def test_the_waterfall_nests_each_span_under_its_parent_on_one_time_line() -> No
         kind=api.SpanKind.CLIENT,
         name="back/main",
     )
-    call = dataclasses.replace(call, upstream="back/v2")
+    call = dataclasses.replace(call, upstream="back/v2", route="main")
     inner = dataclasses.replace(
         _span(span="3" * 16, parent="2" * 16, start=100.03, ms=40, service="back"),
         version="v2",
@@ -228,7 +228,7 @@ def test_the_waterfall_nests_each_span_under_its_parent_on_one_time_line() -> No
     trace = api.Trace("a" * 32, (inner, root, call))
     rows = waterfall.rows(trace)
     assert [r.depth for r in rows] == [0, 1, 2]
-    assert rows[1].label == "  back/main -> back/v2"
+    assert rows[1].label == "  front -> back/v2 via main"
     assert rows[2].label == "    back/v2 in"
     assert rows[1].offset_ms == pytest.approx(20)
     lines = waterfall.text(trace, width=100)
