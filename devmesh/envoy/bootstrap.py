@@ -103,7 +103,13 @@ def ads_bootstrap(
     if stats_sinks:
         extra["stats_sinks"] = list(stats_sinks)
     if runtime:
-        extra["layered_runtime"] = {"layers": [{"name": "devmesh", "static_layer": runtime}]}
+        # Envoy's own default is a static layer and an admin layer (/runtime_modify): keep it
+        extra["layered_runtime"] = {
+            "layers": [
+                {"name": "devmesh", "static_layer": runtime},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        }
     return {
         "node": _node(node_id, cluster),
         "admin": _admin(admin_socket),

@@ -487,3 +487,16 @@ def test_a_relay_that_cannot_listen_is_told_once_and_others_still_run(tmp_path: 
     finally:
         relays.close()
         taken.close()
+
+
+def test_a_pods_bootstrap_flushes_spans_each_second_and_keeps_the_admin_runtime() -> None:
+    mesh = load(MESH)
+    config = bootstrap.ads_bootstrap(
+        "n", "c", XDS_SOCKET, "/devmesh/admin.sock", (), tracing.runtime(mesh)
+    )
+    static, admin = config["layered_runtime"]["layers"]
+    assert static["static_layer"] == {"tracing.opentelemetry.flush_interval_ms": 1000}
+    assert admin == {"name": "admin", "admin_layer": {}}
+    # tracing off or on, the same bootstrap: switching it recreates no container
+    off = load(MESH.replace("ingress:", "observability: {tracing: false}\ningress:"))
+    assert tracing.runtime(off) == tracing.runtime(mesh)
