@@ -47,9 +47,16 @@ SERVICE_TAG = "devmesh.service"
 VERSION_TAG = "devmesh.version"
 ROUTE_TAG = "devmesh.route"
 
-# Envoy's OpenTelemetry tracer flushes every 5 s by default; 1 s shows a request's trace
-# about as soon as its caller has the answer, at a batch a second per Envoy.
-FLUSH_RUNTIME: Json = {"tracing.opentelemetry.flush_interval_ms": 1000}
+# Envoy's OpenTelemetry tracer exports every 5 s, or as soon as 5 spans wait: under load
+# that is hundreds of gRPC calls a second per Envoy, each one a Python call in the daemon
+# (measured with bench/observability.py --on-only tracing: saturation throughput 0.36 of
+# tracing off). Every second, or at 1,000 spans (under the tracer's cache of 1,024): a
+# request's trace shows about as soon as its caller has the answer, in a call or two a
+# second per Envoy.
+FLUSH_RUNTIME: Json = {
+    "tracing.opentelemetry.flush_interval_ms": 1000,
+    "tracing.opentelemetry.min_flush_spans": 1000,
+}
 
 
 def _literal(tag: str, value: str) -> Json:

@@ -495,7 +495,10 @@ def test_a_pods_bootstrap_flushes_spans_each_second_and_keeps_the_admin_runtime(
         "n", "c", XDS_SOCKET, "/devmesh/admin.sock", (), tracing.runtime(mesh)
     )
     static, admin = config["layered_runtime"]["layers"]
-    assert static["static_layer"] == {"tracing.opentelemetry.flush_interval_ms": 1000}
+    assert static["static_layer"] == {
+        "tracing.opentelemetry.flush_interval_ms": 1000,
+        "tracing.opentelemetry.min_flush_spans": 1000,
+    }
     assert admin == {"name": "admin", "admin_layer": {}}
     # tracing off or on, the same bootstrap: switching it recreates no container
     off = load(MESH.replace("ingress:", "observability: {tracing: false}\ningress:"))
