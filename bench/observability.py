@@ -39,6 +39,7 @@ from _common import BenchError, cpu_seconds, progress
 from sidecar_latency import FLAGS, PACED, RESULT, app_config
 
 APP_PORT = 8000
+ON: dict[str, Any] = {}  # "on": the defaults (access logs and tracing); --on-only narrows it
 
 
 def mesh_text(name: str, services: int, on: bool, metrics_port: int | None) -> str:
@@ -51,7 +52,7 @@ def mesh_text(name: str, services: int, on: bool, metrics_port: int | None) -> s
         }
 
     doc: dict[str, Any] = {"mesh": name}
-    observability: dict[str, Any] = {} if on else {"access_log": False, "tracing": False}
+    observability: dict[str, Any] = dict(ON) if on else {"access_log": False, "tracing": False}
     if metrics_port is not None:
         observability["metrics"] = {"port": metrics_port}
     if observability:
@@ -232,10 +233,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpu-window", type=float, default=60.0)
+    parser.add_argument(
+        "--on-only",
+        choices=("access_log", "tracing"),
+        help="'on' turns on only this one (to tell their costs apart)",
+    )
+    parser.add_argument("--no-daemon-rows", action="store_true")
     args = parser.parse_args()
+    if args.on_only == "access_log":
+        ON.update(tracing=False)
+    elif args.on_only == "tracing":
+        ON.update(access_log=False)
     c.raise_on_sigterm()
     try:
-        rows = latency_rows(args.seconds, args.rounds) + daemon_rows(args.cpu_window)
+        rows = latency_rows(args.seconds, args.rounds)
+        if not args.no_daemon_rows:
+            rows += daemon_rows(args.cpu_window)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,9 @@
 by the xDS server's grpc.aio server on the socket every pod mounts (`XdsServer(services=)`).
 
 The servicer does no decoding on the xDS loop: it hands each message, with the node its
-stream named, to `on_batch`, which must not block (the daemon queues it, bounded, and a
-worker thread decodes it with `decode`). A stream's node comes on its first message only.
+stream named, to `on_batch`, which must not block (the daemon keeps it as it is, and decodes
+it with `decode` when someone first reads it). A stream's node comes on its first message
+only.
 """
 
 from __future__ import annotations

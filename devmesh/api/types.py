@@ -514,7 +514,7 @@ class AccessCounters:
     capacity: int = ACCESS_CAPACITY
     received: int = 0  # entries Envoys sent since the daemon started
     evicted: int = 0  # pushed out by newer ones
-    dropped: int = 0  # not taken in: the daemon's backlog of undecoded batches was full
+    dropped: int = 0  # could not be decoded (not Envoy's message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ def access_line(e: api.AccessEntry) -> str:
 def access_counters_line(c: api.AccessCounters) -> str:
     return (
         f"access log: {c.kept} of {c.capacity} entries kept, {c.received} received, "
-        f"{c.evicted} made room for newer ones, {c.dropped} dropped (backlog full)"
+        f"{c.evicted} made room for newer ones, {c.dropped} dropped (undecodable)"
     )
 
 

@@ -187,7 +187,7 @@ def render(
             (
                 "devmesh_access_log_dropped_total",
                 "counter",
-                "Entries dropped: the daemon's backlog was full",
+                "Entries dropped: they could not be decoded",
                 access.dropped,
             ),
         ):

@@ -165,7 +165,6 @@ class Daemon:
             )
         self._preflight()
         self._start_metrics()  # a port in use stops the start here, before anything runs
-        self.access.start()
         self.xds.start()
         self.telemetry.start()
         self.telemetry.sync(None)  # the StatsD relay's socket exists before any sidecar starts
@@ -213,7 +212,6 @@ class Daemon:
             _quietly("the xDS server", lambda: self.xds.stop(grace=0.5))
             _quietly("the stats reader", self._stats.close)
             _quietly("the log tails", self._log_tails.close)
-            _quietly("the access log", self.access.stop)
             if self._metrics is not None:
                 _quietly("the metrics server", self._metrics.stop)
             _quietly("the trace forwarder and relays", self.telemetry.close)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -220,19 +222,30 @@ def test_follow_streams_new_entries_as_they_come(observed: tuple[Mesh, int]) -> 
         text=True,
         env={**os.environ, "DEVMESH_PULL": "never"},
     )
-    try:
-        time.sleep(1.5)
-        assert request(mesh.port, path).status == 200
-        seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 15
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        # The command may take seconds to start on a busy machine: a request a second
+        # until both sides of one have come through the stream (bounded).
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 40
         while time.monotonic() < deadline and len(seen) < 2:
-            line = proc.stdout.readline()
-            if line.strip():
-                entry = json.loads(line)
+            assert request(mesh.port, path).status == 200
+            until = time.monotonic() + 1
+            while time.monotonic() < until:
+                try:
+                    entry = json.loads(lines.get(timeout=0.2))
+                except queue.Empty:
+                    continue
                 if entry["path"] == path:
-                    seen.append(entry)
-        assert {e["reporter"] for e in seen} == {"outbound", "inbound"}, seen
+                    seen[entry["reporter"]] = entry
+        assert set(seen) == {"outbound", "inbound"}, seen
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)

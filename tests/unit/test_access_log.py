@@ -4,7 +4,6 @@ terms, the bounded ring, its filters and its followers."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -319,13 +318,23 @@ def test_status_filters_that_are_refused(status: str) -> None:
 
 def test_the_ring_keeps_the_newest_and_counts_what_made_room() -> None:
     ring = AccessLog(Directory, capacity=5)
-    ring.add([entry(n) for n in range(8)])
+    for n in range(8):  # one batch each, as Envoy's flushes come
+        ring.add([entry(n)])
     result = ring.query(Filter(), limit=100)
     assert [e.time for e in result.entries] == [3.0, 4.0, 5.0, 6.0, 7.0]
     assert result.counters == api.AccessCounters(
         kept=5, capacity=5, received=8, evicted=3, dropped=0
     )
     assert [e.time for e in ring.query(Filter(), limit=2).entries] == [6.0, 7.0]
+
+
+def test_whole_batches_make_room_and_never_more_than_the_capacity_is_kept() -> None:
+    ring = AccessLog(Directory, capacity=5)
+    ring.add([entry(n) for n in range(3)])
+    ring.add([entry(n) for n in range(3, 6)])  # 6 > 5: the first batch goes
+    assert ring.counters() == api.AccessCounters(
+        kept=3, capacity=5, received=6, evicted=3, dropped=0
+    )
 
 
 def test_a_list_is_in_time_order_whatever_order_the_batches_came_in() -> None:
@@ -335,38 +344,41 @@ def test_a_list_is_in_time_order_whatever_order_the_batches_came_in() -> None:
     assert [e.time for e in ring.query(Filter(), 10).entries] == [1.0, 2.0, 5.0, 6.0]
 
 
-def test_a_full_backlog_drops_batches_and_counts_their_entries() -> None:
-    ring = AccessLog(Directory, backlog=1)  # no worker started: nothing is taken out
+def _message(entries: int) -> Any:
     msg = als_pb2.StreamAccessLogsMessage()
-    for _ in range(3):
-        msg.http_logs.log_entry.add()
-    ring.offer("n", "c", "outbound", msg)  # queued
-    ring.offer("n", "c", "outbound", msg)  # full: 3 entries dropped
-    ring.offer("n", "c", "outbound", msg)
-    assert ring.counters().dropped == 6
-
-
-def test_the_worker_decodes_maps_and_keeps_what_envoy_sent() -> None:
-    ring = AccessLog(lambda: DIRECTORY)
-    ring.start()
-    try:
-        msg = als_pb2.StreamAccessLogsMessage()
+    for _ in range(entries):
         e = msg.http_logs.log_entry.add()
         e.common_properties.upstream_cluster = "back|v2"
         e.response.response_code.value = 200
-        ring.offer("shop-front-default-0-sidecar", "shop/front/default", "outbound", msg)
-        deadline = time.monotonic() + 5
-        while not ring.query(Filter(), 10).entries and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (got,) = ring.query(Filter(), 10).entries
-        assert (got.source_service, got.service, got.version, got.status) == (
-            "front",
-            "back",
-            "v2",
-            200,
-        )
-    finally:
-        ring.stop()
+    return msg
+
+
+def test_a_batch_is_kept_as_envoy_sent_it_and_decoded_once_when_first_read() -> None:
+    calls: list[int] = []
+
+    def counting(*args: Any) -> list[EnvoyAccess]:
+        calls.append(1)
+        return decode(*args)
+
+    ring = AccessLog(lambda: DIRECTORY, decoder=counting)
+    ring.offer("shop-front-default-0-sidecar", "shop/front/default", "outbound", _message(2))
+    assert calls == [] and ring.counters().kept == 2  # taking it in decodes nothing
+    first = ring.query(Filter(), 10).entries
+    assert [(e.source_service, e.service, e.version, e.status) for e in first] == [
+        ("front", "back", "v2", 200)
+    ] * 2
+    assert ring.query(Filter(), 10).entries == first
+    assert calls == [1]
+
+
+def test_a_batch_that_does_not_decode_is_counted_as_dropped() -> None:
+    def broken(*args: Any) -> list[EnvoyAccess]:
+        raise ValueError("not Envoy's message")
+
+    ring = AccessLog(Directory, decoder=broken)
+    ring.offer("n", "c", "outbound", _message(3))
+    assert ring.query(Filter(), 10).entries == ()
+    assert ring.counters().dropped == 3
 
 
 def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
