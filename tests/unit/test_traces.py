@@ -23,6 +23,7 @@ from devmesh.api import types as api
 from devmesh.api import waterfall
 from devmesh.core.load import load
 from devmesh.core.model import HostAddress, TraceForward
+from devmesh.daemon.api import Refusal
 from devmesh.daemon.traces import TraceStore, parse_status
 from devmesh.daemon.tracing import relay_specs
 from devmesh.envoy import bootstrap, tracing
@@ -503,3 +504,61 @@ def test_a_pods_bootstrap_flushes_spans_each_second_and_keeps_the_admin_runtime(
     # tracing off or on, the same bootstrap: switching it recreates no container
     off = load(MESH.replace("ingress:", "observability: {tracing: false}\ningress:"))
     assert tracing.runtime(off) == tracing.runtime(mesh)
+
+
+# -- the API's refusals -------------------------------------------------------------------
+
+
+def _handlers(text: str = MESH) -> Any:
+    """The trace endpoints over a store, with a stand-in for the loop's view (they read
+    only its mesh, project and file)."""
+    from types import SimpleNamespace
+
+    from devmesh.daemon.handlers import Handlers
+
+    mesh = load(text)
+    handlers = Handlers.__new__(Handlers)
+    view = SimpleNamespace(mesh=mesh, served=mesh)
+    handlers._loop = SimpleNamespace(view=view, project="m", mesh_file="/x/devmesh.yaml")  # type: ignore[assignment]
+    store = TraceStore()
+    store.add([_span(trace="abcdef" + "0" * 26, service="back")])
+    handlers.telemetry = SimpleNamespace(store=store)  # type: ignore[assignment]
+    return handlers
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (api.TracesRequest(service="bakc"), "not_found", "did you mean 'back'"),
+        (api.TracesRequest(status="9xx"), "bad_request", "5xx"),
+        (api.TracesRequest(limit=0), "bad_request", "limit"),
+        (api.TraceRequest("xyz"), "bad_request", "hex digits"),
+        (api.TraceRequest("ffffff"), "not_found", "no trace ffffff"),
+    ],
+    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace"],
+)
+def test_the_trace_endpoints_refuse_with_located_words(
+    request_: Any, code: str, words: str
+) -> None:
+    handlers = _handlers()
+    call = handlers.traces if isinstance(request_, api.TracesRequest) else handlers.trace
+    with pytest.raises(Refusal) as caught:
+        call(request_)
+    assert caught.value.error.code.value == code
+    assert words in caught.value.error.message
+    if code == "not_found" and "service" in words:
+        assert "/x/devmesh.yaml" in caught.value.error.message
+
+
+def test_the_trace_endpoints_answer_and_say_when_tracing_is_off() -> None:
+    handlers = _handlers()
+    assert [t.trace_id[:6] for t in handlers.traces(api.TracesRequest(service="back")).traces] == [
+        "abcdef"
+    ]
+    assert handlers.traces(api.TracesRequest(service="gateway")).traces == ()
+    assert handlers.trace(api.TraceRequest("ABCDEF")).spans[0].service == "back"
+    off = _handlers(MESH.replace("ingress:", "observability: {tracing: false}\ningress:"))
+    with pytest.raises(Refusal) as caught:
+        off.traces(api.TracesRequest())
+    assert caught.value.error.code is api.ErrorCode.CONFLICT
+    assert "tracing: false" in caught.value.error.message
