@@ -179,11 +179,19 @@ class DaemonClient:
         """One trace, every span (its id, or a unique start of at least 6 hex digits)."""
         return self._call("POST", "/v1/trace", api.TraceRequest(trace_id), api.Trace)
 
-    def follow_logs(self, service: str, tail: int | None = None) -> Iterator[api.LogLine]:
-        """A service's app log lines as they come, until no pod of it runs any more. The
+    def follow_logs(
+        self,
+        service: str | None,
+        tail: int | None = None,
+        proxy: bool = False,
+        timestamps: bool = False,
+    ) -> Iterator[api.LogLine]:
+        """A service's (None: every service's) app log lines as they come, until no pod of it
+        runs any more; `proxy`: the sidecars' (and the gateway's) own logs instead. The
         daemon sends a bare newline at least every second on a quiet log: `FOLLOW_SILENCE`
         seconds without anything means it is frozen or gone (DaemonUnavailable)."""
-        return self._follow("/v1/logs/follow", api.FollowRequest(service, tail), api.LogLine)
+        request = api.FollowRequest(service, tail, proxy, timestamps)
+        return self._follow("/v1/logs/follow", request, api.LogLine)
 
     def access(self, req: api.AccessRequest) -> api.AccessResult:
         """The newest access-log entries the daemon keeps that match `req`'s filters."""

@@ -9,12 +9,14 @@
         r = requests.get(mesh.service_url("catalog") + "x")  # one service, via its routes
         with mesh.fault("catalog", abort=503, percent=50):
             ...
-        mesh.shift("catalog", v1=0, v2=100)
+        mesh.shift("catalog", v1=0, v2=100)  # live; the file is put back at teardown
         assert mesh.stats("catalog")["v2"]["requests"] > 0
 
 The mesh comes up under a name of its own on free host ports (several at once do not
 collide), is waited for, and is always torn down: after a failure, on Ctrl-C, and when
-its daemon crashed. A failing test's report gets the mesh's state and its apps' logs.
+its daemon crashed. A `mesh.shift()` writes the mesh file while the mesh is up; teardown
+puts the file back as it was (also with --devmesh-keep). A failing test's report gets the
+mesh's state and its apps' logs.
 
 The fixture's value is a `devmesh.testing.MeshInstance` (also importable as `Mesh`, its
 first name); `mesh.state` is the daemon's typed `MeshState` as of `up` or `refresh()`.
@@ -83,7 +85,9 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[MeshInstance]:
         yield handle
     finally:
         if not config.getoption("--devmesh-keep"):
-            handle.down()
+            handle.down()  # puts the mesh file back as it was before any `mesh.shift()`
+        else:
+            handle.guard.restore()  # the kept mesh then reloads the file's own weights
         _LIVE.pop(handle.project, None)
 
 

@@ -5,6 +5,10 @@ free host ports, so several can run at once (pytest-xdist workers, two meshes in
 It talks to the daemon through its API (typed values, `devmesh.api.types`), and runs the
 `devmesh` command for up and down so that a test drives exactly what a user runs.
 
+`mesh.shift()` acts live and writes the mesh file, as `devmesh shift` does; the file is put
+back as it was when the instance goes down (`down()`, the plugin's teardown), so a test run
+leaves the user's files as they were. A file changed by someone else meanwhile is left alone.
+
 `Mesh` is the same class under its first name (what the pytest plugin's users import);
 `devmesh.core.model.Mesh` is a mesh file's model, a different thing.
 """
@@ -16,13 +20,15 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from devmesh.api import codec
 from devmesh.api import types as api
 from devmesh.client import DaemonClient
+from devmesh.core.edit import write_file
 from devmesh.core.load import load_path
 from devmesh.core.problems import MeshError
 
@@ -43,11 +49,55 @@ def _devmesh(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
+class FileGuard:
+    """A mesh file's bytes from before the first change a test made, put back at the end.
+
+    Only when the file still holds what the last change left: an edit someone made since
+    is theirs and stays (with a warning saying the file was not restored)."""
+
+    file: Path
+    original: bytes | None = None
+    left: bytes | None = None  # the file's bytes after the last change made through us
+
+    def before_change(self) -> None:
+        if self.original is None:
+            self.original = self.file.read_bytes()
+
+    def after_change(self) -> None:
+        self.left = self.file.read_bytes()
+
+    def restore(self) -> None:
+        if self.original is None:
+            return
+        original, self.original = self.original, None
+        try:
+            now = self.file.read_bytes()
+        except OSError:
+            return  # gone: nothing of ours to put back
+        if now == original:
+            return
+        if now != self.left:
+            warnings.warn(
+                f"devmesh: {self.file} was edited during the test; not restoring it",
+                stacklevel=2,
+            )
+            return
+        write_file(self.file, original)
+
+
+@dataclass
 class MeshInstance:
     file: Path
     project: str
     state: api.MeshState | None = None  # as of `up` or the last `refresh()`
     _client: DaemonClient | None = None
+    _guard: FileGuard | None = field(default=None, repr=False)
+
+    @property
+    def guard(self) -> FileGuard:
+        if self._guard is None:
+            self._guard = FileGuard(self.file)
+        return self._guard
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -86,8 +136,12 @@ class MeshInstance:
         return mesh
 
     def down(self) -> None:
-        """Remove everything of this instance; also after a crash of its daemon."""
-        _devmesh("down", "-f", str(self.file), "-p", self.project, timeout=120)
+        """Remove everything of this instance; also after a crash of its daemon. The mesh
+        file is then as it was before the first `shift` (the daemon is gone: no reload)."""
+        try:
+            _devmesh("down", "-f", str(self.file), "-p", self.project, timeout=120)
+        finally:
+            self.guard.restore()
 
     @property
     def client(self) -> DaemonClient:
@@ -141,8 +195,13 @@ class MeshInstance:
     # -- driving it -----------------------------------------------------------------------
 
     def shift(self, service: str, route: str | None = None, **weights: int) -> None:
-        """`mesh.shift("catalog", v1=20, v2=80)`: live, and written to the mesh file."""
-        self.client.shift(service, dict(weights), route)
+        """`mesh.shift("catalog", v1=20, v2=80)`: live, and written to the mesh file until
+        the instance goes down, when the file is put back as it was."""
+        self.guard.before_change()
+        try:
+            self.client.shift(service, dict(weights), route)
+        finally:
+            self.guard.after_change()
 
     @contextlib.contextmanager
     def fault(
@@ -196,12 +255,12 @@ class MeshInstance:
 
     def logs(self, service: str, tail: int = 200) -> str:
         result = _devmesh(
-            "logs",
-            service,
-            "-f",
+            "-f",  # before the command: after `logs`, -f means --follow (as in compose)
             str(self.file),
             "-p",
             self.project,
+            "logs",
+            service,
             "--tail",
             str(tail),
             timeout=60,

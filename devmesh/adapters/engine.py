@@ -125,6 +125,25 @@ class Engine:
             )
         return observed, infos
 
+    def projects(self) -> dict[str, int]:
+        """Every mesh instance the engine has containers of -> how many of them run."""
+        try:
+            found: list[dict[str, Any]] = self.client.api.containers(
+                all=True, filters={"label": labels.selector()}
+            )
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot list containers: {_explain(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+        out: dict[str, int] = {}
+        for raw in found:
+            lab = raw.get("Labels") or {}
+            mesh = lab.get(labels.MESH)
+            if not mesh or lab.get(labels.ROLE) not in ("pod", "app", "sidecar", "gateway"):
+                continue  # an image build's leftover step is not an instance
+            out[mesh] = out.get(mesh, 0) + (raw.get("State") == "running")
+        return out
+
     def _list(self, project: str) -> list[dict[str, Any]]:
         try:
             found: list[dict[str, Any]] = self.client.api.containers(
@@ -341,16 +360,24 @@ class Engine:
         return len(containers), nets
 
     def logs(
-        self, name: str, follow: bool, tail: int | str = "all", since: float | None = None
+        self,
+        name: str,
+        follow: bool,
+        tail: int | str = "all",
+        since: float | None = None,
+        timestamps: bool = False,
     ) -> Iterator[bytes]:
-        """A container's log; `since`: only what it wrote after that time (epoch seconds)."""
+        """A container's log; `since`: only what it wrote after that time (epoch seconds);
+        `timestamps`: each line starts with the engine's RFC 3339 time of it."""
         try:
             container = self.client.containers.get(name)
             if follow:
                 options: dict[str, Any] = {"tail": tail} if since is None else {"since": since}
-                yield from container.logs(stream=True, follow=True, **options)
+                yield from container.logs(
+                    stream=True, follow=True, timestamps=timestamps, **options
+                )
             else:
-                yield container.logs(tail=tail)
+                yield container.logs(tail=tail, timestamps=timestamps)
         except docker.errors.NotFound:
             raise EngineError(f"no container {name}") from None
         except docker.errors.APIError as exc:  # an answer (a requests.HTTPError too)
@@ -358,13 +385,17 @@ class Engine:
         except requests.exceptions.RequestException as exc:  # no answer
             raise EngineUnavailable(f"the Docker engine went away: {exc}") from None
 
-    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any:
+    def follow_logs(
+        self, name: str, tail: int, since: float | None = None, timestamps: bool = False
+    ) -> Any:
         """A stream of the container's log (the last `tail` lines, or what it wrote after
         `since`, epoch seconds; then what it writes), as byte chunks that need not end at a
         line; `.close()` ends it from another thread. It ends when the container stops."""
         options: dict[str, Any] = {"tail": tail} if since is None else {"since": since}
         try:
-            return self.client.api.logs(name, stream=True, follow=True, **options)
+            return self.client.api.logs(
+                name, stream=True, follow=True, timestamps=timestamps, **options
+            )
         except docker.errors.NotFound:
             raise EngineError(f"no container {name}") from None
         except docker.errors.APIError as exc:

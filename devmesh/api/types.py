@@ -441,14 +441,17 @@ class FollowRequest:
     """`POST /v1/logs/follow`: a service's app logs as they come, one `LogLine` a line of
     newline-delimited JSON, until no pod of the service runs any more."""
 
-    service: str
+    service: str | None = None  # None: every service of the mesh
     tail: int | None = None  # lines of each log to start with; None: all
+    proxy: bool = False  # the sidecars' own logs (and the gateway's, for the whole mesh)
+    timestamps: bool = False  # each line starts with the engine's RFC 3339 time
 
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
     pod: str
     text: str
+    source: str = "app"  # "app", "sidecar" or "gateway": whose log the line is from
 
 
 # -- access logs (every request every Envoy saw) ------------------------------------------------

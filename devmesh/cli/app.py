@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import TyperException
 
 from devmesh import __version__
-from devmesh.cli import file_commands, run_commands, trace_commands
+from devmesh.cli import file_commands, init_command, run_commands, trace_commands
 from devmesh.cli.exits import Exit
+from devmesh.cli.options import Globals, set_globals
+from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError, MeshInvalid
 
 app = typer.Typer(
     name="devmesh",
     help="A local service mesh on plain Docker: Envoy sidecars, live routing, no cluster.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -34,11 +37,40 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="FILE",
+            help="The mesh file, for every command (as `docker compose -f FILE ...`); '-': "
+            "standard input. Default: $DEVMESH_FILE, else ./devmesh.yaml or the nearest one "
+            "in a parent directory.",
+            show_default=False,
+        ),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "-p",
+            "--project-name",
+            "--project",
+            metavar="NAME",
+            help="The instance's name, for every command (default: $DEVMESH_PROJECT, else the "
+            "file's `mesh:` name; with no file, the one mesh that runs).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """devmesh: validate, render and explain a mesh file; run it on Docker."""
+    """devmesh: validate, render and explain a mesh file; run it on Docker.
+
+    Example: devmesh -f examples/shop/devmesh.yaml up -d --wait"""
+    if project is not None:
+        check_project(project)  # `-p ../x` is refused before any command runs
+    set_globals(Globals(tuple(file or ()), project))
 
 
 for command in (
@@ -50,8 +82,12 @@ for command in (
     run_commands.tui,
     run_commands.down,
     run_commands.ps,
+    run_commands.ls,
     run_commands.logs,
+    run_commands.events,
     run_commands.shift,
+    file_commands.config,
+    init_command.init,
     trace_commands.traces,
 ):
     app.command()(command)
@@ -60,12 +96,23 @@ app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options"
 )
 
 
+def _hint_logs_follow(argv: list[str]) -> None:
+    """`devmesh logs SERVICE -f FILE` was the file before -f meant --follow (compose's)."""
+    if "logs" in argv and "-f" in argv[argv.index("logs") :]:
+        typer.echo(
+            "devmesh: after `logs`, -f means --follow (as in docker compose); give the file "
+            "before the command: devmesh -f FILE logs SERVICE, or --file FILE",
+            err=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(run(argv))
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; its exit code."""
+    set_globals(Globals())  # a second run in one process starts afresh
     try:
         code = app(args=argv, prog_name="devmesh", standalone_mode=False)
     except MeshInvalid as exc:
@@ -81,6 +128,7 @@ def run(argv: list[str] | None = None) -> int:
         return Exit.INTERRUPTED
     except TyperException as exc:  # a usage error: typer's message, exit 2
         exc.show()  # type: ignore[attr-defined]  # every TyperException raised here can
+        _hint_logs_follow(argv if argv is not None else sys.argv[1:])
         return int(getattr(exc, "exit_code", Exit.USAGE))
     except BrokenPipeError:  # `devmesh logs x | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import json
 import tempfile
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from devmesh.cli.exits import Exit
-from devmesh.cli.options import DEFAULT_FILE, JsonFlag, MeshFile
+from devmesh.cli.options import (
+    Format,
+    FormatOpt,
+    JsonFlag,
+    MeshFile,
+    explicit_file,
+    given_project,
+    load_mesh,
+    mesh_file,
+    output_format,
+)
 from devmesh.core.problems import MeshError, MeshInvalid, Problem
+
+if TYPE_CHECKING:
+    from devmesh.api import types as api
+    from devmesh.core.model import Mesh
 
 
 def _err(text: str) -> None:
@@ -23,27 +38,37 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def validate(file: MeshFile = DEFAULT_FILE, as_json: JsonFlag = False) -> None:
-    """Check the mesh file; print every problem at once as FILE:LINE:COL: key: message."""
-    from devmesh.core.load import load_path
+def _print(data: Any, fmt: Format) -> None:
+    from devmesh.cli.views import dump_plain
+
+    typer.echo(dump_plain(data, fmt))
+
+
+def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt = None) -> None:
+    """Check the mesh file; print every problem at once as FILE:LINE:COL: key: message.
+
+    Example: devmesh validate    (or: devmesh -f examples/shop/devmesh.yaml validate)"""
     from devmesh.core.summary import summarize
 
+    fmt = output_format(output, as_json)
+    as_json = fmt is not Format.TABLE
+    path = mesh_file(file, stdin=True)
     try:
-        mesh = load_path(str(file))
+        mesh = load_mesh(path)
     except MeshInvalid as exc:
         if as_json:
-            _print_json({"valid": False, "problems": [_problem_json(p) for p in exc.problems]})
+            _print({"valid": False, "problems": [_problem_json(p) for p in exc.problems]}, fmt)
         else:
             for problem in exc.problems:
                 _err(str(problem))
             n = len(exc.problems)
-            _err(f"{file}: {n} problem{'s' if n != 1 else ''}")
+            _err(f"{path}: {n} problem{'s' if n != 1 else ''}")
         raise typer.Exit(Exit.ERROR) from None
     summary = summarize(mesh)
     if as_json:
-        _print_json({"valid": True, **summary.as_json()})
+        _print({"valid": True, **summary.as_json()}, fmt)
     else:
-        typer.echo(f"{file}: {summary}")
+        typer.echo(f"{path}: {summary}")
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:
@@ -52,18 +77,19 @@ def _problem_json(p: Problem) -> dict[str, Any]:
 
 def render(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the config files.")],
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     check: Annotated[
         bool, typer.Option("--check", help="Also run `envoy --mode validate` on each file.")
     ] = False,
 ) -> None:
-    """Write one complete static Envoy config per sidecar and for the ingress gateway."""
+    """Write one complete static Envoy config per sidecar and for the ingress gateway.
+
+    Example: devmesh render --out out/shop --check"""
     import yaml
 
-    from devmesh.core.load import load_path
     from devmesh.envoy.render import render_mesh
 
-    rendered = render_mesh(load_path(str(file)))
+    rendered = render_mesh(load_mesh(mesh_file(file, stdin=True)))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,25 +138,111 @@ def explain(
         list[str] | None,
         typer.Option("-H", "--header", help="A request header, 'name: value'. Repeatable."),
     ] = None,
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     as_json: JsonFlag = False,
+    output: FormatOpt = None,
 ) -> None:
-    """Show which route matches a request, where it goes and what applies (and why not others)."""
+    """Show which route matches a request, where it goes and what applies (and why not others).
+
+    Example: devmesh explain GET http://catalog/items -H 'x-canary: 1'"""
     from devmesh.core.explain import explain as run_explain
     from devmesh.core.explain import explanation_json, format_explanation, parse_header
-    from devmesh.core.load import load_path
 
-    mesh = load_path(str(file))
+    fmt = output_format(output, as_json)
+    mesh = load_mesh(mesh_file(file, stdin=True))
     headers = [parse_header(h) for h in header or ()]
     result = run_explain(mesh, method, url, headers)
-    if as_json:
-        _print_json(explanation_json(result))
+    if fmt is not Format.TABLE:
+        _print(explanation_json(result), fmt)
     else:
         typer.echo(format_explanation(result))
 
 
 def schema() -> None:
-    """Print the JSON Schema of the mesh file (for yaml-language-server and editors)."""
+    """Print the JSON Schema of the mesh file (for yaml-language-server and editors).
+
+    Example: devmesh schema > devmesh.schema.json"""
     from devmesh.core.schema import json_schema
 
     _print_json(json_schema())
+
+
+class ConfigFormat(StrEnum):
+    YAML = "yaml"
+    JSON = "json"
+
+
+def config(
+    file: MeshFile = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "-p",
+            "--project-name",
+            "--project",
+            help="A running instance: its mesh as served (its port, live faults).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+    output: Annotated[
+        ConfigFormat, typer.Option("--format", help="yaml or json.", case_sensitive=False)
+    ] = ConfigFormat.YAML,
+) -> None:
+    """Print the mesh as devmesh reads it, every default resolved.
+
+    Mesh `defaults` -> service -> route resolved, every version and route named, durations
+    in milliseconds. With -p NAME (and no -f): the running instance's mesh as it serves it,
+    with its own ingress port and the faults set live through the API or the TUI.
+
+    Example: devmesh config --format json"""
+    from devmesh.core.resolved import resolved
+
+    explicit = explicit_file(file)
+    served = None if explicit is not None else _served(project)
+    named = explicit if served is None else Path(served[0].file)
+    mesh = load_mesh(mesh_file([named] if named is not None else None, stdin=True))
+    if served is not None:
+        mesh = _as_served(mesh, *served)
+    fmt = Format.JSON if as_json or output is ConfigFormat.JSON else Format.YAML
+    _print(resolved(mesh), fmt)
+
+
+def _served(project: str | None) -> tuple[api.MeshState, api.Routes] | None:
+    """With -p (or $DEVMESH_PROJECT): the running instance's state and routes."""
+    name = given_project(project)
+    if name is None:
+        return None
+    from devmesh.daemon import launcher
+
+    state = launcher.find(name)
+    if state is None or not state.file:
+        raise MeshError(f"no daemon runs mesh '{name}'; give its file with -f FILE")
+    return state, launcher.client(name).routes()
+
+
+def _as_served(mesh: Mesh, state: api.MeshState, routes: api.Routes) -> Mesh:
+    """The file's mesh as the instance serves it: its own ingress port (`--ingress-port`)
+    and the faults set through the API (`/v1/fault`, the TUI)."""
+    from urllib.parse import urlsplit
+
+    from devmesh.core.model import Abort, Delay, Fault
+    from devmesh.plan.effective import effective
+
+    port = None
+    if state.gateway is not None and state.gateway.url:
+        port = urlsplit(state.gateway.url).port
+    overrides: dict[tuple[str, str], Fault | None] = {}
+    for service in routes.services:
+        for route in service.routes:
+            if not route.fault_override:
+                continue
+            spec = route.fault
+            delay = spec.delay if spec else None
+            abort = spec.abort if spec else None
+            fault = Fault(
+                Delay(delay.fixed_ms, delay.percent) if delay else None,
+                Abort(abort.percent, abort.status, abort.grpc_status) if abort else None,
+            )
+            overrides[(service.name, route.name)] = fault if (delay or abort) else None
+    return effective(mesh, overrides, port)

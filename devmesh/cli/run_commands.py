@@ -6,30 +6,42 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from devmesh.api import types as api
 from devmesh.cli import views
 from devmesh.cli.exits import Exit
 from devmesh.cli.options import (
-    DEFAULT_FILE,
+    Format,
+    FormatOpt,
     JsonFlag,
+    LogsFile,
     MeshFile,
     ProjectOpt,
     check_timeout,
+    complete_route,
+    complete_service,
+    complete_weight,
+    explicit_file,
+    find_file,
+    given_project,
+    load_mesh,
+    mesh_file,
+    output_format,
     parse_tail,
     parse_weights,
-    project_name,
 )
 from devmesh.core.names import check_project
 from devmesh.core.problems import MeshError, MeshInvalid, did_you_mean
 
 if TYPE_CHECKING:
-    from devmesh.api import types as api
     from devmesh.client import DaemonClient
     from devmesh.core.model import Mesh
+    from devmesh.daemon import launcher
     from devmesh.daemon.launcher import Serving
 
 UP_LOOK_TIMEOUT = 5.0  # seconds `up` gives a running daemon to answer before saying so
@@ -39,15 +51,84 @@ def _err(text: str) -> None:
     typer.echo(text, err=True)
 
 
-def _load(file: Path, project: str | None) -> tuple[Mesh, str]:
-    from devmesh.core.load import load_path
+def _load(file: list[Path] | None, project: str | None) -> tuple[Path, Mesh, str]:
+    """The local mesh file, loaded, and the instance's name (-p, else the file's)."""
+    path = mesh_file(file)
+    mesh = load_mesh(path)
+    return path, mesh, check_project(given_project(project) or mesh.name)
 
-    mesh = load_path(str(file))
-    return mesh, check_project(project if project is not None else mesh.name)
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The instance a command is aimed at (logs, shift, ps, tui, down, events)."""
+
+    project: str
+    file: Path | None  # the running daemon's own file, else the local one (None: neither)
+    state: api.MeshState | None  # the daemon's, when one runs
+
+
+def _target(file: list[Path] | None, project: str | None, frozen_ok: bool = False) -> Target:
+    """-p or $DEVMESH_PROJECT; else the mesh file's name (-f, $DEVMESH_FILE, the nearest
+    devmesh.yaml); else the one mesh that runs. With a daemon running, its own file counts,
+    not a file of the same name here (the daemon knows which it serves). `frozen_ok`: a
+    daemon that does not answer is no error (`down` stops it all the same)."""
+    from devmesh.core.load import declared_name
+    from devmesh.daemon import launcher
+
+    name = given_project(project)
+    local = explicit_file(file) or find_file()
+    if local is not None and str(local) == "-":
+        raise MeshError("-f - (standard input) cannot name a running instance; give a file")
+    if name is None and local is None:
+        running = launcher.instances()
+        if len(running) == 1:
+            name = running[0].project
+            _err(f"mesh '{name}' (the only one running)")
+        elif running:
+            raise MeshError(
+                f"no {local or 'devmesh.yaml'} here or in a parent directory, and "
+                f"{len(running)} meshes run: {_instance_list(running)}; choose one with -p NAME"
+            )
+        else:
+            raise MeshError(
+                f"no devmesh.yaml in {Path.cwd()} or any parent directory, and no mesh runs; "
+                "give one with -f FILE (or $DEVMESH_FILE), or an instance with -p NAME"
+            )
+    from_file = name is None
+    if name is None:
+        assert local is not None
+        name = check_project(declared_name(str(local)))
+    try:
+        state = launcher.find(name)
+    except launcher.DaemonNotAnswering:
+        if not frozen_ok:
+            raise
+        return Target(name, local, None)
+    if state is None and from_file and local is not None:
+        # `up -p other` of this very file: the file's own name does not run, the other does
+        here = str(local.resolve())
+        same = [i for i in launcher.instances() if i.state is not None and i.state.file == here]
+        if len(same) == 1:
+            _err(f"mesh '{same[0].project}' serves {local} (none runs as '{name}')")
+            name, state = same[0].project, same[0].state
+        elif same:
+            raise MeshError(
+                f"{local} is served by {len(same)} instances: {_instance_list(same)}; "
+                "choose one with -p NAME"
+            )
+    served = Path(state.file) if state is not None and state.file else local
+    return Target(name, served, state)
+
+
+def _instance_list(found: list[launcher.Instance]) -> str:
+    return ", ".join(
+        f"{i.project} ({i.state.file})" if i.state is not None and i.state.file else i.project
+        for i in found
+    )
 
 
 def up(
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     project: ProjectOpt = None,
     detach: Annotated[
         bool, typer.Option("-d", "--detach", help="Run the daemon in the background.")
@@ -67,6 +148,7 @@ def up(
         ),
     ] = None,
     as_json: JsonFlag = False,
+    output: FormatOpt = None,
     tui: Annotated[
         bool, typer.Option("--tui/--no-tui", help="In the foreground on a terminal: open the TUI.")
     ] = True,
@@ -81,11 +163,16 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane."""
+    """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane.
+
+    In the foreground on a terminal it opens the TUI (quitting it stops the mesh); -d runs
+    the daemon in the background. A second `up` makes the running daemon re-read the file.
+
+    Example: devmesh up -d --wait"""
     from devmesh.daemon import launcher
 
     timeout = check_timeout(timeout)
-    mesh, name = _load(file, project)
+    path, mesh, name = _load(file, project)
     try:
         found = launcher.find(name, UP_LOOK_TIMEOUT)
     except launcher.DaemonNotAnswering as exc:
@@ -93,21 +180,22 @@ def up(
             raise
         found = launcher.await_serving(name).state  # another `up` is starting it
     if found is not None:
-        _reload(file, name, found.pid)
+        _reload(path, name, found.pid)
     elif detach:
         _joined_or_started(
-            launcher.start_background(file, name, ingress_port, _show_log, metrics_port), file
+            launcher.start_background(path, name, ingress_port, _show_log, metrics_port), path
         )
     else:
         _foreground(
-            file, mesh, name, wait, timeout, ingress_port, tui and not as_json, metrics_port
+            path, mesh, name, wait, timeout, ingress_port, tui and not as_json, metrics_port
         )
         return
     client = launcher.client(name)
     if wait:
         _wait(client, name, timeout, exit_when_not_ready=True)
     state = client.state()
-    typer.echo(views.as_json(state) if as_json else "\n".join(views.url_lines(state)))
+    fmt = output_format(output, as_json)
+    typer.echo("\n".join(views.url_lines(state)) if fmt is Format.TABLE else views.dump(state, fmt))
 
 
 def _show_log(line: str) -> None:
@@ -150,27 +238,18 @@ def _foreground(
     metrics_port: int | None = None,
 ) -> None:
     from devmesh.daemon import launcher
+    from devmesh.tui import is_terminal
 
-    tui = tui and sys.stdin.isatty() and sys.stdout.isatty()
-    if tui:  # the TUI owns the terminal: the daemon logs into its file
-        typer.echo(f"starting mesh '{name}' ...")
+    if tui and is_terminal():
+        _foreground_tui(file, mesh, name, ingress_port, metrics_port)
+        return
     try:
         with launcher.foreground(
-            file, name, ingress_port, mesh, log_file=tui, metrics_port=metrics_port
+            file, name, ingress_port, mesh, log_file=False, metrics_port=metrics_port
         ) as fg:
             try:
                 if wait:
                     _wait(fg.client, name, timeout, exit_when_not_ready=False, stop=fg.stopping)
-                if tui:
-                    from devmesh.tui import run as run_tui
-
-                    def serve() -> None:
-                        fg.daemon.wait(also=fg.stopping)  # `down` or a signal: the TUI closes
-                        fg.stopping.set()
-
-                    threading.Thread(target=serve, name="serve", daemon=True).start()
-                    run_tui(fg.client, owns_mesh=True, stop_when=fg.stopping.is_set)
-                    return
                 for line in views.url_lines(fg.client.state()):
                     typer.echo(line)
                 typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
@@ -181,6 +260,30 @@ def _foreground(
         _joined_or_started(launcher.await_serving(name), file)
         for line in views.url_lines(launcher.client(name).state()):
             typer.echo(line)
+
+
+def _foreground_tui(
+    file: Path, mesh: Mesh, name: str, ingress_port: int | None, metrics_port: int | None
+) -> None:
+    """The TUI from the first moment: it shows the bring-up (images, pods starting, ready)
+    while the daemon starts on a thread; quitting it stops the mesh."""
+    from devmesh.daemon import launcher
+    from devmesh.tui import run as run_tui
+
+    typer.echo(f"starting mesh '{name}' ...")
+    with launcher.foreground_starting(file, name, ingress_port, mesh, metrics_port) as starting:
+        try:
+            run_tui(starting.client, owns_mesh=True, stop_when=starting.stopping.is_set)
+        finally:
+            typer.echo("stopping the mesh ...")
+            starting.stop()
+    for exc in starting.failed:
+        if isinstance(exc, launcher.AnotherDaemonServes):
+            _joined_or_started(launcher.await_serving(name), file)
+            for line in views.url_lines(launcher.client(name).state()):
+                typer.echo(line)
+            return
+        raise exc
 
 
 def _wait(
@@ -204,45 +307,50 @@ def _wait(
     return state
 
 
-def tui(file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None) -> None:
+def tui(file: MeshFile = None, project: ProjectOpt = None) -> None:
     """Watch and steer a running mesh: pods, routes, live stats, weights, faults, logs, events.
-    Several may attach at once; quitting leaves the mesh running."""
-    from devmesh.daemon import launcher
-    from devmesh.tui import run
 
-    name = project_name(file, project)
-    if launcher.find(name, UP_LOOK_TIMEOUT) is None:
-        raise MeshError(f"no daemon runs mesh '{name}'; start it with `devmesh up -d`")
-    run(launcher.client(name, timeout=5))
+    Several may attach at once; quitting leaves the mesh running.
+
+    Example: devmesh -p shop tui"""
+    from devmesh.daemon import launcher
+    from devmesh.tui import check_terminal, run
+
+    target = _target(file, project)  # bad arguments are said first
+    check_terminal()  # `devmesh tui > file` must not wait or draw escape codes
+    if target.state is None:
+        raise MeshError(f"no daemon runs mesh '{target.project}'; start it with `devmesh up -d`")
+    run(launcher.client(target.project, timeout=5))
 
 
 def down(
-    file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None, as_json: JsonFlag = False
+    file: MeshFile = None,
+    project: ProjectOpt = None,
+    as_json: JsonFlag = False,
+    output: FormatOpt = None,
 ) -> None:
-    """Stop the daemon and remove every container and network of the mesh (also after a crash)."""
-    import json
+    """Stop the daemon and remove every container and network of the mesh (also after a crash).
 
+    Example: devmesh down    (or: devmesh -p shop-2 down)"""
     from devmesh.daemon import launcher
 
-    name = project_name(file, project)
+    fmt = output_format(output, as_json)
+    as_json = fmt is not Format.TABLE
+    name = _target(file, project, frozen_ok=True).project
     result = launcher.down(name)
     stopped = result.daemon
     if stopped is not None:
         how = "" if stopped.how == "api" else f" with {stopped.how}"
         typer.echo(f"stopped the daemon (pid {stopped.pid}){how}", err=as_json)
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "project": name,
-                    "daemon": stopped.pid if stopped else None,
-                    "containers": result.containers,
-                    "networks": result.networks,
-                    "ok": result.ok,
-                },
-                indent=2,
-            )
-        )
+        document = {
+            "project": name,
+            "daemon": stopped.pid if stopped else None,
+            "containers": result.containers,
+            "networks": result.networks,
+            "ok": result.ok,
+        }
+        typer.echo(views.dump_plain(document, fmt))
     elif result.engine_error is None:
         if result.containers or result.networks:
             typer.echo(
@@ -262,24 +370,111 @@ def down(
 
 
 def ps(
-    file: MeshFile = DEFAULT_FILE, project: ProjectOpt = None, as_json: JsonFlag = False
+    file: MeshFile = None,
+    project: ProjectOpt = None,
+    as_json: JsonFlag = False,
+    output: FormatOpt = None,
 ) -> None:
-    """List the mesh's pods: state, address, version, config version, ACK/NACK."""
+    """List the mesh's pods: state, address, version, config version, ACK/NACK.
+
+    Example: devmesh ps    (or: devmesh -p shop ps --format yaml)"""
     from devmesh.daemon import launcher
 
-    state = launcher.status(project_name(file, project))
-    typer.echo(views.as_json(state) if as_json else views.ps_table(state))
+    fmt = output_format(output, as_json)
+    target = _target(file, project)
+    state = target.state or launcher.status(target.project)
+    typer.echo(views.ps_table(state) if fmt is Format.TABLE else views.dump(state, fmt))
+
+
+def ls(as_json: JsonFlag = False, output: FormatOpt = None) -> None:
+    """List the running mesh instances: project, state, pods ready, ingress URL, file.
+
+    Instances whose daemon is gone but whose containers are still there show as `no daemon`
+    (`devmesh up` adopts them, `devmesh down` removes them).
+
+    Example: devmesh ls"""
+    from devmesh.daemon import launcher
+
+    fmt = output_format(output, as_json)
+    found, engine_error = launcher.all_instances()
+    if engine_error:
+        _err(f"devmesh: instances without a daemon not listed: {engine_error}")
+    if fmt is Format.TABLE:
+        typer.echo(views.ls_table(found))
+    else:
+        typer.echo(views.dump_plain([views.instance_json(i) for i in found], fmt))
+
+
+def events(
+    file: MeshFile = None,
+    project: ProjectOpt = None,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing events as they come.")
+    ] = False,
+    as_json: JsonFlag = False,
+    output: FormatOpt = None,
+) -> None:
+    """Show what the daemon did and saw: saves, pushes, NACKs, containers, health, faults.
+
+    With --follow, one line (or one JSON object) per event as it comes, until the daemon stops.
+
+    Example: devmesh events --follow --json"""
+    import time
+
+    from devmesh.client import DaemonUnavailable
+    from devmesh.daemon import launcher
+
+    fmt = output_format(output, as_json)
+    target = _target(file, project)
+    if target.state is None:
+        raise MeshError(f"no daemon runs mesh '{target.project}'; start it with `devmesh up -d`")
+    client = launcher.client(target.project, timeout=5)
+    seen = client.events().events
+    if not follow:
+        if fmt is Format.TABLE:
+            for event in seen:
+                typer.echo(views.event_line(event))
+        else:
+            typer.echo(views.dump(api.Events(seen), fmt))
+        return
+    for event in seen:
+        typer.echo(views.event_line(event) if fmt is Format.TABLE else views.event_json(event))
+    last = seen[-1] if seen else None
+    while True:
+        time.sleep(0.5)
+        try:
+            now = client.events().events
+        except DaemonUnavailable:
+            _err(f"devmesh: the daemon of mesh '{target.project}' stopped; stopped following")
+            return
+        for event in views.events_after(now, last):
+            typer.echo(views.event_line(event) if fmt is Format.TABLE else views.event_json(event))
+            last = event
 
 
 def logs(
     service: Annotated[
         str | None,
-        typer.Argument(help="The service whose app logs to show (with --access: optional)."),
+        typer.Argument(
+            help="The service whose app logs (or with --access, requests) to show (default: all).",
+            autocompletion=complete_service,
+        ),
     ] = None,
-    file: MeshFile = DEFAULT_FILE,
+    file: LogsFile = None,
     project: ProjectOpt = None,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep following.")] = False,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep following.")] = False,
     tail: Annotated[str, typer.Option(help="Lines from the end of each log, or 'all'.")] = "all",
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            "--proxy",
+            help="The Envoy sidecars' own logs (with no SERVICE: and the gateway's), "
+            "not the apps'.",
+        ),
+    ] = False,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", "-t", help="Start each line with its time.")
+    ] = False,
     access: Annotated[
         bool, typer.Option("--access", help="Every request the Envoys saw, not the app's log.")
     ] = False,
@@ -292,46 +487,68 @@ def logs(
         str | None, typer.Option("--slower", help="--access: slower than this (100ms, 2s).")
     ] = None,
 ) -> None:
-    """Show the app logs of a service's pods (prefixed by pod when there are several), or
-    with --access the mesh's access log: every request every sidecar and the gateway saw."""
+    """Show the app logs of a service's pods, or of every service interleaved; with
+    --access, the mesh's access log: every request every sidecar and the gateway saw.
+
+    Lines are prefixed by their pod when there are several (coloured on a terminal). -f
+    follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
+
+    Example: devmesh logs -f catalog --tail 20"""
     from devmesh.daemon import launcher
 
     if access:
         _access_logs(file, project, service, follow, tail, as_json, status, route, slower)
         return
-    if service is None:
-        raise MeshError("logs needs a SERVICE (or --access, for every service's requests)")
     if as_json or status or route or slower:
         raise MeshError("--json, --status, --route and --slower go with --access")
     count = parse_tail(tail)
-    mesh, name = _load(file, project)
-    if not mesh.has_service(service):
-        names = [s.name for s in mesh.services]
+    target = _target(file, project)
+    name = target.project
+    services = _service_names(target)
+    if service is not None and services is not None and service not in services:
         raise MeshError(
-            f"no service '{service}' in mesh '{name}'{did_you_mean(service, names)}; "
-            f"services: {', '.join(names)}"
+            f"no service '{service}' in mesh '{name}'{did_you_mean(service, services)}; "
+            f"services: {', '.join(services)}"
         )
+    colour = views.use_colour(sys.stdout)
+    # a prefix on every line when they can come from several pods or several kinds of log
+    always = service is None
     if not follow:
-        lines = launcher.read_logs(name, service, count)
-        several = len({line.pod for line in lines}) > 1
+        lines = launcher.read_logs(name, service, count, proxy, timestamps)
+        several = always or len({line.pod for line in lines}) > 1
         for line in lines:
-            typer.echo(views.log_line(line, several))
+            typer.echo(views.log_line(line, several, colour))
         return
-    stream = launcher.follow_logs(name, service, count)
+    stream = launcher.follow_logs(name, service, count, proxy, timestamps)
     seen = set(stream.pods)
     try:
         for line in stream.lines:
             seen.add(line.pod)
-            typer.echo(views.log_line(line, len(seen) > 1))
+            typer.echo(views.log_line(line, always or len(seen) > 1, colour))
     finally:
         close = getattr(stream.lines, "close", None)
         if close is not None:
             close()  # ends the daemon's stream, or the local followers' threads
-    _err(f"devmesh: no pod of '{service}' runs any more; stopped following")
+    what = f"no pod of '{service}'" if service is not None else f"no pod of mesh '{name}'"
+    _err(f"devmesh: {what} runs any more; stopped following")
+
+
+def _service_names(target: Target) -> list[str] | None:
+    """The services of the instance's own file (None: it cannot be read right now)."""
+    if target.file is None:
+        return None
+    from devmesh.core.load import load_path
+
+    try:
+        return [s.name for s in load_path(str(target.file)).services]
+    except MeshInvalid:
+        if target.state is None:
+            raise
+        return None  # mid-edit: the daemon serves the last good file; it checks the name
 
 
 def _access_logs(
-    file: Path,
+    file: list[Path] | None,
     project: str | None,
     service: str | None,
     follow: bool,
@@ -346,7 +563,7 @@ def _access_logs(
     from devmesh.core.durations import DurationError, parse_duration
     from devmesh.daemon import launcher
 
-    name = project_name(file, project)
+    name = _target(file, project).project
     count = parse_tail(tail)
     slower_ms: float | None = None
     if slower is not None:
@@ -387,46 +604,75 @@ def _access_logs(
 
 
 def shift(
-    service: Annotated[str, typer.Argument(help="The service whose traffic to shift.")],
-    weights: Annotated[list[str], typer.Argument(help="VERSION=WEIGHT ..., adding up to 100.")],
+    service: Annotated[
+        str,
+        typer.Argument(help="The service whose traffic to shift.", autocompletion=complete_service),
+    ],
+    weights: Annotated[
+        list[str],
+        typer.Argument(
+            help="VERSION=WEIGHT ..., adding up to 100.", autocompletion=complete_weight
+        ),
+    ],
     route: Annotated[
-        str | None, typer.Option("--route", help="Which route (default: the catch-all one).")
+        str | None,
+        typer.Option(
+            "--route",
+            help="Which route (default: the catch-all one).",
+            autocompletion=complete_route,
+        ),
     ] = None,
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     project: ProjectOpt = None,
     as_json: JsonFlag = False,
+    output: FormatOpt = None,
 ) -> None:
-    """Set a route's weights live; they are written into the mesh file, comments kept."""
-    from devmesh.api import types as api
+    """Set a route's weights live; they are written into the mesh file, comments kept.
+
+    A running instance writes its own file (the line says which).
+
+    Example: devmesh shift catalog v1=70 v2=30"""
     from devmesh.core.edit import set_weights, write_file
     from devmesh.daemon import launcher
 
+    fmt = output_format(output, as_json)
     parsed = parse_weights(weights)
-    mesh, name = _load(file, project)
-    if launcher.find(name) is not None:
-        result = launcher.client(name).shift(service, parsed, route)
+    target = _target(file, project)
+    if target.state is not None:
+        result = launcher.client(target.project).shift(service, parsed, route)
         applied = "applied live and written to"
     else:
-        text, chosen = set_weights(file.read_text(), mesh, service, route, parsed)
-        write_file(file, text)
+        if target.file is None:
+            raise MeshError(
+                f"no daemon runs mesh '{target.project}' and there is no mesh file to write "
+                "the weights into; give one with -f FILE"
+            )
+        path = target.file
+        mesh = load_mesh(path)
+        text, chosen = set_weights(path.read_text(), mesh, service, route, parsed)
+        write_file(path, text)
         result = api.ShiftResult(service, chosen, parsed, synced=False)
         applied = "no daemon runs: `devmesh up` applies it; written to"
-    if as_json:
-        typer.echo(views.as_json(result))
+    if fmt is not Format.TABLE:
+        typer.echo(views.dump(result, fmt))
         return
     split = ", ".join(f"{v} {w}%" for v, w in result.weights.items())
-    typer.echo(f"{service} route '{result.route}': {split} ({applied} {file})")
+    typer.echo(f"{service} route '{result.route}': {split} ({applied} {target.file})")
 
 
 def run(
     ctx: typer.Context,
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     project: ProjectOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the mesh up afterwards.")] = False,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the mesh.")] = 180.0,
 ) -> None:
-    """Up, wait, run COMMAND with the mesh's URLs in its environment, tear down; exit with
-    the command's code (125 if the mesh could not come up). Usage: devmesh run -- pytest -x"""
+    """Up, wait, run COMMAND with the mesh's URLs in its environment, tear down.
+
+    Exits with COMMAND's code (125 if the mesh could not come up). The mesh gets its own
+    name and free ports; COMMAND sees DEVMESH_URL, DEVMESH_URL_<SERVICE>, DEVMESH_PROJECT.
+
+    Example: devmesh run -- pytest tests/integration -x"""
     import os
     import subprocess
 
@@ -438,10 +684,10 @@ def run(
         command = command[1:]
     if not command:
         raise MeshError("devmesh run needs a command: devmesh run [-f FILE] -- COMMAND ...")
-    if project is not None:
-        check_project(project)
+    project = given_project(project, env=False)  # its own name, even inside another `run`
+    path = mesh_file(file)
     try:
-        mesh = Mesh.up(file, project, timeout=timeout)
+        mesh = Mesh.up(path, project, timeout=timeout)
     except MeshInvalid as exc:  # the command's own exit codes stay unambiguous: 125
         _err(str(exc))
         raise typer.Exit(Exit.MESH_FAILED) from None

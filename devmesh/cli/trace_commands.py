@@ -11,9 +11,9 @@ import typer
 from devmesh.api import types as api
 from devmesh.api import waterfall
 from devmesh.cli import views
-from devmesh.cli.options import DEFAULT_FILE, JsonFlag, MeshFile, ProjectOpt, project_name
+from devmesh.cli.options import JsonFlag, MeshFile, ProjectOpt
 from devmesh.core.durations import DurationError, parse_duration
-from devmesh.core.problems import MeshError, did_you_mean
+from devmesh.core.problems import MeshError
 
 
 def traces(
@@ -32,15 +32,17 @@ def traces(
         typer.Option("--status", help="Only traces with a span of this status: 5xx, 404 ..."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many (1-1000).")] = 20,
-    file: MeshFile = DEFAULT_FILE,
+    file: MeshFile = None,
     project: ProjectOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The mesh's recent traces (newest first), or one trace as a waterfall."""
+    """The mesh's recent traces (newest first), or one trace as a waterfall.
+
+    Example: devmesh traces --service catalog --status 5xx"""
+    from devmesh.cli.run_commands import _target  # the instance, as every command finds it
     from devmesh.daemon import launcher
 
-    name = project_name(file, project)
-    client = launcher.client(name)
+    client = launcher.client(_target(file, project).project)
     if trace_id is not None:
         trace = client.trace(trace_id)
         if as_json:
@@ -57,27 +59,9 @@ def traces(
             raise MeshError(f"--slower: {exc}") from None
     if not 1 <= limit <= 1000:
         raise MeshError(f"--limit takes 1 to 1000, not {limit}")
-    if service is not None:
-        _check_service(file, service)
+    # an unknown service: the daemon answers with its file's services and "did you mean"
     result = client.traces(service, slower_ms, status, limit)
     typer.echo(views.as_json(result) if as_json else "\n".join(table(result)))
-
-
-def _check_service(file: object, service: str) -> None:
-    """A near miss is told with the file's services before asking the daemon (which checks
-    too, against the mesh it serves)."""
-    from devmesh.core.load import load_path
-
-    try:
-        mesh = load_path(str(file))
-    except MeshError:
-        return  # the daemon serves the last good file: it decides
-    names = [s.name for s in mesh.services] + ["gateway"]
-    if service not in names:
-        raise MeshError(
-            f"{file}: no service '{service}' in mesh '{mesh.name}'"
-            f"{did_you_mean(service, names)}; services: {', '.join(names[:-1])}"
-        )
 
 
 def table(result: api.TracesResult) -> list[str]:

@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+import time
+import zlib
+from typing import IO, TYPE_CHECKING, Any
 
 from devmesh.api import codec
 from devmesh.api import types as api
+
+if TYPE_CHECKING:
+    from devmesh.cli.options import Format
+    from devmesh.daemon.launcher import Instance
 
 
 def as_json(value: Any) -> str:
@@ -96,9 +103,100 @@ def url_lines(state: api.MeshState) -> list[str]:
     return lines
 
 
-def log_line(line: api.LogLine, several: bool) -> str:
-    """A line of a service's app log: prefixed by its pod when the service has several."""
-    return f"{line.pod} | {line.text}" if several else line.text
+def dump(value: Any, fmt: Format) -> str:
+    """An API value as JSON or YAML (the same document either way)."""
+    return dump_plain(codec.encode(value), fmt)
+
+
+def dump_plain(data: Any, fmt: Format) -> str:
+    if fmt.value == "yaml":
+        import yaml
+
+        return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).rstrip("\n")
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+def instance_json(i: Instance) -> dict[str, Any]:
+    s = i.state
+    return {
+        "project": i.project,
+        "pid": i.pid,
+        "phase": s.phase.value if s else None,
+        "ready": s.ready if s else False,
+        "pods": len(s.pods) if s else None,
+        "pods_ready": sum(p.ready for p in s.pods) if s else None,
+        "url": s.gateway.url if s and s.gateway else None,
+        "file": s.file if s else None,
+        "error": i.error or None,
+        "daemon": i.pid > 0,
+        "containers_running": i.running if i.pid == 0 else None,
+    }
+
+
+def ls_table(found: list[Instance]) -> str:
+    if not found:
+        return "no mesh runs (`devmesh up -d` starts one)"
+    rows: list[tuple[str, ...]] = [("PROJECT", "STATE", "PODS", "URL", "FILE")]
+    for i in found:
+        d = instance_json(i)
+        if i.pid == 0:
+            rows.append((i.project, "no daemon", f"{i.running} containers running", "-", "-"))
+            continue
+        if i.state is None:
+            rows.append((i.project, "not answering", "-", "-", "-"))
+            continue
+        word = "ready" if d["ready"] else str(d["phase"])
+        rows.append(
+            (i.project, word, f"{d['pods_ready']}/{d['pods']}", d["url"] or "-", d["file"] or "-")
+        )
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def event_line(e: api.Event) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time))
+    return f"{when}  {e.severity.value:<7}  {e.kind.value:<9}  {e.text}"
+
+
+def event_json(e: api.Event) -> str:
+    return json.dumps(codec.encode(e), sort_keys=False)
+
+
+def events_after(events: tuple[api.Event, ...], last: api.Event | None) -> list[api.Event]:
+    """The events newer than `last` (the daemon keeps the last 200; a poll sees a window)."""
+    if last is None:
+        return list(events)
+    for i in range(len(events) - 1, -1, -1):
+        if events[i] == last:
+            return list(events[i + 1 :])
+    return [e for e in events if e.time >= last.time and e != last]
+
+
+def use_colour(stream: IO[str]) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+_COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)  # ANSI foregrounds, compose-like
+
+
+def log_line(line: api.LogLine, several: bool, colour: bool = False) -> str:
+    """A log line: prefixed by its pod when there are several pods (every service's logs
+    interleaved, or a service with replicas), the prefix coloured per pod on a terminal."""
+    if not several:
+        return line.text
+    who = line.pod if line.source in ("app", "gateway") else f"{line.pod} {line.source}"
+    prefix = f"{who} |"
+    if colour:
+        code = _COLOURS[zlib.crc32(line.pod.encode()) % len(_COLOURS)]  # stable per pod
+        prefix = f"\x1b[{code}m{prefix}\x1b[0m"
+    return f"{prefix} {line.text}"
 
 
 def tracing_line(t: api.TracingStatus) -> str:

@@ -19,6 +19,7 @@ disagree, the measurement wins, since end-to-end tests compare `explain` with re
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -348,12 +349,37 @@ def explain(
             f"name one of its services as the host: {', '.join(names)}"
         )
 
+    if host is not None and not _reaches_ingress(host, authority, mesh.ingress.port):
+        gateway = f"http://{mesh.ingress.host}:{mesh.ingress.port}/"
+        raise ExplainError(
+            f"'{host}' is neither a service of mesh '{mesh.name}' nor its ingress "
+            f"({gateway}, localhost, or any host with port {mesh.ingress.port})"
+            f"{did_you_mean(host, names)}; services: {', '.join(names)}"
+        )
     first = _stage(INGRESS, mesh.ingress.routes, request)
     if not isinstance(first.route, IngressRoute):
         return Explanation(request.method, url, (first,), None, given)
     target = mesh.service(first.route.service)
     second = _stage(target.name, target.routes, request.with_path(first.path_after))
     return Explanation(request.method, url, (first, second), target, given)
+
+
+def _reaches_ingress(host: str, authority: str, ingress_port: int) -> bool:
+    """Whether a request to this host goes to the gateway: a loopback address or name
+    (where the gateway publishes), or any name written with the gateway's port (a name the
+    user points at 127.0.0.1, such as `shop.example:8080`). A bare unknown name, such as a
+    misspelt service (`http://catalg/items`), reaches nothing."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return True
+    except ValueError:
+        pass
+    written = authority.rpartition(":")[2] if not authority.endswith("]") else ""
+    port = int(written) if written.isdigit() else 80  # `_split_url` leaves :80 out, as curl
+    return port == ingress_port
 
 
 # -- output -------------------------------------------------------------------------------------

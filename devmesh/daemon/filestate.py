@@ -3,6 +3,7 @@ problems of text that did not validate; and the one write to it, `shift`. Owned 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -48,7 +49,7 @@ class FileState:
         if read.mesh is None or problems:
             self.report(read.digest, problems)
             return None
-        if read.mesh == self.mesh:
+        if _same_mesh(read.mesh, self.mesh):
             self.applied = read.digest  # what already runs (the first look after start)
             return None
         return read.mesh
@@ -102,3 +103,10 @@ class FileState:
         except (OSError, MeshError) as exc:
             raise Refused(ErrorCode.UNAVAILABLE, f"{self.file}: cannot write: {exc}") from None
         return hashlib.sha256(new_text.encode()).hexdigest(), mesh, chosen
+
+
+def _same_mesh(a: Mesh, b: Mesh) -> bool:
+    """The same mesh, however its file was named: the daemon's first mesh comes from the
+    path as given (`-f devmesh.yaml`, a symlink), the watcher's reads from the resolved one,
+    and comparing those names made every start log a phantom "save: applied"."""
+    return dataclasses.replace(a, source=b.source, base_dir=b.base_dir) == b

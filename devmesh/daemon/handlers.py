@@ -43,7 +43,7 @@ class Handlers:
         events: EventLog,
         stats: StatsReader,
         log_tails: LogTails,
-        follow: Callable[[str, int | None, threading.Event], Iterator[api.LogLine | None]],
+        follow: Callable[[api.FollowRequest, threading.Event], Iterator[api.LogLine | None]],
         request_stop: Callable[[], None],
     ) -> None:
         self._loop = controller
@@ -209,14 +209,14 @@ class Handlers:
 
     def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine | None]:
         view = self._loop.view
-        if not view.mesh.has_service(req.service):
+        if req.service is not None and not view.mesh.has_service(req.service):
             names = ", ".join(s.name for s in view.mesh.services)
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
                 f"no service '{req.service}' in mesh '{self._loop.project}'; services: {names}",
             )
         stop = threading.Event()
-        lines = self._follow(req.service, req.tail, stop)
+        lines = self._follow(req, stop)
         try:
             yield from lines
         finally:

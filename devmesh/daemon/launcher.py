@@ -38,10 +38,10 @@ from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.api import types as api
 from devmesh.client import DaemonClient, DaemonUnavailable
 from devmesh.core.addressing import GATEWAY_PORT
-from devmesh.core.names import check_project
+from devmesh.core.names import check_project, is_project
 from devmesh.core.problems import MeshError
 from devmesh.daemon.podstate import container_state
-from devmesh.daemon.state import StateDir
+from devmesh.daemon.state import StateDir, base_dir
 from devmesh.plan.desired import gateway_name
 from devmesh.plan.plan import Observed
 
@@ -136,6 +136,55 @@ def find(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState | None:
         raise DaemonNotAnswering(project, pid, _is_stopped(pid), timeout) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A mesh instance whose daemon holds its lock: its state, or why it gave none."""
+
+    project: str
+    pid: int  # 0: no daemon runs it (containers only: a crashed or stopped daemon)
+    state: api.MeshState | None
+    error: str = ""
+    running: int = 0  # with no daemon: how many of its containers run
+
+
+def instances(timeout: float = ANSWER_TIMEOUT) -> list[Instance]:
+    """Every instance with a running daemon under the state base, by name. Only
+    directories named as projects are looked at; nothing is created or changed."""
+    try:
+        entries = sorted(p for p in base_dir().iterdir() if is_project(p.name) and p.is_dir())
+    except OSError:  # no base yet: nothing ever ran
+        return []
+    found = []
+    for path in entries:
+        try:
+            pid = StateDir(path).daemon_pid()
+        except OSError:
+            continue
+        if pid is None:
+            continue
+        try:
+            state = find(path.name, timeout)
+        except MeshError as exc:
+            found.append(Instance(path.name, pid, None, str(exc)))
+            continue
+        if state is not None:
+            found.append(Instance(path.name, pid, state))
+    return found
+
+
+def all_instances() -> tuple[list[Instance], str]:
+    """`devmesh ls`: the instances with a daemon, then those the engine has containers of
+    with no daemon; and why the engine could not be asked ("" when it answered)."""
+    found = instances()
+    try:
+        counts = Engine.connect(timeout=5).projects()
+    except MeshError as exc:
+        return found, str(exc)
+    daemons = {i.project for i in found}
+    extra = [Instance(p, 0, None, running=n) for p, n in sorted(counts.items()) if p not in daemons]
+    return found + extra, ""
+
+
 def status(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState:
     """What the daemon says, or with none running what Docker alone can tell."""
     found = find(project, timeout)
@@ -216,44 +265,63 @@ class LogStream:
     lines: Iterator[api.LogLine]
 
 
-def read_logs(project: str, service: str, tail: int | None) -> list[api.LogLine]:
-    """The service's app logs as the engine has them now (no daemon needed)."""
+def read_logs(
+    project: str,
+    service: str | None,
+    tail: int | None,
+    proxy: bool = False,
+    timestamps: bool = False,
+) -> list[api.LogLine]:
+    """A service's (None: every service's) app logs as the engine has them now, or with
+    `proxy` its sidecars' (and for the whole mesh the gateway's); no daemon needed."""
     from devmesh.daemon import logfollow
 
+    which = logfollow.Which(service, proxy, timestamps)
     engine = Engine.connect()
-    if not logfollow.pods_of(engine, project, service):
-        raise MeshError(f"service '{service}' has no pods; is the mesh up?")
-    return logfollow.read(engine, project, service, tail)
+    if not logfollow.pods_of(engine, project, which):
+        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+    return logfollow.read(engine, project, which, tail)
 
 
-def follow_logs(project: str, service: str, tail: int | None) -> LogStream:
-    """The service's app log lines as they come, until no pod of it runs: served by the
-    daemon when one runs, else followed here."""
+def follow_logs(
+    project: str,
+    service: str | None,
+    tail: int | None,
+    proxy: bool = False,
+    timestamps: bool = False,
+) -> LogStream:
+    """The chosen log lines as they come, until no pod of them runs: served by the daemon
+    when one runs, else followed here."""
     from devmesh.daemon import logfollow
 
+    which = logfollow.Which(service, proxy, timestamps)
     found = find(project)
     if found is not None:
-        pods = tuple(p.pod for p in found.pods if p.service == service)
-        return LogStream(pods, _from_daemon(project, service, tail))
+        pods = tuple(p.pod for p in found.pods if service is None or p.service == service)
+        return LogStream(pods, _from_daemon(project, which, tail))
     engine = Engine.connect()
-    pods = tuple(logfollow.pods_of(engine, project, service))
+    pods = tuple(logfollow.pods_of(engine, project, which))
     if not pods:
-        raise MeshError(f"service '{service}' has no pods; is the mesh up?")
-    return LogStream(pods, logfollow.follow(engine, project, service, tail, threading.Event()))
+        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+    return LogStream(pods, logfollow.follow(engine, project, which, tail, threading.Event()))
 
 
-def _from_daemon(project: str, service: str, tail: int | None) -> Iterator[api.LogLine]:
+def _whose(project: str, service: str | None) -> str:
+    return f"service '{service}'" if service is not None else f"mesh '{project}'"
+
+
+def _from_daemon(project: str, which: Any, tail: int | None) -> Iterator[api.LogLine]:
     """The daemon's stream; if the daemon goes away meanwhile (`down` stops it before it
     removes the pods, or it crashed), the pods may run on: follow them here from now on."""
     from devmesh.daemon import logfollow
 
     try:
-        yield from client(project).follow_logs(service, tail)
+        yield from client(project).follow_logs(which.service, tail, which.proxy, which.timestamps)
         return
     except DaemonUnavailable:
         pass
     engine = Engine.connect()
-    yield from logfollow.follow(engine, project, service, 0, threading.Event())
+    yield from logfollow.follow(engine, project, which, 0, threading.Event())
 
 
 # -- the ingress port ---------------------------------------------------------------------------
@@ -300,19 +368,27 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(daemon: Daemon, teardown: bool) -> Iterator[threading.Event]:
+def running(
+    daemon: Daemon, teardown: bool, stopping: threading.Event | None = None
+) -> Iterator[threading.Event]:
     """Run `daemon` in this process: SIGINT/SIGTERM stop it, it starts (AnotherDaemonServes
     when a concurrent one holds the lock), the context's body serves, and it stops at the end
-    (with `teardown`, removing the mesh it brought up). Yields the event the signals set."""
+    (with `teardown`, removing the mesh it brought up). Yields the event the signals set.
+    Given `stopping`, the caller handles the signals (this runs on another thread then)."""
     from devmesh.daemon.runtime import DaemonRunning
 
-    stopping = threading.Event()
+    signals = stopping is None
+    stopping = stopping or threading.Event()
 
     def on_signal(*_: Any) -> None:
         stopping.set()
         daemon.request_stop()
 
-    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = (
+        {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if signals
+        else {}
+    )
     try:
         try:
             daemon.start()
@@ -362,6 +438,74 @@ def foreground(
     daemon.metrics_port = metrics_port
     with running(daemon, teardown=True) as stopping:
         yield Foreground(daemon, stopping, DaemonClient(state.api_socket))
+
+
+@dataclass
+class Starting:
+    """A mesh coming up on a thread of its own while the caller's thread runs a TUI that shows
+    it come up (images built, pods starting, ready): the TUI reads the API, which serves from
+    before the first pass. `stop()` stops and removes the mesh, also halfway through."""
+
+    daemon: Daemon
+    stopping: threading.Event
+    client: DaemonClient
+    thread: threading.Thread
+    failed: list[BaseException]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.daemon.request_stop()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def foreground_starting(
+    file: Path,
+    project: str,
+    ingress_port: int | None,
+    mesh: Mesh | None,
+    metrics_port: int | None = None,
+) -> Iterator[Starting]:
+    """As `foreground` with a TUI, but the daemon starts on a thread: the first pass (a 13 s
+    image build) is shown inside the TUI, not before it. Signals stay on this (the main)
+    thread. Errors before the start (engine, port, lock) are raised here, before any TUI."""
+    from devmesh.daemon.__main__ import compose
+
+    state = StateDir.for_project(project)
+    state.create()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", filename=str(state.log_file)
+    )
+    daemon = compose(file, project, ingress_port, mesh)
+    daemon.metrics_port = metrics_port
+    stopping = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with running(daemon, teardown=True, stopping=stopping):
+                daemon.wait(also=stopping)
+        except BaseException as exc:  # shown by the caller once the TUI is gone
+            failed.append(exc)
+        finally:
+            stopping.set()  # the TUI closes
+
+    def on_signal(*_: Any) -> None:
+        stopping.set()
+        daemon.request_stop()
+
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=serve, name="daemon", daemon=True)
+    starting = Starting(daemon, stopping, DaemonClient(state.api_socket), thread, failed)
+    try:
+        thread.start()
+        yield starting
+    finally:
+        try:
+            starting.stop()
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
 
 def start_background(

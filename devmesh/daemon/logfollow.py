@@ -38,30 +38,58 @@ class LogEngine(Protocol):
     def observe(self, project: str) -> list[Observed]: ...
 
     def logs(
-        self, name: str, follow: bool, tail: int | str = "all", since: float | None = None
+        self,
+        name: str,
+        follow: bool,
+        tail: int | str = "all",
+        since: float | None = None,
+        timestamps: bool = False,
     ) -> Iterator[bytes]: ...
 
-    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any: ...
+    def follow_logs(
+        self, name: str, tail: int, since: float | None = None, timestamps: bool = False
+    ) -> Any: ...
 
 
-def read(engine: LogEngine, project: str, service: str, tail: int | None) -> list[api.LogLine]:
-    """The last `tail` lines (None: all) of each app container of the service, pod by pod."""
-    apps = sorted(
-        (o for o in engine.observe(project) if o.role == "app" and o.service == service),
-        key=lambda o: o.name,
-    )
+@dataclass(frozen=True, slots=True)
+class Which:
+    """Whose logs: a service's (None: every service's), its apps' or its proxies' (the
+    sidecars, and for the whole mesh the gateway too)."""
+
+    service: str | None = None
+    proxy: bool = False
+    timestamps: bool = False
+
+    def takes(self, o: Observed) -> bool:
+        if o.role == "gateway":
+            return self.proxy and self.service is None
+        if o.role != ("sidecar" if self.proxy else "app"):
+            return False
+        return self.service is None or o.service == self.service
+
+
+def _which(which: Which | str | None) -> Which:
+    return which if isinstance(which, Which) else Which(which)
+
+
+def read(
+    engine: LogEngine, project: str, which: Which | str | None, tail: int | None
+) -> list[api.LogLine]:
+    """The last `tail` lines (None: all) of each chosen container, pod by pod."""
+    w = _which(which)
+    chosen = sorted((o for o in engine.observe(project) if w.takes(o)), key=lambda o: o.name)
     lines: list[api.LogLine] = []
-    for o in apps:
-        for chunk in engine.logs(o.id, follow=False, tail="all" if tail is None else tail):
-            lines.extend(api.LogLine(o.pod, text) for text in _split(chunk))
+    for o in chosen:
+        tail_of = "all" if tail is None else tail
+        for chunk in engine.logs(o.id, follow=False, tail=tail_of, timestamps=w.timestamps):
+            lines.extend(api.LogLine(o.pod, text, o.role) for text in _split(chunk))
     return lines
 
 
-def pods_of(engine: LogEngine, project: str, service: str) -> list[str]:
-    """The pods whose app containers the engine has for the service, running or not."""
-    return sorted(
-        {o.pod for o in engine.observe(project) if o.role == "app" and o.service == service}
-    )
+def pods_of(engine: LogEngine, project: str, which: Which | str | None) -> list[str]:
+    """The pods (and the gateway) whose chosen containers the engine has, running or not."""
+    w = _which(which)
+    return sorted({o.pod for o in engine.observe(project) if w.takes(o)})
 
 
 MAX_LINE = 64 * 1024  # bytes of one log line held before it is shown anyway
@@ -76,14 +104,14 @@ class _Item:
 def follow(
     engine: LogEngine,
     project: str,
-    service: str,
+    which: Which | str | None,
     tail: int | None,
     stop: threading.Event,
     idle_end: float = IDLE_END,
     look_every: float = LOOK_EVERY,
 ) -> Generator[api.LogLine, None, None]:
-    """The service's log lines as they come (see `follow_ticking`)."""
-    lines = follow_ticking(engine, project, service, tail, stop, idle_end, look_every)
+    """The chosen log lines as they come (see `follow_ticking`)."""
+    lines = follow_ticking(engine, project, which, tail, stop, idle_end, look_every)
     try:
         for line in lines:
             if line is not None:
@@ -95,7 +123,7 @@ def follow(
 def follow_ticking(
     engine: LogEngine,
     project: str,
-    service: str,
+    which: Which | str | None,
     tail: int | None,
     stop: threading.Event,
     idle_end: float = IDLE_END,
@@ -105,6 +133,7 @@ def follow_ticking(
     API server then sends its answer's head at once, and notices a client that went away
     from a quiet log (a thread blocked in `next()` cannot be told)."""
     yield None
+    w = _which(which)
     closing = threading.Event()  # set when the generator ends, however it ends
     items: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE)
     following: dict[str, Any] = {}  # container id -> its open stream (None until opened)
@@ -123,10 +152,12 @@ def follow_ticking(
             except queue.Full:
                 continue
 
-    def pump(cid: str, pod: str, since: float | None, lines: int | None) -> None:
+    def pump(cid: str, pod: str, role: str, since: float | None, lines: int | None) -> None:
         try:
             # closable from here: `closing` ends it at once
-            stream: Iterable[bytes] = engine.follow_logs(cid, -1 if lines is None else lines, since)
+            stream: Iterable[bytes] = engine.follow_logs(
+                cid, -1 if lines is None else lines, since, w.timestamps
+            )
             with lock:
                 if done():
                     _close(stream)
@@ -141,9 +172,9 @@ def follow_ticking(
                     complete.append(partial)
                     partial = b""
                 for raw in complete:
-                    put(_Item(api.LogLine(pod, _decode(raw))))
+                    put(_Item(api.LogLine(pod, _decode(raw), role)))
             if partial and not done():
-                put(_Item(api.LogLine(pod, _decode(partial))))
+                put(_Item(api.LogLine(pod, _decode(partial), role)))
         except Exception:  # removed meanwhile, closed, or the engine went away: look again
             pass
         finally:
@@ -158,18 +189,19 @@ def follow_ticking(
             now = time.monotonic()
             if now >= next_look:
                 next_look = now + look_every
-                apps = [
-                    o for o in engine.observe(project) if o.role == "app" and o.service == service
-                ]
+                apps = [o for o in engine.observe(project) if w.takes(o)]
                 running = [o for o in apps if o.state == "running"]
                 if first:
                     for o in sorted(apps, key=lambda o: o.name):
                         if o.state != "running":  # a crash loop's last words
                             for chunk in engine.logs(
-                                o.id, follow=False, tail="all" if tail is None else tail
+                                o.id,
+                                follow=False,
+                                tail="all" if tail is None else tail,
+                                timestamps=w.timestamps,
                             ):
                                 for text in _split(chunk):
-                                    yield api.LogLine(o.pod, text)
+                                    yield api.LogLine(o.pod, text, o.role)
                             ended[o.id] = time.time()  # restarted in place: from here on
                 for o in running:
                     with lock:
@@ -179,7 +211,7 @@ def follow_ticking(
                     since = ended.get(o.id)
                     thread = threading.Thread(
                         target=pump,
-                        args=(o.id, o.pod, since, tail if first else None),
+                        args=(o.id, o.pod, o.role, since, tail if first else None),
                         name=f"follow-{o.name}",
                         daemon=True,
                     )

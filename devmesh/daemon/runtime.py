@@ -33,7 +33,7 @@ from devmesh.daemon.api import ApiServer
 from devmesh.daemon.controller import ContainerDied, Controller, Tick, port_busy
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
-from devmesh.daemon.logfollow import follow_ticking
+from devmesh.daemon.logfollow import Which, follow_ticking
 from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.metrics import MetricsServer
 from devmesh.daemon.metrics import render as render_metrics
@@ -105,7 +105,9 @@ class Daemon:
             self.events,
             self._stats,
             self._log_tails,
-            lambda service, tail, stop: follow_ticking(engine, project, service, tail, stop),
+            lambda req, stop: follow_ticking(
+                engine, project, Which(req.service, req.proxy, req.timestamps), req.tail, stop
+            ),
             self.request_stop,
         )
         self.handlers.telemetry = self.telemetry

@@ -18,9 +18,9 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.events import Resize
+from textual.events import Key, Resize
 from textual.message import Message
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Footer, Input, Log, Static
 
 from devmesh.api import types as api
 from devmesh.core.problems import MeshError
@@ -34,18 +34,22 @@ from devmesh.tui.model import (
     ShiftKey,
     appended,
     banner,
+    bring_up_progress,
+    describe_lines,
     event_line,
+    filter_rows,
     find_route,
     find_service,
     header_text,
     pod_rows,
+    route_detail,
     route_rows,
     set_weight,
     step_weight,
     weights_to_send,
 )
 from devmesh.tui.poller import Frame, Poller
-from devmesh.tui.screens import ConfirmScreen, HelpScreen, WeightScreen
+from devmesh.tui.screens import ConfirmScreen, DescribeScreen, HelpScreen, WeightScreen
 from devmesh.tui.source import MeshClient
 from devmesh.tui.stats import Rates
 from devmesh.tui.traces import TracesScreen
@@ -55,6 +59,13 @@ POD_WIDTHS = {"name": 14, "state": 12, "version": 8, "xds": 4, "rps": 5, "ok": 5
 POD_WIDTHS |= {"trend": 10, "config": 8, "address": 22}
 ROUTE_WIDTHS = {"route": 14, "weight": 6, "seen": 5, "rps": 5, "ok": 5, "p50": 5, "p99": 5}
 ROUTE_WIDTHS |= {"trend": 10, "policy": 30, "match": 28}
+
+# Columns that narrow when the screen does, and those left out (in order) when that is not
+# enough: no row is ever wider than its table.
+POD_FLEX = ("address",)
+POD_DROP = ("config", "address", "trend", "xds")
+ROUTE_FLEX = ("policy", "match")
+ROUTE_DROP = ("trend", "seen", "p50", "match")
 
 DELAY_FAULT = api.DelaySpec(fixed_ms=300, percent=50)
 ABORT_FAULT = api.AbortSpec(percent=50, status=503)
@@ -83,21 +94,23 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
     ("right_square_bracket", "]", "step(10)", "", "selected version: weight +10"),
     ("left_square_bracket", "[", "step(-10)", "", "selected version: weight -10"),
     ("w", "w  Enter", "type_weight", "", "type the selected version's weight (0-100)"),
+    ("d", "d", "describe", "Describe", "describe the selected service, pod or route in full"),
+    ("slash", "/", "filter", "Filter", "filter the services by name (Esc clears)"),
     (
-        "d",
-        "d",
+        "f",
+        "f",
         "toggle_fault('delay')",
         "Delay",
-        "toggle a delay fault on the selected route "
-        "(300 ms for 50% of requests; live, not written to the file)",
+        "delay fault on the selected route (300 ms for 50% of requests; live, not written "
+        "to the file); asks first; f again clears it",
     ),
     (
         "a",
         "a",
         "toggle_fault('abort')",
-        "Abort",
-        "toggle an abort fault on the selected route "
-        "(HTTP 503 for 50% of requests; live, not written to the file)",
+        "",  # the footer keeps to 80 columns: q Quit must show; the help lists it
+        "abort fault on the selected route (HTTP 503 for 50% of requests; live, not written "
+        "to the file); asks first; a again clears it",
     ),
     (
         "r",
@@ -106,7 +119,7 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "Restart",
         "restart the selected pod's app (on a service row: every pod of the service); asks first",
     ),
-    ("l", "l", "show_pane('log')", "Log", "show the selected pod's app log (following)"),
+    ("l", "l", "show_pane('log')", "", "show the selected pod's app log (following)"),
     (
         "t",
         "t",
@@ -141,6 +154,7 @@ TABLE_KEYS = (
 
 class MeshApp(App[None]):
     TITLE = "devmesh"
+    ENABLE_COMMAND_PALETTE = False  # its footer hint took the room of the app's own keys
     CSS = """
     Screen { layout: vertical; }
     #title { height: 1; background: $boost; text-style: bold; padding: 0 1; }
@@ -148,20 +162,25 @@ class MeshApp(App[None]):
     #banner.shown { display: block; }
     #body { height: 1fr; layout: vertical; }
     #tables { height: 1fr; }
-    #pods, #routes { height: 1fr; scrollbar-size-horizontal: 0; }
+    /* No scrollbars: a thumb is drawn with the sparklines' block characters (it read as
+       stray blocks in the rows and the event lines); the cursor shows where a table is. */
+    #pods, #routes { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 0; }
     .detail { height: 1; padding: 0 1; color: $text-muted; }
     Screen.-tall .detail { height: 2; }
     #bottom { height: 6; }
     #bottom-title { height: 1; padding: 0 1; background: $boost; }
-    #log, #events { height: 1fr; scrollbar-size-horizontal: 0; }
+    #log, #events { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 0; }
+    #filter { height: 1; border: none; padding: 0 1; display: none; }
+    #filter.shown { display: block; }
     #log.hidden, #events.hidden { display: none; }
     Screen.-tall #bottom { height: 1fr; max-height: 20; }
     Screen.-wide #body { layout: horizontal; }
     Screen.-wide #tables { width: 2fr; }
-    Screen.-wide #bottom { width: 1fr; height: 1fr; max-height: 100%; }
+    Screen.-wide #bottom { width: 1fr; height: 1fr; max-height: 100%;
+                           border-left: vkey $panel; }
     Screen.-wide #log.hidden, Screen.-wide #events.hidden { display: block; }
-    HelpScreen, WeightScreen, ConfirmScreen { align: center middle; }
-    #help-box { width: 90%; max-width: 100; height: auto; max-height: 90%;
+    HelpScreen, WeightScreen, ConfirmScreen, DescribeScreen { align: center middle; }
+    #help-box, #describe-box { width: 90%; max-width: 100; height: auto; max-height: 90%;
                 border: round $accent; padding: 0 1; background: $surface; }
     #help-title { text-style: bold; }
     #weight-box, #confirm-box { width: 70; max-width: 95%; height: auto;
@@ -200,6 +219,8 @@ class MeshApp(App[None]):
         self.pane = "events"
         self._log_lines: tuple[str, ...] = ()
         self._log_pod: str | None = None
+        self.filter = ""  # `/`: services whose name holds this
+        self._recent: list[api.Event] = []  # the daemon's last events (bring-up progress)
         # Weights asked for but not yet seen in /v1/routes.
         self.shifts = PendingShifts()
         self._shift_timer: Timer | None = None
@@ -211,10 +232,19 @@ class MeshApp(App[None]):
         yield Static(id="banner", markup=False)
         with Horizontal(id="body"):
             with Vertical(id="tables"):
-                yield RowTable([(k, label, POD_WIDTHS[k]) for k, label in POD_COLUMNS], id="pods")
+                yield Input(placeholder="filter services (Esc clears)", id="filter")
+                yield RowTable(
+                    [(k, label, POD_WIDTHS[k]) for k, label in POD_COLUMNS],
+                    id="pods",
+                    flex=POD_FLEX,
+                    drop=POD_DROP,
+                )
                 yield Line(id="pod-detail", classes="detail")
                 yield RowTable(
-                    [(k, label, ROUTE_WIDTHS[k]) for k, label in ROUTE_COLUMNS], id="routes"
+                    [(k, label, ROUTE_WIDTHS[k]) for k, label in ROUTE_COLUMNS],
+                    id="routes",
+                    flex=ROUTE_FLEX,
+                    drop=ROUTE_DROP,
                 )
                 yield Line(id="route-detail", classes="detail")
             with Vertical(id="bottom"):
@@ -237,6 +267,8 @@ class MeshApp(App[None]):
         self._layout_for(event.size.width, event.size.height)
 
     def _layout_for(self, width: int, height: int) -> None:
+        if self.query("#title"):
+            self._header()
         self.screen.set_class(width >= WIDE, "-wide")
         self.screen.set_class(height >= TALL or width >= WIDE, "-tall")
         self._title_bottom()
@@ -283,7 +315,9 @@ class MeshApp(App[None]):
             self.shifts.settle_with(self.routes, self.clock.now())
         if frame.rates is not None:
             self.rates = frame.rates
-        self.query_one("#title", Line).text = header_text(self.state, self.owns_mesh)
+        if frame.events:
+            self._recent = [*self._recent, *frame.events][-50:]
+        self._header()
         lines = banner(self.state, self.unavailable).lines
         if lines != self._banner:  # rarely: a Static's update lays the screen out again
             self._banner = lines
@@ -291,7 +325,7 @@ class MeshApp(App[None]):
             bar.set_class(bool(lines), "shown")
             bar.update(lines_text(lines, self.no_color))
         if self.state is not None:
-            self._pods.show(pod_rows(self.state, self.routes, self.rates))
+            self._show_pods()
             if self.service is None:
                 self._follow_pods_cursor()
         self._show_routes()
@@ -301,6 +335,15 @@ class MeshApp(App[None]):
         if frame.log is not None:
             self._show_log(*frame.log)
         self._details()
+
+    def _header(self) -> None:
+        progress = bring_up_progress(self.state, self._recent) if self.owns_mesh else ""
+        text = header_text(self.state, self.owns_mesh, self.size.width, progress)
+        self.query_one("#title", Line).text = text
+
+    def _show_pods(self) -> None:
+        if self.state is not None:
+            self._pods.show(filter_rows(pod_rows(self.state, self.routes, self.rates), self.filter))
 
     def _show_routes(self) -> None:
         self._routes.show(route_rows(self.routes, self.service, self.rates, self.shifts.asked))
@@ -410,6 +453,43 @@ class MeshApp(App[None]):
         row = self._pods.current()
         self.push_screen(TracesScreen(self.client, row.service if row is not None else None))
 
+    def action_describe(self) -> None:
+        """k9s's `d`: the selected row in full; nothing changes."""
+        focused = self.focused if isinstance(self.focused, RowTable) else self._pods
+        row = focused.current()
+        if focused is self._routes and row is not None and row.kind in ("route", "version"):
+            route = find_route(self.routes, row.service or "", row.route or "")
+            lines = [route_detail(row.service or "", route)] if route else []
+        else:
+            lines = describe_lines(row, self.state, self.routes)
+        title = (row.pod or row.service or "") if row is not None else ""
+        self.push_screen(DescribeScreen(f"Describe {title}", lines or ["nothing selected"]))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        self.call_after_refresh(box.focus)  # once shown: a hidden widget takes no focus
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter = event.value
+        self._show_pods()
+        self._follow_pods_cursor()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self._pods.focus()
+
+    def on_key(self, event: Key) -> None:
+        if event.key != "escape" or self.screen is not self.screen_stack[0]:
+            return  # a dialog's Esc is the dialog's
+        box = self.query_one("#filter", Input)
+        if box.has_focus or self.filter:
+            box.value = ""
+            box.remove_class("shown")
+            self._pods.focus()
+            event.stop()
+
     def _target(self) -> tuple[Row, api.ServiceRoutes, api.RouteInfo] | None:
         """The route the keys act on: the routes table's highlighted row (a route or one of
         its versions), with its service's and route's documents."""
@@ -513,9 +593,29 @@ class MeshApp(App[None]):
         abort = mine.abort if mine and mine.abort and mine.abort.status is not None else None
         if kind == "delay":
             delay = None if delay else DELAY_FAULT
+            adding = delay is not None
         else:
             abort = None if abort else ABORT_FAULT
-        self._fault(svc.name, route.name, delay, abort)
+            adding = abort is not None
+        if not adding:  # clearing a fault set here: undoes, no need to ask
+            self._fault(svc.name, route.name, delay, abort)
+            return
+        what = (
+            "a delay of 300 ms for 50% of requests"
+            if kind == "delay"
+            else "HTTP 503 for 50% of requests"
+        )
+        key = "f" if kind == "delay" else "a"
+        question = (
+            f"Inject {what} on {svc.name}/{route.name}? Live traffic is affected at once "
+            f"(not written to the file). {key} again clears it."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._fault(svc.name, route.name, delay, abort)
+
+        self.push_screen(ConfirmScreen(question), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _fault(
@@ -529,6 +629,9 @@ class MeshApp(App[None]):
             self.client.fault(service, route, delay=delay, abort=abort)
             parts = [p for p in ("delay" if delay else "", "abort" if abort else "") if p]
             what = " and ".join(parts) if parts else "cleared (the file's own, if any, applies)"
+            undo = [k for k, on in (("f", delay), ("a", abort)) if on]
+            if undo:
+                what += f"; {' / '.join(undo)} on this route again clears it"
             self.post_message(ActionDone(f"fault on {service}/{route}: {what}", True))
         except MeshError as exc:
             self.post_message(ActionDone(f"fault on {service}/{route} refused: {exc}", False))
@@ -567,9 +670,12 @@ class MeshApp(App[None]):
             self.shifts.forget(message.key)
             self._show_routes()
         self.notify(message.text, severity="information" if message.ok else "error", timeout=6)
-        self.query_one("#events", Log).write_line(
-            time.strftime("%H:%M:%S ") + ("" if message.ok else "✗ ") + message.text
-        )
+        if not message.ok:
+            # A change that was made comes back as the daemon's own event (shown once, from
+            # the feed); one that was refused has no event, so it is written here.
+            self.query_one("#events", Log).write_line(
+                time.strftime("%H:%M:%S ") + "✗ " + message.text
+            )
 
 
 def make_app(

@@ -381,8 +381,11 @@ def route_rows(
             configured = route.to
             wanted = pending.get((name, rname))
             shown = [v for v in versions if v in configured or (wanted and v in wanted)]
-            if len(versions) > 1:
-                shown = versions  # every version can be shifted into
+            if len(configured) > 1:
+                shown = versions  # a split: every version can be shifted into
+            # A route to one version shows that one only: a "→ v1 0" row under `to: v2` read
+            # as a split it never had, with the service's numbers for v1 beside it. Its
+            # weights still change with + - w on the route's row (they act on the canary).
             for k, version in enumerate(shown):
                 rows.append(
                     _version_row(name, rname, version, configured, wanted, split, live, rates, k)
@@ -465,8 +468,10 @@ def _version_row(
     if share is not None and split is not None and split.exact and abs(share - weight) > 10:
         seen_style = "warn"  # far from what is configured (yet): a shift is under way
     live = rates.versions.get((service, version))
-    if not weight and not share and not (wanted or {}).get(version):
+    if not weight and not (wanted or {}).get(version):
         live = None  # the route sends this version nothing: its numbers are other routes'
+        if split is None or not split.exact:
+            share = None  # a share over all the service's routes is not this route's
     rps = None
     if route_live is not None and route_live.rps is not None and share is not None:
         rps = route_live.rps * share / 100
@@ -598,17 +603,111 @@ class PendingShifts:
 # -- header, banner, events ----------------------------------------------------------------------
 
 
-def header_text(state: api.MeshState | None, owns_mesh: bool) -> str:
+def header_text(
+    state: api.MeshState | None, owns_mesh: bool, width: int = 0, progress: str = ""
+) -> str:
+    """The title line. On a narrow screen the least needed parts go first (the project
+    name, the quit hint, the pod count), so the URL, which a user copies, is never cut."""
     if state is None:
-        return "connecting to the daemon …"
+        return progress or "connecting to the daemon …"
     ready = sum(1 for p in state.pods if p.ready)
-    title = state.mesh + (f" ({state.project})" if state.project != state.mesh else "")
-    parts = [f"{title} {state.phase}", f"{ready}/{len(state.pods)} pods ready"]
-    if owns_mesh:
-        parts.append("q stops the mesh")
-    if state.gateway is not None:
-        parts.append(state.gateway.url or "")
-    return " · ".join(parts)
+    url = state.gateway.url if state.gateway is not None and state.gateway.url else ""
+    parts = [  # (text, how readily it is dropped: higher first)
+        (state.mesh, 0),
+        (f"({state.project})" if state.project != state.mesh else "", 4),
+        ("· " + url if url else "", 0),
+        (f"· {state.phase}", 1),
+        (f"· {progress}" if progress else "", 2),
+        (f"· {ready}/{len(state.pods)} pods ready", 2),
+        ("· q stops the mesh" if owns_mesh else "", 3),
+    ]
+    kept = [(t, rank) for t, rank in parts if t]
+    while width and len(" ".join(t for t, _ in kept)) > width - 2:
+        worst = max(rank for _, rank in kept)
+        if worst == 0:
+            break
+        kept.remove(next(p for p in reversed(kept) if p[1] == worst))
+    return " ".join(t for t, _ in kept)
+
+
+def bring_up_progress(state: api.MeshState | None, events: Sequence[api.Event]) -> str:
+    """While a mesh comes up: what it is doing (an image being built, pods starting), from
+    the daemon's typed state and its image events; "" once it serves with every pod ready."""
+    if state is None:
+        return "starting the daemon …"
+    if state.phase == api.Phase.SERVING and state.ready:
+        return ""
+    images = [e for e in events if e.kind == api.EventKind.IMAGE]
+    starting = [p for p in state.pods if not p.ready]
+    if not state.pods and images:
+        return " ".join(images[-1].text.split())  # "building devmesh-shop-app:1 from ./app"
+    if starting:
+        ready = len(state.pods) - len(starting)
+        return f"pods starting: {ready}/{len(state.pods)} ready"
+    if not state.pods:
+        return "creating pods …"
+    return ""
+
+
+def filter_rows(rows: Sequence[Row], text: str) -> list[Row]:
+    """The pods table under a `/` filter: services whose name holds `text` (any case), with
+    their pods; the gateway stays (it serves them all)."""
+    needle = text.strip().lower()
+    if not needle:
+        return list(rows)
+    return [
+        r
+        for r in rows
+        if r.kind == "gateway" or (r.service is not None and needle in r.service.lower())
+    ]
+
+
+def describe_lines(
+    row: Row | None, state: api.MeshState | None, routes: api.Routes | None
+) -> list[str]:
+    """`d`: the selected service, pod or route in full, as k9s's describe (text, no change)."""
+    if row is None or state is None:
+        return ["nothing selected"]
+    lines: list[str] = []
+    pods = [p for p in state.pods if p.service == row.service]
+    if row.kind in ("pod", "gateway"):
+        pod = next((p for p in state.pods if p.pod == row.pod), None)
+        if pod is not None:
+            lines += [
+                f"Pod:       {pod.pod}",
+                f"Service:   {pod.service}   Version: {pod.version}   Replica: {pod.replica}",
+                f"State:     {pod_state(pod)[0][2:]}" + (f" — {pod.reason}" if pod.reason else ""),
+                f"Address:   {pod.address or '-'}",
+                f"App:       {pod.app} ({pod.restarts} restart(s))",
+                f"Sidecar:   {pod.sidecar}",
+                f"Config:    {_xds_text(pod.xds)}",
+            ]
+            return lines
+        if state.gateway is not None and row.kind == "gateway":
+            g = state.gateway
+            return [
+                f"Gateway:   {g.name}",
+                f"State:     {g.state}",
+                f"URL:       {g.url or '-'}",
+                f"Config:    {_xds_text(g.xds)}",
+            ]
+    svc = find_service(routes, row.service)
+    name = row.service or "?"
+    lines.append(f"Service:   {name} ({svc.protocol if svc else '?'})")
+    if svc is not None:
+        lines.append("Versions:  " + ", ".join(f"{v} ×{n}" for v, n in dict(svc.versions).items()))
+    ready = sum(1 for p in pods if p.ready)
+    lines.append(f"Pods:      {len(pods)}, {ready} ready")
+    for p in pods:
+        lines.append(f"  {p.pod:<32} {pod_state(p)[0]:<14} {p.address or '-'}")
+    for f in state.failed:
+        if f.service == name:
+            lines.append(f"  {f.version}: cannot run: {f.reason}")
+    if svc is not None and svc.routes:
+        lines.append("Routes:")
+        for route in svc.routes:
+            lines.append("  " + route_detail(name, route))
+    return lines
 
 
 @dataclass(frozen=True, slots=True)

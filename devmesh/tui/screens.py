@@ -1,4 +1,4 @@
-"""Modal screens: the help (every key), typing a weight, confirming a restart."""
+"""Modal screens: the help (every key), describe, typing a weight, confirming a change."""
 
 from __future__ import annotations
 
@@ -96,3 +96,25 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class DescribeScreen(ModalScreen[None]):
+    """`d`: the selected thing in full, as text (k9s's describe). Nothing changes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,d", "close", "Close", show=False),
+    ]
+
+    def __init__(self, title: str, lines: Sequence[str]) -> None:
+        super().__init__(id="describe")
+        self._title = title
+        self._lines = lines
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="describe-box"):
+            yield Static(self._title, id="help-title", markup=False)
+            yield Static("\n".join(self._lines), id="describe-text", markup=False)
+            yield Static("Esc, q or d closes", classes="hint")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -56,6 +56,9 @@ def lines_text(cells: Sequence[Cell], mono: bool = False) -> Text:
     return out
 
 
+FLEX_MIN = 8  # cells a flexible column keeps before columns are dropped
+
+
 def fit(text: str, width: int) -> str:
     """`text` padded or cut (with an ellipsis) to exactly `width` cells."""
     if cell_len(text) <= width:
@@ -102,14 +105,65 @@ class RowTable(ScrollView, can_focus=True):
     class Selected(Highlighted):
         pass
 
-    def __init__(self, columns: Sequence[tuple[str, str, int]], *, id: str | None = None) -> None:
+    def __init__(
+        self,
+        columns: Sequence[tuple[str, str, int]],
+        *,
+        id: str | None = None,
+        flex: Sequence[str] = (),
+        drop: Sequence[str] = (),
+    ) -> None:
+        """`flex`: columns that narrow (to FLEX_MIN, text cut with "…") when the table is
+        narrower than its columns; `drop`: columns left out, in this order, when that is not
+        enough. Every row then fits the table: nothing runs into the next pane."""
         super().__init__(id=id)
         self._columns = list(columns)
+        self._flex = tuple(flex)
+        self._drop = tuple(drop)
         self._shown: list[Row] = []
         self._by_key: dict[str, Row] = {}
         self._strips: dict[tuple[str, tuple[Cell, ...], str], Strip] = {}
-        self._width = sum(width + 2 for _, _, width in self._columns)
+        self._layout: list[tuple[int, int]] = []  # (column index, width) of what is drawn
+        self._width = 0
+        self._fit(0)
         self._styles: dict[str, Style] | None = None  # set for one render_lines call
+
+    def _fit(self, available: int) -> None:
+        """Column widths for `available` cells (0: as declared)."""
+        widths = {key: width for key, _, width in self._columns}
+        hidden: set[str] = set()
+
+        def total() -> int:
+            return 1 + sum(w + 2 for k, w in widths.items() if k not in hidden)
+
+        while available and total() > available:  # narrow the flexible ones evenly
+            wide = [k for k in self._flex if widths[k] > FLEX_MIN]
+            if not wide:
+                break
+            widest = max(wide, key=lambda k: widths[k])
+            widths[widest] -= 1
+        for key in self._drop:
+            if not available or total() <= available:
+                break
+            hidden.add(key)
+        if available:  # what is left over goes to the last flex column shown
+            spare = available - total()
+            grow = [k for k in self._flex if k not in hidden]
+            if spare > 0 and grow:
+                widths[grow[-1]] += spare
+        self._layout = [
+            (i, widths[key]) for i, (key, _, _) in enumerate(self._columns) if key not in hidden
+        ]
+        self._width = total()
+
+    @property
+    def drawn_columns(self) -> list[str]:
+        """The columns on screen now (tests check that nothing is cut)."""
+        return [self._columns[i][0] for i, _ in self._layout]
+
+    @property
+    def content_width(self) -> int:
+        return self._width
 
     @property
     def shown(self) -> list[Row]:
@@ -201,7 +255,7 @@ class RowTable(ScrollView, can_focus=True):
 
     def _header(self) -> Strip:
         style = self._style_of("rowtable--header")
-        text = "".join(f" {fit(label, width)} " for _, label, width in self._columns)
+        text = " " + "".join(f"{fit(self._columns[i][1], width)}  " for i, width in self._layout)
         return Strip([Segment(fit(text, max(self._width, self.size.width)), style)])
 
     def _row_strip(self, index: int) -> Strip:
@@ -218,7 +272,8 @@ class RowTable(ScrollView, can_focus=True):
             elif state == "blurred":
                 base = base + self._style_of("rowtable--cursor-blurred")
             segments = [Segment(" ", base)]
-            for (text, style), (_, _, width) in zip(row.cells, self._columns, strict=True):
+            for i, width in self._layout:
+                text, style = row.cells[i]
                 segments.append(Segment(fit(text, width), base + _style(style, self.app.no_color)))
                 segments.append(Segment("  ", base))
             pad = max(self._width, self.size.width) - self._width
@@ -265,6 +320,8 @@ class RowTable(ScrollView, can_focus=True):
         self._refresh_row(self.cursor)
 
     def on_resize(self) -> None:
+        self._fit(self.scrollable_content_region.width)
+        self.virtual_size = Size(self._width, len(self._shown) + 1)
         self._strips.clear()
         self.refresh()
 

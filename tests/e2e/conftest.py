@@ -127,7 +127,8 @@ class Mesh:
     def run(
         self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return devmesh(*args, "-f", str(self.file), "-p", self.project, timeout=timeout, env=env)
+        # -f and -p before the command, as compose takes them (after `logs`, -f is --follow)
+        return devmesh("-f", str(self.file), "-p", self.project, *args, timeout=timeout, env=env)
 
     def up(self, *flags: str) -> subprocess.CompletedProcess[str]:
         result = self.run("up", "-d", "--wait", "--timeout", "60", *flags)

@@ -140,9 +140,12 @@ def test_shift_is_observed_and_two_meshes_run_at_once(
                 other.down()
         """
     )
+    before = (project.path / "devmesh.yaml").read_bytes()
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert leftovers(docker_client) == []
+    # The shift was written while the mesh ran; teardown put the user's file back.
+    assert (project.path / "devmesh.yaml").read_bytes() == before
 
 
 @pytest.mark.docker

@@ -80,9 +80,9 @@ def wait_for(check: Any, timeout: float = 30, every: float = 0.25) -> Any:
 
 def follow_logs(mesh: Mesh, service: str) -> tuple[subprocess.Popen[str], list[str]]:
     """`devmesh logs SERVICE --follow` running, and the list its output lines go to."""
-    command = [sys.executable, "-m", "devmesh", "logs", service, "--follow"]
+    command = [sys.executable, "-m", "devmesh", "-f", str(mesh.file), "-p", mesh.project]
     proc = subprocess.Popen(
-        [*command, "-f", str(mesh.file), "-p", mesh.project],
+        [*command, "logs", service, "-f"],  # -f after `logs` follows, as in compose
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -20,8 +20,8 @@ from tests.tui.conftest import feed
 from tests.tui.fake import RecordedClient
 
 # Rows of the recorded shop's routes table once catalog is selected:
-# canary, → v1, → v2, main, → v1, → v2, ingress, ...
-TO_MAIN_V2 = ("down", "down", "down", "tab", "down", "down", "down", "down", "down")
+# canary, → v2 (its one version), main, → v1, → v2, ingress, ...
+TO_MAIN_V2 = ("down", "down", "down", "tab", "down", "down", "down", "down")
 QUICK = SHIFT_SETTLE / 4  # between two presses of one burst
 
 
@@ -101,11 +101,13 @@ def test_presses_apart_by_more_than_the_quiet_time_make_two_shifts() -> None:
     ]
 
 
-def test_fault_keys_toggle_a_delay_and_an_abort() -> None:
+def test_fault_keys_ask_first_then_set_a_delay_and_an_abort() -> None:
     async def script(app: MeshApp, pilot: Pilot[None], clock: ManualClock) -> None:
-        await pilot.press(*TO_MAIN_V2, "d")
+        await pilot.press(*TO_MAIN_V2, "f", "n")  # asks first: no
         await settle(app, pilot, clock)
-        await pilot.press("a")
+        await pilot.press("f", "y")
+        await settle(app, pilot, clock)
+        await pilot.press("a", "y")
         await settle(app, pilot, clock)
 
     delay = api.DelaySpec(fixed_ms=300, percent=50)
@@ -167,4 +169,4 @@ def test_mouse_click_selects_a_row_and_its_routes() -> None:
 
     drive(script)
     assert seen["pod"] == "svc:catalog"
-    assert seen["routes"] == ["route:catalog/canary", "version:catalog/canary/v1"]
+    assert seen["routes"] == ["route:catalog/canary", "version:catalog/canary/v2"]

@@ -41,3 +41,43 @@ def test_every_enum_value_is_documented() -> None:
     for enum in (api.PodState, api.EventKind, api.Severity, api.ErrorCode):
         for member in enum:
             assert f"`{member.value}`" in text, f"{enum.__name__}.{member.name}"
+
+
+def _answer_types() -> dict[str, set[str]]:
+    """Each endpoint's answer types, read from its handler's return annotation (an endpoint
+    added with a lambda is read through the method the lambda calls, named as the path)."""
+    import typing
+
+    out: dict[str, set[str]] = {}
+    handlers = Handlers.__new__(Handlers)
+    for endpoint in handlers.endpoints():
+        name = endpoint.path.removeprefix("/v1/").replace("/", "_")
+        method = getattr(Handlers, getattr(endpoint.handler, "__name__", ""), None)
+        method = method or getattr(Handlers, name, None)
+        if method is None:
+            continue
+        hint = typing.get_type_hints(method).get("return")
+        names = {getattr(a, "__name__", "") for a in _flatten(hint)}
+        found = {n for n in names if n and hasattr(api, n)}
+        out[endpoint.path] = found
+    return out
+
+
+def _flatten(hint: object) -> list[object]:
+    import typing
+
+    args = typing.get_args(hint)
+    return [hint] if not args else [t for a in args for t in _flatten(a)]
+
+
+def test_every_answer_type_is_documented_under_its_endpoint() -> None:
+    """A new endpoint (as /v1/restart was) or a changed answer is caught here, not by users."""
+    text = DOC.read_text()
+    sections = dict(re.findall(r"^## (?:GET|POST) (/v1/\S+)\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    answers = _answer_types()
+    assert "/v1/restart" in answers and answers["/v1/restart"] == {"RestartResult"}
+    for path, types in answers.items():
+        for name in types:
+            assert f"`{name}`" in sections.get(path, ""), (
+                f"{path} answers {name}: not in its section"
+            )

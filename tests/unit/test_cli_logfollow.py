@@ -52,12 +52,21 @@ class Engine:
         return list(self.apps)
 
     def logs(
-        self, name: str, follow: bool, tail: int | str = "all", since: float | None = None
+        self,
+        name: str,
+        follow: bool,
+        tail: int | str = "all",
+        since: float | None = None,
+        timestamps: bool = False,
     ) -> Iterator[bytes]:
         lines = self.written[name]
+        if timestamps:
+            lines = [b"2026-12-03T10:00:00.000000000Z " + line for line in lines]
         yield b"".join(lines if tail == "all" else lines[-int(tail) :])
 
-    def follow_logs(self, name: str, tail: int, since: float | None = None) -> Any:
+    def follow_logs(
+        self, name: str, tail: int, since: float | None = None, timestamps: bool = False
+    ) -> Any:
         self.tails[name] = tail
         lines = self.written[name] if since is None else []  # restarted in place: none new
         stream = Stream(lines if tail < 0 else lines[-tail:] if tail else [])
@@ -144,3 +153,35 @@ def test_read_gives_each_pods_last_lines() -> None:
     got = [(line.pod, line.text) for line in logfollow.read(engine, "m", "web", 1)]
     assert got == [("m-web-v1-0", "y"), ("m-web-v1-1", "c")]
     assert logfollow.pods_of(engine, "m", "web") == ["m-web-v1-0", "m-web-v1-1"]
+
+
+def test_proxy_logs_are_the_sidecars_and_for_the_mesh_the_gateways() -> None:
+    engine = Engine()
+    engine.app("p-web-v1-0", lines=("app says",))
+    for name, role, pod, service in (
+        ("p-web-v1-0-sidecar", "sidecar", "p-web-v1-0", "web"),
+        ("p-api-v1-0-sidecar", "sidecar", "p-api-v1-0", "api"),
+        ("p-gateway", "gateway", "p-gateway", ""),
+    ):
+        engine.apps.append(Observed(name, name, role, pod, service, "v1", "h", "running"))
+        engine.written[name] = [f"{role} of {pod}\n".encode()]
+
+    def lines(which: logfollow.Which) -> list[tuple[str, str, str]]:
+        return [(x.pod, x.source, x.text) for x in logfollow.read(engine, "p", which, None)]
+
+    assert lines(logfollow.Which("web")) == [("p-web-v1-0", "app", "app says")]
+    assert lines(logfollow.Which("web", proxy=True)) == [
+        ("p-web-v1-0", "sidecar", "sidecar of p-web-v1-0")
+    ]
+    assert {(pod, source) for pod, source, _ in lines(logfollow.Which(None, proxy=True))} == {
+        ("p-api-v1-0", "sidecar"),
+        ("p-web-v1-0", "sidecar"),
+        ("p-gateway", "gateway"),
+    }
+    stamped = lines(logfollow.Which("web", timestamps=True))
+    assert stamped == [("p-web-v1-0", "app", "2026-12-03T10:00:00.000000000Z app says")]
+    assert logfollow.pods_of(engine, "p", logfollow.Which(None, proxy=True)) == [
+        "p-api-v1-0",
+        "p-gateway",
+        "p-web-v1-0",
+    ]

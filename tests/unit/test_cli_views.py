@@ -113,3 +113,27 @@ def test_json_is_the_apis_encoding() -> None:
     assert data["phase"] == "serving"
     assert data["pods"][0]["state"] == "ready"
     assert data["pods"][0]["xds"]["synced"] is True
+
+
+def test_ls_table_shows_daemons_and_instances_left_without_one() -> None:
+    from devmesh.daemon.launcher import Instance
+
+    serving = api.MeshState(
+        "shop",
+        "shop",
+        api.Phase.SERVING,
+        False,
+        file="/m/devmesh.yaml",
+        pid=7,
+        pods=(
+            api.Pod("shop-a-v1-0", "a", "v1", 0, api.PodState.READY),
+            api.Pod("shop-b-v1-0", "b", "v1", 0, api.PodState.STARTING),
+        ),
+        gateway=api.Gateway("shop-gateway", "running", True, url="http://127.0.0.1:8080/"),
+    )
+    table = views.ls_table([Instance("shop", 7, serving), Instance("old", 0, None, running=3)])
+    head, shop, old = table.splitlines()
+    assert head.split() == ["PROJECT", "STATE", "PODS", "URL", "FILE"]
+    assert shop.split() == ["shop", "serving", "1/2", "http://127.0.0.1:8080/", "/m/devmesh.yaml"]
+    assert old.split()[:3] == ["old", "no", "daemon"] and "3 containers running" in old
+    assert views.instance_json(Instance("old", 0, None, running=3))["daemon"] is False

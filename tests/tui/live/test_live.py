@@ -140,13 +140,16 @@ def test_shift_by_keys_moves_traffic_writes_the_file_and_the_split_follows(make_
                 pilot, lambda: cell(app, "routes", "version:catalog/main/v2", "seen") == "100%", 15
             )
         seen["events"] = list(app.query_one("#events").lines)  # type: ignore[attr-defined]
+        seen["notes"] = [n.message for n in app._notifications]
 
     attach(mesh, script)
     assert mesh.file.read_text() == original.replace(MAIN, weights(0, 100))
     assert set(seen["counts"]) == {"200 catalog/v2"}
-    assert any("catalog/main: v1 0, v2 100" in line for line in seen["events"])
-    # The daemon's own event of the change, as it tells it (not rebuilt from two states).
-    assert any("shift: applied in" in line for line in seen["events"])
+    assert any("catalog/main: v1 0, v2 100" in note for note in seen["notes"])
+    # The daemon's own event of the change, as it tells it (not rebuilt from two states),
+    # and only that one: the TUI writes no second line of its own for a change made.
+    assert sum("shift: applied in" in line for line in seen["events"]) == 1
+    assert not any("v1 0, v2 100 (applied" in line for line in seen["events"])
 
 
 def test_fault_toggle_and_pod_restart(make_mesh: Any) -> None:
@@ -157,14 +160,14 @@ def test_fault_toggle_and_pod_restart(make_mesh: Any) -> None:
     async def script(app: MeshApp, pilot: Pilot[None]) -> None:
         await select(pilot, app, "pods", "svc:catalog")
         await select(pilot, app, "routes", "route:catalog/main")
-        await pilot.press("a")
+        await pilot.press("a", "y")  # live traffic: it asks first
         await until(
             pilot, lambda: "⚡abort 503 50%" in cell(app, "routes", "route:catalog/main", "policy")
         )
         with traffic(mesh) as counts:
             # The callee's sidecar aborts: the 503 still says who it came from.
             await until(pilot, lambda: status(counts, "503") >= 3 and sum(counts.values()) >= 20)
-        await pilot.press("a")
+        await pilot.press("a")  # clearing it undoes: no question
         await until(
             pilot, lambda: "abort" not in cell(app, "routes", "route:catalog/main", "policy")
         )

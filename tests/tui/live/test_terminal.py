@@ -117,7 +117,8 @@ def test_attach_shift_see_file_and_split_change_then_quit(
     terminal.keys("Down", "Down", target=second)
     with traffic(mesh):
         terminal.wait(lambda s: (main_v2(s) or ("", ""))[1].endswith("%"))
-        terminal.keys("Tab", "Down", "Down", "Down", "Down", "Down")  # main's v2
+        # canary, its one version, main, → v1, → v2
+        terminal.keys("Tab", "Down", "Down", "Down", "Down")  # main's v2
         terminal.keys(*["]"] * 8)  # 20 -> 100
         wait_for(
             lambda: (
@@ -143,7 +144,24 @@ def test_foreground_up_opens_the_tui_and_quitting_stops_the_mesh(
 ) -> None:
     mesh: Mesh = make_mesh(live_shop())
     terminal.start(f"{DEVMESH} up -f {mesh.file} -p {mesh.project} --ingress-port {mesh.port}")
-    terminal.wait(lambda s: "q stops the mesh" in s and "● 2/2 ready" in s, timeout=90)
+    seen: list[str] = []
+
+    def ready(screen: str) -> bool:
+        seen.append(screen.splitlines()[0] if screen.strip() else "")
+        return "q stops the mesh" in screen and "● 2/2 ready" in screen
+
+    terminal.wait(ready, timeout=90)
+    # The bring-up is shown inside the TUI, not before it opens (issue 15): its title said
+    # what was under way (an image build, pods starting) before everything was ready.
+    assert any(
+        "building" in title or "pods starting" in title or "· starting" in title for title in seen
+    ), seen
+    # No phantom "save: applied" at start: the file did not change (issue 15).
+    from devmesh.api import types as api
+    from devmesh.daemon import launcher
+
+    kinds = [e.kind for e in launcher.client(mesh.project).events().events]
+    assert api.EventKind.DAEMON in kinds and api.EventKind.SAVE not in kinds, kinds
     assert mesh.containers()
     terminal.keys("q")
     wait_for(lambda: not terminal.alive(), 30)

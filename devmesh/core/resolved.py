@@ -1,0 +1,38 @@
+"""The mesh as loaded, as plain data (`devmesh config`): every default resolved (mesh
+`defaults` -> service -> route), durations in milliseconds, in the model's own names. Pure."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any
+
+from devmesh.core.model import Mesh
+
+
+def resolved(mesh: Mesh) -> dict[str, Any]:
+    data = _plain(mesh)
+    assert isinstance(data, dict)
+    data.pop("source", None)
+    data.pop("base_dir", None)
+    return {"file": mesh.source, **data}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not f.name.startswith("_")  # caches such as the service index
+        }
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        if value and all(  # env, build args: (name, value) pairs
+            isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value
+        ):
+            return {k: _plain(v) for k, v in value}
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
