@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -217,9 +217,13 @@ class XdsServer:
         self,
         socket_path: str | os.PathLike[str],
         cache: SnapshotCache | None = None,
+        services: Sequence[Callable[[Any], None]] = (),
     ) -> None:
+        """`services`: more gRPC services on the same socket (the span collector): each is
+        called with the grpc.aio server before it starts, to add its servicer."""
         self.socket_path = Path(socket_path)
         self.cache = cache if cache is not None else SnapshotCache()
+        self._services = tuple(services)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -251,6 +255,8 @@ class XdsServer:
     async def _start(self) -> None:
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        for add in self._services:
+            add(server)
         try:
             port = server.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError:

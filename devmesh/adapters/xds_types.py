@@ -13,9 +13,12 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 
 # Imported for their side effect: they register the typed_config types Any fields name.
+from envoy.config.metrics.v3 import stats_pb2  # noqa: F401  StatsD sinks (bootstrap)
+from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2, xray_pb2  # noqa: F401  tracers
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401  access logs
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401
     local_rate_limit_pb2 as http_local_rate_limit_pb2,

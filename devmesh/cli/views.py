@@ -94,6 +94,16 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
         head += f"  {where} {'ready' if gw.ready else gw.state}"
+    if state.tracing is not None:
+        lines.append(tracing_line(state.tracing))
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
+    if state.access is not None:
+        a = state.access
+        lines.append(
+            f"access log: {a.kept} of {a.capacity} entries kept, {a.received} received, "
+            f"{a.dropped} dropped"
+        )
     if not state.engine.ok:
         lines.append(f"the container engine does not answer: {state.engine.detail}")
     for problem in state.problems:
@@ -128,6 +138,8 @@ def url_lines(state: api.MeshState) -> list[str]:
         return []
     lines = [f"ingress: {gw.url}"] if gw.url else []
     lines += [f"  {name}: {url}" for name, url in gw.services.items()]
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
     return lines
 
 
@@ -225,3 +237,18 @@ def log_line(line: api.LogLine, several: bool, colour: bool = False) -> str:
         code = _COLOURS[zlib.crc32(line.pod.encode()) % len(_COLOURS)]  # stable per pod
         prefix = f"\x1b[{code}m{prefix}\x1b[0m"
     return f"{prefix} {line.text}"
+
+
+def tracing_line(t: api.TracingStatus) -> str:
+    """`ps`'s tracing line: where spans go, how many are kept, and what was dropped."""
+    if t.provider == "xray":
+        return f"tracing: X-Ray, {t.sampling:g}% sampled"
+    line = (
+        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans received, "
+        f"{t.dropped} dropped"
+    )
+    if t.forward:
+        line += f"; forwarded to {t.forward}: {t.forwarded} sent, {t.forward_dropped} dropped"
+        if t.forward_error:
+            line += f" ({t.forward_error})"
+    return line

@@ -33,19 +33,25 @@ from devmesh.core.model import (
     REPLICAS,
     RETRY_ON,
     TLS_MODE,
+    TRACE_SAMPLING_PERCENT,
+    XRAY_DAEMON_ADDRESS,
+    ZIPKIN_PATH_SUFFIX,
     Abort,
     Allow,
     Build,
     ConnectionPool,
     Delay,
     Fault,
+    ForwardKind,
     Health,
+    HostAddress,
     Ingress,
     IngressRoute,
     IngressTls,
     Match,
     Mesh,
     Mirror,
+    Observability,
     OutlierDetection,
     PathMatch,
     Protocol,
@@ -54,8 +60,11 @@ from devmesh.core.model import (
     Route,
     Security,
     Service,
+    Statsd,
     Target,
     Tls,
+    TraceForward,
+    Tracing,
     ValueMatch,
     Version,
 )
@@ -174,11 +183,13 @@ class _Builder:
             if (s := self.service(name, raw)) is not None
         )
         ingress = self.ingress(self.doc["ingress"]) if "ingress" in self.doc else None
+        observability = self.observability(self.doc.get("observability", {}), ingress)
         mesh = Mesh(
             tls=self.tls,
             name=self.doc.get("mesh", "mesh"),
             services=services,
             ingress=ingress,
+            observability=observability,
             source=file,
             base_dir=base_dir,
         )
@@ -631,6 +642,66 @@ class _Builder:
             key_file=os.path.normpath(os.path.join(self.base_dir, tls["key"])),
             cert_at=where("cert"),
             key_at=where("key"),
+        )
+
+    # -- observability ----------------------------------------------------------------------
+
+    def observability(self, raw: dict[str, Any], ingress: Ingress | None) -> Observability:
+        at: Path = ("observability",)
+        default = Observability()
+        metrics_port = raw.get("metrics", {}).get("port")
+        if metrics_port is not None and ingress is not None and metrics_port == ingress.port:
+            self.error(
+                (*at, "metrics", "port"),
+                f"port {metrics_port} is the ingress port; the daemon's /metrics needs its own",
+            )
+        statsd = raw.get("statsd")
+        return Observability(
+            access_log=raw.get("access_log", default.access_log),
+            metrics_port=metrics_port,
+            tracing=self.tracing((*at, "tracing"), raw["tracing"])
+            if "tracing" in raw
+            else default.tracing,
+            statsd=None
+            if statsd is None or "address" not in statsd
+            else Statsd(HostAddress(*statsd["address"]), statsd.get("flavor", "statsd")),
+        )
+
+    def tracing(self, at: Path, raw: bool | dict[str, Any]) -> Tracing | None:
+        if raw is False:
+            return None
+        if raw is True:
+            return Tracing()
+        provider = raw.get("provider", "otel")
+        if provider == "otel" and "address" in raw:
+            self.error(
+                (*at, "address"),
+                "`address` is the X-Ray daemon's, for provider: xray; "
+                "to send otel spans on, use `forward: http://HOST:PORT/v1/traces`",
+                key=True,
+            )
+        if provider == "xray" and "forward" in raw:
+            self.error(
+                (*at, "forward"),
+                "provider xray sends segments to `address` (the X-Ray daemon); "
+                "`forward` is for provider otel",
+                key=True,
+            )
+        forward = None
+        if provider == "otel" and "forward" in raw:
+            url, host, port, path = raw["forward"]
+            kind: ForwardKind = (
+                "zipkin" if path.rstrip("/").endswith(ZIPKIN_PATH_SUFFIX) else "otlp"
+            )
+            forward = TraceForward(url, kind, HostAddress(host, port), path)
+        xray = None
+        if provider == "xray":
+            xray = HostAddress(*raw.get("address", XRAY_DAEMON_ADDRESS))
+        return Tracing(
+            provider=provider,
+            sampling_percent=raw.get("sampling", TRACE_SAMPLING_PERCENT),
+            forward=forward,
+            xray_address=xray,
         )
 
     def check_reachability(self, mesh: Mesh) -> None:

@@ -257,11 +257,71 @@ class Ingress:
     tls: IngressTls | None = None  # None: plain HTTP
 
 
+# -- observability ----------------------------------------------------------------------------
+
+TracingProvider = Literal["otel", "xray"]
+TRACING_PROVIDERS: tuple[TracingProvider, ...] = ("otel", "xray")
+StatsdFlavor = Literal["statsd", "dogstatsd"]
+STATSD_FLAVORS: tuple[StatsdFlavor, ...] = ("statsd", "dogstatsd")
+ForwardKind = Literal["otlp", "zipkin"]
+
+ACCESS_LOG = True  # every sidecar and the gateway log every request unless turned off
+TRACING = True  # spans to the daemon's own collector unless `tracing: false`
+TRACE_SAMPLING_PERCENT = 100.0
+XRAY_DAEMON_ADDRESS = ("127.0.0.1", 2000)  # where the AWS X-Ray daemon listens by default
+ZIPKIN_PATH_SUFFIX = "/api/v2/spans"  # a forward URL ending so is Zipkin JSON, else OTLP/HTTP
+
+
+@dataclass(frozen=True, slots=True)
+class HostAddress:
+    """An address on this machine's loopback (checked by the loader): sidecars cannot reach
+    it from their containers, so the daemon relays to it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceForward:
+    """Where the daemon's collector forwards the spans it receives."""
+
+    url: str  # as written: http://127.0.0.1:4318/v1/traces
+    kind: ForwardKind
+    address: HostAddress
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    provider: TracingProvider = "otel"
+    sampling_percent: float = TRACE_SAMPLING_PERCENT
+    forward: TraceForward | None = None  # otel only
+    xray_address: HostAddress | None = None  # xray only (default XRAY_DAEMON_ADDRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class Statsd:
+    address: HostAddress
+    flavor: StatsdFlavor = "statsd"
+
+
+@dataclass(frozen=True, slots=True)
+class Observability:
+    access_log: bool = ACCESS_LOG
+    metrics_port: int | None = None  # the daemon's /metrics on 127.0.0.1; None: off
+    tracing: Tracing | None = Tracing() if TRACING else None  # None: no spans at all
+    statsd: Statsd | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Mesh:
     name: str
     services: tuple[Service, ...]
     ingress: Ingress | None = None
+    observability: Observability = Observability()
     source: str = "devmesh.yaml"
     base_dir: str = "."
     tls: Tls = Tls()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
+from devmesh.api.histogram import Bucket, quantile
 from devmesh.api.types import (
     INGRESS,
     Denial,
@@ -81,6 +82,12 @@ def hop_name(service: str) -> str:
     return f"_hop|{service}"
 
 
+def parse_hop_name(name: str) -> str | None:
+    """The service of a gateway hop cluster (`_hop|catalog` -> catalog), else None."""
+    head, sep, service = name.partition("|")
+    return service if sep and head == "_hop" and service and "|" not in service else None
+
+
 def parse_cluster_name(name: str) -> tuple[str, str] | None:
     """(service, version) of a version cluster; None for devmesh's own clusters (`_app`, the
     gateway's `_hop|SERVICE`: their names start with `_`, which no service name does)."""
@@ -121,6 +128,10 @@ _DOWNSTREAM: Final = {
     "downstream_cx_active": "connections",
 }
 _FLOATS: Final = {"p50_ms", "p99_ms"}
+# A latency bucket as the stats reader names it: `cluster.catalog|v2.upstream_rq_time@25`
+# is the count of samples <= 25 ms (adapters/envoy_admin.py).
+BUCKET_MARK: Final = "@"
+LATENCY: Final = "upstream_rq_time"
 
 
 def _field(table: Mapping[str, str], tail: str) -> str | None:
@@ -137,7 +148,14 @@ def sidecar_stats(
     routes: dict[tuple[str, str], dict[str, float]] = {}
     denials: dict[str, int] = {}
     down_prefix = f"http.{INGRESS_STAT_PREFIX if service == INGRESS else INBOUND_STAT_PREFIX}."
+    buckets: dict[tuple[str, str, str], list[Bucket]] = {}  # ("up"|"route", a, b)
     for name, value in counters.items():
+        if BUCKET_MARK in name:
+            stat, _, le = name.rpartition(BUCKET_MARK)
+            row = _latency_row(stat)
+            if row is not None:
+                buckets.setdefault(row, []).append(Bucket(float(le), int(value)))
+            continue
         if name.startswith("cluster."):
             head, _, tail = name[len("cluster.") :].partition(".")
             key = parse_cluster_name(head)
@@ -158,26 +176,50 @@ def sidecar_stats(
             f = _field(_DOWNSTREAM, name[len(down_prefix) :])
             if f is not None:
                 inbound[f] = value
+    for kind, a, b in buckets:
+        (upstreams if kind == "up" else routes).setdefault((a, b), {})
     return SidecarStats(
         source=source,
         service=service,
         version=version,
         inbound=_traffic(inbound),
         upstreams=tuple(
-            UpstreamTraffic(s, v, _traffic(values)) for (s, v), values in sorted(upstreams.items())
+            UpstreamTraffic(s, v, _traffic(values, buckets.get(("up", s, v))))
+            for (s, v), values in sorted(upstreams.items())
         ),
         routes=tuple(
-            RouteTraffic(s, r, _traffic(values)) for (s, r), values in sorted(routes.items())
+            RouteTraffic(s, r, _traffic(values, buckets.get(("route", s, r))))
+            for (s, r), values in sorted(routes.items())
         ),
         denials=tuple(Denial(c, n) for c, n in sorted(denials.items())),
     )
+
+
+def _latency_row(stat: str) -> tuple[str, str, str] | None:
+    """The row a latency histogram belongs to: ("up", service, version) for a version
+    cluster's, ("route", service, route) for a route's."""
+    if stat.startswith("cluster.") and stat.endswith("." + LATENCY):
+        key = parse_cluster_name(stat[len("cluster.") : -len(LATENCY) - 1])
+        return None if key is None else ("up", *key)
+    parts = stat.split(".", 5)
+    if stat.startswith("vhost.") and len(parts) == 6 and parts[2:6:3] == ["route", LATENCY]:
+        return ("route", parts[3], parts[4])
+    return None
 
 
 def unreadable(source: str, service: str, version: str, why: str) -> SidecarStats:
     return SidecarStats(source=source, service=service, version=version, error=why)
 
 
-def _traffic(values: Mapping[str, float]) -> Traffic:
+def _traffic(values: Mapping[str, float], latency: list[Bucket] | None = None) -> Traffic:
     out = Traffic()
-    changes = {f: (float(v) if f in _FLOATS else int(v)) for f, v in values.items()}
+    changes: dict[str, object] = {
+        f: (float(v) if f in _FLOATS else int(v)) for f, v in values.items()
+    }
+    if latency:
+        ordered = tuple(sorted(latency, key=lambda b: b.le))
+        changes["latency"] = ordered
+        # Since the Envoy started; a window's are the TUI's (api/histogram.py)
+        changes["p50_ms"] = quantile(0.5, ordered)
+        changes["p99_ms"] = quantile(0.99, ordered)
     return replace(out, **changes) if changes else out  # type: ignore[arg-type]

@@ -43,6 +43,8 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
+from devmesh.envoy import tracing as traces
+from devmesh.envoy.access_log import with_access_logs
 from devmesh.envoy.names import (
     CA_SECRET,
     IDENTITY_SECRET,
@@ -234,9 +236,11 @@ def http_options(protocol: str) -> Json:
     }
 
 
-def _hcm(stat_prefix: str, route: Json, filters: Iterable[Json] = ()) -> Json:
+def _hcm(
+    stat_prefix: str, route: Json, filters: Iterable[Json] = (), tracing: Json | None = None
+) -> Json:
     """An HTTP connection manager. `route` is {"rds": ...} or {"route_config": ...}."""
-    return {
+    out: Json = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": HCM,
@@ -249,6 +253,9 @@ def _hcm(stat_prefix: str, route: Json, filters: Iterable[Json] = ()) -> Json:
             ],
         },
     }
+    if tracing is not None:
+        out["typed_config"]["tracing"] = tracing  # envoy/tracing.py
+    return out
 
 
 def _rds(name: str) -> Json:
@@ -536,7 +543,7 @@ def _weighted(service: str, route: Route) -> Json:
     }
 
 
-def http_route(service: Service, route: Route) -> Json:
+def http_route(service: Service, route: Route, traced: bool = False) -> Json:
     action: Json = _weighted(service.name, route)
     if route.timeout_ms is not None:
         action["timeout"] = envoy_duration(route.timeout_ms)
@@ -561,6 +568,9 @@ def http_route(service: Service, route: Route) -> Json:
         "route": action,
         "stat_prefix": route_stat_prefix(service.name, route.name),
     }
+    if traced:  # the caller's span: `catalog/main`
+        out["decorator"] = traces.decorator(f"{service.name}/{route.name}")
+        out["tracing"] = {"custom_tags": [traces.route_tag(route.name)]}
     if route.fault is not None:
         out["request_headers_to_add"] = _fault_headers(route.fault)
     else:  # only the mesh asks for faults: an app's own fault headers go no further
@@ -568,7 +578,7 @@ def http_route(service: Service, route: Route) -> Json:
     return out
 
 
-def outbound_route_config(service: Service) -> Json:
+def outbound_route_config(service: Service, traced: bool = False) -> Json:
     """How every caller routes to `service`: the same resource for each sidecar and the gateway."""
     return {
         "name": out_name(service.name),
@@ -576,7 +586,7 @@ def outbound_route_config(service: Service) -> Json:
             {
                 "name": service.name,
                 "domains": ["*"],
-                "routes": [http_route(service, r) for r in service.routes],
+                "routes": [http_route(service, r, traced) for r in service.routes],
             }
         ],
     }
@@ -592,7 +602,11 @@ def ingress_route_config(mesh: Mesh) -> Json:
         else:
             action["timeout"] = "0s"  # the service's own route timeout applies on the hop
         action.update(path_rewrite(r.match.path, r.rewrite_prefix))
-        routes.append(_ingress_route(r, action))
+        route = _ingress_route(r, action)
+        if mesh.observability.tracing is not None:  # the gateway's span: `gateway/api`
+            route["decorator"] = traces.decorator(f"{traces.GATEWAY_SERVICE}/{r.name}")
+            route["tracing"] = {"custom_tags": [traces.route_tag(r.name)]}
+        routes.append(route)
     return {
         "name": INGRESS_ROUTE_CONFIG,
         "virtual_hosts": [{"name": INGRESS_STAT_PREFIX, "domains": ["*"], "routes": routes}],
@@ -641,9 +655,11 @@ def _ingress_route(r: IngressRoute, action: Json) -> Json:
 # -- listeners ------------------------------------------------------------------------------
 
 
-def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -> Json:
+def outbound_listener(
+    upstream: Service, addresses: Sequence[tuple[str, int]], tracing: Json | None = None
+) -> Json:
     if upstream.is_http:
-        filters = [_hcm(out_name(upstream.name), _rds(out_name(upstream.name)))]
+        filters = [_hcm(out_name(upstream.name), _rds(out_name(upstream.name)), (), tracing)]
     else:
         route = upstream.routes[0]
         filters = [
@@ -659,7 +675,9 @@ def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -
     return _listener(out_name(upstream.name), addresses, filters, "OUTBOUND")
 
 
-def inbound_listener(service: Service, version: Version, mesh: Mesh | None = None) -> Json:
+def inbound_listener(
+    service: Service, version: Version, mesh: Mesh | None = None, tracing: Json | None = None
+) -> Json:
     """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app.
 
     With `mesh` given and the service's mode not DISABLED, mTLS is terminated here: a
@@ -669,12 +687,15 @@ def inbound_listener(service: Service, version: Version, mesh: Mesh | None = Non
     keeps the connections of the unchanged `tls` chain open (0 failed requests)."""
     if mesh is None or service.tls_mode == "DISABLED":
         return _listener(
-            "in", [("0.0.0.0", INBOUND_PORT)], _inbound_filters(service, version, []), "INBOUND"
+            "in",
+            [("0.0.0.0", INBOUND_PORT)],
+            _inbound_filters(service, version, [], tracing),
+            "INBOUND",
         )
     mtls: Json = {
         "name": "mtls",
         "filter_chain_match": {"transport_protocol": "tls"},
-        "filters": _inbound_filters(service, version, authorization(mesh, service)),
+        "filters": _inbound_filters(service, version, authorization(mesh, service), tracing),
         "transport_socket": downstream_tls(service.protocol),
     }
     chains = [mtls]
@@ -683,7 +704,7 @@ def inbound_listener(service: Service, version: Version, mesh: Mesh | None = Non
             {
                 "name": "plaintext",
                 "filter_chain_match": {"transport_protocol": "raw_buffer"},
-                "filters": _inbound_filters(service, version, []),
+                "filters": _inbound_filters(service, version, [], tracing),
             }
         )
     return {
@@ -703,7 +724,9 @@ def inbound_listener(service: Service, version: Version, mesh: Mesh | None = Non
     }
 
 
-def _inbound_filters(service: Service, version: Version, rbac: list[Json]) -> list[Json]:
+def _inbound_filters(
+    service: Service, version: Version, rbac: list[Json], tracing: Json | None = None
+) -> list[Json]:
     """The inbound chain's network filters; `rbac` first (HTTP or network RBAC filters)."""
     rl = service.rate_limit
     if not service.is_http:
@@ -750,7 +773,7 @@ def _inbound_filters(service: Service, version: Version, rbac: list[Json]) -> li
             }
         )
     http_filters.append(INBOUND_FAULT_FILTER)  # what callers' routes ask for in fault headers
-    route_config = {
+    route_config: Json = {
         "name": "in",
         "virtual_hosts": [
             {
@@ -779,7 +802,10 @@ def _inbound_filters(service: Service, version: Version, rbac: list[Json]) -> li
             }
         ],
     }
-    return [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters)]
+    if tracing is not None:  # the pod's own span: `catalog/v2`
+        app_route: Json = route_config["virtual_hosts"][0]["routes"][0]
+        app_route["decorator"] = traces.decorator(f"{service.name}/{version.name}")
+    return [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters, tracing)]
 
 
 def _bucket(requests: int, per_ms: int) -> Json:
@@ -811,6 +837,7 @@ def _shared(shared: Shared | None, key: tuple[str, ...], build: Callable[[], Jso
 def _upstream_resources(
     upstreams: Iterable[Service], mesh: Mesh, endpoints: Endpoints, shared: Shared | None = None
 ) -> tuple[list[Json], list[Json], list[Json]]:
+    traced = mesh.observability.tracing is not None
     """Route configs, clusters and endpoints for calling `upstreams` (and their mirrors)."""
     routes: list[Json] = []
     clusters: dict[str, Json] = {}
@@ -822,7 +849,7 @@ def _upstream_resources(
 
     for upstream in upstreams:
         if upstream.is_http:
-            build = partial(outbound_route_config, upstream)
+            build = partial(outbound_route_config, upstream, traced)
             routes.append(_shared(shared, ("rds", upstream.name), build))
         for version in upstream.versions:
             clusters[cluster_name(upstream.name, version.name)] = cluster(upstream, version)
@@ -853,15 +880,19 @@ def sidecar_resources(
     version: Version,
     endpoints: Endpoints,
     shared: Shared | None = None,
+    host_address: str | None = None,
 ) -> Resources:
-    """Everything the sidecar of one version's pods needs."""
+    """Everything the sidecar of one version's pods needs. `host_address`: the host as the
+    pods reach it (the mesh network's gateway), where X-Ray segments are relayed from."""
     upstreams = mesh.upstreams(service)
     addresses = service_addresses(s.name for s in mesh.services)
-    listeners = [inbound_listener(service, version, mesh)]
+    tracing = traces.hcm_tracing(mesh, service.name, version.name, host_address)
+    listeners = [inbound_listener(service, version, mesh, tracing)]
     for upstream in upstreams:
         ip = addresses[upstream.name]
         ports = outbound_ports(service.port, upstream)
-        listeners.append(outbound_listener(upstream, [(ip, p) for p in ports]))
+        listeners.append(outbound_listener(upstream, [(ip, p) for p in ports], tracing))
+    with_access_logs(mesh.observability.access_log, listeners)  # envoy/access_log.py
     routes, clusters, assignments = _upstream_resources(upstreams, mesh, endpoints, shared)
     clusters.insert(
         0,
@@ -921,11 +952,12 @@ def gateway_resources(
     """
     targets = mesh.gateway_services()
     listeners = []
+    tracing = traces.hcm_tracing(mesh, traces.GATEWAY_SERVICE, "", host_address)
     if mesh.ingress is not None:
         public = _listener(
             "ingress",
             [("0.0.0.0", GATEWAY_PORT)],
-            [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG))],
+            [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG), (), tracing)],
             "INBOUND",
         )
         if mesh.ingress.tls is not None:
@@ -935,11 +967,12 @@ def gateway_resources(
     for i, service in enumerate(targets):
         port = GATEWAY_HOP_BASE + i
         # 0.0.0.0, as Docker's publishing needs; host_only keeps the pods out.
-        hop = outbound_listener(service, [("0.0.0.0", port)])
+        hop = outbound_listener(service, [("0.0.0.0", port)], tracing)
         if host_address is not None:
             hop["filter_chains"][0]["filters"].insert(0, host_only(host_address))
         listeners.append(hop)
         hops.append(_static_cluster(hop_name(service.name), "127.0.0.1", port, service.protocol))
+    with_access_logs(mesh.observability.access_log, listeners)  # envoy/access_log.py
     routes, clusters, assignments = _upstream_resources(targets, mesh, endpoints)
     ingress = (ingress_route_config(mesh),) if mesh.ingress is not None else ()
     return Resources(

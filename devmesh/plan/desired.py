@@ -21,6 +21,7 @@ from devmesh.core.addressing import (
     service_addresses,
 )
 from devmesh.core.model import Mesh, Service, Version
+from devmesh.envoy import tracing
 from devmesh.envoy.bootstrap import ads_bootstrap
 from devmesh.envoy.render import gateway_group
 from devmesh.envoy.resources import Json, sidecar_node
@@ -29,6 +30,7 @@ POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gat
 XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
 #                             restarted daemon's new socket file is seen without recreation)
 XDS_SOCKET = f"{XDS_MOUNT}/xds.sock"
+STATSD_SOCKET = f"{XDS_MOUNT}/{tracing.STATSD_SOCKET_NAME}"  # the daemon's StatsD relay
 ENVOY_BINARY = "/usr/local/bin/envoy"
 GUARD_IMAGE = "devmesh/netguard:1"  # built by adapters/images.py from templates/netguard
 GUARD_RULES = "/guard.rules"  # where the guard reads its rules (bind-mounted, read-only)
@@ -317,8 +319,17 @@ def _envoy_command() -> tuple[str, ...]:
     return ("-c", f"{POD_MOUNT}/bootstrap.json", *SIDECAR_FLAGS)
 
 
-def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tuple[str, str]:
-    bootstrap: Json = ads_bootstrap(node_id, cluster, XDS_SOCKET, f"{POD_MOUNT}/admin.sock")
+def _bootstrap_file(
+    mesh: Mesh, state_dir: str, pod: str, node_id: str, cluster: str
+) -> tuple[str, str]:
+    bootstrap: Json = ads_bootstrap(
+        node_id,
+        cluster,
+        XDS_SOCKET,
+        f"{POD_MOUNT}/admin.sock",
+        tracing.stats_sinks(mesh, STATSD_SOCKET),
+        tracing.runtime(mesh),
+    )
     return (f"{pod_dir(state_dir, pod)}/bootstrap.json", json.dumps(bootstrap, indent=1))
 
 
@@ -382,7 +393,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         command=_envoy_command(),
         network_mode=f"container:{name}",
         binds=_proxy_binds(inputs, name),
-        files=(_bootstrap_file(inputs.state_dir, name, sidecar_name, cluster),),
+        files=(_bootstrap_file(mesh, inputs.state_dir, name, sidecar_name, cluster),),
         user=inputs.proxy_user,
         mem_limit=SIDECAR_MEMORY,
         **PROXY_HARDENING,
@@ -427,7 +438,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             dns=("127.0.0.1",),
             ports=tuple(ports),  # host port 0: any free one, read back from Docker
             binds=_proxy_binds(inputs, name),
-            files=(_bootstrap_file(inputs.state_dir, name, name, gateway_group(mesh)),),
+            files=(_bootstrap_file(mesh, inputs.state_dir, name, name, gateway_group(mesh)),),
             user=inputs.proxy_user,
             mem_limit=GATEWAY_MEMORY,
             **PROXY_HARDENING,

@@ -284,11 +284,10 @@ def _live_text(live: Live | None) -> str:
         return "no numbers yet"
     text = f"{fmt_rps(live.rps)} req/s, {fmt_success(live.success)} ok"
     if live.p50 is not None or live.p99 is not None:
-        # Over several Envoys each percentile is the highest of theirs: an upper bound.
-        at_most = "≤" if live.bound else ""
-        text += f", p50 {at_most}{fmt_ms(live.p50)} p99 {at_most}{fmt_ms(live.p99)}"
-        if live.bound:
-            text += f" (the slowest of {live.merged} callers')"
+        # From every Envoy's latency buckets added up (tui/stats.py `Live`).
+        text += f", p50 {fmt_ms(live.p50)} p99 {fmt_ms(live.p99)}"
+        if live.merged > 1:
+            text += f" (over {live.merged} callers)"
     if live.cx is not None:
         text += f", {live.cx} conn"
     return text
