@@ -27,6 +27,7 @@ from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.adapters.images import BuildState, ImageResolver
 from devmesh.adapters.probe import probe
 from devmesh.adapters.relay import HostRelays
+from devmesh.adapters.tlsfiles import ingress_problems
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import DevRequest, ErrorCode, EventKind, Phase, Severity
 from devmesh.core.edit import pick_route
@@ -37,10 +38,13 @@ from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
 from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
+from devmesh.daemon.identities import Cert, Identities
+from devmesh.daemon.ingress_tls import uses_ca as ingress_uses_ca
 from devmesh.daemon.meshsource import FileRead, MeshSource
 from devmesh.daemon.publisher import Publisher, endpoints, serves
 from devmesh.daemon.reconciler import ROLL_CHECK, Reconciler
 from devmesh.daemon.state import StateDir
+from devmesh.envoy.resources import uses_tls
 from devmesh.plan.desired import Desired
 from devmesh.plan.effective import DevVersion, effective, kept_overrides
 from devmesh.plan.roll import Retiring
@@ -91,7 +95,12 @@ class Stop:
     pass
 
 
-Command = FileChanged | ContainerDied | HealthChanged | Tick | ImagesReady | Call | Stop
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """A certificate is due for renewal: push the new one (see identities.py)."""
+
+
+Command = FileChanged | ContainerDied | HealthChanged | Tick | ImagesReady | Renew | Call | Stop
 
 
 # -- what readers see -----------------------------------------------------------------------
@@ -120,6 +129,7 @@ class View:
     published: frozenset[str] = frozenset()  # node groups served
     retiring: tuple[Retiring, ...] = ()  # a roll's old pods: serving, or draining
     builds: tuple[BuildState, ...] = ()  # image builds under way, or failed last
+    certs: Mapping[str, Cert] = field(default_factory=dict)  # node group -> its certificate
 
 
 class Controller:
@@ -136,6 +146,7 @@ class Controller:
         ingress_port: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         check: Probe = probe,
+        identities: Identities | None = None,
     ) -> None:
         self.mesh_file = mesh_file
         self.project = project
@@ -158,7 +169,8 @@ class Controller:
         # -- the state this loop owns (only its thread writes it, and its collaborators') --
         self.file = FileState(mesh, str(mesh_file), events)
         self.reconciler = Reconciler(project, engine, images, state, events, clock)
-        self.publisher = Publisher(xds, events)
+        self.identities = identities if identities is not None else Identities(clock=clock)
+        self.publisher = Publisher(xds, events, self.identities)
         self.relays = HostRelays()  # to versions running on the host
         self._relay_problems: tuple[str, ...] = ()
         self._overrides: Mapping[tuple[str, str], Fault | None] = {}  # replaced, never changed
@@ -189,6 +201,8 @@ class Controller:
     def start(self) -> None:
         """The first pass, on the caller's thread (a clear error if it cannot come up), then
         the loop and its sources."""
+        if uses_tls(self.file.mesh) or ingress_uses_ca(self.file.mesh):
+            self.identities.ensure_ca()  # CAError naming the directory, before any container
         self.images.ensure_base()
         self.images.build_now(self.file.mesh)  # here, before the loop runs: up waits for it
         self._reconcile("start")
@@ -221,11 +235,14 @@ class Controller:
             wake = self.reconciler.next_wake()
             if self._unconfigured:  # no event says "ACKed": look again soon
                 wake = min(wake, self._clock() + ROLL_CHECK)
-            wait = max(0.0, wake - self._clock())
+            renewal = self.identities.next_renewal()
+            wait = max(0.0, min(wake, renewal or wake) - self._clock())
             try:
                 command: Command = self._queue.get(timeout=wait)
             except queue.Empty:
-                command = Tick()
+                # A certificate due before the next pass: push it, no pass over the engine.
+                early = renewal is not None and self._clock() < wake
+                command = Renew() if early else Tick()
             batch = [command]
             while True:  # what has queued up meanwhile joins this step
                 try:
@@ -247,7 +264,7 @@ class Controller:
 
     def _step(self, batch: list[Command]) -> None:
         why = ""
-        publish = republish = False
+        publish = republish = renew = False
         for command in batch:
             if isinstance(command, FileChanged):
                 mesh = self.file.take(command.read, self._refusals)
@@ -269,6 +286,8 @@ class Controller:
             elif isinstance(command, HealthChanged):
                 self._health = command.results
                 publish = True
+            elif isinstance(command, Renew):
+                renew = True
             elif isinstance(command, Tick):
                 if self._unconfigured and not self.reconciler.wants_pass():
                     republish = True  # only a sidecar's first ACK awaited: no pass for it
@@ -281,7 +300,7 @@ class Controller:
         elif publish:
             self.reconciler.refresh()
             self._publish()
-        elif republish:
+        elif republish or renew:  # the pods are as they were: only the config changes
             self._publish()
         self._set_targets()
 
@@ -295,6 +314,9 @@ class Controller:
                 f"the mesh is now named '{mesh.name}'; "
                 f"run `devmesh down` for '{current.name}' first",
             )
+        files = ingress_problems(mesh)  # the user's certificate: expired, foreign, unreadable
+        if files:
+            return files
         old, new = current.ingress, mesh.ingress
         moved = new is not None and (old is None or old.port != new.port)
         # Checked before the working gateway is replaced by one that could not start.
@@ -523,6 +545,7 @@ class Controller:
             published=self.publisher.groups,
             retiring=r.retiring,
             builds=self.images.states(),
+            certs=dict(self.identities.certs),
         )
 
     def _set_view(self) -> None:

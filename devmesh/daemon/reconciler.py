@@ -28,6 +28,7 @@ from devmesh.plan.desired import (
     desired,
     hosts_file,
     hosts_text,
+    network_name,
     pod_dir,
     proxy_user,
 )
@@ -129,6 +130,8 @@ class Reconciler:
         errors: list[str] = []
         engine_errors: list[EngineError] = []
         try:
+            if self.host is None:
+                self._learn_host()
             inputs = self._inputs(mesh)
             want = self._want(mesh, inputs, self._generations)
             if want == self.desired and not self._forced:
@@ -185,6 +188,13 @@ class Reconciler:
             self._engine_back()
         except EngineUnavailable as exc:
             self._engine_lost(str(exc))
+
+    def _learn_host(self) -> None:
+        """The network's gateway address, before planning: each pod's firewall admits the
+        host's health probes by it (desired.guard_rules), so the network is made first."""
+        network = network_name(self.project)
+        self.engine.ensure_network(network, self.project)
+        self.host = self.engine.network_gateway(network)
 
     def _want(self, mesh: Mesh, inputs: Inputs, gens: Mapping[Slot, int]) -> Desired:
         want = desired(mesh, dataclasses.replace(inputs, generations=dict(gens)))
@@ -251,6 +261,7 @@ class Reconciler:
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None
+        assert self.images.guard is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
         pending: dict[tuple[str, str], str] = {}  # first build under way: not a failure
@@ -280,6 +291,8 @@ class Reconciler:
             app_images=app_images,
             failed={**failed, **pending},  # either way its old pods, if any, keep serving
             proxy_user=self._proxy_user,
+            guard_image=self.images.guard.image_id,
+            host=self.host,
         )
 
     def _write_hosts(self, mesh: Mesh, want: Desired) -> list[str]:

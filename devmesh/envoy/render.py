@@ -68,7 +68,9 @@ def render(
         for version in service.versions:
             group = sidecar_node(mesh, service.name, version.name)
             host_app = (host_apps or {}).get((service.name, version.name))
-            out[group] = sidecar_resources(mesh, service, version, endpoints, shared, host_app)
+            out[group] = sidecar_resources(
+                mesh, service, version, endpoints, shared, host_address, host_app
+            )
     if mesh.has_gateway:
         out[gateway_group(mesh)] = gateway_resources(mesh, endpoints, host_address)
     return out

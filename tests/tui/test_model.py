@@ -262,3 +262,19 @@ def test_a_roll_shows_the_old_pod_draining_beside_the_new_one() -> None:
     assert set(rows) == {"m-s-v1-0-g1", "m-s-v1-0"}
     texts = [text for text, _ in rows["m-s-v1-0"].cells]
     assert "⇣ draining" in texts
+
+
+def test_a_pods_detail_names_its_mtls_identity_mode_and_certificate_expiry() -> None:
+    import dataclasses
+    import time
+
+    from devmesh.tui.stats import Rates
+
+    tls = api.PodTls("spiffe://devmesh.local/mesh/m/service/s", "PERMISSIVE", 1795000000.0)
+    with_tls = dataclasses.replace(pod(api.PodState.READY), tls=tls)
+    state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(with_tls,))
+    detail = pod_rows(state, None, Rates(1.0))[1].detail
+    until = time.strftime("%H:%M:%S", time.localtime(1795000000.0))
+    assert f"; mTLS PERMISSIVE as {tls.identity} (certificate until {until})" in detail
+    plain = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
+    assert "mTLS" not in pod_rows(plain, None, Rates(1.0))[1].detail
