@@ -143,6 +143,9 @@ def test_config_prints_the_resolved_mesh(
     canary = next(r for r in catalog["routes"] if r["name"] == "canary")
     assert canary["timeout_ms"] == 5000  # `defaults: timeout: 5s` resolved into the route
     assert [v["replicas"] for v in catalog["versions"]] == [1, 2]
+    # env and build args are mappings, also when empty (not [] for one version, {} another)
+    assert [v["env"] for v in catalog["versions"]] == [{}, {"FEATURE": "on"}]
+    assert catalog["versions"][0]["build"]["args"] == {}
     assert run(["config", "--json"]) == Exit.OK
     assert json.loads(outputs(capsys)[0]) == doc
 
