@@ -118,6 +118,17 @@ def test_dash_reads_the_mesh_from_standard_input(
     out, _ = outputs(capsys)
     assert "shop" in out or "catalog" in out
     assert argv[0] != "render" or (isolated / "out" / "gateway.yaml").is_file()
+    assert argv[0] != "validate" or out.startswith("<stdin>: mesh 'shop' is valid")
+
+
+def test_a_problem_in_standard_input_is_named_alike_in_each_line(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = SHOP.read_text().replace("port: 8000", "port: 0", 1).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bad)))
+    assert run(["-f", "-", "validate"]) == Exit.ERROR
+    lines = outputs(capsys)[1].splitlines()
+    assert lines[0].startswith("<stdin>:") and lines[-1] == "<stdin>: 1 problem"
 
 
 def test_format_json_and_yaml_give_the_same_document(
