@@ -303,3 +303,13 @@ def test_a_file_served_under_two_names_asks_which(
     assert run(["events"]) == Exit.ERROR  # the file says `mesh: shop`, which does not run
     err = outputs(capsys)[1]
     assert "served by 2 instances: copy-1" in err and "copy-2" in err and "other" not in err
+
+
+def test_logs_of_an_instance_not_running_is_not_checked_against_the_file_here(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the file here is mesh 'shop'; -p names another instance, which does not run
+    assert run(["-p", "other", "logs", "web"]) == Exit.ERROR
+    err = outputs(capsys)[1]
+    assert "no service 'web' in mesh 'other'" not in err
+    assert "frontend, catalog" not in err  # the local file's services are not that instance's
