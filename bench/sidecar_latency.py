@@ -307,8 +307,6 @@ def measure(
     try:
         progress(f"latency: devmesh up ({project}) ...")
         c.up(mesh_file, project)
-        state = c.mesh_state(project)
-        server_ip = next(p["address"] for p in state["pods"] if p["service"] == "server")
         client = f"{project}-client-default-0"
         server = f"{project}-server-default-0"
         progress("latency: hand-written pods ...")
@@ -334,7 +332,9 @@ def measure(
                 f"http://127.0.0.1:{HAND_OUT_PORT}/",
                 {"outbound": hand.outbound, "inbound": hand.inbound},
             ),
-            Target("no proxy", c.container_pid(client), f"http://{server_ip}:{APP_PORT}/", {}),
+            # Between the hand-written pods: a devmesh pod's app port is closed to other pods
+            # (desired.guard_rules), and these run the same app on the same image.
+            Target("no proxy", hand.client_pid, f"http://{hand.server_ip}:{APP_PORT}/", {}),
         ]
         with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=work, delete=False) as fh:
             fh.write(PACED.replace("{pause_ms}", f"{connections / rate * 1000:.3f}"))

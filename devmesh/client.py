@@ -164,6 +164,21 @@ class DaemonClient:
         """The last `tail` lines of the pod's app log."""
         return self._call("POST", "/v1/logs", api.LogsRequest(pod, tail), api.LogsResult)
 
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult:
+        """The newest traces first, filtered: a service's, slower than, with a status."""
+        body = api.TracesRequest(service, slower_ms, status, limit)
+        return self._call("POST", "/v1/traces", body, api.TracesResult)
+
+    def trace(self, trace_id: str) -> api.Trace:
+        """One trace, every span (its id, or a unique start of at least 6 hex digits)."""
+        return self._call("POST", "/v1/trace", api.TraceRequest(trace_id), api.Trace)
+
     def follow_logs(
         self,
         service: str | None,
@@ -175,11 +190,24 @@ class DaemonClient:
         runs any more; `proxy`: the sidecars' (and the gateway's) own logs instead. The
         daemon sends a bare newline at least every second on a quiet log: `FOLLOW_SILENCE`
         seconds without anything means it is frozen or gone (DaemonUnavailable)."""
+        request = api.FollowRequest(service, tail, proxy, timestamps)
+        return self._follow("/v1/logs/follow", request, api.LogLine)
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult:
+        """The newest access-log entries the daemon keeps that match `req`'s filters."""
+        return self._call("POST", "/v1/access", req, api.AccessResult)
+
+    def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry]:
+        """Access-log entries as they come (after the last `req.tail` kept), until closed."""
+        return self._follow("/v1/access/follow", req, api.AccessEntry)
+
+    def _follow(self, path: str, request: Any, answer: type[T]) -> Iterator[T]:
+        """A streamed answer, one value a line (see follow_logs)."""
         conn = UnixHTTPConnection(self.socket_path, timeout=FOLLOW_SILENCE)
         try:
             try:
-                body = codec.dumps(api.FollowRequest(service, tail, proxy, timestamps))
-                conn.request("POST", "/v1/logs/follow", body=body, headers={})
+                body = codec.dumps(request)
+                conn.request("POST", path, body=body, headers={})
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 raise self._unavailable(exc) from None
@@ -200,11 +228,11 @@ class DaemonClient:
                     if not line.strip():
                         continue  # the daemon's keepalive
                     try:
-                        yield codec.decode(api.LogLine, codec.loads(line))
+                        yield codec.decode(answer, codec.loads(line))
                     except codec.DecodeError as exc:
                         raise DaemonUnavailable(
-                            f"the daemon on {self.socket_path} sent a line that is not a log "
-                            f"line: {exc}"
+                            f"the daemon on {self.socket_path} sent a line that is not "
+                            f"{answer.__name__}: {exc}"
                         ) from None
         finally:
             conn.close()

@@ -12,8 +12,9 @@ SERVICE = PREFIX + "service"
 VERSION = PREFIX + "version"
 REPLICA = PREFIX + "replica"
 POD = PREFIX + "pod"  # the pod's name, shared by its pause, app and sidecar containers
-ROLE = PREFIX + "role"  # pod (namespace owner) | app | sidecar | gateway | network | image
+ROLE = PREFIX + "role"  # pod (namespace owner) | app | sidecar | guard | gateway | network | image
 CONFIG_HASH = PREFIX + "config-hash"  # recreate only when this differs from the desired one
+GUARD = PREFIX + "guard"  # on a pod's namespace owner: the config hash of its firewall guard
 
 
 def selector(**labels: str) -> list[str]:

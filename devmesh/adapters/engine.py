@@ -26,6 +26,7 @@ from devmesh.plan.plan import Observed, Plan
 log = logging.getLogger("devmesh.engine")
 Progress = Callable[[str], None]
 WORKERS = 8  # measured: 8 threads halve 30 pods' start time on 2 cores; 16 gain nothing
+GUARD_WAIT = 30  # seconds for a pod's firewall guard to load its rules (0.2 s when idle)
 
 
 class EngineUnavailable(MeshError):
@@ -233,13 +234,60 @@ class Engine:
 
     def _create_pod(self, pod: PodSpec, progress: Progress) -> None:
         self._create(pod.pause, progress)
-        # Sidecar and app only need the namespace owner: made side by side, not in turn.
+        # Sidecar and app only need the namespace owner: made side by side, not in turn;
+        # the app only once its namespace is closed to other pods.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="member") as pool:
-            jobs = [pool.submit(self._create, spec, progress) for spec in (pod.sidecar, pod.app)]
+            jobs = [
+                pool.submit(self._guarded_app, pod, progress),
+                pool.submit(self._create, pod.sidecar, progress),
+            ]
         for job in jobs:
             err = job.exception()
             if err is not None:
                 raise err
+
+    def _guarded_app(self, pod: PodSpec, progress: Progress) -> None:
+        try:
+            self._run_once(pod.guard, pod.name)
+        except EngineError:
+            # Never an app open to every pod: no owner, so the next pass makes the pod
+            # anew (and tries the guard again); meanwhile the pod is failed, saying why.
+            self._remove(pod.name)
+            raise
+        self._create(pod.app, progress)
+
+    def _run_once(self, spec: ContainerSpec, about: str) -> None:
+        """Run `spec` to completion and remove it; EngineError (about `about`) unless it
+        exited 0. For the pods' firewall guard."""
+        what = f"cannot close the pod's app port to other pods: {spec.name}"
+        _prepare(spec)
+        container = None
+        try:
+            for attempt in (1, 2):
+                try:
+                    container = self.client.containers.create(**_create_args(spec))
+                    break
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409 or attempt == 2:
+                        raise
+                    self._remove(spec.name)  # a leftover of a daemon that died mid-run
+            assert container is not None
+            container.start()
+            code = container.wait(timeout=GUARD_WAIT).get("StatusCode")
+            if code != 0:
+                out = container.logs().decode(errors="replace").strip().replace("\n", "; ")
+                raise EngineError(f"{what} exited with {code}: {out[-300:]}", about)
+        except docker.errors.ImageNotFound:
+            raise EngineError(f"{what}: image {spec.image} not found", about) from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"{what}: {_explain(exc)}", about) from None
+        except requests.exceptions.ReadTimeout:
+            raise EngineError(f"{what} did not finish within {GUARD_WAIT} s", about) from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+        finally:
+            if container is not None:
+                self._remove(container.id)
 
     def _replace_pod(self, pod: PodSpec, old: tuple[str, ...], progress: Progress) -> None:
         for cid in old:
@@ -251,44 +299,9 @@ class Engine:
         self._create(spec, progress)
 
     def _create(self, spec: ContainerSpec, progress: Progress) -> None:
-        for path, text in spec.files:
-            _write(Path(path), text)
-        for host, target, mode in spec.binds:
-            if target == "/etc/hosts":
-                if not Path(host).is_file():  # else Docker would make a directory there
-                    raise EngineError(f"{spec.name}: no hosts file {host}")
-            else:
-                Path(host).mkdir(parents=True, exist_ok=True)
-                if mode == "rw":
-                    _hand_over(Path(host), spec.user)
-        kwargs: dict[str, Any] = {
-            "image": spec.image,
-            "name": spec.name,
-            "labels": spec.all_labels(),
-            "environment": dict(spec.env),
-            "detach": True,
-            "restart_policy": {"Name": spec.restart},
-        }
-        if spec.command is not None:
-            kwargs["command"] = list(spec.command)
-        if spec.entrypoint is not None:
-            kwargs["entrypoint"] = list(spec.entrypoint)
-        if spec.network:
-            kwargs["network"] = spec.network
-        if spec.network_mode:
-            kwargs["network_mode"] = spec.network_mode
-        if spec.dns:
-            kwargs["dns"] = list(spec.dns)
-        if spec.ports:
-            # host port 0: Docker picks a free one
-            kwargs["ports"] = {f"{c}/tcp": (ip, port or None) for c, ip, port in spec.ports}
-        if spec.binds:
-            kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
-        if spec.init:
-            kwargs["init"] = True
-        kwargs.update(_privileges(spec))
+        _prepare(spec)
         try:
-            container = self.client.containers.create(**kwargs)
+            container = self.client.containers.create(**_create_args(spec))
         except docker.errors.ImageNotFound:
             raise EngineError(f"image {spec.image} not found", spec.name) from None
         except docker.errors.APIError as exc:
@@ -460,6 +473,53 @@ def _hand_over(directory: Path, user: str | None) -> None:
         return  # a user name: the image's passwd file knows it, the host does not
     if (directory.stat().st_uid, directory.stat().st_gid) != (int(uid), int(gid or uid)):
         os.chown(directory, int(uid), int(gid or uid))
+
+
+def _prepare(spec: ContainerSpec) -> None:
+    """The files and bind-mounted paths a container needs on the host before it is made."""
+    for path, text in spec.files:
+        _write(Path(path), text)
+    for host, target, mode in spec.binds:
+        if target == "/etc/hosts":
+            if not Path(host).is_file():  # else Docker would make a directory there
+                raise EngineError(f"{spec.name}: no hosts file {host}")
+        elif any(host == path for path, _ in spec.files):
+            pass  # a file, just written
+        else:
+            Path(host).mkdir(parents=True, exist_ok=True)
+            if mode == "rw":
+                _hand_over(Path(host), spec.user)
+
+
+def _create_args(spec: ContainerSpec) -> dict[str, Any]:
+    """docker-py's `containers.create` arguments for `spec`."""
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "name": spec.name,
+        "labels": spec.all_labels(),
+        "environment": dict(spec.env),
+        "detach": True,
+        "restart_policy": {"Name": spec.restart},
+    }
+    if spec.command is not None:
+        kwargs["command"] = list(spec.command)
+    if spec.entrypoint is not None:
+        kwargs["entrypoint"] = list(spec.entrypoint)
+    if spec.network:
+        kwargs["network"] = spec.network
+    if spec.network_mode:
+        kwargs["network_mode"] = spec.network_mode
+    if spec.dns:
+        kwargs["dns"] = list(spec.dns)
+    if spec.ports:
+        # host port 0: Docker picks a free one
+        kwargs["ports"] = {f"{c}/tcp": (ip, port or None) for c, ip, port in spec.ports}
+    if spec.binds:
+        kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
+    if spec.init:
+        kwargs["init"] = True
+    kwargs.update(_privileges(spec))
+    return kwargs
 
 
 def _privileges(spec: ContainerSpec) -> dict[str, Any]:

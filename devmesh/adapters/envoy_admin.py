@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from devmesh.envoy.names import BUCKET_MARK
 from devmesh.unixhttp import STALE, UnixHTTPConnection
 
 # Requests, errors and retries per version cluster, per route, and into the pod; the latency
@@ -21,7 +22,9 @@ STATS_FILTER = (
     r"|upstream_rq_time)"
     r"|vhost\.[^.]+\.route\..+\.upstream_rq_(total|completed|[245]xx|retry|time)"
     r"|http\.(in|ingress)\.downstream_rq_(total|[245]xx)"
-    r"|http\.(in|ingress)\.downstream_cx_active)$"
+    r"|http\.(in|ingress)\.downstream_cx_active"
+    # RBAC denials into the pod, per caller (envoy.names.denial_stat_prefix)
+    r"|http\.in\.rbac\.caller\.[^.]+\.denied|in\.caller\.[^.]+\.rbac\.denied)$"
 )
 # Histogram quantile -> stat name suffix (`NAME.p50`, `NAME.p99`: milliseconds, Envoy's
 # "interval" values over its last stats flush, 5 s by default; absent when it saw no sample).
@@ -96,7 +99,9 @@ class StatsReader:
 
 
 def _stats_path(regex: str) -> str:
-    return f"/stats?format=json&usedonly&filter={quote(regex)}"
+    # Cumulative buckets, not Envoy's own percentiles: those cannot be merged across
+    # Envoys nor taken over a window (api/histogram.py).
+    return f"/stats?format=json&usedonly&histogram_buckets=cumulative&filter={quote(regex)}"
 
 
 def _get(conn: UnixHTTPConnection, path: str) -> bytes:
@@ -117,6 +122,13 @@ def parse_stats(body: bytes) -> dict[str, float]:
             value = item["value"]
             if isinstance(value, int | float) and not isinstance(value, bool):
                 out[str(item["name"])] = int(value)
+        elif "histograms" in item and isinstance(item["histograms"], list):
+            # histogram_buckets=cumulative: each histogram's buckets, `NAME@BOUND` -> count
+            for h in item["histograms"]:
+                for b in h.get("buckets", ()):
+                    out[f"{h['name']}{BUCKET_MARK}{float(b['upper_bound']):g}"] = int(
+                        b["cumulative"]
+                    )
         elif "histograms" in item:
             histograms = item["histograms"]
             columns = {

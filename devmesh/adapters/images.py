@@ -26,6 +26,7 @@ import requests.exceptions
 from devmesh import labels
 from devmesh.adapters.envoy_binary import envoy_path
 from devmesh.core.problems import MeshError
+from devmesh.plan.desired import GUARD_IMAGE
 
 Progress = Callable[[str], None]
 PullPolicy = Literal["missing", "never"]
@@ -258,6 +259,74 @@ def build_pause_image(client: docker.DockerClient, progress: Progress) -> str:
         return build(client, root, None, LOCAL_PAUSE_IMAGE, {}, {labels.ROLE: "image"}, progress)
 
 
+# The guard's iptables extensions (see desired.guard_rules): the rules' matches and targets.
+GUARD_EXTENSIONS = ("libxt_standard", "libxt_tcp", "libxt_udp", "libxt_conntrack", "libipt_REJECT")
+_SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def ensure_guard_image(client: docker.DockerClient, progress: Progress) -> ImageChoice:
+    """The pods' firewall guard: DEVMESH_GUARD_IMAGE if set (an image with iptables at
+    /sbin/xtables-multi, for engines whose host has none), else built here from the host's
+    iptables. There is no registry image to pull."""
+    name = os.environ.get("DEVMESH_GUARD_IMAGE") or GUARD_IMAGE
+    found = image_id(client, name)
+    if found:
+        return ImageChoice(name, found, "present")
+    if name != GUARD_IMAGE:
+        raise ImageError(f"DEVMESH_GUARD_IMAGE={name}: no such image on the engine")
+    return ImageChoice(GUARD_IMAGE, build_guard_image(client, progress), "built")
+
+
+def _host_iptables() -> Path:
+    """The multi-binary behind the host's `iptables` (nft or legacy, whichever it uses)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
+    found = shutil.which("iptables", path=path)
+    if found is None:
+        raise ImageError(
+            f"cannot build {GUARD_IMAGE}, the firewall that keeps other pods off an app's "
+            "port: this machine has no iptables (Debian: apt-get install iptables), or set "
+            "DEVMESH_GUARD_IMAGE to an image with iptables at /sbin/xtables-multi"
+        )
+    return Path(found).resolve()
+
+
+def _xtables_dir(libraries: list[Path]) -> Path:
+    """Where the host keeps iptables' extensions: beside the libxtables it links."""
+    candidates = [lib.resolve().parent / "xtables" for lib in libraries if "libxtables" in lib.name]
+    candidates += [Path(d) for d in ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib64/xtables")]
+    candidates += [Path("/usr/lib/xtables"), Path("/usr/libexec/xtables")]
+    for directory in candidates:
+        if (directory / "libxt_tcp.so").is_file():
+            return directory
+    raise ImageError(f"cannot find iptables' extensions (libxt_tcp.so) for {GUARD_IMAGE}")
+
+
+def build_guard_image(client: docker.DockerClient, progress: Progress) -> str:
+    binary = _host_iptables()
+    libraries = _linked_libraries(binary)
+    extensions = _xtables_dir(libraries)
+    with tempfile.TemporaryDirectory(prefix="devmesh-netguard-") as tmp:
+        root = Path(tmp)
+        dockerfile = resources.files("devmesh") / "templates" / "netguard" / "Dockerfile"
+        (root / "Dockerfile").write_text(dockerfile.read_text())
+        rootfs = root / "rootfs"
+        (rootfs / "sbin").mkdir(parents=True)
+        (rootfs / "xtables").mkdir()
+        shutil.copy2(binary, rootfs / "sbin" / "xtables-multi")
+        for name in GUARD_EXTENSIONS:
+            extension = extensions / f"{name}.so"
+            if not extension.is_file():
+                raise ImageError(f"cannot build {GUARD_IMAGE}: no {extension}")
+            shutil.copy2(extension, rootfs / "xtables" / extension.name)
+            libraries += _linked_libraries(extension)
+        for lib in dict.fromkeys(libraries):
+            dest = rootfs / lib.relative_to("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib.resolve(), dest)  # the file, not the symlink
+        progress(f"building {GUARD_IMAGE} from {binary} ...")
+        return build(client, root, None, GUARD_IMAGE, {}, {labels.ROLE: "image"}, progress)
+
+
 class ImageResolver:
     """The images a mesh runs, resolved against one engine: the sidecars' Envoy, the pods'
     pause, and each version's app (`image:` looked up or pulled, `build:` built). What a
@@ -272,14 +341,17 @@ class ImageResolver:
         self._apps: dict[Any, str | MeshError] = {}
         self.envoy: ImageChoice | None = None
         self.pause: ImageChoice | None = None
+        self.guard: ImageChoice | None = None
 
     def ensure_base(self) -> None:
-        """The Envoy and pause images, made if missing (minutes at most, once)."""
+        """The Envoy, pause and guard images, made if missing (minutes at most, once)."""
         if self.envoy is None:
             self.envoy = ensure_envoy_image(self._client, None, self._policy, self._note)
             self._note(f"sidecar image: {self.envoy}")
         if self.pause is None:
             self.pause = ensure_pause_image(self._client, self._policy, self._note)
+        if self.guard is None:
+            self.guard = ensure_guard_image(self._client, self._note)
 
     def forget(self) -> None:
         self._apps.clear()  # Docker's cache makes an unchanged build quick

@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from devmesh.adapters.xds_cache import Nack, NodeStatus, Served, SnapshotCache
-from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from devmesh.core.problems import MeshError
 from devmesh.envoy.resources import Resources
 from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError, new_snapshot
@@ -47,8 +47,9 @@ __all__ = ["Nack", "NodeStatus", "SnapshotCache", "SnapshotError", "SotwStream",
 
 log = logging.getLogger("devmesh.xds")
 
-# Make before break: clusters and their endpoints before the listeners and routes that use them.
-PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Make before break: secrets, clusters and their endpoints before the listeners and routes
+# that use them (a certificate's rotation changes SDS alone).
+PUSH_ORDER: Final = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 WILDCARD: Final = frozenset({LISTENER, CLUSTER})  # SotW: these always carry every resource
 _NONCES: Final = itertools.count(1)  # unique across streams and server restarts in a process
 
@@ -216,9 +217,13 @@ class XdsServer:
         self,
         socket_path: str | os.PathLike[str],
         cache: SnapshotCache | None = None,
+        services: Sequence[Callable[[Any], None]] = (),
     ) -> None:
+        """`services`: more gRPC services on the same socket (the span collector): each is
+        called with the grpc.aio server before it starts, to add its servicer."""
         self.socket_path = Path(socket_path)
         self.cache = cache if cache is not None else SnapshotCache()
+        self._services = tuple(services)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -250,6 +255,8 @@ class XdsServer:
     async def _start(self) -> None:
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        for add in self._services:
+            add(server)
         try:
             port = server.add_insecure_port(f"unix:{self.socket_path}")
         except RuntimeError:

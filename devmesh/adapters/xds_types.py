@@ -13,14 +13,19 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 
 # Imported for their side effect: they register the typed_config types Any fields name.
+from envoy.config.metrics.v3 import stats_pb2  # noqa: F401  StatsD sinks (bootstrap)
+from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2, xray_pb2  # noqa: F401  tracers
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401  access logs
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401
     local_rate_limit_pb2 as http_local_rate_limit_pb2,
 )
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
@@ -29,18 +34,29 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import (  # noqa: F401
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
-from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
-__all__ = ["CLUSTER", "ENDPOINT", "LISTENER", "MESSAGES", "ROUTE", "bootstrap_proto", "to_proto"]
+__all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "MESSAGES",
+    "ROUTE",
+    "SECRET",
+    "bootstrap_proto",
+    "to_proto",
+]
 
 MESSAGES: dict[str, Any] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: secret_pb2.Secret,
 }
 
 

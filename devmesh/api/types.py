@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from devmesh.api.histogram import Bucket as Bucket  # a field of Traffic, re-exported
+
 API_VERSION = "v1"
 
 # How long the daemon lets a change wait, and so how long a client waits for its answer.
@@ -125,6 +127,16 @@ class XdsStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PodTls:
+    """A pod's (or the gateway's) mTLS as the daemon serves it."""
+
+    identity: str  # its certificate's SPIFFE ID
+    mode: str  # STRICT | PERMISSIVE | DISABLED: its inbound mode ("" for the gateway)
+    not_after: float  # the certificate's expiry, epoch seconds; renewed at half its life
+    serial: str = ""  # hex: tells one issue from the next
+
+
+@dataclass(frozen=True, slots=True)
 class Pod:
     pod: str
     service: str
@@ -137,6 +149,7 @@ class Pod:
     restarts: int = 0
     sidecar: str = "missing"
     xds: XdsStatus = field(default_factory=XdsStatus)
+    tls: PodTls | None = None  # None: the daemon serves it no certificate
 
     @property
     def ready(self) -> bool:
@@ -151,6 +164,7 @@ class Gateway:
     url: str | None = None
     services: dict[str, str] = field(default_factory=dict)  # service -> host URL
     xds: XdsStatus = field(default_factory=XdsStatus)
+    tls: PodTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +216,9 @@ class MeshState:
     pods: tuple[Pod, ...] = ()
     gateway: Gateway | None = None
     events: tuple[Event, ...] = ()
+    tracing: TracingStatus | None = None  # None: tracing is off
+    metrics: str | None = None  # the daemon's Prometheus endpoint, http://127.0.0.1:PORT/metrics
+    access: AccessCounters | None = None  # the access log's counters (None: not kept)
 
     @property
     def only_permanent_failures_left(self) -> bool:
@@ -310,8 +327,11 @@ class Traffic:
     retry_overflow: int = 0
     connections: int = 0  # active (a gauge)
     ejections: int = 0  # outlier detection ejections active (a gauge)
-    p50_ms: float | None = None
+    p50_ms: float | None = None  # since the Envoy started, from `latency` (api.histogram)
     p99_ms: float | None = None
+    # Envoy's cumulative latency buckets (ms) since it started: windows and merges across
+    # Envoys are computed from these (`devmesh.api.histogram`), never from percentiles.
+    latency: tuple[Bucket, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +354,8 @@ class RouteTraffic:
 
 
 INGRESS = "ingress"  # the service name of the gateway's routes in `RouteTraffic`
+GATEWAY_CALLER = "_gateway"  # `Denial.caller` of the gateway
+UNKNOWN_CALLER = "_unknown"  # `Denial.caller` of a peer that is no identity of the mesh
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +370,16 @@ class SidecarStats:
     upstreams: tuple[UpstreamTraffic, ...] = ()
     routes: tuple[RouteTraffic, ...] = ()
     error: str | None = None  # unreadable: why (the counters are then empty)
+    denials: tuple[Denial, ...] = ()  # inbound requests (tcp: connections) RBAC refused
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Refusals of one caller by a pod's inbound authorization (403, or a closed tcp
+    connection). `caller` is a service name, `GATEWAY_CALLER` or `UNKNOWN_CALLER`."""
+
+    caller: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +478,90 @@ class LogLine:
     source: str = "app"  # "app", "sidecar" or "gateway": whose log the line is from
 
 
+# -- access logs (every request every Envoy saw) ------------------------------------------------
+
+
+class Reporter(StrEnum):
+    """Which Envoy logged a request: the caller's sidecar (or the gateway's hop to a
+    service), the callee's sidecar, or the gateway's public listener."""
+
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+    INGRESS = "ingress"
+
+
+ACCESS_CAPACITY = 10_000  # entries the daemon keeps; older ones make room (`evicted`)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEntry:
+    """One request (one connection, for TCP) as one Envoy saw it, in mesh terms. Service
+    names are "" where unknown; the gateway is the service `INGRESS`, a caller from outside
+    the mesh has source "" ."""
+
+    time: float  # unix seconds: the request's first byte
+    reporter: Reporter
+    node: str  # the Envoy that logged it: a sidecar's or the gateway's container
+    source_service: str
+    source_version: str
+    source_pod: str
+    service: str  # the destination
+    version: str
+    pod: str
+    route: str  # the mesh route it took (the caller's, or the ingress'); "" on an inbound side
+    method: str = ""
+    authority: str = ""
+    path: str = ""
+    status: int | None = None  # None: no response (a TCP connection, a reset)
+    flags: tuple[str, ...] = ()  # Envoy's response flags (`api.response_flags` in words)
+    duration_ms: float | None = None  # first byte in to last byte out
+    upstream_ms: float | None = None  # request sent upstream to its first byte back
+    bytes_received: int = 0  # request body (TCP: from the caller)
+    bytes_sent: int = 0  # response body (TCP: to the caller)
+    request_id: str = ""  # x-request-id
+    trace_id: str = ""  # W3C trace id (32 hex digits) or X-Ray's, when the request had one
+    detail: str = ""  # Envoy's response code details (`via_upstream`, `fault_filter_abort`)
+    tcp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """`POST /v1/access`: the newest entries kept, filtered (every filter given must hold)."""
+
+    service: str | None = None  # the entry's source or destination service
+    status: str | None = None  # a class ("5xx") or one code ("503")
+    route: str | None = None
+    slower_ms: float | None = None  # only entries that took longer
+    limit: int = 100  # 1-10000: this many of the newest matches, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class AccessCounters:
+    kept: int = 0  # entries in memory now
+    capacity: int = ACCESS_CAPACITY
+    received: int = 0  # entries Envoys sent since the daemon started
+    evicted: int = 0  # pushed out by newer ones
+    dropped: int = 0  # could not be decoded (not Envoy's message)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessResult:
+    entries: tuple[AccessEntry, ...] = ()
+    counters: AccessCounters = AccessCounters()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessFollowRequest:
+    """`POST /v1/access/follow`: entries as they come, one `AccessEntry` a line of
+    newline-delimited JSON, starting with the last `tail` kept matches."""
+
+    service: str | None = None
+    status: str | None = None
+    route: str | None = None
+    slower_ms: float | None = None
+    tail: int = 10  # 0-10000
+
+
 @dataclass(frozen=True, slots=True)
 class Events:
     events: tuple[Event, ...] = ()
@@ -454,3 +570,96 @@ class Events:
 @dataclass(frozen=True, slots=True)
 class Ok:
     ok: bool = True
+
+
+# -- traces (the daemon's span collector) -------------------------------------------------------
+
+
+class SpanKind(StrEnum):
+    """Which side of a hop an Envoy span is: a sidecar's outbound listener (or the gateway's
+    hop) is the caller's, a pod's inbound listener (or the gateway's ingress) the callee's."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One Envoy's part of one request, in mesh terms."""
+
+    trace_id: str  # 32 hex digits, W3C trace context
+    span_id: str  # 16 hex digits
+    parent_id: str  # "" for the trace's root
+    name: str  # Envoy's operation: the route's decorator, `catalog/main`, `catalog/v2`
+    kind: SpanKind
+    start: float  # unix seconds
+    duration_ms: float
+    service: str  # whose Envoy made it: the pod's service, or "gateway"
+    version: str = ""  # the pod's version ("" for the gateway)
+    node: str = ""  # the Envoy's node id: the sidecar's or the gateway's container
+    route: str = ""  # the mesh route it took ("" when none matched)
+    upstream: str = ""  # where it went: `catalog/v2`, the app (`_app`), a gateway hop
+    method: str = ""
+    url: str = ""
+    status: int | None = None  # HTTP status; None when no response came
+    flags: str = ""  # Envoy's response flags (UO, URX, UT, ...); "" or "-" when none
+    request_id: str = ""  # x-request-id
+    error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    trace_id: str
+    start: float  # the earliest span's start, unix seconds
+    duration_ms: float  # the earliest start to the latest end
+    root: str  # the first span's name
+    services: tuple[str, ...]  # every service with a span in it, in order of start
+    spans: int
+    status: int | None = None  # the first span's HTTP status
+    error: bool = False  # any span failed (5xx, no response, error flag)
+
+
+@dataclass(frozen=True, slots=True)
+class TracesRequest:
+    """`POST /v1/traces`: the newest traces first, filtered."""
+
+    service: str | None = None  # only traces with a span of this service
+    slower_ms: float | None = None  # only traces longer than this
+    status: str | None = None  # "5xx", "4xx", "2xx" or one code, "503": any span's status
+    limit: int = 50  # 1-1000
+
+
+@dataclass(frozen=True, slots=True)
+class TracesResult:
+    traces: tuple[TraceSummary, ...] = ()
+    kept: int = 0  # traces in memory (at most `capacity`)
+    capacity: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """`POST /v1/trace`: one trace, every span the daemon has of it."""
+
+    trace_id: str  # the full 32 hex digits or a unique prefix of at least 6
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    trace_id: str
+    spans: tuple[Span, ...] = ()  # in order of start
+
+
+@dataclass(frozen=True, slots=True)
+class TracingStatus:
+    """The collector's counters, in `MeshState.tracing` (shown by `ps`)."""
+
+    provider: str  # "otel" (the daemon collects) or "xray" (Envoy sends to an X-Ray daemon)
+    sampling: float  # percent of requests traced
+    traces: int = 0  # kept now
+    spans: int = 0  # received since the daemon started
+    dropped: int = 0  # spans dropped: the collector's backlog was full, or the store evicted
+    forward: str | None = None  # where spans are also sent (OTLP/HTTP or Zipkin)
+    forwarded: int = 0
+    forward_dropped: int = 0  # spans not forwarded: queue full, or the endpoint failed
+    forward_error: str | None = None  # the last failure, for people

@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from devmesh import __version__
-from devmesh.cli import file_commands, init_command, run_commands
+from devmesh.cli import ca_command, file_commands, init_command, run_commands, trace_commands
 from devmesh.cli.exits import Exit
 from devmesh.cli.options import Globals, set_globals
 from devmesh.core.names import check_project
@@ -86,8 +86,10 @@ for command in (
     run_commands.logs,
     run_commands.events,
     run_commands.shift,
+    ca_command.ca,
     file_commands.config,
     init_command.init,
+    trace_commands.traces,
 ):
     app.command()(command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(

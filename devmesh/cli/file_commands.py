@@ -65,6 +65,17 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
             n = len(exc.problems)
             _err(f"{shown}: {n} problem{'s' if n != 1 else ''}")
         raise typer.Exit(Exit.ERROR) from None
+    from devmesh.adapters.tlsfiles import ingress_problems
+
+    files = ingress_problems(mesh)  # the user's certificate and key, read and checked
+    if files:
+        if as_json:
+            _print_json({"valid": False, "problems": [{"message": p} for p in files]})
+        else:
+            for line in files:
+                _err(line)
+            _err(f"{file}: {len(files)} problem{'s' if len(files) != 1 else ''}")
+        raise typer.Exit(Exit.ERROR)
     summary = summarize(mesh)
     if as_json:
         _print({"valid": True, **summary.as_json()}, fmt)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -152,6 +153,16 @@ def up(
     tui: Annotated[
         bool, typer.Option("--tui/--no-tui", help="In the foreground on a terminal: open the TUI.")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus /metrics on 127.0.0.1:PORT (instead of the file's "
+            "observability.metrics.port).",
+        ),
+    ] = None,
 ) -> None:
     """Bring the mesh up: pods of app + Envoy sidecar, the gateway, the xDS control plane.
 
@@ -172,9 +183,13 @@ def up(
     if found is not None:
         _reload(path, name, found.pid)
     elif detach:
-        _joined_or_started(launcher.start_background(path, name, ingress_port, _show_log), path)
+        _joined_or_started(
+            launcher.start_background(path, name, ingress_port, _show_log, metrics_port), path
+        )
     else:
-        _foreground(path, mesh, name, wait, timeout, ingress_port, tui and not as_json)
+        _foreground(
+            path, mesh, name, wait, timeout, ingress_port, tui and not as_json, metrics_port
+        )
         return
     client = launcher.client(name)
     if wait:
@@ -221,15 +236,18 @@ def _foreground(
     timeout: float,
     ingress_port: int | None,
     tui: bool,
+    metrics_port: int | None = None,
 ) -> None:
     from devmesh.daemon import launcher
     from devmesh.tui import is_terminal
 
     if tui and is_terminal():
-        _foreground_tui(file, mesh, name, ingress_port)
+        _foreground_tui(file, mesh, name, ingress_port, metrics_port)
         return
     try:
-        with launcher.foreground(file, name, ingress_port, mesh, log_file=False) as fg:
+        with launcher.foreground(
+            file, name, ingress_port, mesh, log_file=False, metrics_port=metrics_port
+        ) as fg:
             try:
                 if wait:
                     _wait(fg.client, name, timeout, exit_when_not_ready=False, stop=fg.stopping)
@@ -245,14 +263,16 @@ def _foreground(
             typer.echo(line)
 
 
-def _foreground_tui(file: Path, mesh: Mesh, name: str, ingress_port: int | None) -> None:
+def _foreground_tui(
+    file: Path, mesh: Mesh, name: str, ingress_port: int | None, metrics_port: int | None
+) -> None:
     """The TUI from the first moment: it shows the bring-up (images, pods starting, ready)
     while the daemon starts on a thread; quitting it stops the mesh."""
     from devmesh.daemon import launcher
     from devmesh.tui import run as run_tui
 
     typer.echo(f"starting mesh '{name}' ...")
-    with launcher.foreground_starting(file, name, ingress_port, mesh) as starting:
+    with launcher.foreground_starting(file, name, ingress_port, mesh, metrics_port) as starting:
         try:
             run_tui(starting.client, owns_mesh=True, stop_when=starting.stopping.is_set)
         finally:
@@ -364,7 +384,11 @@ def ps(
     fmt = output_format(output, as_json)
     target = _target(file, project)
     state = target.state or launcher.status(target.project)
-    typer.echo(views.ps_table(state) if fmt is Format.TABLE else views.dump(state, fmt))
+    if fmt is not Format.TABLE:
+        typer.echo(views.dump(state, fmt))
+        return
+    stats = launcher.stats(target.project) if state.pid else None  # the callers refused
+    typer.echo(views.ps_table(state, stats, time.time()))
 
 
 def ls(as_json: JsonFlag = False, output: FormatOpt = None) -> None:
@@ -437,7 +461,7 @@ def logs(
     service: Annotated[
         str | None,
         typer.Argument(
-            help="The service whose app logs to show (default: all).",
+            help="The service whose app logs (or with --access, requests) to show (default: all).",
             autocompletion=complete_service,
         ),
     ] = None,
@@ -456,8 +480,20 @@ def logs(
     timestamps: Annotated[
         bool, typer.Option("--timestamps", "-t", help="Start each line with its time.")
     ] = False,
+    access: Annotated[
+        bool, typer.Option("--access", help="Every request the Envoys saw, not the app's log.")
+    ] = False,
+    as_json: JsonFlag = False,
+    status: Annotated[
+        str | None, typer.Option("--status", help="--access: a status class (5xx) or code.")
+    ] = None,
+    route: Annotated[str | None, typer.Option("--route", help="--access: this route only.")] = None,
+    slower: Annotated[
+        str | None, typer.Option("--slower", help="--access: slower than this (100ms, 2s).")
+    ] = None,
 ) -> None:
-    """Show the app logs of a service's pods, or of every service interleaved.
+    """Show the app logs of a service's pods, or of every service interleaved; with
+    --access, the mesh's access log: every request every sidecar and the gateway saw.
 
     Lines are prefixed by their pod when there are several (coloured on a terminal). -f
     follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
@@ -465,6 +501,11 @@ def logs(
     Example: devmesh logs -f catalog --tail 20"""
     from devmesh.daemon import launcher
 
+    if access:
+        _access_logs(file, project, service, follow, tail, as_json, status, route, slower)
+        return
+    if as_json or status or route or slower:
+        raise MeshError("--json, --status, --route and --slower go with --access")
     count = parse_tail(tail)
     target = _target(file, project)
     name = target.project
@@ -511,6 +552,62 @@ def _service_names(target: Target) -> list[str] | None:
         if target.state is None:
             raise
         return None  # mid-edit: the daemon serves the last good file; it checks the name
+
+
+def _access_logs(
+    file: list[Path] | None,
+    project: str | None,
+    service: str | None,
+    follow: bool,
+    tail: str,
+    as_json: bool,
+    status: str | None,
+    route: str | None,
+    slower: str | None,
+) -> None:
+    from devmesh.api import types as api
+    from devmesh.cli import access_views
+    from devmesh.core.durations import DurationError, parse_duration
+    from devmesh.daemon import launcher
+
+    name = _target(file, project).project
+    count = parse_tail(tail)
+    slower_ms: float | None = None
+    if slower is not None:
+        try:
+            slower_ms = float(parse_duration(slower))
+        except DurationError as exc:
+            raise MeshError(f"--slower: {exc}") from None
+    if launcher.find(name) is None:
+        raise MeshError(
+            f"no daemon runs mesh '{name}': the access log lives in the daemon "
+            "(start it with `devmesh up`)"
+        )
+    client = launcher.client(name)
+
+    def show(entry: api.AccessEntry) -> None:
+        typer.echo(access_views.as_json_line(entry) if as_json else access_views.access_line(entry))
+
+    if not follow:
+        limit = api.ACCESS_CAPACITY if count is None else max(1, count)
+        result = client.access(api.AccessRequest(service, status, route, slower_ms, limit))
+        for entry in result.entries:
+            show(entry)
+        if not as_json and not result.entries:
+            _err(
+                f"devmesh: no request matches; {access_views.access_counters_line(result.counters)}"
+            )
+        return
+    tail_n = api.ACCESS_CAPACITY if count is None else count
+    request = api.AccessFollowRequest(service, status, route, slower_ms, tail_n)
+    stream = client.follow_access(request)
+    try:
+        for entry in stream:
+            show(entry)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def shift(

@@ -21,12 +21,48 @@ def as_json(value: Any) -> str:
     return json.dumps(codec.encode(value), indent=2, sort_keys=False)
 
 
-def ps_table(state: api.MeshState) -> str:
-    rows = [("POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS")]
+def _expires(tls: api.PodTls | None, now: float | None) -> str:
+    if tls is None:
+        return "-"
+    if now is None:
+        return time.strftime("%H:%M:%S", time.localtime(tls.not_after))
+    left = tls.not_after - now
+    if left <= 0:
+        return "expired"
+    return f"{int(left // 3600)}h{int(left % 3600 // 60):02d}m" if left >= 3600 else f"{int(left)}s"
+
+
+def _denials(stats: api.Stats | None) -> dict[str, str]:
+    """Pod -> `denied: frontend 3, _unknown 1` for each pod whose sidecar refused callers."""
+    out = {}
+    for s in stats.sidecars if stats else ():
+        if s.denials:
+            named = ", ".join(
+                f"{_caller(d.caller)} {d.count}" for d in sorted(s.denials, key=lambda d: d.caller)
+            )
+            out[s.source] = f"denied: {named}"
+    return out
+
+
+def _caller(caller: str) -> str:
+    return {api.GATEWAY_CALLER: "gateway", api.UNKNOWN_CALLER: "unknown peer"}.get(caller, caller)
+
+
+def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | None = None) -> str:
+    """The pods, with their mTLS (mode, certificate time left: `now` given, else the
+    expiry's clock time) and, with `stats`, the callers their sidecars refused."""
+    rows = [("POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS", "TLS", "CERT")]
     reasons: dict[int, str] = {}
+    identities: dict[int, str] = {}
+    denials = _denials(stats)
     for p in state.pods:
         if not p.ready and p.reason:
             reasons[len(rows)] = " ".join(p.reason.split())
+        notes = [p.tls.identity] if p.tls else []
+        if p.pod in denials:
+            notes.append(denials[p.pod])
+        if notes:
+            identities[len(rows)] = "  ".join(notes)
         rows.append(
             (
                 p.pod,
@@ -36,17 +72,21 @@ def ps_table(state: api.MeshState) -> str:
                 p.address or "-",
                 p.xds.version or "-",
                 p.xds.word,
+                p.tls.mode if p.tls else "-",
+                _expires(p.tls, now),
             )
         )
     for f in state.failed:
         reasons[len(rows)] = f.reason
-        rows.append(("-", f.service, f.version, api.PodState.FAILED.value, "-", "-", "-"))
+        rows.append(("-", f.service, f.version, api.PodState.FAILED.value, "-", "-", "-", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i in reasons:
             lines.append(f"  └ {reasons[i]}")
+        if i in identities:
+            lines.append(f"  · {identities[i]}")
     head = f"mesh '{state.project}' ({state.phase.value})"
     if state.pid:
         head += f" pid {state.pid}"
@@ -54,6 +94,16 @@ def ps_table(state: api.MeshState) -> str:
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
         head += f"  {where} {'ready' if gw.ready else gw.state}"
+    if state.tracing is not None:
+        lines.append(tracing_line(state.tracing))
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
+    if state.access is not None:
+        a = state.access
+        lines.append(
+            f"access log: {a.kept} of {a.capacity} entries kept, {a.received} received, "
+            f"{a.dropped} dropped"
+        )
     if not state.engine.ok:
         lines.append(f"the container engine does not answer: {state.engine.detail}")
     for problem in state.problems:
@@ -88,6 +138,8 @@ def url_lines(state: api.MeshState) -> list[str]:
         return []
     lines = [f"ingress: {gw.url}"] if gw.url else []
     lines += [f"  {name}: {url}" for name, url in gw.services.items()]
+    if state.metrics:
+        lines.append(f"metrics: {state.metrics}")
     return lines
 
 
@@ -185,3 +237,18 @@ def log_line(line: api.LogLine, several: bool, colour: bool = False) -> str:
         code = _COLOURS[zlib.crc32(line.pod.encode()) % len(_COLOURS)]  # stable per pod
         prefix = f"\x1b[{code}m{prefix}\x1b[0m"
     return f"{prefix} {line.text}"
+
+
+def tracing_line(t: api.TracingStatus) -> str:
+    """`ps`'s tracing line: where spans go, how many are kept, and what was dropped."""
+    if t.provider == "xray":
+        return f"tracing: X-Ray, {t.sampling:g}% sampled"
+    line = (
+        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans received, "
+        f"{t.dropped} dropped"
+    )
+    if t.forward:
+        line += f"; forwarded to {t.forward}: {t.forwarded} sent, {t.forward_dropped} dropped"
+        if t.forward_error:
+            line += f" ({t.forward_error})"
+    return line

@@ -18,6 +18,7 @@ from typing import Any
 from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
 from devmesh.core.limits import MAX_PROBLEMS
 from devmesh.core.model import (
+    CERT_LIFETIME_MS,
     CONNECT_TIMEOUT_MS,
     DEFAULT_APP_CONNECT_TIMEOUT_MS,
     DEFAULT_ROUTE,
@@ -31,17 +32,26 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    TLS_MODE,
+    TRACE_SAMPLING_PERCENT,
+    XRAY_DAEMON_ADDRESS,
+    ZIPKIN_PATH_SUFFIX,
     Abort,
+    Allow,
     Build,
     ConnectionPool,
     Delay,
     Fault,
+    ForwardKind,
     Health,
+    HostAddress,
     Ingress,
     IngressRoute,
+    IngressTls,
     Match,
     Mesh,
     Mirror,
+    Observability,
     OutlierDetection,
     PathMatch,
     Protocol,
@@ -50,7 +60,11 @@ from devmesh.core.model import (
     Route,
     Security,
     Service,
+    Statsd,
     Target,
+    Tls,
+    TraceForward,
+    Tracing,
     ValueMatch,
     Version,
 )
@@ -133,6 +147,11 @@ class _Builder:
     def __init__(self, ctx: Ctx, doc: dict[str, Any]) -> None:
         self.ctx = ctx
         self.doc = doc
+        tls: dict[str, Any] = doc.get("tls", {})
+        self.tls = Tls(
+            mode=tls.get("mode", TLS_MODE),
+            cert_lifetime_ms=tls.get("cert_lifetime", CERT_LIFETIME_MS),
+        )
         self.defaults: dict[str, Any] = doc.get("defaults", {})
         self.raw_services: dict[str, dict[str, Any]] = doc.get("services", {})
         # What was written, valid or not: an entry that failed its own check is not also
@@ -164,10 +183,13 @@ class _Builder:
             if (s := self.service(name, raw)) is not None
         )
         ingress = self.ingress(self.doc["ingress"]) if "ingress" in self.doc else None
+        observability = self.observability(self.doc.get("observability", {}), ingress)
         mesh = Mesh(
+            tls=self.tls,
             name=self.doc.get("mesh", "mesh"),
             services=services,
             ingress=ingress,
+            observability=observability,
             source=file,
             base_dir=base_dir,
         )
@@ -255,6 +277,8 @@ class _Builder:
             else RateLimit(requests=rl["requests"], per_ms=rl.get("per", RATE_LIMIT_PER_MS)),
             app_connect_timeout_ms=self.policy(raw, "app_connect_timeout")
             or DEFAULT_APP_CONNECT_TIMEOUT_MS,
+            tls_mode=raw.get("tls", {}).get("mode", self.tls.mode),
+            allow=self.allow(at, raw, protocol),
             security=Security(
                 no_new_privileges=(self.policy(raw, "security") or {}).get(
                     "no_new_privileges", True
@@ -456,6 +480,22 @@ class _Builder:
             per_try_timeout_ms=raw.get("per_try_timeout"),
         )
 
+    def allow(self, at: Path, raw: dict[str, Any], protocol: str) -> tuple[Allow, ...]:
+        rules = raw.get("allow", ())
+        if rules and protocol == "tcp":
+            self.error(
+                (*at, "allow"),
+                "allow rules match HTTP methods and paths; a tcp service admits its callers "
+                "by `calls` alone",
+            )
+            return ()
+        out = []
+        for i, rule in enumerate(rules):
+            match = self.match(rule, (*at, "allow", i))
+            given = any(k in rule for k in ("path_prefix", "path", "path_regex"))
+            out.append(Allow(methods=match.methods, path=match.path if given else None))
+        return tuple(out)
+
     def match(self, raw: dict[str, Any], at: Path) -> Match:
         if "path" in raw:
             path = PathMatch("exact", raw["path"])
@@ -584,7 +624,85 @@ class _Builder:
             )
         if "port" not in raw:
             return None
-        return Ingress(port=raw["port"], routes=tuple(routes))
+        return Ingress(port=raw["port"], routes=tuple(routes), tls=self.ingress_tls(raw))
+
+    def ingress_tls(self, raw: dict[str, Any]) -> IngressTls | None:
+        tls = raw.get("tls", False)
+        if tls is True:
+            return IngressTls()
+        if not isinstance(tls, dict) or "cert" not in tls or "key" not in tls:
+            return None  # false, or invalid (reported by the structural check)
+
+        def where(key: str) -> str:
+            at = self.ctx.doc.at(("ingress", "tls", key), "")
+            return f"{at.file}:{at.line}:{at.col}: {at.path}"
+
+        return IngressTls(
+            cert_file=os.path.normpath(os.path.join(self.base_dir, tls["cert"])),
+            key_file=os.path.normpath(os.path.join(self.base_dir, tls["key"])),
+            cert_at=where("cert"),
+            key_at=where("key"),
+        )
+
+    # -- observability ----------------------------------------------------------------------
+
+    def observability(self, raw: dict[str, Any], ingress: Ingress | None) -> Observability:
+        at: Path = ("observability",)
+        default = Observability()
+        metrics_port = raw.get("metrics", {}).get("port")
+        if metrics_port is not None and ingress is not None and metrics_port == ingress.port:
+            self.error(
+                (*at, "metrics", "port"),
+                f"port {metrics_port} is the ingress port; the daemon's /metrics needs its own",
+            )
+        statsd = raw.get("statsd")
+        return Observability(
+            access_log=raw.get("access_log", default.access_log),
+            metrics_port=metrics_port,
+            tracing=self.tracing((*at, "tracing"), raw["tracing"])
+            if "tracing" in raw
+            else default.tracing,
+            statsd=None
+            if statsd is None or "address" not in statsd
+            else Statsd(HostAddress(*statsd["address"]), statsd.get("flavor", "statsd")),
+        )
+
+    def tracing(self, at: Path, raw: bool | dict[str, Any]) -> Tracing | None:
+        if raw is False:
+            return None
+        if raw is True:
+            return Tracing()
+        provider = raw.get("provider", "otel")
+        if provider == "otel" and "address" in raw:
+            self.error(
+                (*at, "address"),
+                "`address` is the X-Ray daemon's, for provider: xray; "
+                "to send otel spans on, use `forward: http://HOST:PORT/v1/traces`",
+                key=True,
+            )
+        if provider == "xray" and "forward" in raw:
+            self.error(
+                (*at, "forward"),
+                "provider xray sends segments to `address` (the X-Ray daemon); "
+                "`forward` is for provider otel",
+                key=True,
+            )
+        forward = None
+        if provider == "otel" and "forward" in raw:
+            url, host, port, path = raw["forward"]
+            kind: ForwardKind = (
+                "zipkin" if path.rstrip("/").endswith(ZIPKIN_PATH_SUFFIX) else "otlp"
+            )
+            forward = TraceForward(url, kind, HostAddress(host, port), path)
+        xray = None
+        if provider == "xray":
+            xray = HostAddress(*raw.get("address", XRAY_DAEMON_ADDRESS))
+        return Tracing(
+            provider=provider,
+            sampling_percent=raw.get("sampling", TRACE_SAMPLING_PERCENT),
+            forward=forward,
+            xray_address=xray,
+        )
 
     def check_reachability(self, mesh: Mesh) -> None:
         """Every upstream a pod may call needs a port its own app does not hold."""

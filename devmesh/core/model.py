@@ -14,6 +14,8 @@ HTTP_PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc")
 PROTOCOLS: tuple[Protocol, ...] = (*HTTP_PROTOCOLS, "tcp")
 Egress = Literal["declared", "all"]
 PathKind = Literal["prefix", "exact", "regex"]
+TlsMode = Literal["STRICT", "PERMISSIVE", "DISABLED"]
+TLS_MODES: tuple[TlsMode, ...] = ("STRICT", "PERMISSIVE", "DISABLED")
 ValueKind = Literal["exact", "prefix", "regex", "present", "absent"]
 
 IMPLICIT_VERSION = "default"  # the one version of a service that declares no `versions:`
@@ -33,6 +35,12 @@ OUTLIER_MAX_EJECTION_PERCENT = 10
 RATE_LIMIT_PER_MS = 1000
 REPLICAS = 1
 RETRY_ON = ("5xx", "reset", "connect-failure")
+# mTLS between sidecars. STRICT by default: every service of a mesh has a sidecar, so there
+# is no plaintext peer to migrate (the reason Istio starts PERMISSIVE) and `calls:` is
+# enforced from the first `up` (README, "mTLS").
+TLS_MODE: TlsMode = "STRICT"
+CERT_LIFETIME_MS = 24 * 3_600_000  # a pod certificate's; re-issued at half of it
+MIN_CERT_LIFETIME_MS = 2_000  # tests rotate in seconds; less cannot be pushed in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,22 @@ DEFAULT_APP_CONNECT_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True, slots=True)
+class Allow:
+    """One `allow:` rule: a request from a declared caller passes if it matches any rule."""
+
+    methods: tuple[str, ...] = ()  # any of; empty: any method
+    path: PathMatch | None = None  # None: any path
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The mesh's `tls:`: the mode every service has unless it sets its own."""
+
+    mode: TlsMode = TLS_MODE
+    cert_lifetime_ms: int = CERT_LIFETIME_MS
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     requests: int
     per_ms: int
@@ -182,6 +206,8 @@ class Service:
     rate_limit: RateLimit | None = None
     app_connect_timeout_ms: int = DEFAULT_APP_CONNECT_TIMEOUT_MS
     security: Security = Security()
+    tls_mode: TlsMode = TLS_MODE  # resolved: the service's own `tls.mode`, else the mesh's
+    allow: tuple[Allow, ...] = ()  # empty: every request of a declared caller
 
     @property
     def is_http(self) -> bool:
@@ -210,10 +236,84 @@ class IngressRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressTls:
+    """`ingress.tls`: HTTPS at the ingress. No files (`tls: true`): a certificate from the
+    user's local CA for localhost and 127.0.0.1. Else the user's certificate (chain) and key
+    files, read and checked by the daemon (adapters/tlsfiles.py), not here."""
+
+    cert_file: str | None = None  # resolved against the mesh file's directory
+    key_file: str | None = None
+    # Where each was written ("devmesh.yaml:14:9: ingress.tls.cert"), for problems found
+    # when the files are read; not part of the value.
+    cert_at: str = field(default="", compare=False)
+    key_at: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Ingress:
     port: int
     routes: tuple[IngressRoute, ...]
     host: str = "127.0.0.1"  # never anything wider: devmesh listens on loopback only
+    tls: IngressTls | None = None  # None: plain HTTP
+
+
+# -- observability ----------------------------------------------------------------------------
+
+TracingProvider = Literal["otel", "xray"]
+TRACING_PROVIDERS: tuple[TracingProvider, ...] = ("otel", "xray")
+StatsdFlavor = Literal["statsd", "dogstatsd"]
+STATSD_FLAVORS: tuple[StatsdFlavor, ...] = ("statsd", "dogstatsd")
+ForwardKind = Literal["otlp", "zipkin"]
+
+ACCESS_LOG = True  # every sidecar and the gateway log every request unless turned off
+TRACING = True  # spans to the daemon's own collector unless `tracing: false`
+TRACE_SAMPLING_PERCENT = 100.0
+XRAY_DAEMON_ADDRESS = ("127.0.0.1", 2000)  # where the AWS X-Ray daemon listens by default
+ZIPKIN_PATH_SUFFIX = "/api/v2/spans"  # a forward URL ending so is Zipkin JSON, else OTLP/HTTP
+
+
+@dataclass(frozen=True, slots=True)
+class HostAddress:
+    """An address on this machine's loopback (checked by the loader): sidecars cannot reach
+    it from their containers, so the daemon relays to it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceForward:
+    """Where the daemon's collector forwards the spans it receives."""
+
+    url: str  # as written: http://127.0.0.1:4318/v1/traces
+    kind: ForwardKind
+    address: HostAddress
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    provider: TracingProvider = "otel"
+    sampling_percent: float = TRACE_SAMPLING_PERCENT
+    forward: TraceForward | None = None  # otel only
+    xray_address: HostAddress | None = None  # xray only (default XRAY_DAEMON_ADDRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class Statsd:
+    address: HostAddress
+    flavor: StatsdFlavor = "statsd"
+
+
+@dataclass(frozen=True, slots=True)
+class Observability:
+    access_log: bool = ACCESS_LOG
+    metrics_port: int | None = None  # the daemon's /metrics on 127.0.0.1; None: off
+    tracing: Tracing | None = Tracing() if TRACING else None  # None: no spans at all
+    statsd: Statsd | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +321,10 @@ class Mesh:
     name: str
     services: tuple[Service, ...]
     ingress: Ingress | None = None
+    observability: Observability = Observability()
     source: str = "devmesh.yaml"
     base_dir: str = "."
+    tls: Tls = Tls()
     _index: dict[str, Service] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -251,6 +353,11 @@ class Mesh:
     @property
     def has_gateway(self) -> bool:
         return self.ingress is not None or bool(self.gateway_services())
+
+    def callers(self, service: Service) -> tuple[Service, ...]:
+        """The services whose `calls:` list `service`: the ones its inbound authorization
+        admits. `egress: all` opens a pod's way to every service, not their doors."""
+        return tuple(s for s in self.services if service.name in s.calls)
 
     def ingress_services(self) -> tuple[Service, ...]:
         if self.ingress is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from typing import Any, Final
 
 from devmesh.core import regex
@@ -18,11 +20,13 @@ from devmesh.core.limits import (
     PORT_RANGE,
 )
 from devmesh.core.model import (
+    CERT_LIFETIME_MS,
     CONNECT_TIMEOUT_MS,
     DEFAULT_APP_CONNECT_TIMEOUT_MS,
     HEALTH_INTERVAL_MS,
     HEALTH_TIMEOUT_MS,
     HEALTHY_STATUSES,
+    MIN_CERT_LIFETIME_MS,
     OUTLIER_BASE_EJECTION_MS,
     OUTLIER_CONSECUTIVE_5XX,
     OUTLIER_INTERVAL_MS,
@@ -31,6 +35,13 @@ from devmesh.core.model import (
     RATE_LIMIT_PER_MS,
     REPLICAS,
     RETRY_ON,
+    STATSD_FLAVORS,
+    TLS_MODE,
+    TLS_MODES,
+    TRACE_SAMPLING_PERCENT,
+    TRACING_PROVIDERS,
+    XRAY_DAEMON_ADDRESS,
+    ZIPKIN_PATH_SUFFIX,
 )
 from devmesh.core.problems import Path, short
 from devmesh.core.spec import (
@@ -325,6 +336,40 @@ security_spec = Obj(
     description="the app container's privileges (sidecars are always locked down)",
 )
 
+_tls_mode = Field(
+    Enum(TLS_MODES),
+    description="STRICT: mTLS only; PERMISSIVE: mTLS and plaintext; DISABLED: plaintext "
+    f"(default {TLS_MODE})",
+)
+
+mesh_tls_spec = Obj(
+    {
+        "mode": _tls_mode,
+        "cert_lifetime": Field(
+            Duration(minimum_ms=MIN_CERT_LIFETIME_MS),
+            description="pod certificates' lifetime, re-issued at half of it; default "
+            + format_duration(CERT_LIFETIME_MS),
+        ),
+    },
+    description="mTLS between sidecars, with certificates from devmesh's local CA",
+)
+
+service_tls_spec = Obj(
+    {"mode": _tls_mode},
+    description="this service's inbound mTLS mode, over the mesh's `tls.mode`",
+)
+
+allow_spec = Obj(
+    {
+        "method": match_spec.fields["method"],
+        "path_prefix": match_spec.fields["path_prefix"],
+        "path": match_spec.fields["path"],
+        "path_regex": match_spec.fields["path_regex"],
+    },
+    description="requests a declared caller may make; everything given must hold",
+    exclusive=(("path_prefix", "path", "path_regex"),),
+)
+
 health_spec = Obj(
     {
         "path": Field(
@@ -408,6 +453,13 @@ service_spec = Obj(
             ListOf(Str(pattern=NAME, pattern_hint=NAME_HINT), unique=True),
             description="services this one reaches by name",
         ),
+        "tls": Field(service_tls_spec),
+        "allow": Field(
+            ListOf(allow_spec, min_items=1, max_items=MAX_ROUTES),
+            description="narrows what callers may ask (any rule matching lets a request in; "
+            "others get 403); default: everything, from the services that list this one in "
+            "`calls`",
+        ),
         "versions": Field(
             MapOf(
                 version_spec,
@@ -434,13 +486,139 @@ ingress_route_spec = Obj(
     }
 )
 
+ingress_tls_spec = ByType(
+    {
+        bool: Bool(),
+        dict: Obj(
+            {
+                "cert": Field(Str(), required=True, description="PEM certificate (chain) file"),
+                "key": Field(Str(), required=True, description="its PEM private key file"),
+            }
+        ),
+    },
+    description="HTTPS: true for a certificate from the local CA (`devmesh ca`), or files",
+)
+
 ingress_spec = Obj(
     {
         "port": Field(Int(*PORT_RANGE), required=True, description="published on 127.0.0.1 only"),
+        "tls": Field(ingress_tls_spec),
         "routes": Field(
             ListOf(ingress_route_spec, min_items=1, max_items=MAX_ROUTES), required=True
         ),
     }
+)
+
+# -- observability ----------------------------------------------------------------------------
+
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK_WHY = "devmesh sends nothing off this machine: use a 127.x.x.x address"
+
+
+def loopback_address(text: str) -> tuple[str, int] | str:
+    """`127.0.0.1:8125` -> (host, port), or why it is not a loopback host:port.
+    `localhost` is taken as 127.0.0.1: no name is ever looked up."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        return f"'{short(text)}' is not HOST:PORT (for example 127.0.0.1:8125)"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not PORT_RANGE[0] <= int(port) <= PORT_RANGE[1]:
+        return f"'{short(port)}' in '{short(text)}' is not a port (1 to 65535)"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"'{short(host)}' is not an IP address; {_LOOPBACK_WHY}"
+    if ip not in _LOOPBACK:
+        return f"{ip} is not on the loopback (127.0.0.0/8); {_LOOPBACK_WHY}"
+    return str(ip), int(port)
+
+
+def forward_url(text: str) -> tuple[str, int, str] | str:
+    """An http:// URL on the loopback -> (host, port, path), or why not."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        return f"'{short(text)}' is not a URL: {exc}"
+    if url.scheme != "http":
+        return (
+            f"'{short(text)}' must start with http:// (OTLP/HTTP or Zipkin on this machine; "
+            "https is not relayed)"
+        )
+    if url.query or url.fragment or url.username or url.password:
+        return f"'{short(text)}' takes no query, fragment or user"
+    found = loopback_address(f"{url.hostname or ''}:{port or 80}")
+    if isinstance(found, str):
+        return found
+    return found[0], found[1], url.path or "/"
+
+
+def _address(value: Any, path: Path, ctx: Ctx) -> Any:
+    found = loopback_address(value)
+    return ctx.error(path, found) if isinstance(found, str) else found
+
+
+def _forward(value: Any, path: Path, ctx: Ctx) -> Any:
+    found = forward_url(value)
+    return ctx.error(path, found) if isinstance(found, str) else (value, *found)
+
+
+_host_port = Then(Str(description="HOST:PORT on 127.0.0.0/8"), _address)
+
+tracing_spec = ByType(
+    {
+        bool: Bool(),
+        dict: Obj(
+            {
+                "provider": Field(
+                    Enum(TRACING_PROVIDERS),
+                    description="otel: spans to the daemon's own collector (default); "
+                    "xray: Envoy's X-Ray tracer, relayed to `address`",
+                ),
+                "sampling": Field(
+                    Percent(),
+                    description=f"percent of requests traced; default {TRACE_SAMPLING_PERCENT:g}",
+                ),
+                "forward": Field(
+                    Then(Str(description="an http:// URL on 127.0.0.0/8"), _forward),
+                    description="otel only: the daemon forwards spans here, OTLP/HTTP "
+                    f"(http://127.0.0.1:4318/v1/traces) or Zipkin (a URL ending "
+                    f"{ZIPKIN_PATH_SUFFIX})",
+                ),
+                "address": Field(
+                    _host_port,
+                    description="xray only: the X-Ray daemon (UDP); default "
+                    f"{XRAY_DAEMON_ADDRESS[0]}:{XRAY_DAEMON_ADDRESS[1]}",
+                ),
+            }
+        ),
+    },
+    description="true (the default): spans to the daemon's collector; false: no tracing",
+)
+
+observability_spec = Obj(
+    {
+        "access_log": Field(
+            Bool(), description="every sidecar and the gateway log every request; default true"
+        ),
+        "metrics": Field(
+            Obj({"port": Field(Int(*PORT_RANGE), required=True)}),
+            description="the daemon serves Prometheus /metrics on 127.0.0.1:PORT; "
+            "absent: off (unless `up --metrics-port`)",
+        ),
+        "tracing": Field(tracing_spec),
+        "statsd": Field(
+            Obj(
+                {
+                    "address": Field(_host_port, required=True),
+                    "flavor": Field(Enum(STATSD_FLAVORS), description="default statsd"),
+                }
+            ),
+            description="Envoy's stats, relayed to a StatsD or DogStatsD agent (UDP)",
+        ),
+    },
+    description="access logs, Prometheus metrics, traces and StatsD",
 )
 
 mesh_spec = Obj(
@@ -454,7 +632,9 @@ mesh_spec = Obj(
             description="the mesh's name; Docker objects carry it",
         ),
         "defaults": Field(Obj(dict(_policy_fields)), description="what every service inherits"),
+        "tls": Field(mesh_tls_spec),
         "ingress": Field(ingress_spec),
+        "observability": Field(observability_spec),
         "services": Field(
             MapOf(
                 service_spec,

@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", required=True)
     parser.add_argument("--project", required=True, type=_project)
     parser.add_argument("--ingress-port", type=_port, default=None)
+    parser.add_argument("--metrics-port", type=_port, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
     )
     try:
         daemon = compose(Path(args.file), args.project, args.ingress_port)
+        daemon.metrics_port = args.metrics_port
         with launcher.running(daemon, teardown=False) as stopping:
             daemon.wait(also=stopping)
     except launcher.AnotherDaemonServes as exc:

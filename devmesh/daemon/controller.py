@@ -25,6 +25,7 @@ from typing import Any
 from devmesh.adapters.engine import ContainerInfo, Engine
 from devmesh.adapters.images import ImageResolver
 from devmesh.adapters.probe import probe
+from devmesh.adapters.tlsfiles import ingress_problems
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import ErrorCode, EventKind, Phase
 from devmesh.core.edit import pick_route
@@ -34,10 +35,13 @@ from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
 from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
+from devmesh.daemon.identities import Cert, Identities
+from devmesh.daemon.ingress_tls import uses_ca as ingress_uses_ca
 from devmesh.daemon.meshsource import FileRead, MeshSource
 from devmesh.daemon.publisher import Publisher, endpoints
 from devmesh.daemon.reconciler import Reconciler
 from devmesh.daemon.state import StateDir
+from devmesh.envoy.resources import uses_tls
 from devmesh.plan.desired import Desired
 from devmesh.plan.effective import effective, kept_overrides
 
@@ -82,7 +86,12 @@ class Stop:
     pass
 
 
-Command = FileChanged | ContainerDied | HealthChanged | Tick | Call | Stop
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """A certificate is due for renewal: push the new one (see identities.py)."""
+
+
+Command = FileChanged | ContainerDied | HealthChanged | Tick | Renew | Call | Stop
 
 
 # -- what readers see -----------------------------------------------------------------------
@@ -109,6 +118,7 @@ class View:
     engine_detail: str = ""
     push_error: str | None = None
     published: frozenset[str] = frozenset()  # node groups served
+    certs: Mapping[str, Cert] = field(default_factory=dict)  # node group -> its certificate
 
 
 class Controller:
@@ -125,6 +135,7 @@ class Controller:
         ingress_port: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         check: Probe = probe,
+        identities: Identities | None = None,
     ) -> None:
         self.mesh_file = mesh_file
         self.project = project
@@ -140,7 +151,8 @@ class Controller:
         # -- the state this loop owns (only its thread writes it, and its collaborators') --
         self.file = FileState(mesh, str(mesh_file), events)
         self.reconciler = Reconciler(project, engine, images, state, events, clock)
-        self.publisher = Publisher(xds, events)
+        self.identities = identities if identities is not None else Identities(clock=clock)
+        self.publisher = Publisher(xds, events, self.identities)
         self._overrides: Mapping[tuple[str, str], Fault | None] = {}  # replaced, never changed
         self._health: Mapping[str, Result] = {}
         self._phase = Phase.STARTING
@@ -167,6 +179,8 @@ class Controller:
     def start(self) -> None:
         """The first pass, on the caller's thread (a clear error if it cannot come up), then
         the loop and its sources."""
+        if uses_tls(self.file.mesh) or ingress_uses_ca(self.file.mesh):
+            self.identities.ensure_ca()  # CAError naming the directory, before any container
         self.images.ensure_base()
         self._reconcile("start")
         self._phase = Phase.SERVING
@@ -191,11 +205,14 @@ class Controller:
 
     def _run(self) -> None:
         while True:
-            wait = max(0.0, self.reconciler.next_wake() - self._clock())
+            due = self.reconciler.next_wake()
+            renewal = self.identities.next_renewal()
+            wait = max(0.0, min(due, renewal or due) - self._clock())
             try:
                 command: Command = self._queue.get(timeout=wait)
             except queue.Empty:
-                command = Tick()
+                # A certificate due before the next pass: push it, no pass over the engine.
+                command = Tick() if self._clock() >= due else Renew()
             batch = [command]
             while True:  # what has queued up meanwhile joins this step
                 try:
@@ -217,7 +234,7 @@ class Controller:
 
     def _step(self, batch: list[Command]) -> None:
         why = ""
-        publish = False
+        publish = renew = False
         for command in batch:
             if isinstance(command, FileChanged):
                 mesh = self.file.take(command.read, self._refusals)
@@ -239,12 +256,16 @@ class Controller:
             elif isinstance(command, HealthChanged):
                 self._health = command.results
                 publish = True
+            elif isinstance(command, Renew):
+                renew = True
             elif isinstance(command, Tick):
                 why = why or "timer"
         if why:
             self._reconcile(why)
         elif publish:
             self.reconciler.refresh()
+            self._publish()
+        elif renew:  # the pods are as they were: only the certificates change
             self._publish()
         self._set_targets()
 
@@ -258,6 +279,9 @@ class Controller:
                 f"the mesh is now named '{mesh.name}'; "
                 f"run `devmesh down` for '{current.name}' first",
             )
+        files = ingress_problems(mesh)  # the user's certificate: expired, foreign, unreadable
+        if files:
+            return files
         old, new = current.ingress, mesh.ingress
         moved = new is not None and (old is None or old.port != new.port)
         # Checked before the working gateway is replaced by one that could not start.
@@ -403,6 +427,7 @@ class Controller:
             engine_detail=r.engine_detail,
             push_error=self.publisher.error,
             published=self.publisher.groups,
+            certs=dict(self.identities.certs),
         )
 
     def _set_view(self) -> None:

@@ -8,6 +8,7 @@ then wait here, off the loop, until the Envoys have ACKed them.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
 from devmesh.core.model import Abort, Delay, Fault
-from devmesh.core.problems import MeshError
+from devmesh.core.problems import MeshError, did_you_mean
+from devmesh.daemon.accesslog import AccessLog, Filter, status_problem
 from devmesh.daemon.api import Endpoint, Refusal
 from devmesh.daemon.controller import Controller
 from devmesh.daemon.errors import Refused
@@ -26,7 +28,10 @@ from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.state import StateDir
 from devmesh.daemon.status import mesh_state, routes
+from devmesh.daemon.traces import TraceStore, parse_status
+from devmesh.daemon.tracing import Telemetry
 from devmesh.envoy.names import sidecar_stats, unreadable
+from devmesh.envoy.tracing import GATEWAY_SERVICE
 
 
 class Handlers:
@@ -50,6 +55,9 @@ class Handlers:
         self._follow = follow
         self._request_stop = request_stop
         self.sidecar_image: str | None = None
+        self.access: AccessLog | None = None  # every request every Envoy saw (accesslog.py)
+        self.metrics_url: str | None = None  # where the daemon serves /metrics, if it does
+        self.telemetry: Telemetry | None = None  # the span store and sinks (daemon/tracing.py)
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -63,6 +71,10 @@ class Handlers:
             Endpoint("POST", "/v1/restart", self.restart, api.RestartRequest),
             Endpoint("POST", "/v1/logs", self.logs, api.LogsRequest),
             Endpoint("POST", "/v1/logs/follow", self.follow_logs, api.FollowRequest),
+            Endpoint("POST", "/v1/traces", self.traces, api.TracesRequest),
+            Endpoint("POST", "/v1/trace", self.trace, api.TraceRequest),
+            Endpoint("POST", "/v1/access", self.access_entries, api.AccessRequest),
+            Endpoint("POST", "/v1/access/follow", self.follow_access, api.AccessFollowRequest),
             Endpoint("POST", "/v1/shutdown", lambda _: self.shutdown()),
         ]
 
@@ -77,13 +89,82 @@ class Handlers:
 
     def state(self) -> api.MeshState:
         view = self._loop.view
-        return mesh_state(
+        out = mesh_state(
             view,
             self._xds_lookup,
             self._loop.project,
             str(self._loop.mesh_file),
             self.sidecar_image,
             self._events.last(50),
+        )
+        if self.telemetry is not None:
+            out = dataclasses.replace(out, tracing=self.telemetry.status())
+        if self.metrics_url is not None:
+            out = dataclasses.replace(out, metrics=self.metrics_url)
+        if self.access is not None:
+            out = dataclasses.replace(out, access=self.access.counters())
+        return out
+
+    def traces(self, req: api.TracesRequest) -> api.TracesResult:
+        store = self._trace_store()
+        if req.service is not None:
+            self._known_service(req.service, store.services())
+        if req.status is not None:
+            try:
+                parse_status(req.status)
+            except ValueError as exc:
+                raise Refusal(api.ErrorCode.BAD_REQUEST, str(exc)) from None
+        if not 1 <= req.limit <= 1000:
+            raise Refusal(api.ErrorCode.BAD_REQUEST, "limit: expected 1 to 1000")
+        if req.slower_ms is not None and not 0 <= req.slower_ms < 1e9:
+            raise Refusal(api.ErrorCode.BAD_REQUEST, "slower_ms: expected 0 or more")
+        return api.TracesResult(tuple(store.query(req)), len(store), store.capacity)
+
+    def trace(self, req: api.TraceRequest) -> api.Trace:
+        want = req.trace_id.strip().lower()
+        if len(want) < 6 or len(want) > 32 or any(c not in "0123456789abcdef" for c in want):
+            raise Refusal(
+                api.ErrorCode.BAD_REQUEST,
+                f"trace id {req.trace_id!r}: expected 6 to 32 hex digits",
+            )
+        found = self._trace_store().find(want)
+        if not found:
+            raise Refusal(
+                api.ErrorCode.NOT_FOUND,
+                f"no trace {want} (the daemon keeps the last "
+                f"{self._trace_store().capacity}; `devmesh traces` lists them)",
+            )
+        if len(found) > 1:
+            raise Refusal(
+                api.ErrorCode.BAD_REQUEST,
+                f"trace id {want} is the start of {len(found)} traces; give more digits",
+            )
+        return found[0]
+
+    def _trace_store(self) -> TraceStore:
+        if self.telemetry is None or self._loop.view.served.observability.tracing is None:
+            raise Refusal(
+                api.ErrorCode.CONFLICT,
+                "tracing is off in this mesh: remove `tracing: false` from its observability:",
+            )
+        if self._loop.view.served.observability.tracing.provider != "otel":
+            raise Refusal(
+                api.ErrorCode.CONFLICT,
+                "traces go to X-Ray (tracing.provider: xray), not to the daemon",
+            )
+        return self.telemetry.store
+
+    def _known_service(self, name: str, seen: frozenset[str]) -> None:
+        """A mesh service (or the gateway's spans): else a located refusal, "did you mean"."""
+        mesh = self._loop.view.mesh
+        names = [s.name for s in mesh.services]
+        if name in names or (name == GATEWAY_SERVICE and (mesh.has_gateway or name in seen)):
+            return
+        hint = did_you_mean(name, [*names, GATEWAY_SERVICE])
+        raise Refusal(
+            api.ErrorCode.NOT_FOUND,
+            f"{self._loop.mesh_file}: no service '{name}' in mesh '{self._loop.project}'"
+            f"{hint} (services: {', '.join(names)})",
         )
 
     def routes(self) -> api.Routes:
@@ -138,6 +219,43 @@ class Handlers:
         lines = self._follow(req, stop)
         try:
             yield from lines
+        finally:
+            stop.set()
+
+    def _access_filter(
+        self, service: str | None, status: str | None, route: str | None, slower: float | None
+    ) -> Filter:
+        mesh = self._loop.view.mesh
+        if service is not None and service != api.INGRESS and not mesh.has_service(service):
+            names = [s.name for s in mesh.services]
+            raise Refusal(
+                api.ErrorCode.NOT_FOUND,
+                f"no service '{service}' in mesh '{self._loop.project}'"
+                + (did_you_mean(service, names) or f"; services: {', '.join(names)}"),
+            )
+        problem = status_problem(status)
+        if problem is not None:
+            raise Refusal(api.ErrorCode.BAD_REQUEST, problem)
+        if slower is not None and not slower >= 0:
+            raise Refusal(api.ErrorCode.BAD_REQUEST, f"slower_ms must be 0 or more, got {slower}")
+        return Filter(service, status, route, slower)
+
+    def _access_log(self) -> AccessLog:
+        if self.access is None:
+            raise Refusal(api.ErrorCode.UNAVAILABLE, "this daemon keeps no access log")
+        return self.access
+
+    def access_entries(self, req: api.AccessRequest) -> api.AccessResult:
+        keep = self._access_filter(req.service, req.status, req.route, req.slower_ms)
+        limit = max(1, min(req.limit, api.ACCESS_CAPACITY))
+        return self._access_log().query(keep, limit)
+
+    def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry | None]:
+        keep = self._access_filter(req.service, req.status, req.route, req.slower_ms)
+        log = self._access_log()
+        stop = threading.Event()
+        try:
+            yield from log.follow(keep, max(0, min(req.tail, api.ACCESS_CAPACITY)), stop)
         finally:
             stop.set()
 

@@ -136,6 +136,17 @@ def find(project: str, timeout: float = ANSWER_TIMEOUT) -> api.MeshState | None:
         raise DaemonNotAnswering(project, pid, _is_stopped(pid), timeout) from None
 
 
+def stats(project: str, timeout: float = ANSWER_TIMEOUT) -> api.Stats | None:
+    """The running daemon's traffic counters (`ps` shows the denials); None without one."""
+    state = StateDir.for_project(project)
+    if state.daemon_pid() is None:
+        return None
+    try:
+        return DaemonClient(state.api_socket, timeout=timeout).stats()
+    except DaemonUnavailable:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """A mesh instance whose daemon holds its lock: its state, or why it gave none."""
@@ -413,7 +424,12 @@ class Foreground:
 
 @contextlib.contextmanager
 def foreground(
-    file: Path, project: str, ingress_port: int | None, mesh: Mesh | None, log_file: bool
+    file: Path,
+    project: str,
+    ingress_port: int | None,
+    mesh: Mesh | None,
+    log_file: bool,
+    metrics_port: int | None = None,
 ) -> Iterator[Foreground]:
     """This process is the daemon while the context lasts; it removes the mesh at the end.
     `log_file`: log into the state directory's daemon.log (a TUI owns the terminal)."""
@@ -430,6 +446,7 @@ def foreground(
             level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
         )
     daemon = compose(file, project, ingress_port, mesh)
+    daemon.metrics_port = metrics_port
     with running(daemon, teardown=True) as stopping:
         yield Foreground(daemon, stopping, DaemonClient(state.api_socket))
 
@@ -454,7 +471,11 @@ class Starting:
 
 @contextlib.contextmanager
 def foreground_starting(
-    file: Path, project: str, ingress_port: int | None, mesh: Mesh | None
+    file: Path,
+    project: str,
+    ingress_port: int | None,
+    mesh: Mesh | None,
+    metrics_port: int | None = None,
 ) -> Iterator[Starting]:
     """As `foreground` with a TUI, but the daemon starts on a thread: the first pass (a 13 s
     image build) is shown inside the TUI, not before it. Signals stay on this (the main)
@@ -467,6 +488,7 @@ def foreground_starting(
         level=logging.INFO, format="%(asctime)s %(message)s", filename=str(state.log_file)
     )
     daemon = compose(file, project, ingress_port, mesh)
+    daemon.metrics_port = metrics_port
     stopping = threading.Event()
     failed: list[BaseException] = []
 
@@ -498,7 +520,11 @@ def foreground_starting(
 
 
 def start_background(
-    file: Path, project: str, ingress_port: int | None, show: Callable[[str], None]
+    file: Path,
+    project: str,
+    ingress_port: int | None,
+    show: Callable[[str], None],
+    metrics_port: int | None = None,
 ) -> Serving:
     """Start a detached daemon and return once it serves; its log lines of this start go to
     `show` meanwhile. DaemonExited if it gives up (the log says why)."""
@@ -508,6 +534,8 @@ def start_background(
     state.create()
     start = state.log_file.stat().st_size if state.log_file.exists() else 0
     port = [] if ingress_port is None else [f"--ingress-port={ingress_port}"]
+    if metrics_port is not None:
+        port.append(f"--metrics-port={metrics_port}")
     # `--opt=VALUE`: a value starting with '-' is not taken for an option of its own
     command = [sys.executable, "-m", "devmesh.daemon", f"--file={file.resolve()}"]
     with open(state.log_file, "ab") as log:

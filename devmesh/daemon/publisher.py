@@ -3,7 +3,9 @@ to the xDS cache at once. Owned and called by the loop alone."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.adapters.xds_server import XdsServer
@@ -12,7 +14,9 @@ from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
-from devmesh.envoy.render import render
+from devmesh.daemon.identities import Identities
+from devmesh.daemon.ingress_tls import IngressCert
+from devmesh.envoy.render import gateway_group, render
 from devmesh.envoy.snapshot import SnapshotError, new_snapshots
 from devmesh.plan.desired import Desired
 
@@ -32,30 +36,57 @@ def endpoints(
 
 
 class Publisher:
-    def __init__(self, xds: XdsServer, events: EventLog) -> None:
+    def __init__(
+        self, xds: XdsServer, events: EventLog, identities: Identities | None = None
+    ) -> None:
         self._xds = xds
         self._events = events
-        self._published: tuple[Mesh, Endpoints, str | None] | None = None
+        self.identities = identities if identities is not None else Identities()
+        self.ingress_cert = IngressCert(self.identities.ensure_ca)  # one CA for both
+        self._published: tuple[Mesh, Endpoints, str | None, int, int] | None = None
         self.groups: frozenset[str] = frozenset()  # node groups served
+        # The last render, by what it was made from: a renewal changes secrets alone, so
+        # its push skips rendering the mesh again.
+        self._rendered: tuple[tuple[Mesh, Endpoints, str | None], dict[str, Any]] | None = None
         self.error: str | None = None  # why the last config could not be delivered
 
     def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
         """False (and `error` says why) if the config could not be served; what the Envoys
         have stays as it was."""
-        key = (mesh, served, host)
+        try:
+            # Certificates first: one due for renewal makes this push differ (SDS alone).
+            secrets = self.identities.secrets(mesh)
+            ingress = self.ingress_cert.secrets(mesh)  # user files that went bad: refused
+        except MeshError as exc:  # the CA cannot be used: the Envoys keep what they have
+            return self._failed(exc)
+        if ingress:
+            gateway = gateway_group(mesh)
+            secrets = {**secrets, gateway: (*secrets.get(gateway, ()), *ingress)}
+        key = (mesh, served, host, self.identities.generation, self.ingress_cert.generation)
         if key == self._published and self.error is None:
             return True  # the timer's passes over an unchanged mesh build nothing
         try:
             # Without the host's address (no network yet) the gateway's hops admit anyone;
             # the pass after the network exists pushes them locked to the host.
-            snapshots = new_snapshots(render(mesh, served, host))
+            rendered = self._rendered
+            if rendered is None or rendered[0] != (mesh, served, host):
+                rendered = ((mesh, served, host), render(mesh, served, host))
+            groups = dict(rendered[1])
+            for group, own in secrets.items():
+                if group in groups:
+                    groups[group] = dataclasses.replace(groups[group], secrets=own)
+            snapshots = new_snapshots(groups)
             self._xds.set_snapshots(snapshots)
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
-            if self.error != str(exc):
-                self._events.add(EventKind.PUSH, f"config not delivered: {exc}", "", Severity.ERROR)
-            self.error = str(exc)
-            return False
+            return self._failed(exc)
         self.error = None
+        self._rendered = rendered
         self.groups = frozenset(snapshots)
         self._published = key
         return True
+
+    def _failed(self, exc: Exception) -> bool:
+        if self.error != str(exc):
+            self._events.add(EventKind.PUSH, f"config not delivered: {exc}", "", Severity.ERROR)
+        self.error = str(exc)
+        return False

@@ -19,7 +19,15 @@ from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.state import StateDir
-from devmesh.plan.desired import Desired, Inputs, desired, hosts_file, hosts_text, proxy_user
+from devmesh.plan.desired import (
+    Desired,
+    Inputs,
+    desired,
+    hosts_file,
+    hosts_text,
+    network_name,
+    proxy_user,
+)
 from devmesh.plan.plan import Observed, plan
 
 log = logging.getLogger("devmesh.daemon")
@@ -86,6 +94,8 @@ class Reconciler:
         errors: list[str] = []
         engine_errors: list[EngineError] = []
         try:
+            if self.host is None:
+                self._learn_host()
             want = self._desired_for(mesh)
             if want == self.desired:
                 push_early()
@@ -130,6 +140,13 @@ class Reconciler:
         except EngineUnavailable as exc:
             self._engine_lost(str(exc))
 
+    def _learn_host(self) -> None:
+        """The network's gateway address, before planning: each pod's firewall admits the
+        host's health probes by it (desired.guard_rules), so the network is made first."""
+        network = network_name(self.project)
+        self.engine.ensure_network(network, self.project)
+        self.host = self.engine.network_gateway(network)
+
     def _desired_for(self, mesh: Mesh) -> Desired:
         inputs = self._inputs(mesh)
         want = desired(mesh, inputs)
@@ -141,6 +158,7 @@ class Reconciler:
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None
+        assert self.images.guard is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
         for service in mesh.services:
@@ -164,6 +182,8 @@ class Reconciler:
             app_images=app_images,
             failed=failed,
             proxy_user=self._proxy_user,
+            guard_image=self.images.guard.image_id,
+            host=self.host,
         )
 
     def _write_hosts(self, mesh: Mesh, want: Desired) -> list[str]:

@@ -19,21 +19,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from devmesh.adapters.access_log_service import AccessLogService
 from devmesh.adapters.engine import Engine
 from devmesh.adapters.envoy_admin import StatsReader
 from devmesh.adapters.images import ImageResolver
+from devmesh.adapters.tlsfiles import TlsFileError, ingress_problems
 from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
+from devmesh.daemon.accesslog import AccessLog, Directory, directory_of
 from devmesh.daemon.api import ApiServer
 from devmesh.daemon.controller import ContainerDied, Controller, Tick, port_busy
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
 from devmesh.daemon.logfollow import Which, follow_ticking
 from devmesh.daemon.logtail import LogTails
+from devmesh.daemon.metrics import MetricsServer
+from devmesh.daemon.metrics import render as render_metrics
 from devmesh.daemon.state import StateDir
+from devmesh.daemon.tracing import Telemetry
 from devmesh.plan.effective import effective
 
 log = logging.getLogger("devmesh.daemon")
@@ -59,7 +65,24 @@ class Daemon:
         self.state = state
         self.ingress_port = ingress_port
         self.events = EventLog()
-        self.xds = XdsServer(state.xds_socket, cache=SnapshotCache(self._on_xds))
+        self._directory_for: object = None
+        self.metrics_port: int | None = None  # `up --metrics-port`; None: the mesh file's
+        self._metrics: MetricsServer | None = None
+        self._directory_cache = Directory()
+        # every request every Envoy saw (daemon/accesslog.py), on the xDS socket too
+        self.access = AccessLog(self._directory)
+        self.access_service = AccessLogService(self.access.offer)
+        # spans and sinks; the collector shares the xDS server's socket
+        self.telemetry = Telemetry(
+            lambda: self.controller.view.served,
+            state.xds_dir,
+            lambda text: self.events.add(EventKind.DAEMON, text, "", Severity.ERROR),
+        )
+        self.xds = XdsServer(
+            state.xds_socket,
+            cache=SnapshotCache(self._on_xds),
+            services=[self.telemetry.collector.register, self.access_service.register],
+        )
         self.images = ImageResolver(engine.client, project, self._note_image)
         self.controller = Controller(
             mesh_file,
@@ -88,6 +111,8 @@ class Daemon:
             ),
             self.request_stop,
         )
+        self.handlers.telemetry = self.telemetry
+        self.handlers.access = self.access
         self._api: ApiServer | None = None
         self._stop = threading.Event()
         self._lock_handle: IO[str] | None = None
@@ -108,6 +133,27 @@ class Daemon:
                 Severity.WARNING,
             )
 
+    def _start_metrics(self) -> None:
+        """Prometheus /metrics on 127.0.0.1, when the flag or the mesh file asks for it."""
+        port = self.metrics_port or self.controller.view.mesh.observability.metrics_port
+        if not port:
+            return
+        server = MetricsServer(port, self._scrape)
+        server.start()  # MeshError when the port is taken
+        self._metrics = server
+        self.handlers.metrics_url = server.url
+
+    def _scrape(self) -> str:
+        return render_metrics(self.handlers.stats(), self.handlers.state(), self.access.counters())
+
+    def _directory(self) -> Directory:
+        """Who is who, for the access log; made again only when the loop's view changed."""
+        view = self.controller.view
+        if self._directory_for is not view:
+            self._directory_cache = directory_of(view.desired, view.infos, view.mesh)
+            self._directory_for = view
+        return self._directory_cache
+
     def _note_image(self, text: str) -> None:
         self.events.add(EventKind.IMAGE, text)
 
@@ -121,7 +167,10 @@ class Daemon:
                 f"a daemon already runs for mesh '{self.project}' (pid {self.state.daemon_pid()})"
             )
         self._preflight()
+        self._start_metrics()  # a port in use stops the start here, before anything runs
         self.xds.start()
+        self.telemetry.start()
+        self.telemetry.sync(None)  # the StatsD relay's socket exists before any sidecar starts
         self._api = ApiServer(self.state.api_socket, self.handlers.endpoints())
         self._api.start()
         self.events.add(
@@ -166,6 +215,9 @@ class Daemon:
             _quietly("the xDS server", lambda: self.xds.stop(grace=0.5))
             _quietly("the stats reader", self._stats.close)
             _quietly("the log tails", self._log_tails.close)
+            if self._metrics is not None:
+                _quietly("the metrics server", self._metrics.stop)
+            _quietly("the trace forwarder and relays", self.telemetry.close)
             if teardown:
                 containers, networks = self.engine.remove_all(self.project)
                 self.events.add(
@@ -182,6 +234,9 @@ class Daemon:
         ingress = effective(self.controller.view.mesh, {}, self.ingress_port).ingress
         if ingress is None:
             return
+        problems = ingress_problems(self.controller.view.mesh)
+        if problems:  # the user's certificate files: say so before anything starts
+            raise TlsFileError(list(problems))
         mine = self.engine.containers(self.project).get(f"{self.project}-gateway")
         if mine is not None and mine.state == "running":
             return  # it is ours, adopted
@@ -210,9 +265,15 @@ class Daemon:
             self.controller.submit(Tick())  # the stream broke: the loop looks at the engine
             self._stop.wait(1.0)
 
+    def _sync_sinks(self) -> None:
+        # The network's gateway address as the loop last saw it (a str, read whole): the
+        # X-Ray relay listens there.
+        self.telemetry.sync(self.controller.reconciler.host)
+
     def _sweep_loop(self) -> None:
         while not self._stop.wait(1.0):
             self._log_tails.sweep()
+            _quietly("syncing the sinks", self._sync_sinks)
 
 
 def _quietly(what: str, stop: Callable[[], object]) -> None:

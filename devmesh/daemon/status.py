@@ -14,7 +14,10 @@ from devmesh.core.explain import describe_match
 from devmesh.core.model import Fault, Mesh
 from devmesh.daemon.controller import View
 from devmesh.daemon.health import NOT_CHECKED, Result
+from devmesh.daemon.identities import Cert
 from devmesh.daemon.podstate import container_state
+from devmesh.envoy.render import gateway_group
+from devmesh.envoy.resources import sidecar_node
 from devmesh.plan.desired import PodSpec
 
 XdsLookup = Callable[[str], "tuple[NodeStatus | None, bool]"]  # node id -> (status, synced)
@@ -53,6 +56,22 @@ def pod_status(view: View, pod: PodSpec, xds: XdsLookup) -> api.Pod:
         restarts=app.restarts if app else 0,
         sidecar=sidecar.state if sidecar else "missing",
         xds=xds_status(node, synced),
+        tls=_tls(
+            view.certs.get(sidecar_node(view.served, pod.service, pod.version)),
+            _mode(view.served, pod.service),
+        ),
+    )
+
+
+def _mode(mesh: Mesh, service: str) -> str:
+    return mesh.service(service).tls_mode if mesh.has_service(service) else ""
+
+
+def _tls(cert: Cert | None, mode: str) -> api.PodTls | None:
+    if cert is None:
+        return None
+    return api.PodTls(
+        identity=cert.identity, mode=mode, not_after=cert.not_after, serial=f"{cert.serial:x}"
     )
 
 
@@ -110,9 +129,12 @@ def gateway_status(view: View, xds: XdsLookup) -> api.Gateway | None:
             and info.state == "running"
             and synced
         ),
-        url=f"http://{ingress.host}:{ingress.port}/" if ingress else None,
+        url=f"{'https' if ingress.tls else 'http'}://{ingress.host}:{ingress.port}/"
+        if ingress
+        else None,
         services=services,
         xds=xds_status(node, synced),
+        tls=_tls(view.certs.get(gateway_group(view.served)), ""),
     )
 
 

@@ -5,12 +5,17 @@ daemon's ADS server for everything (running pods). Both carry the same resources
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Sequence
 from typing import Any
 
+from devmesh.envoy import tracing
+from devmesh.envoy.access_log import uses_collector
 from devmesh.envoy.resources import HCM, Json, Resources, http_options
 
 ADMIN_SOCKET = "/devmesh/admin.sock"  # inside the pod; the host reads stats through it
-XDS_CLUSTER = "devmesh-xds"
+XDS_CLUSTER = tracing.COLLECTOR_CLUSTER  # ADS, and the span collector on the same socket
+XDS_SOCKET = "/devmesh-xds/xds.sock"  # inside the pod (plan.desired mounts it there)
 
 
 def _node(node_id: str, cluster: str) -> Json:
@@ -22,11 +27,30 @@ def _admin(path: str) -> Json:
     return {"address": {"pipe": {"path": path, "mode": 0o600}}}
 
 
+# Where a static export's TLS material comes from (`devmesh render`): the daemon never writes
+# certificates to files (it serves them by SDS over ADS); an exported file reads each secret
+# from `STATIC_TLS_DIR/NAME.yaml` (file-based SDS: an SDS response in YAML, reloaded when a
+# new file is moved into place), which whoever runs it by hand provides.
+STATIC_TLS_DIR = "/devmesh/tls"
+
+
+def _static_sds(node: Any) -> Any:
+    """A copy with every SDS reference over ADS (`{name, sds_config}`) read from a file."""
+    if isinstance(node, dict):
+        if "sds_config" in node and "name" in node:
+            path = f"{STATIC_TLS_DIR}/{node['name']}.yaml"
+            return {"name": node["name"], "sds_config": {"path_config_source": {"path": path}}}
+        return {k: _static_sds(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_static_sds(v) for v in node]
+    return node
+
+
 def static_bootstrap(
     node_id: str, cluster: str, resources: Resources, admin_socket: str = ADMIN_SOCKET
 ) -> Json:
     """Inline every RDS route config into its listener and every EDS assignment into its
-    cluster, so the file stands alone."""
+    cluster, so the file stands alone. SDS references read files under STATIC_TLS_DIR."""
     routes = {r["name"]: r for r in resources.routes}
     assignments = {a["cluster_name"]: a for a in resources.endpoints}
     listeners = [_inline_routes(listener, routes) for listener in resources.listeners]
@@ -38,10 +62,39 @@ def static_bootstrap(
             del c["eds_cluster_config"]
             c["load_assignment"] = assignments[c["name"]]
         clusters.append(c)
+    if any(_traces_to_collector(x) or uses_collector(x) for x in listeners):
+        clusters.append(_xds_cluster(XDS_SOCKET))  # where spans and access logs go, as in a pod
+    static: Json = {"listeners": listeners, "clusters": clusters}
+    if '"sds_config"' in json.dumps(static):
+        static = _static_sds(static)
     return {
         "node": _node(node_id, cluster),
         "admin": _admin(admin_socket),
-        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "static_resources": static,
+    }
+
+
+def _traces_to_collector(listener: Json) -> bool:
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            provider = f["typed_config"].get("tracing", {}).get("provider", {})
+            if provider.get("typed_config", {}).get("@type") == tracing.OTEL:
+                return True
+    return False
+
+
+def _xds_cluster(xds_socket: str) -> Json:
+    return {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": http_options("grpc"),
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds_socket}}}}]}
+            ],
+        },
     }
 
 
@@ -61,21 +114,25 @@ def ads_bootstrap(
     cluster: str,
     xds_socket: str,
     admin_socket: str = ADMIN_SOCKET,
+    stats_sinks: Sequence[Json] = (),
+    runtime: Json | None = None,
 ) -> Json:
-    """Everything from the daemon's ADS server over a UNIX socket bind-mounted into the pod."""
-    xds_cluster = {
-        "name": XDS_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": http_options("grpc"),
-        "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds_socket}}}}]}
-            ],
-        },
-    }
+    """Everything from the daemon's ADS server over a UNIX socket bind-mounted into the pod.
+    `stats_sinks` and `runtime` (a static runtime layer) are bootstrap-only settings
+    (envoy/tracing.py makes them)."""
+    xds_cluster = _xds_cluster(xds_socket)
     ads = {"ads": {}, "resource_api_version": "V3"}
+    extra: Json = {}
+    if stats_sinks:
+        extra["stats_sinks"] = list(stats_sinks)
+    if runtime:
+        # Envoy's own default is a static layer and an admin layer (/runtime_modify): keep it
+        extra["layered_runtime"] = {
+            "layers": [
+                {"name": "devmesh", "static_layer": runtime},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        }
     return {
         "node": _node(node_id, cluster),
         "admin": _admin(admin_socket),
@@ -90,4 +147,5 @@ def ads_bootstrap(
             "cds_config": ads,
         },
         "static_resources": {"clusters": [xds_cluster]},
+        **extra,
     }

@@ -14,11 +14,57 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
-from devmesh.api.types import INGRESS, RouteTraffic, SidecarStats, Traffic, UpstreamTraffic
+from devmesh.api.histogram import Bucket, quantile
+from devmesh.api.types import (
+    INGRESS,
+    Denial,
+    RouteTraffic,
+    SidecarStats,
+    Traffic,
+    UpstreamTraffic,
+)
 
 INBOUND_STAT_PREFIX: Final = "in"  # the pod's inbound HTTP connection manager
 INGRESS_STAT_PREFIX: Final = INGRESS  # the gateway's connection manager and virtual host
 INGRESS_ROUTE_CONFIG: Final = INGRESS  # the gateway's route configuration
+INGRESS_SECRET: Final = "ingress-cert"  # SDS: the ingress's HTTPS certificate and key
+
+
+# -- identities (mTLS) ------------------------------------------------------------------------
+
+TRUST_DOMAIN: Final = "devmesh.local"
+IDENTITY_SECRET: Final = "identity"  # SDS: this Envoy's own certificate and key
+CA_SECRET: Final = "mesh-ca"  # SDS: the local CA, what peers' certificates must chain to
+# GATEWAY_CALLER and UNKNOWN_CALLER (api.types): the gateway, and a peer no policy names.
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    """A service's identity: the URI SAN of its pods' certificates."""
+    return f"spiffe://{TRUST_DOMAIN}/mesh/{mesh}/service/{service}"
+
+
+def gateway_spiffe_id(mesh: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/mesh/{mesh}/gateway"
+
+
+def denial_stat_prefix(caller: str) -> str:
+    """The RBAC filter's stat prefix that counts denials of one caller (a service name,
+    GATEWAY_CALLER or UNKNOWN_CALLER): Envoy reports `http.in.rbac.caller.C.denied`
+    (HTTP) or `in.caller.C.rbac.denied` (TCP)."""
+    return f"caller.{caller}."
+
+
+def parse_denial(name: str) -> str | None:
+    """The caller of a denial counter built by `denial_stat_prefix`, else None."""
+    for head, tail in (
+        (f"http.{INBOUND_STAT_PREFIX}.rbac.caller.", ".denied"),
+        (f"{INBOUND_STAT_PREFIX}.caller.", ".rbac.denied"),
+    ):
+        if name.startswith(head) and name.endswith(tail):
+            caller = name[len(head) : -len(tail)]
+            if caller and "." not in caller:
+                return caller
+    return None
 
 
 def cluster_name(service: str, version: str) -> str:
@@ -34,6 +80,12 @@ def out_name(service: str) -> str:
 def hop_name(service: str) -> str:
     """The gateway's cluster to its own hop listener for `service` (`_hop|catalog`)."""
     return f"_hop|{service}"
+
+
+def parse_hop_name(name: str) -> str | None:
+    """The service of a gateway hop cluster (`_hop|catalog` -> catalog), else None."""
+    head, sep, service = name.partition("|")
+    return service if sep and head == "_hop" and service and "|" not in service else None
 
 
 def parse_cluster_name(name: str) -> tuple[str, str] | None:
@@ -76,6 +128,10 @@ _DOWNSTREAM: Final = {
     "downstream_cx_active": "connections",
 }
 _FLOATS: Final = {"p50_ms", "p99_ms"}
+# A latency bucket as the stats reader names it: `cluster.catalog|v2.upstream_rq_time@25`
+# is the count of samples <= 25 ms (adapters/envoy_admin.py).
+BUCKET_MARK: Final = "@"
+LATENCY: Final = "upstream_rq_time"
 
 
 def _field(table: Mapping[str, str], tail: str) -> str | None:
@@ -90,8 +146,16 @@ def sidecar_stats(
     inbound: dict[str, float] = {}
     upstreams: dict[tuple[str, str], dict[str, float]] = {}
     routes: dict[tuple[str, str], dict[str, float]] = {}
+    denials: dict[str, int] = {}
     down_prefix = f"http.{INGRESS_STAT_PREFIX if service == INGRESS else INBOUND_STAT_PREFIX}."
+    buckets: dict[tuple[str, str, str], list[Bucket]] = {}  # ("up"|"route", a, b)
     for name, value in counters.items():
+        if BUCKET_MARK in name:
+            stat, _, le = name.rpartition(BUCKET_MARK)
+            row = _latency_row(stat)
+            if row is not None:
+                buckets.setdefault(row, []).append(Bucket(float(le), int(value)))
+            continue
         if name.startswith("cluster."):
             head, _, tail = name[len("cluster.") :].partition(".")
             key = parse_cluster_name(head)
@@ -105,29 +169,57 @@ def sidecar_stats(
                 f = _field(_UPSTREAM, parts[5])
                 if f is not None:
                     routes.setdefault((parts[3], parts[4]), {})[f] = value
+        elif (caller := parse_denial(name)) is not None:
+            if value:
+                denials[caller] = denials.get(caller, 0) + int(value)
         elif name.startswith(down_prefix):
             f = _field(_DOWNSTREAM, name[len(down_prefix) :])
             if f is not None:
                 inbound[f] = value
+    for kind, a, b in buckets:
+        (upstreams if kind == "up" else routes).setdefault((a, b), {})
     return SidecarStats(
         source=source,
         service=service,
         version=version,
         inbound=_traffic(inbound),
         upstreams=tuple(
-            UpstreamTraffic(s, v, _traffic(values)) for (s, v), values in sorted(upstreams.items())
+            UpstreamTraffic(s, v, _traffic(values, buckets.get(("up", s, v))))
+            for (s, v), values in sorted(upstreams.items())
         ),
         routes=tuple(
-            RouteTraffic(s, r, _traffic(values)) for (s, r), values in sorted(routes.items())
+            RouteTraffic(s, r, _traffic(values, buckets.get(("route", s, r))))
+            for (s, r), values in sorted(routes.items())
         ),
+        denials=tuple(Denial(c, n) for c, n in sorted(denials.items())),
     )
+
+
+def _latency_row(stat: str) -> tuple[str, str, str] | None:
+    """The row a latency histogram belongs to: ("up", service, version) for a version
+    cluster's, ("route", service, route) for a route's."""
+    if stat.startswith("cluster.") and stat.endswith("." + LATENCY):
+        key = parse_cluster_name(stat[len("cluster.") : -len(LATENCY) - 1])
+        return None if key is None else ("up", *key)
+    parts = stat.split(".", 5)
+    if stat.startswith("vhost.") and len(parts) == 6 and parts[2:6:3] == ["route", LATENCY]:
+        return ("route", parts[3], parts[4])
+    return None
 
 
 def unreadable(source: str, service: str, version: str, why: str) -> SidecarStats:
     return SidecarStats(source=source, service=service, version=version, error=why)
 
 
-def _traffic(values: Mapping[str, float]) -> Traffic:
+def _traffic(values: Mapping[str, float], latency: list[Bucket] | None = None) -> Traffic:
     out = Traffic()
-    changes = {f: (float(v) if f in _FLOATS else int(v)) for f, v in values.items()}
+    changes: dict[str, object] = {
+        f: (float(v) if f in _FLOATS else int(v)) for f, v in values.items()
+    }
+    if latency:
+        ordered = tuple(sorted(latency, key=lambda b: b.le))
+        changes["latency"] = ordered
+        # Since the Envoy started; a window's are the TUI's (api/histogram.py)
+        changes["p50_ms"] = quantile(0.5, ordered)
+        changes["p99_ms"] = quantile(0.99, ordered)
     return replace(out, **changes) if changes else out  # type: ignore[arg-type]

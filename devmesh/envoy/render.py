@@ -62,7 +62,7 @@ def render(
     for service in mesh.services:
         for version in service.versions:
             group = sidecar_node(mesh, service.name, version.name)
-            out[group] = sidecar_resources(mesh, service, version, endpoints, shared)
+            out[group] = sidecar_resources(mesh, service, version, endpoints, shared, host_address)
     if mesh.has_gateway:
         out[gateway_group(mesh)] = gateway_resources(mesh, endpoints, host_address)
     return out

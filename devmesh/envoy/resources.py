@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from devmesh.api.types import GATEWAY_CALLER, UNKNOWN_CALLER
 from devmesh.core.addressing import (
     GATEWAY_HOP_BASE,
     GATEWAY_PORT,
@@ -31,6 +32,7 @@ from devmesh.core.addressing import (
 )
 from devmesh.core.durations import envoy_duration
 from devmesh.core.model import (
+    Allow,
     Fault,
     IngressRoute,
     Match,
@@ -41,15 +43,23 @@ from devmesh.core.model import (
     ValueMatch,
     Version,
 )
+from devmesh.envoy import tracing as traces
+from devmesh.envoy.access_log import with_access_logs
 from devmesh.envoy.names import (
+    CA_SECRET,
+    IDENTITY_SECRET,
     INBOUND_STAT_PREFIX,
     INGRESS_ROUTE_CONFIG,
+    INGRESS_SECRET,
     INGRESS_STAT_PREFIX,
     cluster_name,
+    denial_stat_prefix,
+    gateway_spiffe_id,
     hop_name,
     ingress_route_stat_prefix,
     out_name,
     route_stat_prefix,
+    spiffe_id,
 )
 
 Json = dict[str, Any]
@@ -65,6 +75,10 @@ LOCAL_RATELIMIT = _T + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRa
 TCP_LOCAL_RATELIMIT = _T + "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
 HTTP_OPTIONS = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 NETWORK_RBAC = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
+HTTP_RBAC = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+TLS_INSPECTOR = _T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+UPSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+DOWNSTREAM_TLS = _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 FAULT_FILTER = "envoy.filters.http.fault"
 RATELIMIT_FILTER = "envoy.filters.http.local_ratelimit"
@@ -95,6 +109,9 @@ class Resources:
     routes: tuple[Json, ...]
     clusters: tuple[Json, ...]
     endpoints: tuple[Json, ...]
+    # SDS: this node's certificate and the CA (see `tls_secrets`). Not rendered: the daemon
+    # issues certificates and adds them per node group, so they never reach a file.
+    secrets: tuple[Json, ...] = ()
 
 
 # -- names ----------------------------------------------------------------------------------
@@ -219,9 +236,11 @@ def http_options(protocol: str) -> Json:
     }
 
 
-def _hcm(stat_prefix: str, route: Json, filters: Iterable[Json] = ()) -> Json:
+def _hcm(
+    stat_prefix: str, route: Json, filters: Iterable[Json] = (), tracing: Json | None = None
+) -> Json:
     """An HTTP connection manager. `route` is {"rds": ...} or {"route_config": ...}."""
-    return {
+    out: Json = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": HCM,
@@ -234,6 +253,9 @@ def _hcm(stat_prefix: str, route: Json, filters: Iterable[Json] = ()) -> Json:
             ],
         },
     }
+    if tracing is not None:
+        out["typed_config"]["tracing"] = tracing  # envoy/tracing.py
+    return out
 
 
 def _rds(name: str) -> Json:
@@ -258,8 +280,10 @@ def _listener(
 # -- clusters -------------------------------------------------------------------------------
 
 
-def version_cluster(service: Service, version: Version) -> Json:
-    """The pods of one version, by EDS; the calling sidecar's pool and ejection policy."""
+def version_cluster(service: Service, version: Version, mesh: str = "") -> Json:
+    """The pods of one version, by EDS; the calling sidecar's pool and ejection policy.
+    With `mesh` named and the service's mode not DISABLED, the caller's sidecar speaks
+    mTLS to them and accepts only the service's own identity."""
     pool = service.connection_pool
     out: Json = {
         "name": cluster_name(service.name, version.name),
@@ -270,6 +294,8 @@ def version_cluster(service: Service, version: Version) -> Json:
     }
     if service.is_http:
         out["typed_extension_protocol_options"] = http_options(service.protocol)
+    if mesh and service.tls_mode != "DISABLED":
+        out["transport_socket"] = upstream_tls(spiffe_id(mesh, service.name), service.protocol)
     thresholds = {
         key: value
         for key, value in (
@@ -318,6 +344,191 @@ def _static_cluster(
     return out
 
 
+# -- mTLS -----------------------------------------------------------------------------------
+
+
+def _sds(name: str) -> Json:
+    return {"name": name, "sds_config": ADS}
+
+
+def _alpn(protocol: str) -> list[str]:
+    if protocol in ("http2", "grpc"):
+        return ["h2"]
+    return ["http/1.1"] if protocol == "http" else []
+
+
+def _common_tls(alpn: list[str], validation: Json) -> Json:
+    out: Json = {
+        "tls_certificate_sds_secret_configs": [_sds(IDENTITY_SECRET)],
+        "combined_validation_context": {
+            "default_validation_context": validation,
+            "validation_context_sds_secret_config": _sds(CA_SECRET),
+        },
+    }
+    if alpn:
+        out["alpn_protocols"] = alpn
+    return out
+
+
+def upstream_tls(peer: str, protocol: str) -> Json:
+    """A caller's side: present this node's certificate, accept only `peer`'s, chained to
+    the local CA. Both by SDS over ADS: a rotation updates them in place."""
+    validation = {
+        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer}}]
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": UPSTREAM_TLS,
+            "common_tls_context": _common_tls(_alpn(protocol), validation),
+        },
+    }
+
+
+def downstream_tls(protocol: str) -> Json:
+    """The pod's side: a client certificate chained to the local CA is required. Who may
+    call is RBAC's to decide (any valid mesh identity completes the handshake), so a
+    denial is a counted 403 and not an anonymous handshake failure."""
+    alpn = ["h2", "http/1.1"] if protocol != "tcp" else []
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "require_client_certificate": True,
+            "common_tls_context": _common_tls(alpn, {}),
+        },
+    }
+
+
+def ingress_tls() -> Json:
+    """HTTPS at the ingress: the certificate by SDS (`ingress_secret`), so a new one (a
+    renewal, other files) reaches the listener without draining it; no client certificate
+    is asked for. HTTP/2 and HTTP/1.1 by ALPN, as browsers expect."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [_sds(INGRESS_SECRET)],
+                "alpn_protocols": ["h2", "http/1.1"],
+            },
+        },
+    }
+
+
+def ingress_secret(cert_pem: str, key_pem: str) -> Json:
+    """The gateway's SDS secret for `ingress_tls`: a certificate chain and its key."""
+    return {
+        "name": INGRESS_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": cert_pem},
+            "private_key": {"inline_string": key_pem},
+        },
+    }
+
+
+def tls_secrets(cert_pem: str, key_pem: str, ca_pem: str) -> tuple[Json, Json]:
+    """The SDS secrets every TLS-speaking node gets: its identity and the CA."""
+    return (
+        {
+            "name": IDENTITY_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": cert_pem},
+                "private_key": {"inline_string": key_pem},
+            },
+        },
+        {"name": CA_SECRET, "validation_context": {"trusted_ca": {"inline_string": ca_pem}}},
+    )
+
+
+def uses_tls(mesh: Mesh) -> bool:
+    return any(s.tls_mode != "DISABLED" for s in mesh.services)
+
+
+def group_identity(mesh: Mesh, service: str | None) -> str:
+    """The SPIFFE ID a node group's certificate carries (None: the gateway)."""
+    return gateway_spiffe_id(mesh.name) if service is None else spiffe_id(mesh.name, service)
+
+
+def _principal(identity: str) -> Json:
+    return {"authenticated": {"principal_name": {"exact": identity}}}
+
+
+def _allow_permission(rule: Allow) -> Json:
+    parts: list[Json] = []
+    if rule.methods:
+        method = (
+            {"exact": rule.methods[0]}
+            if len(rule.methods) == 1
+            else {"safe_regex": {"regex": "|".join(rule.methods)}}
+        )
+        parts.append({"header": {"name": ":method", "string_match": method}})
+    if rule.path is not None:
+        kind = {"prefix": "prefix", "exact": "exact"}.get(rule.path.kind)
+        path = {kind: rule.path.value} if kind else {"safe_regex": {"regex": rule.path.value}}
+        parts.append({"url_path": {"path": path}})
+    if not parts:
+        return {"any": True}
+    return parts[0] if len(parts) == 1 else {"and_rules": {"rules": parts}}
+
+
+def _rbac(http: bool, caller: str, action: str, policies: Json) -> Json:
+    """One RBAC filter whose `denied` counter is one caller's denials."""
+    rules = {"action": action, "policies": policies}
+    if http:
+        return {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": HTTP_RBAC,
+                "rules": rules,
+                "rules_stat_prefix": denial_stat_prefix(caller),
+            },
+        }
+    return {
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": NETWORK_RBAC,
+            "rules": rules,
+            "stat_prefix": f"{INBOUND_STAT_PREFIX}.{denial_stat_prefix(caller)}",
+        },
+    }
+
+
+def authorization(mesh: Mesh, service: Service) -> list[Json]:
+    """RBAC for mTLS traffic into `service`'s pods (HTTP filters, or network filters for
+    tcp): only the services that call it, and the gateway (its door to every HTTP service),
+    get in; `allow:` narrows what those may ask.
+
+    One DENY filter per other mesh identity and per declared caller with `allow:` rules,
+    each with a stat prefix naming that caller, so every denial is counted against who was
+    denied (`names.parse_denial`); last, an ALLOW filter of the declared callers for any
+    other peer (counted as UNKNOWN_CALLER)."""
+    http = service.is_http
+    allowed: dict[str, str] = {s.name: spiffe_id(mesh.name, s.name) for s in mesh.callers(service)}
+    if mesh.has_gateway and any(s.name == service.name for s in mesh.gateway_services()):
+        allowed[GATEWAY_CALLER] = gateway_spiffe_id(mesh.name)
+    everyone = {s.name: spiffe_id(mesh.name, s.name) for s in mesh.services}
+    if mesh.has_gateway:
+        everyone[GATEWAY_CALLER] = gateway_spiffe_id(mesh.name)
+    filters = []
+    for caller, identity in everyone.items():
+        if caller not in allowed:
+            permission: Json = {"any": True}
+        elif http and service.allow:
+            rules = [_allow_permission(r) for r in service.allow]
+            permission = {"not_rule": {"or_rules": {"rules": rules}}}
+        else:
+            continue
+        policy = {"permissions": [permission], "principals": [_principal(identity)]}
+        filters.append(_rbac(http, caller, "DENY", {caller: policy}))
+    admitted = {
+        "permissions": [{"any": True}],
+        "principals": [_principal(i) for i in allowed.values()] or [{"not_id": {"any": True}}],
+    }
+    filters.append(_rbac(http, UNKNOWN_CALLER, "ALLOW", {"callers": admitted}))
+    return filters
+
+
 # -- routes ---------------------------------------------------------------------------------
 
 
@@ -332,7 +543,7 @@ def _weighted(service: str, route: Route) -> Json:
     }
 
 
-def http_route(service: Service, route: Route) -> Json:
+def http_route(service: Service, route: Route, traced: bool = False) -> Json:
     action: Json = _weighted(service.name, route)
     if route.timeout_ms is not None:
         action["timeout"] = envoy_duration(route.timeout_ms)
@@ -357,6 +568,9 @@ def http_route(service: Service, route: Route) -> Json:
         "route": action,
         "stat_prefix": route_stat_prefix(service.name, route.name),
     }
+    if traced:  # the caller's span: `catalog/main`
+        out["decorator"] = traces.decorator(f"{service.name}/{route.name}")
+        out["tracing"] = {"custom_tags": [traces.route_tag(route.name)]}
     if route.fault is not None:
         out["request_headers_to_add"] = _fault_headers(route.fault)
     else:  # only the mesh asks for faults: an app's own fault headers go no further
@@ -364,7 +578,7 @@ def http_route(service: Service, route: Route) -> Json:
     return out
 
 
-def outbound_route_config(service: Service) -> Json:
+def outbound_route_config(service: Service, traced: bool = False) -> Json:
     """How every caller routes to `service`: the same resource for each sidecar and the gateway."""
     return {
         "name": out_name(service.name),
@@ -372,7 +586,7 @@ def outbound_route_config(service: Service) -> Json:
             {
                 "name": service.name,
                 "domains": ["*"],
-                "routes": [http_route(service, r) for r in service.routes],
+                "routes": [http_route(service, r, traced) for r in service.routes],
             }
         ],
     }
@@ -388,7 +602,11 @@ def ingress_route_config(mesh: Mesh) -> Json:
         else:
             action["timeout"] = "0s"  # the service's own route timeout applies on the hop
         action.update(path_rewrite(r.match.path, r.rewrite_prefix))
-        routes.append(_ingress_route(r, action))
+        route = _ingress_route(r, action)
+        if mesh.observability.tracing is not None:  # the gateway's span: `gateway/api`
+            route["decorator"] = traces.decorator(f"{traces.GATEWAY_SERVICE}/{r.name}")
+            route["tracing"] = {"custom_tags": [traces.route_tag(r.name)]}
+        routes.append(route)
     return {
         "name": INGRESS_ROUTE_CONFIG,
         "virtual_hosts": [{"name": INGRESS_STAT_PREFIX, "domains": ["*"], "routes": routes}],
@@ -437,9 +655,11 @@ def _ingress_route(r: IngressRoute, action: Json) -> Json:
 # -- listeners ------------------------------------------------------------------------------
 
 
-def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -> Json:
+def outbound_listener(
+    upstream: Service, addresses: Sequence[tuple[str, int]], tracing: Json | None = None
+) -> Json:
     if upstream.is_http:
-        filters = [_hcm(out_name(upstream.name), _rds(out_name(upstream.name)))]
+        filters = [_hcm(out_name(upstream.name), _rds(out_name(upstream.name)), (), tracing)]
     else:
         route = upstream.routes[0]
         filters = [
@@ -455,11 +675,62 @@ def outbound_listener(upstream: Service, addresses: Sequence[tuple[str, int]]) -
     return _listener(out_name(upstream.name), addresses, filters, "OUTBOUND")
 
 
-def inbound_listener(service: Service, version: Version) -> Json:
-    """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app."""
+def inbound_listener(
+    service: Service, version: Version, mesh: Mesh | None = None, tracing: Json | None = None
+) -> Json:
+    """Mesh traffic into the pod: count it, rate-limit it, tag it, hand it to the app.
+
+    With `mesh` given and the service's mode not DISABLED, mTLS is terminated here: a
+    `tls` filter chain (authorized by `authorization`) and, in PERMISSIVE, a plaintext
+    chain beside it, told apart by the TLS inspector. STRICT and PERMISSIVE differ only by
+    that second chain, so switching between them is a filter-chain-only update: Envoy
+    keeps the connections of the unchanged `tls` chain open (0 failed requests)."""
+    if mesh is None or service.tls_mode == "DISABLED":
+        return _listener(
+            "in",
+            [("0.0.0.0", INBOUND_PORT)],
+            _inbound_filters(service, version, [], tracing),
+            "INBOUND",
+        )
+    mtls: Json = {
+        "name": "mtls",
+        "filter_chain_match": {"transport_protocol": "tls"},
+        "filters": _inbound_filters(service, version, authorization(mesh, service), tracing),
+        "transport_socket": downstream_tls(service.protocol),
+    }
+    chains = [mtls]
+    if service.tls_mode == "PERMISSIVE":  # plaintext peers: not mesh identities, not authorized
+        chains.append(
+            {
+                "name": "plaintext",
+                "filter_chain_match": {"transport_protocol": "raw_buffer"},
+                "filters": _inbound_filters(service, version, [], tracing),
+            }
+        )
+    return {
+        "name": "in",
+        "address": _socket("0.0.0.0", INBOUND_PORT),
+        "traffic_direction": "INBOUND",
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ],
+        # A server-first tcp client in PERMISSIVE sends nothing to inspect: go on after 1 s.
+        "listener_filters_timeout": "1s",
+        "continue_on_listener_filters_timeout": True,
+        "filter_chains": chains,
+    }
+
+
+def _inbound_filters(
+    service: Service, version: Version, rbac: list[Json], tracing: Json | None = None
+) -> list[Json]:
+    """The inbound chain's network filters; `rbac` first (HTTP or network RBAC filters)."""
     rl = service.rate_limit
     if not service.is_http:
-        filters: list[Json] = []
+        filters: list[Json] = list(rbac)
         if rl is not None:
             filters.append(
                 {
@@ -482,8 +753,8 @@ def inbound_listener(service: Service, version: Version) -> Json:
                 },
             }
         )
-        return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
-    http_filters: list[Json] = []
+        return filters
+    http_filters: list[Json] = list(rbac)  # before the rate limit: a denial spends no token
     if rl is not None:
         always = {
             "default_value": {"numerator": 100, "denominator": "HUNDRED"},
@@ -502,7 +773,7 @@ def inbound_listener(service: Service, version: Version) -> Json:
             }
         )
     http_filters.append(INBOUND_FAULT_FILTER)  # what callers' routes ask for in fault headers
-    route_config = {
+    route_config: Json = {
         "name": "in",
         "virtual_hosts": [
             {
@@ -531,8 +802,10 @@ def inbound_listener(service: Service, version: Version) -> Json:
             }
         ],
     }
-    filters = [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters)]
-    return _listener("in", [("0.0.0.0", INBOUND_PORT)], filters, "INBOUND")
+    if tracing is not None:  # the pod's own span: `catalog/v2`
+        app_route: Json = route_config["virtual_hosts"][0]["routes"][0]
+        app_route["decorator"] = traces.decorator(f"{service.name}/{version.name}")
+    return [_hcm(INBOUND_STAT_PREFIX, {"route_config": route_config}, http_filters, tracing)]
 
 
 def _bucket(requests: int, per_ms: int) -> Json:
@@ -564,17 +837,19 @@ def _shared(shared: Shared | None, key: tuple[str, ...], build: Callable[[], Jso
 def _upstream_resources(
     upstreams: Iterable[Service], mesh: Mesh, endpoints: Endpoints, shared: Shared | None = None
 ) -> tuple[list[Json], list[Json], list[Json]]:
+    traced = mesh.observability.tracing is not None
     """Route configs, clusters and endpoints for calling `upstreams` (and their mirrors)."""
     routes: list[Json] = []
     clusters: dict[str, Json] = {}
 
     def cluster(service: Service, version: Version) -> Json:
         name = cluster_name(service.name, version.name)
-        return _shared(shared, ("cds", name), partial(version_cluster, service, version))
+        build = partial(version_cluster, service, version, mesh.name)
+        return _shared(shared, ("cds", name), build)
 
     for upstream in upstreams:
         if upstream.is_http:
-            build = partial(outbound_route_config, upstream)
+            build = partial(outbound_route_config, upstream, traced)
             routes.append(_shared(shared, ("rds", upstream.name), build))
         for version in upstream.versions:
             clusters[cluster_name(upstream.name, version.name)] = cluster(upstream, version)
@@ -605,15 +880,19 @@ def sidecar_resources(
     version: Version,
     endpoints: Endpoints,
     shared: Shared | None = None,
+    host_address: str | None = None,
 ) -> Resources:
-    """Everything the sidecar of one version's pods needs."""
+    """Everything the sidecar of one version's pods needs. `host_address`: the host as the
+    pods reach it (the mesh network's gateway), where X-Ray segments are relayed from."""
     upstreams = mesh.upstreams(service)
     addresses = service_addresses(s.name for s in mesh.services)
-    listeners = [inbound_listener(service, version)]
+    tracing = traces.hcm_tracing(mesh, service.name, version.name, host_address)
+    listeners = [inbound_listener(service, version, mesh, tracing)]
     for upstream in upstreams:
         ip = addresses[upstream.name]
         ports = outbound_ports(service.port, upstream)
-        listeners.append(outbound_listener(upstream, [(ip, p) for p in ports]))
+        listeners.append(outbound_listener(upstream, [(ip, p) for p in ports], tracing))
+    with_access_logs(mesh.observability.access_log, listeners)  # envoy/access_log.py
     routes, clusters, assignments = _upstream_resources(upstreams, mesh, endpoints, shared)
     clusters.insert(
         0,
@@ -673,24 +952,27 @@ def gateway_resources(
     """
     targets = mesh.gateway_services()
     listeners = []
+    tracing = traces.hcm_tracing(mesh, traces.GATEWAY_SERVICE, "", host_address)
     if mesh.ingress is not None:
-        listeners.append(
-            _listener(
-                "ingress",
-                [("0.0.0.0", GATEWAY_PORT)],
-                [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG))],
-                "INBOUND",
-            )
+        public = _listener(
+            "ingress",
+            [("0.0.0.0", GATEWAY_PORT)],
+            [_hcm(INGRESS_STAT_PREFIX, _rds(INGRESS_ROUTE_CONFIG), (), tracing)],
+            "INBOUND",
         )
+        if mesh.ingress.tls is not None:
+            public["filter_chains"][0]["transport_socket"] = ingress_tls()
+        listeners.append(public)
     hops = []
     for i, service in enumerate(targets):
         port = GATEWAY_HOP_BASE + i
         # 0.0.0.0, as Docker's publishing needs; host_only keeps the pods out.
-        hop = outbound_listener(service, [("0.0.0.0", port)])
+        hop = outbound_listener(service, [("0.0.0.0", port)], tracing)
         if host_address is not None:
             hop["filter_chains"][0]["filters"].insert(0, host_only(host_address))
         listeners.append(hop)
         hops.append(_static_cluster(hop_name(service.name), "127.0.0.1", port, service.protocol))
+    with_access_logs(mesh.observability.access_log, listeners)  # envoy/access_log.py
     routes, clusters, assignments = _upstream_resources(targets, mesh, endpoints)
     ingress = (ingress_route_config(mesh),) if mesh.ingress is not None else ()
     return Resources(

@@ -28,9 +28,16 @@ LISTENER: Final = _T + "listener.v3.Listener"
 ROUTE: Final = _T + "route.v3.RouteConfiguration"
 CLUSTER: Final = _T + "cluster.v3.Cluster"
 ENDPOINT: Final = _T + "endpoint.v3.ClusterLoadAssignment"
-TYPE_URLS: Final = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
-NAME_KEY: Final = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
-SHORT: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+SECRET: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+TYPE_URLS: Final = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
+NAME_KEY: Final = {
+    LISTENER: "name",
+    ROUTE: "name",
+    CLUSTER: "name",
+    ENDPOINT: "cluster_name",
+    SECRET: "name",
+}
+SHORT: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS"}
 
 
 class SnapshotError(MeshError):
@@ -106,6 +113,7 @@ class Snapshot:
     routes: TypeSnapshot
     clusters: TypeSnapshot
     endpoints: TypeSnapshot
+    secrets: TypeSnapshot  # a rotation changes this type's version alone
 
     @classmethod
     def of(cls, resources: Resources, seen: Digests | None = None) -> Snapshot:
@@ -115,6 +123,7 @@ class Snapshot:
             TypeSnapshot.of(ROUTE, resources.routes, seen),
             TypeSnapshot.of(CLUSTER, resources.clusters, seen),
             TypeSnapshot.of(ENDPOINT, resources.endpoints, seen),
+            TypeSnapshot.of(SECRET, resources.secrets, seen),
         )
 
     def of_type(self, type_url: str) -> TypeSnapshot:
@@ -123,11 +132,12 @@ class Snapshot:
             ROUTE: self.routes,
             CLUSTER: self.clusters,
             ENDPOINT: self.endpoints,
+            SECRET: self.secrets,
         }[type_url]
 
     @property
     def types(self) -> tuple[TypeSnapshot, ...]:
-        return (self.listeners, self.routes, self.clusters, self.endpoints)
+        return (self.listeners, self.routes, self.clusters, self.endpoints, self.secrets)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -142,9 +152,15 @@ class Snapshot:
             _walked("rds", d, item, _rds_names)
             for d, item in zip(listeners.digests, listeners.items, strict=True)
         )
+        sds = (
+            _walked("sds", d, item, _sds_names)
+            for typed in (self.listeners, self.clusters)
+            for d, item in zip(typed.digests, typed.items, strict=True)
+        )
         return {
             ROUTE: frozenset(name for names in rds for name in names),
             ENDPOINT: frozenset(_eds_names(self.clusters.items)),
+            SECRET: frozenset(name for names in sds for name in names),
         }
 
     def problems(self) -> list[str]:
@@ -157,8 +173,16 @@ class Snapshot:
                 if name in seen:
                     out.append(f"two {SHORT[typed.type_url]} resources named {name!r}")
                 seen.add(name)
-        have = {ROUTE: set(self.routes.names), ENDPOINT: set(self.endpoints.names)}
-        what = {ROUTE: "no route config", ENDPOINT: "no endpoints (ClusterLoadAssignment)"}
+        have = {
+            ROUTE: set(self.routes.names),
+            ENDPOINT: set(self.endpoints.names),
+            SECRET: set(self.secrets.names),
+        }
+        what = {
+            ROUTE: "no route config",
+            ENDPOINT: "no endpoints (ClusterLoadAssignment)",
+            SECRET: "no secret (no certificate issued)",
+        }
         for type_url, names in self.references().items():
             for name in sorted(names - have[type_url]):
                 out.append(f"{SHORT[type_url]} {name!r} is referred to but has {what[type_url]}")
@@ -216,6 +240,18 @@ def _rds_names(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for value in node:
             yield from _rds_names(value)
+
+
+def _sds_names(node: Any) -> Iterator[str]:
+    """Secrets a listener or cluster asks SDS for: each `{name, sds_config}`."""
+    if isinstance(node, dict):
+        if "sds_config" in node and "name" in node:
+            yield str(node["name"])
+        for value in node.values():
+            yield from _sds_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sds_names(value)
 
 
 def _eds_names(clusters: Iterable[Json]) -> Iterator[str]:

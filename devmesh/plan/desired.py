@@ -14,8 +14,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from devmesh import labels
-from devmesh.core.addressing import GATEWAY_HOP_BASE, GATEWAY_PORT, service_addresses
+from devmesh.core.addressing import (
+    GATEWAY_HOP_BASE,
+    GATEWAY_PORT,
+    RESERVED_PORTS,
+    service_addresses,
+)
 from devmesh.core.model import Mesh, Service, Version
+from devmesh.envoy import tracing
 from devmesh.envoy.bootstrap import ads_bootstrap
 from devmesh.envoy.render import gateway_group
 from devmesh.envoy.resources import Json, sidecar_node
@@ -24,7 +30,11 @@ POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gat
 XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
 #                             restarted daemon's new socket file is seen without recreation)
 XDS_SOCKET = f"{XDS_MOUNT}/xds.sock"
+STATSD_SOCKET = f"{XDS_MOUNT}/{tracing.STATSD_SOCKET_NAME}"  # the daemon's StatsD relay
 ENVOY_BINARY = "/usr/local/bin/envoy"
+GUARD_IMAGE = "devmesh/netguard:1"  # built by adapters/images.py from templates/netguard
+GUARD_RULES = "/guard.rules"  # where the guard reads its rules (bind-mounted, read-only)
+GUARD_BINARY = "/sbin/xtables-multi"  # templates/netguard: the host's iptables, its argv[1]
 
 
 def stable_hash(data: Any) -> str:
@@ -80,6 +90,9 @@ class PodSpec:
     pause: ContainerSpec
     app: ContainerSpec
     sidecar: ContainerSpec
+    # Run once in the pod's namespace after `pause` starts and before `app` does: closes
+    # every port but the sidecar's to the network (guard_rules). Not kept running.
+    guard: ContainerSpec
 
     @property
     def node_id(self) -> str:
@@ -131,6 +144,11 @@ class Inputs:
     # "UID:GID" of sidecars and the gateway: proxy_user() of the daemon's user (the daemon
     # asks the OS; this module does no I/O). Nobody's, where a caller does not say.
     proxy_user: str = "65534:65534"
+    guard_image: str = GUARD_IMAGE  # an image id where known (adapters/images.py)
+    # The mesh network's gateway address: where the host's connections to a pod come from
+    # (the daemon's health probes). None: not known, and then nothing but the sidecar's
+    # ports is open to it either.
+    host: str | None = None
 
 
 def network_name(project: str) -> str:
@@ -222,6 +240,73 @@ PAUSE_HARDENING: dict[str, Any] = {
 }
 
 
+# The guard: the host's iptables in a FROM-scratch image (templates/netguard), joined to
+# the pod's namespace with NET_ADMIN alone, for the few hundred milliseconds it takes to
+# load the rules. Nothing in the pod keeps NET_ADMIN, so nothing in it can undo them.
+GUARD_HARDENING: dict[str, Any] = {
+    "user": "0:0",  # root in the container, but with NET_ADMIN as its only capability
+    "cap_drop": ("ALL",),
+    "cap_add": ("NET_ADMIN",),
+    "security_opt": ("no-new-privileges",),
+    "read_only": True,
+    "pids_limit": 8,
+    "mem_limit": "32m",
+    "restart": "no",
+}
+
+
+def guard_rules(host: str | None) -> str:
+    """The pod's inbound firewall, as `iptables-restore` input: no way around the sidecar.
+
+    From the network, a new connection is accepted only on the sidecar's ports (the
+    reserved range, where an app may not listen: validation checks it); the app's port and
+    any other an app opens are refused (TCP reset, so a client fails at once, not after a
+    timeout). Exempt: the pod itself (loopback: the sidecar reaching its app), replies to
+    connections the pod opened, and the host (`host`: the daemon's health probes go
+    straight to the app). IPv4 only: Docker turns IPv6 off in the namespace of a container
+    on a network without it, and devmesh makes its networks without it. Only the filter
+    table is replaced, so Docker's own NAT rules in the namespace stay as they are.
+    """
+    first, last = RESERVED_PORTS.start, RESERVED_PORTS.stop - 1
+    lines = [
+        "*filter",
+        ":INPUT ACCEPT [0:0]",
+        ":FORWARD ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    ]
+    if host is not None:
+        lines.append(f"-A INPUT -s {host}/32 -j ACCEPT")
+    lines += [
+        f"-A INPUT -p tcp -m tcp --dport {first}:{last} -j ACCEPT",
+        "-A INPUT -p tcp -j REJECT --reject-with tcp-reset",
+        "-A INPUT -p udp -j REJECT --reject-with icmp-port-unreachable",
+        "COMMIT",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def guard_file(state_dir: str, name: str) -> str:
+    return f"{pod_dir(state_dir, name)}/guard.rules"
+
+
+def _guard(inputs: Inputs, name: str, ident: dict[str, str]) -> ContainerSpec:
+    rules = guard_file(inputs.state_dir, name)
+    return ContainerSpec(
+        name=f"{name}-guard",
+        role="guard",
+        image=inputs.guard_image,
+        labels=_labels(inputs.project, "guard", ident),
+        entrypoint=(GUARD_BINARY,),
+        command=("iptables-restore", GUARD_RULES),
+        network_mode=f"container:{name}",
+        binds=((rules, GUARD_RULES, "ro"),),
+        files=((rules, guard_rules(inputs.host)),),
+        **GUARD_HARDENING,
+    )
+
+
 def _app_security(service: Service) -> dict[str, Any]:
     """An app keeps its image's user and Docker's default capabilities (it may need them),
     but a setuid program in it cannot gain privileges unless the mesh file says so."""
@@ -234,8 +319,17 @@ def _envoy_command() -> tuple[str, ...]:
     return ("-c", f"{POD_MOUNT}/bootstrap.json", *SIDECAR_FLAGS)
 
 
-def _bootstrap_file(state_dir: str, pod: str, node_id: str, cluster: str) -> tuple[str, str]:
-    bootstrap: Json = ads_bootstrap(node_id, cluster, XDS_SOCKET, f"{POD_MOUNT}/admin.sock")
+def _bootstrap_file(
+    mesh: Mesh, state_dir: str, pod: str, node_id: str, cluster: str
+) -> tuple[str, str]:
+    bootstrap: Json = ads_bootstrap(
+        node_id,
+        cluster,
+        XDS_SOCKET,
+        f"{POD_MOUNT}/admin.sock",
+        tracing.stats_sinks(mesh, STATSD_SOCKET),
+        tracing.runtime(mesh),
+    )
     return (f"{pod_dir(state_dir, pod)}/bootstrap.json", json.dumps(bootstrap, indent=1))
 
 
@@ -248,11 +342,14 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         labels.REPLICA: str(replica),
         labels.POD: name,
     }
+    guard = _guard(inputs, name, ident)
     pause = ContainerSpec(
         name=name,
         role="pod",
         image=inputs.pause_image,
-        labels=_labels(project, "pod", ident),
+        # The guard's hash: rules that change (another host address, another image) make a
+        # new pod, whose namespace gets them before its app starts.
+        labels=_labels(project, "pod", {**ident, labels.GUARD: guard.config_hash}),
         # Never restarted in place: a restarted owner has a new namespace and its members
         # would be cut off. A dead owner makes the daemon replace the pod whole.
         restart="no",
@@ -296,12 +393,12 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         command=_envoy_command(),
         network_mode=f"container:{name}",
         binds=_proxy_binds(inputs, name),
-        files=(_bootstrap_file(inputs.state_dir, name, sidecar_name, cluster),),
+        files=(_bootstrap_file(mesh, inputs.state_dir, name, sidecar_name, cluster),),
         user=inputs.proxy_user,
         mem_limit=SIDECAR_MEMORY,
         **PROXY_HARDENING,
     )
-    return PodSpec(name, service.name, version.name, replica, pause, app, sidecar)
+    return PodSpec(name, service.name, version.name, replica, pause, app, sidecar, guard)
 
 
 def _proxy_binds(inputs: Inputs, name: str) -> tuple[tuple[str, str, str], ...]:
@@ -341,7 +438,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             dns=("127.0.0.1",),
             ports=tuple(ports),  # host port 0: any free one, read back from Docker
             binds=_proxy_binds(inputs, name),
-            files=(_bootstrap_file(inputs.state_dir, name, name, gateway_group(mesh)),),
+            files=(_bootstrap_file(mesh, inputs.state_dir, name, name, gateway_group(mesh)),),
             user=inputs.proxy_user,
             mem_limit=GATEWAY_MEMORY,
             **PROXY_HARDENING,

@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input, Log, Static
 
 from devmesh.api import types as api
 from devmesh.core.problems import MeshError
+from devmesh.tui.access import AccessScreen
 from devmesh.tui.clock import Clock, Timer
 from devmesh.tui.model import (
     POD_COLUMNS,
@@ -51,6 +52,7 @@ from devmesh.tui.poller import Frame, Poller
 from devmesh.tui.screens import ConfirmScreen, DescribeScreen, HelpScreen, WeightScreen
 from devmesh.tui.source import MeshClient
 from devmesh.tui.stats import Rates
+from devmesh.tui.traces import TracesScreen
 from devmesh.tui.widgets import Line, RowTable, lines_text
 
 POD_WIDTHS = {"name": 14, "state": 12, "version": 8, "xds": 4, "rps": 5, "ok": 5, "p99": 5}
@@ -118,6 +120,21 @@ KEYMAP: tuple[tuple[str, str, str, str, str], ...] = (
         "restart the selected pod's app (on a service row: every pod of the service); asks first",
     ),
     ("l", "l", "show_pane('log')", "", "show the selected pod's app log (following)"),
+    (
+        "t",
+        "t",
+        "traces",
+        "",
+        "the selected service's recent traces (f: 5xx only); Enter shows one as a waterfall",
+    ),
+    (
+        "L",
+        "L",
+        "access_log",
+        "",
+        "the selected service's requests, as every Envoy logged them (flags in words; "
+        "f: 5xx only); Enter opens a request's trace",
+    ),
     (
         "e",
         "e",
@@ -427,6 +444,14 @@ class MeshApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*self.KEYS, *TABLE_KEYS]))
+
+    def action_access_log(self) -> None:  # the screen is tui/access.py's
+        row = self._pods.current()
+        self.push_screen(AccessScreen(self.client, row.service if row is not None else None))
+
+    def action_traces(self) -> None:  # the screens are tui/traces.py's
+        row = self._pods.current()
+        self.push_screen(TracesScreen(self.client, row.service if row is not None else None))
 
     def action_describe(self) -> None:
         """k9s's `d`: the selected row in full; nothing changes."""

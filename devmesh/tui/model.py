@@ -232,6 +232,7 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
         + (f" — {pod.reason}" if pod.reason else "")
         + f"; app {pod.app}, {pod.restarts} restart(s); "
         f"sidecar {pod.sidecar}; {_xds_text(pod.xds)}"
+        + _tls_text(pod.tls)
         + (
             f"; stats unreadable: {rates.unreadable[pod.pod]}"
             if pod.pod in rates.unreadable
@@ -261,6 +262,14 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
     )
 
 
+def _tls_text(tls: api.PodTls | None) -> str:
+    """`; mTLS STRICT as spiffe://... (certificate until 14:02:11)`; nothing without TLS."""
+    if tls is None:
+        return ""
+    until = time.strftime("%H:%M:%S", time.localtime(tls.not_after))
+    return f"; mTLS {tls.mode} as {tls.identity} (certificate until {until})"
+
+
 def _xds_text(xds: api.XdsStatus) -> str:
     text = f"config {xds.version or '-'} "
     if xds.nack is not None:
@@ -275,11 +284,10 @@ def _live_text(live: Live | None) -> str:
         return "no numbers yet"
     text = f"{fmt_rps(live.rps)} req/s, {fmt_success(live.success)} ok"
     if live.p50 is not None or live.p99 is not None:
-        # Over several Envoys each percentile is the highest of theirs: an upper bound.
-        at_most = "≤" if live.bound else ""
-        text += f", p50 {at_most}{fmt_ms(live.p50)} p99 {at_most}{fmt_ms(live.p99)}"
-        if live.bound:
-            text += f" (the slowest of {live.merged} callers')"
+        # From every Envoy's latency buckets added up (tui/stats.py `Live`).
+        text += f", p50 {fmt_ms(live.p50)} p99 {fmt_ms(live.p99)}"
+        if live.merged > 1:
+            text += f" (over {live.merged} callers)"
     if live.cx is not None:
         text += f", {live.cx} conn"
     return text

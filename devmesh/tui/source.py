@@ -39,6 +39,18 @@ class MeshClient(Protocol):
 
     def logs(self, pod: str, tail: int = 100) -> api.LogsResult: ...
 
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult: ...
+
+    def trace(self, trace_id: str) -> api.Trace: ...
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult: ...
+
 
 def connect(socket_path: Path, timeout: float = 5) -> DaemonClient:
     """The TUI's client of the daemon on `socket_path`: reads on a kept connection."""

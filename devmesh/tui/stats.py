@@ -21,9 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from devmesh.api import types as api
+from devmesh.api.histogram import Buckets, merge, quantile, total, window
 
 HISTORY = 30  # samples kept per row: about half a minute at one read a second
 SPLIT_WINDOW = 5  # reads the observed split is summed over: steady, yet it follows a shift
+# Reads latency percentiles are taken over: Envoy adds samples to its histograms at its
+# stats flush, every 5 s, so a window must hold at least one flush.
+LATENCY_WINDOW = 10
 INGRESS = api.INGRESS  # the service name of the gateway's own routes
 
 
@@ -31,24 +35,19 @@ INGRESS = api.INGRESS  # the service name of the gateway's own routes
 class Live:
     """One row's live numbers; None where there is nothing to show (yet).
 
-    p50 and p99 are each the *highest* of the Envoys' own interval percentiles (every caller
-    of a version or route has its own histogram, and percentiles do not add up). The highest
-    is an upper bound of the percentile over all of them: at least half (99 %) of every
-    caller's requests took no longer than it, so at least half (99 %) of all did. `merged`
-    says how many Envoys' percentiles it is the highest of: with one it is exact.
+    p50 and p99 are over the last `LATENCY_WINDOW` reads (about 10 s: Envoy adds samples
+    to its histograms at each 5 s stats flush), from every Envoy's latency buckets in that
+    window added up (every caller of a version or route has its own histogram; bucket
+    counts add up, percentiles do not), interpolated within the bucket as Prometheus'
+    histogram_quantile does (`devmesh.api.histogram`). `merged`: how many Envoys' buckets.
     """
 
     rps: float | None = None
     success: float | None = None  # share of responses that were not 5xx, 0..1
-    p50: float | None = None  # milliseconds, Envoy's last stats interval; see above
+    p50: float | None = None  # milliseconds; see above
     p99: float | None = None
     cx: int | None = None  # active connections (a gauge)
-    merged: int = 0  # Envoys whose percentiles p50/p99 are the highest of
-
-    @property
-    def bound(self) -> bool:
-        """The percentiles are an upper bound (several Envoys), not the exact value."""
-        return self.merged > 1
+    merged: int = 0  # Envoys whose latency buckets p50/p99 come from
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +100,15 @@ class _Acc:
     errors: float = 0.0
     cx: int = 0
     has_cx: bool = False
-    p50: list[float] = field(default_factory=list)  # one per Envoy that had a sample
-    p99: list[float] = field(default_factory=list)
+    latency: list[Buckets] = field(default_factory=list)  # one window per Envoy
 
-    def add(self, now: api.Traffic, before: api.Traffic | None, cx: bool = True) -> None:
+    def add(
+        self,
+        now: api.Traffic,
+        before: api.Traffic | None,
+        cx: bool = True,
+        latency: Buckets = (),
+    ) -> None:
         """One Envoy's counters; `before` is its previous read (None: no rate yet)."""
         if before is not None:
             self.total += _delta(now.requests, before.requests)
@@ -113,10 +117,8 @@ class _Acc:
         if cx:
             self.cx += now.connections
             self.has_cx = True
-        if now.p50_ms is not None:
-            self.p50.append(now.p50_ms)
-        if now.p99_ms is not None:
-            self.p99.append(now.p99_ms)
+        if total(latency) > 0:
+            self.latency.append(latency)
 
     def merge(self, other: _Acc) -> None:
         self.total += other.total
@@ -125,19 +127,18 @@ class _Acc:
         if other.has_cx:
             self.cx += other.cx
             self.has_cx = True
-        self.p50.extend(other.p50)
-        self.p99.extend(other.p99)
+        self.latency.extend(other.latency)
 
     def live(self, interval: float, percentiles: bool = True) -> Live:
         rps = self.total / interval if interval > 0 else None
         # No request completed in this interval (all still in flight): compare with those started.
         answered = self.completed or self.total
         success = None if answered <= 0 else max(0.0, 1.0 - self.errors / answered)
-        # The highest of the Envoys' percentiles: an upper bound (see `Live`), never a mean.
-        p50 = max(self.p50) if percentiles and self.p50 else None
-        p99 = max(self.p99) if percentiles and self.p99 else None
-        merged = max(len(self.p50), len(self.p99)) if percentiles else 0
-        return Live(rps, success, p50, p99, self.cx if self.has_cx else None, merged)
+        # Every Envoy's window of buckets added up, then interpolated (see `Live`).
+        merged = merge(self.latency) if percentiles else ()
+        p50, p99 = quantile(0.5, merged), quantile(0.99, merged)
+        n = len(self.latency) if merged else 0
+        return Live(rps, success, p50, p99, self.cx if self.has_cx else None, n)
 
 
 def _delta(now: int, before: int) -> float:
@@ -166,6 +167,8 @@ class StatsTracker:
         self._time: float | None = None
         self._history: dict[str, deque[float]] = {}
         self._size = history
+        # Each Envoy's latency buckets per row, as of its last LATENCY_WINDOW reads
+        self._latency: dict[str, deque[dict[_Key, Buckets]]] = {}
         # (seconds, version rates, route rates) of the last reads, for the observed split
         self._window: deque[
             tuple[float, dict[tuple[str, str], float], dict[tuple[str, str], float]]
@@ -189,7 +192,11 @@ class StatsTracker:
                 continue
             mine = current[sidecar.source] = _traffic_of(sidecar)
             known = self._previous.get(sidecar.source)
+            past = self._latency.setdefault(sidecar.source, deque(maxlen=LATENCY_WINDOW))
+            oldest = past[0] if past else {}
+            past.append({k: t.latency for k, t in mine.items() if t.latency})
             for key, traffic in mine.items():
+                lat = window(traffic.latency, oldest.get(key)) if known is not None else ()
                 # A sidecar seen for the first time has no rate yet; a row new in a known
                 # sidecar counts from zero.
                 before = None if known is None else known.get(key, api.Traffic())
@@ -197,13 +204,15 @@ class StatsTracker:
                 if kind == "in":
                     pods.setdefault(sidecar.source, _Acc()).add(traffic, before)
                 elif kind == "up":
-                    versions.setdefault((a, b), _Acc()).add(traffic, before)
+                    versions.setdefault((a, b), _Acc()).add(traffic, before, latency=lat)
                 else:
-                    routes_acc.setdefault((a, b), _Acc()).add(traffic, before)
+                    routes_acc.setdefault((a, b), _Acc()).add(traffic, before, latency=lat)
                     if a == INGRESS and sidecar.service == INGRESS and sidecar.inbound is None:
                         # A gateway without inbound counters: what came in over its routes.
                         pods.setdefault(sidecar.source, _Acc()).add(traffic, before, cx=False)
         self._previous = current
+        for gone in self._latency.keys() - current.keys():
+            del self._latency[gone]
         self._time = now
         if interval == 0.0:
             return Rates(0.0, unreadable=unreadable, history=self._snapshot())

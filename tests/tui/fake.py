@@ -74,3 +74,42 @@ class RecordedClient:
     def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult:
         self.calls.append(("restart", (service, pod)))
         return api.RestartResult((f"{pod}-app",))
+
+    # Traces were recorded from a small mesh of their own (gateway -> frontend -> catalog).
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult:
+        self.calls.append(("traces", (service, slower_ms, status, limit)))
+        every = load("traces", "traces.json", api.TracesResult)
+        kept = tuple(
+            t
+            for t in every.traces
+            if (service is None or service in t.services)
+            and (status != "5xx" or (t.status or 0) >= 500)
+        )
+        return api.TracesResult(kept, every.kept, every.capacity)
+
+    def trace(self, trace_id: str) -> api.Trace:
+        self.calls.append(("trace", (trace_id,)))
+        for where in ("traces", "access"):  # the access log's recording has its trace too
+            path = RECORDED / where / f"trace-{trace_id}.json"
+            if path.exists():
+                return load(where, path.name, api.Trace)
+        raise DaemonRefused(api.ApiError(api.ErrorCode.NOT_FOUND, f"no trace {trace_id}"))
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult:
+        """The access log recorded from a real daemon (tests/tui/recorded/access: gateway ->
+        front -> back, 8 requests and 2 injected 503s), filtered by service and status."""
+        self.calls.append(("access", (req.service, req.status)))
+        every = load("access", "access.json", api.AccessResult)
+        kept = tuple(
+            e
+            for e in every.entries
+            if (req.service is None or req.service in (e.service, e.source_service))
+            and (req.status != "5xx" or (e.status or 0) >= 500)
+        )
+        return api.AccessResult(kept[-req.limit :], every.counters)

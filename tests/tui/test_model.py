@@ -220,3 +220,19 @@ def test_a_pod_whose_stats_cannot_be_read_says_why() -> None:
     state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
     rows = pod_rows(state, None, Rates(1.0, unreadable={"p": "admin: connection refused"}))
     assert rows[1].detail.endswith("; stats unreadable: admin: connection refused")
+
+
+def test_a_pods_detail_names_its_mtls_identity_mode_and_certificate_expiry() -> None:
+    import dataclasses
+    import time
+
+    from devmesh.tui.stats import Rates
+
+    tls = api.PodTls("spiffe://devmesh.local/mesh/m/service/s", "PERMISSIVE", 1795000000.0)
+    with_tls = dataclasses.replace(pod(api.PodState.READY), tls=tls)
+    state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(with_tls,))
+    detail = pod_rows(state, None, Rates(1.0))[1].detail
+    until = time.strftime("%H:%M:%S", time.localtime(1795000000.0))
+    assert f"; mTLS PERMISSIVE as {tls.identity} (certificate until {until})" in detail
+    plain = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
+    assert "mTLS" not in pod_rows(plain, None, Rates(1.0))[1].detail

@@ -67,6 +67,11 @@ ROUTES = catalog_routes(
 V1 = ("catalog", "v1")
 
 
+def lat(*buckets: tuple[float, int]) -> tuple[api.Bucket, ...]:
+    """Cumulative latency buckets: (upper bound in ms, samples at most that)."""
+    return tuple(api.Bucket(le, n) for le, n in buckets)
+
+
 def test_first_read_gives_no_rates_and_the_second_gives_differences_per_second() -> None:
     tracker = StatsTracker()
     first = tracker.update(read(100.0, gateway({V1: T(requests=10)})), None)
@@ -74,33 +79,47 @@ def test_first_read_gives_no_rates_and_the_second_gives_differences_per_second()
     second = tracker.update(
         read(
             102.0,
-            gateway({V1: T(requests=30, rq_5xx=2, connections=3, p50_ms=2.5, p99_ms=40.0)}),
+            gateway({V1: T(requests=30, rq_5xx=2, connections=3, latency=lat((5, 10), (50, 20)))}),
         ),
         None,
     )
     assert second.interval == 2.0
-    assert second.versions[V1] == Live(rps=10.0, success=0.9, p50=2.5, p99=40.0, cx=3, merged=1)
-    assert not second.versions[V1].bound  # one Envoy's percentiles: exact
+    # 20 samples: the 10th (p50) is the last of the bucket up to 5 ms; the 19.8th (p99) is
+    # 98 % of the way through the bucket from 5 to 50 ms.
+    live = second.versions[V1]
+    assert (live.rps, live.success, live.p50, live.cx, live.merged) == (10.0, 0.9, 5.0, 3, 1)
+    assert live.p99 == pytest.approx(49.1)
     assert second.services["catalog"].rps == 10.0
 
 
-def test_rates_sum_over_callers_and_percentiles_are_the_slowest_callers() -> None:
-    """p50 over two callers is the higher of their p50s: at least half of each caller's
-    requests took no longer, so at least half of all did (an upper bound, not a mean)."""
+def test_rates_sum_over_callers_and_percentiles_come_from_their_buckets_added_up() -> None:
+    """Caller a: 30 fast requests (<= 10 ms); caller b: 10 slow ones (50-100 ms). Of all 40
+    the median is fast and the p99 slow: neither caller's own percentile, nor their mean."""
     tracker = StatsTracker()
     tracker.update(read(0.0, sidecar("a", ups={V1: T()}), sidecar("b", ups={V1: T()})), None)
     rates = tracker.update(
         read(
             1.0,
-            sidecar("a", ups={V1: T(requests=30, p50_ms=2.0, p99_ms=9.0)}),
-            sidecar("b", ups={V1: T(requests=10, p50_ms=10.0, p99_ms=12.0)}),
+            sidecar("a", ups={V1: T(requests=30, latency=lat((10, 30), (50, 30), (100, 30)))}),
+            sidecar("b", ups={V1: T(requests=10, latency=lat((10, 0), (50, 0), (100, 10)))}),
         ),
         None,
     )
     live = rates.versions[V1]
     assert live.rps == 40.0
-    assert (live.p50, live.p99) == (10.0, 12.0)
-    assert live.bound and live.merged == 2
+    assert live.p50 == pytest.approx(20 / 30 * 10)  # rank 20 of 30 in the bucket 0-10 ms
+    assert live.p99 == pytest.approx(50 + 50 * (39.6 - 30) / 10)  # rank 39.6 in 50-100 ms
+    assert live.merged == 2
+
+
+def test_percentiles_are_over_a_window_of_reads_not_since_the_envoy_started() -> None:
+    """1000 old slow requests, then 10 new fast ones: the window sees only the new ones."""
+    tracker = StatsTracker()
+    old = lat((10, 0), (1000, 1000))
+    tracker.update(read(0.0, sidecar("a", ups={V1: T(requests=1000, latency=old)})), None)
+    new = lat((10, 10), (1000, 1010))
+    rates = tracker.update(read(1.0, sidecar("a", ups={V1: T(requests=1010, latency=new)})), None)
+    assert rates.versions[V1].p99 == pytest.approx(9.9)
 
 
 def test_a_restarted_sidecar_counts_from_zero_and_a_new_one_waits_a_read() -> None:
@@ -241,3 +260,16 @@ def test_sparkline(values: list[float], top: float | None, expected: str) -> Non
 )
 def test_number_formats(fmt: Any, value: float | None, text: str) -> None:
     assert fmt(value) == text
+
+
+def test_a_pods_ok_counts_what_its_inbound_listener_answered_its_sidecars_503s_too() -> None:
+    """The issue's case: the pod's inbound sidecar answered 163 of 520 with 503 (its own
+    local replies: an injected fault, the app refusing connections). OK% is what the pod's
+    inbound listener answered, whoever made the answer, not what callers' routes saw."""
+    tracker = StatsTracker()
+    tracker.update(read(0.0, sidecar("pod", inbound=T())), None)
+    rates = tracker.update(
+        read(1.0, sidecar("pod", inbound=T(requests=520, rq_2xx=357, rq_5xx=163))), None
+    )
+    assert rates.pods["pod"].success == pytest.approx(357 / 520)
+    assert fmt_success(rates.pods["pod"].success) != fmt_success(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,7 +49,17 @@ def test_ps_shows_each_pods_typed_state_and_why_not_ready() -> None:
     text = views.ps_table(_state(READY, NACKED, pid=42, gateway=GATEWAY))
     lines = text.splitlines()
     assert lines[0] == "mesh 'shop' (serving) pid 42  ingress http://127.0.0.1:8080/ ready"
-    assert lines[1].split() == ["POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS"]
+    assert lines[1].split() == [
+        "POD",
+        "SERVICE",
+        "VERSION",
+        "STATE",
+        "ADDRESS",
+        "CONFIG",
+        "XDS",
+        "TLS",
+        "CERT",
+    ]
     assert lines[2].split() == [
         "shop-web-v1-0",
         "web",
@@ -57,9 +68,11 @@ def test_ps_shows_each_pods_typed_state_and_why_not_ready() -> None:
         "172.18.0.3",
         "ab12cd34",
         "ACK",
+        "-",
+        "-",
     ]
     assert lines[3].split()[:4] == ["shop-web-v2-0", "web", "v2", "nacked"]
-    assert lines[3].endswith("NACK (Listener)")
+    assert lines[3].endswith("NACK (Listener)  -    -")
     assert lines[4] == "  └ config NACKed: bad listener"  # one line, however Envoy wrapped it
 
 
@@ -113,6 +126,30 @@ def test_json_is_the_apis_encoding() -> None:
     assert data["phase"] == "serving"
     assert data["pods"][0]["state"] == "ready"
     assert data["pods"][0]["xds"]["synced"] is True
+
+
+def test_ps_shows_identity_mode_time_left_and_the_callers_refused() -> None:
+    tls = api.PodTls("spiffe://devmesh.local/mesh/shop/service/web", "STRICT", 1000.0 + 7260)
+    pod = dataclasses.replace(READY, tls=tls)
+    stats = api.Stats(
+        time=1000.0,
+        sidecars=(
+            api.SidecarStats(
+                "shop-web-v1-0",
+                "web",
+                "v1",
+                denials=(api.Denial("other", 3), api.Denial(api.GATEWAY_CALLER, 1)),
+            ),
+        ),
+    )
+    lines = views.ps_table(_state(pod), stats, now=1000.0).splitlines()
+    assert lines[2].split()[-2:] == ["STRICT", "2h01m"]
+    assert lines[3].split() == [
+        "·", "spiffe://devmesh.local/mesh/shop/service/web",
+        "denied:", "gateway", "1,", "other", "3",
+    ]  # fmt: skip
+    expired = views.ps_table(_state(pod), None, now=1000.0 + 8000).splitlines()
+    assert expired[2].split()[-1] == "expired"
 
 
 def test_ls_table_shows_daemons_and_instances_left_without_one() -> None:

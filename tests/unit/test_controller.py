@@ -48,6 +48,7 @@ class FakeEngine:
         self.down = False
         self.lag: dict[str, int] = {}
         self.restarted: list[str] = []
+        self.network = False
         self._ids = 0
 
     def _check(self) -> None:
@@ -71,11 +72,15 @@ class FakeEngine:
 
     def network_exists(self, name: str) -> bool:
         self._check()
-        return bool(self.applied)
+        return self.network or bool(self.applied)
+
+    def ensure_network(self, name: str, project: str) -> None:
+        self._check()
+        self.network = True
 
     def network_gateway(self, name: str) -> str | None:
         self._check()
-        return "10.9.0.254" if self.applied else None
+        return "10.9.0.254" if self.network_exists(name) else None
 
     def apply(self, plan: Plan, project: str, network: str, progress: Any) -> list[EngineError]:
         self._check()
@@ -125,6 +130,7 @@ class FakeEngine:
 class FakeImages:
     envoy = ImageChoice("devmesh/envoy:1", "sha256:envoy", "present")
     pause = ImageChoice("devmesh/pause:1", "sha256:pause", "present")
+    guard = ImageChoice("devmesh/netguard:1", "sha256:guard", "present")
 
     def __init__(self) -> None:
         self.missing: set[str] = set()
@@ -419,3 +425,18 @@ def test_a_tcp_route_is_described_with_no_path_match() -> None:
     assert web is not None and db is not None
     assert [r.match for r in web.routes] == ["path_prefix /"]
     assert [(r.match, r.to) for r in db.routes] == [("", {"v1": 90, "v2": 10})]
+
+
+def test_the_first_pass_makes_the_network_first_and_guards_pods_with_its_gateway(
+    loop: Any,
+) -> None:
+    """The guard's rules admit the host by the network's gateway address: it is learnt (the
+    network made if missing) before the first plan, so no pod is made twice."""
+    controller, engine, _, _, _ = loop
+    assert engine.network and controller.reconciler.host == "10.9.0.254"
+    (first,) = engine.applied
+    for pod in first.create_pods:
+        (_, rules), *_ = pod.guard.files
+        assert "-A INPUT -s 10.9.0.254/32 -j ACCEPT" in rules
+    controller._reconcile("again")
+    assert len(engine.applied) == 1  # nothing to replace: the rules were right the first time

@@ -78,6 +78,7 @@ def test_every_resource_parses_strictly_as_its_envoy_type(mesh_file: Path) -> No
 
 SHOP = """
 mesh: t
+tls: {mode: DISABLED}  # plain routing here; mTLS: test_mtls_render.py
 services:
   front: {image: f, port: 8000, calls: [back, db]}
   back:

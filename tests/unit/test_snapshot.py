@@ -12,12 +12,13 @@ import pytest
 from devmesh.core.load import load, load_path
 from devmesh.envoy.bootstrap import static_bootstrap
 from devmesh.envoy.render import gateway_group, node_groups, render, render_mesh
-from devmesh.envoy.resources import Json, Resources, placeholder_endpoints
+from devmesh.envoy.resources import Json, Resources, placeholder_endpoints, tls_secrets
 from devmesh.envoy.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     Snapshot,
     SnapshotError,
     new_snapshot,
@@ -74,8 +75,21 @@ def test_static_export_packs_the_same_resources_the_daemon_serves(mesh_file: Pat
 def test_every_rendered_mesh_makes_consistent_snapshots(mesh_file: Path, endpoints: str) -> None:
     mesh = load_path(str(mesh_file))
     eps = placeholder_endpoints(mesh) if endpoints == "placeholder" else {}
-    snapshots = new_snapshots(render(mesh, eps))
+    snapshots = new_snapshots(with_secrets(render(mesh, eps)))
     assert list(snapshots) == [g.name for g in node_groups(mesh)]
+
+
+def with_secrets(groups: dict[str, Resources]) -> dict[str, Resources]:
+    """What the daemon adds before it publishes: every group's certificate and the CA."""
+    own = tls_secrets("CERT", "KEY", "CA")  # parsed as strings only; Envoy never sees these
+    return {g: dataclasses.replace(r, secrets=own) for g, r in groups.items()}
+
+
+@pytest.mark.parametrize("mesh_file", MESH_FILES, ids=lambda p: p.parent.name or p.stem)
+def test_a_tls_mesh_without_its_certificates_is_not_served(mesh_file: Path) -> None:
+    mesh = load_path(str(mesh_file))
+    with pytest.raises(SnapshotError, match="SDS 'identity' is referred to but has no secret"):
+        new_snapshots(render(mesh, placeholder_endpoints(mesh)))
 
 
 # -- the consistency check ------------------------------------------------------------------
@@ -210,7 +224,7 @@ def test_new_snapshots_reports_every_group_at_once() -> None:
 def test_versions_are_stable_hashes_of_content() -> None:
     first, again = Snapshot.of(_front()), Snapshot.of(_front())  # rebuilt from scratch
     assert first.versions == again.versions
-    assert set(first.versions) == {LISTENER, ROUTE, CLUSTER, ENDPOINT}
+    assert set(first.versions) == {LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET}
     assert all(len(v) == 16 for v in first.versions.values())
 
 
@@ -235,4 +249,8 @@ def test_new_endpoints_change_only_the_endpoint_version() -> None:
 
 def test_references_name_what_listeners_and_clusters_wait_for() -> None:
     refs = new_snapshot(_front()).references()
-    assert refs == {ROUTE: {"out|back"}, ENDPOINT: {"back|v1", "back|v2", "db|default"}}
+    assert refs == {
+        ROUTE: {"out|back"},
+        ENDPOINT: {"back|v1", "back|v2", "db|default"},
+        SECRET: set(),  # the mesh is DISABLED; a TLS one: test_mtls_render.py
+    }

@@ -30,6 +30,7 @@ from devmesh.envoy.snapshot import (
 
 MESH = """
 mesh: t
+tls: {mode: DISABLED}  # plain routing here; mTLS: test_mtls_render.py
 services:
   front: {image: f, port: 8000, calls: [back]}
   back:

@@ -4,14 +4,22 @@
 #   /status/NNN        answers NNN (for retries, outlier detection)
 #   /echo              the request line and headers as received (what the sidecars added)
 #   anything else      who served it, then one line per upstream in $UPSTREAMS, called by name
+# Calls to upstreams carry the request's trace headers on (the set Istio asks apps to
+# forward): then the sidecars' spans of those calls join this request's trace.
 CR=$(printf '\r')
 read -r method path _proto
 headers=""
+set --  # the trace headers to forward, as wget --header arguments
 while IFS= read -r line; do
     line="${line%"$CR"}"
     [ -z "$line" ] && break
     headers="$headers$line
 "
+    case "$(echo "${line%%:*}" | tr 'A-Z' 'a-z')" in
+        traceparent|tracestate|x-request-id|b3|x-b3-*|x-ot-span-context|x-amzn-trace-id|\
+        x-cloud-trace-context|grpc-trace-bin|baggage|x-datadog-*)
+            set -- "$@" --header "$line" ;;
+    esac
 done
 
 status="200 OK"
@@ -34,7 +42,7 @@ $headers" ;;
             if [ "$name" != "$upstream" ]; then   # name:port is a TCP upstream
                 reply=$(echo "widget" | nc -w 2 "$name" "${upstream#*:}" 2>&1 | head -n 1)
             else
-                reply=$(wget -q -O - "http://$name$path" 2>&1 | head -n 1)
+                reply=$(wget -q -O - "$@" "http://$name$path" 2>&1 | head -n 1)
             fi
             body="$body  -> $name: ${reply:-no answer}
 "

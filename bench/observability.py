@@ -1,0 +1,261 @@
+"""What observability costs: access logs and tracing on against both off, through two
+Envoys; the daemon's CPU with 20 services, access logs and metrics on; one /metrics scrape.
+
+    .venv/bin/python bench/observability.py [--seconds 20] [--cpu-window 60]
+
+Prints one markdown table. The paths measured (wrk on the host, paced by bench/
+sidecar_latency.py's Lua script):
+
+  wrk -> the gateway's hop for `server` (Envoy 1) -> server's inbound sidecar (Envoy 2)
+      -> the app: an Envoy answering every request itself (sidecar_latency.app_config)
+
+in two meshes that differ only in their `observability:` block (`access_log: false,
+tracing: false` for "off"; the defaults, both on at 100 % sampling, for "on"). Rounds
+alternate off/on so drift on a shared machine falls on both. Latency at ~1,000 req/s
+(10 connections, each paced at one request per 10 ms); throughput at saturation (32
+connections, no pacing). Then a mesh of 20 such services at 1 request/s each (20 req/s,
+each through the gateway and the service's sidecar, both logging) with access logs and
+metrics on: the daemon's CPU over the window; and 10 scrapes of its /metrics, timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import _common as c
+import yaml
+from _common import BenchError, cpu_seconds, progress
+from sidecar_latency import FLAGS, PACED, RESULT, app_config
+
+APP_PORT = 8000
+ON: dict[str, Any] = {}  # "on": the defaults (access logs and tracing); --on-only narrows it
+
+
+def mesh_text(name: str, services: int, on: bool, metrics_port: int | None) -> str:
+    def service() -> dict[str, Any]:
+        return {
+            "image": c.devmesh_images()[0],  # the sidecar image runs the fast app (Envoy)
+            "port": APP_PORT,
+            "command": ["--config-yaml", app_config(APP_PORT), *FLAGS],
+            "health": {"path": "/healthz", "interval": "1s"},
+        }
+
+    doc: dict[str, Any] = {"mesh": name}
+    observability: dict[str, Any] = dict(ON) if on else {"access_log": False, "tracing": False}
+    if metrics_port is not None:
+        observability["metrics"] = {"port": metrics_port}
+    if observability:
+        doc["observability"] = observability
+    width = max(2, len(str(services)))
+    doc["services"] = {
+        ("server" if services == 1 else f"s{i:0{width}d}"): service()
+        for i in range(1, services + 1)
+    }
+    return yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
+
+
+def hop_urls(project: str) -> dict[str, str]:
+    gateway = c.mesh_state(project).get("gateway") or {}
+    urls: dict[str, str] = gateway.get("services", {})
+    if not urls:
+        raise BenchError(f"{project}: the gateway publishes no service")
+    return urls
+
+
+def wrk(url: str, connections: int, seconds: float, pause_ms: int | None) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        script = PACED.format(pause_ms=pause_ms or 0)
+        if pause_ms is None:
+            script = script.replace("function delay() return pause_ms end\n", "")
+        f.write(script)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "2s", "-s", f.name]
+    out = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    Path(f.name).unlink(missing_ok=True)
+    match = RESULT.search(out.stdout)
+    if out.returncode != 0 or match is None:
+        raise BenchError(f"wrk failed: {out.stdout[-300:]} {out.stderr[-300:]}")
+    n, dur, conn, read, write, status, timeout, p50, _p90, p99, _top = map(int, match[1].split())
+    return {
+        "rate": n / (dur / 1e6),
+        "errors": conn + read + write + status + timeout,
+        "p50": p50 / 1000,
+        "p99": p99 / 1000,
+    }
+
+
+def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    sat: dict[str, list[float]] = {"off": [], "on": []}
+    projects: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for kind in ("off", "on"):
+                project = f"obsbench-{kind}-{uuid.uuid4().hex[:6]}"
+                projects[kind] = project
+                file = Path(tmp) / f"{kind}.yaml"
+                file.write_text(mesh_text("obsbench", 1, kind == "on", None))
+                progress(f"up {project}")
+                c.up(file, project)
+            urls = {k: hop_urls(p)["server"] for k, p in projects.items()}
+            for url in urls.values():
+                wrk(url, 10, 2, 10)  # warm-up
+            for r in range(rounds):
+                for kind in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                    progress(f"round {r + 1}: {kind} paced")
+                    runs[kind].append(wrk(urls[kind], 10, seconds, 10))
+                    progress(f"round {r + 1}: {kind} saturated")
+                    sat[kind].append(wrk(urls[kind], 32, seconds / 2, None)["rate"])
+        finally:
+            for project in projects.values():
+                c.down(project)
+    metrics = ("p50", "p99", "rate")
+    med = {k: {m: statistics.median(x[m] for x in v) for m in metrics} for k, v in runs.items()}
+    errors = {k: sum(x["errors"] for x in v) for k, v in runs.items()}
+    thr = {k: statistics.median(v) for k, v in sat.items()}
+    return [
+        [
+            "p50 at ~1,000 req/s, 2 Envoys",
+            f"{med['off']['p50']:.2f} ms",
+            f"{med['on']['p50']:.2f} ms",
+            f"{med['on']['p50'] / med['off']['p50']:.2f}",
+            "≤ 1.10",
+        ],
+        [
+            "p99 at ~1,000 req/s, 2 Envoys",
+            f"{med['off']['p99']:.2f} ms",
+            f"{med['on']['p99']:.2f} ms",
+            f"{med['on']['p99'] / med['off']['p99']:.2f}",
+            "≤ 1.10",
+        ],
+        [
+            "rate reached (paced), errors",
+            f"{med['off']['rate']:.0f}/s, {errors['off']}",
+            f"{med['on']['rate']:.0f}/s, {errors['on']}",
+            "",
+            "",
+        ],
+        [
+            "throughput at saturation (32 conns)",
+            f"{thr['off']:.0f}/s",
+            f"{thr['on']:.0f}/s",
+            f"{thr['on'] / thr['off']:.2f}",
+            "≥ 0.90",
+        ],
+    ]
+
+
+def daemon_rows(window: float) -> list[list[str]]:
+    project = f"obsbench-20-{uuid.uuid4().hex[:6]}"
+    port = c.free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "m.yaml"
+        file.write_text(mesh_text("obsbench20", 20, True, port))
+        try:
+            progress(f"up {project} (20 services)")
+            c.up(file, project, 240.0)
+            pid = int(c.mesh_state(project)["pid"])
+            urls = list(hop_urls(project).values())
+            stop = threading.Event()
+            sent = [0]
+
+            def load() -> None:  # 20 req/s: each service once a second
+                while not stop.is_set():
+                    start = time.monotonic()
+                    for url in urls:
+                        try:
+                            with urllib.request.urlopen(url, timeout=2) as r:
+                                r.read()
+                            sent[0] += 1
+                        except OSError:
+                            pass
+                    stop.wait(max(0.0, 1.0 - (time.monotonic() - start)))
+
+            worker = threading.Thread(target=load, daemon=True)
+            worker.start()
+            time.sleep(5)  # the first flushes and scrapes settle
+            before, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(window)
+            used, took = cpu_seconds(pid) - before, time.monotonic() - t0
+            rate = sent[0] / (time.monotonic() - t0 + 5)
+            scrape_ms, size = [], 0
+            metrics = f"http://127.0.0.1:{port}/metrics"
+            for _ in range(10):
+                t = time.perf_counter()
+                with urllib.request.urlopen(metrics, timeout=10) as r:
+                    size = len(r.read())
+                scrape_ms.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.5)
+            stop.set()
+            worker.join(timeout=5)
+            access = c.api(project, "POST", "/v1/access", {"limit": 1})["counters"]
+        finally:
+            c.down(project)
+    return [
+        [
+            f"daemon CPU, 20 services, ~{rate:.0f} req/s, logs+metrics on, {window:.0f} s",
+            "",
+            f"{100 * used / took:.2f} % of a core",
+            "",
+            "≤ 3 %",
+        ],
+        [
+            "  access-log entries received / dropped in that run",
+            "",
+            f"{access['received']} / {access['dropped']}",
+            "",
+            "",
+        ],
+        [
+            "/metrics scrape, 20 services (median of 10)",
+            "",
+            f"{statistics.median(scrape_ms):.1f} ms, {size / 1024:.0f} KiB",
+            "",
+            "≤ 50 ms, ≤ 1 MB",
+        ],
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cpu-window", type=float, default=60.0)
+    parser.add_argument(
+        "--on-only",
+        choices=("access_log", "tracing"),
+        help="'on' turns on only this one (to tell their costs apart)",
+    )
+    parser.add_argument("--no-daemon-rows", action="store_true")
+    args = parser.parse_args()
+    if args.on_only == "access_log":
+        ON.update(tracing=False)
+    elif args.on_only == "tracing":
+        ON.update(access_log=False)
+    c.raise_on_sigterm()
+    try:
+        rows = latency_rows(args.seconds, args.rounds)
+        if not args.no_daemon_rows:
+            rows += daemon_rows(args.cpu_window)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)\n")
+    print(c.table(["row", "off", "on", "on/off", "target"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

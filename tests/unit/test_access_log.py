@@ -1,0 +1,394 @@
+"""Access logs: the Envoy config that sends them, Envoy's entries decoded and put in mesh
+terms, the bounded ring, its filters and its followers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2
+
+from devmesh.adapters.access_log_service import EnvoyAccess, decode
+from devmesh.api import types as api
+from devmesh.api.response_flags import BY_CODE, RESPONSE_FLAGS, explain_flags
+from devmesh.core.load import load
+from devmesh.daemon.accesslog import (
+    AccessLog,
+    Directory,
+    Filter,
+    status_problem,
+    to_entry,
+    trace_id_of,
+)
+from devmesh.envoy import access_log
+from devmesh.envoy.render import render
+
+MESH = """
+mesh: shop
+ingress:
+  port: 8080
+  routes: [{name: site, service: front}]
+services:
+  front: {image: app:1, port: 8000, calls: [back, db]}
+  back:
+    image: app:1
+    port: 8000
+    versions: {v1: {}, v2: {}}
+  db: {image: db:1, port: 5432, protocol: tcp}
+"""
+
+DIRECTORY = Directory(
+    nodes={
+        "shop-front-default-0-sidecar": ("front", "default", "shop-front-default-0"),
+        "shop-back-v2-0-sidecar": ("back", "v2", "shop-back-v2-0"),
+        "shop-gateway": (api.INGRESS, "", "shop-gateway"),
+    },
+    ips={
+        "172.18.0.2": ("front", "default", "shop-front-default-0"),
+        "172.18.0.3": ("back", "v2", "shop-back-v2-0"),
+        "172.18.0.9": (api.INGRESS, "", "shop-gateway"),
+    },
+    services=frozenset({"front", "back", "db"}),
+)
+
+
+def raw(**kw: Any) -> EnvoyAccess:
+    base: dict[str, Any] = {
+        "node_id": "shop-front-default-0-sidecar",
+        "node_cluster": "shop/front/default",
+        "log_name": "outbound",
+        "tcp": False,
+        "start": 1000.0,
+        "duration_ms": 12.0,
+        "upstream_ms": 10.0,
+        "route_name": "main",
+        "upstream_cluster": "back|v2",
+        "upstream_ip": "172.18.0.3",
+        "downstream_ip": "127.0.0.1",
+        "flags": (),
+        "method": "GET",
+        "authority": "back",
+        "path": "/items",
+        "status": 200,
+    }
+    return EnvoyAccess(**{**base, **kw})
+
+
+# -- the Envoy side -----------------------------------------------------------------------
+
+
+def test_every_listener_of_every_node_logs_to_the_daemon_as_its_side() -> None:
+    resources = render(load(MESH), {})
+    seen: dict[str, set[str]] = {}
+    for group, res in resources.items():
+        for listener in res.listeners:
+            for f in listener["filter_chains"][0]["filters"]:
+                typed = f["typed_config"]
+                if "access_log" not in typed:
+                    continue
+                (logger,) = typed["access_log"]
+                common = logger["typed_config"]["common_config"]
+                assert common["grpc_service"]["envoy_grpc"]["cluster_name"] == "devmesh-xds"
+                seen.setdefault(group, set()).add(f"{listener['name']}:{common['log_name']}")
+    assert seen == {
+        "shop/front/default": {"in:inbound", "out|back:outbound", "out|db:outbound"},
+        "shop/back/v1": {"in:inbound"},
+        "shop/back/v2": {"in:inbound"},
+        "shop/db/default": {"in:inbound"},
+        "shop/gateway": {"ingress:ingress", "out|front:outbound", "out|back:outbound"},
+    }
+
+
+def test_tcp_listeners_use_the_tcp_logger_and_http_ones_log_trace_headers() -> None:
+    front = render(load(MESH), {})["shop/front/default"]
+    by_name = {x["name"]: x for x in front.listeners}
+    tcp = by_name["out|db"]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0]
+    http = by_name["out|back"]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0]
+    assert tcp["name"] == "envoy.access_loggers.tcp_grpc"
+    assert http["name"] == "envoy.access_loggers.http_grpc"
+    assert http["typed_config"]["additional_request_headers_to_log"] == [
+        "traceparent",
+        "x-amzn-trace-id",
+    ]
+
+
+def test_access_log_false_renders_no_logger() -> None:
+    mesh = load(MESH.replace("ingress:", "observability: {access_log: false}\ningress:", 1))
+    for res in render(mesh, {}).values():
+        assert not any(access_log.uses_collector(x) for x in res.listeners)
+
+
+# -- decoding Envoy's message -------------------------------------------------------------
+
+
+def test_an_http_entry_decodes_with_its_flags_times_and_trace_header() -> None:
+    msg = als_pb2.StreamAccessLogsMessage()
+    entry = msg.http_logs.log_entry.add()
+    common = entry.common_properties
+    common.start_time.seconds, common.start_time.nanos = 1000, 500_000_000
+    common.duration.nanos = 25_000_000
+    common.time_to_first_upstream_tx_byte.nanos = 1_000_000
+    common.time_to_first_upstream_rx_byte.nanos = 21_000_000
+    common.route_name = "main"
+    common.upstream_cluster = "back|v2"
+    common.upstream_remote_address.socket_address.address = "172.18.0.3"
+    common.downstream_remote_address.socket_address.address = "127.0.0.1"
+    common.response_flags.upstream_retry_limit_exceeded = True
+    common.response_flags.upstream_connection_failure = True
+    entry.request.request_method = 1  # GET
+    entry.request.authority = "back"
+    entry.request.path = "/items"
+    entry.request.request_id = "rid-1"
+    entry.request.request_headers["traceparent"] = (
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
+    entry.response.response_code.value = 503
+    entry.response.response_body_bytes = 19
+    entry.response.response_code_details = "upstream_reset_before_response_started"
+
+    (got,) = decode("node-1", "shop/front/default", "outbound", msg)
+
+    assert got.start == pytest.approx(1000.5)
+    assert got.duration_ms == pytest.approx(25.0)
+    assert got.upstream_ms == pytest.approx(20.0)
+    assert (got.method, got.authority, got.path, got.status) == ("GET", "back", "/items", 503)
+    assert set(got.flags) == {"UF", "URX"}
+    assert got.trace_header.startswith("00-0af7651916cd43dd")
+    assert (got.upstream_ip, got.downstream_ip, got.bytes_sent) == ("172.18.0.3", "127.0.0.1", 19)
+
+
+def test_a_message_flag_is_set_only_when_present() -> None:
+    msg = als_pb2.StreamAccessLogsMessage()
+    msg.http_logs.log_entry.add().common_properties.response_flags.fault_injected = True
+    (got,) = decode("n", "c", "inbound", msg)
+    assert got.flags == ("FI",)
+
+
+def test_a_tcp_entry_has_bytes_and_no_status() -> None:
+    msg = als_pb2.StreamAccessLogsMessage()
+    entry = msg.tcp_logs.log_entry.add()
+    entry.connection_properties.received_bytes = 7
+    entry.connection_properties.sent_bytes = 40
+    (got,) = decode("n", "c", "outbound", msg)
+    assert (got.tcp, got.status, got.bytes_received, got.bytes_sent) == (True, None, 7, 40)
+
+
+def test_every_flag_names_a_real_field_of_envoys_message_once() -> None:
+    fields = {f.name for f in accesslog_pb2.ResponseFlags.DESCRIPTOR.fields}
+    assert {f.field for f in RESPONSE_FLAGS} == fields
+    assert len(BY_CODE) == len(RESPONSE_FLAGS)
+    assert explain_flags(("UO", "URX", "DI", "FI", "UT")) == (
+        "overflow: the connection pool limit was hit; retry limit reached; "
+        "injected delay (fault); injected fault (abort); upstream timeout (the route's timeout)"
+    )
+
+
+# -- mesh terms ---------------------------------------------------------------------------
+
+
+def test_an_outbound_entry_is_from_the_node_to_the_cluster_and_pod_it_reached() -> None:
+    e = to_entry(raw(), DIRECTORY)
+    assert (e.reporter, e.source_service, e.source_version, e.source_pod) == (
+        api.Reporter.OUTBOUND,
+        "front",
+        "default",
+        "shop-front-default-0",
+    )
+    assert (e.service, e.version, e.pod, e.route) == ("back", "v2", "shop-back-v2-0", "main")
+
+
+def test_an_inbound_entry_is_from_the_calling_pods_address_to_the_node() -> None:
+    e = to_entry(
+        raw(
+            node_id="shop-back-v2-0-sidecar",
+            node_cluster="shop/back/v2",
+            log_name="inbound",
+            upstream_cluster="_app",
+            downstream_ip="172.18.0.2",
+            route_name="",
+        ),
+        DIRECTORY,
+    )
+    assert (e.source_service, e.source_pod) == ("front", "shop-front-default-0")
+    assert (e.service, e.version, e.pod, e.route) == ("back", "v2", "shop-back-v2-0", "")
+
+
+def test_an_ingress_entry_is_from_outside_to_the_hops_service() -> None:
+    e = to_entry(
+        raw(
+            node_id="shop-gateway",
+            node_cluster="shop/gateway",
+            log_name="ingress",
+            upstream_cluster="_hop|front",
+            route_name="site",
+        ),
+        DIRECTORY,
+    )
+    assert (e.source_service, e.service, e.route) == ("", "front", "site")
+
+
+def test_no_route_names_the_service_the_app_called_by_its_authority() -> None:
+    e = to_entry(
+        raw(upstream_cluster="", route_name="", authority="back:8000", status=404, flags=("NR",)),
+        DIRECTORY,
+    )
+    assert (e.service, e.version, e.pod, e.flags) == ("back", "", "", ("NR",))
+
+
+def test_a_node_the_directory_does_not_know_yet_is_read_from_its_node_cluster() -> None:
+    e = to_entry(raw(node_id="new-sidecar", node_cluster="shop/back/v1"), DIRECTORY)
+    assert (e.source_service, e.source_version, e.source_pod) == ("back", "v1", "")
+
+
+@pytest.mark.parametrize(
+    ("header", "trace"),
+    [
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "0af7651916cd43dd8448eb211c80319c",
+        ),
+        (
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            "1-5759e988-bd862e3fe1be46a994272793",
+        ),
+        ("", ""),
+        ("garbage", ""),
+    ],
+    ids=["w3c", "xray", "none", "garbage"],
+)
+def test_the_trace_id_is_read_from_either_header(header: str, trace: str) -> None:
+    assert trace_id_of(header) == trace
+
+
+# -- filters and the ring -----------------------------------------------------------------
+
+
+def entry(n: int, **kw: Any) -> api.AccessEntry:
+    base: dict[str, Any] = {
+        "time": float(n),
+        "reporter": api.Reporter.OUTBOUND,
+        "node": "x",
+        "source_service": "front",
+        "source_version": "default",
+        "source_pod": "p",
+        "service": "back",
+        "version": "v1",
+        "pod": "q",
+        "route": "main",
+        "status": 200,
+        "duration_ms": 5.0,
+    }
+    return api.AccessEntry(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("keep", "e", "taken"),
+    [
+        (Filter(service="front"), entry(1), True),
+        (Filter(service="back"), entry(1), True),
+        (Filter(service="db"), entry(1), False),
+        (Filter(status="5xx"), entry(1, status=503), True),
+        (Filter(status="5xx"), entry(1, status=200), False),
+        (Filter(status="5XX"), entry(1, status=500), True),
+        (Filter(status="503"), entry(1, status=503), True),
+        (Filter(status="503"), entry(1, status=502), False),
+        (Filter(status="5xx"), entry(1, status=None), False),
+        (Filter(route="main"), entry(1), True),
+        (Filter(route="canary"), entry(1), False),
+        (Filter(slower_ms=100), entry(1, duration_ms=150.0), True),
+        (Filter(slower_ms=100), entry(1, duration_ms=100.0), False),
+        (Filter(slower_ms=100), entry(1, duration_ms=None), False),
+    ],
+)
+def test_a_filter_keeps_what_it_says(keep: Filter, e: api.AccessEntry, taken: bool) -> None:
+    assert keep(e) is taken
+
+
+@pytest.mark.parametrize("status", ["2xx", "5xx", "404", "100", "599"])
+def test_status_filters_that_are_fine(status: str) -> None:
+    assert status_problem(status) is None
+
+
+@pytest.mark.parametrize("status", ["6xx", "5x", "99", "600", "five", ""])
+def test_status_filters_that_are_refused(status: str) -> None:
+    assert "neither a class" in (status_problem(status) or "")
+
+
+def test_the_ring_keeps_the_newest_and_counts_what_made_room() -> None:
+    ring = AccessLog(Directory, capacity=5)
+    for n in range(8):  # one batch each, as Envoy's flushes come
+        ring.add([entry(n)])
+    result = ring.query(Filter(), limit=100)
+    assert [e.time for e in result.entries] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert result.counters == api.AccessCounters(
+        kept=5, capacity=5, received=8, evicted=3, dropped=0
+    )
+    assert [e.time for e in ring.query(Filter(), limit=2).entries] == [6.0, 7.0]
+
+
+def test_whole_batches_make_room_and_never_more_than_the_capacity_is_kept() -> None:
+    ring = AccessLog(Directory, capacity=5)
+    ring.add([entry(n) for n in range(3)])
+    ring.add([entry(n) for n in range(3, 6)])  # 6 > 5: the first batch goes
+    assert ring.counters() == api.AccessCounters(
+        kept=3, capacity=5, received=6, evicted=3, dropped=0
+    )
+
+
+def test_a_list_is_in_time_order_whatever_order_the_batches_came_in() -> None:
+    ring = AccessLog(Directory)
+    ring.add([entry(5), entry(6)])
+    ring.add([entry(1), entry(2)])
+    assert [e.time for e in ring.query(Filter(), 10).entries] == [1.0, 2.0, 5.0, 6.0]
+
+
+def _message(entries: int) -> Any:
+    msg = als_pb2.StreamAccessLogsMessage()
+    for _ in range(entries):
+        e = msg.http_logs.log_entry.add()
+        e.common_properties.upstream_cluster = "back|v2"
+        e.response.response_code.value = 200
+    return msg
+
+
+def test_a_batch_is_kept_as_envoy_sent_it_and_decoded_once_when_first_read() -> None:
+    calls: list[int] = []
+
+    def counting(*args: Any) -> list[EnvoyAccess]:
+        calls.append(1)
+        return decode(*args)
+
+    ring = AccessLog(lambda: DIRECTORY, decoder=counting)
+    ring.offer("shop-front-default-0-sidecar", "shop/front/default", "outbound", _message(2))
+    assert calls == [] and ring.counters().kept == 2  # taking it in decodes nothing
+    first = ring.query(Filter(), 10).entries
+    assert [(e.source_service, e.service, e.version, e.status) for e in first] == [
+        ("front", "back", "v2", 200)
+    ] * 2
+    assert ring.query(Filter(), 10).entries == first
+    assert calls == [1]
+
+
+def test_a_batch_that_does_not_decode_is_counted_as_dropped() -> None:
+    def broken(*args: Any) -> list[EnvoyAccess]:
+        raise ValueError("not Envoy's message")
+
+    ring = AccessLog(Directory, decoder=broken)
+    ring.offer("n", "c", "outbound", _message(3))
+    assert ring.query(Filter(), 10).entries == ()
+    assert ring.counters().dropped == 3
+
+
+def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
+    ring = AccessLog(Directory)
+    ring.add([entry(1, status=503), entry(2), entry(3, status=500)])
+    stop = threading.Event()
+    follow = ring.follow(Filter(status="5xx"), tail=1, stop=stop, idle=0.05)
+    assert next(follow) == entry(3, status=500)
+    ring.add([entry(4), entry(5, status=502)])
+    assert next(follow) == entry(5, status=502)
+    assert next(follow) is None  # nothing new within `idle`: the API's keepalive
+    stop.set()
+    assert list(follow) in ([], [None])
