@@ -329,8 +329,8 @@ def rotation_push(
             return times
         finally:
             stop.set()
-            server.stop()
-            thread.join(timeout=10)
+            thread.join(timeout=10)  # the clients end first: a server gone under them
+            server.stop()  # leaves grpc's poller a closed descriptor (EBADF on stderr)
 
 
 def rot_rows(
