@@ -97,7 +97,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Renew:
-    """A certificate is due for renewal: push the new one (see identities.py)."""
+    """A certificate's replacement is due to be issued ahead, or due to be pushed (see
+    identities.py)."""
 
 
 Command = FileChanged | ContainerDied | HealthChanged | Tick | ImagesReady | Renew | Call | Stop
@@ -235,12 +236,13 @@ class Controller:
             wake = self.reconciler.next_wake()
             if self._unconfigured:  # no event says "ACKed": look again soon
                 wake = min(wake, self._clock() + ROLL_CHECK)
-            renewal = self.identities.next_renewal()
+            renewal = self.identities.next_wake()
             wait = max(0.0, min(wake, renewal or wake) - self._clock())
             try:
                 command: Command = self._queue.get(timeout=wait)
             except queue.Empty:
-                # A certificate due before the next pass: push it, no pass over the engine.
+                # A certificate due before the next pass: issue its replacement ahead, or
+                # push it, with no pass over the engine.
                 early = renewal is not None and self._clock() < wake
                 command = Renew() if early else Tick()
             batch = [command]
@@ -300,7 +302,10 @@ class Controller:
         elif publish:
             self.reconciler.refresh()
             self._publish()
-        elif republish or renew:  # the pods are as they were: only the config changes
+        elif renew:  # the pods are as they were: only the certificates change
+            self.publisher.prepare(self._served())  # replacements due ahead: no push
+            self._publish()  # what is due for renewal: swapped in, pushed
+        elif republish:  # only a sidecar's first ACK awaited: endpoints may change
             self._publish()
         self._set_targets()
 
