@@ -21,21 +21,23 @@ from watchdog.observers import Observer
 log = logging.getLogger("devmesh.watch")
 
 
-class FileWatcher(FileSystemEventHandler):
-    def __init__(self, path: Path, on_save: Callable[[], None], quiet: float = 0.02) -> None:
-        self.path = os.path.realpath(path)
-        self.on_save = on_save
+def _event_paths(event: FileSystemEvent) -> set[str]:
+    """The paths an event names: its source and, for a move, its destination."""
+    names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
+    return {n for n in names if n}
+
+
+class _QuietWatcher(FileSystemEventHandler):
+    """What both watchers share: a watchdog observer, and a thread that calls back once events
+    have been quiet until `_due` (each event moves `_due` on), until stopped."""
+
+    def __init__(self, quiet: float, thread_name: str) -> None:
         self.quiet = quiet
         self._cond = threading.Condition()
         self._due: float | None = None
         self._stopped = False
         self._observer = Observer()
-        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
-
-    def start(self) -> None:
-        self._observer.schedule(self, os.path.dirname(self.path), recursive=False)
-        self._observer.start()
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
     def stop(self) -> None:
         with self._cond:
@@ -46,6 +48,31 @@ class FileWatcher(FileSystemEventHandler):
         self._observer.stop()
         self._observer.join(timeout=5)
         self._thread.join(timeout=5)
+
+    def _wait_quiet(self) -> bool:
+        """With `_cond` held: wait until `_due` has passed (and clear it); False once stopped."""
+        while not self._stopped and (self._due is None or time.monotonic() < self._due):
+            timeout = None if self._due is None else self._due - time.monotonic()
+            self._cond.wait(timeout)
+        if self._stopped:
+            return False
+        self._due = None
+        return True
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class FileWatcher(_QuietWatcher):
+    def __init__(self, path: Path, on_save: Callable[[], None], quiet: float = 0.02) -> None:
+        super().__init__(quiet, "watch")
+        self.path = os.path.realpath(path)
+        self.on_save = on_save
+
+    def start(self) -> None:
+        self._observer.schedule(self, os.path.dirname(self.path), recursive=False)
+        self._observer.start()
+        self._thread.start()
 
     def poke(self, delay: float | None = None) -> None:
         """Treat the file as saved (again) after `delay` seconds of quiet."""
@@ -58,26 +85,21 @@ class FileWatcher(FileSystemEventHandler):
         # write, and the daemon's own read of the file would otherwise wake it again, forever.
         if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
-        names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
-        if self.path in {os.path.realpath(n) for n in names if n}:
+        if self.path in {os.path.realpath(n) for n in _event_paths(event)}:
             self.poke()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (self._due is None or time.monotonic() < self._due):
-                    timeout = None if self._due is None else self._due - time.monotonic()
-                    self._cond.wait(timeout)
-                if self._stopped:
+                if not self._wait_quiet():
                     return
-                self._due = None
             try:
                 self.on_save()
             except Exception:
                 log.exception("handling a save of %s failed", self.path)
 
 
-class TreeWatcher(FileSystemEventHandler):
+class TreeWatcher(_QuietWatcher):
     """Watch files and directory trees; call back with the paths changed in a burst, once
     it has been quiet for `quiet` seconds (a `git checkout` is one call, not hundreds)."""
 
@@ -87,15 +109,10 @@ class TreeWatcher(FileSystemEventHandler):
         on_change: Callable[[frozenset[str]], None],
         quiet: float = 0.05,
     ) -> None:
+        super().__init__(quiet, "develop-watch")
         self.paths = paths
         self.on_change = on_change
-        self.quiet = quiet
-        self._cond = threading.Condition()
         self._changed: set[str] = set()
-        self._due: float | None = None
-        self._stopped = False
-        self._observer = Observer()
-        self._thread = threading.Thread(target=self._run, name="develop-watch", daemon=True)
 
     def start(self) -> None:
         scheduled: set[tuple[str, bool]] = set()
@@ -110,36 +127,22 @@ class TreeWatcher(FileSystemEventHandler):
         self._observer.start()
         self._thread.start()
 
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        if not self._thread.is_alive():
-            return
-        self._observer.stop()
-        self._observer.join(timeout=5)
-        self._thread.join(timeout=5)
-
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
         if event.is_directory and event.event_type == "modified":
             return  # a file in it changed: that file's own event says which
-        names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
         with self._cond:
-            self._changed |= {n for n in names if n}
+            self._changed |= _event_paths(event)
             self._due = time.monotonic() + self.quiet
             self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (self._due is None or time.monotonic() < self._due):
-                    timeout = None if self._due is None else self._due - time.monotonic()
-                    self._cond.wait(timeout)
-                if self._stopped:
+                if not self._wait_quiet():
                     return
-                changed, self._changed, self._due = frozenset(self._changed), set(), None
+                changed, self._changed = frozenset(self._changed), set()
             try:
                 self.on_change(changed)
             except Exception:
