@@ -10,7 +10,7 @@ line that carries a trace id opens that trace (`traces.TraceScreen`).
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -22,7 +22,8 @@ from textual.widgets import DataTable, Footer, Static
 from devmesh.api import types as api
 from devmesh.api.response_flags import explain_flags
 from devmesh.core.problems import MeshError
-from devmesh.tui.traces import TraceClient, TraceScreen
+from devmesh.tui.source import AccessClient
+from devmesh.tui.traces import TraceScreen
 
 CSS = """
 AccessScreen { layout: vertical; }
@@ -34,10 +35,6 @@ AccessScreen { layout: vertical; }
 
 SHOWN = 200  # entries the screen asks for (the daemon keeps 10,000)
 REFRESH = 1.0  # seconds
-
-
-class AccessClient(TraceClient, Protocol):
-    def access(self, req: api.AccessRequest) -> api.AccessResult: ...
 
 
 class _Loaded(Message):

@@ -14,7 +14,29 @@ from devmesh.api import types as api
 from devmesh.client import DaemonClient
 
 
-class MeshClient(Protocol):
+class TraceClient(Protocol):
+    """What the trace screens need."""
+
+    def traces(
+        self,
+        service: str | None = None,
+        slower_ms: float | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> api.TracesResult: ...
+
+    def trace(self, trace_id: str) -> api.Trace: ...
+
+
+class AccessClient(TraceClient, Protocol):
+    """What the access-log screen needs (Enter opens a line's trace)."""
+
+    def access(self, req: api.AccessRequest) -> api.AccessResult: ...
+
+
+class MeshClient(AccessClient, Protocol):
+    """Everything the TUI asks of the daemon."""
+
     def state(self) -> api.MeshState: ...
 
     def routes(self) -> api.Routes: ...
@@ -38,18 +60,6 @@ class MeshClient(Protocol):
     def restart(self, service: str | None = None, pod: str | None = None) -> api.RestartResult: ...
 
     def logs(self, pod: str, tail: int = 100) -> api.LogsResult: ...
-
-    def traces(
-        self,
-        service: str | None = None,
-        slower_ms: float | None = None,
-        status: str | None = None,
-        limit: int = 50,
-    ) -> api.TracesResult: ...
-
-    def trace(self, trace_id: str) -> api.Trace: ...
-
-    def access(self, req: api.AccessRequest) -> api.AccessResult: ...
 
 
 def connect(socket_path: Path, timeout: float = 5) -> DaemonClient:

@@ -8,7 +8,7 @@ waterfall. The access-log pane opens `TraceScreen(client, trace_id)` for a selec
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Static
 from devmesh.api import types as api
 from devmesh.api import waterfall
 from devmesh.core.problems import MeshError
+from devmesh.tui.source import TraceClient
 
 CSS = """
 TracesScreen, TraceScreen { layout: vertical; }
@@ -32,18 +33,6 @@ TracesScreen, TraceScreen { layout: vertical; }
 #waterfall { padding: 0 1; width: auto; }
 #span-detail { height: auto; max-height: 8; padding: 0 1; border-top: solid $accent; }
 """
-
-
-class TraceClient(Protocol):
-    def traces(
-        self,
-        service: str | None = None,
-        slower_ms: float | None = None,
-        status: str | None = None,
-        limit: int = 50,
-    ) -> api.TracesResult: ...
-
-    def trace(self, trace_id: str) -> api.Trace: ...
 
 
 class _Loaded(Message):
