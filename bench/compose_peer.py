@@ -21,6 +21,7 @@ readiness loop (0.25 s ticks), which favours the peer.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import importlib.util
 import json
@@ -50,7 +51,7 @@ from _common import (
 )
 from bringup import Case, request_once
 
-from devmesh.adapters.ca import LocalCA, load_or_create
+from devmesh.adapters.ca import Issued, LocalCA, load_or_create
 from devmesh.adapters.probe import probe
 from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
@@ -78,15 +79,17 @@ def compose_binary() -> Path:
     return binary
 
 
-def _tls_files(directory: Path, ca: LocalCA, identity: str) -> None:
-    """The SDS files a static export reads (`bootstrap.STATIC_TLS_DIR`), for one identity."""
-    import datetime as dt
-
+def write_sds_files(
+    directory: Path, ca: LocalCA, identity: str, lifetime: dt.timedelta = dt.timedelta(hours=24)
+) -> Issued:
+    """The SDS files a static export reads (`bootstrap.STATIC_TLS_DIR`), for one identity
+    (this peer's exports and bench/mtls.py's sidecars read the same files)."""
     directory.mkdir(parents=True, exist_ok=True)
-    issued = ca.issue(uris=[identity], lifetime=dt.timedelta(hours=24))
+    issued = ca.issue(uris=[identity], lifetime=lifetime)
     for secret in tls_secrets(issued.cert_pem, issued.key_pem, ca.cert_pem):
         doc = {"resources": [{"@type": SECRET, **secret}]}
         (directory / f"{secret['name']}.yaml").write_text(yaml.safe_dump(doc))
+    return issued
 
 
 @dataclass
@@ -158,7 +161,7 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
             json.dumps(configs[f"sidecar-{pod.service}-{pod.version}.yaml"], indent=1)
         )
         if ca is not None:
-            _tls_files(where / "tls", ca, group_identity(mesh, pod.service))
+            write_sds_files(where / "tls", ca, group_identity(mesh, pod.service))
         hosts = workdir / "hosts" / pod.name
         hosts.parent.mkdir(exist_ok=True)
         hosts.write_text(hosts_text(mesh, service, pod.name))
@@ -204,7 +207,7 @@ def write_compose(case: Case, workdir: Path, project: str, images: Images) -> Pe
         where.mkdir(parents=True)
         (where / "bootstrap.json").write_text(json.dumps(configs["gateway.yaml"], indent=1))
         if ca is not None:
-            _tls_files(where / "tls", ca, group_identity(mesh, None))
+            write_sds_files(where / "tls", ca, group_identity(mesh, None))
         gateway_admin = where / "admin.sock"
         ports = [f"127.0.0.1::{15100 + i}" for i, _ in enumerate(mesh.gateway_services())]
         if mesh.ingress is not None:

@@ -49,10 +49,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from compose_peer import write_sds_files
 from sidecar_latency import PACED, RESULT, app_config
 
 from devmesh.adapters.ca import LocalCA, load_or_create
@@ -62,7 +61,6 @@ from devmesh.core.load import load
 from devmesh.envoy.bootstrap import STATIC_TLS_DIR
 from devmesh.envoy.names import spiffe_id
 from devmesh.envoy.render import render_mesh
-from devmesh.envoy.resources import tls_secrets
 from devmesh.envoy.snapshot import SECRET
 from devmesh.plan.desired import SIDECAR_FLAGS
 
@@ -77,11 +75,7 @@ APP_PORT = 8000
 
 
 def _write_tls(directory: Path, ca: LocalCA, identity: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    issued = ca.issue(uris=[identity], lifetime=dt.timedelta(hours=1))
-    for secret in tls_secrets(issued.cert_pem, issued.key_pem, ca.cert_pem):
-        doc = {"resources": [{"@type": SECRET, **secret}]}
-        (directory / f"{secret['name']}.yaml").write_text(yaml.safe_dump(doc))
+    issued = write_sds_files(directory, ca, identity, dt.timedelta(hours=1))
     (directory / "cert.pem").write_text(issued.cert_pem)
     (directory / "key.pem").write_text(issued.key_pem)
     return directory
