@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,16 +159,25 @@ def _wait_served(port: int, text: str, timeout: float) -> bool:
     return False
 
 
-def measure(
-    directory: Path, port: int, saves: int, rate: float
+def timed_changes(
+    port: int,
+    changes: int,
+    rate: float,
+    change: Callable[[int], str],
+    settle: float,
+    what: str,
+    timeout: float,
+    give_up: bool = False,
 ) -> tuple[list[float], int, int, int]:
-    """(save -> served seconds of each save served, saves never served within
-    SERVED_TIMEOUT, failed requests, requests) under load."""
-    page = directory / "app" / "www" / "index.html"
+    """Under ~`rate` req/s of paced load on `port`, `changes` times: `change(n)` (it returns
+    the text GET / serves once it is live) and time until that is served. (seconds of each
+    change served, changes not served within `timeout` seconds, failed requests, requests);
+    `give_up`: the first change not served fails the bench instead. `settle` seconds between
+    changes. bench/roll.py times its env changes with it."""
     out: list[Outcome] = []
     stop = threading.Event()
     start = time.perf_counter()
-    total = int(rate * (saves * SERVED_TIMEOUT + 10))
+    total = int(rate * (changes * timeout + 10))
     threads = paced_threads(port, "/", 4, total, rate, start, stop, out, max_lag=0.5)
     for t in threads:
         t.start()
@@ -176,27 +185,43 @@ def measure(
     lost = 0
     try:
         time.sleep(0.5)
-        for n in range(saves):
-            text = f"save {n} {uuid.uuid4().hex[:8]}\n"
-            saved = time.perf_counter()
-            page.write_text(text)
-            end = saved + SERVED_TIMEOUT
+        for n in range(changes):
+            changed = time.perf_counter()
+            text = change(n)
+            end = changed + timeout
             while time.perf_counter() < end:
                 if _get(port) == text:
                     break
                 time.sleep(0.01)
             else:
-                progress(f"save {n} was not served within {SERVED_TIMEOUT:.0f} s")
+                if give_up:
+                    raise BenchError(f"{what} {n} was not served in {timeout:.0f} s")
+                progress(f"{what} {n} was not served within {timeout:.0f} s")
                 lost += 1
                 continue
-            latencies.append(time.perf_counter() - saved)
-            time.sleep(0.5)
+            latencies.append(time.perf_counter() - changed)
+            time.sleep(settle)
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     failed = [o for o in out if o.status != 200]
     return latencies, lost, len(failed), len(out)
+
+
+def measure(
+    directory: Path, port: int, saves: int, rate: float
+) -> tuple[list[float], int, int, int]:
+    """(save -> served seconds of each save served, saves never served within
+    SERVED_TIMEOUT, failed requests, requests) under load."""
+    page = directory / "app" / "www" / "index.html"
+
+    def save(n: int) -> str:
+        text = f"save {n} {uuid.uuid4().hex[:8]}\n"
+        page.write_text(text)
+        return text
+
+    return timed_changes(port, saves, rate, save, settle=0.5, what="save", timeout=SERVED_TIMEOUT)
 
 
 def main() -> int:

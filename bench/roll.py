@@ -19,8 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,18 +27,16 @@ from pathlib import Path
 from _common import (
     BENCH_LABEL,
     BenchError,
-    Outcome,
     down,
     free_port,
     machine,
     ms,
-    paced_threads,
     progress,
     table,
     up,
 )
 from compose_peer import compose_binary
-from develop import _get
+from develop import _wait_served, timed_changes
 
 DOCKERFILE = """\
 FROM busybox:1.35
@@ -115,37 +111,19 @@ def compose_running(directory: Path) -> Iterator[tuple[int, Change]]:
 
 def measure(port: int, change: Change, changes: int, rate: float) -> tuple[list[float], int, int]:
     """(change -> served seconds, failed requests, requests) under load."""
-    end = time.monotonic() + 60
-    while _get(port) != "start\n":
-        if time.monotonic() > end:
-            raise BenchError("the app never served its first value")
-        time.sleep(0.1)
-    out: list[Outcome] = []
-    stop = threading.Event()
-    start = time.perf_counter()
-    total = int(rate * (changes * SERVED_TIMEOUT + 10))
-    threads = paced_threads(port, "/", 4, total, rate, start, stop, out, max_lag=0.5)
-    for t in threads:
-        t.start()
-    latencies = []
-    try:
-        time.sleep(0.5)
-        for n in range(changes):
-            value = f"roll-{n}-{uuid.uuid4().hex[:6]}"
-            changed = time.perf_counter()
-            change(value)
-            while _get(port) != f"{value}\n":
-                if time.perf_counter() - changed > SERVED_TIMEOUT:
-                    raise BenchError(f"change {n} was not served in {SERVED_TIMEOUT:.0f} s")
-                time.sleep(0.01)
-            latencies.append(time.perf_counter() - changed)
-            time.sleep(3.0)  # the old pod's drain ends before the next change
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
-    failed = [o for o in out if o.status != 200]
-    return latencies, len(failed), len(out)
+    if not _wait_served(port, "start\n", 60):
+        raise BenchError("the app never served its first value")
+
+    def roll(n: int) -> str:
+        value = f"roll-{n}-{uuid.uuid4().hex[:6]}"
+        change(value)
+        return f"{value}\n"
+
+    # settle: the old pod's drain ends before the next change
+    latencies, _, failed, sent = timed_changes(
+        port, changes, rate, roll, settle=3.0, what="change", timeout=SERVED_TIMEOUT, give_up=True
+    )
+    return latencies, failed, sent
 
 
 def main() -> int:
