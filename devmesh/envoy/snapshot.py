@@ -254,28 +254,29 @@ def with_secrets(
     return out
 
 
-def _rds_names(node: Any) -> Iterator[str]:
+def _dicts(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a JSON tree, each before those inside it, in document order."""
     if isinstance(node, dict):
-        rds = node.get("rds")
-        if isinstance(rds, dict) and "route_config_name" in rds:
-            yield str(rds["route_config_name"])
+        yield node
         for value in node.values():
-            yield from _rds_names(value)
+            yield from _dicts(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _rds_names(value)
+            yield from _dicts(value)
+
+
+def _rds_names(node: Any) -> Iterator[str]:
+    for d in _dicts(node):
+        rds = d.get("rds")
+        if isinstance(rds, dict) and "route_config_name" in rds:
+            yield str(rds["route_config_name"])
 
 
 def _sds_names(node: Any) -> Iterator[str]:
     """Secrets a listener or cluster asks SDS for: each `{name, sds_config}`."""
-    if isinstance(node, dict):
-        if "sds_config" in node and "name" in node:
-            yield str(node["name"])
-        for value in node.values():
-            yield from _sds_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _sds_names(value)
+    for d in _dicts(node):
+        if "sds_config" in d and "name" in d:
+            yield str(d["name"])
 
 
 def _eds_names(clusters: Iterable[Json]) -> Iterator[str]:
@@ -287,17 +288,12 @@ def _eds_names(clusters: Iterable[Json]) -> Iterator[str]:
 def _cluster_names(node: Any) -> Iterator[str]:
     """Clusters a listener or route config sends traffic to: `cluster` in a route action,
     TCP proxy or mirror policy, and each `weighted_clusters` entry's `name`."""
-    if isinstance(node, dict):
-        cluster = node.get("cluster")
+    for d in _dicts(node):
+        cluster = d.get("cluster")
         if isinstance(cluster, str):
             yield cluster
-        weighted = node.get("weighted_clusters")
+        weighted = d.get("weighted_clusters")
         if isinstance(weighted, dict):
             for entry in weighted.get("clusters", ()):
                 if isinstance(entry, dict) and "name" in entry:
                     yield str(entry["name"])
-        for value in node.values():
-            yield from _cluster_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _cluster_names(value)
