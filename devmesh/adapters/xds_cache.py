@@ -30,7 +30,8 @@ from typing import Any, Literal
 from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped,unused-ignore]
 
 from devmesh.adapters.xds_types import CLUSTER, LISTENER, to_proto
-from devmesh.envoy.snapshot import SHORT, Snapshot, SnapshotError
+from devmesh.envoy.resources import Json
+from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError
 
 log = logging.getLogger("devmesh.xds")
 
@@ -124,6 +125,13 @@ class _Watch:
 # -- the cache ------------------------------------------------------------------------------
 
 
+def _packed(type_url: str, item: Json) -> Any:
+    """One resource as a google.protobuf.Any. json_format.ParseError if it does not parse."""
+    message = any_pb2.Any()
+    message.Pack(to_proto(type_url, item))
+    return message
+
+
 @dataclass(frozen=True, slots=True)
 class NodeEvent:
     """What the daemon's event log hears of the Envoys: connections and rejections."""
@@ -142,6 +150,7 @@ class SnapshotCache:
         self._publishing = threading.RLock()
         self._served: dict[str, Served] = {}
         self._packed: dict[str, Any] = {}  # resource digest -> Any; guarded by _publishing
+        self._ready: dict[str, Any] = {}  # packed ahead by `prepare`; guarded by _publishing
         self._nodes: dict[str, _Node] = {}
         self._watches: dict[int, _Watch] = {}
         self._waiters: list[_Waiter] = []
@@ -164,7 +173,7 @@ class SnapshotCache:
                     fresh[group] = before
                     continue
                 try:
-                    fresh[group] = self._pack(group, snapshot)
+                    fresh[group] = self._pack(group, snapshot, before)
                 except SnapshotError as e:
                     problems += e.problems
             if problems:
@@ -172,6 +181,7 @@ class SnapshotCache:
             # Keep only the packed resources still in use: the cache never outgrows the mesh.
             in_use = {d for s in fresh.values() for t in s.snapshot.types for d in t.digests}
             self._packed = {d: p for d, p in self._packed.items() if d in in_use}
+            self._ready = {d: p for d, p in self._ready.items() if d not in in_use}
             changed = frozenset(g for g, s in fresh.items() if old.get(g) is not s)
             with self._lock:
                 self._served = fresh
@@ -182,6 +192,28 @@ class SnapshotCache:
         for group in sorted(changed):
             log.debug("snapshot %s: %s", group, fresh[group].versions)
         return changed
+
+    def prepare(self, type_url: str, items: Iterable[tuple[str, Json]]) -> None:
+        """Pack (digest, resource) pairs ahead of the snapshot that will serve them (a
+        certificate issued ahead of its renewal), so that push only looks them up. Replaces
+        what an earlier call prepared and no snapshot has used yet. Raises SnapshotError,
+        keeping nothing, if any does not parse."""
+        with self._publishing:
+            ready: dict[str, Any] = {}
+            problems: list[str] = []
+            for key, item in items:
+                if key in self._packed or key in ready:
+                    continue
+                if key in self._ready:
+                    ready[key] = self._ready[key]
+                    continue
+                try:
+                    ready[key] = _packed(type_url, item)
+                except json_format.ParseError as e:
+                    problems.append(f"{SHORT[type_url]} {item.get(NAME_KEY[type_url])!r}: {e}")
+            if problems:
+                raise SnapshotError(problems)
+            self._ready = ready
 
     def set_snapshot(self, group: str, snapshot: Snapshot) -> bool:
         """Set one group's snapshot, leaving the others. True if it changed."""
@@ -204,27 +236,35 @@ class SnapshotCache:
         with self._lock:
             return frozenset(self._served)
 
-    def _pack(self, group: str, snapshot: Snapshot) -> Served:
+    def _pack(self, group: str, snapshot: Snapshot, before: Served | None = None) -> Served:
         types: dict[str, ServedType] = {}
         problems: list[str] = []
         for typed in snapshot.types:
+            if before is not None and before.types[typed.type_url].version == typed.version:
+                types[typed.type_url] = before.types[typed.type_url]  # a rotation: SDS alone
+                continue
             packed: dict[str, Any] = {}
             for name, item, digest in zip(typed.names, typed.items, typed.digests, strict=True):
                 message = self._packed.get(digest)
                 if message is None:
+                    message = self._ready.get(digest)
+                if message is None:
                     try:
-                        proto = to_proto(typed.type_url, item)
+                        message = _packed(typed.type_url, item)
                     except json_format.ParseError as e:
                         problems.append(f"{group}: {SHORT[typed.type_url]} {name!r}: {e}")
                         continue
-                    message = any_pb2.Any()
-                    message.Pack(proto)
-                    self._packed[digest] = message
+                self._packed[digest] = message
                 packed[name] = message
             types[typed.type_url] = ServedType(typed.version, packed)
         if problems:
             raise SnapshotError(problems)
-        return Served(snapshot, types, snapshot.references())
+        same_refs = before is not None and all(
+            before.snapshot.of_type(t).version == snapshot.of_type(t).version
+            for t in (LISTENER, CLUSTER)
+        )
+        refs = before.references if before is not None and same_refs else snapshot.references()
+        return Served(snapshot, types, refs)
 
     # -- streams (called by the server)
 

@@ -53,6 +53,7 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
     fmt = output_format(output, as_json)
     as_json = fmt is not Format.TABLE
     path = mesh_file(file, stdin=True)
+    shown = "<stdin>" if str(path) == "-" else str(path)  # as the problems name it
     try:
         mesh = load_mesh(path)
     except MeshInvalid as exc:
@@ -62,7 +63,7 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
             for problem in exc.problems:
                 _err(str(problem))
             n = len(exc.problems)
-            _err(f"{path}: {n} problem{'s' if n != 1 else ''}")
+            _err(f"{shown}: {n} problem{'s' if n != 1 else ''}")
         raise typer.Exit(Exit.ERROR) from None
     from devmesh.adapters.tlsfiles import ingress_problems
 
@@ -79,7 +80,7 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
     if as_json:
         _print({"valid": True, **summary.as_json()}, fmt)
     else:
-        typer.echo(f"{path}: {summary}")
+        typer.echo(f"{shown}: {summary}")
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:

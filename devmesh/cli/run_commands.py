@@ -509,7 +509,9 @@ def logs(
     count = parse_tail(tail)
     target = _target(file, project)
     name = target.project
-    services = _service_names(target)
+    # no daemon for the instance -p names: a file here is not known to be its file
+    unrelated = target.state is None and given_project(project) is not None
+    services = None if unrelated else _service_names(target)
     if service is not None and services is not None and service not in services:
         raise MeshError(
             f"no service '{service}' in mesh '{name}'{did_you_mean(service, services)}; "

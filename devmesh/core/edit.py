@@ -12,6 +12,8 @@ YAML anchors, aliases and merge keys: one written value can stand in several rou
   list or its service is an alias or comes through a `<<` merge: changing them here would
   change the others too, so the edit is refused, saying which routes share it and how to
   go on (shift the alias users first; an anchor nobody uses any more is kept as written).
+  A service or route that others only `<<`-merge while writing their own `routes:` / `to:`
+  shares nothing this edit touches, so it is edited (compose's base-service habit).
 Every edit is then checked: the file parses again and nothing but this route's `to:` changed.
 """
 
@@ -162,6 +164,7 @@ class _Tree:
     alias_of: dict[int, str] = field(default_factory=dict)
     uses: dict[str, list[yaml.Node]] = field(default_factory=dict)
     merged: set[int] = field(default_factory=set)  # ids of nodes found through a `<<`
+    merged_into: dict[int, yaml.MappingNode] = field(default_factory=dict)  # alias -> merger
 
     def __post_init__(self) -> None:
         loader = _Loader(self.text)
@@ -172,6 +175,21 @@ class _Tree:
         finally:
             loader.dispose()
         self.anchor_of, self.alias_of, self.uses = loader.anchor_of, loader.alias_of, loader.uses
+        self.merged_into = _merge_targets(self.root)
+
+    def _own_key(self, node: yaml.Node, key: str) -> bool:
+        return isinstance(node, yaml.MappingNode) and any(
+            isinstance(k, yaml.ScalarNode) and k.tag != _MERGE and k.value == key
+            for k, _ in node.value
+        )
+
+    def _users_override(self, anchor: str, key: str | None) -> bool:
+        """Every use of `&anchor` is a `<<` merge into a mapping that writes `key` itself,
+        so what the anchored mapping holds under `key` reaches no other place."""
+        users = self.uses.get(anchor, [])
+        return key is not None and all(
+            id(u) in self.merged_into and self._own_key(self.merged_into[id(u)], key) for u in users
+        )
 
     def get(self, node: yaml.Node | None, key: str) -> yaml.Node | None:
         """A mapping's value for `key`: its own, else the first `<<` merge that has it."""
@@ -191,14 +209,15 @@ class _Tree:
                 return found_merged
         return None
 
-    def shared(self, node: yaml.Node) -> str | None:
-        """How `node` is shared with other parts of the file, or None when it is its own."""
+    def shared(self, node: yaml.Node, key: str | None = None) -> str | None:
+        """How `node` is shared with other parts of the file, or None when it is its own.
+        `key`: only what the node holds under it is edited (a service's `routes`)."""
         if id(node) in self.alias_of:
             return f"is the alias *{self.alias_of[id(node)]}"
         if id(node) in self.merged:
             return "comes from a `<<` merge"
         anchor = self.anchor_of.get(id(node))
-        if anchor is not None and self.uses.get(anchor):
+        if anchor is not None and self.uses.get(anchor) and not self._users_override(anchor, key):
             users = ", ".join(self._line(u) for u in self.uses[anchor])
             return f"holds the anchor &{anchor}, which is also used at {users}"
         return None
@@ -219,8 +238,8 @@ class _Tree:
     def check_own(self, where: str, path: list[yaml.Node | None]) -> None:
         """Refuse when a service, route list or route on the way is shared: an edit inside
         would change every place that shares it."""
-        for node in path:
-            how = self.shared(node) if node is not None else None
+        for node, key in zip(path, ("routes", None, "to"), strict=False):
+            how = self.shared(node, key) if node is not None else None
             if node is not None and how is not None:
                 raise EditError(
                     f"{where} cannot be shifted alone: the {self._what(node, path)} at "
@@ -295,6 +314,27 @@ class _Tree:
             return ""
         anchor = self.anchor_of.get(id(node))
         return f"&{anchor} " if anchor else ""
+
+
+def _merge_targets(root: yaml.Node | None) -> dict[int, yaml.MappingNode]:
+    """Each alias used as a `<<` merge value (alone or in a list) -> the mapping it merges into."""
+    found: dict[int, yaml.MappingNode] = {}
+    seen: set[int] = set()
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node.value) in seen or not isinstance(node, yaml.CollectionNode):
+            continue
+        seen.add(id(node.value))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag == _MERGE:
+                    for source in v.value if isinstance(v, yaml.SequenceNode) else [v]:
+                        found[id(source)] = node
+                todo.extend((k, v))
+        else:
+            todo.extend(node.value)
+    return found
 
 
 def _check_only_weights_changed(

@@ -18,20 +18,25 @@ def resolved(mesh: Mesh) -> dict[str, Any]:
     return {"file": mesh.source, **data}
 
 
+_PAIRS = "tuple[tuple[str, str], ...]"  # the model's (name, value) pairs, as annotated
+
+
+def _pairs(value: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(value)
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _plain(getattr(value, f.name))
+            f.name: _pairs(getattr(value, f.name))
+            if f.type == _PAIRS  # env, build args: a mapping, also when empty
+            else _plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if not f.name.startswith("_")  # caches such as the service index
         }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, tuple | list):
-        if value and all(  # env, build args: (name, value) pairs
-            isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value
-        ):
-            return {k: _plain(v) for k, v in value}
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}

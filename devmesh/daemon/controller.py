@@ -88,7 +88,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Renew:
-    """A certificate is due for renewal: push the new one (see identities.py)."""
+    """A certificate's replacement is due to be issued ahead, or due to be pushed (see
+    identities.py)."""
 
 
 Command = FileChanged | ContainerDied | HealthChanged | Tick | Renew | Call | Stop
@@ -206,12 +207,13 @@ class Controller:
     def _run(self) -> None:
         while True:
             due = self.reconciler.next_wake()
-            renewal = self.identities.next_renewal()
+            renewal = self.identities.next_wake()
             wait = max(0.0, min(due, renewal or due) - self._clock())
             try:
                 command: Command = self._queue.get(timeout=wait)
             except queue.Empty:
-                # A certificate due before the next pass: push it, no pass over the engine.
+                # A certificate due before the next pass: issue its replacement ahead, or
+                # push it, with no pass over the engine.
                 command = Tick() if self._clock() >= due else Renew()
             batch = [command]
             while True:  # what has queued up meanwhile joins this step
@@ -266,7 +268,8 @@ class Controller:
             self.reconciler.refresh()
             self._publish()
         elif renew:  # the pods are as they were: only the certificates change
-            self._publish()
+            self.publisher.prepare(self._served())  # replacements due ahead: no push
+            self._publish()  # what is due for renewal: swapped in, pushed
         self._set_targets()
 
     # -- the mesh file ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ to the xDS cache at once. Owned and called by the loop alone."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,10 +18,19 @@ from devmesh.daemon.health import Result
 from devmesh.daemon.identities import Identities
 from devmesh.daemon.ingress_tls import IngressCert
 from devmesh.envoy.render import gateway_group, render
-from devmesh.envoy.snapshot import SnapshotError, new_snapshots
+from devmesh.envoy.snapshot import (
+    SECRET,
+    Digests,
+    Snapshot,
+    SnapshotError,
+    new_snapshots,
+    with_secrets,
+)
 from devmesh.plan.desired import Desired
 
 Endpoints = dict[tuple[str, str], list[str]]
+
+log = logging.getLogger("devmesh.publish")
 
 
 def endpoints(
@@ -48,6 +58,7 @@ class Publisher:
         # The last render, by what it was made from: a renewal changes secrets alone, so
         # its push skips rendering the mesh again.
         self._rendered: tuple[tuple[Mesh, Endpoints, str | None], dict[str, Any]] | None = None
+        self._snapshots: dict[str, Snapshot] | None = None  # made from `_rendered`, served
         self.error: str | None = None  # why the last config could not be delivered
 
     def publish(self, mesh: Mesh, served: Endpoints, host: str | None) -> bool:
@@ -69,21 +80,54 @@ class Publisher:
             # Without the host's address (no network yet) the gateway's hops admit anyone;
             # the pass after the network exists pushes them locked to the host.
             rendered = self._rendered
+            last = self._snapshots if rendered is not None else None
             if rendered is None or rendered[0] != (mesh, served, host):
-                rendered = ((mesh, served, host), render(mesh, served, host))
-            groups = dict(rendered[1])
-            for group, own in secrets.items():
-                if group in groups:
-                    groups[group] = dataclasses.replace(groups[group], secrets=own)
-            snapshots = new_snapshots(groups)
+                rendered, last = ((mesh, served, host), render(mesh, served, host)), None
+            snapshots = None
+            if last is not None:
+                # The same render: a renewal swaps the secrets into what was served and
+                # checks only them (their digests were taken when they were issued).
+                seen: Digests = {
+                    id(item): d
+                    for cert in self.identities.certs.values()
+                    for item, d in zip(cert.secrets, cert.digests, strict=True)
+                }
+                snapshots = with_secrets(last, secrets, seen)
+            if snapshots is None:
+                groups = dict(rendered[1])
+                for group, own in secrets.items():
+                    if group in groups:
+                        groups[group] = dataclasses.replace(groups[group], secrets=own)
+                snapshots = new_snapshots(groups)
             self._xds.set_snapshots(snapshots)
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
             return self._failed(exc)
         self.error = None
         self._rendered = rendered
+        self._snapshots = snapshots
         self.groups = frozenset(snapshots)
         self._published = key
         return True
+
+    def prepare(self, mesh: Mesh) -> None:
+        """Issue ahead the certificates due for renewal soon and pack their secrets into the
+        cache, so that their renewal push only swaps them in. Nothing is pushed; a failure
+        is only logged (the renewal issues them then, and reports what fails)."""
+        try:
+            made = self.identities.prepare(mesh)
+            self._xds.cache.prepare(
+                SECRET,
+                (
+                    (d, item)
+                    for cert in self.identities.ready.values()
+                    for item, d in zip(cert.secrets, cert.digests, strict=True)
+                ),
+            )
+        except (MeshError, ValueError, OverflowError) as exc:
+            log.warning("certificates not issued ahead: %s", exc)
+            return
+        if made:
+            log.debug("%d certificates issued ahead of their renewal", len(made))
 
     def _failed(self, exc: Exception) -> bool:
         if self.error != str(exc):

@@ -197,7 +197,8 @@ def routes(mesh: Mesh, overrides: frozenset[tuple[str, str]]) -> api.Routes:
         infos = tuple(
             api.RouteInfo(
                 name=r.name,
-                match=describe_match(r.match),
+                # tcp: no request to match, every connection takes the route (not "path_prefix /")
+                match=describe_match(r.match) if service.is_http else "",
                 to={t.version: t.weight for t in r.to},
                 retries=None
                 if r.retries is None

@@ -14,6 +14,7 @@ Protobuf packing is not done here (this layer imports no grpc/protobuf): the xDS
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -227,6 +228,29 @@ def new_snapshots(groups: Mapping[str, Resources]) -> dict[str, Snapshot]:
             problems += e.problems
     if problems:
         raise SnapshotError(problems)
+    return out
+
+
+def with_secrets(
+    snapshots: Mapping[str, Snapshot],
+    secrets: Mapping[str, tuple[Json, ...]],
+    seen: Digests | None = None,
+) -> dict[str, Snapshot] | None:
+    """These checked snapshots serving other secrets (node group -> its secrets; a group
+    not named keeps its own): what a certificate rotation changes, made without digesting
+    or checking again what did not change. None when any group's secret names differ from
+    what it served (then its references must be checked again: use `new_snapshots`)."""
+    out: dict[str, Snapshot] = {}
+    for group, snapshot in snapshots.items():
+        own = secrets.get(group)
+        if own is None:
+            out[group] = snapshot
+            continue
+        typed = TypeSnapshot.of(SECRET, own, seen)
+        if typed.names != snapshot.secrets.names:
+            return None
+        same = typed.version == snapshot.secrets.version
+        out[group] = snapshot if same else dataclasses.replace(snapshot, secrets=typed)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,25 @@ from tests.e2e.conftest import APP, ENV, devmesh
 from tests.e2e.test_live import RETRYING
 from tests.e2e.test_runtime import SHOP
 
-MESH = SHOP.replace("@APP@", str(APP)).replace("@PORT@", "8080")
+# The engine is shared with other test runs, which may run these very tests: the mesh gets a
+# name of this run's own, so leftovers are this run's, not another's `shop-xxxxxx`.
+MESH_NAME = f"plug{uuid.uuid4().hex[:8]}"
+MESH = (
+    SHOP.replace("@APP@", str(APP))
+    .replace("@PORT@", "8080")
+    .replace("mesh: shop\n", f"mesh: {MESH_NAME}\n", 1)
+)
 
 
-def leftovers(client: docker.DockerClient, mesh_name: str = "shop") -> list[str]:
-    """Containers of any instance of the test mesh (instances are named `shop-xxxxxx`)."""
-    found = client.containers.list(all=True, filters={"label": f"{labels.MANAGED}=1"})
-    return [c.name for c in found if c.labels.get(labels.MESH, "").startswith(f"{mesh_name}-")]
+def leftovers(client: docker.DockerClient, mesh_name: str = MESH_NAME) -> list[str]:
+    """Containers of any instance of the test mesh (instances are named `NAME-xxxxxx`).
+    Sparse: no inspect per container, which fails when another run removes one meanwhile."""
+    found = client.containers.list(all=True, sparse=True, filters={"label": f"{labels.MANAGED}=1"})
+    return [
+        "/".join(c.attrs.get("Names") or [c.id])
+        for c in found
+        if (c.attrs.get("Labels") or {}).get(labels.MESH, "").startswith(f"{mesh_name}-")
+    ]
 
 
 @pytest.fixture
@@ -196,7 +209,10 @@ def test_the_ci_example_passes_against_the_shop(
 
     shop = ROOT / "examples" / "shop" / "devmesh.yaml"
     pytester.makefile(
-        ".yaml", devmesh=shop.read_text().replace("build: ./", f"build: {shop.parent}/")
+        ".yaml",
+        devmesh=shop.read_text()
+        .replace("build: ./", f"build: {shop.parent}/")
+        .replace("mesh: shop\n", f"mesh: {MESH_NAME}\n", 1),
     )
     pytester.makeini("[pytest]\ndevmesh_file = devmesh.yaml\n")
     pytester.makepyfile(test_example=(ROOT / "examples" / "ci" / "test_example.py").read_text())

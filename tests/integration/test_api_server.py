@@ -304,8 +304,18 @@ def test_a_body_on_an_endpoint_that_takes_none_is_ignored(
 
 
 def test_an_empty_body_takes_the_request_defaults(sock: Path) -> None:
-    status, _, payload = ask(sock, "POST", "/v1/logs/follow", b"")
+    # a required field has no default: ShiftRequest.service (FollowRequest's is optional now)
+    status, _, payload = ask(sock, "POST", "/v1/shift", b"")
     assert status == 400 and error_of(payload).message.endswith("service: missing")
+    conn = UnixHTTPConnection(sock, timeout=5)
+    try:
+        conn.request("POST", "/v1/logs/follow", body=b"")
+        resp = conn.getresponse()
+        lines = [codec.loads(line) for line in resp.read().splitlines() if line.strip()]
+    finally:
+        conn.close()
+    assert resp.status == 200  # every default: service None (every service), all lines
+    assert [line["pod"] for line in lines] == ["None-1"] * 3
 
 
 # -- 3. framing: Content-Length, chunked, malformed requests -----------------------------------

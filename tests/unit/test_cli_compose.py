@@ -118,6 +118,17 @@ def test_dash_reads_the_mesh_from_standard_input(
     out, _ = outputs(capsys)
     assert "shop" in out or "catalog" in out
     assert argv[0] != "render" or (isolated / "out" / "gateway.yaml").is_file()
+    assert argv[0] != "validate" or out.startswith("<stdin>: mesh 'shop' is valid")
+
+
+def test_a_problem_in_standard_input_is_named_alike_in_each_line(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = SHOP.read_text().replace("port: 8000", "port: 0", 1).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bad)))
+    assert run(["-f", "-", "validate"]) == Exit.ERROR
+    lines = outputs(capsys)[1].splitlines()
+    assert lines[0].startswith("<stdin>:") and lines[-1] == "<stdin>: 1 problem"
 
 
 def test_format_json_and_yaml_give_the_same_document(
@@ -143,6 +154,9 @@ def test_config_prints_the_resolved_mesh(
     canary = next(r for r in catalog["routes"] if r["name"] == "canary")
     assert canary["timeout_ms"] == 5000  # `defaults: timeout: 5s` resolved into the route
     assert [v["replicas"] for v in catalog["versions"]] == [1, 2]
+    # env and build args are mappings, also when empty (not [] for one version, {} another)
+    assert [v["env"] for v in catalog["versions"]] == [{}, {"FEATURE": "on"}]
+    assert catalog["versions"][0]["build"]["args"] == {}
     assert run(["config", "--json"]) == Exit.OK
     assert json.loads(outputs(capsys)[0]) == doc
 
@@ -289,3 +303,13 @@ def test_a_file_served_under_two_names_asks_which(
     assert run(["events"]) == Exit.ERROR  # the file says `mesh: shop`, which does not run
     err = outputs(capsys)[1]
     assert "served by 2 instances: copy-1" in err and "copy-2" in err and "other" not in err
+
+
+def test_logs_of_an_instance_not_running_is_not_checked_against_the_file_here(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the file here is mesh 'shop'; -p names another instance, which does not run
+    assert run(["-p", "other", "logs", "web"]) == Exit.ERROR
+    err = outputs(capsys)[1]
+    assert "no service 'web' in mesh 'other'" not in err
+    assert "frontend, catalog" not in err  # the local file's services are not that instance's

@@ -410,6 +410,23 @@ def test_routes_are_served_as_typed_values_with_the_api_fault_marked(loop: Any) 
     assert served.ingress is not None and served.ingress.address.endswith(":18080")
 
 
+def test_a_tcp_route_is_described_with_no_path_match() -> None:
+    from devmesh.core.load import load
+    from devmesh.daemon.status import routes
+
+    mesh = load(
+        "mesh: m\nservices:\n"
+        "  web: {image: a:1, port: 80}\n"
+        "  db: {image: d:1, port: 5432, protocol: tcp, versions: {v1: {}, v2: {}},"
+        " routes: [{to: {v1: 90, v2: 10}}]}\n"
+    )
+    served = routes(mesh, frozenset())
+    web, db = served.service("web"), served.service("db")
+    assert web is not None and db is not None
+    assert [r.match for r in web.routes] == ["path_prefix /"]
+    assert [(r.match, r.to) for r in db.routes] == [("", {"v1": 90, "v2": 10})]
+
+
 def test_the_first_pass_makes_the_network_first_and_guards_pods_with_its_gateway(
     loop: Any,
 ) -> None:

@@ -262,6 +262,49 @@ def test_shift_through_a_merge_key_is_refused_and_the_file_is_left_alone(service
         set_weights(MERGED_ROUTE, load(MERGED_ROUTE), service, None, {"v1": 50, "v2": 50})
 
 
+# compose's habit: a service is a base that others merge, each writing its own `routes`
+BASE_MERGED = textwrap.dedent(
+    """\
+    mesh: m
+    services:
+      a: &base
+        image: x
+        port: 80
+        versions: {v1: {}, v2: {}}
+        routes:
+          - &main
+            name: main
+            to: {v1: 90, v2: 10}
+            timeout: 2s
+      b:
+        <<: *base
+        routes:
+          - {name: main, to: {v1: 50, v2: 50}}
+      c:
+        <<: *base
+        routes:
+          - <<: *main
+            to: {v1: 0, v2: 100}
+    """
+)
+
+
+def test_a_service_others_merge_shifts_when_each_of_them_writes_its_own_routes() -> None:
+    after, _ = set_weights(BASE_MERGED, load(BASE_MERGED), "a", None, {"v1": 30, "v2": 70})
+    assert changed_lines(BASE_MERGED, after) == [
+        "-        to: {v1: 90, v2: 10}",
+        "+        to: {v1: 30, v2: 70}",
+    ]
+    assert weights_of(after, "a") == {"v1": 30, "v2": 70}
+    assert weights_of(after, "b") == {"v1": 50, "v2": 50}
+    assert weights_of(after, "c") == {"v1": 0, "v2": 100}
+    assert load(after).service("c").route("main").timeout_ms == 2000  # the merge still works
+    # one more merger without routes of its own would see a's: refused, file untouched
+    more = BASE_MERGED + "  d:\n    <<: *base\n    image: y\n"
+    with pytest.raises(EditError, match="service at line 3 holds the anchor &base"):
+        set_weights(more, load(more), "a", None, {"v1": 30, "v2": 70})
+
+
 @pytest.mark.parametrize(
     ("text", "service", "expected"),
     [
