@@ -1,8 +1,9 @@
 """The daemon's Prometheus endpoint: `/metrics` on 127.0.0.1:PORT, text format 0.0.4.
 
-Every scrape reads the sidecars' and the gateway's stats through their admin sockets (the
-same read as `/v1/stats`: counters and Envoy's cumulative latency buckets) and the
-daemon's own state, and renders them with labels in mesh terms (`render`, pure):
+Every scrape reads the sidecars' and the gateway's stats through their admin sockets, all
+of them at once (the same read as `/v1/stats`: counters and Envoy's cumulative latency
+buckets; adapters/envoy_admin.StatsReader), and the daemon's own state, and renders them
+with labels in mesh terms (`render`, pure):
 
   devmesh_requests_total{service, version, source_service, response_code_class}
       requests a caller's sidecar (or the gateway: source_service "ingress") sent to a

@@ -490,14 +490,14 @@ def test_a_relay_that_cannot_listen_is_told_once_and_others_still_run(tmp_path: 
         taken.close()
 
 
-def test_a_pods_bootstrap_flushes_spans_each_second_and_keeps_the_admin_runtime() -> None:
+def test_a_pods_bootstrap_flushes_spans_every_5_s_and_keeps_the_admin_runtime() -> None:
     mesh = load(MESH)
     config = bootstrap.ads_bootstrap(
         "n", "c", XDS_SOCKET, "/devmesh/admin.sock", (), tracing.runtime(mesh)
     )
     static, admin = config["layered_runtime"]["layers"]
     assert static["static_layer"] == {
-        "tracing.opentelemetry.flush_interval_ms": 1000,
+        "tracing.opentelemetry.flush_interval_ms": 5000,
         "tracing.opentelemetry.min_flush_spans": 1000,
     }
     assert admin == {"name": "admin", "admin_layer": {}}
