@@ -24,6 +24,7 @@ import docker.errors
 import pytest
 
 from devmesh import labels
+from devmesh.plan.desired import network_name
 from devmesh.unixhttp import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,6 +181,28 @@ def sweep(client: docker.DockerClient, project: str) -> None:
             c.remove(force=True)
     for n in client.networks.list(filters=selector):
         n.remove()
+
+
+TEST_LABEL = "dev.devmesh.test"  # not devmesh's own labels: the daemon would remove it
+
+
+@contextlib.contextmanager
+def outsider_on(mesh: Mesh, seconds: int) -> Iterator[Any]:
+    """A plain container on the mesh network, in no pod (busybox: no lookups, IPs only),
+    living at most `seconds` and removed afterwards."""
+    container = mesh.client.containers.run(
+        "busybox:1.35",
+        ["sleep", str(seconds)],
+        detach=True,
+        network=network_name(mesh.project),
+        labels={TEST_LABEL: mesh.project},
+        name=f"{mesh.project}-outsider",
+    )
+    try:
+        yield container
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
 
 
 @pytest.fixture

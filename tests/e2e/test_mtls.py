@@ -8,7 +8,6 @@ refuses it. A busybox container on the mesh network plays a peer outside the mes
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import subprocess
 import threading
@@ -24,9 +23,8 @@ import pytest
 
 from devmesh.api import codec
 from devmesh.client import DaemonClient
-from devmesh.plan.desired import network_name
 from devmesh.unixhttp import UnixHTTPConnection
-from tests.e2e.conftest import ENV, PROJECTS, Mesh, devmesh, free_port, sweep
+from tests.e2e.conftest import ENV, PROJECTS, Mesh, devmesh, free_port, outsider_on, sweep
 from tests.e2e.test_runtime import wait_for
 
 pytestmark = pytest.mark.docker
@@ -66,7 +64,6 @@ services:
     egress: all
 """
 API_ID = "spiffe://devmesh.local/mesh/tlsmesh/service/api"
-TEST_LABEL = "dev.devmesh.test"  # not devmesh's own labels: the daemon would remove it
 
 
 def _text(mode: str) -> str:
@@ -90,20 +87,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerC
 
 @pytest.fixture(scope="module")
 def outsider(mesh: Mesh) -> Iterator[Any]:
-    """A plain container on the mesh network, in no pod (busybox: no lookups, IPs only)."""
-    container = mesh.client.containers.run(
-        "busybox:1.35",
-        ["sleep", "300"],
-        detach=True,
-        network=network_name(mesh.project),
-        labels={TEST_LABEL: mesh.project},
-        name=f"{mesh.project}-outsider",
-    )
-    try:
+    with outsider_on(mesh, seconds=300) as container:
         yield container
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            container.remove(force=True)
 
 
 def _state(mesh: Mesh) -> dict[str, Any]:

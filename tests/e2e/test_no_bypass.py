@@ -5,7 +5,6 @@ reach it directly. One mesh for the module."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from devmesh.plan.desired import (
     hosts_file,
     network_name,
 )
-from tests.e2e.conftest import PROJECTS, Mesh, free_port, sweep
+from tests.e2e.conftest import PROJECTS, Mesh, free_port, outsider_on, sweep
 from tests.e2e.test_runtime import wait_for
 
 pytestmark = pytest.mark.docker
@@ -56,7 +55,6 @@ services:
     image: devmesh-shop-app:1
     port: 8000
 """
-TEST_LABEL = "dev.devmesh.test"  # not devmesh's own labels: the daemon would remove it
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +93,8 @@ def _wget_from_app(mesh: Mesh, service: str, url: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def outsider(mesh: Mesh) -> Iterator[Any]:
-    """A plain container on the mesh network, in no pod (busybox: no lookups, IPs only)."""
-    container = mesh.client.containers.run(
-        "busybox:1.35",
-        ["sleep", "120"],
-        detach=True,
-        network=network_name(mesh.project),
-        labels={TEST_LABEL: mesh.project},
-        name=f"{mesh.project}-outsider",
-    )
-    try:
+    with outsider_on(mesh, seconds=120) as container:
         yield container
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            container.remove(force=True)
 
 
 def test_a_pod_that_does_not_call_the_service_is_refused_at_its_app_port(mesh: Mesh) -> None:
