@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ import docker.errors
 import requests.exceptions
 
 from devmesh import labels
+from devmesh.core import engines
+from devmesh.core.engines import EngineInfo, EngineKind
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import ContainerSpec, PodSpec
 from devmesh.plan.plan import Observed, Plan
@@ -26,6 +31,7 @@ from devmesh.plan.plan import Observed, Plan
 log = logging.getLogger("devmesh.engine")
 Progress = Callable[[str], None]
 WORKERS = 8  # measured: 8 threads halve 30 pods' start time on 2 cores; 16 gain nothing
+REMOVE_TRIES = 5  # a Podman namespace owner: removed once its joined containers are gone
 GUARD_WAIT = 30  # seconds for a pod's firewall guard to load its rules (0.2 s when idle)
 
 
@@ -58,22 +64,28 @@ class ContainerInfo:
 
 
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, address: str = "") -> None:
         self.client = client
+        self.address = address or engine_address()
+        self._identity: EngineInfo | None = None
 
     @classmethod
     def connect(cls, timeout: int = 30) -> Engine:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        where = engine_address()
         try:
             client = docker.from_env(timeout=timeout)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(
-                f"cannot reach the Docker engine at {where} ({_root_cause(exc)}). Start it "
-                "(e.g. `sudo systemctl start docker`; as root on Debian, "
-                "scripts/ensure-docker.sh installs and starts one) and try again."
+                engines.unreachable(where, _root_cause(exc), _socket_exists(where))
             ) from None
-        return cls(client)
+        return cls(client, where)
+
+    def identity(self) -> EngineInfo:
+        """Which engine this is (asked once: `GET /version` and `GET /info`)."""
+        if self._identity is None:
+            self._identity = identify_client(self.client, self.address)
+        return self._identity
 
     # -- observe ------------------------------------------------------------------------------
 
@@ -277,11 +289,13 @@ class Engine:
             code = container.wait(timeout=GUARD_WAIT).get("StatusCode")
             if code != 0:
                 out = container.logs().decode(errors="replace").strip().replace("\n", "; ")
-                raise EngineError(f"{what} exited with {code}: {out[-300:]}", about)
+                raise EngineError(
+                    self._guard_failed(what, f"exited with {code}: {out[-300:]}"), about
+                )
         except docker.errors.ImageNotFound:
             raise EngineError(f"{what}: image {spec.image} not found", about) from None
         except docker.errors.APIError as exc:
-            raise EngineError(f"{what}: {_explain(exc)}", about) from None
+            raise EngineError(self._guard_failed(what, _explain(exc)), about) from None
         except requests.exceptions.ReadTimeout:
             raise EngineError(f"{what} did not finish within {GUARD_WAIT} s", about) from None
         except requests.exceptions.RequestException as exc:
@@ -289,6 +303,13 @@ class Engine:
         finally:
             if container is not None:
                 self._remove(container.id)
+
+    def _guard_failed(self, what: str, detail: str) -> str:
+        """A guard that could not load its rules; one refused NET_ADMIN says so, and how
+        to run without the guard."""
+        if engines.looks_like_no_net_admin(detail):
+            return engines.guard_refused(self.identity(), detail)
+        return f"{what} {detail}" if detail.startswith("exited") else f"{what}: {detail}"
 
     def _replace_pod(self, pod: PodSpec, old: tuple[str, ...], progress: Progress) -> None:
         for cid in old:
@@ -349,21 +370,38 @@ class Engine:
             raise EngineError(f"{cid[:12]}: cannot start: {_explain(exc)}") from None
 
     def _remove(self, cid: str) -> None:
-        try:
-            self.client.api.remove_container(cid, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # removal already in progress
-                raise EngineError(f"{cid[:12]}: cannot remove: {_explain(exc)}") from None
+        for attempt in range(REMOVE_TRIES):
+            try:
+                self.client.api.remove_container(cid, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                dependents = _dependents(exc)
+                if dependents and attempt < REMOVE_TRIES - 1:
+                    # Podman refuses to remove a namespace owner while containers join it
+                    # (Docker removes it anyway): those go first. Another thread may be
+                    # removing them already: then wait for it, briefly.
+                    for dep in dependents:
+                        self._remove(dep)
+                    time.sleep(0.05 * attempt)
+                    continue
+                if exc.status_code != 409:  # removal already in progress
+                    raise EngineError(f"{cid[:12]}: cannot remove: {_explain(exc)}") from None
+                return
 
     # -- teardown and logs --------------------------------------------------------------------
 
     def remove_all(self, project: str) -> tuple[int, int]:
         """Every container and network labelled with the mesh; (containers, networks)."""
         containers = self._list(project)
+        # Joined containers (app, sidecar) before their namespace owners: Podman refuses
+        # to remove an owner others join; Docker does not mind the order.
+        joined = [c["Id"] for c in containers if _joins(c)]
+        owners = [c["Id"] for c in containers if not _joins(c)]
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="down") as pool:
-            list(pool.map(self._remove, [c["Id"] for c in containers]))
+            list(pool.map(self._remove, joined))
+            list(pool.map(self._remove, owners))
         nets = 0
         try:
             for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):
@@ -561,3 +599,57 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc)
     return text if len(text) < 160 else text[:157] + "..."
+
+
+def engine_address() -> str:
+    """Where docker-py connects: DOCKER_HOST, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or engines.DEFAULT_ADDRESS
+
+
+def _socket_exists(address: str) -> bool | None:
+    if not address.startswith("unix://"):
+        return None
+    return os.path.exists(address[len("unix://") :])
+
+
+# client -> its engine: one ask per client
+_identified: weakref.WeakKeyDictionary[docker.DockerClient, EngineInfo] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def identify_client(client: docker.DockerClient, address: str = "") -> EngineInfo:
+    """Which engine `client` talks to; an engine that does not say is taken for Docker."""
+    found = _identified.get(client)
+    if found is not None:
+        return found
+    try:
+        version: dict[str, Any] = client.version()
+        info: dict[str, Any] = client.info()
+    except docker.errors.APIError:
+        version, info = {}, {}
+    except requests.exceptions.RequestException as exc:
+        raise EngineUnavailable(f"lost the engine: {_root_cause(exc)}") from None
+    found = engines.identify(version, info, address or engine_address())
+    _identified[client] = found
+    return found
+
+
+def is_podman(client: docker.DockerClient) -> bool:
+    return identify_client(client).kind is EngineKind.PODMAN
+
+
+_DEPENDENTS = re.compile(r"has dependent containers which must be removed before it: ([0-9a-f, ]+)")
+
+
+def _dependents(exc: docker.errors.APIError) -> list[str]:
+    """The containers Podman names as still joining the one it would not remove."""
+    found = _DEPENDENTS.search(str(exc.explanation or exc))
+    return [d for d in re.split(r"[, ]+", found.group(1)) if d] if found else []
+
+
+def _joins(raw: dict[str, Any]) -> bool:
+    """A listed container that joins another's network namespace (an app, a sidecar)."""
+    mode = str((raw.get("HostConfig") or {}).get("NetworkMode") or "")
+    role = (raw.get("Labels") or {}).get(labels.ROLE)
+    return mode.startswith("container:") or role in ("app", "sidecar")

@@ -29,6 +29,7 @@ import requests.exceptions
 from devmesh import labels
 from devmesh.adapters import buildkit
 from devmesh.adapters.envoy_binary import envoy_path
+from devmesh.adapters.engine import is_podman
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import GUARD_IMAGE
 
@@ -318,7 +319,10 @@ def build_app(client: docker.DockerClient, project: str, key: BuildKey, progress
         labels.SERVICE: key.service,
         labels.VERSION: key.version,
     }
-    cli = buildkit.find_cli()
+    # Podman's Docker-compatible API has no BuildKit session endpoint (a docker CLI fails
+    # with "unable to upgrade to h2c, received 404"): its own builder, through the API.
+    podman = is_podman(client)
+    cli = None if podman else buildkit.find_cli()
     if cli is not None:
         secrets = {sid: Path(src) for sid, src in key.secrets}
         try:
@@ -387,6 +391,12 @@ def prune_built(
         wanted["service"] = service
     try:
         found = client.images.list(filters={"label": labels.selector(**wanted)})
+            if podman:
+                raise ImageError(
+                    f"build needs BuildKit ({', '.join(why)}), which Podman's Docker-compatible "
+                    "API does not offer; build the image with `podman build` and name it in "
+                    "the version's `image:`"
+                )
     except (docker.errors.APIError, requests.exceptions.RequestException):
         return 0
     removed = 0

@@ -24,7 +24,8 @@ import docker
 import docker.errors
 import pytest
 
-from devmesh import api, labels
+from devmesh import labels
+from devmesh.api import types as api
 from devmesh.client import DaemonClient
 from tests.e2e.conftest import PROJECTS, Mesh, free_port, request, sweep
 from tests.e2e.test_runtime import SHOP, served_by, wait_for
@@ -155,7 +156,7 @@ def test_ps_logs_and_the_tui_data_read_the_engine(shop: EngineMesh) -> None:
     state = daemon.state()
     assert {p.service for p in state.pods} == {"frontend", "catalog", "stock"}
     tail = daemon.logs(f"{shop.project}-catalog-v2-0", tail=20)
-    assert any("catalog/v2: http on :8000" in line.text for line in tail.lines), tail
+    assert any("catalog/v2: http on :8000" in line for line in tail.lines), tail
 
     # Counters from every sidecar (local: its admin socket; tcp: what Envoy pushes).
     for _ in range(10):
