@@ -28,8 +28,8 @@ import requests.exceptions
 
 from devmesh import labels
 from devmesh.adapters import buildkit
-from devmesh.adapters.envoy_binary import envoy_path
 from devmesh.adapters.engine import is_podman
+from devmesh.adapters.envoy_binary import envoy_path
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import GUARD_IMAGE
 
@@ -339,6 +339,12 @@ def build_app(client: docker.DockerClient, project: str, key: BuildKey, progress
         if needs_buildkit(file):
             why.append(f"{file.name} uses RUN --mount or # syntax=")
         if why:
+            if podman:
+                raise ImageError(
+                    f"build needs BuildKit ({', '.join(why)}), which Podman's Docker-compatible "
+                    "API does not offer; build the image with `podman build` and name it in "
+                    "the version's `image:`"
+                )
             raise ImageError(
                 f"build needs BuildKit ({', '.join(why)}) and no docker CLI with BuildKit was "
                 "found (a docker CLI with buildx, or a 20.10 CLI; DEVMESH_DOCKER_CLI names one)"
@@ -391,12 +397,6 @@ def prune_built(
         wanted["service"] = service
     try:
         found = client.images.list(filters={"label": labels.selector(**wanted)})
-            if podman:
-                raise ImageError(
-                    f"build needs BuildKit ({', '.join(why)}), which Podman's Docker-compatible "
-                    "API does not offer; build the image with `podman build` and name it in "
-                    "the version's `image:`"
-                )
     except (docker.errors.APIError, requests.exceptions.RequestException):
         return 0
     removed = 0
