@@ -178,9 +178,12 @@ start() {
     cid=$(outer run -d --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
         --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
         --device-cgroup-rule 'a *:* rwm' --network none --cgroupns private --init \
-        --name "dm-remote-$name" --label "$LABEL=$name" --dns 127.0.0.1 \
+        --name "dm-remote-$name" --label "$LABEL=$name" \
+        `# no resolver: a name devmesh did not define never resolves (Docker warns)` \
+        --dns 127.0.0.1 \
         -e BIP="$BIP" -e POOL="$POOL" \
-        -v "dm-remote-$name:/var/lib/docker" "$tag")
+        -v "dm-remote-$name:/var/lib/docker" "$tag" 2>"$dir/run.log") \
+        || { cat "$dir/run.log" >&2; stop "$name"; die "the engine container did not start"; }
     echo "$cid" >"$dir/container"
     pid=$(outer inspect -f '{{.State.Pid}}' "$cid")
     slirp4netns --configure --mtu 65520 --disable-dns --outbound-addr 127.0.0.1 \
