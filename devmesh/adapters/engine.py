@@ -261,7 +261,8 @@ class Engine:
 
     def _guarded_app(self, pod: PodSpec, progress: Progress) -> None:
         try:
-            self._run_once(pod.guard, pod.name)
+            if pod.guarded:  # else DEVMESH_GUARD=off: the engine gives no NET_ADMIN
+                self._run_once(pod.guard, pod.name)
         except EngineError:
             # Never an app open to every pod: no owner, so the next pass makes the pod
             # anew (and tries the guard again); meanwhile the pod is failed, saying why.

@@ -30,6 +30,7 @@ from devmesh import labels
 from devmesh.adapters import buildkit
 from devmesh.adapters.engine import is_podman
 from devmesh.adapters.envoy_binary import envoy_path
+from devmesh.core.engines import guard_enabled
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import GUARD_IMAGE
 
@@ -541,7 +542,7 @@ class ImageResolver:
             self._note(f"sidecar image: {self.envoy}")
         if self.pause is None:
             self.pause = ensure_pause_image(self._client, self._policy, self._note)
-        if self.guard is None:
+        if self.guard is None and guard_enabled(os.environ):  # DEVMESH_GUARD=off: none
             self.guard = ensure_guard_image(self._client, self._note)
 
     def stop(self) -> None:

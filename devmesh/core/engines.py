@@ -17,6 +17,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from devmesh.core.problems import MeshError
+
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"  # docker-py's, with no DOCKER_HOST
 
 
@@ -233,3 +235,20 @@ def looks_like_no_net_admin(text: str) -> bool:
             "net_admin",
         )
     )
+
+
+# -- the pods' firewall guard, on or off ------------------------------------------------------
+
+GUARD_ENV = "DEVMESH_GUARD"  # `off`: no firewall guard (an engine that gives no NET_ADMIN)
+
+
+def guard_enabled(env: Mapping[str, str]) -> bool:
+    """Whether pods get their firewall guard: on unless DEVMESH_GUARD says off. A setting of
+    the machine's engine, not of the mesh: the same mesh file runs on engines that can and
+    engines that cannot give NET_ADMIN."""
+    value = env.get(GUARD_ENV, "").strip().lower()
+    if value in ("", "on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise MeshError(f"{GUARD_ENV}={env.get(GUARD_ENV)!r}: expected 'on' or 'off'")

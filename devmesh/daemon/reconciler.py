@@ -23,6 +23,7 @@ from devmesh.daemon.health import Result
 from devmesh.daemon.publisher import Configured, serves
 from devmesh.daemon.state import StateDir
 from devmesh.plan.desired import (
+    GUARD_IMAGE,
     Desired,
     Inputs,
     desired,
@@ -261,7 +262,6 @@ class Reconciler:
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None
-        assert self.images.guard is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
         pending: dict[tuple[str, str], str] = {}  # first build under way: not a failure
@@ -291,7 +291,9 @@ class Reconciler:
             app_images=app_images,
             failed={**failed, **pending},  # either way its old pods, if any, keep serving
             proxy_user=self._proxy_user,
-            guard_image=self.images.guard.image_id,
+            # DEVMESH_GUARD=off: no guard image was made, and none is run
+            guard_image=self.images.guard.image_id if self.images.guard else GUARD_IMAGE,
+            guard=self.images.guard is not None,
             host=self.host,
         )
 

@@ -94,6 +94,7 @@ class PodSpec:
     # every port but the sidecar's to the network (guard_rules). Not kept running.
     guard: ContainerSpec
     generation: int = 0
+    guarded: bool = True  # False: the guard is not run (DEVMESH_GUARD=off)
 
     @property
     def slot(self) -> tuple[str, str, int]:
@@ -158,6 +159,9 @@ class Inputs:
     # (the daemon's health probes). None: not known, and then nothing but the sidecar's
     # ports is open to it either.
     host: str | None = None
+    # False (DEVMESH_GUARD=off): pods get no firewall guard; for an engine that gives no
+    # NET_ADMIN (rootless, userns-remapped). Their owner's label says so: switching makes new pods.
+    guard: bool = True
 
 
 def network_name(project: str) -> str:
@@ -364,7 +368,9 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         image=inputs.pause_image,
         # The guard's hash: rules that change (another host address, another image) make a
         # new pod, whose namespace gets them before its app starts.
-        labels=_labels(project, "pod", {**ident, labels.GUARD: guard.config_hash}),
+        labels=_labels(
+            project, "pod", {**ident, labels.GUARD: guard.config_hash if inputs.guard else "off"}
+        ),
         # Never restarted in place: a restarted owner has a new namespace and its members
         # would be cut off. A dead owner makes the daemon replace the pod whole.
         restart="no",
@@ -404,7 +410,16 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         **PROXY_HARDENING,
     )
     return PodSpec(
-        name, service.name, version.name, replica, pause, app, sidecar, guard, generation
+        name,
+        service.name,
+        version.name,
+        replica,
+        pause,
+        app,
+        sidecar,
+        guard,
+        generation,
+        guarded=inputs.guard,
     )
 
 

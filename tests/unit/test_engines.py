@@ -3,12 +3,20 @@ or cannot run the pods' firewall guard (devmesh/core/engines.py): pure, no engin
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devmesh import labels
 from devmesh.core import engines
 from devmesh.core.engines import EngineInfo, EngineKind
+from devmesh.core.load import load_path
+from devmesh.core.problems import MeshError
+from devmesh.plan.desired import Inputs, desired
+
+SHOP = load_path(str(Path(__file__).resolve().parents[2] / "examples" / "shop" / "devmesh.yaml"))
 
 # What the engines on this machine answered (`GET /version`, `GET /info`), cut to what counts.
 PODMAN_VERSION: dict[str, Any] = {
@@ -228,3 +236,34 @@ def test_guard_refused_says_net_admin_and_how_to_turn_it_off() -> None:
 )
 def test_looks_like_no_net_admin(text: str, net_admin: bool) -> None:
     assert engines.looks_like_no_net_admin(text) is net_admin
+
+
+# -- DEVMESH_GUARD: the guard on or off ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [(None, True), ("on", True), ("OFF", False), ("0", False), ("false", False), (" no ", False)],
+    ids=["unset", "on", "OFF", "0", "false", "no"],
+)
+def test_guard_is_on_unless_turned_off(value: str | None, on: bool) -> None:
+    env = {} if value is None else {engines.GUARD_ENV: value}
+    assert engines.guard_enabled(env) is on
+
+
+def test_a_guard_setting_that_is_neither_on_nor_off_is_refused() -> None:
+    with pytest.raises(MeshError, match=r"DEVMESH_GUARD='maybe': expected 'on' or 'off'"):
+        engines.guard_enabled({engines.GUARD_ENV: "maybe"})
+
+
+def test_pods_without_the_guard_say_so_in_their_owner_label() -> None:
+    """Off: no guard is run, and the owner's label differs, so switching makes new pods
+    (a guarded pod is never taken over as unguarded, nor the other way round)."""
+    images = {(s.name, v.name): f"sha256:{s.name}" for s in SHOP.services for v in s.versions}
+    inputs = Inputs("t", "/state/t", "sha256:envoy", "sha256:pause", images)
+    on = desired(SHOP, inputs).pods
+    off = desired(SHOP, dataclasses.replace(inputs, guard=False)).pods
+    assert all(p.guarded for p in on) and not any(p.guarded for p in off)
+    assert all(dict(p.pause.labels)[labels.GUARD] == "off" for p in off)
+    assert all(dict(p.pause.labels)[labels.GUARD] == p.guard.config_hash for p in on)
+    assert {p.pause.config_hash for p in on}.isdisjoint(p.pause.config_hash for p in off)
