@@ -41,7 +41,10 @@ IMAGES = ("busybox:1.35", "devmesh/envoy:1.40.0", "devmesh/pause:1", "devmesh/ne
 
 
 def outer_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DEVMESH_TRANSPORT")}
+    """The local engine's environment; this bench owns the remote engine it starts (should
+    it die without stopping it, the next start removes it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DEVMESH_TRANSPORT")}
+    return {**env, "REMOTE_ENGINE_OWNER": str(os.getpid())}
 
 
 def start_remote(name: str) -> dict[str, str]:

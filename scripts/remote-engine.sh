@@ -163,13 +163,30 @@ print_env() {
     echo "export REMOTE_ENGINE_NAME=$1"
 }
 
+reap_orphans() {
+    local d owner
+    for d in /tmp/dm-remote-*/; do
+        [ -f "$d/owner" ] || continue
+        owner=$(cat "$d/owner")
+        if ! kill -0 "$owner" 2>/dev/null; then
+            d=${d%/}
+            echo "remote-engine: removing ${d#/tmp/dm-remote-}, whose owner (pid $owner) is gone" >&2
+            stop "${d#/tmp/dm-remote-}"
+        fi
+    done
+}
+
 start() {
     local name=$1 dir tag port pid cid i
     command -v slirp4netns >/dev/null || die "needs slirp4netns (apt-get install slirp4netns)"
     [ "$(id -u)" = 0 ] || die "needs root (slirp4netns joins another network namespace)"
     dir=$(state_dir "$name")
     [ ! -e "$dir" ] || stop "$name"
+    reap_orphans
     mkdir -p "$dir"
+    # A test session or bench names itself the owner: should it die without stopping the
+    # engine, the next start removes it (an engine started by hand has no owner).
+    [ -z "${REMOTE_ENGINE_OWNER:-}" ] || echo "$REMOTE_ENGINE_OWNER" >"$dir/owner"
     tag=devmesh/remote-engine:$(image_tag)
     outer image inspect "$tag" >/dev/null 2>&1 || build_image "$tag"
     outer volume create --label "$LABEL=$name" "dm-remote-$name" >/dev/null

@@ -102,7 +102,9 @@ def remote_engine() -> Iterator[Engine]:
     if shutil.which("slirp4netns") is None:
         pytest.skip("the simulated remote engine needs slirp4netns (apt-get install slirp4netns)")
     name = f"e2e{uuid.uuid4().hex[:6]}"
+    # this session owns it: if it dies without its teardown, the next start removes it
     outer = {k: v for k, v in ENV.items() if k != "DOCKER_HOST"}
+    outer["REMOTE_ENGINE_OWNER"] = str(os.getpid())
     began = time.monotonic()
     try:
         started = subprocess.run(
