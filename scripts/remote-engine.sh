@@ -90,6 +90,8 @@ iptables -A DOCKER-USER -o tap0 -m conntrack --ctstate ESTABLISHED,RELATED -j RE
 iptables -A DOCKER-USER -o tap0 ! -d 10.0.2.2 -j REJECT
 iptables -A OUTPUT -o tap0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 iptables -A OUTPUT -o tap0 ! -d 10.0.2.2 -j REJECT
+# The engine's API is for the host (through slirp) only, not for its own containers.
+iptables -A INPUT -p tcp --dport 2375 ! -i tap0 -j REJECT
 # Published ports: slirp delivers the host's 127.0.0.1:P to 10.0.2.100:P; docker-proxy
 # listens on 127.0.0.1:P for ports published on 127.0.0.1. Hand them over.
 echo 1 > /proc/sys/net/ipv4/conf/tap0/route_localnet
