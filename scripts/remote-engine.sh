@@ -136,6 +136,9 @@ build_image() {
         --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'LABEL dev.devmesh.managed=1 dev.devmesh.role=image' \
         - "$tag" >/dev/null
+    # Earlier builds of this image (other binaries or script): removed unless in use.
+    outer images devmesh/remote-engine --format '{{.Repository}}:{{.Tag}}' | grep -vxF "$tag" \
+        | xargs -r env -u DOCKER_HOST docker rmi >/dev/null 2>&1 || true
 }
 
 state_dir() { echo "/tmp/dm-remote-$1"; }
