@@ -279,7 +279,7 @@ class Engine:
         try:
             for attempt in (1, 2):
                 try:
-                    container = self.client.containers.create(**_create_args(spec))
+                    container = self.client.containers.create(**self._create_args(spec))
                     break
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409 or attempt == 2:
@@ -305,6 +305,34 @@ class Engine:
             if container is not None:
                 self._remove(container.id)
 
+    def _create_args(self, spec: ContainerSpec) -> dict[str, Any]:
+        """docker-py's arguments for `spec` on this engine. Podman 4.3 takes `host-gateway`
+        in extra hosts as a name (its hosts file gets `host-gateway NAME`, which resolves
+        nothing): there the network's gateway address, the host's side of its bridge,
+        stands in for it."""
+        kwargs = _create_args(spec)
+        hosts = kwargs.get("extra_hosts") or {}
+        if "host-gateway" in hosts.values() and self.identity().kind is EngineKind.PODMAN:
+            gateway = self._gateway(spec.network)
+            if gateway:
+                kwargs["extra_hosts"] = {
+                    k: gateway if v == "host-gateway" else v for k, v in hosts.items()
+                }
+        return kwargs
+
+    def _gateway(self, network: str | None) -> str | None:
+        """The network's gateway address, as the engine's IPAM config gives it."""
+        if not network:
+            return None
+        try:
+            attrs = self.client.api.inspect_network(network)
+        except docker.errors.APIError:
+            return None
+        for cfg in (attrs.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Gateway"):
+                return str(cfg["Gateway"]).split("/")[0]
+        return None
+
     def _guard_failed(self, what: str, detail: str) -> str:
         """A guard that could not load its rules; one refused NET_ADMIN says so, and how
         to run without the guard."""
@@ -324,7 +352,7 @@ class Engine:
     def _create(self, spec: ContainerSpec, progress: Progress) -> None:
         _prepare(spec)
         try:
-            container = self.client.containers.create(**_create_args(spec))
+            container = self.client.containers.create(**self._create_args(spec))
         except docker.errors.ImageNotFound:
             raise EngineError(f"image {spec.image} not found", spec.name) from None
         except docker.errors.APIError as exc:

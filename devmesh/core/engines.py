@@ -90,13 +90,22 @@ def differences(facts: EngineInfo) -> tuple[str, ...]:
             "secrets and targets are refused)"
         )
         out.append("a pod's containers are removed before its namespace owner (Podman's rule)")
-        out.append("containers reach the host as host.containers.internal")
+        out.append(
+            "no `host-gateway` in extra hosts (Podman 4.3): devmesh gives the network's "
+            "gateway address instead"
+        )
     if facts.kind is EngineKind.DOCKER_DESKTOP:
         out.append("containers reach the host as host.docker.internal")
-    if facts.rootless or facts.userns:
+    if facts.rootless:
         out.append(
-            "containers cannot get NET_ADMIN over their network: the pods' firewall guard "
-            "cannot run (DEVMESH_GUARD=off runs without it)"
+            "rootless: the host may not reach container addresses, and the pods' firewall "
+            "guard needs NET_ADMIN in the pod's namespace (DEVMESH_GUARD=off runs without "
+            "it); not tested here"
+        )
+    elif facts.userns:
+        out.append(
+            "userns-remap: the pods' firewall guard needs NET_ADMIN in the pod's namespace "
+            "(DEVMESH_GUARD=off runs without it); not tested here"
         )
     return tuple(out)
 
@@ -208,16 +217,12 @@ def _has_port(netloc: str) -> bool:
 def guard_refused(facts: EngineInfo | None, detail: str) -> str:
     """The pods' firewall guard (iptables in the pod's namespace, NET_ADMIN) could not run."""
     engine = facts.describe() if facts is not None else "the engine"
-    why = ""
-    if facts is not None and facts.rootless:
-        why = " (a rootless engine gives containers no NET_ADMIN over their network)"
-    elif facts is not None and facts.userns:
-        why = " (a userns-remapped engine gives containers no NET_ADMIN over their network)"
     return (
         f"{engine} cannot run the pods' firewall guard, which needs NET_ADMIN in the pod's "
-        f"network namespace{why}: {detail}. Run devmesh against a rootful engine, or turn "
-        "the guard off with DEVMESH_GUARD=off (any pod on the mesh network may then reach an "
-        "app's port directly, past its sidecar's mTLS)"
+        f"network namespace, and did not get it: {detail}. Run devmesh against an engine "
+        "that grants NET_ADMIN (rootful Docker or Podman), or turn the guard off with "
+        "DEVMESH_GUARD=off (any pod on the mesh network may then reach an app's port "
+        "directly, past its sidecar)"
     )
 
 
