@@ -79,6 +79,19 @@ def test_up_wait_returns_with_every_pod_ready_and_synced(shop: EngineMesh) -> No
     }
     for pod in pods.values():
         assert pod["xds"]["synced"] and pod["xds"]["nack"] is None, pod
+    expected = {"docker": "unix", "remote": "tcp"}.get(shop.engine.name)
+    if expected is not None:  # Podman: whichever the daemon decides (its socket is local)
+        assert data["transport"] == expected
+    if expected == "tcp":
+        # Nothing of the host is bind-mounted: the engine's filesystem is not the host's, so
+        # a bind would silently give an empty directory (a file: a failed start).
+        found = shop.client.containers.list(
+            all=True, filters={"label": labels.selector(mesh=shop.project)}
+        )
+        binds = [
+            (c.name, m["Source"]) for c in found for m in c.attrs["Mounts"] if m["Type"] == "bind"
+        ]
+        assert binds == []
 
 
 def test_request_crosses_the_gateway_and_the_sidecars(shop: EngineMesh) -> None:
