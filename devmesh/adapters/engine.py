@@ -6,9 +6,11 @@ a docker exception.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import tarfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from devmesh import labels
@@ -61,6 +64,7 @@ class ContainerInfo:
     restarts: int
     ip: str | None
     ports: dict[int, int]  # container port -> published host port
+    health: str = ""  # a HEALTHCHECK's status (transport tcp): healthy, unhealthy, starting
 
 
 class Engine:
@@ -136,6 +140,7 @@ class Engine:
                     for p in raw.get("Ports") or []
                     if p.get("PublicPort")
                 },
+                health=_health(str(raw.get("Status") or "")),
             )
         return observed, infos
 
@@ -286,6 +291,7 @@ class Engine:
                         raise
                     self._remove(spec.name)  # a leftover of a daemon that died mid-run
             assert container is not None
+            _put_files(container, spec)
             container.start()
             code = container.wait(timeout=GUARD_WAIT).get("StatusCode")
             if code != 0:
@@ -361,6 +367,7 @@ class Engine:
                 return
             raise EngineError(f"cannot create: {_explain(exc)}", spec.name) from None
         try:
+            _put_files(container, spec)
             container.start()
         except docker.errors.APIError as exc:
             self._remove(container.id)  # a container that cannot start is not left behind
@@ -521,6 +528,14 @@ class Engine:
         return stale
 
 
+def _health(status: str) -> str:
+    """The HEALTHCHECK status in a list's `Status` ("Up 3 seconds (healthy)"); "" if none."""
+    for word in ("unhealthy", "healthy", "starting"):
+        if f"({word})" in status or f"(health: {word})" in status:
+            return word
+    return ""
+
+
 def _number(label: str | None) -> int:
     return int(label) if label and label.isdigit() and len(label) < 6 else 0
 
@@ -586,8 +601,43 @@ def _create_args(spec: ContainerSpec) -> dict[str, Any]:
         kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
     if spec.init:
         kwargs["init"] = True
+    if spec.volumes:  # anonymous: made with the container, removed with it (`v=True`)
+        kwargs["mounts"] = [
+            docker.types.Mount(target=path, source=None, type="volume") for path in spec.volumes
+        ]
+    if spec.extra_hosts:
+        kwargs["extra_hosts"] = dict(spec.extra_hosts)
+    if spec.healthcheck is not None:
+        check = spec.healthcheck
+        kwargs["healthcheck"] = {
+            "test": ["CMD", *check.test],
+            "interval": check.interval_ms * 1_000_000,  # nanoseconds
+            "timeout": check.timeout_ms * 1_000_000,
+            "retries": check.retries,
+            "start_period": 0,
+        }
     kwargs.update(_privileges(spec))
     return kwargs
+
+
+def _put_files(container: Any, spec: ContainerSpec) -> None:
+    """Transport tcp: the spec's files into the created container, before it starts, by
+    the Engine API (put-archive): one archive per directory. Readable by every user of the
+    container (the proxy runs as one of its own): the bootstrap holds the mesh's token, and
+    its volume is mounted in the proxy's container alone."""
+    by_dir: dict[str, list[tuple[str, bytes]]] = {}
+    for path, text in spec.archive:
+        directory, _, name = path.rpartition("/")
+        by_dir.setdefault(directory or "/", []).append((name, text.encode()))
+    for directory, files in by_dir.items():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+        if not container.put_archive(directory, buffer.getvalue()):
+            raise EngineError(f"cannot put files into {directory}", spec.name)
 
 
 def _privileges(spec: ContainerSpec) -> dict[str, Any]:
