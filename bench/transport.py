@@ -37,7 +37,13 @@ from _common import BenchError, percentile, progress, table
 
 SCRIPT = c.ROOT / "scripts" / "remote-engine.sh"
 TARGET_RATIO = 2.0  # remote save → traffic p50 at most 2× local
-IMAGES = ("busybox:1.35", "devmesh/envoy:1.40.0", "devmesh/pause:1", "devmesh/netguard:1")
+IMAGES = (
+    "busybox:1.35",
+    "devmesh/envoy:1.40.0",
+    "devmesh/pause:1",
+    "devmesh/pause-probe:1",  # the tcp transport's pod owner
+    "devmesh/netguard:1",
+)
 
 
 def outer_env() -> dict[str, str]:

@@ -59,6 +59,7 @@ def needed_images() -> list[str]:
                 "busybox:1.35",
                 images.local_envoy_image(),
                 images.LOCAL_PAUSE_IMAGE,
+                images.PROBE_PAUSE_IMAGE,  # the tcp transport's pod owner (its health check)
                 GUARD_IMAGE,
             ]
         )
