@@ -7,6 +7,13 @@ the very shape `envoy_admin.parse_stats` gives from an admin socket, so the stat
 (`/v1/stats`, `ps`, the TUI, `/metrics`, the percentiles from histogram buckets) cannot tell
 the two apart.
 
+Envoy's sink sends counters as they are (cumulative) but each histogram's *interval*
+statistics: the buckets of the samples since its previous flush (measured with Envoy 1.40:
+requests made once show in one message's buckets and are gone from the next). The daemon
+adds them up per Envoy as they come, so a read has cumulative buckets, as the admin's
+`histogram_buckets=cumulative` gives them; samples in a message that never arrived (the
+stream broke) are missing from the sums.
+
 xds-protos ships no Python for envoy.service.metrics.v3, nor for the Prometheus client
 model it carries (io.prometheus.client.MetricFamily): the few messages read are declared
 here, wire-compatible, with the protobuf runtime's descriptors (field numbers as in
@@ -72,6 +79,7 @@ _MESSAGES: tuple[tuple[str, tuple[tuple[str, int, int, int, str], ...]], ...] = 
         "MetricFamily",
         (
             ("name", 1, _F.TYPE_STRING, _OPTIONAL, ""),
+            ("type", 3, _F.TYPE_INT32, _OPTIONAL, ""),  # an enum: HISTOGRAM = 4
             ("metric", 4, _F.TYPE_MESSAGE, _REPEATED, "Metric"),
         ),
     ),
@@ -109,13 +117,14 @@ StreamMetricsMessage: Any = _CLASSES["StreamMetricsMessage"]
 StreamMetricsResponse: Any = _CLASSES["StreamMetricsResponse"]
 
 
-def parse_pushed(body: bytes, wanted: re.Pattern[str] | None = None) -> dict[str, float]:
-    """One StreamMetricsMessage as `envoy_admin.parse_stats` gives an admin read: counters
-    and gauges by name, histograms as cumulative buckets `NAME@BOUND` (Envoy's sink sends
-    each histogram's cumulative statistics, as the admin's `histogram_buckets=cumulative`).
-    Only the names `wanted` matches (the admin read's filter)."""
+HISTOGRAM = 4  # io.prometheus.client.MetricType
+
+
+def parse_pushed(message: Any, wanted: re.Pattern[str] | None = None) -> dict[str, float]:
+    """One StreamMetricsMessage in `envoy_admin.parse_stats`'s terms: counters and gauges
+    by name, histograms as buckets `NAME@BOUND` (cumulative over the bounds; over time, the
+    message's interval only: see `add_buckets`). Only the names `wanted` matches."""
     out: dict[str, float] = {}
-    message = StreamMetricsMessage.FromString(body)
     for family in message.envoy_metrics:
         name = str(family.name)
         if wanted is not None and not wanted.match(name):
@@ -133,6 +142,17 @@ def parse_pushed(body: bytes, wanted: re.Pattern[str] | None = None) -> dict[str
     return out
 
 
+def add_buckets(sums: dict[str, float], message: Any, wanted: re.Pattern[str]) -> None:
+    """Add a message's histogram buckets (one flush interval's samples) to `sums`."""
+    for family in message.envoy_metrics:
+        if family.type != HISTOGRAM or not wanted.match(family.name):
+            continue
+        for metric in family.metric:
+            for bucket in metric.histogram.bucket:
+                key = f"{family.name}{BUCKET_MARK}{float(bucket.upper_bound):g}"
+                sums[key] = sums.get(key, 0) + int(bucket.cumulative_count)
+
+
 class PushedStats:
     """The latest stats message of each Envoy (by node id), as it came; read like
     `envoy_admin.StatsReader` (`read_targets`). Streams end when the Envoy goes: its
@@ -141,13 +161,14 @@ class PushedStats:
     def __init__(self, regex: str = STATS_FILTER) -> None:
         self._wanted = re.compile(regex)
         self._lock = threading.Lock()
-        self._latest: dict[str, bytes] = {}  # node id -> its last StreamMetricsMessage
+        self._latest: dict[str, Any] = {}  # node id -> its last StreamMetricsMessage
+        self._buckets: dict[str, dict[str, float]] = {}  # node id -> histogram sums
 
     def register(self, server: Any) -> None:
         """The hook `XdsServer(services=...)` calls with its grpc.aio server."""
         handler = grpc.stream_unary_rpc_method_handler(
             self._stream,
-            request_deserializer=None,  # bytes: decoded when read
+            request_deserializer=StreamMetricsMessage.FromString,
             response_serializer=StreamMetricsResponse.SerializeToString,
         )
         service, _, method = METHOD.strip("/").partition("/")
@@ -155,23 +176,24 @@ class PushedStats:
             (grpc.method_handlers_generic_handler(service, {method: handler}),)
         )
 
-    async def _stream(self, requests: AsyncIterator[bytes], context: Any) -> Any:
-        node, last = "", b""
+    async def _stream(self, requests: AsyncIterator[Any], context: Any) -> Any:
+        node, last = "", None
         try:
-            async for body in requests:
+            async for message in requests:
                 if not node:  # the node comes with a stream's first message only
-                    message = StreamMetricsMessage.FromString(body)
                     node = str(message.identifier.node.id)
                     if not node:
                         continue
                 with self._lock:
-                    self._latest[node] = last = body
+                    self._latest[node] = last = message
+                    add_buckets(self._buckets.setdefault(node, {}), message, self._wanted)
         except Exception:  # the stream broke: Envoy opens a new one at its next flush
             log.debug("a stats stream ended", exc_info=True)
         finally:
             with self._lock:  # the Envoy went (unless a newer stream of it took over)
-                if node and self._latest.get(node) is last:
+                if node and last is not None and self._latest.get(node) is last:
                     del self._latest[node]
+                    self._buckets.pop(node, None)
         return StreamMetricsResponse()
 
     def nodes(self) -> frozenset[str]:
@@ -181,18 +203,19 @@ class PushedStats:
     def read_targets(self, targets: Mapping[str, StatsTarget]) -> dict[str, dict[str, float] | str]:
         """name -> its Envoy's stats, or why there are none (as StatsReader.read_targets)."""
         with self._lock:
-            latest = {name: self._latest.get(t.node_id) for name, t in targets.items()}
+            latest = {
+                name: (self._latest.get(t.node_id), dict(self._buckets.get(t.node_id, {})))
+                for name, t in targets.items()
+            }
         out: dict[str, dict[str, float] | str] = {}
-        for name, body in latest.items():
-            if body is None:
+        for name, (message, buckets) in latest.items():
+            if message is None:
                 out[name] = "unreadable: no stats pushed yet"
                 continue
-            try:
-                out[name] = parse_pushed(body, self._wanted)
-            except Exception as exc:  # a message that does not decode: say so, keep on
-                out[name] = f"unreadable: pushed stats do not decode ({exc})"
+            out[name] = {**parse_pushed(message, self._wanted), **buckets}
         return out
 
     def close(self) -> None:
         with self._lock:
             self._latest.clear()
+            self._buckets.clear()
