@@ -59,6 +59,7 @@ class Handlers:
         self.metrics_url: str | None = None  # where the daemon serves /metrics, if it does
         self.telemetry: Telemetry | None = None  # the span store and sinks (daemon/tracing.py)
         self.transport = ""  # how the daemon reaches its pods (core/transport.py)
+        self.control_plane = ""  # transport tcp: where the pods dial the daemon (host:port)
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -107,6 +108,8 @@ class Handlers:
             out = dataclasses.replace(out, access=self.access.counters())
         if self.transport:
             out = dataclasses.replace(out, transport=self.transport)
+        if self.control_plane:
+            out = dataclasses.replace(out, control_plane=self.control_plane)
         return out
 
     def traces(self, req: api.TracesRequest) -> api.TracesResult:

@@ -249,6 +249,7 @@ class Daemon:
             dial_host, dial_port = HOST_GATEWAY, port
         self.controller.reconciler.transport = Transport.TCP
         self.controller.reconciler.xds_tcp = XdsTcp(dial_host, dial_port, token)
+        self.handlers.control_plane = f"{dial_host}:{dial_port}"
         self.events.add(
             EventKind.DAEMON,
             f"transport tcp ({self.transport_why}): listening on {host}:{port}, "

@@ -231,3 +231,28 @@ def _pause_image(client: docker.DockerClient) -> str:
         return str(client.images.get(LOCAL_PAUSE_IMAGE).id)
     except docker.errors.ImageNotFound:
         pytest.skip(f"no {LOCAL_PAUSE_IMAGE} (an earlier e2e test builds it)")
+
+
+# -- no route from the pods to the control plane ------------------------------------------------
+
+
+def test_no_route_to_the_control_plane_is_named_at_up_wait(tmp_path: Path) -> None:
+    """Transport tcp on the local engine: the pods dial host.docker.internal (the bridge's
+    gateway) while the daemon listens on 127.0.0.1 only, so no sidecar ever connects. `up
+    --wait` says so, with the address, instead of a generic timeout; the mesh is removed."""
+    (tmp_path / "devmesh.yaml").write_text(
+        SMALL.replace("@PORT@", str(free_port())).replace("@APP@", str(APP))
+    )
+    project = f"t{uuid.uuid4().hex[:8]}"
+    PROJECTS.append(project)
+    env = {**GUARD_OFF, "DEVMESH_TRANSPORT": "tcp"}
+    try:
+        up = devmesh("-p", project, "up", "-d", "--wait", "--timeout", "8", env=env, cwd=tmp_path)
+        assert up.returncode == 3, up.stdout + up.stderr  # Exit.NOT_READY
+        assert "Traceback" not in up.stderr
+        assert "no sidecar reached the control plane at host.docker.internal:" in up.stderr
+        assert "within 8 s" in up.stderr and "DEVMESH_XDS_ADDRESS" in up.stderr, up.stderr
+        assert "has not ACKed" not in up.stderr  # the one message, not every pod's
+    finally:
+        devmesh("-p", project, "down", env=env, timeout=60, cwd=tmp_path)
+        sweep(docker.from_env(), project)
