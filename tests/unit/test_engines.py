@@ -267,3 +267,35 @@ def test_pods_without_the_guard_say_so_in_their_owner_label() -> None:
     assert all(dict(p.pause.labels)[labels.GUARD] == "off" for p in off)
     assert all(dict(p.pause.labels)[labels.GUARD] == p.guard.config_hash for p in on)
     assert {p.pause.config_hash for p in on}.isdisjoint(p.pause.config_hash for p in off)
+
+
+# -- Podman's removal rule, as the adapter reads it ---------------------------------------------
+
+OWNER, APP_ID, SIDECAR_ID = (
+    "38eacbc896da" + "0" * 52,
+    "06121ea44e60" + "1" * 52,
+    "614887d73fbe" + "2" * 52,
+)
+
+
+def test_podmans_dependent_containers_are_read_from_its_refusal() -> None:
+    """Podman 4.3's words when a pod's owner is removed before its members (measured)."""
+    import docker.errors
+
+    from devmesh.adapters.engine import _dependents
+
+    refusal = docker.errors.APIError(
+        "500 Server Error",
+        explanation=f"container {OWNER} has dependent containers which must be removed "
+        f"before it: {APP_ID}, {SIDECAR_ID}: container already exists",
+    )
+    assert _dependents(refusal) == [APP_ID, SIDECAR_ID]
+    assert _dependents(docker.errors.APIError("409", explanation="removal in progress")) == []
+
+
+def test_joined_containers_are_removed_first() -> None:
+    from devmesh.adapters.engine import _joins
+
+    assert _joins({"HostConfig": {"NetworkMode": f"container:{OWNER}"}, "Labels": {}})
+    assert _joins({"HostConfig": {"NetworkMode": "devmesh-t"}, "Labels": {labels.ROLE: "app"}})
+    assert not _joins({"HostConfig": {"NetworkMode": "devmesh-t"}, "Labels": {labels.ROLE: "pod"}})
