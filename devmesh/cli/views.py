@@ -90,6 +90,8 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     head = f"mesh '{state.project}' ({state.phase.value})"
     if state.pid:
         head += f" pid {state.pid}"
+    if state.transport:
+        head += f" transport {state.transport}"
     gw = state.gateway
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"

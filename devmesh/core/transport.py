@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
 
 TRANSPORT_ENV = "DEVMESH_TRANSPORT"  # forces one: `unix` or `tcp`
@@ -73,6 +74,26 @@ def choose(facts: EngineFacts) -> tuple[Transport, str]:
     if scheme in ("", "unix"):
         return Transport.UNIX, "the engine is local (a UNIX socket)"
     return Transport.TCP, f"the engine is not local ({scheme}://)"
+
+
+def tcp_unsupported(mesh: Mesh) -> list[str]:
+    """What of `mesh` transport tcp cannot serve, each said with what to do instead. (Host
+    versions are refused per version: reconciler.host_refused.)"""
+    out = []
+    if mesh.observability.statsd is not None:
+        out.append(
+            "observability.statsd needs transport unix: the Envoys send StatsD to a socket in "
+            "the daemon's state directory, which an engine elsewhere cannot mount; the "
+            "daemon's /metrics (Prometheus) works with tcp"
+        )
+    tracing = mesh.observability.tracing
+    if tracing is not None and tracing.provider == "xray":
+        out.append(
+            "tracing provider xray needs transport unix: the Envoys send segments to the "
+            "daemon's relay on the mesh network's gateway, which is not this host on an "
+            "engine elsewhere; provider otel works with tcp"
+        )
+    return out
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from devmesh.adapters.images import ImageResolver, Pending
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
-from devmesh.core.transport import Transport
+from devmesh.core.transport import Transport, tcp_unsupported
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.daemon.publisher import Configured, serves
@@ -160,6 +160,8 @@ class Reconciler:
             retiring = retire(want, actual, ready, self._draining(), self._clock())
             self._tell_retired(retiring)
             errors += self._write_hosts(mesh, want)
+            if self.transport is Transport.TCP:
+                errors += tcp_unsupported(mesh)
             todo = plan(
                 want,
                 actual,

@@ -306,3 +306,33 @@ def test_tcp_bootstraps_pass_envoys_own_validation(tmp_path: Path) -> None:
         config.write_text(spec.archive[0][1])
         verdict = validate(config)
         assert verdict.ok, verdict.detail
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_ps_and_the_tui_name_the_transport(transport: str) -> None:
+    from devmesh.api import types as api
+    from devmesh.cli import views
+    from devmesh.tui.model import header_text
+
+    state = api.MeshState("shop", "shop", api.Phase.SERVING, True, pid=7, transport=transport)
+    assert views.ps_table(state).splitlines()[0] == (
+        f"mesh 'shop' (serving) pid 7 transport {transport}"
+    )
+    assert f"· via {transport}" in header_text(state, False, width=200)
+    assert "via" not in header_text(api.MeshState("shop", "shop", api.Phase.SERVING, True), False)
+
+
+def test_what_tcp_cannot_serve_is_said_naming_the_transport() -> None:
+    from devmesh.core.transport import tcp_unsupported
+
+    assert tcp_unsupported(load_text(SHOP)) == []
+    mesh = load_text(
+        SHOP.replace(
+            "ingress:",
+            "observability:\n  statsd: {address: 127.0.0.1:8125}\n"
+            "  tracing: {provider: xray}\ningress:",
+        )
+    )
+    problems = tcp_unsupported(mesh)
+    assert len(problems) == 2
+    assert all("needs transport unix" in p for p in problems)
