@@ -35,14 +35,19 @@ import _common as c
 import live
 from _common import BenchError, percentile, progress, table
 
+from devmesh.adapters import images
+from devmesh.plan.desired import GUARD_IMAGE
+
 SCRIPT = c.ROOT / "scripts" / "remote-engine.sh"
 TARGET_RATIO = 2.0  # remote save → traffic p50 at most 2× local
+# What devmesh needs on a fresh engine, under the names it looks for (the probe image is
+# the tcp transport's pod owner); copied from the local engine where it has them.
 IMAGES = (
     "busybox:1.35",
-    "devmesh/envoy:1.40.0",
-    "devmesh/pause:1",
-    "devmesh/pause-probe:1",  # the tcp transport's pod owner
-    "devmesh/netguard:1",
+    images.local_envoy_image(),
+    images.LOCAL_PAUSE_IMAGE,
+    images.PROBE_PAUSE_IMAGE,
+    GUARD_IMAGE,
 )
 
 

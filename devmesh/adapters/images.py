@@ -255,7 +255,7 @@ def build_pause_image(client: docker.DockerClient, progress: Progress) -> str:
 
 
 # Transport tcp: the pods' owner also carries the HEALTHCHECK's probe (templates/pauseprobe).
-PROBE_PAUSE_IMAGE = "devmesh/pause-probe:1"
+PROBE_PAUSE_IMAGE = "devmesh/pause-probe:2"  # 2: probe -tMS
 
 
 def ensure_probe_pause_image(client: docker.DockerClient, progress: Progress) -> ImageChoice:

@@ -60,21 +60,24 @@ class EngineHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._status: dict[str, str] = {}  # owner name -> healthy | unhealthy | starting
+        self._heard: set[str] = set()  # owners an event spoke of
 
     def reported(self, owner: str, status: str) -> None:
         """A `health_status: STATUS` event (the events thread): it is the newest word."""
         with self._lock:
             self._status[owner] = status
+            self._heard.add(owner)
 
     def listed(self, statuses: Mapping[str, str]) -> None:
-        """What a look listed (the loop): taken only for owners no event spoke of yet (an
-        adopted pod), since an event may be newer than the look; owners gone are dropped."""
+        """What a look listed (the loop): taken for owners no event spoke of (an adopted
+        pod; a change before the events stream was open), since an event may be newer than
+        the look; owners no longer listed are dropped."""
         with self._lock:
             self._status = {
-                name: self._status.get(name) or status
+                name: self._status.get(name, status) if name in self._heard else status
                 for name, status in statuses.items()
-                if status or name in self._status
             }
+            self._heard &= self._status.keys()
 
     def check(self, owner: str, port: int, health: Health | None) -> tuple[bool, str]:
         with self._lock:

@@ -207,10 +207,13 @@ class Daemon:
             EventKind.DAEMON,
             f"daemon {os.getpid()} for mesh '{self.project}' from {self.mesh_file}",
         )
+        if self.engine_health is not None:  # health changes during the first pass count
+            threading.Thread(target=self._events_loop, name="events", daemon=True).start()
         self.controller.start()
         self.handlers.sidecar_image = str(self.images.envoy) if self.images.envoy else None
         self.phase = "serving"
-        threading.Thread(target=self._events_loop, name="events", daemon=True).start()
+        if self.engine_health is None:
+            threading.Thread(target=self._events_loop, name="events", daemon=True).start()
         threading.Thread(target=self._sweep_loop, name="logtails", daemon=True).start()
 
     def _start_tcp(self) -> None:

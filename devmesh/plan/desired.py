@@ -28,6 +28,7 @@ from devmesh.envoy.render import gateway_group
 from devmesh.envoy.resources import Json, sidecar_node
 
 FAILURES_TO_DROP = 3  # as daemon/health.py: failed checks in a row before a pod is unhealthy
+EXEC_ALLOWANCE_MS = 3000  # tcp health checks: the engine's exec of the probe, beyond the app
 POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gateway
 XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
 #                             restarted daemon's new socket file is seen without recreation)
@@ -438,12 +439,17 @@ def health_check(health: Health | None, port: int) -> HealthCheck:
     probes). Unhealthy after FAILURES_TO_DROP failures in a row, as the host's probes."""
     interval = health.interval_ms if health else HEALTH_INTERVAL_MS
     timeout = health.timeout_ms if health else HEALTH_TIMEOUT_MS
-    test = [PROBE_BINARY, str(port)]
+    test = [PROBE_BINARY, f"-t{timeout}", str(port)]
     if health is not None and health.path is not None:
         test.append(health.path)
     # Docker runs the first check one interval after the start: readiness waits for it,
-    # so no more than a second (Docker 20.10 has no faster start interval).
-    return HealthCheck(tuple(test), min(interval, 1000), timeout, FAILURES_TO_DROP)
+    # so no more than a second (Docker 20.10 has no faster start interval). The app has
+    # `timeout` to answer (the probe's own); the engine's exec of the probe takes its own
+    # time on top (0.1-0.6 s measured on a loaded machine, and all checks failed at once
+    # when the exec counted against the app's 1 s), hence Docker's timeout is longer.
+    return HealthCheck(
+        tuple(test), min(interval, 1000), timeout + EXEC_ALLOWANCE_MS, FAILURES_TO_DROP
+    )
 
 
 def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica: int) -> PodSpec:

@@ -197,9 +197,10 @@ def test_tcp_pod_owner_has_the_hosts_and_the_health_check() -> None:
     assert "catalog" in hosts and hosts["catalog"].startswith("127.")
     assert "catalog" not in dict(catalog.extra_hosts)  # only what it calls
     assert frontend.healthcheck is not None and catalog.healthcheck is not None
-    assert frontend.healthcheck.test == (PROBE_BINARY, "8080")
-    assert catalog.healthcheck.test == (PROBE_BINARY, "8080", "/healthz")
+    assert frontend.healthcheck.test == (PROBE_BINARY, "-t1000", "8080")
+    assert catalog.healthcheck.test == (PROBE_BINARY, "-t1000", "8080", "/healthz")
     assert catalog.healthcheck.interval_ms == 500
+    assert catalog.healthcheck.timeout_ms > 1000  # the app's 1 s, and the engine's exec
     guard = pods["catalog"].guard
     assert guard.archive and "-s 172.18.0.1" not in guard.archive[0][1]  # no host probes
 

@@ -1,10 +1,10 @@
 /* devmesh's health probe for engines the host cannot reach into (transport tcp): run by
  * the engine as the pod owner's HEALTHCHECK, inside the pod's network namespace.
- *   probe PORT        healthy when 127.0.0.1:PORT accepts a connection
- *   probe PORT PATH   healthy when GET PATH answers 2xx or 3xx (as the host's probes)
+ *   probe -tMS PORT        healthy when 127.0.0.1:PORT accepts a connection
+ *   probe -tMS PORT PATH   healthy when GET PATH answers 2xx or 3xx (as the host's probes)
+ * MS: the health check's timeout, for the app's answer (connect, send, receive each).
  * Exit 0 healthy, 1 not (the reason on stdout: Docker keeps it in the health log).
- * Built static into devmesh/pause-probe beside pause; the HEALTHCHECK's timeout bounds it,
- * and it bounds itself too (SO_RCVTIMEO/SO_SNDTIMEO, 5 s). */
+ * Built static into devmesh/pause-probe beside pause. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -15,8 +15,14 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        puts("usage: probe PORT [PATH]");
+    long ms = 5000;
+    if (argc > 1 && strncmp(argv[1], "-t", 2) == 0) {
+        ms = atol(argv[1] + 2);
+        argv++;
+        argc--;
+    }
+    if (argc < 2 || ms <= 0) {
+        puts("usage: probe [-tMS] PORT [PATH]");
         return 2;
     }
     int port = atoi(argv[1]);
@@ -25,7 +31,7 @@ int main(int argc, char **argv) {
         perror("socket");
         return 1;
     }
-    struct timeval tv = {5, 0};
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     struct sockaddr_in addr;
@@ -34,7 +40,7 @@ int main(int argc, char **argv) {
     addr.sin_port = htons((unsigned short)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        printf("port %d: connection refused\n", port);
+        printf("port %d: cannot connect\n", port);
         return 1;
     }
     if (argc < 3) return 0;
