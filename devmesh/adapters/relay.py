@@ -105,8 +105,8 @@ class HostRelays:
         """Start what is missing, retire what is no longer wanted; what could not start.
         A relay that runs keeps its port (the sidecars' config names it)."""
         problems = []
-        for key in [k for k, (relay, _) in self._retiring.items() if relay.closed]:
-            del self._retiring[key]
+        for gone in [k for k, (relay, _) in self._retiring.items() if relay.closed]:
+            del self._retiring[gone]
         for key in set(self._relays) - wanted:
             relay = self._relays.pop(key)
             timer = threading.Timer(self._grace, relay.close)
