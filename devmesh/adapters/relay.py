@@ -40,6 +40,10 @@ class Relay:
         )
         self._thread.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     def close(self) -> None:
         self._closed.set()
         with contextlib.suppress(OSError):
@@ -84,17 +88,31 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 class HostRelays:
-    """The relays that should run: (listen ip, host port) -> Relay. The loop's alone."""
+    """The relays that should run: (listen ip, host port) -> Relay. The loop's alone.
 
-    def __init__(self) -> None:
+    A relay no longer wanted keeps accepting for `grace` seconds before it closes: the loop
+    drops it as it renders the config without it, and until every Envoy has taken that
+    config, a request can still be sent to it (a relay closed at once made those fail with
+    "remote connection failure")."""
+
+    def __init__(self, grace: float = 10.0) -> None:
         self._relays: dict[tuple[str, int], Relay] = {}
+        self._grace = grace
+        # (listen ip, host port, relay port) -> the relay and the timer that closes it
+        self._retiring: dict[tuple[str, int, int], tuple[Relay, threading.Timer]] = {}
 
     def set(self, wanted: set[tuple[str, int]]) -> list[str]:
-        """Start what is missing, close what is no longer wanted; what could not start.
+        """Start what is missing, retire what is no longer wanted; what could not start.
         A relay that runs keeps its port (the sidecars' config names it)."""
         problems = []
+        for gone in [k for k, (relay, _) in self._retiring.items() if relay.closed]:
+            del self._retiring[gone]
         for key in set(self._relays) - wanted:
-            self._relays.pop(key).close()
+            relay = self._relays.pop(key)
+            timer = threading.Timer(self._grace, relay.close)
+            timer.daemon = True
+            timer.start()
+            self._retiring[(*key, relay.port)] = (relay, timer)
         for ip, port in sorted(wanted - set(self._relays)):
             try:
                 self._relays[(ip, port)] = Relay(ip, port)
@@ -108,4 +126,11 @@ class HostRelays:
         return None if relay is None else (ip, relay.port)
 
     def close(self) -> None:
-        self.set(set())
+        """Close every relay now, the retiring ones too (the daemon stops)."""
+        for relay, timer in self._retiring.values():
+            timer.cancel()
+            relay.close()
+        self._retiring.clear()
+        for relay in self._relays.values():
+            relay.close()
+        self._relays.clear()

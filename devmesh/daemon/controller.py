@@ -138,6 +138,10 @@ class View:
     retiring: tuple[Retiring, ...] = ()  # a roll's old pods: serving, or draining
     builds: tuple[BuildState, ...] = ()  # image builds under way, or failed last
     certs: Mapping[str, Cert] = field(default_factory=dict)  # node group -> its certificate
+    # (service, version) -> the pod addresses in the config last handed to the xDS cache: a
+    # pod is ready only once it is in them (its sidecar's ACK alone comes up to a publish
+    # earlier, while callers still have no endpoint for it).
+    endpoints: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
 
 class Controller:
@@ -194,6 +198,7 @@ class Controller:
         self._health: Mapping[str, Result] = {}
         self._phase = Phase.STARTING
         self._unconfigured = False  # a healthy pod waits for its sidecar's first ACK
+        self._endpoints: dict[tuple[str, str], tuple[str, ...]] = {}  # as last published
         self.view = self._view()
         self._thread = threading.Thread(target=self._run, name="loop", daemon=True)
 
@@ -502,7 +507,10 @@ class Controller:
             for p in (r.desired.pods if r.desired else ())
         )
         mesh = self._served()
-        return self.publisher.publish(mesh, served, r.host, self._host_apps(mesh))
+        ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh))
+        if ok:
+            self._endpoints = {key: tuple(ips) for key, ips in served.items()}
+        return ok
 
     def _host_apps(self, mesh: Mesh) -> dict[tuple[str, str], tuple[str, int]]:
         """Relays to the versions on the host, on the mesh network's gateway address (the
@@ -576,6 +584,7 @@ class Controller:
             retiring=r.retiring,
             builds=self.images.states(),
             certs=dict(self.identities.certs),
+            endpoints=self._endpoints,
         )
 
     def _set_view(self) -> None:

@@ -52,6 +52,12 @@ def pod_status(view: View, pod: PodSpec | Retiring, xds: XdsLookup) -> api.Pod:
     state, reason = _pod_state(view, (pod.name, app_name, sidecar_name), node, synced, health)
     if draining and state is not api.PodState.ENGINE_DOWN:
         state, reason = api.PodState.DRAINING, "replaced: out of the endpoints, draining"
+    elif (
+        state is api.PodState.READY
+        and isinstance(pod, PodSpec)
+        and (info is None or info.ip not in view.endpoints.get((pod.service, pod.version), ()))
+    ):
+        state, reason = api.PodState.SYNCING, "not in its version's endpoints yet"
     return api.Pod(
         pod=pod.name,
         service=pod.service,

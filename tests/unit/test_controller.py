@@ -518,6 +518,26 @@ def test_a_healthy_pod_joins_its_endpoints_once_its_sidecar_took_a_config(loop: 
     assert not controller._unconfigured
 
 
+def test_a_pod_is_not_ready_until_the_config_that_holds_its_endpoint_is_published(
+    loop: Any,
+) -> None:
+    """Its sidecar's ACK is read live, the endpoints only at the next publish: between the
+    two the gateway still has no endpoint for it, so `up --wait` must not return yet."""
+    controller, _, xds, _, _ = loop
+    xds.unconfigured.add("t-stock-default-0-sidecar")
+    _healthy(controller)
+    controller._phase = Phase.SERVING
+    controller._set_view()
+    xds.unconfigured.clear()  # the ACK came; no publish has run since
+    state = mesh_state(controller.view, _synced, "t", "f", None, ())
+    pod = next(p for p in state.pods if p.service == "stock")
+    assert pod.state is api.PodState.SYNCING and "endpoints" in pod.reason
+    assert not state.ready
+    controller._step([Tick()])
+    controller._set_view()
+    assert mesh_state(controller.view, _synced, "t", "f", None, ()).ready
+
+
 def test_a_tcp_route_is_described_with_no_path_match() -> None:
     from devmesh.core.load import load
     from devmesh.daemon.status import routes
