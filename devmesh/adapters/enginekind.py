@@ -7,10 +7,8 @@ import json
 import os
 from pathlib import Path
 
-import docker.errors
-import requests.exceptions
-
 from devmesh.adapters.engine import Engine
+from devmesh.core.problems import MeshError
 from devmesh.core.transport import TRANSPORT_ENV, EngineFacts, Transport, choose
 
 
@@ -34,8 +32,8 @@ def engine_facts(engine: Engine) -> EngineFacts:
     system = ""
     if not forced:  # one `info` at the start (a Desktop engine says so there)
         try:
-            system = str(engine.client.info().get("OperatingSystem") or "")
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            system = engine.identity().os  # the one `info` the engine's identity asked
+        except MeshError:
             system = ""
     return EngineFacts(docker_host, system, forced, context)
 

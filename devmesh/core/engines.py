@@ -58,13 +58,22 @@ class EngineInfo:
         return f"{self.name} at {self.address}"
 
 
-def identify(version: Mapping[str, Any], info: Mapping[str, Any], address: str) -> EngineInfo:
-    """What engine answered `GET /version` and `GET /info`. Podman names itself in the
+def identify(
+    version: Mapping[str, Any],
+    info: Mapping[str, Any],
+    address: str,
+    ping: Mapping[str, str] | None = None,
+) -> EngineInfo:
+    """What engine answered `GET /_ping` (its headers), `GET /version` and `GET /info`; any
+    may be empty. Podman names itself in its ping's `Libpod-Api-Version` header (one cheap
+    request: its `/version` and `/info` take seconds on a loaded machine) and in the
     version's components ("Podman Engine"); Docker Desktop in `OperatingSystem`."""
+    headers = {k.lower(): v for k, v in (ping or {}).items()}
     components = [str(c.get("Name", "")) for c in version.get("Components") or []]
     os_name = str(info.get("OperatingSystem") or "")
     security = [str(s) for s in info.get("SecurityOptions") or []]
-    if any(c.lower().startswith("podman") for c in components):
+    libpod = headers.get("libpod-api-version", "")
+    if libpod or any(c.lower().startswith("podman") for c in components):
         kind = EngineKind.PODMAN
     elif "docker desktop" in os_name.lower():
         kind = EngineKind.DOCKER_DESKTOP
@@ -72,8 +81,8 @@ def identify(version: Mapping[str, Any], info: Mapping[str, Any], address: str) 
         kind = EngineKind.DOCKER
     return EngineInfo(
         kind=kind,
-        version=str(version.get("Version") or info.get("ServerVersion") or ""),
-        api_version=str(version.get("ApiVersion") or ""),
+        version=str(version.get("Version") or info.get("ServerVersion") or libpod or ""),
+        api_version=str(version.get("ApiVersion") or headers.get("api-version") or ""),
         os=os_name,
         address=address,
         rootless=any("name=rootless" in s for s in security),

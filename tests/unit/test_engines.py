@@ -92,6 +92,28 @@ def test_identify_names_the_engine(
     assert found.describe() == f"{name} at {SOCK}"
 
 
+PODMAN_PING = {"Api-Version": "1.41", "Libpod-Api-Version": "4.3.1", "Server": "Libpod/4.3.1"}
+DOCKER_PING = {"Api-Version": "1.41", "Ostype": "linux", "Server": "Docker/20.10.24+dfsg1"}
+
+
+@pytest.mark.parametrize(
+    ("ping", "info", "kind", "name"),
+    [
+        (PODMAN_PING, PODMAN_INFO, EngineKind.PODMAN, "Podman 4.3.1 (rootful)"),
+        (PODMAN_PING, {}, EngineKind.PODMAN, "Podman 4.3.1 (rootful)"),  # info refused
+        (DOCKER_PING, DOCKER_INFO, EngineKind.DOCKER, "Docker"),
+    ],
+    ids=["podman", "podman-ping-only", "docker"],
+)
+def test_the_ping_alone_names_podman(
+    ping: dict[str, str], info: dict[str, Any], kind: EngineKind, name: str
+) -> None:
+    """Without `/version` (Podman answers it in seconds on a loaded machine, its ping in
+    milliseconds): the ping's headers (as Podman 4.3 and Docker 20.10 sent them here)."""
+    found = engines.identify({}, info, SOCK, ping)
+    assert (found.kind, found.name, found.api_version) == (kind, name, "1.41")
+
+
 def _info(kind: EngineKind, rootless: bool = False, userns: bool = False) -> EngineInfo:
     return EngineInfo(kind, "1.0", "1.41", "linux", SOCK, rootless, userns)
 
