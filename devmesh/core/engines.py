@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from devmesh.core.problems import MeshError
 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"  # docker-py's, with no DOCKER_HOST
+PODMAN_HOST = "host.containers.internal"  # the host, in every Podman container's hosts file
 
 
 class EngineKind(StrEnum):
@@ -100,8 +101,8 @@ def differences(facts: EngineInfo) -> tuple[str, ...]:
         )
         out.append("a pod's containers are removed before its namespace owner (Podman's rule)")
         out.append(
-            "no `host-gateway` in extra hosts (Podman 4.3): devmesh gives the network's "
-            "gateway address instead"
+            "transport tcp: the pods dial the daemon at host.containers.internal, which "
+            "Podman puts in their hosts file (Podman 4.3 has no `host-gateway`)"
         )
     if facts.kind is EngineKind.DOCKER_DESKTOP:
         out.append("containers reach the host as host.docker.internal")

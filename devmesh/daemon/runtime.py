@@ -28,6 +28,7 @@ from devmesh.adapters.tlsfiles import TlsFileError, ingress_problems
 from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
 from devmesh.adapters.xds_server import TcpListen, XdsServer
 from devmesh.api.types import EventKind, Severity
+from devmesh.core.engines import PODMAN_HOST, EngineKind
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
 from devmesh.core.transport import (
@@ -250,6 +251,11 @@ class Daemon:
             dial_host, dial_port = host, port
         else:
             dial_host, dial_port = HOST_GATEWAY, port
+            if self.engine.identity().kind is EngineKind.PODMAN:
+                # Podman writes the host's name into every container's hosts file itself
+                # (and takes `host-gateway` for a name): on a Podman machine (macOS) its
+                # gvproxy forwards that name to the host's loopback, as Desktop does.
+                dial_host = PODMAN_HOST
         self.controller.reconciler.transport = Transport.TCP
         self.controller.reconciler.xds_tcp = XdsTcp(dial_host, dial_port, token)
         self.handlers.control_plane = f"{dial_host}:{dial_port}"
