@@ -139,3 +139,17 @@ def test_the_daemon_port_refuses_a_caller_without_the_token(mesh: TcpMesh) -> No
     assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     time.sleep(0.1)
     assert all(p.pod != "intruder" for p in mesh.daemon().state().pods)
+
+
+def test_access_logs_and_spans_reach_the_daemon_with_the_token(mesh: TcpMesh) -> None:
+    """The access-log and span streams go through the same authenticated cluster as ADS:
+    refused, they would arrive nowhere."""
+    for _ in range(5):
+        assert mesh.get("/").status == 200
+    client = mesh.daemon()
+    entries = wait_for(
+        lambda: client.access(api.AccessRequest(service="catalog", limit=10)).entries, timeout=10
+    )
+    assert entries
+    traces = wait_for(lambda: client.traces(service="catalog").traces, timeout=15)  # 5 s flush
+    assert traces
