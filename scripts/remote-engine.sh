@@ -183,8 +183,14 @@ reap_orphans() {
 
 start() {
     local name=$1 dir tag port pid cid i
-    command -v slirp4netns >/dev/null || die "needs slirp4netns (apt-get install slirp4netns)"
     [ "$(id -u)" = 0 ] || die "needs root (slirp4netns joins another network namespace)"
+    if ! command -v slirp4netns >/dev/null && command -v apt-get >/dev/null; then
+        echo "remote-engine: installing Debian's slirp4netns" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq slirp4netns >/dev/null; } || true
+    fi
+    command -v slirp4netns >/dev/null || die "needs slirp4netns (apt-get install slirp4netns)"
     dir=$(state_dir "$name")
     [ ! -e "$dir" ] || stop "$name"
     reap_orphans
