@@ -239,7 +239,7 @@ def run_busybox(client: docker.DockerClient, command: str, **kw: Any) -> Any:
     )
 
 
-def test_remote_engine_reaches_host_loopback_only_through_host_gateway(remote: Engine) -> None:
+def test_remote_engine_reaches_the_host_loopback_through_host_gateway(remote: Engine) -> None:
     with host_server("hello from the host's loopback") as port:
         c = run_busybox(
             remote.client,
