@@ -312,8 +312,14 @@ class XdsServer:
 
     async def _start(self) -> None:
         # No interceptor at all for unix: its calls cost what they did before tcp existed.
-        interceptors = [TokenCheck(self.tcp.token)] if self.tcp is not None else None
-        server = grpc.aio.server(interceptors=interceptors)
+        if self.tcp is None:
+            server = grpc.aio.server()
+        else:
+            # grpc sets SO_REUSEPORT by default: a second daemon on a port another one holds
+            # would get half its connections (and refuse them: another token). Never share.
+            server = grpc.aio.server(
+                interceptors=[TokenCheck(self.tcp.token)], options=[("grpc.so_reuseport", 0)]
+            )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         for add in self._services:
             add(server)

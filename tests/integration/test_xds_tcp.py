@@ -20,6 +20,7 @@ from devmesh.adapters.envoy_binary import envoy_path
 from devmesh.adapters.metrics_service import METHOD, PushedStats
 from devmesh.adapters.xds_server import TcpListen, XdsServer
 from devmesh.adapters.xds_types import CLUSTER
+from devmesh.core.problems import MeshError
 from devmesh.envoy.bootstrap import XdsTcp, ads_bootstrap
 from devmesh.envoy.resources import Resources
 from tests.integration.conftest import GROUP, wait_for
@@ -136,3 +137,16 @@ def test_an_envoy_with_the_tcp_bootstrap_connects_and_pushes_its_stats(
     assert wait_for(
         lambda: pushed.read_targets(target)["e"] == "unreadable: no stats pushed yet", 10
     )
+
+
+def test_a_second_server_cannot_take_a_port_one_holds(
+    server: tuple[XdsServer, PushedStats], tmp_path: Path
+) -> None:
+    """grpc shares ports (SO_REUSEPORT) unless told not to: two meshes' daemons on one port
+    would each get some of the other's sidecars."""
+    xds, _ = server
+    assert xds.tcp_port
+    other = XdsServer(tmp_path / "other.sock", tcp=TcpListen("127.0.0.1", xds.tcp_port, "o" * 43))
+    with pytest.raises(MeshError, match="cannot listen"):
+        other.start()
+    other.stop()
