@@ -253,6 +253,40 @@ def test_remote_engine_reaches_the_host_loopback_through_host_gateway(remote: En
             c.remove(force=True)
 
 
+def test_remote_engine_containers_reach_nothing_else_of_the_host(remote: Engine) -> None:
+    """Its fence: from inside, only 10.0.2.2 (the host's loopback) goes out through slirp.
+    The address tried is this machine's own (no packet could leave it even unfenced)."""
+    route = subprocess.run(
+        ["ip", "-4", "-j", "route", "get", "1.1.1.1"], capture_output=True, text=True, check=True
+    )
+    own = json.loads(route.stdout)[0]["prefsrc"]  # the host's address (nothing is sent)
+    before = fenced(remote)
+    c = run_busybox(remote.client, f"wget -q -O - http://{own}:9/ 2>&1; echo rc=$?")
+    try:
+        assert c.wait(timeout=30)["StatusCode"] == 0
+        out = c.logs().decode()
+        assert "Connection refused" in out and "rc=1" in out, out
+    finally:
+        c.remove(force=True)
+    assert fenced(remote) > before  # refused by the fence, not by the host
+
+
+def fenced(remote: Engine) -> int:
+    """Packets the engine's fence (its DOCKER-USER REJECT rule) has refused so far, read
+    inside the engine's container on the local engine."""
+    outer = {k: v for k, v in remote.env.items() if k not in ("DOCKER_HOST", "DEVMESH_TRANSPORT")}
+    name = f"dm-remote-{remote.env['REMOTE_ENGINE_NAME']}"
+    listed = subprocess.run(
+        ["docker", "exec", name, "iptables", "-w", "-L", "DOCKER-USER", "-v", "-x", "-n"],
+        capture_output=True,
+        text=True,
+        env=outer,
+        timeout=30,
+        check=True,
+    ).stdout
+    return sum(int(line.split()[0]) for line in listed.splitlines() if "REJECT" in line)
+
+
 def test_remote_engine_publishes_on_127_0_0_1_and_its_addresses_are_not_routed(
     remote: Engine, tmp_path: Path
 ) -> None:
