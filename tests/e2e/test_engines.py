@@ -188,12 +188,25 @@ def test_ps_logs_and_the_tui_data_read_the_engine(shop: EngineMesh) -> None:
 
 
 def test_down_leaves_nothing_on_the_engine(shop: EngineMesh) -> None:
+    selector = {"label": labels.selector(mesh=shop.project)}
+    # tcp puts files into volumes of the pods (no host files): they must go with the pods
+    volumes = {
+        m["Name"]
+        for c in shop.client.containers.list(all=True, filters=selector)
+        for m in c.attrs["Mounts"]
+        if m["Type"] == "volume"
+    }
     result = shop.run("down")
     assert result.returncode == 0, result.stderr
     assert "removed 13 containers, 1 network" in result.stdout, result.stdout
-    selector = {"label": labels.selector(mesh=shop.project)}
     assert shop.client.containers.list(all=True, filters=selector) == []
     assert shop.client.networks.list(filters=selector) == []
+    left = []
+    for name in volumes:
+        with contextlib.suppress(docker.errors.NotFound):
+            shop.client.volumes.get(name)
+            left.append(name)
+    assert left == []
     assert not shop.state_dir().exists()
 
 
