@@ -168,8 +168,16 @@ class Pair:
     """The caller's sidecar, the server's sidecar and the app, for one mode, on loopback
     addresses of their own (127.77.BLOCK.1 the server side, .2 the caller's listener)."""
 
-    def __init__(self, work: Path, mode: str, ca: LocalCA, block: int, collector: Path) -> None:
-        self.work, self.mode, self.ca = work, mode, ca
+    def __init__(
+        self,
+        work: Path,
+        mode: str,
+        ca: LocalCA,
+        block: int,
+        collector: Path,
+        patches: tuple[Callable[[dict[str, Any]], None], ...] = (),
+    ) -> None:
+        self.work, self.mode, self.ca, self.patches = work, mode, ca, patches
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.server_ip, self.address = f"127.77.{block}.1", f"127.77.{block}.2"
         self.collector = collector
@@ -188,6 +196,8 @@ class Pair:
         }
 
     def _config(self, bootstrap: dict[str, Any], name: str, keep_in: bool) -> str:
+        for patch in self.patches:
+            patch(bootstrap)
         static = bootstrap["static_resources"]
         if not keep_in:  # the caller's own inbound listener takes no part
             static["listeners"] = [x for x in static["listeners"] if x["name"] != "in"]
@@ -336,26 +346,71 @@ POOL_STATS = (
     r"(srv\|default\.(upstream_cx_total|ssl\.handshake)"
     r"|_15006\.(downstream_cx_total|ssl\.handshake))"
 )
-# The pairs run side by side; each slice measures all three, one after the other, in an
+
+
+def _walk(node: Any, edit: Callable[[dict[str, Any]], None]) -> None:
+    if isinstance(node, dict):
+        edit(node)
+        for value in node.values():
+            _walk(value, edit)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, edit)
+
+
+def without_rbac(bootstrap: dict[str, Any]) -> None:
+    """The breakdown's cut: no RBAC filter (authorization off: never in devmesh)."""
+
+    def edit(node: dict[str, Any]) -> None:
+        if "http_filters" in node:
+            node["http_filters"] = [
+                f for f in node["http_filters"] if f["name"] != "envoy.filters.http.rbac"
+            ]
+
+    _walk(bootstrap, edit)
+
+
+def without_access_logs(bootstrap: dict[str, Any]) -> None:
+    """The breakdown's cut: no access log (`observability: {access_log: false}`)."""
+    _walk(bootstrap, lambda node: node.pop("access_log", None))
+
+
+Patch = Callable[[dict[str, Any]], None]
+# The pairs run side by side; each slice measures all of them, one after the other, in an
 # order that turns slice by slice. A second plaintext pair is the control: its ratio to the
 # first ("A/A") is the method's own noise, the yardstick for the mTLS ratio.
-PAIRS = (("plaintext", "DISABLED"), ("mtls", "STRICT"), ("control", "DISABLED"))
-ORDERS = [
-    ("plaintext", "mtls", "control"), ("mtls", "control", "plaintext"),
-    ("control", "plaintext", "mtls"), ("plaintext", "control", "mtls"),
-    ("control", "mtls", "plaintext"), ("mtls", "plaintext", "control"),
-]  # fmt: skip
+PAIRS: tuple[tuple[str, str, tuple[Patch, ...]], ...] = (
+    ("plaintext", "DISABLED", ()),
+    ("mtls", "STRICT", ()),
+    ("control", "DISABLED", ()),
+)
+# --breakdown: where the mTLS pair's extra CPU goes, each part taken out in a pair of its own
+BREAKDOWN = (
+    ("mTLS without RBAC", "STRICT", (without_rbac,)),
+    ("mTLS without access logs", "STRICT", (without_access_logs,)),
+    ("plaintext without access logs", "DISABLED", (without_access_logs,)),
+)
+
+
+def order(names: list[str], n: int) -> list[str]:
+    """Slice n's order: turned by one each slice, reversed every other slice."""
+    turned = names[n % len(names) :] + names[: n % len(names)]
+    return turned[::-1] if n // len(names) % 2 else turned
 
 
 def latency_and_memory(
-    rounds: int, slices: int, seconds: float, rate: float
+    rounds: int,
+    slices: int,
+    seconds: float,
+    rate: float,
+    pairs_run: tuple[tuple[str, str, tuple[Patch, ...]], ...] = PAIRS,
 ) -> tuple[dict[str, dict[str, list[float]]], int]:
     """Per pair, every slice's measures (and per round: memory, handshakes); the number of
     access-log batches the collector received."""
     from devmesh.adapters.access_log_service import AccessLogService
     from devmesh.adapters.xds_server import XdsServer
 
-    results: dict[str, dict[str, list[float]]] = {name: {} for name, _ in PAIRS}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in pairs_run}
     batches = [0]
 
     def count(*_: object) -> None:
@@ -372,18 +427,20 @@ def latency_and_memory(
                 with contextlib.ExitStack() as stack:
                     pairs: dict[str, Pair] = {}
                     taken: set[int] = set()
-                    for name, mode in PAIRS:
-                        work = Path(d) / f"{name}-{r}"
+                    for index, (name, mode, patches) in enumerate(pairs_run):
+                        work = Path(d) / f"{index}-{r}"
                         work.mkdir()
-                        block = free_block(taken)
-                        pairs[name] = stack.enter_context(Pair(work, mode, ca, block, collector))
+                        pair = Pair(work, mode, ca, free_block(taken), collector, patches)
+                        pairs[name] = stack.enter_context(pair)
                     for pair in pairs.values():
                         pair.wrk(rate, 2)  # warm: wrk's connections and the pools open
                     for s in range(slices):
-                        for name in ORDERS[(r * slices + s) % len(ORDERS)]:
+                        for name in order(list(pairs), r * slices + s):
                             for key, value in pairs[name].measure(rate, seconds).items():
                                 results[name].setdefault(key, []).append(value)
                     for name, pair in pairs.items():
+                        if name not in {n for n, _, _ in PAIRS}:
+                            continue  # a breakdown pair: its CPU only
                         got = {
                             "private_srv": pair.private_mib("srv"),
                             "private_cli": pair.private_mib("cli"),
@@ -598,6 +655,28 @@ def latency_rows(lat: dict[str, dict[str, list[float]]], rate: float) -> list[li
     ]
 
 
+def breakdown_table(
+    lat: dict[str, dict[str, list[float]]], names: list[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Per pair: CPU per request on each sidecar (median of the slices) and the p50 ratio
+    to the plaintext pair."""
+    base = lat["plaintext"]
+    rows = []
+    for name in names:
+        got = lat[name]
+        m, lo, hi = _ratios(got["p50"], base["p50"])
+        rows.append(
+            [
+                name,
+                f"{statistics.median(got['cpu_cli']):.0f}",
+                f"{statistics.median(got['cpu_srv']):.0f}",
+                f"{m:.2f} ({lo:.2f}–{hi:.2f})",
+            ]
+        )
+    head = ["pair", "CPU/request, caller (µs)", "CPU/request, server (µs)", "p50 vs plaintext"]
+    return head, rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="fresh sidecars per round")
@@ -608,6 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rotations", type=int, default=20)
     parser.add_argument("--rotation-only", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="three more pairs: mTLS without RBAC, without access logs; plaintext without",
+    )
     args = parser.parse_args(argv)
     c.raise_on_sigterm()  # every `finally` ends its Envoys
     if min(args.rounds, args.slices, args.nodes, args.rotations) < 1 or args.seconds <= 0:
@@ -624,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Envoys). Load average at start {loads} on {os.cpu_count()} CPUs.")
         print(json.dumps({"ahead": rot, "at_renewal": late}))
         return 0
-    lat, batches = latency_and_memory(args.rounds, args.slices, args.seconds, args.rate)
+    pairs_run = PAIRS + BREAKDOWN if args.breakdown else PAIRS
+    lat, batches = latency_and_memory(args.rounds, args.slices, args.seconds, args.rate, pairs_run)
     rows = latency_rows(lat, args.rate)
     if not args.latency_only:
         rot = rotation_push(args.nodes, args.rotations)
@@ -636,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     head = ["", "plaintext", "mTLS", "mTLS vs plaintext", "control (plaintext)", "target"]
     print(c.table(head, rows))
+    if args.breakdown:
+        print()
+        print(c.table(*breakdown_table(lat, [name for name, _, _ in pairs_run])))
     slices = args.rounds * args.slices
     print(
         f"\n{args.rounds} rounds × {args.slices} slices of {args.seconds:g} s per pair "
