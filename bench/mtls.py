@@ -712,7 +712,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     c.raise_on_sigterm()  # every `finally` ends its Envoys
     if min(args.rounds, args.slices, args.nodes, args.rotations) < 1 or args.seconds <= 0:
-        parser.error("--rounds, --slices, --nodes and --rotations take a whole number ≥ 1")
+        parser.error(
+            "--rounds, --slices, --nodes and --rotations take a whole number ≥ 1, "
+            "--seconds a number > 0"
+        )
     if not 1 <= args.rate <= 20_000:
         parser.error("--rate takes 1 to 20000 requests a second")
     load_before = os.getloadavg()
@@ -762,4 +765,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (c.BenchError, FileNotFoundError) as exc:  # FileNotFoundError: no wrk here
+        print(f"mtls.py: {exc}", file=sys.stderr)
+        sys.exit(1)
