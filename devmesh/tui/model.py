@@ -617,7 +617,8 @@ def header_text(
     state: api.MeshState | None, owns_mesh: bool, width: int = 0, progress: str = ""
 ) -> str:
     """The title line. On a narrow screen the least needed parts go first (the project
-    name, the quit hint, the pod count), so the URL, which a user copies, is never cut."""
+    name and the transport, the quit hint, the pod count), so the URL, which a user copies,
+    is never cut."""
     if state is None:
         return progress or "connecting to the daemon …"
     ready = sum(1 for p in state.pods if p.ready)
@@ -629,7 +630,7 @@ def header_text(
         (f"· {state.phase}", 1),
         (f"· {progress}" if progress else "", 2),
         (f"· {ready}/{len(state.pods)} pods ready", 2),
-        (f"· via {state.transport}" if state.transport else "", 3),  # how pods reach us
+        (f"· via {state.transport}" if state.transport else "", 4),  # how pods reach us
         ("· q stops the mesh" if owns_mesh else "", 3),
     ]
     kept = [(t, rank) for t, rank in parts if t]

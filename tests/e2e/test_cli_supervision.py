@@ -135,18 +135,3 @@ def test_ps_of_a_frozen_daemon_names_it_quickly_and_down_still_stops_it(make_mes
     finally:
         with contextlib.suppress(ProcessLookupError):  # gone already: down stopped it
             os.kill(pid, signal.SIGCONT)
-
-
-def test_down_with_the_engine_out_of_reach_stops_the_daemon_and_says_so(make_mesh: Any) -> None:
-    mesh: Mesh = make_mesh(WEB)
-    mesh.up_ok()
-    pid = _pid(mesh)
-    down = mesh.run("down", env={**ENV, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert down.returncode == 1
-    assert f"stopped the daemon (pid {pid})" in down.stdout
-    assert "cannot remove the containers" in down.stderr
-    assert "cannot reach the Docker engine" in down.stderr
-    assert StateDir.for_project(mesh.project).daemon_pid() is None
-    assert mesh.state_dir().exists()  # kept: the containers still bind-mount it
-    again = mesh.run("down")
-    assert again.returncode == 0 and "removed 4 containers" in again.stdout
