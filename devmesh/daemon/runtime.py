@@ -169,7 +169,6 @@ class Daemon:
         self._preflight()
         self._start_metrics()  # a port in use stops the start here, before anything runs
         self.xds.start()
-        self.telemetry.start()
         self.telemetry.sync(None)  # the StatsD relay's socket exists before any sidecar starts
         self._api = ApiServer(self.state.api_socket, self.handlers.endpoints())
         self._api.start()
