@@ -18,11 +18,14 @@ from devmesh.adapters.images import ImageResolver, Pending
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
+from devmesh.core.transport import Transport, tcp_unsupported
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.daemon.publisher import Configured, serves
 from devmesh.daemon.state import StateDir
+from devmesh.envoy.bootstrap import XdsTcp
 from devmesh.plan.desired import (
+    GUARD_IMAGE,
     Desired,
     Inputs,
     desired,
@@ -41,6 +44,16 @@ RECHECK = 0.1  # seconds between looks while the engine still reports a dead con
 RECHECK_FOR = 1.0  # ... for at most this long (measured: the list trails by about 0.4 s)
 ENGINE_RETRY = 0.5  # seconds between looks while the engine does not answer
 ROLL_CHECK = 0.1  # seconds between looks while a roll runs (new pod ready? drain over?)
+
+
+def host_refused(service: str, version: str) -> str:
+    """Why a version on the host (`host:`, `devmesh dev`) cannot run with transport tcp."""
+    return (
+        f"{service}/{version} runs on the host (`host:`), which needs transport unix: the "
+        "pods reach a host process through a relay on the mesh network's gateway, and this "
+        "engine's network is not the host's (transport tcp). Run it as a container, or use a "
+        "local engine (DEVMESH_TRANSPORT=unix)"
+    )
 
 
 def daemon_user() -> str:
@@ -65,6 +78,9 @@ class Reconciler:
         self.events = events
         self._clock = clock
         self._proxy_user = daemon_user()
+        # How the pods reach the daemon (set by the daemon once its xDS server listens).
+        self.transport = Transport.UNIX
+        self.xds_tcp: XdsTcp | None = None
         # What the last pass found (the loop reads these; nothing else writes them).
         self.desired: Desired | None = None
         self.infos: dict[str, ContainerInfo] = {}
@@ -144,6 +160,8 @@ class Reconciler:
             retiring = retire(want, actual, ready, self._draining(), self._clock())
             self._tell_retired(retiring)
             errors += self._write_hosts(mesh, want)
+            if self.transport is Transport.TCP:
+                errors += tcp_unsupported(mesh)
             todo = plan(
                 want,
                 actual,
@@ -261,13 +279,15 @@ class Reconciler:
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None
-        assert self.images.guard is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
         pending: dict[tuple[str, str], str] = {}  # first build under way: not a failure
         for service in mesh.services:
             for version in service.versions:
                 key = (service.name, version.name)
+                if version.host is not None and self.transport is Transport.TCP:
+                    failed[key] = host_refused(service.name, version.name)
+                    continue
                 if version.host is not None:  # on the host: the pod's app is a stand-in
                     app_images[key] = self.images.pause.image_id
                     continue
@@ -291,11 +311,17 @@ class Reconciler:
             app_images=app_images,
             failed={**failed, **pending},  # either way its old pods, if any, keep serving
             proxy_user=self._proxy_user,
-            guard_image=self.images.guard.image_id,
-            host=self.host,
+            # DEVMESH_GUARD=off: no guard image was made, and none is run
+            guard_image=self.images.guard.image_id if self.images.guard else GUARD_IMAGE,
+            guard=self.images.guard is not None,
+            host=self.host if self.transport is Transport.UNIX else None,
+            transport=self.transport,
+            xds_tcp=self.xds_tcp,
         )
 
     def _write_hosts(self, mesh: Mesh, want: Desired) -> list[str]:
+        if self.transport is Transport.TCP:
+            return []  # Docker's own hosts files, from each owner's extra_hosts
         errors = []
         for pod in want.pods:
             path = Path(hosts_file(str(self.state.path), pod.name))
