@@ -1,10 +1,11 @@
 """Envoy's gRPC access-log service (`envoy.service.accesslog.v3.AccessLogService`), served
 by the xDS server's grpc.aio server on the socket every pod mounts (`XdsServer(services=)`).
 
-The servicer does no decoding on the xDS loop: it hands each message, with the node its
-stream named, to `on_batch`, which must not block (the daemon keeps it as it is, and decodes
-it with `decode` when someone first reads it). A stream's node comes on its first message
-only.
+The servicer does no decoding on the xDS loop: grpc hands it each message's bytes (no
+request deserializer), it counts the entries from the protobuf framing (`framing`), and
+passes the bytes, with the node its stream named, to `on_batch`, which must not block (the
+daemon keeps them as they are, and decodes them with `decode` when someone first reads
+them). A stream's node comes on its first message only: that small part is parsed.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from envoy.service.accesslog.v3 import als_pb2
 
+from devmesh.adapters import wire
 from devmesh.api.response_flags import RESPONSE_FLAGS
 
 log = logging.getLogger("devmesh.access")
 
-# (node id, node cluster, log name, StreamAccessLogsMessage)
-OnBatch = Callable[[str, str, str, Any], None]
+# (node id, node cluster, log name, a StreamAccessLogsMessage's bytes, its entries)
+OnBatch = Callable[[str, str, str, bytes, int], None]
+
+SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+_ANSWER: bytes = als_pb2.StreamAccessLogsResponse().SerializeToString()
+# StreamAccessLogsMessage's fields: identifier (1), http_logs (2), tcp_logs (3); each
+# of the two holds its entries as `log_entry` (1).
+_IDENTIFIER, _HTTP, _TCP, _ENTRY = 1, 2, 3, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,31 +61,51 @@ class EnvoyAccess:
     detail: str = ""
 
 
+def framing(data: bytes) -> tuple[bytes | None, int]:
+    """A serialized StreamAccessLogsMessage's identifier (still serialized; None when it
+    has none) and how many entries it holds, from its framing. ValueError when the bytes
+    are not protobuf."""
+    identifier = None
+    entries = 0
+    for number, a, b in wire.fields(data):
+        if number == _IDENTIFIER:
+            identifier = data[a:b]
+        elif number in (_HTTP, _TCP):
+            entries += wire.count(data, (_ENTRY,), a, b)
+    return identifier, entries
+
+
 class AccessLogService:
     def __init__(self, on_batch: OnBatch) -> None:
         self._on_batch = on_batch
 
     def register(self, server: Any) -> None:
-        """The hook `XdsServer(services=...)` calls with its grpc.aio server."""
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_Servicer(self._on_batch), server)
+        """The hook `XdsServer(services=...)` calls with its grpc.aio server. A generic
+        handler with no request deserializer: grpc hands over each message's bytes."""
+        handler = grpc.stream_unary_rpc_method_handler(
+            self._stream, request_deserializer=None, response_serializer=None
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": handler}),)
+        )
 
-
-class _Servicer:
-    def __init__(self, on_batch: OnBatch) -> None:
-        self._on_batch = on_batch
-
-    async def StreamAccessLogs(self, requests: AsyncIterator[Any], context: Any) -> Any:
+    async def _stream(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
         node_id = node_cluster = log_name = ""
         try:
-            async for message in requests:
-                if message.HasField("identifier"):
-                    node = message.identifier.node
-                    node_id, node_cluster = node.id, node.cluster
-                    log_name = message.identifier.log_name
-                self._on_batch(node_id, node_cluster, log_name, message)
+            async for data in requests:
+                try:
+                    identifier, entries = framing(data)
+                    if identifier is not None:
+                        ident = als_pb2.StreamAccessLogsMessage.Identifier.FromString(identifier)
+                        node_id, node_cluster = ident.node.id, ident.node.cluster
+                        log_name = ident.log_name
+                except Exception as exc:  # not Envoy's message: nothing to keep of it
+                    log.warning("an access-log message that does not decode: %s", exc)
+                    continue
+                self._on_batch(node_id, node_cluster, log_name, data, entries)
         except Exception:  # the stream broke: Envoy opens a new one with its next flush
             log.debug("an access-log stream ended", exc_info=True)
-        return als_pb2.StreamAccessLogsResponse()
+        return _ANSWER
 
 
 def _ms(duration: Any, present: bool) -> float | None:
@@ -139,7 +168,10 @@ def _common(node: tuple[str, str, str], common: Any, tcp: bool) -> dict[str, Any
 
 
 def decode(node_id: str, node_cluster: str, log_name: str, message: Any) -> list[EnvoyAccess]:
-    """Every entry of one StreamAccessLogsMessage."""
+    """Every entry of one StreamAccessLogsMessage (or of its bytes, as the servicer keeps
+    them)."""
+    if isinstance(message, bytes):
+        message = als_pb2.StreamAccessLogsMessage.FromString(message)
     node = (node_id, node_cluster, log_name)
     out: list[EnvoyAccess] = []
     if message.HasField("http_logs"):

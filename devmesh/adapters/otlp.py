@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from devmesh.adapters import wire
 from devmesh.api import types as api
 from devmesh.envoy.tracing import ROUTE_TAG, SERVICE_TAG, VERSION_TAG
 
@@ -117,6 +118,26 @@ def spans_of(request: Any) -> list[api.Span]:
 
 def count_spans(request: Any) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in scope_spans(rs))
+
+
+def spans_of_bytes(data: bytes) -> list[api.Span]:
+    """Every span of a serialized ExportTraceServiceRequest (as the collector keeps them),
+    in mesh terms. ValueError when it does not decode."""
+    try:
+        request = ExportRequest.FromString(data)
+    except Exception as exc:  # protobuf's DecodeError, and upb's own
+        raise ValueError(f"not an OTLP export request: {exc}") from None
+    try:
+        return spans_of(request)
+    except (AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"spans that do not decode: {exc}") from None
+
+
+def count_spans_bytes(data: bytes) -> int:
+    """How many spans a serialized ExportTraceServiceRequest holds, from its framing only
+    (`wire.count`): resource_spans (1) -> scope_spans (2) -> spans (2). ValueError when
+    it is not one."""
+    return wire.count(data, (1, 2, 2))
 
 
 def zipkin(spans: Iterable[api.Span]) -> list[dict[str, Any]]:

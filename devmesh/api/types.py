@@ -702,9 +702,10 @@ class TracingStatus:
 
     provider: str  # "otel" (the daemon collects) or "xray" (Envoy sends to an X-Ray daemon)
     sampling: float  # percent of requests traced
-    traces: int = 0  # kept now
+    traces: int = 0  # kept now, of the spans read so far
     spans: int = 0  # received since the daemon started
-    dropped: int = 0  # spans dropped: the collector's backlog was full, or the store evicted
+    dropped: int = 0  # spans dropped: the unread ring was full, or the store evicted
+    unread: int = 0  # spans received and kept undecoded until someone reads traces
     forward: str | None = None  # where spans are also sent (OTLP/HTTP or Zipkin)
     forwarded: int = 0
     forward_dropped: int = 0  # spans not forwarded: queue full, or the endpoint failed

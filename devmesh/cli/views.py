@@ -271,9 +271,11 @@ def tracing_line(t: api.TracingStatus) -> str:
     """`ps`'s tracing line: where spans go, how many are kept, and what was dropped."""
     if t.provider == "xray":
         return f"tracing: X-Ray, {t.sampling:g}% sampled"
+    # Spans are decoded when someone reads traces: until then they wait, uncounted in traces.
+    unread = f" ({t.unread} not read yet)" if t.unread else ""
     line = (
-        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans received, "
-        f"{t.dropped} dropped"
+        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans "
+        f"received{unread}, {t.dropped} dropped"
     )
     if t.forward:
         line += f"; forwarded to {t.forward}: {t.forwarded} sent, {t.forward_dropped} dropped"

@@ -175,7 +175,7 @@ class _Batch:
 
     first: int  # the number of its first entry (entries are numbered from 1, in arrival)
     size: int
-    raw: tuple[str, str, str, Any, Directory] | None  # node id, cluster, log name, message
+    raw: tuple[str, str, str, bytes, Directory] | None  # node id, cluster, log name, message
     entries: list[api.AccessEntry] | None = None
 
 
@@ -209,9 +209,11 @@ class AccessLog:
 
     # -- in
 
-    def offer(self, node_id: str, node_cluster: str, log_name: str, message: Any) -> None:
-        """From the xDS loop: keep one batch as it came. Never blocks for long."""
-        size = _entries_in(message)
+    def offer(
+        self, node_id: str, node_cluster: str, log_name: str, message: bytes, size: int
+    ) -> None:
+        """From the xDS loop: keep one batch (its bytes, holding `size` entries) as it
+        came. Never blocks for long."""
         if not size:
             return
         raw = (node_id, node_cluster, log_name, message, self._directory())
@@ -312,15 +314,6 @@ class AccessLog:
             elif time.monotonic() - last_yield >= idle:
                 yield None  # the API's keepalive; it notices a client gone here
                 last_yield = time.monotonic()
-
-
-def _entries_in(message: Any) -> int:
-    n = 0
-    if message.HasField("http_logs"):
-        n += len(message.http_logs.log_entry)
-    if message.HasField("tcp_logs"):
-        n += len(message.tcp_logs.log_entry)
-    return n
 
 
 def directory_of(

@@ -200,7 +200,6 @@ class Daemon:
             self._start_tcp()
         else:
             self.xds.start()
-        self.telemetry.start()
         self.telemetry.sync(None)  # the StatsD relay's socket exists before any sidecar starts
         self._api = ApiServer(self.state.api_socket, self.handlers.endpoints())
         self._api.start()

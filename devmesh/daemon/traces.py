@@ -1,67 +1,160 @@
 """The daemon's trace store: the last N traces the Envoys' spans make, bounded.
 
-Spans arrive on the xDS server's event loop (the collector, `adapters/trace_collector.py`)
-and are read by API threads, so the store has a lock of its own; it is not mesh state (the
-loop's), only a window on recent traffic, like the event log.
+Span batches arrive on the xDS server's event loop (the collector,
+`adapters/trace_collector.py`) as the bytes Envoy sent, and are read by API threads, so
+the store has a lock of its own; it is not mesh state (the loop's), only a window on
+recent traffic, like the event log and the access log.
 
-Bounded twice: at most `capacity` traces (the oldest trace is evicted whole) and at most
-`max_spans` spans in one trace (a runaway trace cannot eat the store). Evicted or refused
-spans are counted in `dropped`, which `ps` shows.
+Taking a batch in (`offer`) is a count of its spans (from the protobuf framing, no
+decoding) and an append to a ring of raw batches: the xDS loop decodes nothing, and no
+CPU goes to spans nobody reads (measured, bench/observability.py: decoding every span as
+it came cost about 30 us a span, on the cores the Envoys need). The first reader after
+new batches came (`devmesh traces`, the TUI, the API) decodes them, oldest first, into
+the traces.
+
+Bounded three times: at most `pending_spans` spans wait undecoded (whole batches, oldest
+first, make room for newer ones), at most `capacity` traces are kept (the oldest trace is
+evicted whole) and at most `max_spans` spans in one trace (a runaway trace cannot eat the
+store). Evicted or refused spans are counted in `dropped`, which `ps` shows.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from devmesh.api import types as api
 
+log = logging.getLogger("devmesh.traces")
+
 CAPACITY = 1000  # traces kept
 MAX_SPANS = 256  # spans kept of one trace
+# Spans kept undecoded until someone reads: enough for CAPACITY traces of 10 spans, and
+# a read decodes at most this many (Envoy's batches hold up to 1,000, about 0.5 MB).
+PENDING_SPANS = 10_000
+
+Decode = Callable[[bytes], list[api.Span]]  # ValueError when the bytes do not decode
+Count = Callable[[bytes], int]
+
+
+def _no_decoder(data: bytes) -> list[api.Span]:
+    raise ValueError("this store takes decoded spans only")
 
 
 class TraceStore:
-    def __init__(self, capacity: int = CAPACITY, max_spans: int = MAX_SPANS) -> None:
+    def __init__(
+        self,
+        capacity: int = CAPACITY,
+        max_spans: int = MAX_SPANS,
+        decode: Decode = _no_decoder,
+        count: Count = lambda data: 0,
+        pending_spans: int = PENDING_SPANS,
+    ) -> None:
         self.capacity = capacity
         self.max_spans = max_spans
+        self.pending_spans = pending_spans
+        self._decode = decode
+        self._count = count
         self._traces: OrderedDict[str, list[api.Span]] = OrderedDict()  # oldest first
+        self._pending: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._pending_count = 0
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one reader decodes at a time; others wait for it
         self.received = 0
         self.dropped = 0
 
-    def add(self, spans: Iterable[api.Span]) -> None:
+    # -- in
+
+    def offer(self, data: bytes) -> int:
+        """From the xDS loop: keep one export request as it came; how many spans it holds
+        (0 when it is not OTLP: then it is not kept). Never blocks for long."""
+        try:
+            n = self._count(data)
+        except ValueError as exc:
+            log.warning("a span batch that is not OTLP, dropped: %s", exc)
+            return 0
+        if not n:
+            return 0
         with self._lock:
-            for span in spans:
-                self.received += 1
-                trace = self._traces.get(span.trace_id)
-                if trace is None:
-                    trace = self._traces[span.trace_id] = []
-                    while len(self._traces) > self.capacity:
-                        _, evicted = self._traces.popitem(last=False)
-                        self.dropped += len(evicted)
-                else:
-                    self._traces.move_to_end(span.trace_id)  # still active: keep it longer
-                if len(trace) >= self.max_spans:
-                    self.dropped += 1
+            self.received += n
+            self._pending.append((data, n))
+            self._pending_count += n
+            while self._pending_count > self.pending_spans and len(self._pending) > 1:
+                _, gone = self._pending.popleft()
+                self._pending_count -= gone
+                self.dropped += gone
+        return n
+
+    def add(self, spans: Iterable[api.Span]) -> None:
+        """Spans already decoded (tests, and anything not from Envoy)."""
+        spans = list(spans)
+        with self._lock:
+            self.received += len(spans)
+            self._add(spans)
+
+    def _add(self, spans: list[api.Span]) -> None:
+        for span in spans:
+            trace = self._traces.get(span.trace_id)
+            if trace is None:
+                trace = self._traces[span.trace_id] = []
+                while len(self._traces) > self.capacity:
+                    _, evicted = self._traces.popitem(last=False)
+                    self.dropped += len(evicted)
+            else:
+                self._traces.move_to_end(span.trace_id)  # still active: keep it longer
+            if len(trace) >= self.max_spans:
+                self.dropped += 1
+                continue
+            trace.append(span)
+
+    def _read_pending(self) -> None:
+        """Decode the batches that came since the last read, oldest first (outside the
+        store's lock: the xDS loop keeps offering meanwhile)."""
+        with self._reading:
+            with self._lock:
+                batches = list(self._pending)
+                self._pending.clear()
+                self._pending_count = 0
+            for data, n in batches:
+                try:
+                    spans = self._decode(data)
+                except ValueError as exc:
+                    log.warning("spans that do not decode, dropped: %s", exc)
+                    with self._lock:
+                        self.dropped += n
                     continue
-                trace.append(span)
+                with self._lock:
+                    self._add(spans)
 
     def drop(self, count: int) -> None:
-        """Spans lost before they reached the store (the collector's backlog was full)."""
+        """Spans lost before they reached the store."""
         with self._lock:
             self.dropped += count
 
+    # -- out
+
     def __len__(self) -> int:
+        """Traces kept of the spans read so far (`unread` have not been decoded yet)."""
         with self._lock:
             return len(self._traces)
 
+    @property
+    def unread(self) -> int:
+        """Spans received and kept as they came, decoded when someone next reads."""
+        with self._lock:
+            return self._pending_count
+
     def services(self) -> frozenset[str]:
+        self._read_pending()
         with self._lock:
             return frozenset(s.service for t in self._traces.values() for s in t)
 
     def find(self, trace_id: str) -> list[api.Trace]:
         """The trace with this id, or every trace whose id starts with it."""
+        self._read_pending()
         want = trace_id.lower()
         with self._lock:
             exact = self._traces.get(want)
@@ -71,6 +164,7 @@ class TraceStore:
 
     def query(self, req: api.TracesRequest) -> list[api.TraceSummary]:
         """Newest first, filtered as the request says, at most `req.limit`."""
+        self._read_pending()
         with self._lock:
             items = [(k, list(v)) for k, v in reversed(self._traces.items())]
         out: list[api.TraceSummary] = []

@@ -1,7 +1,9 @@
 """The daemon's side of traces and sinks: the span collector's store and forwarder, and the
 UDP relays for StatsD and X-Ray, kept in step with the mesh the daemon serves.
 
-The collector runs on the xDS server's loop and only calls `on_spans`; `sync` (the daemon's
+The collector runs on the xDS server's loop and only calls `on_batch` with the bytes an
+Envoy exported: the store keeps them undecoded until someone reads traces, and an OTLP
+forwarder sends them on as they are. `sync` (the daemon's
 sweep thread, once a second) starts, replaces or stops the forwarder and the relays when
 the mesh file changes them. Neither touches the loop's state: they read its published view.
 """
@@ -12,8 +14,8 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from devmesh.adapters.otlp import count_spans_bytes, spans_of_bytes
 from devmesh.adapters.trace_collector import SpanForwarder, TraceCollector
 from devmesh.adapters.udp_relay import Relays, RelaySpec
 from devmesh.api import types as api
@@ -51,21 +53,19 @@ class Telemetry:
         self._mesh = mesh  # the mesh the Envoys are served (the loop's view)
         self._on_problem = on_problem  # a relay that cannot start: an event
         self._xds_dir = xds_dir
-        self.store = TraceStore()
-        self.collector = TraceCollector(self.on_spans, self.store.drop)
+        self.store = TraceStore(decode=spans_of_bytes, count=count_spans_bytes)
+        self.collector = TraceCollector(self.on_batch)
         self.relays = Relays()
         self._forwarder: SpanForwarder | None = None
         self._lock = threading.Lock()  # the forwarder is swapped by `sync`, used by the collector
 
-    def on_spans(self, spans: list[api.Span], request: Any) -> None:
-        self.store.add(spans)
+    def on_batch(self, data: bytes) -> None:
+        """On the xDS loop: one export request's bytes, kept and forwarded as they are."""
+        spans = self.store.offer(data)
         with self._lock:
             forwarder = self._forwarder
-        if forwarder is not None:
-            forwarder.offer(request, spans)
-
-    def start(self) -> None:
-        self.collector.start()
+        if forwarder is not None and spans:
+            forwarder.offer(data, spans)
 
     def sync(self, host: str | None) -> None:
         mesh = self._mesh()
@@ -96,6 +96,7 @@ class Telemetry:
             provider=tracing.provider,
             sampling=tracing.sampling_percent,
             traces=len(self.store),
+            unread=self.store.unread,
             spans=self.store.received,
             dropped=self.store.dropped,
             forward=tracing.forward.url if tracing.forward is not None else None,
@@ -105,7 +106,6 @@ class Telemetry:
         )
 
     def close(self) -> None:
-        self.collector.stop()
         with self._lock:
             forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:

@@ -10,7 +10,7 @@ import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
-from devmesh.adapters.access_log_service import EnvoyAccess, decode
+from devmesh.adapters.access_log_service import AccessLogService, EnvoyAccess, decode, framing
 from devmesh.api import types as api
 from devmesh.api.response_flags import BY_CODE, RESPONSE_FLAGS, explain_flags
 from devmesh.core.load import load
@@ -173,6 +173,56 @@ def test_a_tcp_entry_has_bytes_and_no_status() -> None:
     entry.connection_properties.sent_bytes = 40
     (got,) = decode("n", "c", "outbound", msg)
     assert (got.tcp, got.status, got.bytes_received, got.bytes_sent) == (True, None, 7, 40)
+
+
+@pytest.mark.parametrize(
+    ("http", "tcp", "named"),
+    [(0, 0, False), (3, 0, True), (0, 2, False), (0, 4, True), (250, 0, False)],
+    ids=["empty", "http-first", "tcp", "tcp-first", "big"],
+)
+def test_entries_are_counted_from_the_framing_and_the_node_found(
+    http: int, tcp: int, named: bool
+) -> None:
+    msg = _message(http)
+    for _ in range(tcp):
+        msg.tcp_logs.log_entry.add().connection_properties.sent_bytes = 1
+    if named:
+        msg.identifier.node.id = "n-1"
+        msg.identifier.log_name = "inbound"
+    identifier, entries = framing(msg.SerializeToString())
+    assert entries == http + tcp
+    if named:
+        assert identifier is not None
+        ident = als_pb2.StreamAccessLogsMessage.Identifier.FromString(identifier)
+        assert (ident.node.id, ident.log_name) == ("n-1", "inbound")
+    else:
+        assert identifier is None
+    assert len(decode("n", "c", "inbound", msg.SerializeToString())) == http + tcp
+
+
+def test_the_service_takes_each_message_as_bytes_with_its_streams_node(tmp_path: Any) -> None:
+    import grpc
+    from envoy.service.accesslog.v3 import als_pb2_grpc
+
+    from devmesh.adapters.xds_server import XdsServer
+
+    got: list[tuple[str, str, str, bytes, int]] = []
+    service = AccessLogService(lambda *batch: got.append(batch))
+    server = XdsServer(tmp_path / "xds.sock", services=[service.register])
+    server.start()
+    first, second = _message(2), _message(1)
+    first.identifier.node.id, first.identifier.node.cluster = "n-1", "shop/front/default"
+    first.identifier.log_name = "outbound"
+    try:
+        with grpc.insecure_channel(f"unix:{tmp_path / 'xds.sock'}") as channel:
+            stub = als_pb2_grpc.AccessLogServiceStub(channel)
+            stub.StreamAccessLogs(iter([first, second]), timeout=5)
+    finally:
+        server.stop()
+    assert got == [
+        ("n-1", "shop/front/default", "outbound", first.SerializeToString(), 2),
+        ("n-1", "shop/front/default", "outbound", second.SerializeToString(), 1),
+    ]
 
 
 def test_every_flag_names_a_real_field_of_envoys_message_once() -> None:
@@ -361,7 +411,8 @@ def test_a_batch_is_kept_as_envoy_sent_it_and_decoded_once_when_first_read() -> 
         return decode(*args)
 
     ring = AccessLog(lambda: DIRECTORY, decoder=counting)
-    ring.offer("shop-front-default-0-sidecar", "shop/front/default", "outbound", _message(2))
+    data = _message(2).SerializeToString()
+    ring.offer("shop-front-default-0-sidecar", "shop/front/default", "outbound", data, 2)
     assert calls == [] and ring.counters().kept == 2  # taking it in decodes nothing
     first = ring.query(Filter(), 10).entries
     assert [(e.source_service, e.service, e.version, e.status) for e in first] == [
@@ -376,7 +427,7 @@ def test_a_batch_that_does_not_decode_is_counted_as_dropped() -> None:
         raise ValueError("not Envoy's message")
 
     ring = AccessLog(Directory, decoder=broken)
-    ring.offer("n", "c", "outbound", _message(3))
+    ring.offer("n", "c", "outbound", _message(3).SerializeToString(), 3)
     assert ring.query(Filter(), 10).entries == ()
     assert ring.counters().dropped == 3
 

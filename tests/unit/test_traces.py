@@ -16,7 +16,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from devmesh.adapters.envoy_binary import validate
-from devmesh.adapters.otlp import scope_spans, spans_of, upstream_words, zipkin
+from devmesh.adapters.otlp import (
+    count_spans,
+    count_spans_bytes,
+    scope_spans,
+    spans_of,
+    spans_of_bytes,
+    upstream_words,
+    zipkin,
+)
 from devmesh.adapters.trace_collector import SpanForwarder, TraceCollector
 from devmesh.adapters.udp_relay import Relays, RelaySpec, UdpRelay
 from devmesh.api import types as api
@@ -136,6 +144,52 @@ def test_zipkin_json_keeps_ids_parent_and_kind() -> None:
     assert item["kind"] == "CLIENT" and item["duration"] == 4200
     assert item["localEndpoint"] == {"serviceName": "front"}
     assert item["tags"]["http.status_code"] == "503"
+
+
+def _export(spans_per_scope: list[list[int]], resources: int = 1, first: int = 0) -> bytes:
+    """An export request of `resources` resources, each with scopes of these many spans
+    (a trace each, numbered from `first` + 1), serialized, with a resource attribute and
+    a scope name between."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    n = first
+    for _ in range(resources):
+        rs = req.resource_spans.add()
+        kv = rs.resource.attributes.add()
+        kv.key, kv.value.string_value = "service.name", "front"
+        for count in (len(x) for x in spans_per_scope):
+            scope = scope_spans(rs).add()
+            # field 1: `scope` in OTLP 1.x, `instrumentation_library` before (otlp.scope_spans)
+            getattr(scope, scope.DESCRIPTOR.fields_by_number[1].name).name = "envoy"
+            for _ in range(count):
+                s = scope.spans.add()
+                n += 1
+                s.trace_id = n.to_bytes(16, "big")
+                s.span_id = n.to_bytes(8, "big")
+                s.start_time_unix_nano = 1_000_000_000 * n
+                s.end_time_unix_nano = s.start_time_unix_nano + 1_000_000
+                s.kind = trace_pb2.Span.SPAN_KIND_SERVER
+                a = s.attributes.add()
+                a.key, a.value.string_value = "devmesh.service", "front"
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("scopes", "resources"),
+    [([], 1), ([[]], 1), ([[1]], 1), ([[1, 2, 3], [4]], 1), ([[1] * 300, [1] * 7], 3)],
+    ids=["no-scope", "empty-scope", "one", "two-scopes", "big"],
+)
+def test_spans_are_counted_from_the_framing_as_a_full_parse_counts_them(
+    scopes: list[list[int]], resources: int
+) -> None:
+    data = _export(scopes, resources)
+    parsed = trace_service_pb2.ExportTraceServiceRequest.FromString(data)
+    assert count_spans_bytes(data) == count_spans(parsed) == resources * sum(map(len, scopes))
+    assert len(spans_of_bytes(data)) == count_spans(parsed)
+
+
+def test_an_undecodable_export_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not an OTLP export"):
+        spans_of_bytes(b"\x0a\x05\x12\x03")
 
 
 # -- the store ----------------------------------------------------------------------------
@@ -340,10 +394,9 @@ def test_a_forward_endpoint_nobody_listens_on_drops_and_counts_without_blocking(
         f"http://127.0.0.1:{port}/v1/traces", "otlp", HostAddress("127.0.0.1", port), "/v1/traces"
     )
     forwarder = SpanForwarder(target, batches=2)
-    request = _otlp()
-    spans = spans_of(request)
+    data = _otlp().SerializeToString()
     t0 = time.monotonic()
-    offered = [forwarder.offer(request, spans) for _ in range(10)]
+    offered = [forwarder.offer(data, 1) for _ in range(10)]
     assert time.monotonic() - t0 < 0.1  # never waits
     assert offered.count(False) >= 8  # the queue holds 2: the rest are dropped at once
     forwarder.start()
@@ -381,7 +434,7 @@ def test_the_forwarder_posts_otlp_protobuf_or_zipkin_json(kind: str) -> None:
         forwarder = SpanForwarder(target)
         forwarder.start()
         request = _otlp()
-        forwarder.offer(request, spans_of(request))
+        forwarder.offer(request.SerializeToString(), 1)
         deadline = time.monotonic() + 5
         while forwarder.counters().forwarded < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -395,8 +448,7 @@ def test_the_forwarder_posts_otlp_protobuf_or_zipkin_json(kind: str) -> None:
         assert json.loads(got[0]) == zipkin(spans_of(request))
     else:
         assert types == ["application/x-protobuf"]
-        decoded = trace_service_pb2.ExportTraceServiceRequest.FromString(got[0])
-        assert spans_of(decoded) == spans_of(request)
+        assert got[0] == request.SerializeToString()  # the bytes Envoy sent, not re-encoded
 
 
 # -- the relay ----------------------------------------------------------------------------
@@ -455,19 +507,66 @@ def test_real_envoy_accepts_a_pods_bootstrap_with_stats_sinks(flavor: str, tmp_p
 # -- the collector's backlog --------------------------------------------------------------
 
 
-def test_a_collector_backlog_is_dropped_and_counted_never_grown() -> None:
-    got: list[api.Span] = []
-    dropped: list[int] = []
-    collector = TraceCollector(lambda spans, _: got.extend(spans), dropped.append, backlog=1)
-    for _ in range(3):
-        collector.offer(_otlp())  # not started: nothing is taken off the backlog
-    assert dropped == [1, 1]  # one span a batch, two batches over
-    collector.start()
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.02)
-    collector.stop()
-    assert len(got) == 1
+def test_unread_batches_are_bounded_dropped_whole_and_counted() -> None:
+    store = TraceStore(decode=spans_of_bytes, count=count_spans_bytes, pending_spans=5)
+    for i in range(4):
+        assert store.offer(_export([[1, 1]], first=2 * i)) == 2
+    # 8 spans came, at most 5 wait: the two oldest batches made room, whole
+    assert (store.received, store.unread, store.dropped) == (8, 4, 4)
+    assert store.offer(b"\x0a\x05") == 0  # not OTLP: not kept, not counted
+    assert store.received == 8
+    assert len(store.query(api.TracesRequest())) == 4
+    assert (store.unread, store.dropped) == (0, 4)
+
+
+def test_spans_are_decoded_only_when_someone_reads_and_only_once() -> None:
+    decoded: list[bytes] = []
+
+    def decode(data: bytes) -> list[api.Span]:
+        decoded.append(data)
+        return spans_of_bytes(data)
+
+    store = TraceStore(decode=decode, count=count_spans_bytes)
+    first, second = _export([[1]]), _export([[1, 1]], first=1)
+    store.offer(first)
+    store.offer(second)
+    assert decoded == [] and len(store) == 0 and store.unread == 3  # nothing decoded yet
+    assert len(store.query(api.TracesRequest())) == 3
+    assert decoded == [first, second] and store.unread == 0
+    store.find("0")
+    store.services()
+    assert decoded == [first, second]  # read once, kept decoded
+    assert store.received == 3 and len(store) == 3
+
+
+def test_a_batch_that_does_not_decode_is_dropped_and_counted() -> None:
+    def decode(data: bytes) -> list[api.Span]:
+        raise ValueError("broken")
+
+    store = TraceStore(decode=decode, count=lambda data: 3)
+    store.offer(b"x")
+    assert store.query(api.TracesRequest()) == []
+    assert (store.received, store.dropped, store.unread) == (3, 3, 0)
+
+
+def test_the_collector_takes_an_export_as_its_bytes_over_the_xds_socket(tmp_path: Any) -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    from devmesh.adapters.xds_server import XdsServer
+
+    got: list[bytes] = []
+    collector = TraceCollector(got.append)
+    server = XdsServer(tmp_path / "xds.sock", services=[collector.register])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"unix:{tmp_path / 'xds.sock'}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            answer = stub.Export(_otlp(), timeout=5)
+    finally:
+        server.stop()
+    assert isinstance(answer, trace_service_pb2.ExportTraceServiceResponse)
+    assert got == [_otlp().SerializeToString()]  # not parsed: the bytes as they came
 
 
 def test_a_relay_that_cannot_listen_is_told_once_and_others_still_run(tmp_path: Any) -> None:
