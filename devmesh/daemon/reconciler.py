@@ -62,6 +62,7 @@ ROLL_CHECK = 0.1  # seconds between looks while a roll runs (new pod ready? drai
 HOUSEKEEPERS = 2  # threads for removals and spares: one of each can run at once
 SPARE_WAIT = 60.0  # seconds a roll waits for the spare it takes to be finished
 REMOVED_EVENTS = 10.0  # seconds Docker's events of a container housekeeping removed may trail
+SPARE_RETRY = 30.0  # seconds before a spare that could not be made is tried again
 
 
 def daemon_user() -> str:
@@ -112,6 +113,7 @@ class Reconciler:
         self._removing: dict[str, Future[None]] = {}  # container id -> its removal
         self._removed: dict[str, float] = {}  # ... once done -> when (its events trail it)
         self._making: dict[str, Future[None]] = {}  # pod name -> its spare being made
+        self._spare_failed: dict[str, float] = {}  # pod name -> not made again before
         self.on_settled: Callable[[], None] = lambda: None  # housekeeping ended (any thread)
 
     def died(self, container_id: str) -> bool:
@@ -334,7 +336,9 @@ class Reconciler:
         gens = spare_generations(want, ready, have, spare_for)
         if not gens:
             return ()
+        now = self._clock()
         busy = set(self._making) | {o.pod for o in looked if o.id in self._removing}
+        busy |= {name for name, until in self._spare_failed.items() if until > now}
         ahead = self._want(mesh, inputs, {**{p.slot: p.generation for p in want.pods}, **gens})
         return tuple(p for p in ahead.pods if p.slot in gens and p.name not in busy)
 
@@ -373,6 +377,7 @@ class Reconciler:
         ended: set[Future[None]] = set()
         now = self._clock()
         self._removed = {c: t for c, t in self._removed.items() if t > now - REMOVED_EVENTS}
+        self._spare_failed = {n: t for n, t in self._spare_failed.items() if t > now}
         for table in (self._removing, self._making):
             for key, job in list(table.items()):
                 if job.done():
@@ -380,6 +385,8 @@ class Reconciler:
                     ended.add(job)
                     if table is self._removing:
                         self._removed[key] = now
+                    elif job.cancelled() or job.exception() is not None:
+                        self._spare_failed[key] = now + SPARE_RETRY  # not in a tight loop
         for job in ended:
             error = None if job.cancelled() else job.exception()
             if error is not None:

@@ -675,3 +675,22 @@ def test_an_envoys_first_ack_publishes_at_once_without_a_pass(loop: Any) -> None
     controller._step([Acked()])
     assert engine.looks == looks and len(xds.published) == published + 1
     assert not controller._unconfigured
+
+
+def test_a_spare_that_cannot_be_made_is_not_tried_again_in_a_tight_loop(watched: Any) -> None:
+    controller, engine, _, clock = watched
+    tried: list[str] = []
+
+    def refuse(pod: Any, progress: Any) -> None:
+        tried.append(pod.name)
+        raise EngineError("cannot close the pod's app port to other pods", pod.name)
+
+    engine.make_spare = refuse
+    _healthy(controller)
+    controller._step([Tick()])
+    controller._step([Tick()])  # it failed: said so, and not made again yet
+    assert tried == [f"{STOCK}-g1"]
+    assert any("cannot close" in e.detail for e in controller.events.last())
+    clock.now += 31.0
+    controller._step([Tick()])
+    assert tried == [f"{STOCK}-g1"] * 2
