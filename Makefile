@@ -12,7 +12,7 @@ OUT    ?= out/shop
 # No registry on CI machines: devmesh and the setup scripts never try one when this is set.
 export DEVMESH_PULL ?= never
 
-.PHONY: demo down test unit lint typecheck contracts pytest venv engine prometheus schema clean clean-images
+.PHONY: demo down test unit fuzz lint typecheck contracts pytest venv engine prometheus schema clean clean-images
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ contracts: venv
 unit: venv
 	DEVMESH_PROPERTY_EXAMPLES=100 DEVMESH_ENVOY_EXAMPLES=10 \
 		$(BIN)/pytest -q -m "not docker" -p no:cacheprovider tests/unit tests/tui
+
+# The property tests, deeper than `make test` runs them (about 10 minutes on 2 cores).
+fuzz: venv
+	DEVMESH_PROPERTY_EXAMPLES=3000 DEVMESH_ENVOY_EXAMPLES=150 \
+		$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_properties.py tests/unit/test_parse_hostile.py
 
 # A real Prometheus server for the metrics e2e test (Debian's package; installed when missing).
 prometheus:
