@@ -7,8 +7,13 @@ a docker exception.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
+import tarfile
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,9 +22,12 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from devmesh import labels
+from devmesh.core import engines
+from devmesh.core.engines import EngineInfo, EngineKind
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import ContainerSpec, PodSpec
 from devmesh.plan.plan import Observed, Plan
@@ -27,6 +35,8 @@ from devmesh.plan.plan import Observed, Plan
 log = logging.getLogger("devmesh.engine")
 Progress = Callable[[str], None]
 WORKERS = 8  # measured: 8 threads halve 30 pods' start time on 2 cores; 16 gain nothing
+MIN_API = "1.24"  # docker-py's own minimum: only for the first ping, whose answer names the API
+REMOVE_TRIES = 5  # a Podman namespace owner: removed once its joined containers are gone
 GUARD_WAIT = 30  # seconds for a pod's firewall guard to load its rules (0.2 s when idle)
 _GUARD_FAILED = "cannot close the pod's app port to other pods"
 
@@ -57,25 +67,41 @@ class ContainerInfo:
     restarts: int
     ip: str | None
     ports: dict[int, int]  # container port -> published host port
+    health: str = ""  # a HEALTHCHECK's status (transport tcp): healthy, unhealthy, starting
 
 
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, address: str = "") -> None:
         self.client = client
+        self.address = address or engine_address()
+        self._identity: EngineInfo | None = None
 
     @classmethod
     def connect(cls, timeout: int = 30) -> Engine:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        where = engine_address()
         try:
-            client = docker.from_env(timeout=timeout)
-            client.ping()
+            # One `GET /_ping`, whose headers give the API version and name Podman, instead
+            # of docker-py's `GET /version` negotiation: Podman answers that by running
+            # conmon and runc (2-5 s per command on a loaded machine, 0.01 s for a ping).
+            probe = docker.from_env(version=MIN_API, timeout=timeout)  # asks nothing yet
+            answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
+            answer.raise_for_status()
+            probe.close()
+            client = docker.from_env(
+                version=answer.headers.get("Api-Version") or None, timeout=timeout
+            )
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(
-                f"cannot reach the Docker engine at {where} ({_root_cause(exc)}). Start it "
-                "(e.g. `sudo systemctl start docker`; as root on Debian, "
-                "scripts/ensure-docker.sh installs and starts one) and try again."
+                engines.unreachable(where, _root_cause(exc), _socket_exists(where))
             ) from None
-        return cls(client)
+        _pings[client] = dict(answer.headers)
+        return cls(client, where)
+
+    def identity(self) -> EngineInfo:
+        """Which engine this is (asked once: its ping's headers and `GET /info`)."""
+        if self._identity is None:
+            self._identity = identify_client(self.client, self.address)
+        return self._identity
 
     # -- observe ------------------------------------------------------------------------------
 
@@ -126,6 +152,7 @@ class Engine:
                     for p in raw.get("Ports") or []
                     if p.get("PublicPort")
                 },
+                health=_health(str(raw.get("Status") or "")),
             )
         return observed, infos
 
@@ -255,30 +282,35 @@ class Engine:
                 raise EngineError(f"cannot create network {name}: {_explain(exc)}") from None
 
     def _create_pod(self, pod: PodSpec, progress: Progress, with_app: bool = True) -> None:
-        """Make a pod. Every container is created at once (a member needs its namespace
-        owner to exist, not to run), while the owner starts; then the sidecar starts, and
-        the guard, which closes the namespace to other pods; the app only once the guard
-        has. Measured under load: starts dominate (0.6-1.5 s each), creates take 0.15 s,
-        so made one after another they cost about 0.5 s more. `with_app=False`: a spare,
-        made ahead of a rebuild (plan/roll.py `spares`): its app is added when it is used."""
+        """Make a pod. Every container is created at once (on Docker a member needs its
+        namespace owner to exist, not to run), while the owner starts; then the sidecar
+        starts, and the guard, which closes the namespace to other pods; the app only once
+        the guard has. Measured under load: starts dominate (0.6-1.5 s each), creates take
+        0.15 s, so made one after another they cost about 0.5 s more. `with_app=False`: a
+        spare, made ahead of a rebuild (plan/roll.py `spares`): its app is added later."""
         owner = self._make(pod.pause)
+        # Podman: members are made once the owner runs (not measured there, so as before).
+        early = self.identity().kind is not EngineKind.PODMAN
+        if not early:
+            self._start_made(pod.pause, owner, progress)
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="member") as pool:
             sidecar = pool.submit(self._make, pod.sidecar)
             app = pool.submit(self._make, pod.app) if with_app else None
-            guard = pool.submit(self._make_once, pod.guard, pod.name)
+            guard = pool.submit(self._make_once, pod.guard, pod.name) if pod.guarded else None
             made = [job for job in (sidecar, app) if job is not None]
             try:
-                self._start_made(pod.pause, owner, progress)
+                if early:
+                    self._start_made(pod.pause, owner, progress)
             except EngineError:
                 # What was created for an owner that cannot start goes with it.
                 ids = [_made(job) for job in made]
-                ids.append(guard.result() if guard.exception() is None else None)
+                ids.append(_made(guard))
                 for cid in ids:
                     if cid is not None:
                         self._remove(cid)
                 raise
             errors = [e for e in (job.exception() for job in made) if e is not None]
-            if guard.exception() is not None:
+            if guard is not None and guard.exception() is not None:
                 # Never an app open to every pod: no owner, so the next pass makes the pod
                 # anew (and tries the guard again); meanwhile the pod is failed, saying why.
                 made_app = _made(app)
@@ -286,19 +318,22 @@ class Engine:
                     self._remove(made_app)
                 self._remove(pod.name)
                 raise guard.exception()  # type: ignore[misc]
-            jobs = [pool.submit(self._guarded_start, pod, guard.result(), _made(app), progress)]
+            jobs = [pool.submit(self._guarded_start, pod, _made(guard), _made(app), progress)]
             if sidecar.exception() is None:
                 jobs.append(pool.submit(self._start_made, pod.sidecar, sidecar.result(), progress))
         errors += [e for e in (job.exception() for job in jobs) if e is not None]
         if errors:
             raise errors[0]
 
-    def _guarded_start(self, pod: PodSpec, guard: str, app: str | None, progress: Progress) -> None:
-        """Run the pod's guard, then start its app (if made): never an app open to every
-        pod."""
+    def _guarded_start(
+        self, pod: PodSpec, guard: str | None, app: str | None, progress: Progress
+    ) -> None:
+        """Run the pod's guard (None: DEVMESH_GUARD=off, the engine gives no NET_ADMIN),
+        then start its app (if made): never an app open to every pod."""
         try:
             try:
-                self._finish_once(guard, pod.guard, pod.name)
+                if guard is not None:
+                    self._finish_once(guard, pod.guard, pod.name)
             except (EngineError, EngineUnavailable):
                 # No owner, so the next pass makes the pod anew (and tries the guard
                 # again); meanwhile the pod is failed, saying why.
@@ -310,24 +345,28 @@ class Engine:
             if app is not None:
                 self._start_made(pod.app, app, progress)
         finally:
-            self._remove(guard)  # after the app started: not in its way
+            if guard is not None:
+                self._remove(guard)  # after the app started: not in its way
 
     def _make_once(self, spec: ContainerSpec, about: str) -> str:
         """Create `spec`, a container run once (the pods' firewall guard), replacing a
         leftover of a daemon that died mid-run; its id. See `_finish_once`."""
+        what = f"{_GUARD_FAILED}: {spec.name}"
         _prepare(spec)
         try:
             for attempt in (1, 2):
                 try:
-                    return str(self.client.containers.create(**_create_args(spec)).id)
+                    container = self.client.containers.create(**self._create_args(spec))
+                    _put_files(container, spec)
+                    return str(container.id)
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409 or attempt == 2:
                         raise
                     self._remove(spec.name)
         except docker.errors.ImageNotFound:
-            raise EngineError(f"{_GUARD_FAILED}: image {spec.image} not found", about) from None
+            raise EngineError(f"{what}: image {spec.image} not found", about) from None
         except docker.errors.APIError as exc:
-            raise EngineError(f"{_GUARD_FAILED}: {_explain(exc)}", about) from None
+            raise EngineError(self._guard_failed(what, _explain(exc)), about) from None
         except requests.exceptions.RequestException as exc:
             raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
         raise AssertionError("unreachable")
@@ -342,13 +381,50 @@ class Engine:
             if code != 0:
                 raw = self.client.api.logs(cid)
                 out = raw.decode(errors="replace").strip().replace("\n", "; ")
-                raise EngineError(f"{what} exited with {code}: {out[-300:]}", about)
+                raise EngineError(
+                    self._guard_failed(what, f"exited with {code}: {out[-300:]}"), about
+                )
         except docker.errors.APIError as exc:
-            raise EngineError(f"{what}: {_explain(exc)}", about) from None
+            raise EngineError(self._guard_failed(what, _explain(exc)), about) from None
         except requests.exceptions.ReadTimeout:
             raise EngineError(f"{what} did not finish within {GUARD_WAIT} s", about) from None
         except requests.exceptions.RequestException as exc:
             raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+
+    def _create_args(self, spec: ContainerSpec) -> dict[str, Any]:
+        """docker-py's arguments for `spec` on this engine. Podman 4.3 takes `host-gateway`
+        in extra hosts as a name (its hosts file gets `host-gateway NAME`, which resolves
+        nothing): there the network's gateway address, the host's side of its bridge,
+        stands in for it."""
+        kwargs = _create_args(spec)
+        hosts = kwargs.get("extra_hosts") or {}
+        if "host-gateway" in hosts.values() and self.identity().kind is EngineKind.PODMAN:
+            gateway = self._gateway(spec.network)
+            if gateway:
+                kwargs["extra_hosts"] = {
+                    k: gateway if v == "host-gateway" else v for k, v in hosts.items()
+                }
+        return kwargs
+
+    def _gateway(self, network: str | None) -> str | None:
+        """The network's gateway address, as the engine's IPAM config gives it."""
+        if not network:
+            return None
+        try:
+            attrs = self.client.api.inspect_network(network)
+        except docker.errors.APIError:
+            return None
+        for cfg in (attrs.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Gateway"):
+                return str(cfg["Gateway"]).split("/")[0]
+        return None
+
+    def _guard_failed(self, what: str, detail: str) -> str:
+        """A guard that could not load its rules; one refused NET_ADMIN says so, and how
+        to run without the guard."""
+        if engines.looks_like_no_net_admin(detail):
+            return engines.guard_refused(self.identity(), detail)
+        return f"{what} {detail}" if detail.startswith("exited") else f"{what}: {detail}"
 
     def _replace_pod(self, pod: PodSpec, old: tuple[str, ...], progress: Progress) -> None:
         for cid in old:
@@ -369,7 +445,7 @@ class Engine:
         already (a racing reconcile made it: the next pass settles it)."""
         _prepare(spec)
         try:
-            return str(self.client.containers.create(**_create_args(spec)).id)
+            container = self.client.containers.create(**self._create_args(spec))
         except docker.errors.ImageNotFound:
             raise EngineError(f"image {spec.image} not found", spec.name) from None
         except docker.errors.APIError as exc:
@@ -379,6 +455,12 @@ class Engine:
             raise EngineError(f"cannot create: {_explain(exc)}", spec.name) from None
         except requests.exceptions.RequestException as exc:
             raise EngineUnavailable(f"lost the Docker engine: {_root_cause(exc)}") from None
+        try:
+            _put_files(container, spec)
+        except docker.errors.APIError as exc:
+            self._remove(container.id)
+            raise EngineError(f"cannot start: {_explain(exc)}", spec.name) from None
+        return str(container.id)
 
     def _start_made(self, spec: ContainerSpec, cid: str | None, progress: Progress) -> None:
         if cid is None:
@@ -424,21 +506,38 @@ class Engine:
             raise EngineError(f"{cid[:12]}: cannot start: {_explain(exc)}") from None
 
     def _remove(self, cid: str) -> None:
-        try:
-            self.client.api.remove_container(cid, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # removal already in progress
-                raise EngineError(f"{cid[:12]}: cannot remove: {_explain(exc)}") from None
+        for attempt in range(REMOVE_TRIES):
+            try:
+                self.client.api.remove_container(cid, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                dependents = _dependents(exc)
+                if dependents and attempt < REMOVE_TRIES - 1:
+                    # Podman refuses to remove a namespace owner while containers join it
+                    # (Docker removes it anyway): those go first. Another thread may be
+                    # removing them already: then wait for it, briefly.
+                    for dep in dependents:
+                        self._remove(dep)
+                    time.sleep(0.05 * attempt)
+                    continue
+                if exc.status_code != 409:  # removal already in progress
+                    raise EngineError(f"{cid[:12]}: cannot remove: {_explain(exc)}") from None
+                return
 
     # -- teardown and logs --------------------------------------------------------------------
 
     def remove_all(self, project: str) -> tuple[int, int]:
         """Every container and network labelled with the mesh; (containers, networks)."""
         containers = self._list(project)
+        # Joined containers (app, sidecar) before their namespace owners: Podman refuses
+        # to remove an owner others join; Docker does not mind the order.
+        joined = [c["Id"] for c in containers if _joins(c)]
+        owners = [c["Id"] for c in containers if not _joins(c)]
         with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="down") as pool:
-            list(pool.map(self._remove, [c["Id"] for c in containers]))
+            list(pool.map(self._remove, joined))
+            list(pool.map(self._remove, owners))
         nets = 0
         try:
             for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):
@@ -529,7 +628,15 @@ class Engine:
         return stale
 
 
-def _made(job: Future[str | None] | None) -> str | None:
+def _health(status: str) -> str:
+    """The HEALTHCHECK status in a list's `Status` ("Up 3 seconds (healthy)"); "" if none."""
+    for word in ("unhealthy", "healthy", "starting"):
+        if f"({word})" in status or f"(health: {word})" in status:
+            return word
+    return ""
+
+
+def _made(job: Future[str | None] | Future[str] | None) -> str | None:
     """The id a create job made: None if it was not asked, failed, or found one of ours."""
     if job is None or job.exception() is not None:
         return None
@@ -601,8 +708,43 @@ def _create_args(spec: ContainerSpec) -> dict[str, Any]:
         kwargs["volumes"] = {h: {"bind": c, "mode": m} for h, c, m in spec.binds}
     if spec.init:
         kwargs["init"] = True
+    if spec.volumes:  # anonymous: made with the container, removed with it (`v=True`)
+        kwargs["mounts"] = [
+            docker.types.Mount(target=path, source=None, type="volume") for path in spec.volumes
+        ]
+    if spec.extra_hosts:
+        kwargs["extra_hosts"] = dict(spec.extra_hosts)
+    if spec.healthcheck is not None:
+        check = spec.healthcheck
+        kwargs["healthcheck"] = {
+            "test": ["CMD", *check.test],
+            "interval": check.interval_ms * 1_000_000,  # nanoseconds
+            "timeout": check.timeout_ms * 1_000_000,
+            "retries": check.retries,
+            "start_period": 0,
+        }
     kwargs.update(_privileges(spec))
     return kwargs
+
+
+def _put_files(container: Any, spec: ContainerSpec) -> None:
+    """Transport tcp: the spec's files into the created container, before it starts, by
+    the Engine API (put-archive): one archive per directory. Readable by every user of the
+    container (the proxy runs as one of its own): the bootstrap holds the mesh's token, and
+    its volume is mounted in the proxy's container alone."""
+    by_dir: dict[str, list[tuple[str, bytes]]] = {}
+    for path, text in spec.archive:
+        directory, _, name = path.rpartition("/")
+        by_dir.setdefault(directory or "/", []).append((name, text.encode()))
+    for directory, files in by_dir.items():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+        if not container.put_archive(directory, buffer.getvalue()):
+            raise EngineError(f"cannot put files into {directory}", spec.name)
 
 
 def _privileges(spec: ContainerSpec) -> dict[str, Any]:
@@ -643,3 +785,68 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc)
     return text if len(text) < 160 else text[:157] + "..."
+
+
+def engine_address() -> str:
+    """Where docker-py connects: DOCKER_HOST, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or engines.DEFAULT_ADDRESS
+
+
+def _socket_exists(address: str) -> bool | None:
+    if not address.startswith("unix://"):
+        return None
+    return os.path.exists(address[len("unix://") :])
+
+
+# client -> its engine: one ask per client
+_identified: weakref.WeakKeyDictionary[docker.DockerClient, EngineInfo] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_pings: weakref.WeakKeyDictionary[docker.DockerClient, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)  # client -> the headers of the ping that made it (Engine.connect)
+
+
+def identify_client(client: docker.DockerClient, address: str = "") -> EngineInfo:
+    """Which engine `client` talks to; an engine that does not say is taken for Docker."""
+    found = _identified.get(client)
+    if found is not None:
+        return found
+    ping: dict[str, str] = _pings.get(client) or {}
+    try:
+        # The ping's headers name Podman; its `/version` is not asked: on Podman it runs
+        # conmon and runc to report their versions (seconds on a loaded machine).
+        if not ping:
+            answer = client.api.get(f"{client.api.base_url}/_ping", timeout=10)
+            if answer.ok:
+                ping = dict(answer.headers)
+        info: dict[str, Any] = client.info()
+    except docker.errors.APIError:
+        info = {}
+    except requests.exceptions.RequestException as exc:
+        raise EngineUnavailable(f"lost the engine: {_root_cause(exc)}") from None
+    found = engines.identify({}, info, address or engine_address(), ping)
+    _identified[client] = found
+    return found
+
+
+def is_podman(client: docker.DockerClient) -> bool:
+    return identify_client(client).kind is EngineKind.PODMAN
+
+
+_DEPENDENTS = re.compile(r"has dependent containers which must be removed before it: ([0-9a-f, ]+)")
+
+
+def _dependents(exc: docker.errors.APIError) -> list[str]:
+    """The containers Podman names as still joining the one it would not remove."""
+    found = _DEPENDENTS.search(str(exc.explanation or exc))
+    return [d for d in re.split(r"[, ]+", found.group(1)) if d] if found else []
+
+
+def _joins(raw: dict[str, Any]) -> bool:
+    """A listed container that joins another's network namespace (an app, a sidecar)."""
+    mode = str((raw.get("HostConfig") or {}).get("NetworkMode") or "")
+    role = (raw.get("Labels") or {}).get(labels.ROLE)
+    return mode.startswith("container:") or role in ("app", "sidecar")

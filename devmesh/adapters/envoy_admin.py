@@ -7,9 +7,11 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Mapping
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
 from devmesh.envoy.names import BUCKET_MARK
@@ -34,6 +36,22 @@ STATS_FILTER = (
 QUANTILES = {50.0: "p50", 99.0: "p99"}
 # Sidecars asked at once: a mesh of 20 services has 21 Envoys (the gateway's too).
 PARALLEL_READS = 24
+
+
+class StatsTarget(NamedTuple):
+    """One Envoy whose stats are read: its admin socket (transport unix) and its node id
+    (transport tcp: its stats are pushed, adapters/metrics_service.py)."""
+
+    admin_socket: Path
+    node_id: str
+
+
+class StatsSource(Protocol):
+    def read_targets(self, targets: Mapping[str, StatsTarget]) -> dict[str, dict[str, float] | str]:
+        """name -> stats, or the reason they could not be read."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class StatsReader:
@@ -87,6 +105,9 @@ class StatsReader:
             return out
         finally:
             self._lock.release()
+
+    def read_targets(self, targets: Mapping[str, StatsTarget]) -> dict[str, dict[str, float] | str]:
+        return self.read_many({name: t.admin_socket for name, t in targets.items()})
 
     def _read_one(self, path: Path) -> dict[str, float] | str:
         try:

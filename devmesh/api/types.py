@@ -237,6 +237,12 @@ class MeshState:
     tracing: TracingStatus | None = None  # None: tracing is off
     metrics: str | None = None  # the daemon's Prometheus endpoint, http://127.0.0.1:PORT/metrics
     access: AccessCounters | None = None  # the access log's counters (None: not kept)
+    # How the daemon reaches its pods: "unix" (sockets and files shared with a local engine)
+    # or "tcp" (an engine elsewhere: Docker Desktop, tcp://, ssh://); "" with no daemon.
+    transport: str = ""
+    # Transport tcp: where the pods dial the daemon for their config (`host:port`, e.g.
+    # `host.docker.internal:41015`); "" otherwise. `up --wait` names it when no sidecar came.
+    control_plane: str = ""
 
     @property
     def only_permanent_failures_left(self) -> bool:

@@ -16,6 +16,7 @@ from devmesh import __version__
 from devmesh.cli import (
     ca_command,
     dev_command,
+    engine_command,
     file_commands,
     init_command,
     run_commands,
@@ -97,6 +98,7 @@ for command in (
     file_commands.config,
     init_command.init,
     trace_commands.traces,
+    engine_command.engine,
 ):
     app.command()(command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(

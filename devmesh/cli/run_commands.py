@@ -301,7 +301,7 @@ def _wait(
         _err(f"mesh '{name}' is ready: {len(state.pods)} pods")
         return state
     _err(f"devmesh: mesh '{name}' is not ready:")
-    for line in views.not_ready_lines(state):
+    for line in views.no_route_lines(state, timeout) or views.not_ready_lines(state):
         _err(line)
     if exit_when_not_ready:
         raise typer.Exit(Exit.NOT_READY)

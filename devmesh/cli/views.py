@@ -90,6 +90,8 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     head = f"mesh '{state.project}' ({state.phase.value})"
     if state.pid:
         head += f" pid {state.pid}"
+    if state.transport:
+        head += f" transport {state.transport}"
     gw = state.gateway
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
@@ -133,6 +135,29 @@ def not_ready_lines(state: api.MeshState) -> list[str]:
     if not state.engine.ok:
         lines.append(f"  the container engine: {state.engine.detail}")
     return lines
+
+
+def no_route_lines(state: api.MeshState, waited: float) -> list[str]:
+    """Transport tcp, and not one sidecar (nor the gateway) ever connected while their
+    containers run: the pods have no route to the daemon. Says where they dial and what
+    to check, instead of each pod's "not ACKed yet"; [] in any other case."""
+    if not state.control_plane:
+        return []
+    proxies = [(p.sidecar, p.xds) for p in state.pods]
+    if state.gateway is not None:
+        proxies.append((state.gateway.state, state.gateway.xds))
+    running = [xds for container, xds in proxies if container == "running"]
+    if not running or any(xds.connected for xds in running):
+        return []
+    host = state.control_plane.rpartition(":")[0]
+    return [
+        f"  no sidecar reached the control plane at {state.control_plane} within "
+        f"{waited:g} s ({len(running)} running, none connected).",
+        f"  Check that containers on this engine reach {host} (the daemon's host: "
+        "host.docker.internal on Docker Desktop, the engine's host-gateway elsewhere), that "
+        "nothing between them drops the port, or give an address they can reach as "
+        "DEVMESH_XDS_ADDRESS=host:port (e.g. a port forwarded to the daemon's).",
+    ]
 
 
 def url_lines(state: api.MeshState) -> list[str]:

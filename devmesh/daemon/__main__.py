@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from devmesh.core.engines import summary
 from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
 from devmesh.core.names import InvalidProjectName, check_project
@@ -29,13 +30,17 @@ def compose(file: Path, project: str, ingress_port: int | None, mesh: Mesh | Non
     `ingress_port`: None the file's port, 0 any free one; either way a gateway the instance
     still runs (its daemon crashed) is adopted with the port it publishes."""
     from devmesh.adapters.engine import Engine
+    from devmesh.adapters.enginekind import transport_for
 
     check_project(project)
     mesh = mesh if mesh is not None else load_path(str(file))
     engine = Engine.connect()
+    # One line in the daemon's log (`up` shows it): which engine, and what differs there
+    logging.getLogger("devmesh").info(summary(engine.identity()))
+    transport, why = transport_for(engine)  # once, for the daemon's life
     state = StateDir.for_project(project)
     port = launcher.instance_ingress_port(engine, state, project, ingress_port)
-    return Daemon(file.resolve(), mesh, project, engine, state, port)
+    return Daemon(file.resolve(), mesh, project, engine, state, port, transport, why)
 
 
 def _project(value: str) -> str:

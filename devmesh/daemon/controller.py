@@ -39,7 +39,14 @@ from devmesh.daemon.develop import disabled as develop_disabled
 from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
-from devmesh.daemon.health import HealthMonitor, Probe, Result, Target
+from devmesh.daemon.health import (
+    FAILURES_TO_DROP,
+    EngineHealth,
+    HealthMonitor,
+    Probe,
+    Result,
+    Target,
+)
 from devmesh.daemon.identities import Cert, Identities
 from devmesh.daemon.ingress_tls import uses_ca as ingress_uses_ca
 from devmesh.daemon.meshsource import FileRead, MeshSource
@@ -177,7 +184,10 @@ class Controller:
         check: Probe = probe,
         identities: Identities | None = None,
         housekeeping: Executor | None = None,
+        engine_health: EngineHealth | None = None,
     ) -> None:
+        # Transport tcp: health as the engine reports it (daemon/health.py EngineHealth)
+        self.engine_health = engine_health
         self.mesh_file = mesh_file
         self.project = project
         self.engine = engine
@@ -188,7 +198,12 @@ class Controller:
         self._clock = clock
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.source = MeshSource(mesh_file, lambda read: self.submit(FileChanged(read)))
-        self.health = HealthMonitor(lambda r: self.submit(HealthChanged(r)), events, check)
+        self.health = HealthMonitor(
+            lambda r: self.submit(HealthChanged(r)),
+            events,
+            engine_health.check if engine_health is not None else check,
+            failures_to_drop=1 if engine_health is not None else FAILURES_TO_DROP,
+        )
         images.on_built = lambda: self.submit(ImagesReady())  # builds run on its worker
         self.develop = Develop(
             images,
@@ -560,6 +575,10 @@ class Controller:
 
     def _set_targets(self) -> None:
         want, infos, mesh = self.reconciler.desired, self.reconciler.infos, self._served()
+        if self.engine_health is not None:
+            self.engine_health.listed(
+                {i.name: i.health for i in infos.values() if i.name in self._owners(want)}
+            )
         targets = []
         pods = [(p.name, p.app.name, p.service, p.version) for p in want.pods] if want else []
         # A roll's old pods are probed too: they serve until their successor does.
@@ -574,8 +593,14 @@ class Controller:
             host = next((v.host for v in service.versions if v.name == version and v.host), None)
             if host is not None:  # the process on the host, probed where it listens
                 ip, port = "127.0.0.1", host.port
+            if self.engine_health is not None:
+                ip = name  # the engine checks it: EngineHealth looks it up by owner name
             targets.append(Target(name, app.id, ip, port, service.health, running, app.state))
         self.health.set_targets(tuple(targets))
+
+    def _owners(self, want: Desired | None) -> frozenset[str]:
+        names = {p.name for p in want.pods} if want is not None else set()
+        return frozenset(names | {r.name for r in self.reconciler.retiring})
 
     def _view(self) -> View:
         r = self.reconciler

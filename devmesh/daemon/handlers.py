@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from devmesh.adapters.envoy_admin import StatsReader
+from devmesh.adapters.envoy_admin import StatsSource, StatsTarget
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
@@ -41,7 +41,7 @@ class Handlers:
         xds: XdsServer,
         state: StateDir,
         events: EventLog,
-        stats: StatsReader,
+        stats: StatsSource,
         log_tails: LogTails,
         follow: Callable[[api.FollowRequest, threading.Event], Iterator[api.LogLine | None]],
         request_stop: Callable[[], None],
@@ -58,6 +58,8 @@ class Handlers:
         self.access: AccessLog | None = None  # every request every Envoy saw (accesslog.py)
         self.metrics_url: str | None = None  # where the daemon serves /metrics, if it does
         self.telemetry: Telemetry | None = None  # the span store and sinks (daemon/tracing.py)
+        self.transport = ""  # how the daemon reaches its pods (core/transport.py)
+        self.control_plane = ""  # transport tcp: where the pods dial the daemon (host:port)
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -104,6 +106,10 @@ class Handlers:
             out = dataclasses.replace(out, metrics=self.metrics_url)
         if self.access is not None:
             out = dataclasses.replace(out, access=self.access.counters())
+        if self.transport:
+            out = dataclasses.replace(out, transport=self.transport)
+        if self.control_plane:
+            out = dataclasses.replace(out, control_plane=self.control_plane)
         return out
 
     def traces(self, req: api.TracesRequest) -> api.TracesResult:
@@ -173,15 +179,19 @@ class Handlers:
         return routes(view.served, view.overrides)
 
     def stats(self) -> api.Stats:
-        """Each sidecar's (and the gateway's) counters, read from its admin socket, in mesh
-        terms."""
+        """Each sidecar's (and the gateway's) counters, read from its admin socket (or as it
+        pushed them: transport tcp), in mesh terms."""
         want = self._loop.view.desired
         if want is None:
             return api.Stats(time.time())
         sources = {p.name: (p.service, p.version) for p in want.pods}
+        nodes = {p.name: p.node_id for p in want.pods}
         if want.gateway is not None:
             sources[want.gateway.name] = (api.INGRESS, "")
-        read = self._stats.read_many({n: self._state.admin_socket(n) for n in sources})
+            nodes[want.gateway.name] = want.gateway.name
+        read = self._stats.read_targets(
+            {n: StatsTarget(self._state.admin_socket(n), nodes[n]) for n in sources}
+        )
         out = []
         for name, (service, version) in sources.items():
             counters = read.get(name, "not read")

@@ -64,6 +64,46 @@ def probe_delay(ok: bool, interval: float, starting: float | None) -> float:
     return min(interval, UNTIL_HEALTHY)
 
 
+class EngineHealth:
+    """Transport tcp: the apps' health as the engine reports it (a Docker HEALTHCHECK on
+    each pod's owner, plan/desired.py `health_check`), never a probe from the host. The
+    events thread tells it each `health_status` event, the loop what each look listed; a
+    `Probe` of the pods by owner name (the monitor's targets carry it for the address).
+    The engine has already counted failures in a row: one unhealthy report drops a pod."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status: dict[str, str] = {}  # owner name -> healthy | unhealthy | starting
+        self._heard: set[str] = set()  # owners an event spoke of
+
+    def reported(self, owner: str, status: str) -> None:
+        """A `health_status: STATUS` event (the events thread): it is the newest word."""
+        with self._lock:
+            self._status[owner] = status
+            self._heard.add(owner)
+
+    def listed(self, statuses: Mapping[str, str]) -> None:
+        """What a look listed (the loop): taken for owners no event spoke of (an adopted
+        pod; a change before the events stream was open), since an event may be newer than
+        the look; owners no longer listed are dropped."""
+        with self._lock:
+            self._status = {
+                name: self._status.get(name, status) if name in self._heard else status
+                for name, status in statuses.items()
+            }
+            self._heard &= self._status.keys()
+
+    def check(self, owner: str, port: int, health: Health | None) -> tuple[bool, str]:
+        with self._lock:
+            status = self._status.get(owner, "")
+        if status == "healthy":
+            return True, ""
+        if status == "unhealthy":
+            what = f"GET {health.path}" if health and health.path else f"port {port}"
+            return False, f"{what}: the engine's health check fails"
+        return False, NOT_CHECKED
+
+
 class HealthMonitor:
     def __init__(
         self,
@@ -71,7 +111,10 @@ class HealthMonitor:
         events: EventLog,
         check: Probe = probe,
         clock: Callable[[], float] = time.monotonic,
+        failures_to_drop: int = FAILURES_TO_DROP,
     ) -> None:
+        self._failures_to_drop = failures_to_drop
+        self._poked = False
         self._on_change = on_change
         self._events = events
         self._check = check
@@ -96,6 +139,11 @@ class HealthMonitor:
     def start(self) -> None:
         self._thread.start()
 
+    def poke(self) -> None:
+        """Check every target now (the engine reported a health change)."""
+        self._poked = True
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -118,8 +166,9 @@ class HealthMonitor:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            force, self._poked = self._poked, False
             try:
-                if self._round(force=False):
+                if self._round(force=force):
                     self._on_change(self.results())
             except Exception:
                 if self._stop.is_set():
@@ -156,7 +205,7 @@ class HealthMonitor:
         for t, (ok, reason) in zip(due, outcomes, strict=True):
             interval = (t.health.interval_ms if t.health else HEALTH_INTERVAL_MS) / 1000
             old = results[t.pod]
-            if not ok and old.ok and old.failures + 1 < FAILURES_TO_DROP:
+            if not ok and old.ok and old.failures + 1 < self._failures_to_drop:
                 # Healthy until failures in a row confirm it: look again soon.
                 results[t.pod] = Result(t.app_id, True, "", old.failures + 1)
                 self._next_at[t.pod] = now + min(interval, RECONFIRM)

@@ -653,14 +653,28 @@ def stop_daemon(state: StateDir) -> Stopped | None:
     return Stopped(pid, how, gone)
 
 
+class OtherEngine(MeshError):
+    """`down` here cannot reach the engine, while the instance's daemon reaches its own:
+    this command's DOCKER_HOST is not the daemon's. Nothing was stopped."""
+
+
 def down(project: str) -> Down:
     """Stop the daemon, then remove every container and network labelled with the instance
     (also after a daemon crash), then its state directory. With the engine out of reach the
-    daemon is still stopped and the state kept (the containers bind-mount it)."""
+    daemon is still stopped and the state kept (the containers bind-mount it) — unless the
+    daemon still reaches its engine: then this command was pointed at another engine (a
+    wrong DOCKER_HOST), and OtherEngine is raised with nothing stopped."""
     state = StateDir.for_project(project)
+    try:
+        engine: Engine | None = Engine.connect()
+        unreachable = ""
+    except MeshError as exc:
+        engine, unreachable = None, str(exc)
+        _refuse_if_daemon_reaches_its_engine(project, unreachable)
     stopped = stop_daemon(state)
     try:
-        engine = Engine.connect()
+        if engine is None:
+            raise MeshError(unreachable)
         containers, networks = engine.remove_all(project)
         prune_built(engine.client, project, frozenset())  # the images built for it
     except MeshError as exc:
@@ -670,6 +684,22 @@ def down(project: str) -> Down:
     except MeshError as exc:
         return Down(project, stopped, containers, networks, state_error=str(exc))
     return Down(project, stopped, containers, networks, removed)
+
+
+def _refuse_if_daemon_reaches_its_engine(project: str, unreachable: str) -> None:
+    try:
+        found = find(project)
+    except MeshError:  # a daemon that does not answer: stopping it is what `down` is for
+        return
+    if found is None or not found.pods:
+        return
+    if all(p.state is api.PodState.ENGINE_DOWN for p in found.pods):
+        return  # the daemon lost the engine too: it is down, not elsewhere
+    raise OtherEngine(
+        f"{unreachable}\nThe daemon of mesh '{project}' (pid {found.pid}) reaches its engine "
+        "and serves: this command's DOCKER_HOST is not the one it was started with. Nothing "
+        "was stopped; run `devmesh down` with the daemon's DOCKER_HOST."
+    )
 
 
 def _released(state: StateDir, within: float) -> bool:

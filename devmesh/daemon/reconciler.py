@@ -25,11 +25,14 @@ from devmesh.adapters.images import ImageResolver, Pending
 from devmesh.api.types import EventKind, Severity
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
+from devmesh.core.transport import Transport, tcp_unsupported
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.health import Result
 from devmesh.daemon.publisher import Configured, serves
 from devmesh.daemon.state import StateDir
+from devmesh.envoy.bootstrap import XdsTcp
 from devmesh.plan.desired import (
+    GUARD_IMAGE,
     Desired,
     Inputs,
     PodSpec,
@@ -65,6 +68,16 @@ REMOVED_EVENTS = 10.0  # seconds Docker's events of a container housekeeping rem
 SPARE_RETRY = 30.0  # seconds before a spare that could not be made is tried again
 
 
+def host_refused(service: str, version: str) -> str:
+    """Why a version on the host (`host:`, `devmesh dev`) cannot run with transport tcp."""
+    return (
+        f"{service}/{version} runs on the host (`host:`), which needs transport unix: the "
+        "pods reach a host process through a relay on the mesh network's gateway, and this "
+        "engine's network is not the host's (transport tcp). Run it as a container, or use a "
+        "local engine (DEVMESH_TRANSPORT=unix)"
+    )
+
+
 def daemon_user() -> str:
     """Who the proxies run as for this daemon (see `plan.desired.proxy_user`)."""
     return proxy_user(os.geteuid(), os.getegid())
@@ -88,6 +101,9 @@ class Reconciler:
         self.events = events
         self._clock = clock
         self._proxy_user = daemon_user()
+        # How the pods reach the daemon (set by the daemon once its xDS server listens).
+        self.transport = Transport.UNIX
+        self.xds_tcp: XdsTcp | None = None
         # What the last pass found (the loop reads these; nothing else writes them).
         self.desired: Desired | None = None
         self.infos: dict[str, ContainerInfo] = {}
@@ -223,6 +239,8 @@ class Reconciler:
             self._tell_retired(retiring)
             ahead = self._spares(mesh, inputs, want, ready, spare - taken_pods, spare_for, looked)
             errors += self._write_hosts(mesh, want.pods + ahead)
+            if self.transport is Transport.TCP:
+                errors += tcp_unsupported(mesh)
             todo = plan(
                 want,
                 actual,
@@ -404,13 +422,15 @@ class Reconciler:
 
     def _inputs(self, mesh: Mesh) -> Inputs:
         assert self.images.envoy is not None and self.images.pause is not None
-        assert self.images.guard is not None
         app_images: dict[tuple[str, str], str] = {}
         failed: dict[tuple[str, str], str] = {}
         pending: dict[tuple[str, str], str] = {}  # first build under way: not a failure
         for service in mesh.services:
             for version in service.versions:
                 key = (service.name, version.name)
+                if version.host is not None and self.transport is Transport.TCP:
+                    failed[key] = host_refused(service.name, version.name)
+                    continue
                 if version.host is not None:  # on the host: the pod's app is a stand-in
                     app_images[key] = self.images.pause.image_id
                     continue
@@ -434,11 +454,17 @@ class Reconciler:
             app_images=app_images,
             failed={**failed, **pending},  # either way its old pods, if any, keep serving
             proxy_user=self._proxy_user,
-            guard_image=self.images.guard.image_id,
-            host=self.host,
+            # DEVMESH_GUARD=off: no guard image was made, and none is run
+            guard_image=self.images.guard.image_id if self.images.guard else GUARD_IMAGE,
+            guard=self.images.guard is not None,
+            host=self.host if self.transport is Transport.UNIX else None,
+            transport=self.transport,
+            xds_tcp=self.xds_tcp,
         )
 
     def _write_hosts(self, mesh: Mesh, pods: Iterable[PodSpec]) -> list[str]:
+        if self.transport is Transport.TCP:
+            return []  # Docker's own hosts files, from each owner's extra_hosts
         errors = []
         for pod in pods:
             path = Path(hosts_file(str(self.state.path), pod.name))

@@ -22,26 +22,44 @@ from typing import IO
 from devmesh import labels
 from devmesh.adapters.access_log_service import AccessLogService
 from devmesh.adapters.engine import Engine
-from devmesh.adapters.envoy_admin import StatsReader
+from devmesh.adapters.envoy_admin import StatsReader, StatsSource
 from devmesh.adapters.images import ImageResolver, prune_built
+from devmesh.adapters.metrics_service import PushedStats
 from devmesh.adapters.tlsfiles import TlsFileError, ingress_problems
 from devmesh.adapters.xds_cache import NodeEvent, SnapshotCache
-from devmesh.adapters.xds_server import XdsServer
+from devmesh.adapters.xds_server import TcpListen, XdsServer
 from devmesh.api.types import EventKind, Severity
+from devmesh.core.engines import PODMAN_HOST, EngineKind
 from devmesh.core.model import Mesh
 from devmesh.core.problems import MeshError
+from devmesh.core.transport import (
+    HOST_GATEWAY,
+    XDS_ADDRESS_ENV,
+    Transport,
+    TransportError,
+    parse_address,
+)
 from devmesh.daemon.accesslog import AccessLog, Directory, directory_of
 from devmesh.daemon.api import ApiServer
 from devmesh.daemon.controller import Acked, ContainerDied, Controller, Tick, port_busy
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
+from devmesh.daemon.health import EngineHealth
 from devmesh.daemon.logfollow import Which, follow_ticking
 from devmesh.daemon.logtail import LogTails
 from devmesh.daemon.metrics import MetricsServer
 from devmesh.daemon.metrics import render as render_metrics
 from devmesh.daemon.state import StateDir
 from devmesh.daemon.tracing import Telemetry
+from devmesh.envoy.bootstrap import XdsTcp
+from devmesh.plan.desired import network_name
 from devmesh.plan.effective import effective
+
+# Transport tcp: where the daemon listens. `loopback` (the default): 127.0.0.1, which Docker
+# Desktop's `host.docker.internal` (and the test suite's remote engine) forward to. `mesh`:
+# the mesh network's own gateway address, which the pods reach on a local engine (the
+# engine's `host-gateway` is docker0 there, not loopback); never any other address.
+XDS_LISTEN_ENV = "DEVMESH_XDS_LISTEN"
 
 log = logging.getLogger("devmesh.daemon")
 
@@ -59,7 +77,11 @@ class Daemon:
         engine: Engine,
         state: StateDir,
         ingress_port: int | None = None,
+        transport: Transport = Transport.UNIX,
+        transport_why: str = "",
     ) -> None:
+        self.transport = transport
+        self.transport_why = transport_why
         self.mesh_file = mesh_file
         self.project = project
         self.engine = engine
@@ -79,12 +101,16 @@ class Daemon:
             state.xds_dir,
             lambda text: self.events.add(EventKind.DAEMON, text, "", Severity.ERROR),
         )
-        self.xds = XdsServer(
-            state.xds_socket,
-            cache=SnapshotCache(self._on_xds),
-            services=[self.telemetry.collector.register, self.access_service.register],
-        )
+        tcp = transport is Transport.TCP
+        # tcp: the Envoys push their stats (their admin sockets are out of the host's reach)
+        self._pushed = PushedStats() if tcp else None
+        services = [self.telemetry.collector.register, self.access_service.register]
+        if self._pushed is not None:
+            services.append(self._pushed.register)
+        self.xds = XdsServer(state.xds_socket, cache=SnapshotCache(self._on_xds), services=services)
+        self.engine_health = EngineHealth() if tcp else None
         self.images = ImageResolver(engine.client, project, self._note_image)
+        self.images.tcp = tcp
         self.controller = Controller(
             mesh_file,
             mesh,
@@ -95,8 +121,9 @@ class Daemon:
             state,
             self.events,
             ingress_port,
+            engine_health=self.engine_health,
         )
-        self._stats = StatsReader()
+        self._stats: StatsSource = self._pushed if self._pushed is not None else StatsReader()
         self._log_tails = LogTails(
             engine.follow_logs, lambda name, n: engine.logs(name, follow=False, tail=n)
         )
@@ -113,6 +140,7 @@ class Daemon:
             self.request_stop,
         )
         self.handlers.telemetry = self.telemetry
+        self.handlers.transport = transport.value
         self.handlers.access = self.access
         self._api: ApiServer | None = None
         self._stop = threading.Event()
@@ -171,7 +199,10 @@ class Daemon:
             )
         self._preflight()
         self._start_metrics()  # a port in use stops the start here, before anything runs
-        self.xds.start()
+        if self.transport is Transport.TCP:
+            self._start_tcp()
+        else:
+            self.xds.start()
         self.telemetry.start()
         self.telemetry.sync(None)  # the StatsD relay's socket exists before any sidecar starts
         self._api = ApiServer(self.state.api_socket, self.handlers.endpoints())
@@ -180,11 +211,62 @@ class Daemon:
             EventKind.DAEMON,
             f"daemon {os.getpid()} for mesh '{self.project}' from {self.mesh_file}",
         )
+        if self.engine_health is not None:  # health changes during the first pass count
+            threading.Thread(target=self._events_loop, name="events", daemon=True).start()
         self.controller.start()
         self.handlers.sidecar_image = str(self.images.envoy) if self.images.envoy else None
         self.phase = "serving"
-        threading.Thread(target=self._events_loop, name="events", daemon=True).start()
+        if self.engine_health is None:
+            threading.Thread(target=self._events_loop, name="events", daemon=True).start()
         threading.Thread(target=self._sweep_loop, name="logtails", daemon=True).start()
+
+    def _start_tcp(self) -> None:
+        """Transport tcp: the xDS server on TCP too, with the mesh's token; the pods are
+        told where to dial it (DEVMESH_XDS_ADDRESS, else host.docker.internal)."""
+        listen = os.environ.get(XDS_LISTEN_ENV, "loopback").strip() or "loopback"
+        if listen == "loopback":
+            host = "127.0.0.1"
+        elif listen == "mesh":
+            network = network_name(self.project)
+            self.engine.ensure_network(network, self.project)
+            gateway = self.engine.network_gateway(network)
+            if gateway is None:
+                raise TransportError(f"{XDS_LISTEN_ENV}=mesh: network {network} has no gateway")
+            host = gateway
+        else:
+            raise TransportError(f"{XDS_LISTEN_ENV}={listen!r}: expected 'loopback' or 'mesh'")
+        token = self.state.xds_token()
+        stored = self.state.stored_xds_port()
+        self.xds.tcp = TcpListen(host, stored or 0, token)
+        try:
+            self.xds.start()
+        except MeshError:
+            if not stored:
+                raise
+            self.xds.tcp = TcpListen(host, 0, token)  # the stored port is taken: any other
+            self.xds.start()
+        port = self.xds.tcp_port or 0
+        self.state.store_xds_port(port)
+        override = os.environ.get(XDS_ADDRESS_ENV, "").strip()
+        if override:
+            dial_host, dial_port = parse_address(override)
+        elif listen == "mesh":
+            dial_host, dial_port = host, port
+        else:
+            dial_host, dial_port = HOST_GATEWAY, port
+            if self.engine.identity().kind is EngineKind.PODMAN:
+                # Podman writes the host's name into every container's hosts file itself
+                # (and takes `host-gateway` for a name): on a Podman machine (macOS) its
+                # gvproxy forwards that name to the host's loopback, as Desktop does.
+                dial_host = PODMAN_HOST
+        self.controller.reconciler.transport = Transport.TCP
+        self.controller.reconciler.xds_tcp = XdsTcp(dial_host, dial_port, token)
+        self.handlers.control_plane = f"{dial_host}:{dial_port}"
+        self.events.add(
+            EventKind.DAEMON,
+            f"transport tcp ({self.transport_why}): listening on {host}:{port}, "
+            f"pods dial {dial_host}:{dial_port}",
+        )
 
     def wait(self, also: threading.Event | None = None) -> None:
         """Until a stop is requested (the API's shutdown, or `also`: a signal)."""
@@ -258,6 +340,12 @@ class Daemon:
                 for event in self.engine.events(self.project):
                     if self._stop.is_set():
                         return
+                    status = str(event.get("status", ""))
+                    if status.startswith("health_status") and self.engine_health is not None:
+                        name = event.get("Actor", {}).get("Attributes", {}).get("name", "")
+                        self.engine_health.reported(name, status.rpartition(":")[2].strip())
+                        self.controller.health.poke()
+                        continue
                     if event.get("status") in ("die", "destroy", "oom"):
                         attributes = event.get("Actor", {}).get("Attributes", {})
                         name = attributes.get("name", "?")

@@ -8,6 +8,8 @@ $DEVMESH_STATE_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/devmesh-UID, then /PROJECT:
   api.sock                 the daemon's local API (owner only)
   xds/xds.sock             the ADS server; the directory is bind-mounted into sidecars
   pods/POD/                bootstrap.json and admin.sock of each sidecar and the gateway
+  xds.token  xds.port      transport tcp: the mesh's token (0600) and the daemon's TCP
+                           port, kept so that a new daemon adopts the pods as they are
 
 devmesh changes modes of, and removes, only directories it made: the base directory only
 when it creates it (mode 0700 from the start), a project directory only when it carries
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import stat
 import time
@@ -188,6 +191,51 @@ class StateDir:
         tmp = self.ingress_port_file.with_suffix(".tmp")
         tmp.write_text(f"{port}\n")
         os.replace(tmp, self.ingress_port_file)
+
+    # -- transport tcp: the mesh's token and port ------------------------------------------
+
+    @property
+    def token_file(self) -> Path:
+        return self.path / "xds.token"
+
+    @property
+    def xds_port_file(self) -> Path:
+        return self.path / "xds.port"
+
+    def xds_token(self) -> str:
+        """The mesh's token: every stream to the daemon over TCP carries it. Made once
+        (random, mode 0600 from the start) and kept with the instance: the pods' bootstraps
+        hold it, so a new daemon adopts them without making them anew."""
+        try:
+            token = self.token_file.read_text().strip()
+            if (
+                len(token) >= 32
+                and token.isascii()
+                and token.replace("-", "").replace("_", "").isalnum()
+            ):
+                return token
+        except OSError:
+            pass
+        token = secrets.token_urlsafe(32)
+        tmp = self.token_file.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.replace(tmp, self.token_file)
+        return token
+
+    def stored_xds_port(self) -> int | None:
+        try:
+            port = int(self.xds_port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def store_xds_port(self, port: int) -> None:
+        tmp = self.xds_port_file.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, self.xds_port_file)
 
     # -- the daemon's lock -----------------------------------------------------------------
 

@@ -5,8 +5,10 @@ daemon's ADS server for everything (running pods). Both carry the same resources
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from devmesh.envoy import tracing
@@ -83,17 +85,99 @@ def _traces_to_collector(listener: Json) -> bool:
     return False
 
 
-def _xds_cluster(xds_socket: str) -> Json:
-    return {
+@dataclass(frozen=True, slots=True)
+class XdsTcp:
+    """The daemon over TCP (transport `tcp`): where the pods dial it, and the mesh's token
+    every stream to it carries."""
+
+    host: str  # an IP address, or a name the pod's /etc/hosts has (host.docker.internal)
+    port: int
+    token: str
+
+
+METRICS_SERVICE = "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig"
+HEADER_MUTATION = (
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
+)
+UPSTREAM_CODEC = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+STATS_FLUSH = "1s"  # transport tcp: how often each Envoy pushes its stats to the daemon
+
+
+def _xds_cluster(xds_socket: str, tcp: XdsTcp | None = None) -> Json:
+    options = http_options("grpc")
+    if tcp is None:
+        address: Json = {"pipe": {"path": xds_socket}}
+    else:
+        address = {"socket_address": {"address": tcp.host, "port_value": tcp.port}}
+        # The token on every request of the cluster: ADS (with SDS), the access log, the
+        # span export and the stats sink all go through it. An upstream filter of the
+        # cluster rather than each grpc_service's initial_metadata: the access log's and
+        # the tracer's services are served by xDS, and the token stays out of snapshots.
+        options = copy.deepcopy(options)
+        next(iter(options.values()))["http_filters"] = [
+            {
+                "name": "devmesh.token",
+                "typed_config": {
+                    "@type": HEADER_MUTATION,
+                    "mutations": {
+                        "request_mutations": [
+                            {
+                                "append": {
+                                    "header": {
+                                        "key": "authorization",
+                                        "value": f"Bearer {tcp.token}",
+                                    },
+                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                                }
+                            }
+                        ]
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {"@type": UPSTREAM_CODEC},
+            },
+        ]
+    cluster: Json = {
         "name": XDS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "typed_extension_protocol_options": http_options("grpc"),
+        "typed_extension_protocol_options": options,
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds_socket}}}}]}
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+    if tcp is not None and not _is_ip(tcp.host):
+        # A name from the pod's /etc/hosts (Envoy's c-ares resolver reads it first); the pod
+        # resolves nothing else (its DNS is 127.0.0.1).
+        cluster["type"] = "STRICT_DNS"
+        cluster["dns_lookup_family"] = "V4_ONLY"
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def metrics_sink() -> Json:
+    """Transport tcp: Envoy pushes its stats to the daemon (envoy.service.metrics.v3) over
+    the xDS cluster, every STATS_FLUSH; the admin socket is not reachable from the host.
+    Counters cumulative (as the admin's /stats reads them), histograms as buckets."""
+    return {
+        "name": "envoy.stat_sinks.metrics_service",
+        "typed_config": {
+            "@type": METRICS_SERVICE,
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+            "emit_tags_as_labels": False,
+            "report_counters_as_deltas": False,
+            "histogram_emit_mode": "HISTOGRAM",
         },
     }
 
@@ -116,13 +200,18 @@ def ads_bootstrap(
     admin_socket: str = ADMIN_SOCKET,
     stats_sinks: Sequence[Json] = (),
     runtime: Json | None = None,
+    tcp: XdsTcp | None = None,
 ) -> Json:
-    """Everything from the daemon's ADS server over a UNIX socket bind-mounted into the pod.
+    """Everything from the daemon's ADS server over a UNIX socket bind-mounted into the pod,
+    or with `tcp` over TCP with the mesh's token (and the stats pushed to the daemon).
     `stats_sinks` and `runtime` (a static runtime layer) are bootstrap-only settings
     (envoy/tracing.py makes them)."""
-    xds_cluster = _xds_cluster(xds_socket)
+    xds_cluster = _xds_cluster(xds_socket, tcp)
     ads = {"ads": {}, "resource_api_version": "V3"}
     extra: Json = {}
+    if tcp is not None:
+        stats_sinks = [*stats_sinks, metrics_sink()]
+        extra["stats_flush_interval"] = STATS_FLUSH
     if stats_sinks:
         extra["stats_sinks"] = list(stats_sinks)
     if runtime:

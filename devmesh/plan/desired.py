@@ -20,12 +20,15 @@ from devmesh.core.addressing import (
     RESERVED_PORTS,
     service_addresses,
 )
-from devmesh.core.model import Mesh, Service, Version
+from devmesh.core.model import HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, Health, Mesh, Service, Version
+from devmesh.core.transport import HOST_GATEWAY, Transport
 from devmesh.envoy import tracing
-from devmesh.envoy.bootstrap import ads_bootstrap
+from devmesh.envoy.bootstrap import XdsTcp, ads_bootstrap
 from devmesh.envoy.render import gateway_group
 from devmesh.envoy.resources import Json, sidecar_node
 
+FAILURES_TO_DROP = 3  # as daemon/health.py: failed checks in a row before a pod is unhealthy
+EXEC_ALLOWANCE_MS = 3000  # tcp health checks: the engine's exec of the probe, beyond the app
 POD_MOUNT = "/devmesh"  # bootstrap.json and admin.sock inside the sidecar / gateway
 XDS_MOUNT = "/devmesh-xds"  # the directory holding the daemon's xds.sock (a directory, so a
 #                             restarted daemon's new socket file is seen without recreation)
@@ -35,11 +38,29 @@ ENVOY_BINARY = "/usr/local/bin/envoy"
 GUARD_IMAGE = "devmesh/netguard:1"  # built by adapters/images.py from templates/netguard
 GUARD_RULES = "/guard.rules"  # where the guard reads its rules (bind-mounted, read-only)
 GUARD_BINARY = "/sbin/xtables-multi"  # templates/netguard: the host's iptables, its argv[1]
+# Transport tcp: nothing of the host's is mounted. Files go in by put-archive into an
+# anonymous volume (a read-only root filesystem takes none) before the container starts;
+# Envoy's admin socket goes in a tmpfs of the proxy's own (the volume is root's).
+ADMIN_DIR = "/devmesh-admin"
+GUARD_DIR = "/devmesh-guard"
+ADMIN_TMPFS = "rw,noexec,nosuid,size=1m,mode=1777"  # seen by the proxy's container alone
+PROBE_BINARY = "/probe"  # in the tcp pause image (templates/pause/probe.c): the HEALTHCHECK
 
 
 def stable_hash(data: Any) -> str:
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A Docker HEALTHCHECK (transport tcp): the engine runs `test` in the container and
+    reports each change of its status as an event."""
+
+    test: tuple[str, ...]
+    interval_ms: int
+    timeout_ms: int
+    retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +90,22 @@ class ContainerSpec:
     mem_limit: str | None = None  # "256m"
     sysctls: tuple[tuple[str, str], ...] = ()
     files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # host path, text
+    # Transport tcp (none of these is set for unix):
+    # (container path, text), put into the created container before it starts
+    archive: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    volumes: tuple[str, ...] = ()  # anonymous volumes' container paths (removed with it)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # Docker's /etc/hosts: name -> address
+    healthcheck: HealthCheck | None = None
 
     @property
     def config_hash(self) -> str:
         data = asdict(self)
         data.pop("name")
         data["files"] = [(path, stable_hash(text)) for path, text in self.files]
+        data["archive"] = [(path, stable_hash(text)) for path, text in self.archive]
+        for key in ("archive", "volumes", "extra_hosts", "healthcheck"):
+            if not data[key]:
+                del data[key]  # unix pods keep the hash they had before these existed
         return stable_hash(data)
 
     def all_labels(self) -> dict[str, str]:
@@ -94,6 +125,7 @@ class PodSpec:
     # every port but the sidecar's to the network (guard_rules). Not kept running.
     guard: ContainerSpec
     generation: int = 0
+    guarded: bool = True  # False: the guard is not run (DEVMESH_GUARD=off)
 
     @property
     def slot(self) -> tuple[str, str, int]:
@@ -158,6 +190,12 @@ class Inputs:
     # (the daemon's health probes). None: not known, and then nothing but the sidecar's
     # ports is open to it either.
     host: str | None = None
+    # False (DEVMESH_GUARD=off): pods get no firewall guard; for an engine that gives no
+    # NET_ADMIN (rootless, userns-remapped). Their owner's label says so: switching makes new pods.
+    guard: bool = True
+    # How the pods reach the daemon (core/transport.py); with tcp, where and with what token.
+    transport: Transport = Transport.UNIX
+    xds_tcp: XdsTcp | None = None
 
 
 def network_name(project: str) -> str:
@@ -305,6 +343,19 @@ def guard_file(state_dir: str, name: str) -> str:
 
 def _guard(inputs: Inputs, name: str, ident: dict[str, str]) -> ContainerSpec:
     rules = guard_file(inputs.state_dir, name)
+    if inputs.transport is Transport.TCP:
+        return ContainerSpec(
+            name=f"{name}-guard",
+            role="guard",
+            image=inputs.guard_image,
+            labels=_labels(inputs.project, "guard", ident),
+            entrypoint=(GUARD_BINARY,),
+            command=("iptables-restore", f"{GUARD_DIR}/guard.rules"),
+            network_mode=f"container:{name}",
+            volumes=(GUARD_DIR,),
+            archive=((f"{GUARD_DIR}/guard.rules", guard_rules(None)),),
+            **GUARD_HARDENING,
+        )
     return ContainerSpec(
         name=f"{name}-guard",
         role="guard",
@@ -345,6 +396,62 @@ def _bootstrap_file(
     return (f"{pod_dir(state_dir, pod)}/bootstrap.json", json.dumps(bootstrap, indent=1))
 
 
+def _proxy_files(
+    mesh: Mesh, inputs: Inputs, pod: str, node_id: str, cluster: str
+) -> dict[str, Any]:
+    """How a sidecar or the gateway gets its bootstrap: a bind-mounted file (unix), or
+    put into a volume of its own (tcp; the admin socket in a tmpfs, the stats pushed)."""
+    if inputs.transport is Transport.UNIX:
+        return {
+            "binds": _proxy_binds(inputs, pod),
+            "files": (_bootstrap_file(mesh, inputs.state_dir, pod, node_id, cluster),),
+        }
+    assert inputs.xds_tcp is not None, "transport tcp needs the daemon's address and token"
+    bootstrap = ads_bootstrap(
+        node_id,
+        cluster,
+        "",
+        f"{ADMIN_DIR}/admin.sock",
+        (),  # StatsD relays through a host socket: not with tcp (docs/architecture.md)
+        tracing.runtime(mesh),
+        tcp=inputs.xds_tcp,
+    )
+    return {
+        "volumes": (POD_MOUNT,),
+        "tmpfs": ((ADMIN_DIR, ADMIN_TMPFS),),
+        "archive": ((f"{POD_MOUNT}/bootstrap.json", json.dumps(bootstrap, indent=1)),),
+        "extra_hosts": _gateway_host(inputs),
+    }
+
+
+def _gateway_host(inputs: Inputs) -> tuple[tuple[str, str], ...]:
+    """Transport tcp: the host as the pods reach it (Docker's `host-gateway`), when the
+    bootstrap dials it by name."""
+    if inputs.xds_tcp is not None and inputs.xds_tcp.host == HOST_GATEWAY:
+        return ((HOST_GATEWAY, "host-gateway"),)
+    return ()
+
+
+def health_check(health: Health | None, port: int) -> HealthCheck:
+    """Transport tcp: the app's health, checked by the engine inside the pod (the host
+    cannot reach a remote engine's container addresses). The pause image's probe: a TCP
+    connect to the app's port, or a GET of the path (2xx and 3xx healthy, as the host's
+    probes). Unhealthy after FAILURES_TO_DROP failures in a row, as the host's probes."""
+    interval = health.interval_ms if health else HEALTH_INTERVAL_MS
+    timeout = health.timeout_ms if health else HEALTH_TIMEOUT_MS
+    test = [PROBE_BINARY, f"-t{timeout}", str(port)]
+    if health is not None and health.path is not None:
+        test.append(health.path)
+    # Docker runs the first check one interval after the start: readiness waits for it,
+    # so no more than a second (Docker 20.10 has no faster start interval). The app has
+    # `timeout` to answer (the probe's own); the engine's exec of the probe takes its own
+    # time on top (0.1-0.6 s measured on a loaded machine, and all checks failed at once
+    # when the exec counted against the app's 1 s), hence Docker's timeout is longer.
+    return HealthCheck(
+        tuple(test), min(interval, 1000), timeout + EXEC_ALLOWANCE_MS, FAILURES_TO_DROP
+    )
+
+
 def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica: int) -> PodSpec:
     project = inputs.project
     generation = inputs.generations.get((service.name, version.name, replica), 0)
@@ -358,13 +465,16 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
     if generation:  # absent on a first pod: pods made before rolls existed keep their hash
         ident[labels.GENERATION] = str(generation)
     guard = _guard(inputs, name, ident)
+    tcp = inputs.transport is Transport.TCP
     pause = ContainerSpec(
         name=name,
         role="pod",
         image=inputs.pause_image,
         # The guard's hash: rules that change (another host address, another image) make a
         # new pod, whose namespace gets them before its app starts.
-        labels=_labels(project, "pod", {**ident, labels.GUARD: guard.config_hash}),
+        labels=_labels(
+            project, "pod", {**ident, labels.GUARD: guard.config_hash if inputs.guard else "off"}
+        ),
         # Never restarted in place: a restarted owner has a new namespace and its members
         # would be cut off. A dead owner makes the daemon replace the pod whole.
         restart="no",
@@ -372,7 +482,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         # Service names resolve through the pod's hosts file, to the sidecar; nothing else
         # resolves at all, so no lookup leaves the machine through Docker's DNS forwarding.
         dns=("127.0.0.1",),
-        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
+        **_pod_hosts(mesh, inputs, service, name),
         **PAUSE_HARDENING,
     )
     env = {
@@ -384,7 +494,7 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         "DEVMESH_POD": name,
     }
     if version.host is None:
-        app = _app(inputs, service, version, name, ident, env)
+        app = _app(inputs, service, version, name, ident, env, tcp)
     else:
         app = _host_stand_in(inputs, service, version, name, ident)
     sidecar_name = f"{name}-sidecar"
@@ -397,14 +507,26 @@ def _pod(mesh: Mesh, inputs: Inputs, service: Service, version: Version, replica
         entrypoint=(ENVOY_BINARY,),
         command=_envoy_command(),
         network_mode=f"container:{name}",
-        binds=_proxy_binds(inputs, name),
-        files=(_bootstrap_file(mesh, inputs.state_dir, name, sidecar_name, cluster),),
+        **{
+            k: v
+            for k, v in _proxy_files(mesh, inputs, name, sidecar_name, cluster).items()
+            if k != "extra_hosts"
+        },  # the pod's hosts are its owner's
         user=inputs.proxy_user,
         mem_limit=SIDECAR_MEMORY,
         **PROXY_HARDENING,
     )
     return PodSpec(
-        name, service.name, version.name, replica, pause, app, sidecar, guard, generation
+        name,
+        service.name,
+        version.name,
+        replica,
+        pause,
+        app,
+        sidecar,
+        guard,
+        generation,
+        guarded=inputs.guard,
     )
 
 
@@ -415,7 +537,10 @@ def _app(
     name: str,
     ident: dict[str, str],
     env: dict[str, str],
+    tcp: bool = False,
 ) -> ContainerSpec:
+    # tcp: the pod's /etc/hosts is Docker's, its owner's (shared by the pod)
+    hosts = () if tcp else ((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),)
     return ContainerSpec(
         name=f"{name}-app",
         role="app",
@@ -424,7 +549,7 @@ def _app(
         command=version.command,
         env=tuple(sorted(env.items())),
         network_mode=f"container:{name}",
-        binds=((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),),
+        binds=hosts,
         # An init as PID 1: a shell or busybox server there ignores SIGTERM, and every stop
         # (a rolled pod, an engine restart) then waited Docker's 10 s for the SIGKILL.
         init=True,
@@ -447,6 +572,21 @@ def _host_stand_in(
         network_mode=f"container:{name}",
         **{k: v for k, v in PAUSE_HARDENING.items() if k != "sysctls"},  # the owner's alone
     )
+
+
+def _pod_hosts(mesh: Mesh, inputs: Inputs, service: Service, name: str) -> dict[str, Any]:
+    """The pod's /etc/hosts. unix: the daemon's file, bind-mounted and rewritten in place.
+    tcp: Docker's, from extra_hosts (a file put into a container is hidden under the one
+    Docker mounts at /etc/hosts when it starts, and a mount point cannot be replaced by
+    put-archive), so a change of `calls` makes new pods (a roll); and the HEALTHCHECK."""
+    if inputs.transport is Transport.UNIX:
+        return {"binds": ((hosts_file(inputs.state_dir, name), "/etc/hosts", "ro"),)}
+    addresses = service_addresses(s.name for s in mesh.services)
+    hosts = tuple((u.name, addresses[u.name]) for u in mesh.upstreams(service))
+    return {
+        "extra_hosts": hosts + _gateway_host(inputs),
+        "healthcheck": health_check(service.health, service.port),
+    }
 
 
 def _proxy_binds(inputs: Inputs, name: str) -> tuple[tuple[str, str, str], ...]:
@@ -485,8 +625,7 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
             network=network_name(inputs.project),
             dns=("127.0.0.1",),
             ports=tuple(ports),  # host port 0: any free one, read back from Docker
-            binds=_proxy_binds(inputs, name),
-            files=(_bootstrap_file(mesh, inputs.state_dir, name, name, gateway_group(mesh)),),
+            **_proxy_files(mesh, inputs, name, name, gateway_group(mesh)),
             user=inputs.proxy_user,
             mem_limit=GATEWAY_MEMORY,
             **PROXY_HARDENING,

@@ -629,6 +629,7 @@ def header_text(
         (f"· {state.phase}", 1),
         (f"· {progress}" if progress else "", 2),
         (f"· {ready}/{len(state.pods)} pods ready", 2),
+        (f"· via {state.transport}" if state.transport else "", 3),  # how pods reach us
         ("· q stops the mesh" if owns_mesh else "", 3),
     ]
     kept = [(t, rank) for t, rank in parts if t]
