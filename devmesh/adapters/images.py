@@ -674,7 +674,7 @@ class ImageResolver:
                         continue
                     self._queue.pop(name, None)
                     self._running[name] = "starting"
-                self._build_one(name, key)
+                self._prune(self._build_one(name, key), key)
 
     def states(self) -> tuple[BuildState, ...]:
         """Builds under way, waiting, or failed last, for the daemon's state."""
@@ -713,13 +713,20 @@ class ImageResolver:
                 name, key = next(iter(self._queue.items()))
                 del self._queue[name]
                 self._running[name] = "starting"
-            self._build_one(name, key)
+            keep = self._build_one(name, key)
             try:
                 self.on_built()
             except Exception:
                 log.exception("reporting a finished build failed")
+            self._prune(keep, key)  # after the loop was told: not on the way to the roll
 
-    def _build_one(self, name: tuple[str, str], key: BuildKey) -> None:
+    def _prune(self, keep: frozenset[str] | None, key: BuildKey) -> None:
+        """The service's older images, after a good build (`keep`: the images in use)."""
+        if keep is not None and self._builder is build_app:  # a test's builder made none
+            prune_built(self._client, self._project, keep, key.service)
+
+    def _build_one(self, name: tuple[str, str], key: BuildKey) -> frozenset[str] | None:
+        """Build; the images to keep when pruning (None: nothing to prune)."""
         subject = key.subject
 
         def progress(line: str) -> None:
@@ -736,7 +743,7 @@ class ImageResolver:
             with self._lock:
                 self._running.pop(name, None)
             self._note(f"{subject}: {exc}")
-            return
+            return None
         except MeshError as exc:
             result = exc
         took = time.monotonic() - started
@@ -748,10 +755,9 @@ class ImageResolver:
                 keep = frozenset(self._last_good.values())
         if isinstance(result, MeshError):
             self._note(f"{subject}: {result}")
-            return
+            return None
         self._note(f"{subject}: built {result.split(':')[-1][:12]} in {took:.1f} s")
-        if self._builder is build_app:  # a test's own builder made no image to remove
-            prune_built(self._client, self._project, keep, key.service)
+        return keep
 
     # -- `image:` -----------------------------------------------------------------------------
 

@@ -134,10 +134,11 @@ def _packed(type_url: str, item: Json) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class NodeEvent:
-    """What the daemon's event log hears of the Envoys: connections and rejections."""
+    """What the daemon hears of the Envoys: connections, rejections, and a stream's first
+    listener ACK ("configured": the loop waits for it to put a healthy pod in service)."""
 
     node_id: str
-    kind: Literal["connected", "disconnected", "nack"]
+    kind: Literal["connected", "disconnected", "nack", "configured"]
     detail: str = ""
 
 
@@ -307,11 +308,15 @@ class SnapshotCache:
             node = self._owned_by_stream(stream_id)
             if node is None:
                 return
+            first = type_url == LISTENER and LISTENER not in node.acked
+            node_id = self._watches[stream_id].node_id
             node.acked[type_url] = version
             node.acked_nonce[type_url] = nonce
             if node.nack is not None and node.nack.type_url == type_url:
                 node.nack = None
-            self._recheck(self._watches[stream_id].node_id)
+            self._recheck(node_id)
+        if first:
+            self._tell(NodeEvent(node_id, "configured"))
 
     def record_nack(self, stream_id: int, nack: Nack) -> None:
         with self._lock:

@@ -108,3 +108,16 @@ def _service_work(base_dir: str, service: Service, changed: Mapping[str, PathKin
     if not (copy or delete or restart):
         return None
     return Work(service.name, False, tuple(copy), tuple(delete), restart)
+
+
+def rebuilt_versions(mesh: Mesh) -> frozenset[tuple[str, str]]:
+    """(service, version) of every version a save rebuilds: built from a context (not on
+    the host), of a service with a `rebuild` rule. The daemon keeps a spare pod for each of
+    their replicas (plan/roll.py)."""
+    return frozenset(
+        (service.name, version.name)
+        for service in mesh.services
+        if any(rule.action == "rebuild" for rule in service.watch)
+        for version in service.versions
+        if version.build is not None and version.host is None
+    )

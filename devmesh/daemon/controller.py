@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,12 @@ from devmesh.adapters.relay import HostRelays
 from devmesh.adapters.tlsfiles import ingress_problems
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api.types import DevRequest, ErrorCode, EventKind, Phase, Severity
+from devmesh.core.develop import rebuilt_versions
 from devmesh.core.edit import pick_route
 from devmesh.core.model import Fault, Ingress, Mesh
 from devmesh.core.problems import MeshError
 from devmesh.daemon.develop import Develop
+from devmesh.daemon.develop import disabled as develop_disabled
 from devmesh.daemon.errors import Refused
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.filestate import FileState
@@ -49,7 +51,7 @@ from devmesh.daemon.identities import Cert, Identities
 from devmesh.daemon.ingress_tls import uses_ca as ingress_uses_ca
 from devmesh.daemon.meshsource import FileRead, MeshSource
 from devmesh.daemon.publisher import Publisher, endpoints, serves
-from devmesh.daemon.reconciler import ROLL_CHECK, Reconciler
+from devmesh.daemon.reconciler import Reconciler
 from devmesh.daemon.state import StateDir
 from devmesh.envoy.resources import uses_tls
 from devmesh.plan.desired import Desired
@@ -58,6 +60,7 @@ from devmesh.plan.roll import Retiring
 
 log = logging.getLogger("devmesh.daemon")
 STOP_WAIT = 30.0  # seconds stop() waits for a pass under way (an image build) to end
+UNCONFIGURED_CHECK = 0.5  # seconds between publishes while a healthy pod awaits an ACK
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -90,6 +93,16 @@ class ImagesReady:
 
 
 @dataclass(frozen=True, slots=True)
+class Acked:
+    """An Envoy ACKed its first listener config: a healthy pod waiting for it can serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Housekeeping ended (a removal, a spare made: reconciler.py): a pass looks again."""
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """An API command: `run(controller)` on the loop's thread, its result on `reply`."""
 
@@ -108,7 +121,18 @@ class Renew:
     identities.py)."""
 
 
-Command = FileChanged | ContainerDied | HealthChanged | Tick | ImagesReady | Renew | Call | Stop
+Command = (
+    FileChanged
+    | ContainerDied
+    | HealthChanged
+    | Tick
+    | ImagesReady
+    | Settled
+    | Acked
+    | Renew
+    | Call
+    | Stop
+)
 
 
 # -- what readers see -----------------------------------------------------------------------
@@ -159,6 +183,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         check: Probe = probe,
         identities: Identities | None = None,
+        housekeeping: Executor | None = None,
         engine_health: EngineHealth | None = None,
     ) -> None:
         # Transport tcp: health as the engine reports it (daemon/health.py EngineHealth)
@@ -188,7 +213,8 @@ class Controller:
         )
         # -- the state this loop owns (only its thread writes it, and its collaborators') --
         self.file = FileState(mesh, str(mesh_file), events)
-        self.reconciler = Reconciler(project, engine, images, state, events, clock)
+        self.reconciler = Reconciler(project, engine, images, state, events, clock, housekeeping)
+        self.reconciler.on_settled = lambda: self.submit(Settled())  # a housekeeping thread
         self.identities = identities if identities is not None else Identities(clock=clock)
         self.publisher = Publisher(xds, events, self.identities)
         self.relays = HostRelays()  # to versions running on the host
@@ -242,6 +268,7 @@ class Controller:
         if self._thread.is_alive():
             self._thread.join(timeout=STOP_WAIT)
             stopped = not self._thread.is_alive()
+        self.reconciler.close()  # no removal or spare still under way once the loop is gone
         self.source.stop()
         self.health.stop()
         self.relays.close()
@@ -254,8 +281,8 @@ class Controller:
     def _run(self) -> None:
         while True:
             wake = self.reconciler.next_wake()
-            if self._unconfigured:  # no event says "ACKed": look again soon
-                wake = min(wake, self._clock() + ROLL_CHECK)
+            if self._unconfigured:  # `Acked` comes; a look now and then, should it not
+                wake = min(wake, self._clock() + UNCONFIGURED_CHECK)
             renewal = self.identities.next_wake()
             wait = max(0.0, min(wake, renewal or wake) - self._clock())
             try:
@@ -303,8 +330,8 @@ class Controller:
                     self._set_view()  # what the caller reads next shows its change
                     command.reply.set_result(result)
             elif isinstance(command, ContainerDied):
-                self.reconciler.died(command.container_id)
-                why = f"{command.name} died" if command.name else why or "event"
+                if self.reconciler.died(command.container_id):
+                    why = f"{command.name} died" if command.name else why or "event"
             elif isinstance(command, HealthChanged):
                 self._health = command.results
                 publish = True
@@ -317,6 +344,10 @@ class Controller:
                     why = why or "timer"
             elif isinstance(command, ImagesReady):
                 why = "image built"
+            elif isinstance(command, Settled):
+                why = why or "housekeeping done"
+            elif isinstance(command, Acked):
+                republish = republish or self._unconfigured
         if why:
             self._reconcile(why)
         elif publish:
@@ -491,12 +522,19 @@ class Controller:
 
     def _reconcile(self, why: str) -> None:
         configured = self.publisher.configured
-        if not self.reconciler.run(self._served(), why, self._publish, self._health, configured):
+        served = self._served()
+        spare_for = self._spare_for(served)
+        if not self.reconciler.run(served, why, self._publish, self._health, configured, spare_for):
             return  # the engine does not answer: the Envoys keep what they have
         if self._phase is Phase.STARTING:  # adopted pods keep their traffic: no empty push
             self._set_targets()
             self._health = self.health.probe_now()
         self._publish()
+
+    def _spare_for(self, served: Mesh) -> frozenset[tuple[str, str]]:
+        """The versions that keep a spare pod per replica: those a save rebuilds, while the
+        daemon watches (plan/roll.py)."""
+        return frozenset() if develop_disabled() else rebuilt_versions(served)
 
     def _publish(self) -> bool:
         r = self.reconciler
@@ -509,7 +547,10 @@ class Controller:
         mesh = self._served()
         ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh))
         if ok:
-            self._endpoints = {key: tuple(ips) for key, ips in served.items()}
+            now = {key: tuple(ips) for key, ips in served.items()}
+            if now != self._endpoints and self._spare_for(mesh):
+                r.look_soon()  # a pod that serves now may get its spare (plan/roll.py)
+            self._endpoints = now
         return ok
 
     def _host_apps(self, mesh: Mesh) -> dict[tuple[str, str], tuple[str, int]]:

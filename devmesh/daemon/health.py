@@ -19,6 +19,10 @@ from devmesh.daemon.eventlog import EventLog
 log = logging.getLogger("devmesh.health")
 TICK = 0.25  # seconds between looks at what is due, at most
 UNTIL_HEALTHY = 0.2  # seconds between probes of an app that has not passed (yet, or again)
+# A new app (a roll's new pod waits for it) is probed more often at first: it joins its
+# endpoints within STARTING_EVERY of answering, not within UNTIL_HEALTHY.
+STARTING_EVERY = 0.05
+STARTING_FOR = 5.0  # seconds after a new app is first seen
 NOT_CHECKED = "not checked yet"
 # A healthy pod is dropped from its service's endpoints only after this many failed probes
 # in a row, taken RECONFIRM seconds apart (Kubernetes' failureThreshold is 3 too): under
@@ -48,6 +52,16 @@ class Result:
 
 
 Probe = Callable[[str, int, Health | None], tuple[bool, str]]
+
+
+def probe_delay(ok: bool, interval: float, starting: float | None) -> float:
+    """Seconds until an app's next probe. `interval`: its check's own; `starting`: seconds
+    since it was first seen, while it has never passed (None once it has)."""
+    if ok:
+        return interval
+    if starting is not None and starting < STARTING_FOR:
+        return min(interval, STARTING_EVERY)
+    return min(interval, UNTIL_HEALTHY)
 
 
 class EngineHealth:
@@ -108,6 +122,7 @@ class HealthMonitor:
         self._targets: tuple[Target, ...] = ()
         self._results: dict[str, Result] = {}  # pod -> result; this thread's alone
         self._next_at: dict[str, float] = {}
+        self._new: dict[str, float] = {}  # pod -> when its app was first seen, until it passes
         self._lock = threading.Lock()  # guards _targets (set by the loop)
         self._stop = threading.Event()
         self._wake = threading.Event()  # new targets: probe them now, not at the next tick
@@ -174,6 +189,7 @@ class HealthMonitor:
                 changed = changed or bool(old and old.ok)
                 results[t.pod] = Result(t.app_id)
                 self._next_at[t.pod] = 0.0
+                self._new[t.pod] = now
             if not t.running:
                 self._next_at[t.pod] = now + TICK  # nothing to probe: no reason to wake
                 if results[t.pod].ok or results[t.pod].reason != f"app {t.app_state}":
@@ -184,6 +200,7 @@ class HealthMonitor:
         for gone in set(results) - {t.pod for t in targets}:
             del results[gone]
             self._next_at.pop(gone, None)
+            self._new.pop(gone, None)
         outcomes = list(self._pool.map(lambda t: self._check(t.ip, t.port, t.health), due))
         for t, (ok, reason) in zip(due, outcomes, strict=True):
             interval = (t.health.interval_ms if t.health else HEALTH_INTERVAL_MS) / 1000
@@ -194,7 +211,12 @@ class HealthMonitor:
                 self._next_at[t.pod] = now + min(interval, RECONFIRM)
                 continue
             # Until it first passes, look often: readiness should not wait a whole interval.
-            self._next_at[t.pod] = now + (interval if ok else min(interval, UNTIL_HEALTHY))
+            if ok:
+                self._new.pop(t.pod, None)
+            first = self._new.get(t.pod)
+            self._next_at[t.pod] = now + probe_delay(
+                ok, interval, None if first is None else now - first
+            )
             if ok != old.ok:
                 changed = True
                 if ok:

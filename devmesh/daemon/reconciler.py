@@ -1,6 +1,11 @@
 """One pass against the engine: resolve images, work out what should run, look at what runs,
 plan, apply, write the pods' hosts files. Owned and called by the loop alone (its fields are
 the loop's state); it only reports what it found in `Reconciler` fields the loop reads.
+
+What no pass waits for (removing the pods a roll is done with, making spare pods ahead of a
+rebuild) runs on housekeeping threads: the loop hands it over and goes on. While that work
+runs, the containers it is about are left out of what the passes see, so no pass plans them
+twice; when it ends the loop is told (`on_settled`) and looks again.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from pathlib import Path
 
 from devmesh.adapters.engine import ContainerInfo, Engine, EngineError, EngineUnavailable
@@ -28,6 +35,7 @@ from devmesh.plan.desired import (
     GUARD_IMAGE,
     Desired,
     Inputs,
+    PodSpec,
     desired,
     hosts_file,
     hosts_text,
@@ -35,8 +43,18 @@ from devmesh.plan.desired import (
     pod_dir,
     proxy_user,
 )
-from devmesh.plan.plan import Observed, plan
-from devmesh.plan.roll import POD_ROLES, Retiring, Slot, bump, generations, retire, to_roll
+from devmesh.plan.plan import Observed, Plan, plan
+from devmesh.plan.roll import (
+    POD_ROLES,
+    Retiring,
+    Slot,
+    bump,
+    generations,
+    retire,
+    spare_generations,
+    spares,
+    to_roll,
+)
 
 log = logging.getLogger("devmesh.daemon")
 RECONCILE_EVERY = 15.0  # seconds: a safety net; events and saves trigger a pass at once
@@ -44,6 +62,10 @@ RECHECK = 0.1  # seconds between looks while the engine still reports a dead con
 RECHECK_FOR = 1.0  # ... for at most this long (measured: the list trails by about 0.4 s)
 ENGINE_RETRY = 0.5  # seconds between looks while the engine does not answer
 ROLL_CHECK = 0.1  # seconds between looks while a roll runs (new pod ready? drain over?)
+HOUSEKEEPERS = 2  # threads for removals and spares: one of each can run at once
+SPARE_WAIT = 60.0  # seconds a roll waits for the spare it takes to be finished
+REMOVED_EVENTS = 10.0  # seconds Docker's events of a container housekeeping removed may trail
+SPARE_RETRY = 30.0  # seconds before a spare that could not be made is tried again
 
 
 def host_refused(service: str, version: str) -> str:
@@ -70,6 +92,7 @@ class Reconciler:
         state: StateDir,
         events: EventLog,
         clock: Callable[[], float] = time.monotonic,
+        housekeeping: Executor | None = None,
     ) -> None:
         self.project = project
         self.engine = engine
@@ -99,14 +122,31 @@ class Reconciler:
         self.retiring: tuple[Retiring, ...] = ()
         self._generations: dict[Slot, int] = {}
         self._forced: set[Slot] = set()
+        # Housekeeping (see the module's doc): the work handed over, by what it is about.
+        self._housekeeping = housekeeping or ThreadPoolExecutor(
+            HOUSEKEEPERS, thread_name_prefix="housekeeping"
+        )
+        self._removing: dict[str, Future[None]] = {}  # container id -> its removal
+        self._removed: dict[str, float] = {}  # ... once done -> when (its events trail it)
+        self._making: dict[str, Future[None]] = {}  # pod name -> its spare being made
+        self._spare_failed: dict[str, float] = {}  # pod name -> not made again before
+        self.on_settled: Callable[[], None] = lambda: None  # housekeeping ended (any thread)
 
-    def died(self, container_id: str) -> None:
-        """Docker said it died: look until the engine's list agrees (it trails the event)."""
+    def died(self, container_id: str) -> bool:
+        """Docker said it died: look until the engine's list agrees (it trails the event).
+        False if that is housekeeping removing it: nothing to look at."""
+        if container_id in self._removing or container_id in self._removed:
+            return False
         self._dead[container_id] = self._clock() + RECHECK_FOR
+        return True
 
     def roll(self, slots: set[Slot]) -> None:
         """A restart: these replicas get a new pod at the next pass, the old ones drain."""
         self._forced |= slots
+        self.next_pass = self._clock()
+
+    def look_soon(self) -> None:
+        """A pass is due now (the loop's next wake)."""
         self.next_pass = self._clock()
 
     @property
@@ -127,6 +167,10 @@ class Reconciler:
             return self._clock() + ENGINE_RETRY
         return self.next_pass
 
+    def close(self) -> None:
+        """Wait for the housekeeping under way (bounded by its engine calls); no more."""
+        self._housekeeping.shutdown(wait=True, cancel_futures=True)
+
     def run(
         self,
         mesh: Mesh,
@@ -134,12 +178,31 @@ class Reconciler:
         push_early: Callable[[], object],
         health: Mapping[str, Result] | None = None,
         configured: Configured = lambda _node: True,
+        spare_for: Collection[tuple[str, str]] = (),
     ) -> bool:
         """One pass for `mesh` (the effective one). `push_early` is called when the pods
         stay as they are, before asking the engine anything (a routing change reaches the
         Envoys without waiting for it). `health` and `configured` say which pods serve
-        (a roll's old pod leaves when its successor does). False when the engine does not
+        (a roll's old pod leaves when its successor does). `spare_for`: the versions that
+        keep a spare pod per replica (plan/roll.py). False when the engine does not
         answer."""
+        for _ in range(2):
+            done = self._pass(mesh, why, push_early, health or {}, configured, spare_for)
+            if done is not None:
+                return done
+        return True  # a spare was still being made after SPARE_WAIT: the next pass goes on
+
+    def _pass(
+        self,
+        mesh: Mesh,
+        why: str,
+        push_early: Callable[[], object],
+        health: Mapping[str, Result],
+        configured: Configured,
+        spare_for: Collection[tuple[str, str]],
+    ) -> bool | None:
+        """`run`'s pass; None: it waited for a spare a roll takes, and must look again."""
+        self._reap()
         self.next_pass = self._clock() + RECONCILE_EVERY
         if self._failed_passes:  # a container that cannot start is not retried in a tight loop
             self.next_pass = self._clock() + min(30.0, 0.5 * 2**self._failed_passes)
@@ -152,14 +215,30 @@ class Reconciler:
             want = self._want(mesh, inputs, self._generations)
             if want == self.desired and not self._forced:
                 push_early()
-            actual, infos = self.engine.look(self.project)
+            looked, infos = self.engine.look(self.project)
             self._engine_back()
-            actual = self._believe_deaths(actual)
-            want, rolled = self._roll(mesh, inputs, want, actual)
-            ready = self._serving(actual, infos, health or {}, configured)
-            retiring = retire(want, actual, ready, self._draining(), self._clock())
+            looked = self._believe_deaths(looked)
+            # What housekeeping works on is left out: no pass plans it again meanwhile.
+            actual = [o for o in looked if o.id not in self._removing and o.pod not in self._making]
+            spare = spares(actual, spare_for)
+            pods = [o for o in actual if o.pod not in spare]  # rolls are decided on these
+            want, rolled = self._roll(mesh, inputs, want, pods)
+            clash = [self._making[p.name] for p in want.pods if p.name in self._making]
+            if clash:  # a roll takes a spare still being made: it is finished first
+                wait_for(clash, timeout=SPARE_WAIT)
+                return None
+            if rolled:
+                new = sorted(p.name for p in want.pods if p.slot in rolled)
+                taken = [n for n in new if n in spare]
+                what = f" ({len(taken)} made ahead)" if taken else ""
+                self.events.add(EventKind.RECONCILE, f"rolling: new pod(s) {', '.join(new)}{what}")
+            taken_pods = spare & {p.name for p in want.pods}  # a roll's new pods now
+            pods += [o for o in actual if o.pod in taken_pods]
+            ready = self._serving(pods, infos, health, configured)
+            retiring = retire(want, pods, ready, self._draining(), self._clock())
             self._tell_retired(retiring)
-            errors += self._write_hosts(mesh, want)
+            ahead = self._spares(mesh, inputs, want, ready, spare - taken_pods, spare_for, looked)
+            errors += self._write_hosts(mesh, want.pods + ahead)
             if self.transport is Transport.TCP:
                 errors += tcp_unsupported(mesh)
             todo = plan(
@@ -167,18 +246,21 @@ class Reconciler:
                 actual,
                 network_exists=self.engine.network_exists(want.network),
                 keep=frozenset(r.name for r in retiring),
+                spares=ahead,
             )
             if todo.ensure_network:
                 self.host = None  # a new network: its gateway may differ
             if not todo.empty:
                 self.events.add(EventKind.RECONCILE, f"({why}) " + ", ".join(todo.describe()))
-                engine_errors = self.engine.apply(todo, self.project, want.network, log.info)
+            now = dataclasses.replace(todo, remove=(), spares=())
+            if not now.empty:
+                engine_errors = self.engine.apply(now, self.project, want.network, log.info)
                 for error in engine_errors:
                     self.events.add(
                         EventKind.RECONCILE, str(error), error.container or "engine", Severity.ERROR
                     )
                 infos = self.engine.containers(self.project)  # what applying changed
-                self._forget_pod_dirs(todo.remove, actual, infos)
+            self._hand_over(todo, looked)
             if self.host is None:
                 self.host = self.engine.network_gateway(want.network)
         except EngineUnavailable as exc:
@@ -235,8 +317,6 @@ class Reconciler:
         rolled = to_roll(want, actual, self._forced)
         if rolled:
             want = self._want(mesh, inputs, bump(gens, rolled))
-            new = sorted(p.name for p in want.pods if p.slot in rolled)
-            self.events.add(EventKind.RECONCILE, f"rolling: new pod(s) {', '.join(new)}")
         return want, rolled
 
     def _serving(
@@ -259,14 +339,77 @@ class Reconciler:
             and serves(pod, names["app"], names["sidecar"], infos, health, configured)
         )
 
-    def _forget_pod_dirs(
-        self, removed: tuple[str, ...], actual: list[Observed], infos: Mapping[str, ContainerInfo]
-    ) -> None:
-        """A removed pod's directory (hosts file, bootstrap, admin socket) goes with it:
-        each roll makes a pod under a new name, and their directories would pile up."""
-        gone = {o.pod for o in actual if o.id in removed and o.role == "pod"}
-        for name in gone - set(infos):  # its namespace owner is no longer listed
+    def _spares(
+        self,
+        mesh: Mesh,
+        inputs: Inputs,
+        want: Desired,
+        ready: frozenset[str],
+        have: frozenset[str],
+        spare_for: Collection[tuple[str, str]],
+        looked: Iterable[Observed],
+    ) -> tuple[PodSpec, ...]:
+        """The spare pods to have (plan/roll.py), as specified now; none of a name that
+        housekeeping still works on (being made, or removed: made again once gone)."""
+        gens = spare_generations(want, ready, have, spare_for)
+        if not gens:
+            return ()
+        now = self._clock()
+        busy = set(self._making) | {o.pod for o in looked if o.id in self._removing}
+        busy |= {name for name, until in self._spare_failed.items() if until > now}
+        ahead = self._want(mesh, inputs, {**{p.slot: p.generation for p in want.pods}, **gens})
+        return tuple(p for p in ahead.pods if p.slot in gens and p.name not in busy)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def _hand_over(self, todo: Plan, looked: list[Observed]) -> None:
+        """The plan's removals and spares, to the housekeeping threads."""
+        if todo.remove:
+            ids = frozenset(todo.remove)
+            owners = {o.pod: o.id for o in looked if o.id in ids and o.role == "pod"}
+            job = self._housekeeping.submit(self._remove, ids, owners)
+            for cid in ids:
+                self._removing[cid] = job
+            job.add_done_callback(self._settled)
+        for pod in todo.spares:
+            job = self._housekeeping.submit(self.engine.make_spare, pod, log.info)
+            self._making[pod.name] = job
+            job.add_done_callback(self._settled)
+
+    def _settled(self, _job: Future[None]) -> None:
+        self.on_settled()  # after the job is done, so the loop's next pass sees it done
+
+    def _remove(self, ids: frozenset[str], owners: Mapping[str, str]) -> None:
+        """On a housekeeping thread: remove the containers; the directory of each pod whose
+        namespace owner went (hosts file, bootstrap, admin socket) goes with it: each roll
+        makes a pod under a new name, and their directories would pile up."""
+        errors = self.engine.remove(ids)
+        failed = {e.container for e in errors}
+        for name in (name for name, cid in owners.items() if cid not in failed):
             shutil.rmtree(pod_dir(str(self.state.path), name), ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+    def _reap(self) -> None:
+        """Forget the housekeeping that ended; say what failed."""
+        ended: set[Future[None]] = set()
+        now = self._clock()
+        self._removed = {c: t for c, t in self._removed.items() if t > now - REMOVED_EVENTS}
+        self._spare_failed = {n: t for n, t in self._spare_failed.items() if t > now}
+        for table in (self._removing, self._making):
+            for key, job in list(table.items()):
+                if job.done():
+                    del table[key]
+                    ended.add(job)
+                    if table is self._removing:
+                        self._removed[key] = now
+                    elif job.cancelled() or job.exception() is not None:
+                        self._spare_failed[key] = now + SPARE_RETRY  # not in a tight loop
+        for job in ended:
+            error = None if job.cancelled() else job.exception()
+            if error is not None:
+                subject = getattr(error, "container", "") or "engine"
+                self.events.add(EventKind.RECONCILE, str(error), subject, Severity.ERROR)
 
     def _draining(self) -> dict[str, float]:
         return {r.name: r.until for r in self.retiring if r.until is not None}
@@ -319,11 +462,11 @@ class Reconciler:
             xds_tcp=self.xds_tcp,
         )
 
-    def _write_hosts(self, mesh: Mesh, want: Desired) -> list[str]:
+    def _write_hosts(self, mesh: Mesh, pods: Iterable[PodSpec]) -> list[str]:
         if self.transport is Transport.TCP:
             return []  # Docker's own hosts files, from each owner's extra_hosts
         errors = []
-        for pod in want.pods:
+        for pod in pods:
             path = Path(hosts_file(str(self.state.path), pod.name))
             text = hosts_text(mesh, mesh.service(pod.service), pod.name)
             try:

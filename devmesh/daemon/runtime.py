@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from devmesh import labels
 from devmesh.adapters.access_log_service import AccessLogService
 from devmesh.adapters.engine import Engine
 from devmesh.adapters.envoy_admin import StatsReader, StatsSource
@@ -40,7 +41,7 @@ from devmesh.core.transport import (
 )
 from devmesh.daemon.accesslog import AccessLog, Directory, directory_of
 from devmesh.daemon.api import ApiServer
-from devmesh.daemon.controller import ContainerDied, Controller, Tick, port_busy
+from devmesh.daemon.controller import Acked, ContainerDied, Controller, Tick, port_busy
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
 from devmesh.daemon.health import EngineHealth
@@ -153,6 +154,8 @@ class Daemon:
             )
         elif event.kind == "connected":
             self.events.add(EventKind.PUSH, "connected to the control plane", event.node_id)
+        elif event.kind == "configured":
+            self.controller.submit(Acked())  # a healthy pod may wait for it to serve
         else:
             self.events.add(
                 EventKind.PUSH,
@@ -343,11 +346,13 @@ class Daemon:
                         self.controller.health.poke()
                         continue
                     if event.get("status") in ("die", "destroy", "oom"):
-                        name = event.get("Actor", {}).get("Attributes", {}).get("name", "?")
+                        attributes = event.get("Actor", {}).get("Attributes", {})
+                        name = attributes.get("name", "?")
                         self.events.add(
                             EventKind.CONTAINER, str(event.get("status")), name, Severity.WARNING
                         )
-                        self.controller.submit(ContainerDied(name, str(event.get("id", ""))))
+                        if attributes.get(labels.ROLE) != "guard":  # run once: it is to end
+                            self.controller.submit(ContainerDied(name, str(event.get("id", ""))))
             except Exception as exc:  # the engine went away: the loop notices it too
                 log.debug("Docker events: %s; retrying", exc)
             self.controller.submit(Tick())  # the stream broke: the loop looks at the engine

@@ -37,6 +37,9 @@ class Plan:
     replace: tuple[tuple[ContainerSpec, str], ...] = ()
     start: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
+    # Pods made ahead of a rebuild, without their app (plan/roll.py `spares`); nobody waits
+    # for them, nor for `remove`: the daemon carries both out off its loop.
+    spares: tuple[PodSpec, ...] = ()
     ensure_network: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -49,6 +52,7 @@ class Plan:
             or self.replace
             or self.start
             or self.remove
+            or self.spares
             or self.ensure_network
         )
 
@@ -59,6 +63,7 @@ class Plan:
         out += [f"replace {c.name}" for c, _ in self.replace]
         out += [f"start {i[:12]}" for i in self.start]
         out += [f"remove {i[:12]}" for i in self.remove]
+        out += [f"make spare {p.name}" for p in self.spares]
         return (["create network"] if self.ensure_network else []) + out
 
 
@@ -71,9 +76,12 @@ def plan(
     actual: Iterable[Observed],
     network_exists: bool = True,
     keep: frozenset[str] = frozenset(),
+    spares: tuple[PodSpec, ...] = (),
 ) -> Plan:
     """`keep`: pods `desired` does not list that stay for now (old pods of a roll, serving
-    or draining: plan/roll.py)."""
+    or draining: plan/roll.py). `spares`: pods to have ahead of a rebuild without their
+    app (plan/roll.py `spares`): made where missing; one that differs from its spec, or
+    has an app, is removed (and made again once it is gone)."""
     by_pod: dict[str, dict[str, Observed]] = {}
     extra: list[Observed] = []
     for obs in actual:
@@ -115,6 +123,14 @@ def plan(
         wanted.add(gw.name)
         _member(gw, by_pod.get(gw.name, {}).get("gateway"), create, replace, start)
 
+    make_spares: list[PodSpec] = []
+    for pod in spares:
+        have = by_pod.get(pod.name, {})
+        if not have:
+            make_spares.append(pod)
+        elif _spare_as_specified(pod, have):
+            wanted.add(pod.name)  # else: removed below
+
     kept_versions = {(s, v) for s, v in desired.failed}
     remove = [o.id for o in extra]
     for pod_name, roles in by_pod.items():
@@ -131,7 +147,21 @@ def plan(
         replace=tuple(replace),
         start=tuple(start),
         remove=tuple(remove),
+        spares=tuple(make_spares),
         ensure_network=not network_exists,
+    )
+
+
+def _spare_as_specified(pod: PodSpec, have: dict[str, Observed]) -> bool:
+    owner, sidecar = have.get("pod"), have.get("sidecar")
+    return (
+        owner is not None
+        and owner.state == "running"
+        and owner.config_hash == pod.pause.config_hash
+        and sidecar is not None
+        and sidecar.state == "running"
+        and sidecar.config_hash == pod.sidecar.config_hash
+        and "app" not in have
     )
 
 

@@ -11,14 +11,22 @@ removes it.
 
 The loop keeps only the drain deadlines; which pods are old, new, ready or serving is
 read from what runs each pass, so a daemon restarted in the middle of a roll finishes it.
+
+Spares: a version rebuilt on a save (`develop: watch:` with `action: rebuild`) keeps, per
+replica, a pod of the next generation made ahead without its app: namespace owner, guard
+run, sidecar connected. The roll after a build takes it as its new pod, and `plan()` only
+adds the app. Measured on a loaded 2-core machine, starting the owner, the guard and the
+sidecar was about 2 s of the 3 s from a finished build to a new pod that serves. A spare
+is read from what runs too: a pod of such a version with no app container, newer than
+every pod of its replica that has one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from devmesh.plan.desired import Desired
+from devmesh.plan.desired import Desired, pod_name
 from devmesh.plan.plan import Observed
 
 Slot = tuple[str, str, int]  # (service, version, replica)
@@ -166,3 +174,47 @@ def retire(
                 )
             )
     return tuple(out)
+
+
+def spares(actual: Iterable[Observed], versions: Collection[tuple[str, str]]) -> frozenset[str]:
+    """The spare pods among those that run: of a version in `versions` (service, version),
+    a pod with a namespace owner and no app container, of a generation above every pod of
+    its replica that has an app. (A pod whose app could not be made looks the same: a roll
+    takes it as its new pod, and `plan()` makes the app again, as it would have.)"""
+    pods = _pods(actual)
+    newest: dict[Slot, int] = {}  # the newest generation with an app, per replica
+    for roles in pods.values():
+        app = roles.get("app")
+        if app is not None:
+            slot = (app.service, app.version, app.replica)
+            newest[slot] = max(newest.get(slot, -1), app.generation)
+    out = set()
+    for name, roles in pods.items():
+        owner = roles.get("pod")
+        if owner is None or "app" in roles or (owner.service, owner.version) not in versions:
+            continue
+        if owner.generation > newest.get((owner.service, owner.version, owner.replica), -1):
+            out.add(name)
+    return frozenset(out)
+
+
+def spare_generations(
+    want: Desired,
+    ready: frozenset[str],
+    have: frozenset[str],
+    versions: Collection[tuple[str, str]],
+) -> dict[Slot, int]:
+    """The replicas that should have a spare now, and its generation (one past their
+    pod's): those of a version in `versions` that can run (not failed) whose pod is ready
+    (in `ready`; a spare made while the pod itself starts would slow that start) or whose
+    spare exists already (in `have`: kept while the pod is out of the endpoints)."""
+    out: dict[Slot, int] = {}
+    for pod in want.pods:
+        key = (pod.service, pod.version)
+        if key not in versions or key in want.failed:
+            continue
+        generation = pod.generation + 1
+        name = pod_name(want.project, pod.service, pod.version, pod.replica, generation)
+        if pod.name in ready or name in have:
+            out[pod.slot] = generation
+    return out

@@ -146,11 +146,12 @@ class Mesh:
         return data
 
     def containers(self) -> dict[str, str]:
-        """name -> id of every container with this mesh's label."""
-        found = self.client.containers.list(
+        """name -> id of every container with this mesh's label. From the list alone
+        (sparse): an inspect per container fails on one the daemon removes meanwhile."""
+        found = self.client.api.containers(
             all=True, filters={"label": labels.selector(mesh=self.project)}
         )
-        return {c.name: c.id for c in found}
+        return {str(c["Names"][0]).lstrip("/"): str(c["Id"]) for c in found}
 
     def get(self, path: str, **kw: Any) -> Response:
         return request(self.port, path, **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from devmesh.core.limits import MAX_FILE_BYTES
 from devmesh.core.load import load_path
 from devmesh.core.model import Abort, Fault
 from devmesh.daemon.controller import (
+    Acked,
     ContainerDied,
     Controller,
     FileChanged,
+    ImagesReady,
     Tick,
 )
 from devmesh.daemon.errors import Refused
@@ -50,6 +53,7 @@ class FakeEngine:
         self.restarted: list[str] = []
         self.looks = 0
         self.network = False
+        self.removed: list[frozenset[str]] = []  # what housekeeping removed, each time
         self._ids = 0
 
     def _check(self) -> None:
@@ -115,6 +119,14 @@ class FakeEngine:
             )
         return []
 
+    def remove(self, ids: Any) -> list[EngineError]:
+        self.removed.append(frozenset(ids))
+        self.containers_ = {n: c for n, c in self.containers_.items() if c[0].id not in ids}
+        return []
+
+    def make_spare(self, pod: Any, progress: Any) -> None:
+        self.apply(Plan(create=(pod.pause, pod.sidecar)), "", "", progress)
+
     def kill(self, name: str, lag: int = 0) -> str:
         obs, info = self.containers_[name]
         self.containers_[name] = (
@@ -177,6 +189,18 @@ class FakeXds:
         return frozenset(snapshots)
 
 
+class Inline(Executor):
+    """Housekeeping carried out at once, on the loop's thread: a test sees its outcome."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        job: Future[Any] = Future()
+        try:
+            job.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            job.set_exception(exc)
+        return job
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -200,6 +224,7 @@ def loop(tmp_path: Path) -> tuple[Controller, FakeEngine, FakeXds, FakeImages, C
         ingress_port=18080,
         clock=clock,
         check=lambda ip, port, health: (True, ""),
+        housekeeping=Inline(),
     )
     controller._reconcile("start")
     return controller, engine, xds, images, clock
@@ -568,3 +593,104 @@ def test_the_first_pass_makes_the_network_first_and_guards_pods_with_its_gateway
         assert "-A INPUT -s 10.9.0.254/32 -j ACCEPT" in rules
     controller._reconcile("again")
     assert len(engine.applied) == 1  # nothing to replace: the rules were right the first time
+
+
+# -- spares: a version rebuilt on a save keeps a pod made ahead, without its app ------------
+
+WATCHED = SHOP.read_text().replace(
+    "    protocol: tcp\n",
+    "    protocol: tcp\n    develop: {watch: [{path: app, action: rebuild}]}\n",
+)
+STOCK = "t-stock-default-0"
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> tuple[Controller, FakeEngine, FakeImages, Clock]:
+    file = tmp_path / "devmesh.yaml"
+    file.write_text(WATCHED)
+    engine, images, clock = FakeEngine(), FakeImages(), Clock()
+    controller = Controller(
+        file,
+        load_path(str(file)),
+        "t",
+        engine,  # type: ignore[arg-type]
+        images,  # type: ignore[arg-type]
+        FakeXds(),  # type: ignore[arg-type]
+        StateDir(tmp_path / "t"),
+        EventLog(),
+        ingress_port=18080,
+        clock=clock,
+        check=lambda ip, port, health: (True, ""),
+        housekeeping=Inline(),
+    )
+    controller._reconcile("start")
+    return controller, engine, images, clock
+
+
+def test_a_rebuilt_version_gets_a_spare_once_its_pod_serves_and_a_roll_only_adds_its_app(
+    watched: Any,
+) -> None:
+    controller, engine, images, clock = watched
+    assert not any(n.startswith(f"{STOCK}-g1") for n in engine.containers_)  # not ready yet
+    _healthy(controller)  # stock serves: a pass is due at once, to make its spare
+    assert controller.reconciler.next_wake() <= clock()
+    controller._step([Tick()])
+    assert {n for n in engine.containers_ if n.startswith(f"{STOCK}-g1")} == {
+        f"{STOCK}-g1",
+        f"{STOCK}-g1-sidecar",
+    }
+    assert not any(n.startswith("t-catalog-v1-0-g1") for n in engine.containers_)  # not watched
+    applied = len(engine.applied)
+    controller._step([Tick()])
+    assert len(engine.applied) == applied  # the spare is kept as it is
+    # A build ends with a new image: the roll takes the spare, and only its app is made.
+    images.app = lambda base, service, version: (
+        f"sha256:{service}" + ("-new" if service == "stock" else "")
+    )
+    controller._step([ImagesReady()])
+    todo = engine.applied[-1]
+    assert [c.name for c in todo.create] == [f"{STOCK}-g1-app"]
+    assert not todo.create_pods and not todo.replace_pods
+    # The new pod serves: the old one drains, then housekeeping removes it.
+    _healthy(controller)
+    controller._step([Tick()])
+    assert [r.name for r in controller.reconciler.retiring] == [STOCK]
+    clock.now += 3.0
+    controller._step([Tick()])
+    removed = engine.removed[-1]
+    assert STOCK not in engine.containers_ and len(removed) == 3
+    # Docker's events of what housekeeping removed ask for no pass.
+    looks = engine.looks
+    controller._step([ContainerDied(STOCK, next(iter(removed)))])
+    assert engine.looks == looks
+
+
+def test_an_envoys_first_ack_publishes_at_once_without_a_pass(loop: Any) -> None:
+    controller, engine, xds, _, _ = loop
+    xds.unconfigured.add("t-stock-default-0-sidecar")
+    _healthy(controller)
+    assert controller._unconfigured
+    xds.unconfigured.clear()
+    looks, published = engine.looks, len(xds.published)
+    controller._step([Acked()])
+    assert engine.looks == looks and len(xds.published) == published + 1
+    assert not controller._unconfigured
+
+
+def test_a_spare_that_cannot_be_made_is_not_tried_again_in_a_tight_loop(watched: Any) -> None:
+    controller, engine, _, clock = watched
+    tried: list[str] = []
+
+    def refuse(pod: Any, progress: Any) -> None:
+        tried.append(pod.name)
+        raise EngineError("cannot close the pod's app port to other pods", pod.name)
+
+    engine.make_spare = refuse
+    _healthy(controller)
+    controller._step([Tick()])
+    controller._step([Tick()])  # it failed: said so, and not made again yet
+    assert tried == [f"{STOCK}-g1"]
+    assert any("cannot close" in e.detail for e in controller.events.last())
+    clock.now += 31.0
+    controller._step([Tick()])
+    assert tried == [f"{STOCK}-g1"] * 2

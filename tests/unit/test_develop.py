@@ -270,3 +270,17 @@ def test_edits_during_a_build_coalesce_into_one_next_build_and_a_failure_is_kept
     (state,) = images.states()
     assert not state.running and state.error is not None and "Dockerfile:2" in state.error
     images.stop()
+
+
+def test_the_versions_a_save_rebuilds_are_those_built_of_a_service_with_a_rebuild_rule() -> None:
+    from devmesh.core.develop import rebuilt_versions
+
+    text = BASE + (
+        "  synced:\n    port: 8000\n    build: app\n"
+        "    develop: {watch: [{path: app/www, action: sync, target: /www}]}\n"
+        "  split:\n    port: 8000\n    build: app\n"
+        "    develop: {watch: [{path: app, action: rebuild}]}\n"
+        "    versions:\n      a: {}\n      local: {host: {port: 5000}}\n"
+    )
+    mesh = _mesh(text)
+    assert rebuilt_versions(mesh) == {("web", "default"), ("split", "a")}  # type: ignore[arg-type]

@@ -12,7 +12,15 @@ from devmesh.core.load import load_path
 from devmesh.core.model import Mesh
 from devmesh.plan.desired import Desired, Inputs, desired
 from devmesh.plan.plan import Observed, plan
-from devmesh.plan.roll import DRAIN, bump, generations, retire, to_roll
+from devmesh.plan.roll import (
+    DRAIN,
+    bump,
+    generations,
+    retire,
+    spare_generations,
+    spares,
+    to_roll,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = load_path(str(ROOT / "examples" / "shop" / "devmesh.yaml"))
@@ -207,3 +215,113 @@ def test_a_pass_over_a_finished_roll_plans_nothing() -> None:
     assert generations(actual)[V1] == 1
     assert retire(want, actual, frozenset(), {}, now=1.0) == ()
     assert plan(dataclasses.replace(want, gateway=None), actual).empty  # (no gateway here)
+
+
+# -- spares: pods made ahead of a rebuild, without their app --------------------------------
+
+V1_KEY = ("catalog", "v1")
+
+
+def _without_app(observed: list[Observed]) -> list[Observed]:
+    return [o for o in observed if o.role != "app"]
+
+
+def _pod_at(gen: int) -> list[Observed]:
+    """catalog/v1's pod at generation `gen`, running, as observed."""
+    want = desired(SHOP, _inputs({V1: gen}))
+    return [o for o in _running(want) if (o.service, o.version) == V1_KEY]
+
+
+@pytest.mark.parametrize(
+    ("pods", "versions", "expected"),
+    [
+        pytest.param(_pod_at(0), {V1_KEY}, set(), id="a-pod-with-its-app-is-no-spare"),
+        pytest.param(
+            _pod_at(0) + _without_app(_pod_at(1)),
+            {V1_KEY},
+            {"t-catalog-v1-0-g1"},
+            id="newer-without-app-is-the-spare",
+        ),
+        pytest.param(
+            _pod_at(0) + _without_app(_pod_at(1)),
+            set(),
+            set(),
+            id="only-of-the-versions-asked",
+        ),
+        pytest.param(
+            _without_app(_pod_at(0)) + _pod_at(1),
+            {V1_KEY},
+            set(),
+            id="older-than-the-pod-with-an-app-is-no-spare",
+        ),
+        pytest.param(
+            [o for o in _pod_at(0) if o.role == "app"] + _without_app(_pod_at(1))[1:],
+            {V1_KEY},
+            set(),
+            id="no-namespace-owner-no-spare",
+        ),
+    ],
+)
+def test_a_spare_is_a_newer_pod_without_its_app_of_a_version_asked(
+    pods: list[Observed], versions: set[tuple[str, str]], expected: set[str]
+) -> None:
+    assert spares(pods, versions) == expected
+
+
+def test_a_replica_gets_a_spare_of_the_next_generation_once_its_pod_serves() -> None:
+    want = desired(SHOP, _inputs({V1: 3}))
+    pod = next(p for p in want.pods if p.slot == V1)
+    assert spare_generations(want, frozenset(), frozenset(), {V1_KEY}) == {}  # not ready yet
+    assert spare_generations(want, frozenset({pod.name}), frozenset(), {V1_KEY}) == {V1: 4}
+    # An existing spare is kept while its pod is out of the endpoints.
+    have = frozenset({"t-catalog-v1-0-g4"})
+    assert spare_generations(want, frozenset(), have, {V1_KEY}) == {V1: 4}
+    assert spare_generations(want, frozenset({pod.name}), frozenset(), set()) == {}
+
+
+def test_a_version_that_cannot_run_gets_no_spare() -> None:
+    want = dataclasses.replace(desired(SHOP, _inputs()), failed={V1_KEY: "build failed"})
+    names = frozenset(p.name for p in want.pods)
+    assert spare_generations(want, names, frozenset(), {V1_KEY}) == {}
+
+
+def test_a_roll_takes_the_spare_and_plan_adds_only_its_app() -> None:
+    want = desired(SHOP, _inputs())
+    spare_pod = next(p for p in desired(SHOP, _inputs({V1: 1})).pods if p.slot == V1)
+    running = _running(want) + _without_app(
+        [o for o in _running(desired(SHOP, _inputs({V1: 1}))) if o.pod == spare_pod.name]
+    )
+    # While the pod serves, the spare is kept as it is: nothing to do.
+    kept = plan(want, running, spares=(spare_pod,))
+    assert kept.describe() == ["create t-gateway"]  # the gateway is not in `running`
+    # A new image: the roll asks for generation 1, the spare's; only the app is made.
+    rolled = desired(SHOP, _inputs({V1: 1}, tag="-new"))
+    base = [o for o in running if o.pod not in spares(running, {V1_KEY})]
+    assert to_roll(desired(SHOP, _inputs(tag="-new")), base) >= {V1}
+    assert generations(base)[V1] == 0  # the spare is not counted: bump gives it
+    todo = plan(rolled, running, keep=frozenset({"t-catalog-v1-0"}))
+    assert [c.name for c in todo.create] == ["t-catalog-v1-0-g1-app", "t-gateway"]
+    assert not todo.create_pods and not todo.replace_pods
+    assert not [c for c, _ in todo.replace if c.name.startswith("t-catalog-v1-0-g1")]
+
+
+def test_plan_makes_a_missing_spare_and_removes_one_that_differs() -> None:
+    want = desired(SHOP, _inputs())
+    spare_pod = next(p for p in desired(SHOP, _inputs({V1: 1})).pods if p.slot == V1)
+    made = plan(want, _running(want), spares=(spare_pod,))
+    assert made.spares == (spare_pod,) and not made.remove
+    assert "make spare t-catalog-v1-0-g1" in made.describe()
+    # A spare of another spec (its sidecar's config changed): removed, made again later.
+    stale = [
+        dataclasses.replace(o, config_hash="old") if o.role == "sidecar" else o
+        for o in _without_app(_running(desired(SHOP, _inputs({V1: 1}))))
+        if o.pod == spare_pod.name
+    ]
+    todo = plan(want, _running(want) + stale, spares=(spare_pod,))
+    assert set(todo.remove) == {o.id for o in stale} and not todo.spares
+    # No longer asked for: removed.
+    fresh = _without_app(
+        [o for o in _running(desired(SHOP, _inputs({V1: 1}))) if o.pod == spare_pod.name]
+    )
+    gone = plan(want, _running(want) + fresh)
+    assert set(gone.remove) == {o.id for o in fresh}
