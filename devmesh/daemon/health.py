@@ -98,9 +98,11 @@ class EngineHealth:
             status = self._status.get(owner, "")
         if status == "healthy":
             return True, ""
+        what = f"GET {health.path}" if health and health.path else f"port {port}"
         if status == "unhealthy":
-            what = f"GET {health.path}" if health and health.path else f"port {port}"
             return False, f"{what}: the engine's health check fails"
+        if status == "starting":  # fewer failures than it counts to call it unhealthy
+            return False, f"{what}: the engine's health check has not passed yet"
         return False, NOT_CHECKED
 
 

@@ -88,6 +88,12 @@ def test_traffic_is_routed_through_sidecars_configured_over_tcp(mesh: TcpMesh) -
 
 
 def test_health_is_what_the_engines_healthcheck_reports(mesh: TcpMesh) -> None:
+    # The engine calls `sick` unhealthy after FAILURES_TO_DROP failed checks, 0.5 s apart
+    # at best: the other pods can be ready before that (they were, on a fast machine).
+    def sick_pod() -> api.Pod:
+        return next(p for p in mesh.daemon().state().pods if p.service == "sick")
+
+    wait_for(lambda: "the engine's health check fails" in sick_pod().reason, timeout=30)
     pods = {p.service: p for p in mesh.daemon().state().pods}
     sick = pods["sick"]
     assert sick.state is api.PodState.UNHEALTHY

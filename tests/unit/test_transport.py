@@ -237,7 +237,11 @@ def test_engine_health_takes_events_over_an_older_look() -> None:
     health = EngineHealth()
     health.listed({"pod-a": "healthy", "pod-b": "starting"})
     assert health.check("pod-a", 80, None) == (True, "")
-    assert health.check("pod-b", 80, None) == (False, NOT_CHECKED)
+    assert health.check("pod-b", 80, None) == (
+        False,
+        "port 80: the engine's health check has not passed yet",
+    )
+    assert health.check("pod-c", 80, None) == (False, NOT_CHECKED)  # nothing heard of it
     health.reported("pod-a", "unhealthy")
     health.listed({"pod-a": "healthy", "pod-b": "starting"})  # a look from before the event
     ok, why = health.check("pod-a", 80, None)
