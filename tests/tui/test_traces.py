@@ -44,6 +44,20 @@ def _waterfall(app: App[None]) -> str:
     return str(app.screen.query_one("#waterfall", Static).render())
 
 
+async def _settled(app: App[None], pilot: Pilot[None], selector: str) -> None:
+    """Until the screen has taken its worker's answer (`selector` no longer says loading):
+    the worker's message can still be queued when `wait_for_complete` returns, and on a
+    busy machine the snapshot was taken before it was handled (it failed once in CI)."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    for _ in range(200):
+        await pilot.pause()
+        if not str(app.screen.query_one(selector, Static).render()).startswith("loading"):
+            break
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
 def test_t_opens_the_selected_services_traces_and_enter_opens_the_waterfall() -> None:
     asyncio.run(_t_opens_traces())
 
@@ -103,10 +117,9 @@ def test_waterfall_140x20(snap_compare: Any) -> None:
     app = _Host(TraceScreen(RecordedClient("shop"), OK))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await _settled(app, pilot, "#waterfall")
         await pilot.press("down", "down", "down")
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=(140, 20), run_before=run_before)
 
@@ -115,8 +128,6 @@ def test_trace_list_120x16(snap_compare: Any) -> None:
     app = _Host(TracesScreen(RecordedClient("shop"), "frontend"))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await pilot.pause()
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await _settled(app, pilot, "#traces-note")
 
     assert snap_compare(app, terminal_size=(120, 16), run_before=run_before)
