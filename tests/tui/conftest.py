@@ -11,17 +11,34 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from textual.app import App
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from devmesh.tui.app import MeshApp
 
-__all__ = ["feed", "utc"]
+__all__ = ["feed", "settled", "utc"]
 
 
 async def feed(app: MeshApp, pilot: Pilot[None], reads: int) -> None:
     """Run the poller's reads in the test (no thread, no clock): deterministic frames."""
     for _ in range(reads):
         app.apply_frame(app.poller.read_once())
+    await pilot.pause()
+
+
+async def settled(app: App[None], pilot: Pilot[None], note: str) -> None:
+    """Until the screen has taken its worker's answer (no Static that `note` selects says
+    loading): the worker's message can still be queued when `wait_for_complete` returns,
+    and a snapshot taken then shows "loading…" (one failed so in CI's full run)."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    for _ in range(200):
+        await pilot.pause()
+        shown = [str(w.render()) for w in app.screen.query(note).results(Static)]
+        if not any(text.startswith("loading") for text in shown):
+            break
+        await pilot.pause(0.02)
     await pilot.pause()
 
 

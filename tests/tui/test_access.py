@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Static
 from devmesh.tui.access import AccessScreen
 from devmesh.tui.app import KEYMAP, make_app
 from devmesh.tui.traces import TraceScreen
-from tests.tui.conftest import feed
+from tests.tui.conftest import feed, settled
 from tests.tui.fake import RecordedClient
 
 pytestmark = pytest.mark.usefixtures("utc")
@@ -40,9 +40,7 @@ class _Host(App[None]):
 
 
 async def _settle(app: App[None], pilot: Pilot[None]) -> None:
-    await pilot.pause()
-    await app.workers.wait_for_complete()
-    await pilot.pause()
+    await settled(app, pilot, "#access-note, #waterfall")
 
 
 def _detail(app: App[None]) -> str:

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Static
 
 from devmesh.tui.app import KEYMAP, make_app
 from devmesh.tui.traces import TraceScreen, TracesScreen
-from tests.tui.conftest import feed
+from tests.tui.conftest import feed, settled
 from tests.tui.fake import RecordedClient
 
 pytestmark = pytest.mark.usefixtures("utc")
@@ -42,20 +42,6 @@ class _Host(App[None]):
 
 def _waterfall(app: App[None]) -> str:
     return str(app.screen.query_one("#waterfall", Static).render())
-
-
-async def _settled(app: App[None], pilot: Pilot[None], selector: str) -> None:
-    """Until the screen has taken its worker's answer (`selector` no longer says loading):
-    the worker's message can still be queued when `wait_for_complete` returns, and on a
-    busy machine the snapshot was taken before it was handled (it failed once in CI)."""
-    await pilot.pause()
-    await app.workers.wait_for_complete()
-    for _ in range(200):
-        await pilot.pause()
-        if not str(app.screen.query_one(selector, Static).render()).startswith("loading"):
-            break
-        await pilot.pause(0.02)
-    await pilot.pause()
 
 
 def test_t_opens_the_selected_services_traces_and_enter_opens_the_waterfall() -> None:
@@ -117,7 +103,7 @@ def test_waterfall_140x20(snap_compare: Any) -> None:
     app = _Host(TraceScreen(RecordedClient("shop"), OK))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await _settled(app, pilot, "#waterfall")
+        await settled(app, pilot, "#waterfall")
         await pilot.press("down", "down", "down")
         await pilot.pause()
 
@@ -128,6 +114,6 @@ def test_trace_list_120x16(snap_compare: Any) -> None:
     app = _Host(TracesScreen(RecordedClient("shop"), "frontend"))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await _settled(app, pilot, "#traces-note")
+        await settled(app, pilot, "#traces-note")
 
     assert snap_compare(app, terminal_size=(120, 16), run_before=run_before)
