@@ -388,7 +388,9 @@ def paced_threads(
                     reply = client.get(path)
                     m = POD_IN_BODY.match(reply.body) if pods else None
                     pod = m.group(1).decode() if m else ""
-                    status, error, served_by = reply.status, "", reply.served_by
+                    status, served_by = reply.status, reply.served_by
+                    # what a failing reply said (Envoy's "no healthy upstream", ...)
+                    error = "" if status == 200 else reply_text(reply.body)
                 except (OSError, http.client.HTTPException) as exc:
                     status, error, served_by, pod = None, f"{type(exc).__name__}: {exc}", "", ""
                 done = time.perf_counter() - start
@@ -402,6 +404,18 @@ def paced_threads(
     ]
 
 
+def reply_text(body: bytes, limit: int = 60) -> str:
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    return text[0][:limit] if text else ""
+
+
+def failure_kind(o: Outcome) -> str:
+    """`HTTP 503: no healthy upstream`, or the connection error."""
+    if o.status is None:
+        return o.error
+    return f"HTTP {o.status}: {o.error}" if o.error else f"HTTP {o.status}"
+
+
 def failure_windows(failed: list[Outcome]) -> list[str]:
     """Failures grouped into windows (a gap over 1 s starts a new one)."""
     groups: list[list[Outcome]] = []
@@ -412,7 +426,7 @@ def failure_windows(failed: list[Outcome]) -> list[str]:
             groups.append([o])
     out = []
     for g in groups:
-        kinds = Counter(f"HTTP {o.status}" if o.status is not None else o.error for o in g)
+        kinds = Counter(failure_kind(o) for o in g)
         what = ", ".join(f"{n} × {k}" for k, n in kinds.most_common())
         out.append(f"{g[0].sent:.2f}–{g[-1].done:.2f} s: {what}")
     return out

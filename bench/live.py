@@ -545,9 +545,7 @@ def load_section(r: LoadResult) -> list[str]:
         "",
     ]
     if non200 or errors:
-        kinds = Counter(
-            f"HTTP {o.status}" if o.status is not None else o.error for o in [*non200, *errors]
-        )
+        kinds = Counter(c.failure_kind(o) for o in [*non200, *errors])
         out += ["Failures by kind: " + "; ".join(f"{n} × {k}" for k, n in kinds.most_common()), ""]
         out += ["Failures over time (seconds from the start of the load):", ""]
         out += [
