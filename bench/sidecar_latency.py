@@ -119,7 +119,10 @@ def hand_inbound() -> str:
     return _static(route, "0.0.0.0", INBOUND_PORT, [_cluster("app", "127.0.0.1", APP_PORT)])
 
 
-def mesh_text(images: Images) -> str:
+def mesh_text(images: Images, plain: bool) -> str:
+    """The two-service mesh. `plain`: its sidecars do the hand-written configs' work (no
+    mTLS, no access logs, no tracing); else devmesh's defaults (all three on)."""
+
     def service(port: int) -> dict[str, Any]:
         return {
             "image": images.envoy,
@@ -128,8 +131,11 @@ def mesh_text(images: Images) -> str:
             "health": {"path": "/healthz", "interval": "1s"},
         }
 
-    doc = {
-        "mesh": "latency",
+    doc: dict[str, Any] = {"mesh": "latency"}
+    if plain:
+        doc["tls"] = {"mode": "DISABLED"}
+        doc["observability"] = {"access_log": False, "tracing": False}
+    doc |= {
         "services": {
             "server": service(APP_PORT),
             "client": {**service(APP_PORT + 1), "calls": ["server"]},
@@ -300,32 +306,39 @@ def measure(
     seconds: float,
     rounds: int,
 ) -> LatencyResult:
-    """Bring up both meshes, measure every path `rounds` times; everything removed after."""
-    mesh_file = work / "latency" / "devmesh.yaml"
-    mesh_file.parent.mkdir()
-    mesh_file.write_text(mesh_text(images))
+    """Bring up the meshes and the hand-written pods, measure every path `rounds` times;
+    everything removed after."""
+    projects = {"devmesh": project, "devmesh, defaults": f"{project}d"}
     try:
-        progress(f"latency: devmesh up ({project}) ...")
-        c.up(mesh_file, project)
-        client = f"{project}-client-default-0"
-        server = f"{project}-server-default-0"
+        devmesh_paths = []
+        for name, proj in projects.items():
+            mesh_file = work / "latency" / proj / "devmesh.yaml"
+            mesh_file.parent.mkdir(parents=True)
+            mesh_file.write_text(mesh_text(images, plain=name == "devmesh"))
+            progress(f"latency: devmesh up ({proj}: {name}) ...")
+            c.up(mesh_file, proj)
+            client = f"{proj}-client-default-0"
+            server = f"{proj}-server-default-0"
+            address = service_addresses(["server", "client"])["server"]
+            devmesh_paths.append(
+                Target(
+                    name,
+                    c.container_pid(client),
+                    f"http://{address}:80/",
+                    {
+                        "outbound": c.container_pid(f"{client}-sidecar"),
+                        "inbound": c.container_pid(f"{server}-sidecar"),
+                    },
+                )
+            )
         progress("latency: hand-written pods ...")
         tag = f"hl{os.getpid()}"
         net = f"{tag}-latency"
         docker("network", "create", "--label", f"{BENCH_LABEL}={os.getpid()}", net)
         admin = work / "admin"
         hand = hand_pods(images, net, f"{tag}-hand", hand_inbound(), hand_outbound, admin)
-        address = service_addresses(["server", "client"])["server"]
         paths = [
-            Target(
-                "devmesh",
-                c.container_pid(client),
-                f"http://{address}:80/",
-                {
-                    "outbound": c.container_pid(f"{client}-sidecar"),
-                    "inbound": c.container_pid(f"{server}-sidecar"),
-                },
-            ),
+            *devmesh_paths,
             Target(
                 "hand-written",
                 hand.client_pid,
@@ -355,5 +368,6 @@ def measure(
         return LatencyResult(rate, connections, seconds, paths)
     finally:
         with c.shielded():
-            c.down(project)
+            for proj in projects.values():
+                c.down(proj)
             c.sweep_label(str(os.getpid()))
