@@ -38,12 +38,18 @@ def xds_status(status: NodeStatus | None, synced: bool) -> api.XdsStatus:
     )
 
 
-def pod_status(view: View, pod: PodSpec | Retiring, xds: XdsLookup) -> api.Pod:
-    """A wanted pod, or a roll's old one (serving until its successor does, or draining)."""
+def pod_status(
+    view: View, pod: PodSpec | Retiring, xds: XdsLookup, taken: bool = True
+) -> api.Pod:
+    """A wanted pod, or a roll's old one (serving until its successor does, or draining).
+    `taken`: every connected Envoy has ACKed the config last published; until then a roll's
+    old pod left out of it may still be sent requests, so it is not called draining yet."""
+    leaving = False
     if isinstance(pod, PodSpec):
         app_name, sidecar_name, draining = pod.app.name, pod.sidecar.name, False
     else:
-        app_name, sidecar_name, draining = pod.app, pod.sidecar, not pod.serving
+        app_name, sidecar_name = pod.app, pod.sidecar
+        draining, leaving = not pod.serving and taken, not pod.serving and not taken
     info = view.infos.get(pod.name)
     app = view.infos.get(app_name)
     sidecar = view.infos.get(sidecar_name)
@@ -52,6 +58,8 @@ def pod_status(view: View, pod: PodSpec | Retiring, xds: XdsLookup) -> api.Pod:
     state, reason = _pod_state(view, (pod.name, app_name, sidecar_name), node, synced, health)
     if draining and state is not api.PodState.ENGINE_DOWN:
         state, reason = api.PodState.DRAINING, "replaced: out of the endpoints, draining"
+    elif leaving and state is api.PodState.READY:
+        reason = "replaced: leaving the endpoints (the Envoys are taking the config)"
     elif (
         state is api.PodState.READY
         and isinstance(pod, PodSpec)
@@ -125,6 +133,22 @@ def _pod_state(
     return S.READY, ""
 
 
+def _config_taken(view: View, xds: XdsLookup) -> bool:
+    """Every connected Envoy of the mesh (the wanted pods' sidecars, the gateway) has ACKed
+    the config last published for it."""
+    want = view.desired
+    if want is None:
+        return True
+    nodes = [p.sidecar.name for p in want.pods]
+    if want.gateway is not None:
+        nodes.append(want.gateway.name)
+    for node in nodes:
+        status, synced = xds(node)
+        if status is not None and status.connected and not synced:
+            return False
+    return True
+
+
 def gateway_status(view: View, xds: XdsLookup) -> api.Gateway | None:
     want = view.desired
     if want is None or want.gateway is None:
@@ -167,7 +191,8 @@ def mesh_state(
 ) -> api.MeshState:
     want = view.desired
     pods = tuple(pod_status(view, p, xds) for p in want.pods) if want else ()
-    pods += tuple(pod_status(view, r, xds) for r in view.retiring)
+    taken = _config_taken(view, xds) if view.retiring else True
+    pods += tuple(pod_status(view, r, xds, taken) for r in view.retiring)
     gateway = gateway_status(view, xds)
     failed = [api.Failure(s, v, r) for (s, v), r in view.failed.items()]
     failed += [

@@ -496,6 +496,16 @@ def test_an_env_change_rolls_the_pod_new_beside_old_then_the_old_drains(
     assert len(new_ip) == 1 and new_ip != old_ip
     assert "t-catalog-v1-0" in engine.containers_  # not stopped yet
     controller._set_view()
+    # Until every connected Envoy has ACKed that config, the old pod may still get requests:
+    # not draining yet (a test saw one answer from it after `ps` said draining).
+    gateway = "t-gateway"
+
+    def gateway_behind(node_id: str) -> tuple[NodeStatus, bool]:
+        return NodeStatus(node_id, "group", True, {}, {}, None), node_id != gateway
+
+    state = mesh_state(controller.view, gateway_behind, "t", "f", None, ())
+    old = next(p for p in state.pods if p.pod == "t-catalog-v1-0")
+    assert old.state is api.PodState.READY and "leaving" in old.reason
     state = mesh_state(controller.view, _synced, "t", "f", None, ())
     old = next(p for p in state.pods if p.pod == "t-catalog-v1-0")
     assert old.state is api.PodState.DRAINING
