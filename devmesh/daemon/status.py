@@ -38,9 +38,7 @@ def xds_status(status: NodeStatus | None, synced: bool) -> api.XdsStatus:
     )
 
 
-def pod_status(
-    view: View, pod: PodSpec | Retiring, xds: XdsLookup, taken: bool = True
-) -> api.Pod:
+def pod_status(view: View, pod: PodSpec | Retiring, xds: XdsLookup, taken: bool = True) -> api.Pod:
     """A wanted pod, or a roll's old one (serving until its successor does, or draining).
     `taken`: every connected Envoy has ACKed the config last published; until then a roll's
     old pod left out of it may still be sent requests, so it is not called draining yet."""
