@@ -66,8 +66,12 @@ fuzz: venv
 prometheus:
 	scripts/ensure-prometheus.sh
 
+# Two runs: the tests without Docker (pure ones, real Envoy on the host, the TUI against
+# recorded documents) on both cores; then the end-to-end ones (real Docker), one at a time,
+# as they share one engine and measure timings.
 pytest: venv engine prometheus
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 -m "not docker"
+	$(BIN)/pytest -q -m docker
 
 schema: venv
 	$(BIN)/devmesh schema > devmesh.schema.json

@@ -20,3 +20,11 @@ def _private_ca() -> Iterator[None]:
     yield
     if _OWN_CA is not None:
         shutil.rmtree(_OWN_CA, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the engine is a `docker` test, marked or not: `make test` runs those
+    one at a time, apart from the rest (which run on both cores)."""
+    for item in items:
+        if "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
