@@ -27,19 +27,29 @@ async def feed(app: MeshApp, pilot: Pilot[None], reads: int) -> None:
     await pilot.pause()
 
 
-async def settled(app: App[None], pilot: Pilot[None], note: str) -> None:
+async def settled(
+    app: App[None], pilot: Pilot[None], note: str, focused: str | None = None
+) -> None:
     """Until the screen has taken its worker's answer (no Static that `note` selects says
-    loading): the worker's message can still be queued when `wait_for_complete` returns,
-    and a snapshot taken then shows "loading…" (one failed so in CI's full run)."""
+    loading) and, if `focused` is given, the widget it selects has the focus. The worker's
+    message can still be queued when `wait_for_complete` returns: a snapshot taken then
+    shows "loading…" or the table without focus (both seen, in CI and under xdist)."""
     await pilot.pause()
     await app.workers.wait_for_complete()
     for _ in range(200):
         await pilot.pause()
         shown = [str(w.render()) for w in app.screen.query(note).results(Static)]
-        if not any(text.startswith("loading") for text in shown):
+        loaded = not any(text.startswith("loading") for text in shown)
+        # focus() takes effect later, through the message queue: a snapshot taken before it
+        # shows the table's unfocused colours (one did under `make test`'s parallel run).
+        if loaded and (focused is None or _has_focus(app, focused)):
             break
         await pilot.pause(0.02)
     await pilot.pause()
+
+
+def _has_focus(app: App[None], selector: str) -> bool:
+    return any(widget is app.focused for widget in app.screen.query(selector))
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_request_log_140x24(snap_compare: Any) -> None:
     app = _Host(AccessScreen(RecordedClient("shop"), "back"))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await _settle(app, pilot)
+        await settled(app, pilot, "#access-note", "#access-list")
         await pilot.press("up")
 
     assert snap_compare(app, terminal_size=(140, 24), run_before=run_before)

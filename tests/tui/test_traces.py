@@ -114,6 +114,6 @@ def test_trace_list_120x16(snap_compare: Any) -> None:
     app = _Host(TracesScreen(RecordedClient("shop"), "frontend"))
 
     async def run_before(pilot: Pilot[None]) -> None:
-        await settled(app, pilot, "#traces-note")
+        await settled(app, pilot, "#traces-note", "#trace-list")
 
     assert snap_compare(app, terminal_size=(120, 16), run_before=run_before)
