@@ -98,12 +98,6 @@ UNLIMITED = 4_294_967_295  # UInt32 max
 # the caller's route's to retry.
 APP_RETRY_ON = "connect-failure,reset-before-request"
 APP_RETRIES = 2
-# A route of the mesh file with no `retries:`: a request whose kept connection the callee's
-# sidecar closed just as it went out (an Envoy drains its listener's connections when a
-# change replaces the listener) is sent again; nothing else is. A 503 "connection
-# termination" after a live change of tracing was seen without it. `retries:` replaces it.
-ROUTE_RETRY_ON = "reset-before-request"
-ROUTE_RETRIES = 1
 APP_CONNECT_ATTEMPTS = 3  # tcp services: the first try and two more
 
 
@@ -561,8 +555,6 @@ def http_route(service: Service, route: Route, traced: bool = False) -> Json:
         if route.retries.per_try_timeout_ms is not None:
             policy["per_try_timeout"] = envoy_duration(route.retries.per_try_timeout_ms)
         action["retry_policy"] = policy
-    else:
-        action["retry_policy"] = {"retry_on": ROUTE_RETRY_ON, "num_retries": ROUTE_RETRIES}
     if route.mirror is not None:
         action["request_mirror_policies"] = [
             {
