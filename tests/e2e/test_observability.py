@@ -221,6 +221,9 @@ def test_follow_streams_new_entries_as_they_come(observed: tuple[Mesh, int]) -> 
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "DEVMESH_PULL": "never"},
+        # Ctrl-C as a terminal sends it: a suite run in the background of a shell without
+        # job control inherits SIGINT ignored, and so would the command (it did, twice).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
 
