@@ -33,7 +33,7 @@ async def settled(
     """Until the screen has taken its worker's answer (no Static that `note` selects says
     loading) and, if `focused` is given, the widget it selects has the focus. The worker's
     message can still be queued when `wait_for_complete` returns: a snapshot taken then
-    shows "loading…" or the table without focus (both seen, in CI and under xdist)."""
+    shows "loading…" or the table without focus (the second seen under xdist)."""
     await pilot.pause()
     await app.workers.wait_for_complete()
     for _ in range(200):
