@@ -576,8 +576,9 @@ class Controller:
     def _set_targets(self) -> None:
         want, infos, mesh = self.reconciler.desired, self.reconciler.infos, self._served()
         if self.engine_health is not None:
+            owners = self._owners(want)
             self.engine_health.listed(
-                {i.name: i.health for i in infos.values() if i.name in self._owners(want)}
+                {i.name: i.health for i in infos.values() if i.name in owners}
             )
         targets = []
         pods = [(p.name, p.app.name, p.service, p.version) for p in want.pods] if want else []
