@@ -83,6 +83,13 @@ class HealthChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthNoted:
+    """Only the reason a failing pod fails for changed: what `ps` shows, nothing to push."""
+
+    results: Mapping[str, Result]
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     pass
 
@@ -125,6 +132,7 @@ Command = (
     FileChanged
     | ContainerDied
     | HealthChanged
+    | HealthNoted
     | Tick
     | ImagesReady
     | Settled
@@ -133,6 +141,18 @@ Command = (
     | Call
     | Stop
 )
+
+
+def _reasons_from(health: Mapping[str, Result], noted: Mapping[str, Result]) -> dict[str, Result]:
+    """`health` with the newer reasons `noted` gives, for pods whose passing or failing is
+    the same in both: which pods serve changes only by a HealthChanged (or the loop's own
+    probe round), never by a note."""
+    out = dict(health)
+    for pod, old in health.items():
+        new = noted.get(pod)
+        if new is not None and new.ok == old.ok and new.app_id == old.app_id:
+            out[pod] = new
+    return out
 
 
 # -- what readers see -----------------------------------------------------------------------
@@ -203,6 +223,7 @@ class Controller:
             events,
             engine_health.check if engine_health is not None else check,
             failures_to_drop=1 if engine_health is not None else FAILURES_TO_DROP,
+            on_noted=lambda r: self.submit(HealthNoted(r)),
         )
         images.on_built = lambda: self.submit(ImagesReady())  # builds run on its worker
         self.develop = Develop(
@@ -335,6 +356,8 @@ class Controller:
             elif isinstance(command, HealthChanged):
                 self._health = command.results
                 publish = True
+            elif isinstance(command, HealthNoted):
+                self._health = _reasons_from(self._health, command.results)
             elif isinstance(command, Renew):
                 renew = True
             elif isinstance(command, Tick):

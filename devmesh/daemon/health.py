@@ -114,8 +114,12 @@ class HealthMonitor:
         check: Probe = probe,
         clock: Callable[[], float] = time.monotonic,
         failures_to_drop: int = FAILURES_TO_DROP,
+        on_noted: Callable[[Mapping[str, Result]], None] | None = None,
     ) -> None:
+        """`on_change`: a pod's health changed (it passes now, or no longer); `on_noted`:
+        only why a failing pod fails did (what `ps` shows, not what serves)."""
         self._failures_to_drop = failures_to_drop
+        self._on_noted = on_noted
         self._poked = False
         self._on_change = on_change
         self._events = events
@@ -170,19 +174,23 @@ class HealthMonitor:
                 return
             force, self._poked = self._poked, False
             try:
-                if self._round(force=force):
+                changed, noted = self._round(force=force)
+                if changed:
                     self._on_change(self.results())
+                elif noted and self._on_noted is not None:
+                    self._on_noted(self.results())
             except Exception:
                 if self._stop.is_set():
                     return  # the probe pool was shut down under a round: not a fault
                 log.exception("health probes failed")
 
-    def _round(self, force: bool) -> bool:
-        """Probe the apps that are due; True if any pod's health changed."""
+    def _round(self, force: bool) -> tuple[bool, bool]:
+        """Probe the apps that are due; whether any pod's health changed, and whether only
+        the reason a failing pod fails for did."""
         with self._lock:
             targets = self._targets
         now = self._clock()
-        changed = False
+        changed = noted = False
         results = dict(self._results)
         due: list[Target] = []
         for t in targets:
@@ -219,6 +227,7 @@ class HealthMonitor:
             self._next_at[t.pod] = now + probe_delay(
                 ok, interval, None if first is None else now - first
             )
+            noted = noted or (not ok and reason != old.reason)
             if ok != old.ok:
                 changed = True
                 if ok:
@@ -230,4 +239,4 @@ class HealthMonitor:
             results[t.pod] = Result(t.app_id, ok, reason)
         with self._lock:
             self._results = results
-        return changed
+        return changed, noted

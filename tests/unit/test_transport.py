@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,9 @@ from devmesh.core.transport import (
     choose,
     parse_address,
 )
+from devmesh.daemon.controller import _reasons_from
 from devmesh.daemon.eventlog import EventLog
-from devmesh.daemon.health import NOT_CHECKED, EngineHealth, HealthMonitor, Target
+from devmesh.daemon.health import NOT_CHECKED, EngineHealth, HealthMonitor, Result, Target
 from devmesh.envoy.bootstrap import XdsTcp, ads_bootstrap
 from devmesh.plan.desired import (
     ADMIN_DIR,
@@ -341,3 +344,40 @@ def test_what_tcp_cannot_serve_is_said_naming_the_transport() -> None:
     problems = tcp_unsupported(mesh)
     assert len(problems) == 2
     assert all("needs transport unix" in p for p in problems)
+
+
+def test_a_new_reason_for_a_failing_pod_is_noted_without_a_change() -> None:
+    """ps showed "has not passed yet" for 30 s while the engine said unhealthy: only a pod
+    passing or failing was announced, so the loop kept the first reason it was given."""
+    health = EngineHealth()
+    health.listed({"pod-a": "starting"})
+    changes: list[object] = []
+    noted: list[Mapping[str, Result]] = []
+    monitor = HealthMonitor(
+        changes.append, EventLog(), health.check, failures_to_drop=1, on_noted=noted.append
+    )
+    monitor.set_targets((Target("pod-a", "app1", "pod-a", 80, None, True, "running"),))
+    monitor.start()
+    try:
+
+        def reason() -> str:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not noted:
+                time.sleep(0.01)
+            return noted[-1]["pod-a"].reason if noted else ""
+
+        assert "has not passed yet" in reason()
+        noted.clear()
+        health.reported("pod-a", "unhealthy")
+        monitor.poke()
+        assert "the engine's health check fails" in reason()
+        assert changes == []  # it failed before and fails now: nothing to push
+    finally:
+        monitor.stop()
+
+
+def test_a_note_takes_reasons_only_where_passing_is_unchanged() -> None:
+    held = {"a": Result("1", False, "old"), "b": Result("2", True, ""), "c": Result("3", False)}
+    noted = {"a": Result("1", False, "new"), "b": Result("2", False, "x"), "c": Result("9")}
+    out = _reasons_from(held, noted)
+    assert out == {"a": Result("1", False, "new"), "b": held["b"], "c": held["c"]}
