@@ -12,8 +12,10 @@ it (`devmesh.adapters.xds_server`):
 
 `set_snapshots` replaces every group at once: groups not given are removed (their Envoys
 keep what they have; nothing is pushed), unchanged ones wake nobody, and if any snapshot
-fails to pack nothing changes. Thread-safe; the lock is held only for bookkeeping, never
-while packing.
+fails to pack nothing changes. A snapshot that drops clusters is served in two steps: first
+with the dropped clusters kept (`envoy.snapshot.bridging`), then, once every connected Envoy
+of the group has taken that, as given; a route never names a cluster its Envoy has lost.
+Thread-safe; the lock is held only for bookkeeping, never while packing.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from google.protobuf import any_pb2, json_format  # type: ignore[import-untyped,
 
 from devmesh.adapters.xds_types import CLUSTER, LISTENER, to_proto
 from devmesh.envoy.resources import Json
-from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError
+from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError, bridging
 
 log = logging.getLogger("devmesh.xds")
 
@@ -150,6 +152,8 @@ class SnapshotCache:
         # set_snapshots). Streams and status readers only ever take `_lock`.
         self._publishing = threading.RLock()
         self._served: dict[str, Served] = {}
+        # group -> what it serves once its Envoys have taken the bridge `_served` holds
+        self._finals: dict[str, Served] = {}
         self._packed: dict[str, Any] = {}  # resource digest -> Any; guarded by _publishing
         self._ready: dict[str, Any] = {}  # packed ahead by `prepare`; guarded by _publishing
         self._nodes: dict[str, _Node] = {}
@@ -165,31 +169,47 @@ class SnapshotCache:
         if any resource does not parse as its Envoy type."""
         with self._publishing:
             with self._lock:
-                old = dict(self._served)
+                old, old_finals = dict(self._served), dict(self._finals)
             fresh: dict[str, Served] = {}
+            finals: dict[str, Served] = {}
             problems: list[str] = []
             for group, snapshot in snapshots.items():
-                before = old.get(group)
+                before, final = old.get(group), old_finals.get(group)
+                if final is not None and final.versions == snapshot.versions:
+                    fresh[group], finals[group] = before or final, final  # still bridging
+                    continue
                 if before is not None and before.versions == snapshot.versions:
                     fresh[group] = before
                     continue
+                bridge = bridging(before.snapshot, snapshot) if before is not None else None
                 try:
-                    fresh[group] = self._pack(group, snapshot, before)
+                    if bridge is None:
+                        fresh[group] = self._pack(group, snapshot, before)
+                    else:
+                        fresh[group] = self._pack(group, bridge, before)
+                        finals[group] = self._pack(group, snapshot, fresh[group])
                 except SnapshotError as e:
                     problems += e.problems
             if problems:
                 raise SnapshotError(problems)
             # Keep only the packed resources still in use: the cache never outgrows the mesh.
-            in_use = {d for s in fresh.values() for t in s.snapshot.types for d in t.digests}
+            in_use = {
+                d
+                for s in (*fresh.values(), *finals.values())
+                for t in s.snapshot.types
+                for d in t.digests
+            }
             self._packed = {d: p for d, p in self._packed.items() if d in in_use}
             self._ready = {d: p for d, p in self._ready.items() if d not in in_use}
             changed = frozenset(g for g, s in fresh.items() if old.get(g) is not s)
             with self._lock:
                 self._served = fresh
+                self._finals = finals
                 for watch in self._watches.values():
                     if watch.group in changed:
                         watch.wake()
                 self._recheck(None)  # a group set back to what its nodes ACKed is synced
+                self._finish(None)  # a group with no Envoy connected goes on at once
         for group in sorted(changed):
             log.debug("snapshot %s: %s", group, fresh[group].versions)
         return changed
@@ -228,10 +248,16 @@ class SnapshotCache:
         """Forget a node group's config. Its Envoys keep what they have; nothing is pushed."""
         with self._publishing, self._lock:
             self._served.pop(group, None)
+            self._finals.pop(group, None)
 
     def served(self, group: str) -> Served | None:
         with self._lock:
             return self._served.get(group)
+
+    def bridging(self, group: str) -> bool:
+        """The group is served a bridge: its Envoys have not all taken it yet."""
+        with self._lock:
+            return group in self._finals
 
     def groups(self) -> frozenset[str]:
         with self._lock:
@@ -288,6 +314,7 @@ class SnapshotCache:
             node = self._owned(watch.node_id, stream_id)
             if node is not None:
                 node.connected = False
+                self._finish(watch.group)  # it was perhaps the last one not to take a bridge
         log.debug("%s disconnected", watch.node_id)
         if node is not None:  # not when a newer stream of the same Envoy took over
             self._tell(NodeEvent(watch.node_id, "disconnected"))
@@ -315,6 +342,7 @@ class SnapshotCache:
             if node.nack is not None and node.nack.type_url == type_url:
                 node.nack = None
             self._recheck(node_id)
+            self._finish(node.cluster)
         if first:
             self._tell(NodeEvent(node_id, "configured"))
 
@@ -384,6 +412,23 @@ class SnapshotCache:
                 return False
             finally:
                 self._waiters.remove(waiter)
+
+    def _finish(self, group: str | None) -> None:
+        """Under the lock: serve a group (None: any) its final snapshot once every connected
+        Envoy of it has taken the bridge that kept its dropped clusters."""
+        for name in [group] if group is not None else list(self._finals):
+            final = self._finals.get(name)
+            if final is None:
+                continue
+            nodes = [n for n, node in self._nodes.items() if node.cluster == name]
+            if not all(self._synced(n) for n in nodes if self._nodes[n].connected):
+                continue
+            del self._finals[name]
+            self._served[name] = final
+            log.debug("snapshot %s: dropped clusters removed: %s", name, final.versions)
+            for watch in self._watches.values():
+                if watch.group == name:
+                    watch.wake()
 
     def _recheck(self, node_id: str | None) -> None:
         """Under the lock, after a change that can make `node_id` (None: any) synced."""

@@ -105,6 +105,20 @@ class TypeSnapshot:
         names = tuple(str(item.get(NAME_KEY[type_url], "")) for item in items)
         return cls(type_url, version, names, items, digests)
 
+    def plus(self, other: TypeSnapshot, picked: Iterable[int]) -> TypeSnapshot:
+        """These resources, then `other`'s at the indexes `picked` (digested already)."""
+        picked = tuple(picked)
+        if not picked:
+            return self
+        digests = self.digests + tuple(other.digests[i] for i in picked)
+        return TypeSnapshot(
+            self.type_url,
+            hashlib.sha256(",".join(digests).encode()).hexdigest()[:16],
+            self.names + tuple(other.names[i] for i in picked),
+            self.items + tuple(other.items[i] for i in picked),
+            digests,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -252,6 +266,39 @@ def with_secrets(
         same = typed.version == snapshot.secrets.version
         out[group] = snapshot if same else dataclasses.replace(snapshot, secrets=typed)
     return out
+
+
+def bridging(old: Snapshot, new: Snapshot) -> Snapshot | None:
+    """`new`, still serving the clusters of `old` that it drops, with their endpoints and the
+    secrets they use; None when it drops none.
+
+    Make before break, the other half: an Envoy takes CDS before it takes the listeners and
+    routes that stop using a cluster, so a cluster dropped in the same push is gone while a
+    route still sends to it, and Envoy answers that route 503 with no body (response flag NC).
+    Envoy's xDS docs: stale clusters and their endpoints are removed once nothing refers to
+    them. The cache serves this first and `new` once every Envoy of the group has taken it
+    (`adapters/xds_cache.py`). Consistent by construction: it only adds what `old` held, and
+    only under names `new` lacks."""
+    kept = set(new.clusters.names)
+    dropped = [i for i, name in enumerate(old.clusters.names) if name not in kept]
+    if not dropped:
+        return None
+    eds = set(_eds_names(old.clusters.items[i] for i in dropped)) - set(new.endpoints.names)
+    sds = {
+        name
+        for i in dropped
+        for name in _walked("sds", old.clusters.digests[i], old.clusters.items[i], _sds_names)
+    } - set(new.secrets.names)
+    return dataclasses.replace(
+        new,
+        clusters=new.clusters.plus(old.clusters, dropped),
+        endpoints=new.endpoints.plus(old.endpoints, _named(old.endpoints, eds)),
+        secrets=new.secrets.plus(old.secrets, _named(old.secrets, sds)),
+    )
+
+
+def _named(typed: TypeSnapshot, names: set[str]) -> list[int]:
+    return [i for i, name in enumerate(typed.names) if name in names]
 
 
 def _dicts(node: Any) -> Iterator[dict[str, Any]]:

@@ -21,6 +21,7 @@ from devmesh.envoy.snapshot import (
     SECRET,
     Snapshot,
     SnapshotError,
+    bridging,
     new_snapshot,
     new_snapshots,
 )
@@ -254,3 +255,69 @@ def test_references_name_what_listeners_and_clusters_wait_for() -> None:
         ENDPOINT: {"back|v1", "back|v2", "db|default"},
         SECRET: set(),  # the mesh is DISABLED; a TLS one: test_mtls_render.py
     }
+
+
+# -- bridging: a dropped cluster stays until the routes that used it are gone ----------------
+
+
+def _cluster(name: str, secret: str | None = None) -> Json:
+    cluster: Json = {"name": name, "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}}
+    if secret is not None:
+        sds = {"name": secret, "sds_config": {"ads": {}}}
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"common_tls_context": {"tls_certificate_sds_secret_configs": [sds]}},
+        }
+    return cluster
+
+
+def _assignment(name: str) -> Json:
+    return {"cluster_name": name, "endpoints": []}
+
+
+def _route_to(*clusters: str) -> Json:
+    weighted = [{"name": c, "weight": 1} for c in clusters]
+    action = {"weighted_clusters": {"clusters": weighted}}
+    return {
+        "name": "r",
+        "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"route": action}]}],
+    }
+
+
+def test_bridging_keeps_the_dropped_clusters_with_their_endpoints_and_secrets() -> None:
+    old = new_snapshot(
+        Resources(
+            listeners=(),
+            routes=(_route_to("a", "b"),),
+            clusters=(_cluster("a"), _cluster("b", secret="b-cert")),
+            endpoints=(_assignment("a"), _assignment("b")),
+            secrets=({"name": "b-cert"}, {"name": "other"}),
+        )
+    )
+    new = new_snapshot(
+        Resources(
+            listeners=(),
+            routes=(_route_to("a"),),
+            clusters=(_cluster("a"),),
+            endpoints=(_assignment("a"),),
+            secrets=({"name": "other"},),
+        )
+    )
+    bridge = bridging(old, new)
+    assert bridge is not None
+    assert bridge.routes == new.routes and bridge.listeners == new.listeners
+    assert bridge.clusters.names == ("a", "b")
+    assert bridge.endpoints.names == ("a", "b")
+    assert bridge.secrets.names == ("other", "b-cert")
+    assert bridge.problems() == []
+    # Versions are what the same resources would get from scratch: nothing digested twice.
+    assert (
+        bridge.clusters.version
+        == Snapshot.of(
+            Resources((), (), (_cluster("a"), _cluster("b", secret="b-cert")), ())
+        ).clusters.version
+    )
+    assert bridging(new, old) is None  # adding clusters needs no bridge
+    assert bridging(new, new) is None
+    again = bridging(bridge, new)  # bridging from a bridge keeps what it kept
+    assert again is not None and again.clusters.names == ("a", "b")

@@ -286,3 +286,81 @@ def test_the_cache_tells_its_listener_of_connections_and_rejections() -> None:
         ("pod-sidecar", "disconnected"),
     ]
     assert heard[1].detail == "Listener: bad"
+
+
+def _without_v2() -> dict[str, Snapshot]:
+    text = MESH.replace("{v1: {}, v2: {}}", "{v1: {}}").replace("{v1: 75, v2: 25}", "v1")
+    mesh = load(text)
+    return new_snapshots(render(mesh, placeholder_endpoints(mesh)))
+
+
+def _clusters(cache: SnapshotCache, group: str) -> set[str]:
+    served = cache.served(group)
+    assert served is not None
+    return set(served.snapshot.clusters.names)
+
+
+def test_a_dropped_cluster_is_served_until_every_envoy_has_taken_the_routes_without_it() -> None:
+    # Envoy takes CDS before RDS: a cluster dropped in the same push as the route that sent
+    # to it would be gone while the old route still runs (503, no body, flag NC).
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    a, b = FakeEnvoy(cache, "front-a"), FakeEnvoy(cache, "front-b")
+    a.subscribe_and_ack()
+    b.subscribe_and_ack()
+
+    cache.set_snapshots(_without_v2())
+    assert cache.bridging(FRONT)
+    assert "back|v2" in _clusters(cache, FRONT)  # still served, with its endpoints
+    served = cache.served(FRONT)
+    assert served is not None and "back|v2" in served.snapshot.endpoints.names
+    assert "back|v2" not in str(served.snapshot.routes.items)  # the routes left it already
+    assert "back|v2" not in _clusters(cache, "t/back/v1")  # groups without it: no bridge
+
+    a.take_push()
+    assert cache.bridging(FRONT)  # b still runs the old routes
+    b.take_push()
+    assert not cache.bridging(FRONT)  # both took them: now it goes
+    assert "back|v2" not in _clusters(cache, FRONT)
+    (cds, eds) = a.stream.on_wake()  # the final push: CDS and EDS without it
+    assert (cds.type_url, eds.type_url) == (CLUSTER, ENDPOINT)
+    assert len(cds.resources) == len(_clusters(cache, FRONT))
+    a.ack([cds, eds])
+    b.take_push()
+    assert cache.wait_synced(["front-a", "front-b"], timeout=0)
+
+
+def test_a_bridge_ends_when_the_envoy_that_did_not_take_it_goes_away() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    a, b = FakeEnvoy(cache, "front-a"), FakeEnvoy(cache, "front-b")
+    a.subscribe_and_ack()
+    b.subscribe_and_ack()
+    cache.set_snapshots(_without_v2())
+    a.take_push()
+    assert cache.bridging(FRONT)
+    b.stream.close()
+    assert not cache.bridging(FRONT)
+    assert "back|v2" not in _clusters(cache, FRONT)
+
+
+def test_with_no_envoy_connected_a_dropped_cluster_goes_at_once() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    cache.set_snapshots(_without_v2())
+    assert not cache.bridging(FRONT)
+    assert "back|v2" not in _clusters(cache, FRONT)
+
+
+def test_the_same_final_snapshot_again_keeps_the_bridge_and_wakes_nobody() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    a = FakeEnvoy(cache, "front-a")
+    a.subscribe_and_ack()
+    cache.set_snapshots(_without_v2())
+    bridge = cache.served(FRONT)
+    assert cache.set_snapshots(_without_v2()) == frozenset()  # a timer's pass: no change
+    assert cache.served(FRONT) is bridge and cache.bridging(FRONT)
+    cache.set_snapshots(_snapshots())  # v2 back before the bridge ended: served as given
+    assert not cache.bridging(FRONT)
+    assert "back|v2" in _clusters(cache, FRONT)
