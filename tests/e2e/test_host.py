@@ -60,6 +60,7 @@ class HostApp:
     can be paused (its handlers block, as a process stopped in a debugger would)."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.served: list[str] = []
         self.running = threading.Event()
         self.running.set()
@@ -260,3 +261,65 @@ def test_devmesh_dev_serves_its_header_calls_upstreams_and_leaves_with_no_failed
     after = [b for t, b in bodies if t > exited]
     assert after and all(b.startswith("api/v1 (") for b in after), after[:3]
     assert _wait(lambda: all(p["version"] != "mine" for p in mesh.ps()["pods"]), 15)
+
+
+def test_a_version_taken_out_again_and_again_under_load_fails_no_request(
+    dev: tuple[Mesh, HostApp],
+) -> None:
+    # Each take-out drops the version's cluster in the push that moves its route away.
+    # Envoy takes CDS first: had the cluster gone in that push, the route would still send
+    # to a cluster its Envoy had lost for the moment between, answered 503 with no body (NC).
+    # Counted from when the version serves (until then its route has no healthy endpoint,
+    # as for any version whose pods are not ready) to the next add.
+    from devmesh.api import types as api
+    from devmesh.daemon import launcher
+
+    mesh, _ = dev
+    second = HostApp(free_port())
+    client = launcher.client(mesh.project)
+    mine = {"x-who": "cycle"}
+    failures: list[str] = []
+    counted = [0]
+    counting = threading.Event()
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 120  # bounded whatever happens to the loop below
+        while not stop.is_set() and time.monotonic() < deadline:
+            counts = counting.is_set()
+            try:
+                r = request(mesh.port, "/cycle", headers=mine)
+                failed = None if r.status == 200 else f"{r.status} {r.body!r}"
+            except OSError as exc:
+                failed = repr(exc)
+            if counts:
+                counted[0] += 1
+                if failed is not None:
+                    failures.append(failed)
+
+    def serving() -> bool:
+        pods = [p for p in mesh.ps()["pods"] if p["version"] == "cycle"]
+        return bool(pods) and all(p["state"] == "ready" for p in pods)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(10):
+            added = client.dev(api.DevRequest("api", "cycle", second.port, "x-who", "cycle"))
+            assert added.active and added.synced
+            assert _wait(serving, 15)
+            counting.set()
+            time.sleep(0.3)
+            removed = client.dev(api.DevRequest("api", "cycle", remove=True))
+            assert not removed.active and removed.synced
+            time.sleep(0.3)
+            counting.clear()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+        second.close()
+    assert counted[0] > 100, counted
+    assert failures == [], (len(failures), failures[:5])
+    assert second.served  # it served while it was in
