@@ -36,7 +36,15 @@ FLUSH: Final = "0.5s"  # Envoy's default is 1 s; half of it keeps `logs --follow
 # 1 ms whatever it holds (grpc.aio's read of it): at 32 KiB (about 90 entries) 1,000
 # requests a second through two sidecars made 10 messages a second, 13 us of the daemon's
 # CPU a request; at 256 KiB the 0.5 s flush sends first (3 a second, 4-7 us a request).
-BUFFER_BYTES: Final = 262_144
+# But Envoy holds the buffered entries as protobuf objects, several times their wire size,
+# and its allocator keeps the peak: at 256 KiB under ~850 requests a second a sidecar's
+# private memory was 2.0-2.2 MiB higher with access logs than without (3.2 under mTLS, whose
+# entries carry both certificates' subjects and SANs, 919 bytes against 410), and mTLS
+# server sidecars were +0.9 to +1.8 MiB over plaintext ones. At 128 KiB: mTLS +0.21 to +0.58 MiB
+# over plaintext, each sidecar 0.3-1.3 MiB lower than at 256 KiB, for
+# +1.5 us of the daemon's CPU a request at ~850 a second (bench/mtls.py,
+# bench/observability_cpu.py; at dev rates the 0.5 s flush sends first, so no change).
+BUFFER_BYTES: Final = 131_072
 # Trace context, logged so an entry links to its trace (W3C, and X-Ray's header).
 TRACE_HEADERS: Final = ("traceparent", "x-amzn-trace-id")
 
