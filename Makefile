@@ -42,8 +42,8 @@ down: venv
 test: lint typecheck contracts pytest
 
 lint: venv
-	$(BIN)/ruff check devmesh tests bench
-	$(BIN)/ruff format --check devmesh tests bench
+	$(BIN)/ruff check devmesh tests bench scripts
+	$(BIN)/ruff format --check devmesh tests bench scripts
 
 typecheck: venv
 	$(BIN)/mypy

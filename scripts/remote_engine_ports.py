@@ -97,15 +97,12 @@ def main() -> int:
             forwarder = Forwarder(client, api)
             since = int(time.time())
             forwarder.resync()
-            for event in client.events(
-                decode=True, since=since, filters={"type": "container"}
-            ):
+            for event in client.events(decode=True, since=since, filters={"type": "container"}):
                 action = event.get("Action") or event.get("status")
                 if action == "start":
                     forwarder.add(event["id"])
-                elif action in ("die", "destroy", "kill"):
-                    if action == "die":
-                        forwarder.remove(event["id"])
+                elif action == "die":  # a kill or a destroy is followed by, or follows, a die
+                    forwarder.remove(event["id"])
         except (docker.errors.DockerException, OSError) as exc:
             print(f"engine stream broke ({exc}); again in 1 s", flush=True)
             time.sleep(1)
