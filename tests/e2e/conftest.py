@@ -13,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -223,3 +225,57 @@ def make_mesh(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[An
     for mesh in made:
         mesh.run("down", timeout=60)
         sweep(docker_client, mesh.project)
+
+
+class PacedLoad:
+    """GETs of `path` on 127.0.0.1:`port` from `threads` threads, each on a keep-alive
+    connection like a real client's, about `rate` a second in all, until the block ends
+    (`limit` seconds at most, whatever the test does). Every answer but a 200 is a
+    failure, kept with the start of its body."""
+
+    def __init__(
+        self, port: int, path: str = "/healthz", rate: float = 200, threads: int = 4
+    ) -> None:
+        self.port, self.path, self.every = port, path, threads / rate
+        self.limit = 60.0
+        self.ok = 0
+        self.failures: list[str] = []
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def __enter__(self) -> PacedLoad:
+        self.started = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=20)
+        self.seconds = time.monotonic() - self.started
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        next_at = time.monotonic()
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path)
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{resp.status} {body[:80]!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            next_at += self.every
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        if conn is not None:
+            conn.close()

@@ -12,8 +12,6 @@ changes land. Before `--drain-strategy immediate` (desired.SIDECAR_FLAGS) this t
 
 from __future__ import annotations
 
-import http.client
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import PROJECTS, Mesh, free_port, sweep
+from tests.e2e.conftest import PROJECTS, Mesh, PacedLoad, free_port, sweep
 
 pytestmark = pytest.mark.docker
 
@@ -58,52 +56,6 @@ STEPS = (
 )
 
 
-class Load:
-    """GET / through the gateway (web calls api) on keep-alive connections, about `rate`
-    a second, until stopped (60 s at most). Every answer but a 200 is a failure."""
-
-    def __init__(self, port: int, rate: float = 150, threads: int = 3) -> None:
-        self.port, self.every = port, threads / rate
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=20)
-
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        next_at = time.monotonic()
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/")
-                resp = conn.getresponse()
-                body = resp.read()
-                if resp.status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{resp.status} {body[:80]!r}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-            next_at += self.every
-            time.sleep(max(0.0, next_at - time.monotonic()))
-        if conn is not None:
-            conn.close()
-
-
 def _text(step: str) -> str:
     return MESH.replace("@OBS@", step)
 
@@ -133,7 +85,7 @@ def _listeners_version(mesh: Mesh) -> Iterator[str]:
 
 def test_changes_that_replace_the_connection_managers_fail_no_request(mesh: Mesh) -> None:
     assert mesh.get("/").status == 200
-    with Load(mesh.port) as load:
+    with PacedLoad(mesh.port, path="/", rate=150, threads=3) as load:
         time.sleep(1.0)
         for step in (*STEPS[1:], *STEPS[1:]):
             before = list(_listeners_version(mesh))

@@ -8,9 +8,7 @@ refuses it. A busybox container on the mesh network plays a peer outside the mes
 
 from __future__ import annotations
 
-import http.client
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,16 @@ import pytest
 from devmesh.api import codec
 from devmesh.client import DaemonClient
 from devmesh.unixhttp import UnixHTTPConnection
-from tests.e2e.conftest import ENV, PROJECTS, Mesh, devmesh, free_port, outsider_on, sweep
+from tests.e2e.conftest import (
+    ENV,
+    PROJECTS,
+    Mesh,
+    PacedLoad,
+    devmesh,
+    free_port,
+    outsider_on,
+    sweep,
+)
 from tests.e2e.test_runtime import wait_for
 
 pytestmark = pytest.mark.docker
@@ -130,55 +137,6 @@ def _certs(mesh: Mesh, pod: str) -> list[str]:
     )
 
 
-class Load:
-    """Requests through the gateway's door to `api` (the gateway is a declared caller:
-    gateway sidecar -> mTLS -> api's sidecar), on keep-alive connections like a real client,
-    at about `rate` per second until stopped. Every answer but a 200 is a failure."""
-
-    def __init__(self, port: int, rate: float = 200, threads: int = 4) -> None:
-        self.port, self.every = port, threads / rate
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        self.started = time.monotonic()
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=20)
-        self.seconds = time.monotonic() - self.started
-
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        next_at = time.monotonic()
-        deadline = time.monotonic() + 60  # bounded, whatever the test does
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/healthz")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{resp.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-            next_at += self.every
-            time.sleep(max(0.0, next_at - time.monotonic()))
-        if conn is not None:
-            conn.close()
-
-
 def _api_door(mesh: Mesh) -> int:
     url = _state(mesh)["gateway"]["services"]["api"]
     return int(url.rsplit(":", 1)[1].strip("/"))
@@ -252,7 +210,7 @@ def test_openssl_sees_the_spiffe_id_and_a_chain_to_the_local_ca(mesh: Mesh) -> N
 def test_certificates_rotate_under_load_without_a_failed_request(mesh: Mesh) -> None:
     pod = f"{mesh.project}-api-default-0"
     seen = set(_certs(mesh, pod))
-    with Load(_api_door(mesh)) as load:
+    with PacedLoad(_api_door(mesh)) as load:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and len(seen) < 5:  # CA + the first + 3 rotations
             seen.update(_certs(mesh, pod))
@@ -269,7 +227,7 @@ def test_certificates_rotate_under_load_without_a_failed_request(mesh: Mesh) -> 
 
 def test_permissive_to_strict_and_back_fails_no_declared_request(mesh: Mesh, outsider: Any) -> None:
     address = _pods(mesh)["api"]["address"]
-    with Load(_api_door(mesh)) as load:
+    with PacedLoad(_api_door(mesh)) as load:
         for mode, outsider_served in (
             ("PERMISSIVE", True),
             ("STRICT", False),
