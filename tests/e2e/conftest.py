@@ -227,6 +227,24 @@ def make_mesh(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[An
         sweep(docker_client, mesh.project)
 
 
+@contextlib.contextmanager
+def module_mesh(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, text: str
+) -> Iterator[Mesh]:
+    """A mesh of `text` up (--wait) for a module's tests, down and swept afterwards."""
+    made = Mesh(
+        tmp_path_factory.mktemp("mesh"), f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client
+    )
+    PROJECTS.append(made.project)
+    made.write(text)
+    try:
+        made.up_ok()
+        yield made
+    finally:
+        made.run("down", timeout=60)
+        sweep(docker_client, made.project)
+
+
 class PacedLoad:
     """GETs of `path` on 127.0.0.1:`port` from `threads` threads, each on a keep-alive
     connection like a real client's, about `rate` a second in all, until the block ends

@@ -13,14 +13,12 @@ changes land. Before `--drain-strategy immediate` (desired.SIDECAR_FLAGS) this t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import docker
 import pytest
 
-from tests.e2e.conftest import PROJECTS, Mesh, PacedLoad, free_port, sweep
+from tests.e2e.conftest import Mesh, PacedLoad, module_mesh
 
 pytestmark = pytest.mark.docker
 
@@ -61,18 +59,11 @@ def _text(step: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Any:
-    made = Mesh(
-        tmp_path_factory.mktemp("changes"), f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client
-    )
-    PROJECTS.append(made.project)
-    made.write(_text(STEPS[0]))
-    try:
-        made.up_ok()
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Mesh]:
+    with module_mesh(tmp_path_factory, docker_client, _text(STEPS[0])) as made:
         yield made
-    finally:
-        made.run("down", timeout=60)
-        sweep(docker_client, made.project)
 
 
 def _listeners_version(mesh: Mesh) -> Iterator[str]:

@@ -24,13 +24,12 @@ from devmesh.client import DaemonClient
 from devmesh.unixhttp import UnixHTTPConnection
 from tests.e2e.conftest import (
     ENV,
-    PROJECTS,
     Mesh,
     PacedLoad,
     devmesh,
     free_port,
+    module_mesh,
     outsider_on,
-    sweep,
 )
 from tests.e2e.test_runtime import wait_for
 
@@ -78,18 +77,11 @@ def _text(mode: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Any:
-    made = Mesh(
-        tmp_path_factory.mktemp("tlsmesh"), f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client
-    )
-    PROJECTS.append(made.project)
-    made.write(_text("STRICT"))
-    try:
-        made.up_ok()
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Mesh]:
+    with module_mesh(tmp_path_factory, docker_client, _text("STRICT")) as made:
         yield made
-    finally:
-        made.run("down", timeout=60)
-        sweep(docker_client, made.project)
 
 
 @pytest.fixture(scope="module")

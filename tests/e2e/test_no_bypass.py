@@ -27,7 +27,7 @@ from devmesh.plan.desired import (
     hosts_file,
     network_name,
 )
-from tests.e2e.conftest import PROJECTS, Mesh, free_port, outsider_on, sweep
+from tests.e2e.conftest import PROJECTS, Mesh, module_mesh, outsider_on, sweep
 from tests.e2e.test_runtime import wait_for
 
 pytestmark = pytest.mark.docker
@@ -58,18 +58,11 @@ services:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Any:
-    made = Mesh(
-        tmp_path_factory.mktemp("guarded"), f"t{uuid.uuid4().hex[:8]}", free_port(), docker_client
-    )
-    PROJECTS.append(made.project)
-    made.write(MESH)
-    try:
-        made.up_ok()
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[Mesh]:
+    with module_mesh(tmp_path_factory, docker_client, MESH) as made:
         yield made
-    finally:
-        made.run("down", timeout=60)
-        sweep(docker_client, made.project)
 
 
 def _pod(mesh: Mesh, service: str) -> api.Pod:
