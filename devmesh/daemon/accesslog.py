@@ -21,7 +21,7 @@ from devmesh.adapters.access_log_service import EnvoyAccess, decode
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.api import types as api
 from devmesh.core.model import Mesh
-from devmesh.envoy.names import parse_cluster_name, parse_hop_name
+from devmesh.envoy.names import parse_cluster_name, parse_hop_name, parse_route_entry_name
 from devmesh.plan.desired import Desired
 
 log = logging.getLogger("devmesh.access")
@@ -91,10 +91,15 @@ def to_entry(raw: EnvoyAccess, directory: Directory) -> api.AccessEntry:
         dest = (service, "", "")
     else:
         source = me
+        named = parse_route_entry_name(route)
+        if named is not None:
+            route = named[1]
         parsed = parse_cluster_name(raw.upstream_cluster)
         if parsed is not None:
             pod = directory.ips.get(raw.upstream_ip, NOBODY)[2]
             dest = (parsed[0], parsed[1], pod)
+        elif named is not None:  # routed, but no host was reached (UO, UH): no version
+            dest = (named[0], "", "")
         else:  # no route, or no cluster: the name the app called
             dest = (_authority_service(raw.authority, directory.services), "", "")
     return api.AccessEntry(

@@ -97,6 +97,20 @@ def parse_cluster_name(name: str) -> tuple[str, str] | None:
     return service, version
 
 
+def route_entry_name(service: str, route: str) -> str:
+    """The Envoy name of a service's route (`catalog/main`), as access-log entries carry it.
+    It names the service too: an entry for a request that never reached a host (overflow
+    UO, no healthy upstream UH) has no upstream cluster, and a gateway's hop no service in
+    its authority, so the route's name is all that says where the request was going."""
+    return f"{service}/{route}"
+
+
+def parse_route_entry_name(name: str) -> tuple[str, str] | None:
+    """(service, route) of `route_entry_name`; None for any other name (an ingress route's)."""
+    service, sep, route = name.partition("/")
+    return (service, route) if sep and service and route else None
+
+
 def route_stat_prefix(service: str, route: str) -> str:
     """A route's `stat_prefix`: Envoy reports `vhost.VHOST.route.PREFIX.*` under it."""
     return f"{service}.{route}"

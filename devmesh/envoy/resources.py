@@ -58,6 +58,7 @@ from devmesh.envoy.names import (
     hop_name,
     ingress_route_stat_prefix,
     out_name,
+    route_entry_name,
     route_stat_prefix,
     spiffe_id,
 )
@@ -563,7 +564,7 @@ def http_route(service: Service, route: Route, traced: bool = False) -> Json:
             }
         ]
     out: Json = {
-        "name": route.name,
+        "name": route_entry_name(service.name, route.name),
         "match": route_match(route.match),
         "route": action,
         "stat_prefix": route_stat_prefix(service.name, route.name),

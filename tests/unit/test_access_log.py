@@ -63,7 +63,7 @@ def raw(**kw: Any) -> EnvoyAccess:
         "start": 1000.0,
         "duration_ms": 12.0,
         "upstream_ms": 10.0,
-        "route_name": "main",
+        "route_name": "back/main",  # resources.route_entry_name
         "upstream_cluster": "back|v2",
         "upstream_ip": "172.18.0.3",
         "downstream_ip": "127.0.0.1",
@@ -277,6 +277,25 @@ def test_an_ingress_entry_is_from_outside_to_the_hops_service() -> None:
         DIRECTORY,
     )
     assert (e.source_service, e.service, e.route) == ("", "front", "site")
+
+
+def test_an_overflow_at_the_gateways_hop_is_logged_against_the_routes_service() -> None:
+    """Envoy gives no upstream cluster when no host was reached (UO, UH), and the hop's
+    authority is the client's: the route's name says the service (and no version)."""
+    e = to_entry(
+        raw(
+            node_id="shop-gateway",
+            node_cluster="shop/gateway",
+            upstream_cluster="",
+            upstream_ip="",
+            authority="127.0.0.1:8080",
+            status=503,
+            flags=("UO",),
+        ),
+        DIRECTORY,
+    )
+    assert (e.source_service, e.service, e.version, e.pod) == (api.INGRESS, "back", "", "")
+    assert e.route == "main"
 
 
 def test_no_route_names_the_service_the_app_called_by_its_authority() -> None:
