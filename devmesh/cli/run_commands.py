@@ -598,16 +598,21 @@ def _access_logs(
                 f"devmesh: no request matches; {access_views.access_counters_line(result.counters)}"
             )
         return
+    from devmesh.client import DaemonUnavailable
+
     tail_n = api.ACCESS_CAPACITY if count is None else count
     request = api.AccessFollowRequest(service, status, route, slower_ms, tail_n)
     stream = client.follow_access(request)
     try:
         for entry in stream:
             show(entry)
+    except DaemonUnavailable:  # the stream broke off: `down`, or the daemon died
+        pass  # as `events --follow` says it
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+    _err(f"devmesh: the daemon of mesh '{name}' stopped; stopped following")
 
 
 def shift(

@@ -42,7 +42,13 @@ def traces(
     from devmesh.cli.run_commands import _target  # the instance, as every command finds it
     from devmesh.daemon import launcher
 
-    client = launcher.client(_target(file, project).project)
+    name = _target(file, project).project
+    if launcher.find(name) is None:
+        raise MeshError(
+            f"no daemon runs mesh '{name}': the traces live in the daemon "
+            "(start it with `devmesh up`)"
+        )
+    client = launcher.client(name)
     if trace_id is not None:
         trace = client.trace(trace_id)
         if as_json:

@@ -8,6 +8,7 @@ back that always answers 503 by an injected fault.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -369,3 +370,42 @@ def test_a_metrics_port_in_use_fails_up_clearly_and_leaves_nothing_running(
 def _metrics_port(mesh: Mesh) -> int:
     url = mesh.ps()["metrics"]
     return int(urllib.parse.urlsplit(url).port or 0)
+
+
+def test_following_the_access_log_ends_cleanly_when_the_mesh_goes_down(make_mesh: Any) -> None:
+    mesh: Mesh = make_mesh(
+        "mesh: downed\ningress:\n  port: @PORT@\n  routes: [{name: site, service: web}]\n"
+        "services:\n  web: {build: @APP@, image: devmesh-shop-app:1, port: 8000}\n"
+    )
+    mesh.up_ok()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", "-p", mesh.project, "logs", "--access", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DEVMESH_PULL": "never"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "web" not in seen and time.monotonic() < deadline:
+            assert mesh.get("/").status == 200
+            with contextlib.suppress(queue.Empty):
+                seen += lines.get(timeout=1)
+        assert "web" in seen, seen
+        assert mesh.run("down", timeout=60).returncode == 0
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped following" in err and "does not answer" not in err, err

@@ -313,3 +313,16 @@ def test_logs_of_an_instance_not_running_is_not_checked_against_the_file_here(
     err = outputs(capsys)[1]
     assert "no service 'web' in mesh 'other'" not in err
     assert "frontend, catalog" not in err  # the local file's services are not that instance's
+
+
+@pytest.mark.parametrize(
+    ("command", "lives"),
+    [(["traces"], "the traces live"), (["logs", "--access"], "the access log lives")],
+)
+def test_reading_the_daemons_windows_without_a_daemon_says_how_to_start_one(
+    isolated: Path, capsys: pytest.CaptureFixture[str], command: list[str], lives: str
+) -> None:
+    assert run(["-p", "nothere", *command]) == Exit.ERROR
+    err = outputs(capsys)[1]
+    assert f"no daemon runs mesh 'nothere': {lives} in the daemon" in err, err
+    assert "Errno" not in err
