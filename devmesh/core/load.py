@@ -474,7 +474,7 @@ class _Builder:
         written = self.key_counts[at]
         if isinstance(to, dict) and total != 100 and written == len(weights):
             ok = False
-            self.error(at, f"weights add up to {total}, not 100")
+            self.error(at, f"weights add up to {total}, not 100{_relative_hint(weights, total)}")
         return tuple(Target(v, w) for v, w in weights.items()) if ok else ()
 
     def http_routes(self, at: Path, name: str, raw: dict[str, Any]) -> tuple[Route, ...]:
@@ -807,3 +807,14 @@ def _value_match(name: str, raw: Any) -> ValueMatch:
 
 
 __all__ = ["load", "load_path"]
+
+
+def _relative_hint(weights: dict[str, int], total: int) -> str:
+    """For weights that do not add up to 100: they are percentages here, and what App
+    Mesh's relative weights (`blue: 1, green: 3`) come to, when that is whole."""
+    if total <= 0 or not all(isinstance(w, int) and w >= 0 for w in weights.values()):
+        return ""
+    if any(w * 100 % total for w in weights.values()):
+        return " (they are percentages, not relative weights)"
+    shares = ", ".join(f"{v}: {w * 100 // total}" for v, w in weights.items())
+    return f" (they are percentages, not relative weights: {{{shares}}})"

@@ -72,9 +72,30 @@ class MeshFileError(MeshError):
 _MAX_CHOICES = 1000  # difflib per choice: a hostile list of thousands must stay cheap
 
 
+# Words of App Mesh's and Istio's APIs that devmesh spells otherwise: a user moving a
+# retry policy over gets the word to use, wherever that word is one of the choices.
+FOREIGN: dict[str, tuple[str, str]] = {
+    "server-error": ("5xx", "App Mesh"),
+    "client-error": ("retriable-4xx", "App Mesh"),  # both: 409 alone
+    "stream-error": ("refused-stream", "App Mesh"),
+    "connection-error": ("connect-failure", "App Mesh"),
+    "maxRetries": ("attempts", "App Mesh"),
+    "perRetryTimeout": ("per_try_timeout", "App Mesh"),
+    "httpRetryEvents": ("on", "App Mesh"),
+    "tcpRetryEvents": ("on", "App Mesh"),
+    "grpcRetryEvents": ("on", "App Mesh"),
+    "retryOn": ("on", "Istio"),
+    "perTryTimeout": ("per_try_timeout", "Istio"),
+}
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """` (did you mean 'path_prefix'?)` for a near miss, else an empty string."""
+    """` (did you mean 'path_prefix'?)` for a near miss, else an empty string; for a word
+    of App Mesh or Istio (`FOREIGN`), the word devmesh uses for it."""
     pool = sorted(set(choices))
+    foreign = FOREIGN.get(word)
+    if foreign is not None and foreign[0] in pool:
+        return f" ({foreign[1]}'s '{word}' is '{foreign[0]}' here)"
     if len(pool) > _MAX_CHOICES or len(word) > 100:
         return ""
     close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)

@@ -318,6 +318,28 @@ CASES: dict[str, Case] = {
         "services.web.routes[0].to",
         "weights add up to 90, not 100",
     ),
+    "app-mesh-relative-weights": Case(
+        BASE + "    versions: {blue: , green: }\n    routes: [{to: {blue: 1, green: 3}}]\n",
+        7,
+        19,
+        "services.web.routes[0].to",
+        "weights add up to 4, not 100 (they are percentages, not relative weights:"
+        " {blue: 25, green: 75})",
+    ),
+    "app-mesh-retry-event": Case(
+        BASE + "    routes: [{to: default, retries: {attempts: 2, on: [server-error]}}]\n",
+        6,
+        56,
+        "services.web.routes[0].retries.on[0]",
+        "(App Mesh's 'server-error' is '5xx' here)",
+    ),
+    "app-mesh-retry-key": Case(
+        BASE + "    routes: [{to: default, retries: {attempts: 2, maxRetries: 3}}]\n",
+        6,
+        51,
+        "services.web.routes[0].retries.maxRetries",
+        "unknown key 'maxRetries' (App Mesh's 'maxRetries' is 'attempts' here)",
+    ),
     "route-to-unknown-version-near-miss": Case(
         BASE + "    versions: {stable: , canary: }\n    routes: [{to: {stable: 90, canry: 10}}]\n",
         7,
