@@ -78,9 +78,17 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
         raise typer.Exit(Exit.ERROR)
     summary = summarize(mesh)
     if as_json:
-        _print({"valid": True, **summary.as_json()}, fmt)
+        warnings = {"warnings": [_problem_json(p) for p in mesh.warnings]}
+        _print({"valid": True, **summary.as_json(), **warnings}, fmt)
     else:
+        _warn(mesh)
         typer.echo(f"{shown}: {summary}")
+
+
+def _warn(mesh: Mesh) -> None:
+    """What loads but cannot be what was meant, one located line each, on stderr."""
+    for problem in mesh.warnings:
+        _err(f"{problem} (warning)")
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:
@@ -167,6 +175,7 @@ def explain(
     if fmt is not Format.TABLE:
         _print(explanation_json(result), fmt)
     else:
+        _warn(mesh)
         typer.echo(format_explanation(result))
 
 

@@ -10,6 +10,7 @@ filesystem: a build's Dockerfile must resolve, symlinks followed, inside its bui
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from collections import Counter
@@ -125,7 +126,7 @@ def load(text: str, file: str = "devmesh.yaml", base_dir: str = ".") -> Mesh:
         raise MeshInvalid(_at_most(ctx.problems, file)) from None
     if ctx.problems:
         raise MeshInvalid(_at_most(ctx.problems, file))
-    return mesh
+    return dataclasses.replace(mesh, warnings=tuple(sorted(set(ctx.warnings))))
 
 
 def _at_most(problems: list[Problem], file: str) -> list[Problem]:
@@ -505,7 +506,24 @@ class _Builder:
                     mirror=self.mirror((*rat, "mirror"), name, r.get("mirror")),
                 )
             )
+        self.unreachable(at, raw["routes"], out)
         return tuple(out)
+
+    def unreachable(self, at: Path, raw: list[Any], routes: list[Route]) -> None:
+        """Routes after one that matches every request can never match (Envoy takes the
+        first route that matches): a warning at each, as istioctl analyze gives one."""
+        every = next((r for r in routes if r.match == Match()), None)
+        if every is None:
+            return
+        names = [
+            r.get("name", f"route-{i}") if isinstance(r, dict) else "" for i, r in enumerate(raw)
+        ]
+        for i in range(names.index(every.name) + 1, len(names)):
+            self.ctx.warn(
+                (*at, "routes", i),
+                f"route '{names[i]}' can never match: route '{every.name}' before it "
+                "takes every request (routes are tried in order; put it last)",
+            )
 
     def tcp_routes(self, at: Path, name: str, raw: dict[str, Any]) -> tuple[Route, ...]:
         if "routes" not in raw:

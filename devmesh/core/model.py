@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from devmesh.core.problems import Problem
+
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 HTTP_PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc")
 PROTOCOLS: tuple[Protocol, ...] = (*HTTP_PROTOCOLS, "tcp")
@@ -354,6 +356,9 @@ class Mesh:
     source: str = "devmesh.yaml"
     base_dir: str = "."
     tls: Tls = Tls()
+    # What the file says that cannot be what was meant, though it loads (a route no request
+    # can reach): `validate` and `explain` show them. Not part of the mesh's value.
+    warnings: tuple[Problem, ...] = field(default=(), compare=False, repr=False)
     _index: dict[str, Service] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

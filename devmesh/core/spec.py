@@ -37,6 +37,13 @@ class Ctx:
     doc: Located
     problems: list[Problem] = field(default_factory=list)
 
+    warnings: list[Problem] = field(default_factory=list)
+
+    def warn(self, path: Path, message: str) -> None:
+        """Something that loads but cannot be what was meant (no more than MAX_PROBLEMS)."""
+        if len(self.warnings) < MAX_PROBLEMS:
+            self.warnings.append(self.doc.at(path, message))
+
     def error(self, path: Path, message: str, *, key: bool = False) -> _Invalid:
         self.problems.append(self.doc.at(path, message, key=key))
         if len(self.problems) >= MAX_PROBLEMS:

@@ -959,3 +959,18 @@ def test_path_prefix_with_a_query_string_is_refused() -> None:
     (problem,) = exc.value.problems
     assert problem.path.endswith("match.path_prefix")
     assert "query" in problem.message
+
+
+def test_a_route_after_one_that_takes_every_request_is_a_warning_not_an_error() -> None:
+    text = BASE + (
+        "    versions: {v1: , v2: }\n"
+        "    routes:\n"
+        "      - {to: v1}\n"
+        "      - {name: jason, match: {headers: {end-user: jason}}, to: v2}\n"
+    )
+    mesh = load(text)  # it loads: Envoy would take it too
+    [warning] = mesh.warnings
+    assert (warning.line, warning.path) == (9, "services.web.routes[1]")
+    assert "route 'jason' can never match: route 'route-0' before it" in warning.message
+    in_order = text.replace("      - {to: v1}\n", "").rstrip("\n") + "\n      - {to: v1}\n"
+    assert load(in_order).warnings == ()
