@@ -24,7 +24,9 @@ RESPONSE_FLAGS: Final = (
     ResponseFlag("DT", "duration_timeout", "the request's maximum duration passed"),
     ResponseFlag("DC", "downstream_connection_termination", "the caller closed the connection"),
     ResponseFlag("LH", "failed_local_healthcheck", "the local health check failed"),
-    ResponseFlag("UT", "upstream_request_timeout", "upstream timeout (the route's timeout)"),
+    ResponseFlag(
+        "UT", "upstream_request_timeout", "upstream timeout (the route's timeout; 15s unless set)"
+    ),
     ResponseFlag("LR", "local_reset", "reset by this Envoy"),
     ResponseFlag("UR", "upstream_remote_reset", "the upstream reset the stream"),
     ResponseFlag("UC", "upstream_connection_termination", "the upstream closed the connection"),

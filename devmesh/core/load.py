@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from devmesh.core.addressing import RESERVED_PORTS, outbound_ports
+from devmesh.core.durations import format_duration
 from devmesh.core.limits import MAX_PROBLEMS
 from devmesh.core.model import (
     CERT_LIFETIME_MS,
@@ -506,8 +507,22 @@ class _Builder:
                     mirror=self.mirror((*rat, "mirror"), name, r.get("mirror")),
                 )
             )
+            self.retry_within_timeout(rat, out[-1])
         self.unreachable(at, raw["routes"], out)
         return tuple(out)
+
+    def retry_within_timeout(self, at: Path, route: Route) -> None:
+        """A try that may last as long as the whole request leaves no time to retry."""
+        retries, timeout = route.retries, route.timeout_ms
+        if retries is None or retries.per_try_timeout_ms is None or timeout is None:
+            return
+        if retries.per_try_timeout_ms >= timeout:
+            self.ctx.warn(
+                at,
+                f"per_try_timeout {format_duration(retries.per_try_timeout_ms)} is not shorter "
+                f"than the route's timeout {format_duration(timeout)}: a request that times out "
+                "is never retried",
+            )
 
     def unreachable(self, at: Path, raw: list[Any], routes: list[Route]) -> None:
         """Routes after one that matches every request can never match (Envoy takes the

@@ -231,7 +231,8 @@ def test_every_flag_names_a_real_field_of_envoys_message_once() -> None:
     assert len(BY_CODE) == len(RESPONSE_FLAGS)
     assert explain_flags(("UO", "URX", "DI", "FI", "UT")) == (
         "overflow: the connection pool limit was hit; retry limit reached; "
-        "injected delay (fault); injected fault (abort); upstream timeout (the route's timeout)"
+        "injected delay (fault); injected fault (abort); "
+        "upstream timeout (the route's timeout; 15s unless set)"
     )
 
 

@@ -974,3 +974,12 @@ def test_a_route_after_one_that_takes_every_request_is_a_warning_not_an_error() 
     assert "route 'jason' can never match: route 'route-0' before it" in warning.message
     in_order = text.replace("      - {to: v1}\n", "").rstrip("\n") + "\n      - {to: v1}\n"
     assert load(in_order).warnings == ()
+
+
+def test_a_try_as_long_as_the_routes_timeout_is_a_warning() -> None:
+    route = "      - {to: default, timeout: 1s, retries: {attempts: 2, per_try_timeout: @T@}}\n"
+    text = BASE + "    routes:\n" + route
+    [warning] = load(text.replace("@T@", "1s")).warnings
+    assert warning.path == "services.web.routes[0]"
+    assert "per_try_timeout 1s is not shorter than the route's timeout 1s" in warning.message
+    assert load(text.replace("@T@", "300ms")).warnings == ()
