@@ -358,7 +358,9 @@ class Mesh:
     tls: Tls = Tls()
     # What the file says that cannot be what was meant, though it loads (a route no request
     # can reach): `validate` and `explain` show them. Not part of the mesh's value.
-    warnings: tuple[Problem, ...] = field(default=(), compare=False, repr=False)
+    warnings: tuple[Problem, ...] = field(
+        default=(), compare=False, repr=False, metadata={"resolved": False}
+    )
     _index: dict[str, Service] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

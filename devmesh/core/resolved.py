@@ -32,7 +32,8 @@ def _plain(value: Any) -> Any:
             if f.type == _PAIRS  # env, build args: a mapping, also when empty
             else _plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
-            if not f.name.startswith("_")  # caches such as the service index
+            # not caches such as the service index, nor what loading noted (warnings)
+            if not f.name.startswith("_") and f.metadata.get("resolved", True)
         }
     if isinstance(value, Enum):
         return value.value

@@ -157,6 +157,7 @@ def test_config_prints_the_resolved_mesh(
     # env and build args are mappings, also when empty (not [] for one version, {} another)
     assert [v["env"] for v in catalog["versions"]] == [{}, {"FEATURE": "on"}]
     assert catalog["versions"][0]["build"]["args"] == {}
+    assert "warnings" not in doc  # what loading noted is validate's, not the mesh's
     assert run(["config", "--json"]) == Exit.OK
     assert json.loads(outputs(capsys)[0]) == doc
 
