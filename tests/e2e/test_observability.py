@@ -198,6 +198,19 @@ def test_an_unknown_service_or_filter_is_a_located_message_not_a_traceback(
     assert result.returncode == 1 and "neither a class" in result.stderr
 
 
+def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The command's stdout lines as they come, read by a thread of their own."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def test_follow_streams_new_entries_as_they_come(observed: tuple[Mesh, int]) -> None:
     mesh, _ = observed
     path = f"/follow-{uuid.uuid4().hex[:8]}"
@@ -226,14 +239,7 @@ def test_follow_streams_new_entries_as_they_come(observed: tuple[Mesh, int]) -> 
         # job control inherits SIGINT ignored, and so would the command (it did, twice).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = _lines_of(proc)
     try:
         # The command may take seconds to start on a busy machine: a request a second
         # until both sides of one have come through the stream (bounded).
@@ -385,14 +391,7 @@ def test_following_the_access_log_ends_cleanly_when_the_mesh_goes_down(make_mesh
         text=True,
         env={**os.environ, "DEVMESH_PULL": "never"},
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = _lines_of(proc)
     try:
         deadline = time.monotonic() + 30
         seen = ""
