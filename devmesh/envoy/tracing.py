@@ -50,15 +50,20 @@ ROUTE_TAG = "devmesh.route"
 # Envoy's OpenTelemetry tracer exports every 5 s, or as soon as 5 spans wait: under load
 # that is hundreds of gRPC calls a second per Envoy, each one a Python call in the daemon
 # (measured with bench/observability.py --on-only tracing: saturation throughput 0.36 of
-# tracing off). At 1,000 spans (under the tracer's cache of 1,024), or every 5 s (Envoy's
-# own interval): an export costs the daemon about 1 ms of CPU whatever it carries, and a
-# second's interval made every Envoy that saw a request call once a second (20 services
-# at 1 request/s each: the daemon's CPU 4.63 % of a core at 1 s, 4.13 % at 2 s, 3.40 % at
-# 5 s, measured on one loaded machine in a row). A trace shows in `devmesh traces` up to
-# 5 s after its request ended; its access-log entry within half a second.
+# tracing off). A flush is done on the worker thread, in the path of the request whose span
+# fills the batch: it copies and serializes the whole batch while requests wait. Measured
+# with one host Envoy, 2 hops, every request traced at ~830 req/s (10 paced connections),
+# p99 by batch: 1,000 spans 13.7 ms, 200 5.7, 100 4.4, 50 3.6, 25 3.5 (tracing off: 2.2-2.4).
+# Each export costs the daemon about 1 ms of CPU whatever it carries (grpc.aio waking up), so
+# the batch is 100: at ~830 traced req/s the daemon's CPU a request is 28 us against 9 us at
+# 1,000 (bench/observability_cpu.py), and at dev rates nothing changes (the 5 s timer sends
+# first). The interval: a second's made every Envoy that saw a request call once a second
+# (20 services at 1 request/s each: the daemon's CPU 4.63 % of a core at 1 s, 4.13 % at 2 s,
+# 3.40 % at 5 s, measured on one loaded machine in a row). A trace shows in `devmesh traces`
+# up to 5 s after its request ended; its access-log entry within half a second.
 FLUSH_RUNTIME: Json = {
     "tracing.opentelemetry.flush_interval_ms": 5000,
-    "tracing.opentelemetry.min_flush_spans": 1000,
+    "tracing.opentelemetry.min_flush_spans": 100,
 }
 
 

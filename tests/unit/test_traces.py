@@ -597,7 +597,7 @@ def test_a_pods_bootstrap_flushes_spans_every_5_s_and_keeps_the_admin_runtime() 
     static, admin = config["layered_runtime"]["layers"]
     assert static["static_layer"] == {
         "tracing.opentelemetry.flush_interval_ms": 5000,
-        "tracing.opentelemetry.min_flush_spans": 1000,
+        "tracing.opentelemetry.min_flush_spans": 100,
     }
     assert admin == {"name": "admin", "admin_layer": {}}
     # tracing off or on, the same bootstrap: switching it recreates no container
