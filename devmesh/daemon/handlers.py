@@ -256,13 +256,37 @@ class Handlers:
             raise Refusal(api.ErrorCode.UNAVAILABLE, "this daemon keeps no access log")
         return self.access
 
+    def _unknown_route(self, route: str | None) -> None:
+        """A route filter that names no route of the mesh: a located refusal with "did you
+        mean". Route names as entries carry them: a service's (`default` when it declares
+        none) and the ingress's."""
+        if route is None:
+            return
+        mesh = self._loop.view.mesh
+        names = [r.name for s in mesh.services for r in s.routes]
+        if mesh.ingress is not None:
+            names += [r.name for r in mesh.ingress.routes]
+        names = list(dict.fromkeys(names))
+        if route in names:
+            return
+        raise Refusal(
+            api.ErrorCode.NOT_FOUND,
+            f"no route '{route}' in mesh '{self._loop.project}'"
+            + (did_you_mean(route, names) or "")
+            + f" (routes: {', '.join(names) or 'none'})",
+        )
+
     def access_entries(self, req: api.AccessRequest) -> api.AccessResult:
         keep = self._access_filter(req.service, req.status, req.route, req.slower_ms)
         limit = max(1, min(req.limit, api.ACCESS_CAPACITY))
-        return self._access_log().query(keep, limit)
+        result = self._access_log().query(keep, limit)
+        if not result.entries:  # kept entries of a route a reload took out still match
+            self._unknown_route(req.route)
+        return result
 
     def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry | None]:
         keep = self._access_filter(req.service, req.status, req.route, req.slower_ms)
+        self._unknown_route(req.route)  # what comes next comes from the mesh's routes
         log = self._access_log()
         stop = threading.Event()
         try:

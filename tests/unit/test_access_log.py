@@ -463,3 +463,39 @@ def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
     assert next(follow) is None  # nothing new within `idle`: the API's keepalive
     stop.set()
     assert list(follow) in ([], [None])
+
+
+def _access_handlers(ring: AccessLog) -> Any:
+    """The access-log endpoints over a ring, with a stand-in for the loop's view (they read
+    only its mesh and project)."""
+    from types import SimpleNamespace
+
+    from devmesh.core.load import load
+    from devmesh.daemon.handlers import Handlers
+
+    handlers = Handlers.__new__(Handlers)
+    mesh = load(MESH)
+    handlers._loop = SimpleNamespace(view=SimpleNamespace(mesh=mesh), project="shop")  # type: ignore[assignment]
+    handlers.access = ring
+    return handlers
+
+
+def test_a_route_the_mesh_has_not_is_refused_with_did_you_mean() -> None:
+    from devmesh.daemon.api import Refusal
+
+    ring = AccessLog(Directory)
+    ring.add([entry(1, route="default"), entry(2, route="site"), entry(3, route="gone")])
+    handlers = _access_handlers(ring)
+    with pytest.raises(Refusal) as caught:
+        handlers.access_entries(api.AccessRequest(route="defualt"))
+    assert caught.value.error.code is api.ErrorCode.NOT_FOUND
+    message = caught.value.error.message
+    assert "no route 'defualt' in mesh 'shop'" in message and "did you mean 'default'" in message
+    assert "routes: default, site" in message
+    with pytest.raises(Refusal):
+        next(iter(handlers.follow_access(api.AccessFollowRequest(route="defualt"))))
+    # the mesh's routes (a service's default, the ingress's) and one a reload took out that
+    # kept entries still carry
+    for route, times in (("default", [1.0]), ("site", [2.0]), ("gone", [3.0])):
+        found = handlers.access_entries(api.AccessRequest(route=route)).entries
+        assert [e.time for e in found] == times
