@@ -704,9 +704,10 @@ class TracingStatus:
     sampling: float  # percent of requests traced
     traces: int = 0  # kept now, of the spans read so far
     spans: int = 0  # received since the daemon started
-    dropped: int = 0  # spans dropped: the unread ring was full, or the store evicted
+    dropped: int = 0  # spans lost: the unread ring was full, a trace too long, undecodable
     unread: int = 0  # spans received and kept undecoded until someone reads traces
     forward: str | None = None  # where spans are also sent (OTLP/HTTP or Zipkin)
     forwarded: int = 0
     forward_dropped: int = 0  # spans not forwarded: queue full, or the endpoint failed
     forward_error: str | None = None  # the last failure, for people
+    evicted: int = 0  # spans of the oldest traces, out to make room for newer ones

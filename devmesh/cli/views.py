@@ -275,7 +275,7 @@ def tracing_line(t: api.TracingStatus) -> str:
     unread = f" ({t.unread} not read yet)" if t.unread else ""
     line = (
         f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans "
-        f"received{unread}, {t.dropped} dropped"
+        f"received{unread}, {t.evicted} of older traces made room, {t.dropped} lost"
     )
     if t.forward:
         line += f"; forwarded to {t.forward}: {t.forwarded} sent, {t.forward_dropped} dropped"

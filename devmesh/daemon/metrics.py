@@ -166,10 +166,16 @@ def render(
             spans = _Family("devmesh_traces_spans_received_total", "counter", "Spans received")
             spans.add((), tracing.spans)
             dropped = _Family(
-                "devmesh_traces_spans_dropped_total", "counter", "Spans the collector dropped"
+                "devmesh_traces_spans_dropped_total", "counter", "Spans lost before they were kept"
             )
             dropped.add((), tracing.dropped)
-            families += [spans, dropped]
+            evicted = _Family(
+                "devmesh_traces_spans_evicted_total",
+                "counter",
+                "Spans of the oldest traces, out of the store to make room for newer ones",
+            )
+            evicted.add((), tracing.evicted)
+            families += [spans, dropped, evicted]
     if access is not None:
         for name, kind, text, value in (
             ("devmesh_access_log_entries", "gauge", "Access-log entries kept", access.kept),

@@ -15,7 +15,9 @@ the traces.
 Bounded three times: at most `pending_spans` spans wait undecoded (whole batches, oldest
 first, make room for newer ones), at most `capacity` traces are kept (the oldest trace is
 evicted whole) and at most `max_spans` spans in one trace (a runaway trace cannot eat the
-store). Evicted or refused spans are counted in `dropped`, which `ps` shows.
+store). `ps` shows both counts apart: `evicted`, the spans of old traces that made room
+for newer ones (the window moving on, as it should), and `dropped`, spans lost (the unread
+ring full, past a trace's `max_spans`, or not decodable).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class TraceStore:
         self._lock = threading.Lock()
         self._reading = threading.Lock()  # one reader decodes at a time; others wait for it
         self.received = 0
+        self.evicted = 0
         self.dropped = 0
 
     # -- in
@@ -102,7 +105,7 @@ class TraceStore:
                 trace = self._traces[span.trace_id] = []
                 while len(self._traces) > self.capacity:
                     _, evicted = self._traces.popitem(last=False)
-                    self.dropped += len(evicted)
+                    self.evicted += len(evicted)
             else:
                 self._traces.move_to_end(span.trace_id)  # still active: keep it longer
             if len(trace) >= self.max_spans:

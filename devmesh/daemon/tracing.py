@@ -99,6 +99,7 @@ class Telemetry:
             unread=self.store.unread,
             spans=self.store.received,
             dropped=self.store.dropped,
+            evicted=self.store.evicted,
             forward=tracing.forward.url if tracing.forward is not None else None,
             forwarded=counters.forwarded if counters else 0,
             forward_dropped=counters.dropped if counters else 0,

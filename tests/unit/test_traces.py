@@ -200,9 +200,9 @@ def test_the_store_keeps_the_last_n_traces_and_counts_what_it_lets_go() -> None:
     for i in range(5):
         store.add([_span(trace=f"{i:032x}", span=f"{i:016x}")])
     assert len(store) == 3
-    assert store.dropped == 2  # two traces of one span each evicted
+    assert (store.evicted, store.dropped) == (2, 0)  # two traces of one span each made room
     store.add([_span(trace=f"{4:032x}", span=f"{j:016x}") for j in range(10, 13)])
-    assert store.dropped == 4  # it had one span: the third and fourth are refused
+    assert (store.evicted, store.dropped) == (2, 2)  # it had one span: the 3rd and 4th lost
     assert next(t.trace_id for t in store.query(api.TracesRequest())) == f"{4:032x}"
 
 
@@ -661,3 +661,11 @@ def test_the_trace_endpoints_answer_and_say_when_tracing_is_off() -> None:
         off.traces(api.TracesRequest())
     assert caught.value.error.code is api.ErrorCode.CONFLICT
     assert "tracing: false" in caught.value.error.message
+
+
+def test_ps_tells_traces_that_made_room_from_spans_lost() -> None:
+    from devmesh.cli.views import tracing_line
+
+    line = tracing_line(api.TracingStatus("otel", 100.0, traces=1000, spans=5200, evicted=4000))
+    assert "1000 traces kept, 5200 spans received" in line
+    assert "4000 of older traces made room, 0 lost" in line
