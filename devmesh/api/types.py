@@ -349,6 +349,8 @@ class Traffic:
     rq_5xx: int = 0
     retries: int = 0
     retry_overflow: int = 0
+    # refused by the version's circuit breaker (pending queue or requests full): 503, UO
+    overflow: int = 0
     connections: int = 0  # active (a gauge)
     ejections: int = 0  # outlier detection ejections active (a gauge)
     p50_ms: float | None = None  # since the Envoy started, from `latency` (api.histogram)

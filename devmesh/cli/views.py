@@ -44,6 +44,24 @@ def _denials(stats: api.Stats | None) -> dict[str, str]:
     return out
 
 
+def overflow_line(stats: api.Stats | None) -> str | None:
+    """`circuit breakers refused (UO): back/v1 12 (from front 9, ingress 3)`: requests each
+    version's circuit breaker turned away at its callers, since their Envoys started."""
+    refused: dict[tuple[str, str], dict[str, int]] = {}
+    for s in stats.sidecars if stats else ():
+        for up in s.upstreams:
+            if up.traffic.overflow:
+                callers = refused.setdefault((up.service, up.version), {})
+                callers[s.service] = callers.get(s.service, 0) + up.traffic.overflow
+    if not refused:
+        return None
+    parts = []
+    for (service, version), callers in sorted(refused.items()):
+        named = ", ".join(f"{c} {n}" for c, n in sorted(callers.items()))
+        parts.append(f"{service}/{version} {sum(callers.values())} (from {named})")
+    return "circuit breakers refused (UO): " + "; ".join(parts)
+
+
 def _caller(caller: str) -> str:
     return {api.GATEWAY_CALLER: "gateway", api.UNKNOWN_CALLER: "unknown peer"}.get(caller, caller)
 
@@ -96,6 +114,9 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
         head += f"  {where} {'ready' if gw.ready else gw.state}"
+    overflow = overflow_line(stats)
+    if overflow:
+        lines.append(overflow)
     if state.tracing is not None:
         lines.append(tracing_line(state.tracing))
     if state.metrics:

@@ -8,6 +8,8 @@ with labels in mesh terms (`render`, pure):
   devmesh_requests_total{service, version, source_service, response_code_class}
       requests a caller's sidecar (or the gateway: source_service "ingress") sent to a
       version, by the class of the answer it got (retries count as requests)
+  devmesh_requests_overflow_total{service, version, source_service}
+      requests the version's circuit breaker refused at the caller (503, flag UO)
   devmesh_request_duration_ms_bucket{service, version, source_service, le}, _count
       their latency, in Envoy's own buckets (cumulative, since each Envoy started)
   devmesh_route_requests_total{service, route, source_service, response_code_class}
@@ -88,6 +90,11 @@ def render(
 ) -> str:
     """The text of one scrape."""
     requests = _Family("devmesh_requests_total", "counter", "Requests callers sent to a version")
+    overflow = _Family(
+        "devmesh_requests_overflow_total",
+        "counter",
+        "Requests a version's circuit breaker refused at the caller (UO)",
+    )
     duration = _Family(
         "devmesh_request_duration_ms", "histogram", "Latency of requests to a version, ms"
     )
@@ -117,6 +124,7 @@ def render(
             )
             for word, attr in CLASSES:
                 requests.add((*labels, ("response_code_class", word)), getattr(up.traffic, attr))
+            overflow.add(labels, up.traffic.overflow)
             _histogram(duration, labels, up.traffic.latency)
         for route in sidecar.routes:
             labels = (
@@ -139,7 +147,7 @@ def render(
                 inbound.add(
                     (*labels, ("response_code_class", word)), getattr(sidecar.inbound, attr)
                 )
-    families = [requests, duration, route_requests, route_duration, inbound, unreadable]
+    families = [requests, overflow, duration, route_requests, route_duration, inbound, unreadable]
     if state is not None:
         ready = _Family("devmesh_pod_ready", "gauge", "1 when the pod is ready")
         synced = _Family("devmesh_xds_synced", "gauge", "1 when the sidecar ACKed its config")

@@ -129,6 +129,7 @@ _UPSTREAM: Final = {
     "upstream_rq_5xx": "rq_5xx",
     "upstream_rq_retry": "retries",
     "upstream_rq_retry_overflow": "retry_overflow",
+    "upstream_rq_pending_overflow": "overflow",
     "upstream_cx_active": "connections",
     "outlier_detection.ejections_active": "ejections",
     "upstream_rq_time.p50": "p50_ms",

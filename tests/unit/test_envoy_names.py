@@ -34,6 +34,7 @@ def test_a_sidecars_counters_in_mesh_terms() -> None:
         {
             "cluster.catalog|v2.upstream_rq_total": 10,
             "cluster.catalog|v2.upstream_rq_5xx": 2,
+            "cluster.catalog|v2.upstream_rq_pending_overflow": 1,
             "cluster.catalog|v2.upstream_rq_time.p99": 12.5,
             "cluster._hop|catalog.upstream_rq_total": 99,  # not a version: left out
             "vhost.catalog.route.catalog.main.upstream_rq_total": 10,
@@ -43,7 +44,7 @@ def test_a_sidecars_counters_in_mesh_terms() -> None:
         },
     )
     assert stats.upstreams == (
-        UpstreamTraffic("catalog", "v2", Traffic(requests=10, rq_5xx=2, p99_ms=12.5)),
+        UpstreamTraffic("catalog", "v2", Traffic(requests=10, rq_5xx=2, overflow=1, p99_ms=12.5)),
     )
     assert stats.routes == (RouteTraffic("catalog", "main", Traffic(requests=10)),)
     assert stats.inbound == Traffic(requests=7, rq_2xx=7)

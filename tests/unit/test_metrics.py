@@ -26,7 +26,9 @@ STATS = api.Stats(
             inbound=api.Traffic(requests=12, rq_2xx=11, rq_5xx=1),
             upstreams=(
                 api.UpstreamTraffic(
-                    "catalog", "v2", api.Traffic(requests=10, rq_2xx=9, rq_5xx=1, latency=LAT)
+                    "catalog",
+                    "v2",
+                    api.Traffic(requests=10, rq_2xx=9, rq_5xx=1, overflow=1, latency=LAT),
                 ),
             ),
             routes=(api.RouteTraffic("catalog", "main", api.Traffic(rq_2xx=9, latency=LAT)),),
@@ -82,6 +84,10 @@ def test_mesh_labels_counts_and_envoys_buckets() -> None:
         'devmesh_request_duration_ms_bucket{service="catalog",version="v2",'
         'source_service="frontend",le="+Inf"} 10' in text
     )
+    assert (
+        'devmesh_requests_overflow_total{service="catalog",version="v2",'
+        'source_service="frontend"} 1' in text
+    )
     assert 'devmesh_route_requests_total{service="catalog",route="main"' in text
     assert (
         'devmesh_inbound_requests_total{service="frontend",version="default",'
@@ -108,3 +114,28 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_daemon_serves() -> None
         for target in panel["targets"]:
             asked |= set(re.findall(r"devmesh_[a-z_]+", target["expr"]))
     assert asked and asked <= served, asked - served
+
+
+def test_ps_names_what_each_versions_circuit_breaker_refused_and_at_which_callers() -> None:
+    from devmesh.cli.views import overflow_line, ps_table
+
+    def caller(service: str, refused: dict[tuple[str, str], int]) -> api.SidecarStats:
+        ups = tuple(
+            api.UpstreamTraffic(s, v, api.Traffic(overflow=n)) for (s, v), n in refused.items()
+        )
+        return api.SidecarStats(f"shop-{service}-0", service, "default", upstreams=ups)
+
+    stats = api.Stats(
+        1.0,
+        (
+            caller("frontend", {("catalog", "v2"): 9, ("catalog", "v1"): 0}),
+            caller(api.INGRESS, {("catalog", "v2"): 3}),
+            caller("orders", {("db", "default"): 1}),
+        ),
+    )
+    assert overflow_line(stats) == (
+        "circuit breakers refused (UO): catalog/v2 12 (from frontend 9, ingress 3); "
+        "db/default 1 (from orders 1)"
+    )
+    assert overflow_line(api.Stats(1.0, ())) is None and overflow_line(None) is None
+    assert "circuit breakers refused (UO): catalog/v2 12" in ps_table(STATE, stats)
