@@ -330,6 +330,19 @@ class SnapshotCache:
                 node.nonces[type_url] = nonce
                 node.responses[type_url] = node.responses.get(type_url, 0) + 1
 
+    def record_unsubscribed(self, stream_id: int, type_url: str) -> None:
+        """The node asked for none of this type any more (RDS/EDS/SDS naming nothing): what
+        was sent of it is no longer owed an ACK."""
+        with self._lock:
+            node = self._owned_by_stream(stream_id)
+            if node is None:
+                return
+            for table in (node.sent, node.sent_names, node.nonces, node.acked, node.acked_nonce):
+                table.pop(type_url, None)
+            node_id = self._watches[stream_id].node_id
+            self._recheck(node_id)
+            self._finish(node.cluster)
+
     def record_ack(self, stream_id: int, type_url: str, version: str, nonce: str) -> None:
         with self._lock:
             node = self._owned_by_stream(stream_id)

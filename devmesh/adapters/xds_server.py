@@ -11,6 +11,14 @@ Protocol, as Envoy speaks it (SotW), in `SotwStream`, which does no I/O:
 - A request whose nonce is the last one sent for its type is an ACK of `version_info`, or a
   NACK when it carries `error_detail` (then `version_info` is the version Envoy kept).
 - A request with an older nonce answers a response that has since been superseded: ignore it.
+- A second request with the nonce already answered asks again: answer it, even unchanged.
+  Envoy does so when it replaces a cluster (a new transport socket, new limits): the new
+  cluster warms until its endpoints come, and the server must send them although neither
+  their version nor their names changed (the xDS protocol's "resource warming"). Left
+  unanswered, the old cluster serves on until the 15 s initial-fetch timeout.
+- An RDS/EDS/SDS request naming nothing ends that subscription, even with a stale nonce
+  (Envoy answers no response of a type it no longer watches): the node's status forgets the
+  type, else a node that stopped using secrets (TLS turned off) never counts as synced.
 - LDS and CDS are wildcard: every resource of the type. RDS and EDS return the resources named
   in the latest request; an unknown name is left out.
 - A rejected version is never sent again on its own: only a new snapshot version is pushed.
@@ -76,6 +84,7 @@ class SotwStream:
         self._sent_version: dict[str, str] = {}
         self._sent_names: dict[str, frozenset[str]] = {}
         self._nonce: dict[str, str] = {}
+        self._answered: dict[str, str] = {}  # type -> the nonce whose ACK or NACK came
 
     def _subscribed(self, type_url: str) -> bool:
         names = self._requested.get(type_url)
@@ -95,23 +104,41 @@ class SotwStream:
             return []
         nonce: str = request.response_nonce
         if nonce and nonce != self._nonce.get(type_url):
-            # Answers a response we have since superseded; the newer one will be answered too.
+            # Answers a response we have since superseded; the newer one will be answered too
+            # unless this request ends the subscription: Envoy answers nothing of a type it
+            # no longer watches, so the end is taken from here.
             log.debug("%s: %s stale nonce %s", self.node_id, SHORT[type_url], nonce)
+            if type_url not in WILDCARD and not request.resource_names:
+                self._unsubscribe(type_url)
             return []
-        if nonce:
+        again = bool(nonce) and self._answered.get(type_url) == nonce
+        if nonce and not again:
             self._record_answer(request)
+            self._answered[type_url] = nonce
         names = frozenset(request.resource_names)
         self._requested[type_url] = names
+        if not self._subscribed(type_url):
+            self._unsubscribe(type_url)
+            return []
         served = self._cache.served(self.group)
-        if served is None or not self._subscribed(type_url):
+        if served is None:
             return []  # no config for this group yet: the stream waits for a snapshot
         if (
             not nonce  # a new subscription on this stream
+            or again  # asked again (a replaced cluster warming): answer even unchanged
             or self._sent_version.get(type_url) != served.types[type_url].version
             or (type_url not in WILDCARD and names != self._sent_names.get(type_url))
         ):
             return [self._response(type_url, served)]
         return []
+
+    def _unsubscribe(self, type_url: str) -> None:
+        """Envoy watches none of this type (RDS/EDS/SDS) any more: nothing of it is owed."""
+        self._requested[type_url] = frozenset()
+        if type_url in self._sent_version:
+            self._sent_version.pop(type_url)
+            self._sent_names.pop(type_url, None)
+            self._cache.record_unsubscribed(self.stream_id, type_url)
 
     def on_wake(self) -> list[Any]:
         served = self._cache.served(self.group) if self.stream_id else None

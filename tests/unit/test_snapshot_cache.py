@@ -23,6 +23,7 @@ from devmesh.envoy.snapshot import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     Snapshot,
     SnapshotError,
     new_snapshots,
@@ -200,6 +201,53 @@ def test_stream_protocol_subscribe_ack_push() -> None:
     stream.close()
     assert not cache.status("front-0").connected
     assert not cache.is_synced("front-0")
+
+
+def _subscribed_and_acked(cache: SnapshotCache) -> tuple[SotwStream, dict[str, Any]]:
+    stream = SotwStream(cache, lambda: None)
+    answers = {}
+    for type_url, names in SUBSCRIPTIONS:
+        (answers[type_url],) = stream.on_request(_request(type_url, names))
+    for type_url, names in SUBSCRIPTIONS:
+        assert stream.on_request(_request(type_url, names, ack=answers[type_url])) == []
+    assert cache.is_synced("front-0")
+    return stream, answers
+
+
+def test_a_request_again_with_a_nonce_already_answered_gets_the_resources_again() -> None:
+    """Envoy replacing a cluster (new TLS, new limits) asks for its endpoints again with
+    the nonce it already ACKed: the server must answer, unchanged, or the new cluster
+    warms until Envoy's 15 s initial-fetch timeout."""
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    stream, answers = _subscribed_and_acked(cache)
+    names = ("back|v1", "back|v2")
+    (again,) = stream.on_request(_request(ENDPOINT, names, ack=answers[ENDPOINT]))
+    assert again.version_info == answers[ENDPOINT].version_info
+    assert again.nonce != answers[ENDPOINT].nonce and len(again.resources) == 2
+    assert not cache.is_synced("front-0")  # owed an ACK of the new nonce
+    assert stream.on_request(_request(ENDPOINT, names, ack=again)) == []  # its ACK: no loop
+    assert cache.is_synced("front-0")
+
+
+def test_a_subscription_ended_even_with_a_stale_nonce_is_no_longer_owed() -> None:
+    """A sidecar that stops using a type (secrets, when TLS is turned off) sends a request
+    naming nothing; when it crosses a newer response, Envoy never answers that response
+    (it watches nothing of the type): the type must stop counting against "synced"."""
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    stream, _ = _subscribed_and_acked(cache)
+    names = ("devmesh-identity", "devmesh-ca")  # what TLS listeners and clusters watched
+    (sds,) = stream.on_request(_request(SECRET, names))
+    assert stream.on_request(_request(SECRET, names, ack=sds)) == []
+    assert cache.is_synced("front-0")
+    (_again,) = stream.on_request(_request(SECRET, names, ack=sds))  # in flight...
+    assert not cache.is_synced("front-0")
+    ended = _request(SECRET, (), ack=sds)  # ...crossed by the end, on the old nonce
+    assert stream.on_request(ended) == []
+    assert SECRET not in cache.status("front-0").sent
+    assert cache.is_synced("front-0")
+    assert stream.on_wake() == []  # nothing of a type it does not watch
 
 
 SUBSCRIPTIONS = (
