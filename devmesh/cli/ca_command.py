@@ -4,6 +4,7 @@ CA is the user's, shared by every mesh (adapters/ca.py); it is made here if miss
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -74,8 +75,17 @@ def _export(path: Path, pem: str) -> None:
     owner stay), nothing else is touched."""
     if path.is_dir():
         raise MeshError(f"--export {path}: is a directory; give a file name")
+    # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging; one read
+    # (`--export /dev/stdout | ...`) opens as usual. Writes then block as they normally do.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise MeshError(f"--export {path}: a FIFO (or socket) nobody reads") from None
+        raise MeshError(f"--export {path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "w") as out:
             out.write(pem)
     except OSError as exc:

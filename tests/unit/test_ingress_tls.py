@@ -331,6 +331,24 @@ def test_devmesh_ca_export_into_a_missing_directory_fails_cleanly(
     assert "cannot write: No such file or directory" in capsys.readouterr().err
 
 
+def test_devmesh_ca_export_to_a_fifo_nobody_reads_fails_at_once_and_one_read_gets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    monkeypatch.setenv("DEVMESH_CA_DIR", str(tmp_path / "ca"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert run(["ca", "--export", str(fifo)]) == 1  # it used to wait for a reader forever
+    assert "a FIFO (or socket) nobody reads" in capsys.readouterr().err
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # someone reads: it is written
+    try:
+        assert run(["ca", "--export", str(fifo)]) == 0
+        assert os.read(reader, 65536).startswith(b"-----BEGIN CERTIFICATE-----")
+    finally:
+        os.close(reader)
+
+
 def test_validate_reports_the_users_certificate_problems(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
