@@ -174,6 +174,7 @@ def up(
 
     timeout = check_timeout(timeout)
     path, mesh, name = _load(file, project)
+    _check_ports(mesh, ingress_port, metrics_port)
     try:
         found = launcher.find(name, UP_LOOK_TIMEOUT)
     except launcher.DaemonNotAnswering as exc:
@@ -226,6 +227,21 @@ def _joined_or_started(serving: Serving, file: Path) -> None:
             f"not from {file}"
         )
     _err(f"mesh '{state.project}' is up: served by pid {serving.pid} (another `up` started it)")
+
+
+def _check_ports(mesh: Mesh, ingress_port: int | None, metrics_port: int | None) -> None:
+    """The ingress and /metrics on one port (the flags, or a flag and the file's): the
+    daemon would bind /metrics and the gateway would never start. The file alone is the
+    loader's to refuse."""
+    ingress = ingress_port or (mesh.ingress.port if mesh.ingress is not None else None)
+    metrics = metrics_port or mesh.observability.metrics_port
+    if ingress is not None and ingress == metrics and (ingress_port or metrics_port):
+        raise MeshError(
+            f"port {ingress} for both the ingress and /metrics "
+            f"({'--ingress-port' if ingress_port else 'ingress.port'}, "
+            f"{'--metrics-port' if metrics_port else 'observability.metrics.port'}): "
+            "give /metrics a port of its own"
+        )
 
 
 def _foreground(

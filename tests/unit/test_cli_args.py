@@ -44,6 +44,13 @@ CASES = [
     ("port-word", ["up", "--ingress-port", "http"], Exit.USAGE, "--ingress-port"),
     ("port-superscript", ["up", "--ingress-port", "²"], Exit.USAGE, "--ingress-port"),
     ("timeout-negative", ["up", "--timeout=-5"], Exit.USAGE, "--timeout"),
+    (
+        "ports-same",
+        ["up", "-d", "--ingress-port", "19600", "--metrics-port", "19600"],
+        Exit.ERROR,
+        "port 19600 for both the ingress and /metrics (--ingress-port, --metrics-port)",
+    ),
+    ("metrics-on-the-ingress", ["up", "-d", "--metrics-port", "8080"], Exit.ERROR, "ingress.port"),
     ("timeout-nan", ["up", "-d", "--timeout", "nan"], Exit.USAGE, "--timeout"),
     ("timeout-inf", ["up", "-d", "--timeout", "inf"], Exit.ERROR, "timeout"),
     ("run-timeout-huge", ["run", "--timeout", "1e999", "--", "true"], Exit.ERROR, "timeout"),
