@@ -170,6 +170,7 @@ class Gateway:
     services: dict[str, str] = field(default_factory=dict)  # service -> host URL
     xds: XdsStatus = field(default_factory=XdsStatus)
     tls: PodTls | None = None
+    reason: str = ""  # why it is not running, when the engine refused to start it
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,8 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
         head += f"  {where} {'ready' if gw.ready else gw.state}"
+        if gw.reason and not gw.ready:
+            lines.append(f"gateway: {gw.reason}")
     overflow = overflow_line(stats)
     if overflow:
         lines.append(overflow)
@@ -150,7 +152,9 @@ def not_ready_lines(state: api.MeshState) -> list[str]:
             lines.append(f"  {b.service}/{b.version}: building: {b.step}")
     gw = state.gateway
     if gw is not None and not gw.ready:
-        lines.append(f"  gateway: {gw.state}, xDS {gw.xds.word}")
+        lines.append(
+            f"  gateway: {gw.state}, xDS {gw.xds.word}" + (f": {gw.reason}" if gw.reason else "")
+        )
     if state.push_error:
         lines.append(f"  config delivery: {state.push_error}")
     if not state.engine.ok:

@@ -176,6 +176,7 @@ def gateway_status(view: View, xds: XdsLookup) -> api.Gateway | None:
         services=services,
         xds=xds_status(node, synced),
         tls=_tls(view.certs.get(gateway_group(view.served)), ""),
+        reason=view.start_errors.get(want.gateway.name, ""),
     )
 
 

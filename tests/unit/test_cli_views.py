@@ -108,6 +108,13 @@ def test_not_ready_names_each_failure_once_and_each_waiting_pod_with_its_state()
     ]
 
 
+def test_a_gateway_the_engine_would_not_start_says_why_in_up_and_ps() -> None:
+    why = "cannot start: a host port is already in use (127.0.0.1:19600)"
+    state = _state(READY, gateway=api.Gateway("g", "missing", False, reason=why))
+    assert views.not_ready_lines(state) == [f"  gateway: missing, xDS -: {why}"]
+    assert f"gateway: {why}" in views.ps_table(state).splitlines()
+
+
 def test_urls_list_the_ingress_and_each_service() -> None:
     gw = api.Gateway("g", "running", True, url="http://127.0.0.1:8080/", services={"web": "u"})
     assert views.url_lines(_state(gateway=gw)) == ["ingress: http://127.0.0.1:8080/", "  web: u"]
