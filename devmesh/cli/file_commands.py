@@ -4,6 +4,7 @@ engine (`render --check` runs the Envoy binary)."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
@@ -70,11 +71,11 @@ def validate(file: MeshFile = None, as_json: JsonFlag = False, output: FormatOpt
     files = ingress_problems(mesh)  # the user's certificate and key, read and checked
     if files:
         if as_json:
-            _print_json({"valid": False, "problems": [{"message": p} for p in files]})
+            _print({"valid": False, "problems": [_located_json(p) for p in files]}, fmt)
         else:
             for line in files:
                 _err(line)
-            _err(f"{file}: {len(files)} problem{'s' if len(files) != 1 else ''}")
+            _err(f"{shown}: {len(files)} problem{'s' if len(files) != 1 else ''}")
         raise typer.Exit(Exit.ERROR)
     summary = summarize(mesh)
     if as_json:
@@ -93,6 +94,26 @@ def _warn(mesh: Mesh) -> None:
 
 def _problem_json(p: Problem) -> dict[str, Any]:
     return {"file": p.file, "line": p.line, "col": p.col, "path": p.path, "message": p.message}
+
+
+_LOCATED = re.compile(
+    r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>[\w.\[\]-]+): (?P<message>.*)$", re.S
+)
+
+
+def _located_json(text: str) -> dict[str, Any]:
+    """A certificate file's problem (`FILE:LINE:COL: ingress.tls.cert: message`) in the
+    same fields as the loader's problems; as a bare message when it names no place."""
+    found = _LOCATED.match(text)
+    if found is None:
+        return {"file": None, "line": None, "col": None, "path": None, "message": text}
+    return {
+        "file": found["file"],
+        "line": int(found["line"]),
+        "col": int(found["col"]),
+        "path": found["path"],
+        "message": found["message"],
+    }
 
 
 def render(

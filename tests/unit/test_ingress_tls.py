@@ -359,3 +359,12 @@ def test_validate_reports_the_users_certificate_problems(
     assert run(["validate", "-f", str(mesh_file)]) == 1
     err = capsys.readouterr().err
     assert f"{mesh_file}:6:" in err and "a key from another pair" in err
+    assert err.splitlines()[-1] == f"{mesh_file}: 1 problem"  # it said "None: 1 problem"
+    assert run(["validate", "-f", str(mesh_file), "--json"]) == 1
+    (problem,) = json.loads(capsys.readouterr().out)["problems"]
+    assert (problem["file"], problem["line"], problem["path"]) == (
+        str(mesh_file),
+        6,
+        "ingress.tls.key",
+    )
+    assert "a key from another pair" in problem["message"]
