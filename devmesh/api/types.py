@@ -597,6 +597,7 @@ class AccessCounters:
 class AccessResult:
     entries: tuple[AccessEntry, ...] = ()
     counters: AccessCounters = AccessCounters()
+    logging: bool = True  # False: the mesh turns access logs off; entries are older ones
 
 
 @dataclass(frozen=True, slots=True)

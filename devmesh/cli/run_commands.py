@@ -607,9 +607,14 @@ def _access_logs(
     if not follow:
         limit = api.ACCESS_CAPACITY if count is None else max(1, count)
         result = client.access(api.AccessRequest(service, status, route, slower_ms, limit))
-        for entry in result.entries:
-            show(entry)
-        if not as_json and not result.entries:
+        for entry in result.entries[len(result.entries) if count == 0 else 0 :]:
+            show(entry)  # --tail 0: none, as `logs SERVICE --tail 0`
+        if not result.logging:
+            _err(
+                "devmesh: access logs are off in this mesh (observability: {access_log: "
+                "false}); what is listed came before"
+            )
+        if not as_json and not result.entries and count != 0:
             _err(
                 f"devmesh: no request matches; {access_views.access_counters_line(result.counters)}"
             )

@@ -132,7 +132,7 @@ class Handlers:
         if len(want) < 6 or len(want) > 32 or any(c not in "0123456789abcdef" for c in want):
             raise Refusal(
                 api.ErrorCode.BAD_REQUEST,
-                f"trace id {req.trace_id!r}: expected 6 to 32 hex digits",
+                f"trace id {_clip(req.trace_id)!r}: expected 6 to 32 hex digits",
             )
         found = self._trace_store().find(want)
         if not found:
@@ -168,9 +168,11 @@ class Handlers:
         if name in names or (name == GATEWAY_SERVICE and (mesh.has_gateway or name in seen)):
             return
         hint = did_you_mean(name, [*names, GATEWAY_SERVICE])
+        if name == api.INGRESS and not hint:
+            hint = f"; the gateway's spans are service '{GATEWAY_SERVICE}' here"
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
-            f"{self._loop.mesh_file}: no service '{name}' in mesh '{self._loop.project}'"
+            f"{self._loop.mesh_file}: no service '{_clip(name)}' in mesh '{self._loop.project}'"
             f"{hint} (services: {', '.join(names)})",
         )
 
@@ -224,7 +226,8 @@ class Handlers:
             names = ", ".join(s.name for s in view.mesh.services)
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
-                f"no service '{req.service}' in mesh '{self._loop.project}'; services: {names}",
+                f"no service '{_clip(req.service)}' in mesh '{self._loop.project}'; "
+                f"services: {names}",
             )
         stop = threading.Event()
         lines = self._follow(req, stop)
@@ -239,10 +242,12 @@ class Handlers:
         mesh = self._loop.view.mesh
         if service is not None and service != api.INGRESS and not mesh.has_service(service):
             names = [s.name for s in mesh.services]
+            hint = did_you_mean(service, names) or f"; services: {', '.join(names)}"
+            if service == GATEWAY_SERVICE:
+                hint = f"; the gateway's entries are service '{api.INGRESS}' here"
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
-                f"no service '{service}' in mesh '{self._loop.project}'"
-                + (did_you_mean(service, names) or f"; services: {', '.join(names)}"),
+                f"no service '{_clip(service)}' in mesh '{self._loop.project}'{hint}",
             )
         problem = status_problem(status)
         if problem is not None:
@@ -282,11 +287,20 @@ class Handlers:
         result = self._access_log().query(keep, limit)
         if not result.entries:  # kept entries of a route a reload took out still match
             self._unknown_route(req.route)
+        if not self._loop.view.served.observability.access_log:
+            return dataclasses.replace(result, logging=False)
         return result
 
     def follow_access(self, req: api.AccessFollowRequest) -> Iterator[api.AccessEntry | None]:
         keep = self._access_filter(req.service, req.status, req.route, req.slower_ms)
         self._unknown_route(req.route)  # what comes next comes from the mesh's routes
+        if not self._loop.view.served.observability.access_log:
+            raise Refusal(
+                api.ErrorCode.CONFLICT,
+                "access logs are off in this mesh: nothing more will come; remove "
+                "`access_log: false` from its observability: (`logs --access` without "
+                "--follow lists the entries kept from before)",
+            )
         log = self._access_log()
         stop = threading.Event()
         try:
@@ -365,3 +379,8 @@ def _fault(req: api.FaultRequest) -> Fault | None:
         if abort is None
         else Abort(percent=abort.percent, http_status=abort.status, grpc_status=abort.grpc_status),
     )
+
+
+def _clip(text: str, most: int = 64) -> str:
+    """What the user sent, shown back at most `most` characters long."""
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"

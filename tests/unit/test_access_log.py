@@ -465,7 +465,7 @@ def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
     assert list(follow) in ([], [None])
 
 
-def _access_handlers(ring: AccessLog) -> Any:
+def _access_handlers(ring: AccessLog, text: str = MESH) -> Any:
     """The access-log endpoints over a ring, with a stand-in for the loop's view (they read
     only its mesh and project)."""
     from types import SimpleNamespace
@@ -474,8 +474,8 @@ def _access_handlers(ring: AccessLog) -> Any:
     from devmesh.daemon.handlers import Handlers
 
     handlers = Handlers.__new__(Handlers)
-    mesh = load(MESH)
-    handlers._loop = SimpleNamespace(view=SimpleNamespace(mesh=mesh), project="shop")  # type: ignore[assignment]
+    mesh = load(text)
+    handlers._loop = SimpleNamespace(view=SimpleNamespace(mesh=mesh, served=mesh), project="shop")  # type: ignore[assignment]
     handlers.access = ring
     return handlers
 
@@ -499,3 +499,29 @@ def test_a_route_the_mesh_has_not_is_refused_with_did_you_mean() -> None:
     for route, times in (("default", [1.0]), ("site", [2.0]), ("gone", [3.0])):
         found = handlers.access_entries(api.AccessRequest(route=route)).entries
         assert [e.time for e in found] == times
+
+
+def test_with_access_logs_turned_off_a_list_says_so_and_a_follow_is_refused() -> None:
+    from devmesh.daemon.api import Refusal
+
+    ring = AccessLog(Directory)
+    ring.add([entry(1, route="default")])
+    assert _access_handlers(ring).access_entries(api.AccessRequest()).logging
+    off = _access_handlers(
+        ring, MESH.replace("services:", "observability: {access_log: false}\nservices:")
+    )
+    result = off.access_entries(api.AccessRequest())
+    assert [e.time for e in result.entries] == [1.0] and not result.logging
+    with pytest.raises(Refusal) as caught:
+        next(iter(off.follow_access(api.AccessFollowRequest())))
+    assert caught.value.error.code is api.ErrorCode.CONFLICT
+    assert "access_log: false" in caught.value.error.message
+
+
+def test_the_gateway_by_its_trace_name_is_pointed_to_its_access_log_name() -> None:
+    from devmesh.daemon.api import Refusal
+
+    handlers = _access_handlers(AccessLog(Directory))
+    with pytest.raises(Refusal) as caught:
+        handlers.access_entries(api.AccessRequest(service="gateway"))
+    assert "the gateway's entries are service 'ingress' here" in caught.value.error.message

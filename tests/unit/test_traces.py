@@ -633,8 +633,10 @@ def _handlers(text: str = MESH) -> Any:
         (api.TracesRequest(limit=0), "bad_request", "limit"),
         (api.TraceRequest("xyz"), "bad_request", "hex digits"),
         (api.TraceRequest("ffffff"), "not_found", "no trace ffffff"),
+        (api.TracesRequest(service="ingress"), "not_found", "spans are service 'gateway'"),
+        (api.TraceRequest("x" * 100_000), "bad_request", "(100000 char"),
     ],
-    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace"],
+    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace", "ingress", "huge"],
 )
 def test_the_trace_endpoints_refuse_with_located_words(
     request_: Any, code: str, words: str
@@ -645,6 +647,7 @@ def test_the_trace_endpoints_refuse_with_located_words(
         call(request_)
     assert caught.value.error.code.value == code
     assert words in caught.value.error.message
+    assert len(caught.value.error.message) < 400  # what was sent is not all echoed back
     if code == "not_found" and "service" in words:
         assert "/x/devmesh.yaml" in caught.value.error.message
 
