@@ -91,6 +91,8 @@ class Daemon:
         self._directory_for: object = None
         self.metrics_port: int | None = None  # `up --metrics-port`; None: the mesh file's
         self._metrics: MetricsServer | None = None
+        self._metrics_lock = threading.Lock()  # the sweep moves it; stop ends it
+        self._metrics_refused: int | None = None  # a port asked for and in use: said once
         self._directory_cache = Directory()
         # every request every Envoy saw (daemon/accesslog.py), on the xDS socket too
         self.access = AccessLog(self._directory)
@@ -173,6 +175,37 @@ class Daemon:
         server.start()  # MeshError when the port is taken
         self._metrics = server
         self.handlers.metrics_url = server.url
+
+    def _sync_metrics(self) -> None:
+        """The sweep's: /metrics follows the mesh file's `observability.metrics.port` (the
+        flag, when given, wins). The new port is bound before the old one is let go: a port
+        in use is an event and the old one serves on."""
+        want = self.metrics_port or self.controller.view.mesh.observability.metrics_port
+        with self._metrics_lock:
+            old = self._metrics
+            if self._stop.is_set() or (old.port if old else None) == want:
+                self._metrics_refused = None
+                return
+            if want == self._metrics_refused:
+                return
+            server = None
+            if want:
+                server = MetricsServer(want, self._scrape)
+                try:
+                    server.start()
+                except MeshError as exc:
+                    self._metrics_refused = want
+                    kept = f"; /metrics stays on {old.url}" if old else ""
+                    self.events.add(EventKind.DAEMON, f"{exc}{kept}", "", Severity.ERROR)
+                    return
+            self._metrics, self._metrics_refused = server, None
+            self.handlers.metrics_url = server.url if server else None
+            if old is not None:
+                old.stop()
+        self.events.add(
+            EventKind.DAEMON,
+            f"/metrics now on {server.url}" if server else "/metrics no longer served",
+        )
 
     def _scrape(self) -> str:
         return render_metrics(self.handlers.stats(), self.handlers.state(), self.access.counters())
@@ -299,8 +332,9 @@ class Daemon:
             _quietly("the xDS server", lambda: self.xds.stop(grace=0.5))
             _quietly("the stats reader", self._stats.close)
             _quietly("the log tails", self._log_tails.close)
-            if self._metrics is not None:
-                _quietly("the metrics server", self._metrics.stop)
+            with self._metrics_lock:
+                if self._metrics is not None:
+                    _quietly("the metrics server", self._metrics.stop)
             _quietly("the trace forwarder and relays", self.telemetry.close)
             if teardown:
                 containers, networks = self.engine.remove_all(self.project)
@@ -367,6 +401,7 @@ class Daemon:
         while not self._stop.wait(1.0):
             self._log_tails.sweep()
             _quietly("syncing the sinks", self._sync_sinks)
+            _quietly("moving /metrics", self._sync_metrics)
 
 
 def _quietly(what: str, stop: Callable[[], object]) -> None:

@@ -373,6 +373,43 @@ def test_a_metrics_port_in_use_fails_up_clearly_and_leaves_nothing_running(
         sweep(docker_client, project)
 
 
+def test_a_new_metrics_port_in_the_file_moves_metrics_live_and_one_in_use_keeps_the_old(
+    observed: tuple[Mesh, int],
+) -> None:
+    """It used to be read once, at start: a changed port was silently ignored."""
+    import socket
+
+    mesh, metrics = observed
+
+    def answers(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    moved = free_port()
+    try:
+        mesh.write(TEXT.replace("@METRICS@", str(moved)))
+        assert _until(lambda: answers(moved) and not answers(metrics), timeout=10)
+        assert _metrics_port(mesh) == moved
+        with socket.socket() as holder:  # a port someone else has: refused, the old serves on
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            mesh.write(TEXT.replace("@METRICS@", str(taken)))
+            events = _until(
+                lambda: "in use" in mesh.run("events").stdout and mesh.run("events").stdout,
+                timeout=10,
+            )
+            assert f"metrics port 127.0.0.1:{taken} is in use" in events, events
+            assert f"/metrics stays on http://127.0.0.1:{moved}/metrics" in events
+            assert answers(moved) and _metrics_port(mesh) == moved
+    finally:
+        mesh.write(TEXT.replace("@METRICS@", str(metrics)))
+        assert _until(lambda: answers(metrics), timeout=10)
+
+
 def _metrics_port(mesh: Mesh) -> int:
     url = mesh.ps()["metrics"]
     return int(urllib.parse.urlsplit(url).port or 0)
