@@ -384,7 +384,7 @@ def test_a_new_metrics_port_in_the_file_moves_metrics_live_and_one_in_use_keeps_
     def answers(port: int) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except OSError:
             return False
 
