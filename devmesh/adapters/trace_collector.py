@@ -38,6 +38,9 @@ log = logging.getLogger("devmesh.traces")
 # traced requests a second through two Envoys, 640 batches are about 30 s of spans
 QUEUE_BATCHES = 640
 POST_TIMEOUT = 2.0  # seconds, connect and answer: a stalled endpoint costs one slot
+# Batches waiting are sent together, up to this much in one POST: a serialized
+# ExportTraceServiceRequest is a repeated field, so requests concatenated are one request.
+POST_BYTES = 4 << 20
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _ANSWER = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
@@ -115,14 +118,28 @@ class SpanForwarder:
             return ForwardCounters(self._forwarded, self._dropped, self._error)
 
     def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
         while True:
             item = self._queue.get()
             if item is None:
-                return
-            data, spans = item
+                break
+            batches, stop = [item], False
+            while sum(len(b[0]) for b in batches) < POST_BYTES:  # what waits goes along
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batches.append(more)
+            spans = sum(b[1] for b in batches)
             try:
-                self._post(data)
+                conn = self._post([b[0] for b in batches], conn)
             except (OSError, http.client.HTTPException, ValueError) as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
                 with self._lock:
                     self._dropped += spans
                     self._error = f"{self.target.url}: {exc}"
@@ -131,26 +148,45 @@ class SpanForwarder:
                 with self._lock:
                     self._forwarded += spans
                     self._error = None
+            if stop:
+                break
+        if conn is not None:
+            conn.close()
 
-    def _post(self, data: bytes) -> None:
+    def _post(
+        self, batches: list[bytes], conn: http.client.HTTPConnection | None
+    ) -> http.client.HTTPConnection:
+        """One POST of these batches, on `conn` (kept alive from the last one) when given;
+        the connection for the next (a closed one reconnects by itself on its next use)."""
         if self.target.kind == "zipkin":  # ValueError when the bytes do not decode
-            body = json.dumps(zipkin(spans_of_bytes(data))).encode()
+            body = json.dumps(zipkin([s for b in batches for s in spans_of_bytes(b)])).encode()
             content_type = "application/json"
-        else:  # OTLP/HTTP takes the very protobuf Envoy sent us
-            body = data
+        else:  # OTLP/HTTP takes the very protobuf Envoy sent us, requests concatenated
+            body = b"".join(batches)
             content_type = "application/x-protobuf"
         address = self.target.address
-        conn = http.client.HTTPConnection(address.host, address.port, timeout=POST_TIMEOUT)
-        try:
-            conn.request(
-                "POST", self.target.path or "/", body, headers={"Content-Type": content_type}
-            )
-            answer = conn.getresponse()
-            answer.read()
-        finally:
+        for reused in (conn is not None, False):
+            if conn is None:
+                conn = http.client.HTTPConnection(address.host, address.port, timeout=POST_TIMEOUT)
+            try:
+                conn.request(
+                    "POST", self.target.path or "/", body, headers={"Content-Type": content_type}
+                )
+                answer = conn.getresponse()
+                answer.read()
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                if not reused:  # a fresh connection failed: the endpoint's fault
+                    raise
+                # a kept-alive connection the endpoint had closed meanwhile: once more, anew
+        assert conn is not None
+        if answer.will_close:
             conn.close()
         if answer.status >= 300:
             raise ValueError(f"answered {answer.status} {answer.reason}")
+        return conn
 
 
 def _drain(q: queue.Queue[tuple[bytes, int] | None]) -> list[int]:

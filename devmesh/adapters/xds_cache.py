@@ -339,6 +339,8 @@ class SnapshotCache:
                 return
             for table in (node.sent, node.sent_names, node.nonces, node.acked, node.acked_nonce):
                 table.pop(type_url, None)
+            if node.nack is not None and node.nack.type_url == type_url:
+                node.nack = None  # what was rejected is no longer asked for
             node_id = self._watches[stream_id].node_id
             self._recheck(node_id)
             self._finish(node.cluster)

@@ -85,6 +85,7 @@ class SotwStream:
         self._sent_names: dict[str, frozenset[str]] = {}
         self._nonce: dict[str, str] = {}
         self._answered: dict[str, str] = {}  # type -> the nonce whose ACK or NACK came
+        self._nacked: set[str] = set()  # types whose last answer was a NACK
 
     def _subscribed(self, type_url: str) -> bool:
         names = self._requested.get(type_url)
@@ -115,6 +116,10 @@ class SotwStream:
         if nonce and not again:
             self._record_answer(request)
             self._answered[type_url] = nonce
+            if request.HasField("error_detail"):
+                self._nacked.add(type_url)
+            else:
+                self._nacked.discard(type_url)
         names = frozenset(request.resource_names)
         self._requested[type_url] = names
         if not self._subscribed(type_url):
@@ -125,7 +130,9 @@ class SotwStream:
             return []  # no config for this group yet: the stream waits for a snapshot
         if (
             not nonce  # a new subscription on this stream
-            or again  # asked again (a replaced cluster warming): answer even unchanged
+            # asked again (a replaced cluster warming): answer even unchanged, but a
+            # rejected version is not sent again (a newer one is, by the version check)
+            or (again and type_url not in self._nacked)
             or self._sent_version.get(type_url) != served.types[type_url].version
             or (type_url not in WILDCARD and names != self._sent_names.get(type_url))
         ):

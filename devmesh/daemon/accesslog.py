@@ -141,7 +141,8 @@ def status_problem(status: str | None) -> str | None:
         return None
     if text.isdigit() and 100 <= int(text) <= 599:
         return None
-    return f"status '{status}' is neither a class (2xx, 4xx, 5xx) nor a code (100-599)"
+    shown = status if len(status) <= 64 else f"{status[:64]}... ({len(status)} characters)"
+    return f"status '{shown}' is neither a class (2xx, 4xx, 5xx) nor a code (100-599)"
 
 
 @dataclass(frozen=True, slots=True)

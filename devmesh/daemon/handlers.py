@@ -209,7 +209,7 @@ class Handlers:
         chosen = next((p for p in pods if p.name == req.pod), None)
         if chosen is None:
             raise Refusal(
-                api.ErrorCode.NOT_FOUND, f"no pod {req.pod!r} in mesh '{self._loop.project}'"
+                api.ErrorCode.NOT_FOUND, f"no pod {_clip(req.pod)!r} in mesh '{self._loop.project}'"
             )
         tail = max(1, min(req.tail, 1000))
         app = view.infos.get(chosen.app.name)
@@ -276,7 +276,7 @@ class Handlers:
             return
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
-            f"no route '{route}' in mesh '{self._loop.project}'"
+            f"no route '{_clip(route)}' in mesh '{self._loop.project}'"
             + (did_you_mean(route, names) or "")
             + f" (routes: {', '.join(names) or 'none'})",
         )

@@ -186,17 +186,16 @@ class Daemon:
             if self._stop.is_set() or (old.port if old else None) == want:
                 self._metrics_refused = None
                 return
-            if want == self._metrics_refused:
-                return
             server = None
             if want:
                 server = MetricsServer(want, self._scrape)
                 try:
                     server.start()
-                except MeshError as exc:
-                    self._metrics_refused = want
-                    kept = f"; /metrics stays on {old.url}" if old else ""
-                    self.events.add(EventKind.DAEMON, f"{exc}{kept}", "", Severity.ERROR)
+                except MeshError as exc:  # tried again each second; said once a port
+                    if want != self._metrics_refused:
+                        self._metrics_refused = want
+                        kept = f"; /metrics stays on {old.url}" if old else ""
+                        self.events.add(EventKind.DAEMON, f"{exc}{kept}", "", Severity.ERROR)
                     return
             self._metrics, self._metrics_refused = server, None
             self.handlers.metrics_url = server.url if server else None

@@ -230,6 +230,24 @@ def test_a_request_again_with_a_nonce_already_answered_gets_the_resources_again(
     assert cache.is_synced("front-0")
 
 
+def test_a_rejected_version_asked_again_is_not_sent_again_and_its_nack_ends_with_the_watch() -> (
+    None
+):
+    cache = SnapshotCache()
+    cache.set_snapshots(_snapshots())
+    stream, _ = _subscribed_and_acked(cache)
+    names = ("devmesh-identity", "devmesh-ca")
+    (sds,) = stream.on_request(_request(SECRET, names))
+    nack = _request(SECRET, names, ack=sds)
+    nack.version_info = ""
+    nack.error_detail.code, nack.error_detail.message = 13, "bad secret"
+    assert stream.on_request(nack) == []
+    assert stream.on_request(_request(SECRET, names, ack=sds)) == []  # a watch change: no resend
+    assert cache.status("front-0").nack is not None
+    assert stream.on_request(_request(SECRET, (), ack=sds)) == []  # TLS off: watches nothing
+    assert cache.status("front-0").nack is None and cache.is_synced("front-0")
+
+
 def test_a_subscription_ended_even_with_a_stale_nonce_is_no_longer_owed() -> None:
     """A sidecar that stops using a type (secrets, when TLS is turned off) sends a request
     naming nothing; when it crosses a newer response, Envoy never answers that response

@@ -451,6 +451,48 @@ def test_the_forwarder_posts_otlp_protobuf_or_zipkin_json(kind: str) -> None:
         assert got[0] == request.SerializeToString()  # the bytes Envoy sent, not re-encoded
 
 
+def test_batches_that_wait_go_in_one_post_on_one_kept_alive_connection() -> None:
+    bodies: list[bytes] = []
+    peers: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as collectors answer
+
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            peers.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = TraceForward("u", "otlp", HostAddress("127.0.0.1", server.server_address[1]), "/")
+    forwarder = SpanForwarder(target)
+    one = _otlp().SerializeToString()
+    try:
+        for _ in range(3):  # waiting before the thread runs: they go together
+            forwarder.offer(one, 1)
+        forwarder.start()
+        deadline = time.monotonic() + 5
+        while forwarder.counters().forwarded < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        forwarder.offer(one, 1)
+        while forwarder.counters().forwarded < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        forwarder.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert forwarder.counters().forwarded == 4
+    assert len(bodies) == 2 and len(set(peers)) == 1  # two POSTs, one connection
+    joined = trace_service_pb2.ExportTraceServiceRequest.FromString(bodies[0])
+    assert len(spans_of(joined)) == 3  # requests concatenated are one request
+
+
 # -- the relay ----------------------------------------------------------------------------
 
 
