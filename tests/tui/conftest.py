@@ -36,7 +36,10 @@ async def settled(
     shows "loading…" or the table without focus (the second seen under xdist)."""
     await pilot.pause()
     await app.workers.wait_for_complete()
-    for _ in range(200):
+    # By the clock, not a count of rounds: on a loaded machine (the suite's parallel run
+    # beside Docker tests) 200 rounds of 20 ms were not always enough for the focus to land.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         await pilot.pause()
         shown = [str(w.render()) for w in app.screen.query(note).results(Static)]
         loaded = not any(text.startswith("loading") for text in shown)
