@@ -123,8 +123,8 @@ class SpanForwarder:
             item = self._queue.get()
             if item is None:
                 break
-            batches, stop = [item], False
-            while sum(len(b[0]) for b in batches) < POST_BYTES:  # what waits goes along
+            batches, size, stop = [item], len(item[0]), False
+            while size < POST_BYTES:  # what waits goes along
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -133,6 +133,7 @@ class SpanForwarder:
                     stop = True
                     break
                 batches.append(more)
+                size += len(more[0])
             spans = sum(b[1] for b in batches)
             try:
                 conn = self._post([b[0] for b in batches], conn)

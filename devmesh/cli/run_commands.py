@@ -607,8 +607,9 @@ def _access_logs(
     if not follow:
         limit = api.ACCESS_CAPACITY if count is None else max(1, count)
         result = client.access(api.AccessRequest(service, status, route, slower_ms, limit))
-        for entry in result.entries[len(result.entries) if count == 0 else 0 :]:
-            show(entry)  # --tail 0: none, as `logs SERVICE --tail 0`
+        shown = () if count == 0 else result.entries  # --tail 0: none, as `logs SERVICE`
+        for entry in shown:
+            show(entry)
         if not result.logging:
             _err(
                 "devmesh: access logs are off in this mesh (observability: {access_log: "

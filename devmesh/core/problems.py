@@ -45,6 +45,11 @@ class Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
+def clip(text: str, most: int = 64) -> str:
+    """What the user sent, shown back at most `most` characters long."""
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
+
+
 def printable(text: str) -> str:
     """Control characters and lone surrogates a hostile file put in a key or value, escaped:
     a message must not move the cursor, recolour the terminal or fail to encode."""

@@ -21,6 +21,7 @@ from devmesh.adapters.access_log_service import EnvoyAccess, decode
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.api import types as api
 from devmesh.core.model import Mesh
+from devmesh.core.problems import clip
 from devmesh.envoy.names import parse_cluster_name, parse_hop_name, parse_route_entry_name
 from devmesh.plan.desired import Desired
 
@@ -141,8 +142,7 @@ def status_problem(status: str | None) -> str | None:
         return None
     if text.isdigit() and 100 <= int(text) <= 599:
         return None
-    shown = status if len(status) <= 64 else f"{status[:64]}... ({len(status)} characters)"
-    return f"status '{shown}' is neither a class (2xx, 4xx, 5xx) nor a code (100-599)"
+    return f"status '{clip(status)}' is neither a class (2xx, 4xx, 5xx) nor a code (100-599)"
 
 
 @dataclass(frozen=True, slots=True)

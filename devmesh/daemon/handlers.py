@@ -19,7 +19,7 @@ from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
 from devmesh.core.model import Abort, Delay, Fault
-from devmesh.core.problems import MeshError, did_you_mean
+from devmesh.core.problems import MeshError, clip, did_you_mean
 from devmesh.daemon.accesslog import AccessLog, Filter, status_problem
 from devmesh.daemon.api import Endpoint, Refusal
 from devmesh.daemon.controller import Controller
@@ -132,7 +132,7 @@ class Handlers:
         if len(want) < 6 or len(want) > 32 or any(c not in "0123456789abcdef" for c in want):
             raise Refusal(
                 api.ErrorCode.BAD_REQUEST,
-                f"trace id {_clip(req.trace_id)!r}: expected 6 to 32 hex digits",
+                f"trace id {clip(req.trace_id)!r}: expected 6 to 32 hex digits",
             )
         found = self._trace_store().find(want)
         if not found:
@@ -172,7 +172,7 @@ class Handlers:
             hint = f"; the gateway's spans are service '{GATEWAY_SERVICE}' here"
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
-            f"{self._loop.mesh_file}: no service '{_clip(name)}' in mesh '{self._loop.project}'"
+            f"{self._loop.mesh_file}: no service '{clip(name)}' in mesh '{self._loop.project}'"
             f"{hint} (services: {', '.join(names)})",
         )
 
@@ -209,7 +209,7 @@ class Handlers:
         chosen = next((p for p in pods if p.name == req.pod), None)
         if chosen is None:
             raise Refusal(
-                api.ErrorCode.NOT_FOUND, f"no pod {_clip(req.pod)!r} in mesh '{self._loop.project}'"
+                api.ErrorCode.NOT_FOUND, f"no pod {clip(req.pod)!r} in mesh '{self._loop.project}'"
             )
         tail = max(1, min(req.tail, 1000))
         app = view.infos.get(chosen.app.name)
@@ -226,7 +226,7 @@ class Handlers:
             names = ", ".join(s.name for s in view.mesh.services)
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
-                f"no service '{_clip(req.service)}' in mesh '{self._loop.project}'; "
+                f"no service '{clip(req.service)}' in mesh '{self._loop.project}'; "
                 f"services: {names}",
             )
         stop = threading.Event()
@@ -247,7 +247,7 @@ class Handlers:
                 hint = f"; the gateway's entries are service '{api.INGRESS}' here"
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
-                f"no service '{_clip(service)}' in mesh '{self._loop.project}'{hint}",
+                f"no service '{clip(service)}' in mesh '{self._loop.project}'{hint}",
             )
         problem = status_problem(status)
         if problem is not None:
@@ -276,7 +276,7 @@ class Handlers:
             return
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
-            f"no route '{_clip(route)}' in mesh '{self._loop.project}'"
+            f"no route '{clip(route)}' in mesh '{self._loop.project}'"
             + (did_you_mean(route, names) or "")
             + f" (routes: {', '.join(names) or 'none'})",
         )
@@ -379,8 +379,3 @@ def _fault(req: api.FaultRequest) -> Fault | None:
         if abort is None
         else Abort(percent=abort.percent, http_status=abort.status, grpc_status=abort.grpc_status),
     )
-
-
-def _clip(text: str, most: int = 64) -> str:
-    """What the user sent, shown back at most `most` characters long."""
-    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
