@@ -6,7 +6,6 @@ Every address is loopback or a UNIX socket in the test's tmp_path (fixtures: con
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,15 +14,9 @@ import pytest
 
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from tests.integration.conftest import GROUP, Mesh, StartEnvoy, get, wait_for
+from tests.integration.conftest import GROUP, Mesh, StartEnvoy, get, server_threads, wait_for
 
 pytestmark = pytest.mark.envoy
-
-
-def _threads() -> list[str]:
-    """Python threads, less grpc.aio's poller: one per process, started on first use and
-    kept (its name is grpc's, `Thread-N (_poll_wrapper)`)."""
-    return sorted(t.name for t in threading.enumerate() if "_poll_wrapper" not in t.name)
 
 
 def _disconnected(xds: XdsServer, node_id: str) -> Callable[[], bool]:
@@ -171,23 +164,23 @@ def test_envoy_going_away_ends_its_stream_and_costs_no_thread(
     xds: XdsServer, envoy: StartEnvoy, mesh: Mesh
 ) -> None:
     xds.set_snapshot(GROUP, mesh.resources("v1"))
-    baseline = _threads()
+    baseline = server_threads()
     for round_ in range(3):  # churn: each stream is a coroutine on the server's one loop
         proc = envoy(f"api-v1-{round_}")
         assert xds.wait_synced([f"api-v1-{round_}"], timeout=10)
         assert xds.open_streams() == 1
-        assert _threads() == baseline
+        assert server_threads() == baseline
         proc.terminate()
         proc.wait(timeout=5)
         assert wait_for(_disconnected(xds, f"api-v1-{round_}"), timeout=5)
         assert wait_for(lambda: xds.open_streams() == 0, timeout=5)
-    assert _threads() == baseline
+    assert server_threads() == baseline
 
 
 def test_server_stop_leaks_no_thread_and_envoy_reconnects(
     tmp_path: Path, envoy: StartEnvoy, mesh: Mesh
 ) -> None:
-    baseline = _threads()
+    baseline = server_threads()
     resources = mesh.resources("v1")
     first = XdsServer(tmp_path / "xds.sock")
     second = XdsServer(tmp_path / "xds.sock")
@@ -197,10 +190,10 @@ def test_server_stop_leaks_no_thread_and_envoy_reconnects(
         first.set_snapshot(GROUP, resources)
         envoy("api-v1-a")
         assert first.wait_synced(["api-v1-a"], timeout=10)
-        assert _threads() == sorted([*baseline, "xds-loop"])  # one, however many streams
+        assert server_threads() == sorted([*baseline, "xds-loop"])  # one, however many streams
 
         first.stop(grace=0.5)
-        assert _threads() == baseline
+        assert server_threads() == baseline
         assert not first.status("api-v1-a").connected  # the last status is kept
         stopped = time.perf_counter()
         while time.perf_counter() - stopped < 1.0:  # Envoy serves on without its control plane
@@ -221,4 +214,4 @@ def test_server_stop_leaks_no_thread_and_envoy_reconnects(
     finally:
         first.stop(grace=0.5)
         second.stop(grace=0.5)
-    assert _threads() == baseline
+    assert server_threads() == baseline

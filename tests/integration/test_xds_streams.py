@@ -21,6 +21,7 @@ from devmesh.core.problems import MeshError
 from devmesh.envoy.render import render
 from devmesh.envoy.resources import placeholder_endpoints
 from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, new_snapshots
+from tests.integration.conftest import server_threads
 from tests.unit.test_snapshot_cache import FRONT, MESH
 
 NAMES: dict[str, tuple[str, ...]] = {
@@ -68,16 +69,11 @@ def _run_clients(socket: Path, ids: list[str], responses: list[int]) -> threadin
     return thread
 
 
-def _threads() -> list[str]:
-    """Python threads, less grpc.aio's process-wide poller (started on first use, kept)."""
-    return sorted(t.name for t in threading.enumerate() if "_poll_wrapper" not in t.name)
-
-
 def test_many_streams_on_one_loop_thread_get_each_push_and_end_on_stop(tmp_path: Path) -> None:
     cache = SnapshotCache()
     cache.set_snapshots(_snapshots())
     server = XdsServer(tmp_path / "xds.sock", cache=cache)
-    baseline = _threads()
+    baseline = server_threads()
     server.start()
     ids = [f"front-{i}" for i in range(STREAMS)]
     responses: list[int] = []
@@ -89,7 +85,7 @@ def test_many_streams_on_one_loop_thread_get_each_push_and_end_on_stop(tmp_path:
         assert cache.wait_synced(ids, timeout=15)
         assert server.open_streams() == STREAMS
         # One loop thread serves them all (and the test's one client thread runs the clients).
-        assert _threads() == sorted([*baseline, "test-clients", "xds-loop"])
+        assert server_threads() == sorted([*baseline, "test-clients", "xds-loop"])
         assert len(responses) == 4 * STREAMS
 
         for weights in ("{v1: 50, v2: 50}", "{v1: 0, v2: 100}", "{v1: 75, v2: 25}"):
@@ -105,13 +101,13 @@ def test_many_streams_on_one_loop_thread_get_each_push_and_end_on_stop(tmp_path:
     assert not clients.is_alive()  # every stream ended with the server
     assert not any(s.connected for s in cache.statuses())
     assert server.open_streams() == 0
-    assert _threads() == baseline
+    assert server_threads() == baseline
 
 
 def test_a_server_that_cannot_listen_says_so_and_leaves_no_thread(tmp_path: Path) -> None:
-    baseline = _threads()
+    baseline = server_threads()
     server = XdsServer(tmp_path / "no-such-dir" / "xds.sock")
     with pytest.raises(MeshError, match="cannot listen on unix:"):
         server.start()
-    assert _threads() == baseline
+    assert server_threads() == baseline
     server.stop()  # stopping a server that never started is harmless

@@ -117,22 +117,27 @@ def test_a_replacement_is_followed_from_its_first_line_and_following_ends_with_t
     assert list(lines) == []  # ends by itself once no pod ran for idle_end
 
 
+def _followers() -> list[str]:
+    """The follow threads, by name: counting every thread would also count those another
+    test left ending (a test HTTP server's request handler, say)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("follow-")]
+
+
 def test_closing_the_generator_closes_the_streams_and_ends_the_threads() -> None:
     engine = Engine()
     for i in range(3):
         engine.app(f"m-web-v1-{i}", "running", (f"hello {i}",))
-    before = threading.active_count()
     lines = _follow(engine, None, threading.Event())
     assert sorted(_next(lines) for _ in range(3)) == [
         (f"m-web-v1-{i}", f"hello {i}") for i in range(3)
     ]
-    assert threading.active_count() == before + 3
+    assert len(_followers()) == 3
     lines.close()
     assert all(s.closed for s in engine.streams.values())
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while _followers() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert _followers() == []
 
 
 def test_stop_ends_following() -> None:
