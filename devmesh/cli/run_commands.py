@@ -634,6 +634,16 @@ def _access_logs(
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+    try:  # a clean end while the daemon runs on: access logs were turned off
+        logging = client.access(api.AccessRequest(limit=1)).logging
+    except MeshError:  # DaemonUnavailable among them: it stopped
+        logging = True
+    if not logging:
+        _err(
+            "devmesh: access logs were turned off in this mesh (observability: {access_log: "
+            "false}); stopped following"
+        )
+        return
     _err(f"devmesh: the daemon of mesh '{name}' stopped; stopped following")
 
 

@@ -304,7 +304,12 @@ class Handlers:
         log = self._access_log()
         stop = threading.Event()
         try:
-            yield from log.follow(keep, max(0, min(req.tail, api.ACCESS_CAPACITY)), stop)
+            # Each item, or a keepalive at least once a second: a follow that outlives
+            # `access_log: false` ends (the client asks why) instead of waiting for good.
+            for item in log.follow(keep, max(0, min(req.tail, api.ACCESS_CAPACITY)), stop):
+                if not self._loop.view.served.observability.access_log:
+                    return
+                yield item
         finally:
             stop.set()
 

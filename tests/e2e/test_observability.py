@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -415,21 +415,25 @@ def _metrics_port(mesh: Mesh) -> int:
     return int(urllib.parse.urlsplit(url).port or 0)
 
 
-def test_following_the_access_log_ends_cleanly_when_the_mesh_goes_down(make_mesh: Any) -> None:
-    mesh: Mesh = make_mesh(
+def test_following_the_access_log_ends_cleanly_when_logs_are_turned_off_or_the_mesh_goes_down(
+    make_mesh: Any,
+) -> None:
+    text = (
         "mesh: downed\ningress:\n  port: @PORT@\n  routes: [{name: site, service: web}]\n"
         "services:\n  web: {build: @APP@, image: devmesh-shop-app:1, port: 8000}\n"
     )
+    mesh: Mesh = make_mesh(text)
     mesh.up_ok()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devmesh", "-p", mesh.project, "logs", "--access", "--follow"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "DEVMESH_PULL": "never"},
-    )
-    lines = _lines_of(proc)
-    try:
+
+    def follow_until_seen() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devmesh", "-p", mesh.project, "logs", "--access", "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DEVMESH_PULL": "never"},
+        )
+        lines = _lines_of(proc)
         deadline = time.monotonic() + 30
         seen = ""
         while "web" not in seen and time.monotonic() < deadline:
@@ -437,11 +441,32 @@ def test_following_the_access_log_ends_cleanly_when_the_mesh_goes_down(make_mesh
             with contextlib.suppress(queue.Empty):
                 seen += lines.get(timeout=1)
         assert "web" in seen, seen
-        assert mesh.run("down", timeout=60).returncode == 0
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+        return proc
+
+    def ended(proc: subprocess.Popen[str], change: Callable[[], None]) -> str:
+        try:
+            change()
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        return err
+
+    # `access_log: false` saved while a follow runs: it ends, saying why
+    off = text.replace("services:", "observability: {access_log: false}\nservices:")
+    err = ended(follow_until_seen(), lambda: mesh.write(off))
+    assert "access logs were turned off" in err and "daemon" not in err, err
+    mesh.write(text)  # on again: a follow is taken once the daemon has applied it
+    deadline = time.monotonic() + 20
+    while "access logs are off" in mesh.run("logs", "--access", "--tail", "1").stderr:
+        assert time.monotonic() < deadline, "access logs not turned on again"
+        time.sleep(0.2)
+    # the mesh going down: it ends, saying so
+    err = ended(follow_until_seen(), lambda: _assert_ok(mesh.run("down", timeout=60).returncode))
     assert "stopped following" in err and "does not answer" not in err, err
+
+
+def _assert_ok(code: int) -> None:
+    assert code == 0

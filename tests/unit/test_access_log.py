@@ -518,6 +518,32 @@ def test_with_access_logs_turned_off_a_list_says_so_and_a_follow_is_refused() ->
     assert "access_log: false" in caught.value.error.message
 
 
+def test_a_follow_running_when_access_logs_are_turned_off_ends_within_a_keepalive() -> None:
+    import time
+
+    ring = AccessLog(Directory)
+    handlers = _access_handlers(ring)
+    on = handlers._loop.view.served
+    off = load(MESH.replace("services:", "observability: {access_log: false}\nservices:"))
+    stream = handlers.follow_access(api.AccessFollowRequest(tail=0))
+    got: list[api.AccessEntry | None] = []
+    ended = threading.Event()
+
+    def read() -> None:
+        got.extend(stream)
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    ring.add([entry(1, route="default")])
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e.time for e in got if e is not None] == [1.0]  # followed while logs were on
+    assert not ended.is_set() and on.observability.access_log
+    handlers._loop.view.served = off  # a reload applied it
+    assert ended.wait(3)  # the next keepalive (every second) sees it and ends the stream
+
+
 def test_the_gateway_by_its_trace_name_is_pointed_to_its_access_log_name() -> None:
     from devmesh.daemon.api import Refusal
 
