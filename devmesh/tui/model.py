@@ -155,6 +155,11 @@ def pod_rows(state: api.MeshState, routes: api.Routes | None, rates: Rates | Non
             f"{service} ({svc.protocol if svc else '?'}): {len(versions)} version(s), "
             f"{len(mine)} pod(s), {ready} ready"
             + (f"; requests from callers: {_live_text(live)}" if live else "")
+            + (
+                f"; circuit breakers refused (UO): {rates.overflow[service]}"
+                if service in rates.overflow
+                else ""
+            )
         )
         rows.append(
             Row(
@@ -234,6 +239,7 @@ def _pod_row(pod: api.Pod, last: bool, rates: Rates) -> Row:
         + f"; app {pod.app}, {pod.restarts} restart(s); "
         f"sidecar {pod.sidecar}; {_xds_text(pod.xds)}"
         + _tls_text(pod.tls)
+        + (f"; denied (RBAC): {rates.denied[pod.pod]}" if pod.pod in rates.denied else "")
         + (
             f"; stats unreadable: {rates.unreadable[pod.pod]}"
             if pod.pod in rates.unreadable

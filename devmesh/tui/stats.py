@@ -68,6 +68,40 @@ class Rates:
     splits: Mapping[tuple[str, str], Split] = field(default_factory=dict)
     history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     unreadable: Mapping[str, str] = field(default_factory=dict)  # sidecar -> why
+    # What the mesh's guards turned away since each Envoy started (`guards`)
+    denied: Mapping[str, str] = field(default_factory=dict)  # pod -> RBAC denials by caller
+    overflow: Mapping[str, str] = field(default_factory=dict)  # service -> circuit breakers
+
+
+def _caller(caller: str) -> str:
+    return {api.GATEWAY_CALLER: "gateway", api.UNKNOWN_CALLER: "unknown peer"}.get(caller, caller)
+
+
+def guards(stats: api.Stats) -> tuple[dict[str, str], dict[str, str]]:
+    """Counts since each Envoy started, in words (as `ps` words them): per pod, the requests
+    its inbound authorization denied, by caller (`front 3, unknown peer 1`); per service,
+    the requests its versions' circuit breakers turned away at their callers
+    (`v1 12 (from front 9, ingress 3)`)."""
+    denied: dict[str, str] = {}
+    refused: dict[str, dict[str, dict[str, int]]] = {}
+    for s in stats.sidecars:
+        if s.denials:
+            ordered = sorted(s.denials, key=lambda d: d.caller)
+            denied[s.source] = ", ".join(f"{_caller(d.caller)} {d.count}" for d in ordered)
+        for up in s.upstreams:
+            if up.traffic.overflow:
+                callers = refused.setdefault(up.service, {}).setdefault(up.version, {})
+                callers[s.service] = callers.get(s.service, 0) + up.traffic.overflow
+    overflow = {
+        service: "; ".join(
+            f"{version} {sum(callers.values())} (from "
+            + ", ".join(f"{c} {n}" for c, n in sorted(callers.items()))
+            + ")"
+            for version, callers in sorted(versions.items())
+        )
+        for service, versions in refused.items()
+    }
+    return denied, overflow
 
 
 # History keys: one namespace per kind of row.
@@ -214,8 +248,15 @@ class StatsTracker:
         for gone in self._latency.keys() - current.keys():
             del self._latency[gone]
         self._time = now
+        denied, overflow = guards(stats)
         if interval == 0.0:
-            return Rates(0.0, unreadable=unreadable, history=self._snapshot())
+            return Rates(
+                0.0,
+                unreadable=unreadable,
+                history=self._snapshot(),
+                denied=denied,
+                overflow=overflow,
+            )
         services: dict[str, _Acc] = {}
         for (service, _), acc in versions.items():
             services.setdefault(service, _Acc()).merge(acc)
@@ -252,6 +293,8 @@ class StatsTracker:
             splits=splits,
             history=self._snapshot(),
             unreadable=unreadable,
+            denied=denied,
+            overflow=overflow,
         )
 
     def _window_rates(self) -> tuple[dict[tuple[str, str], Live], dict[tuple[str, str], Live]]:

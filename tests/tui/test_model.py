@@ -278,3 +278,40 @@ def test_a_pods_detail_names_its_mtls_identity_mode_and_certificate_expiry() -> 
     assert f"; mTLS PERMISSIVE as {tls.identity} (certificate until {until})" in detail
     plain = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
     assert "mTLS" not in pod_rows(plain, None, Rates(1.0))[1].detail
+
+
+def test_details_name_what_authorization_and_circuit_breakers_turned_away() -> None:
+    from devmesh.tui.stats import Rates, guards
+
+    sidecars = (
+        api.SidecarStats(
+            "p",
+            "s",
+            "v1",
+            denials=(api.Denial(api.UNKNOWN_CALLER, 1), api.Denial("front", 3)),
+        ),
+        api.SidecarStats(
+            "f-0",
+            "front",
+            "v1",
+            upstreams=(
+                api.UpstreamTraffic("s", "v1", api.Traffic(requests=20, overflow=9)),
+                api.UpstreamTraffic("s", "v2", api.Traffic(requests=20)),
+            ),
+        ),
+        api.SidecarStats(
+            "gw",
+            api.INGRESS,
+            "",
+            upstreams=(api.UpstreamTraffic("s", "v1", api.Traffic(requests=5, overflow=3)),),
+        ),
+    )
+    denied, overflow = guards(api.Stats(time=1.0, sidecars=sidecars))
+    assert denied == {"p": "unknown peer 1, front 3"}  # in the order `ps` gives
+    assert overflow == {"s": "v1 12 (from front 9, ingress 3)"}
+    state = api.MeshState("m", "m", api.Phase.SERVING, True, pods=(pod(api.PodState.READY),))
+    service, pod_row = pod_rows(state, None, Rates(1.0, denied=denied, overflow=overflow))[:2]
+    assert "; circuit breakers refused (UO): v1 12 (from front 9, ingress 3)" in service.detail
+    assert "; denied (RBAC): unknown peer 1, front 3" in pod_row.detail
+    quiet = pod_rows(state, None, Rates(1.0))
+    assert "refused" not in quiet[0].detail and "denied" not in quiet[1].detail
