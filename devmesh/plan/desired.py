@@ -15,9 +15,9 @@ from typing import Any
 
 from devmesh import labels
 from devmesh.core.addressing import (
-    GATEWAY_HOP_BASE,
     GATEWAY_PORT,
     RESERVED_PORTS,
+    gateway_hop_ports,
     service_addresses,
 )
 from devmesh.core.model import HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, Health, Mesh, Service, Version
@@ -620,9 +620,8 @@ def desired(mesh: Mesh, inputs: Inputs) -> Desired:
     gateway = None
     if mesh.has_gateway:
         name = gateway_name(inputs.project)
-        ports = [
-            (GATEWAY_HOP_BASE + i, "127.0.0.1", 0) for i, _ in enumerate(mesh.gateway_services())
-        ]
+        hops = gateway_hop_ports(len(mesh.gateway_services()))
+        ports = [(port, "127.0.0.1", 0) for port in hops]  # spares too: see the function
         if mesh.ingress is not None:
             ports.insert(0, (GATEWAY_PORT, mesh.ingress.host, mesh.ingress.port))
         gateway = ContainerSpec(

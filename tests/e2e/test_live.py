@@ -239,3 +239,41 @@ def test_fault_is_injected_at_the_target_so_retries_act_on_it(make_mesh: Any) ->
         for v in ("v1", "v2")
     )
     assert faulted >= 50  # injected by the target pods' own sidecars
+
+
+def test_a_service_added_and_taken_out_under_load_keeps_the_gateway_and_its_urls(
+    make_mesh: Any,
+) -> None:
+    """The gateway publishes spare hop ports: a service added or taken out within a block
+    recreates no gateway, so the ingress serves on and the other services keep their URLs."""
+    from tests.e2e.conftest import request
+
+    one = (
+        "mesh: grow\ningress:\n  port: @PORT@\n  routes: [{name: site, service: web}]\n"
+        "services:\n  web: {build: @APP@, image: devmesh-shop-app:1, port: 8000}\n"
+    )
+    two = one + "  extra: {build: @APP@, image: devmesh-shop-app:1, port: 8000}\n"
+    mesh: Mesh = make_mesh(one)
+    mesh.up_ok()
+    gateway = {n: i for n, i in mesh.containers().items() if n.endswith("-gateway")}
+    url = mesh.ps()["gateway"]["services"]["web"]
+    failed: Counter[int] = Counter()
+
+    def load_until(done: Any) -> None:
+        deadline = time.monotonic() + 40
+        while not done():
+            assert time.monotonic() < deadline, f"not done within 40 s; failed: {failed}"
+            for _ in range(10):  # bounded: 10 requests between checks
+                status = mesh.get("/").status
+                if status != 200:
+                    failed[status] += 1
+
+    mesh.write(two)
+    load_until(lambda: "extra" in mesh.ps()["gateway"]["services"] and mesh.ps()["ready"])
+    port = int(mesh.ps()["gateway"]["services"]["extra"].rsplit(":", 1)[1].strip("/"))
+    assert request(port, "/").status == 200  # the new service's URL serves
+    mesh.write(one)
+    load_until(lambda: "extra" not in mesh.ps()["gateway"]["services"])
+    assert failed == Counter()
+    assert {n: i for n, i in mesh.containers().items() if n.endswith("-gateway")} == gateway
+    assert mesh.ps()["gateway"]["services"]["web"] == url

@@ -146,3 +146,25 @@ def test_a_removed_service_has_its_pods_removed_but_a_failed_one_keeps_them() ->
     assert set(plan(without_stock, running).remove) == stock_ids
     failed = dataclasses.replace(without_stock, failed={("stock", "default"): "image missing"})
     assert plan(failed, running).remove == ()
+
+
+def _gateway_of(services: int) -> Any:
+    from devmesh.core.load import load
+
+    text = "mesh: m\nservices:\n" + "".join(
+        f"  s{i}: {{image: app:1, port: 8000}}\n" for i in range(services)
+    )
+    mesh = load(text)
+    return desired(mesh, _inputs(mesh)).gateway
+
+
+def test_a_service_added_or_taken_out_within_a_block_of_hops_keeps_the_gateway() -> None:
+    """The gateway publishes its hops in blocks of four: Docker fixes a container's ports
+    when it is made, and a new gateway is a second with no ingress."""
+    by_count = {n: _gateway_of(n) for n in (1, 2, 3, 4, 5, 8, 9)}
+    hashes = {n: g.config_hash for n, g in by_count.items()}
+    assert hashes[1] == hashes[2] == hashes[3] == hashes[4]
+    assert hashes[4] != hashes[5] and hashes[5] == hashes[8] != hashes[9]
+    hops = [p for p, _, _ in by_count[5].ports]
+    assert hops == list(range(15100, 15108))  # 5 services' own, and 3 spares
+    assert all(host == "127.0.0.1" and published == 0 for _, host, published in by_count[5].ports)
