@@ -98,7 +98,10 @@ def _target(file: list[Path] | None, project: str | None, frozen_ok: bool = Fals
     from_file = name is None
     if name is None:
         assert local is not None
-        name = check_project(declared_name(str(local)))
+        try:
+            name = check_project(declared_name(str(local)))
+        except MeshError as exc:
+            name = _served_instance(local, exc)
     try:
         state = launcher.find(name)
     except launcher.DaemonNotAnswering:
@@ -119,6 +122,27 @@ def _target(file: list[Path] | None, project: str | None, frozen_ok: bool = Fals
             )
     served = Path(state.file) if state is not None and state.file else local
     return Target(name, served, state)
+
+
+def _served_instance(local: Path, problem: MeshError) -> str:
+    """The instance that serves `local`, a file that does not load now (mid-edit, broken,
+    too big): `ps`, `logs`, `down` are for exactly that moment. Else `problem`, with the
+    way to name an instance."""
+    from devmesh.daemon import launcher
+
+    try:
+        here = str(local.resolve())
+    except OSError:
+        raise problem from None
+    same = [i for i in launcher.instances() if i.state is not None and i.state.file == here]
+    if len(same) == 1:
+        _err(f"{local} does not load now; mesh '{same[0].project}' serves it")
+        return same[0].project
+    _err(str(problem) if isinstance(problem, MeshInvalid) else f"devmesh: {problem}")
+    raise MeshError(
+        f"{local} does not load, and no running mesh serves it; to reach one whatever its "
+        "file says, name it with -p NAME (`devmesh ls` lists them)"
+    ) from None
 
 
 def _instance_list(found: list[launcher.Instance]) -> str:

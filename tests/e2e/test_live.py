@@ -135,6 +135,15 @@ def test_invalid_edit_keeps_serving_and_reports_the_located_error(make_mesh: Any
     ]
     assert mesh.get("/").status == 200
     assert "mesh file problem" in mesh.run("ps").stdout
+    # A file that does not even parse, in the directory: the command finds the mesh that
+    # serves it (not by -f/-p, as mesh.run gives them)
+    mesh.file.write_text(f"mesh: {mesh.project}\nservices: {{web: [\n")
+    from tests.e2e.conftest import devmesh
+
+    in_dir = devmesh("ps", cwd=mesh.directory)
+    assert in_dir.returncode == 0, in_dir.stderr
+    assert f"mesh '{mesh.project}' serves it" in in_dir.stderr
+    assert "YAML syntax" in in_dir.stdout  # the daemon's view of the file's problem
     mesh.file.write_text(good.replace(MAIN, weights(0, 100)))
     wait_for(lambda: all_on(mesh, "v2"), timeout=10)
     assert mesh.ps()["problems"] == []
