@@ -206,6 +206,8 @@ def up(
             raise
         found = launcher.await_serving(name).state  # another `up` is starting it
     if found is not None:
+        if ingress_port or metrics_port:
+            _check_running_ports(name, ingress_port, metrics_port)
         _reload(path, name, found.pid)
     elif detach:
         _joined_or_started(
@@ -222,6 +224,33 @@ def up(
     state = client.state()
     fmt = output_format(output, as_json)
     typer.echo("\n".join(views.url_lines(state)) if fmt is Format.TABLE else views.dump(state, fmt))
+
+
+def _check_running_ports(name: str, ingress_port: int | None, metrics_port: int | None) -> None:
+    """`--ingress-port`/`--metrics-port` are read when a daemon starts: given to an `up`
+    that reloads a running one, they must say what runs, or the `up` is refused (it would
+    otherwise answer 0 and serve on the old port)."""
+    from urllib.parse import urlsplit
+
+    from devmesh.daemon import launcher
+
+    state = launcher.client(name).state()
+
+    def port_of(url: str | None) -> int | None:
+        return urlsplit(url).port if url else None
+
+    running = {
+        "--ingress-port": (ingress_port, port_of(state.gateway.url if state.gateway else None)),
+        "--metrics-port": (metrics_port, port_of(state.metrics)),
+    }
+    for flag, (asked, now) in running.items():
+        if asked and asked != now:
+            where = f"on port {now}" if now else "without it"
+            key = "ingress.port" if flag == "--ingress-port" else "observability.metrics.port"
+            raise MeshError(
+                f"mesh '{name}' runs {where}: {flag} is taken when the daemon starts "
+                f"(`devmesh down` first), or set {key} in the mesh file (applied live)"
+            )
 
 
 def _show_log(line: str) -> None:

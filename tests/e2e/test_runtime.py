@@ -321,6 +321,15 @@ def test_ingress_port_in_use_is_refused_and_the_running_mesh_is_left_alone(make_
     assert "Traceback" not in result.stdout + result.stderr
     assert second.containers() == {}
     assert first.get("/").status == 200
+    # Port flags given to an `up` that reloads the running daemon: refused, not ignored
+    for flag in ("--ingress-port", "--metrics-port"):
+        moved = first.up(flag, str(first.port + 1))
+        assert moved.returncode == 1, moved.stderr
+        assert f"runs on port {first.port}" in moved.stderr or "runs without it" in moved.stderr
+        assert f"{flag} is taken when the daemon starts" in moved.stderr
+    same = first.up("--ingress-port", str(first.port))  # what runs: a plain reload
+    assert same.returncode == 0, same.stderr
+    assert first.get("/").status == 200
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
