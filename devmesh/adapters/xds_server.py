@@ -274,6 +274,12 @@ _CLOSED: Final = _Closed()
 _WAKE: Final = _Wake()
 
 
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """A logging filter: False for a record of a handler that ended by cancellation."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, asyncio.CancelledError)
+
+
 class XdsServer:
     """ADS over `unix:<socket_path>`, serving `cache`'s snapshots (a new cache if none is
     given), on grpc.aio: one event loop on a thread of its own ("xds-loop"), every stream a
@@ -387,13 +393,21 @@ class XdsServer:
     async def _stop(self, grace: float) -> None:
         for events in self._streams:
             events.put_nowait(_CLOSED)  # each handler returns: its Envoy sees the stream end
-        await self._server.stop(grace)  # refuses new streams; cancels the rest after `grace`
-        self._server = None
-        # What is left (reader tasks being cancelled) ends here, not in a closed loop.
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in rest:
-            task.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
+        # The other services' streams (access logs, stats, span exports) are cancelled
+        # after `grace`: grpc logs each cancelled handler with a traceback; that is the
+        # stop working, not a fault, so those records are left out meanwhile.
+        grpc_log = logging.getLogger("grpc._cython.cygrpc")
+        grpc_log.addFilter(_not_cancelled)
+        try:
+            await self._server.stop(grace)  # refuses new streams; cancels the rest after grace
+            self._server = None
+            # What is left (reader tasks being cancelled) ends here, not in a closed loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+        finally:
+            grpc_log.removeFilter(_not_cancelled)
 
     def _end_loop(self) -> None:
         loop, thread = self._loop, self._thread

@@ -313,6 +313,7 @@ def _foreground(
     if tui and is_terminal():
         _foreground_tui(file, mesh, name, ingress_port, metrics_port)
         return
+    interrupted = False
     try:
         with launcher.foreground(
             file, name, ingress_port, mesh, log_file=False, metrics_port=metrics_port
@@ -325,11 +326,14 @@ def _foreground(
                 typer.echo("serving; Ctrl-C stops the mesh and removes its containers")
                 fg.daemon.wait(also=fg.stopping)
             finally:
+                interrupted = fg.stopping.is_set()  # a signal (Ctrl-C, SIGTERM) set it
                 typer.echo("stopping the mesh ...")
     except launcher.AnotherDaemonServes:
         _joined_or_started(launcher.await_serving(name), file)
         for line in views.url_lines(launcher.client(name).state()):
             typer.echo(line)
+    if interrupted:  # as the README's exit codes say; `down` from elsewhere ends with 0
+        raise typer.Exit(Exit.INTERRUPTED)
 
 
 def _foreground_tui(

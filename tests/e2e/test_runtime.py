@@ -430,3 +430,31 @@ def test_second_up_with_a_missing_image_fails_and_old_pods_keep_serving(make_mes
     assert canary.status == 200 and served_by(canary) == "catalog/v2"
     failed = {(f["service"], f["version"]) for f in mesh.ps()["failed"]}
     assert failed == {("catalog", "v1"), ("catalog", "v2")}
+
+
+def test_ctrl_c_on_a_foreground_up_removes_the_mesh_and_exits_130(make_mesh: Any) -> None:
+    mesh: Mesh = make_mesh(SHOP)
+    command = [sys.executable, "-m", "devmesh", "-f", str(mesh.file), "-p", mesh.project]
+    proc = subprocess.Popen(
+        [*command, "up", "--no-tui"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        # a shell's job control starts background jobs with SIGINT ignored: not this one
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True).start()
+    try:
+        wait_for(lambda: any(line.startswith("serving;") for line in seen), timeout=90)
+        assert mesh.get("/").status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(seen)
+    assert "stopping the mesh" in output and "Traceback" not in output, output
+    assert mesh.containers() == {}

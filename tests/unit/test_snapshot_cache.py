@@ -430,3 +430,18 @@ def test_the_same_final_snapshot_again_keeps_the_bridge_and_wakes_nobody() -> No
     cache.set_snapshots(_snapshots())  # v2 back before the bridge ended: served as given
     assert not cache.bridging(FRONT)
     assert "back|v2" in _clusters(cache, FRONT)
+
+
+def test_grpc_records_of_handlers_cancelled_by_the_stop_are_left_out_and_others_kept() -> None:
+    import asyncio
+    import logging
+
+    from devmesh.adapters.xds_server import _not_cancelled
+
+    def record(error: BaseException | None) -> logging.LogRecord:
+        info = (type(error), error, None) if error is not None else None
+        return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "", 0, "x", (), info)
+
+    assert not _not_cancelled(record(asyncio.CancelledError()))
+    assert _not_cancelled(record(RuntimeError("a real fault")))
+    assert _not_cancelled(record(None))
