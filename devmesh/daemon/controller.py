@@ -33,7 +33,7 @@ from devmesh.api.types import DevRequest, ErrorCode, EventKind, Phase, Severity
 from devmesh.core.develop import rebuilt_versions
 from devmesh.core.edit import pick_route
 from devmesh.core.model import Fault, Ingress, Mesh
-from devmesh.core.problems import MeshError
+from devmesh.core.problems import MeshError, clip
 from devmesh.daemon.develop import Develop
 from devmesh.daemon.develop import disabled as develop_disabled
 from devmesh.daemon.errors import Refused
@@ -520,8 +520,12 @@ class Controller:
             problems.append(f"version name {req.version!r}: lower-case letters, digits and -")
         if not 0 < req.port < 65536:
             problems.append(f"port {req.port}: expected 1-65535")
-        if not _HEADER.fullmatch(req.header) or not req.value or "\n" in req.value:
-            problems.append(f"header {req.header}={req.value!r}: expected NAME=VALUE")
+        if not _HEADER.fullmatch(req.header):
+            problems.append(
+                f"header {clip(req.header)!r}: not an HTTP header name (a token, e.g. x-dev)"
+            )
+        if not req.value or "\n" in req.value:
+            problems.append(f"value {clip(req.value)!r}: a header value, one line, not empty")
         if problems:
             raise Refused(ErrorCode.BAD_REQUEST, "; ".join(problems))
         before = self._dev

@@ -353,6 +353,8 @@ class Handlers:
     def restart(self, req: api.RestartRequest) -> api.RestartResult:
         if not req.pod and not req.service:
             raise Refusal(api.ErrorCode.BAD_REQUEST, "restart needs a service or a pod")
+        if req.pod and req.service:  # which was meant is not ours to guess
+            raise Refusal(api.ErrorCode.BAD_REQUEST, "restart takes a service or a pod, not both")
         names = self._on_loop(lambda loop: loop.restart(req.service, req.pod))
         return api.RestartResult(names)
 

@@ -67,3 +67,17 @@ def test_a_fault_in_range_is_taken_and_neither_part_clears() -> None:
     taken = _fault(codec.decode(api.FaultRequest, {"service": "c", "abort": {"status": 503}}))
     assert taken is not None and taken.abort is not None and taken.abort.http_status == 503
     assert _fault(api.FaultRequest("c")) is None
+
+
+def test_a_restart_of_both_a_service_and_a_pod_is_refused_as_ambiguous() -> None:
+    from devmesh.daemon.handlers import Handlers
+
+    handlers = Handlers.__new__(Handlers)  # refused before the daemon's loop is asked
+    for body, says in (
+        (api.RestartRequest(service="c", pod="x"), "a service or a pod, not both"),
+        (api.RestartRequest(), "needs a service or a pod"),
+    ):
+        with pytest.raises(Refusal) as caught:
+            handlers.restart(body)
+        assert caught.value.error.code is api.ErrorCode.BAD_REQUEST
+        assert says in caught.value.error.message
