@@ -457,11 +457,24 @@ def ps(
     fmt = output_format(output, as_json)
     target = _target(file, project)
     state = target.state or launcher.status(target.project)
+    if not state.pid and not state.pods and state.gateway is None:
+        _not_running(target.project)  # as compose: an empty list, exit 0; and a word why
     if fmt is not Format.TABLE:
         typer.echo(views.dump(state, fmt))
         return
     stats = launcher.stats(target.project) if state.pid else None  # the callers refused
     typer.echo(views.ps_table(state, stats, time.time()))
+
+
+def _not_running(name: str) -> None:
+    """On stderr: mesh `name` has no daemon and no containers; the ones that run, and the
+    likeliest meant (a typo in -p looks like an empty mesh otherwise)."""
+    from devmesh.daemon import launcher
+
+    running = sorted(i.project for i in launcher.instances())
+    hint = did_you_mean(name, running) or ""
+    others = f"; running: {', '.join(running)}" if running else "; none runs"
+    _err(f"devmesh: mesh '{name}' does not run (no daemon, no containers){others}{hint}")
 
 
 def ls(as_json: JsonFlag = False, output: FormatOpt = None) -> None:

@@ -458,3 +458,5 @@ def test_ctrl_c_on_a_foreground_up_removes_the_mesh_and_exits_130(make_mesh: Any
     output = "".join(seen)
     assert "stopping the mesh" in output and "Traceback" not in output, output
     assert mesh.containers() == {}
+    gone = mesh.run("ps")  # as compose: an empty list and 0, but saying it does not run
+    assert gone.returncode == 0 and f"mesh '{mesh.project}' does not run" in gone.stderr
