@@ -367,9 +367,17 @@ def _wait(
     exit_when_not_ready: bool,
     stop: threading.Event | None = None,
 ) -> api.MeshState:
+    from devmesh.client import DaemonUnavailable
     from devmesh.daemon import launcher
 
-    state = launcher.wait_ready(client, timeout, _err, stop)
+    try:
+        state = launcher.wait_ready(client, timeout, _err, stop)
+    except DaemonUnavailable:
+        if _stopping(name):  # `down` (or a signal) stopped it while this waited
+            raise MeshError(
+                f"mesh '{name}' was stopped while `up` waited for it to be ready"
+            ) from None
+        raise
     if state.ready:
         _err(f"mesh '{name}' is ready: {len(state.pods)} pods")
         return state
@@ -379,6 +387,22 @@ def _wait(
     if exit_when_not_ready:
         raise typer.Exit(Exit.NOT_READY)
     return state
+
+
+def _stopping(name: str, within: float = 10.0) -> bool:
+    """Whether mesh `name`'s daemon is going away: gone within `within` seconds (a stopping
+    daemon first stops answering, then removes its mesh and leaves)."""
+    from devmesh.daemon import launcher
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if launcher.find(name) is None:
+                return True
+        except launcher.DaemonNotAnswering:
+            pass  # still there, busy leaving (or frozen: then it never goes)
+        time.sleep(0.2)
+    return False
 
 
 def tui(file: MeshFile = None, project: ProjectOpt = None) -> None:

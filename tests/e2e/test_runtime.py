@@ -460,3 +460,32 @@ def test_ctrl_c_on_a_foreground_up_removes_the_mesh_and_exits_130(make_mesh: Any
     assert mesh.containers() == {}
     gone = mesh.run("ps")  # as compose: an empty list and 0, but saying it does not run
     assert gone.returncode == 0 and f"mesh '{mesh.project}' does not run" in gone.stderr
+
+
+def test_down_while_up_waits_says_the_mesh_was_stopped(make_mesh: Any) -> None:
+    never = (
+        "mesh: never\nservices:\n  web:\n    build: @APP@\n    image: devmesh-shop-app:1\n"
+        "    port: 8000\n    command: [sh, -c, 'exec sleep 300']  # serves nothing: never ready\n"
+        "    health: {path: /healthz, interval: 1s}\n"
+    )
+    mesh: Mesh = make_mesh(never)
+    command = [sys.executable, "-m", "devmesh", "-f", str(mesh.file), "-p", mesh.project]
+    waiting = subprocess.Popen(
+        [*command, "up", "-d", "--wait", "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        wait_for(lambda: mesh.containers(), timeout=60)  # it runs, never ready
+        time.sleep(1)
+        assert mesh.run("down", timeout=60).returncode == 0
+        _, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 1, err
+    assert f"mesh '{mesh.project}' was stopped while `up` waited" in err, err
+    assert "does not answer" not in err and "Traceback" not in err, err
