@@ -489,3 +489,25 @@ def test_down_while_up_waits_says_the_mesh_was_stopped(make_mesh: Any) -> None:
     assert waiting.returncode == 1, err
     assert f"mesh '{mesh.project}' was stopped while `up` waited" in err, err
     assert "does not answer" not in err and "Traceback" not in err, err
+
+
+def test_down_from_a_copy_of_the_file_elsewhere_says_which_file_the_mesh_was_served_from(
+    make_mesh: Any, tmp_path: Any
+) -> None:
+    from tests.e2e.conftest import devmesh
+
+    mesh: Mesh = make_mesh(SHOP)
+    mesh.up_ok()
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    (copy / "devmesh.yaml").write_text(mesh.file.read_text())
+    down = devmesh("-p", mesh.project, "down", cwd=copy)  # named: nothing to say
+    assert down.returncode == 0 and "is served from" not in down.stderr, down.stderr
+    mesh.up_ok()
+    text = mesh.file.read_text()
+    name = next(line for line in text.splitlines() if line.startswith("mesh:"))
+    (copy / "devmesh.yaml").write_text(text.replace(name, f"mesh: {mesh.project}"))
+    down = devmesh("down", cwd=copy)
+    assert down.returncode == 0, down.stderr
+    assert f"is served from {mesh.file.resolve()}, not from" in down.stderr, down.stderr
+    assert mesh.containers() == {}
