@@ -105,7 +105,8 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
             lines.append(f"  └ {reasons[i]}")
         if i in identities:
             lines.append(f"  · {identities[i]}")
-    head = f"mesh '{state.project}' ({state.phase.value})"
+    phase = state.phase.value
+    head = f"mesh '{state.project}' ({phase if not state.pid else f'{phase}, {readiness(state)}'})"
     if state.pid:
         head += f" pid {state.pid}"
     if state.transport:
@@ -113,7 +114,7 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     gw = state.gateway
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
-        head += f"  {where} {'ready' if gw.ready else gw.state}"
+        head += f"  {where}" + ("" if gw.ready else f" (gateway {gw.state})")
         if gw.reason and not gw.ready:
             lines.append(f"gateway: {gw.reason}")
     overflow = overflow_line(stats)
@@ -134,6 +135,15 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     for problem in state.problems:
         lines.append(f"mesh file problem (the last good config serves on): {problem}")
     return "\n".join([head, *lines])
+
+
+def readiness(state: api.MeshState) -> str:
+    """`ready`, or `not ready` with how many versions cannot run (their pods are not among
+    the pods counted, so `1/1 pods ready` alone would read as healthy)."""
+    if state.ready:
+        return "ready"
+    failed = len(state.failed)
+    return "not ready" + (f": {failed} version(s) cannot run" if failed else "")
 
 
 def not_ready_lines(state: api.MeshState) -> list[str]:
@@ -218,6 +228,7 @@ def instance_json(i: Instance) -> dict[str, Any]:
         "ready": s.ready if s else False,
         "pods": len(s.pods) if s else None,
         "pods_ready": sum(p.ready for p in s.pods) if s else None,
+        "failed_versions": len(s.failed) if s else None,
         "url": s.gateway.url if s and s.gateway else None,
         "file": s.file if s else None,
         "error": i.error or None,
@@ -238,10 +249,11 @@ def ls_table(found: list[Instance]) -> str:
         if i.state is None:
             rows.append((i.project, "not answering", "-", "-", "-"))
             continue
-        word = "ready" if d["ready"] else str(d["phase"])
-        rows.append(
-            (i.project, word, f"{d['pods_ready']}/{d['pods']}", d["url"] or "-", d["file"] or "-")
-        )
+        word = "ready" if d["ready"] else f"{d['phase']}, not ready"
+        pods = f"{d['pods_ready']}/{d['pods']}"
+        if d["failed_versions"]:
+            pods += f" +{d['failed_versions']} version(s) failed"
+        rows.append((i.project, word, pods, d["url"] or "-", d["file"] or "-"))
     return _table(rows)
 
 

@@ -48,7 +48,7 @@ def _state(*pods: api.Pod, **kw: object) -> api.MeshState:
 def test_ps_shows_each_pods_typed_state_and_why_not_ready() -> None:
     text = views.ps_table(_state(READY, NACKED, pid=42, gateway=GATEWAY))
     lines = text.splitlines()
-    assert lines[0] == "mesh 'shop' (serving) pid 42  ingress http://127.0.0.1:8080/ ready"
+    assert lines[0] == "mesh 'shop' (serving, not ready) pid 42  ingress http://127.0.0.1:8080/"
     assert lines[1].split() == [
         "POD",
         "SERVICE",
@@ -192,6 +192,21 @@ def test_ls_table_shows_daemons_and_instances_left_without_one() -> None:
     table = views.ls_table([Instance("shop", 7, serving), Instance("old", 0, None, running=3)])
     head, shop, old = table.splitlines()
     assert head.split() == ["PROJECT", "STATE", "PODS", "URL", "FILE"]
-    assert shop.split() == ["shop", "serving", "1/2", "http://127.0.0.1:8080/", "/m/devmesh.yaml"]
+    assert shop.split() == [
+        "shop",
+        "serving,",
+        "not",
+        "ready",
+        "1/2",
+        "http://127.0.0.1:8080/",
+        "/m/devmesh.yaml",
+    ]
+    failed = dataclasses.replace(serving, failed=(api.Failure("c", "v1", "no image"),))
+    _, with_failed, _ = views.ls_table(
+        [Instance("shop", 7, failed), Instance("old", 0, None, running=3)]
+    ).splitlines()
+    assert "1/2 +1 version(s) failed" in with_failed  # not counted among the pods
+    head_line = views.ps_table(failed).splitlines()[0]
+    assert head_line.startswith("mesh 'shop' (serving, not ready: 1 version(s) cannot run) pid 7")
     assert old.split()[:3] == ["old", "no", "daemon"] and "3 containers running" in old
     assert views.instance_json(Instance("old", 0, None, running=3))["daemon"] is False

@@ -324,7 +324,7 @@ def test_ps_and_the_tui_name_the_transport(transport: str) -> None:
 
     state = api.MeshState("shop", "shop", api.Phase.SERVING, True, pid=7, transport=transport)
     assert views.ps_table(state).splitlines()[0] == (
-        f"mesh 'shop' (serving) pid 7 transport {transport}"
+        f"mesh 'shop' (serving, ready) pid 7 transport {transport}"
     )
     assert f"· via {transport}" in header_text(state, False, width=200)
     assert "via" not in header_text(api.MeshState("shop", "shop", api.Phase.SERVING, True), False)
