@@ -2,6 +2,7 @@
 time rather than throughput, so that a loaded machine blurs it less.
 
     .venv/bin/python bench/observability_cpu.py [--seconds 10] [--rounds 2] [--saturate]
+                                                [--alternatives]
 
 The daemon's own servicers (`XdsServer` with `TraceCollector` into a `TraceStore`, and
 `AccessLogService` into an `AccessLog`, wired as daemon/runtime.py wires them) run in
@@ -12,21 +13,32 @@ envoy/tracing.py). wrk drives P1, paced at ~1,000 req/s (10 connections, 10 ms a
 saturated (32 connections). Per mode, in rotating rounds: this process's CPU and the
 Envoy's, each per request, and the messages the daemon's side took. No Docker: nothing
 here but the one Envoy and 127.0.0.1.
+
+--alternatives measures, instead, what Envoy offers besides devmesh's choices, for the
+same work: tracing at 0 % (a tracer that samples nothing), Envoy's Zipkin tracer (spans
+as protobuf over HTTP to a collector of this process's on 127.0.0.1, which reads and
+drops them) against its OpenTelemetry one, and the OpenTelemetry access logger (a
+one-line text body of the fields devmesh shows, to an OTLP logs collector of this
+process's that drops what it gets) against the gRPC one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import _common as c
 from _common import BenchError, cpu_seconds, progress
@@ -46,17 +58,75 @@ from devmesh.envoy.resources import http_options
 from devmesh.plan.desired import SIDECAR_FLAGS
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-# (name, access logs, tracing percent or None)
-MODES: list[tuple[str, bool, float | None]] = [
-    ("off", False, None),
-    ("access logs", True, None),
-    ("tracing 100 %", False, 100.0),
-    ("both (the defaults)", True, 100.0),
-    ("both, tracing 1 %", True, 1.0),
+ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
+OTEL_LOGGER = (
+    "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3."
+    "OpenTelemetryAccessLogConfig"
+)
+# The OpenTelemetry logger's body: the fields an access-log entry of devmesh's shows.
+OTEL_BODY = (
+    "%START_TIME(%s.%6f)%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%DURATION%|%RESPONSE_DURATION%|"
+    "%BYTES_RECEIVED%|%BYTES_SENT%|%REQ(:METHOD)%|%REQ(:AUTHORITY)%|%REQ(:PATH)%|"
+    "%REQ(X-REQUEST-ID)%|%REQ(TRACEPARENT)%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|"
+    "%DOWNSTREAM_REMOTE_ADDRESS%|%ROUTE_NAME%"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    logs: bool = False
+    sampling: float | None = None  # tracing's percent, or None: off
+    logger: str = "grpc"  # grpc | otel
+    tracer: str = "otel"  # otel | zipkin
+
+
+MODES = [
+    Mode("off"),
+    Mode("access logs", logs=True),
+    Mode("tracing 100 %", sampling=100.0),
+    Mode("both (the defaults)", logs=True, sampling=100.0),
+    Mode("both, tracing 1 %", logs=True, sampling=1.0),
+]
+ALTERNATIVES = [
+    Mode("off"),
+    Mode("tracing 100 % (OpenTelemetry tracer)", sampling=100.0),
+    Mode("tracing 100 %, Zipkin tracer", sampling=100.0, tracer="zipkin"),
+    Mode("tracing 0 %", sampling=0.0),
+    Mode("access logs (gRPC logger)", logs=True),
+    Mode("access logs, OpenTelemetry logger", logs=True, logger="otel"),
 ]
 
 
-def _hcm(name: str, route: dict[str, Any], logs: bool, sampling: float | None) -> Any:
+def _zipkin() -> Any:
+    """Envoy's Zipkin tracer, to the bootstrap's `zipkin` cluster (`zipkin_sink`)."""
+    return {
+        "name": "envoy.tracers.zipkin",
+        "typed_config": {
+            "@type": ZIPKIN,
+            "collector_cluster": "zipkin",
+            "collector_endpoint": "/api/v2/spans",
+            "collector_endpoint_version": "HTTP_PROTO",
+            "trace_id_128bit": True,
+            "shared_span_context": False,
+            "trace_context_option": "USE_B3_WITH_W3C_PROPAGATION",
+        },
+    }
+
+
+def _otel_logger(reporter: str) -> Any:
+    common = dict(access_log.http_access_log(reporter)["typed_config"]["common_config"])
+    return {
+        "name": "envoy.access_loggers.open_telemetry",
+        "typed_config": {
+            "@type": OTEL_LOGGER,
+            "common_config": common,
+            "body": {"string_value": OTEL_BODY},
+        },
+    }
+
+
+def _hcm(name: str, route: dict[str, Any], mode: Mode) -> Any:
     typed: dict[str, Any] = {
         "@type": access_log.HCM_TYPE,
         "stat_prefix": name,
@@ -66,25 +136,30 @@ def _hcm(name: str, route: dict[str, Any], logs: bool, sampling: float | None) -
         },
         "http_filters": [{"name": "router", "typed_config": {"@type": ROUTER}}],
     }
-    if sampling is not None:
+    if mode.sampling is not None:
         typed["tracing"] = {
-            "random_sampling": {"value": sampling},
+            "random_sampling": {"value": mode.sampling},
             "custom_tags": [{"tag": tracing.SERVICE_TAG, "literal": {"value": "server"}}],
-            "provider": tracing.provider(Tracing(), "server", None),
+            "provider": (
+                _zipkin()
+                if mode.tracer == "zipkin"
+                else tracing.provider(Tracing(), "server", None)
+            ),
         }
-    if logs:
+    if mode.logs:
         reporter = access_log.OUTBOUND if name == "out" else access_log.INBOUND
-        typed["access_log"] = [access_log.http_access_log(reporter)]
+        make = _otel_logger if mode.logger == "otel" else access_log.http_access_log
+        typed["access_log"] = [make(reporter)]
     return {"name": "hcm", "typed_config": typed}
 
 
-def bootstrap(socket: Path, p1: int, p2: int, logs: bool, sampling: float | None) -> Any:
+def bootstrap(socket: Path, p1: int, p2: int, mode: Mode, zipkin_port: int) -> Any:
     def listener(name: str, port: int, route: dict[str, Any]) -> Any:
         address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
         return {
             "name": name,
             "address": address,
-            "filter_chains": [{"filters": [_hcm(name, route, logs, sampling)]}],
+            "filter_chains": [{"filters": [_hcm(name, route, mode)]}],
         }
 
     def cluster(name: str, address: Any, extra: dict[str, Any]) -> Any:
@@ -102,12 +177,20 @@ def bootstrap(socket: Path, p1: int, p2: int, logs: bool, sampling: float | None
         "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
     }
     up = {"socket_address": {"address": "127.0.0.1", "port_value": p2}}
+    zipkin = {"socket_address": {"address": "127.0.0.1", "port_value": zipkin_port}}
     collector = {"pipe": {"path": str(socket)}}
+    runtime = {
+        **tracing.FLUSH_RUNTIME,  # and the same batching for the Zipkin tracer
+        "tracing.zipkin.min_flush_spans": tracing.FLUSH_RUNTIME[
+            "tracing.opentelemetry.min_flush_spans"
+        ],
+        "tracing.zipkin.flush_interval_ms": tracing.FLUSH_RUNTIME[
+            "tracing.opentelemetry.flush_interval_ms"
+        ],
+    }
     return {
         "node": {"id": "bench", "cluster": "bench/server/default"},
-        "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": dict(tracing.FLUSH_RUNTIME)}]
-        },
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": runtime}]},
         "static_resources": {
             "listeners": [
                 listener("out", p1, {"match": {"prefix": "/"}, "route": {"cluster": "up"}}),
@@ -115,6 +198,7 @@ def bootstrap(socket: Path, p1: int, p2: int, logs: bool, sampling: float | None
             ],
             "clusters": [
                 cluster("up", up, {}),
+                cluster("zipkin", zipkin, {}),
                 cluster(
                     tracing.COLLECTOR_CLUSTER,
                     collector,
@@ -123,6 +207,61 @@ def bootstrap(socket: Path, p1: int, p2: int, logs: bool, sampling: float | None
             ],
         },
     }
+
+
+class _Drop(BaseHTTPRequestHandler):
+    """A Zipkin collector that reads each POST and drops it (counted as "zipkin")."""
+
+    protocol_version = "HTTP/1.1"
+    tally: ClassVar[dict[str, int]] = {}
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.tally["zipkin"] = self.tally.get("zipkin", 0) + 1
+        self.send_response(202)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def zipkin_sink(tally: dict[str, int]) -> Iterator[int]:
+    """A Zipkin collector on 127.0.0.1 in this process; its port."""
+    _Drop.tally = tally
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drop)
+    thread = threading.Thread(target=server.serve_forever, name="zipkin-sink", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+OTLP_LOGS = "opentelemetry.proto.collector.logs.v1.LogsService"
+
+
+def otlp_logs_sink(tally: dict[str, int]) -> Callable[[Any], None]:
+    """Registers, on the daemon's gRPC server, an OTLP logs collector that takes each export
+    as bytes and drops it (counted as "otel_logs"): the OpenTelemetry logger's Envoy side
+    measured against a collector that answers, as the gRPC logger's is."""
+    import grpc
+
+    async def export(data: bytes, context: Any) -> bytes:
+        tally["otel_logs"] += 1
+        return b""  # an empty ExportLogsServiceResponse
+
+    def register(server: Any) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            export, request_deserializer=None, response_serializer=None
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(OTLP_LOGS, {"Export": handler}),)
+        )
+
+    return register
 
 
 def counted(into: Callable[..., Any], tally: dict[str, int], key: str) -> Callable[..., Any]:
@@ -137,15 +276,15 @@ def measure(
     tmp: Path,
     socket: Path,
     tally: dict[str, int],
-    mode: tuple[str, bool, float | None],
+    mode: Mode,
     seconds: float,
     connections: int,
     pause: int | None,
+    zipkin_port: int,
 ) -> dict[str, float]:
-    _, logs, sampling = mode
     p1, p2 = c.free_port(), c.free_port()
     config = tmp / "envoy.json"
-    config.write_text(json.dumps(bootstrap(socket, p1, p2, logs, sampling)))
+    config.write_text(json.dumps(bootstrap(socket, p1, p2, mode, zipkin_port)))
     envoy = subprocess.Popen(
         [str(envoy_path()), "-c", str(config), *SIDECAR_FLAGS],
         stdout=subprocess.DEVNULL,
@@ -176,6 +315,8 @@ def measure(
             "envoy": (cpu_seconds(envoy.pid) - env0) / requests * 1e6,
             "als": tally["als"] / took,
             "otlp": tally["otlp"] / took,
+            "zipkin": tally["zipkin"] / took,
+            "otel_logs": tally["otel_logs"] / took,
         }
     finally:
         envoy.terminate()
@@ -187,11 +328,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--saturate", action="store_true", help="32 connections, no pacing")
+    parser.add_argument(
+        "--alternatives",
+        action="store_true",
+        help="Envoy's other tracer and logger, and tracing at 0 %%, instead of the modes",
+    )
     args = parser.parse_args()
+    modes = ALTERNATIVES if args.alternatives else MODES
     connections, pause = (32, None) if args.saturate else (10, 10)
     c.raise_on_sigterm()
-    tally = {"als": 0, "otlp": 0}
-    runs: dict[str, list[dict[str, float]]] = {m[0]: [] for m in MODES}
+    tally = {"als": 0, "otlp": 0, "zipkin": 0, "otel_logs": 0}
+    runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in modes}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         socket = tmp / "xds.sock"
@@ -199,16 +346,26 @@ def main() -> int:
         store = TraceStore(decode=spans_of_bytes, count=count_spans_bytes)
         collector = TraceCollector(counted(store.offer, tally, "otlp"))
         logs = AccessLogService(counted(access.offer, tally, "als"))
-        xds = XdsServer(socket, services=[collector.register, logs.register])
+        xds = XdsServer(socket, services=[collector.register, logs.register, otlp_logs_sink(tally)])
         xds.start()
         try:
-            for r in range(args.rounds):
-                order = MODES if r % 2 == 0 else MODES[::-1]
-                for mode in order:
-                    progress(f"round {r + 1}: {mode[0]}")
-                    runs[mode[0]].append(
-                        measure(tmp, socket, tally, mode, args.seconds, connections, pause)
-                    )
+            with zipkin_sink(tally) as zipkin_port:
+                for r in range(args.rounds):
+                    order = modes if r % 2 == 0 else modes[::-1]
+                    for mode in order:
+                        progress(f"round {r + 1}: {mode.name}")
+                        runs[mode.name].append(
+                            measure(
+                                tmp,
+                                socket,
+                                tally,
+                                mode,
+                                args.seconds,
+                                connections,
+                                pause,
+                                zipkin_port,
+                            )
+                        )
             t0 = time.process_time()
             store.query(api.TracesRequest(limit=1))
             read_s = time.process_time() - t0
@@ -218,7 +375,7 @@ def main() -> int:
         finally:
             xds.stop()
     rows = []
-    for name, _, _ in MODES:
+    for name in (m.name for m in modes):
         med = {k: statistics.median(x[k] for x in runs[name]) for k in runs[name][0]}
         rows.append(
             [
@@ -226,7 +383,7 @@ def main() -> int:
                 f"{med['rate']:.0f}/s",
                 f"{med['envoy']:.0f} us",
                 f"{med['daemon']:.1f} us",
-                f"{med['als']:.1f}/s, {med['otlp']:.1f}/s",
+                f"{med['als'] + med['otel_logs']:.1f}/s, {med['otlp'] + med['zipkin']:.1f}/s",
             ]
         )
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
@@ -235,7 +392,13 @@ def main() -> int:
         f"medians of {args.rounds} rounds; one read of the kept spans then took "
         f"{read_s:.2f} s of CPU ({store.received} received, {len(store)} traces kept)\n"
     )
-    head = ["on", "rate", "Envoy CPU a request (2 hops)", "daemon CPU a request", "ALS, OTLP msgs"]
+    head = [
+        "on",
+        "rate",
+        "Envoy CPU a request (2 hops)",
+        "daemon CPU a request",
+        "log msgs, span msgs",
+    ]
     print(c.table(head, rows))
     return 0
 
