@@ -139,6 +139,11 @@ def _served_instance(local: Path, problem: MeshError) -> str:
         _err(f"{local} does not load now; mesh '{same[0].project}' serves it")
         return same[0].project
     _err(str(problem) if isinstance(problem, MeshInvalid) else f"devmesh: {problem}")
+    if same:
+        raise MeshError(
+            f"{local} does not load, and {len(same)} meshes serve it: {_instance_list(same)}; "
+            "choose one with -p NAME"
+        ) from None
     raise MeshError(
         f"{local} does not load, and no running mesh serves it; to reach one whatever its "
         "file says, name it with -p NAME (`devmesh ls` lists them)"
@@ -249,7 +254,7 @@ def _check_running_ports(name: str, ingress_port: int | None, metrics_port: int 
             key = "ingress.port" if flag == "--ingress-port" else "observability.metrics.port"
             raise MeshError(
                 f"mesh '{name}' runs {where}: {flag} is taken when the daemon starts "
-                f"(`devmesh down` first), or set {key} in the mesh file (applied live)"
+                f"(`devmesh down` first); without a flag, {key} in the mesh file moves it live"
             )
 
 
@@ -397,6 +402,7 @@ def _stopping(name: str, within: float = 10.0) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
+            # It may answer a moment more while it stops (the API goes last): keep looking
             if launcher.find(name) is None:
                 return True
         except launcher.DaemonNotAnswering:

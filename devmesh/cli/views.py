@@ -114,7 +114,7 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     gw = state.gateway
     if gw is not None:
         where = f"ingress {gw.url}" if gw.url else "gateway"
-        head += f"  {where}" + ("" if gw.ready else f" (gateway {gw.state})")
+        head += f"  {where}" + ("" if gw.ready else f" (gateway not ready: {gw.state})")
         if gw.reason and not gw.ready:
             lines.append(f"gateway: {gw.reason}")
     overflow = overflow_line(stats)
@@ -137,12 +137,17 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     return "\n".join([head, *lines])
 
 
+def failed_versions(state: api.MeshState) -> int:
+    """How many versions cannot run (`failed` has an entry per pod of theirs)."""
+    return len({(f.service, f.version) for f in state.failed})
+
+
 def readiness(state: api.MeshState) -> str:
     """`ready`, or `not ready` with how many versions cannot run (their pods are not among
     the pods counted, so `1/1 pods ready` alone would read as healthy)."""
     if state.ready:
         return "ready"
-    failed = len(state.failed)
+    failed = failed_versions(state)
     return "not ready" + (f": {failed} version(s) cannot run" if failed else "")
 
 
@@ -228,7 +233,7 @@ def instance_json(i: Instance) -> dict[str, Any]:
         "ready": s.ready if s else False,
         "pods": len(s.pods) if s else None,
         "pods_ready": sum(p.ready for p in s.pods) if s else None,
-        "failed_versions": len(s.failed) if s else None,
+        "failed_versions": failed_versions(s) if s else None,
         "url": s.gateway.url if s and s.gateway else None,
         "file": s.file if s else None,
         "error": i.error or None,

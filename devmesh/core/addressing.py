@@ -23,7 +23,6 @@ GATEWAY_PORT = 15080  # the ingress gateway's public listener inside its contain
 # the host's 127.0.0.1, bound to 0.0.0.0 in the gateway (as Docker's publishing needs), and
 # admitting only the host and the gateway's own loopback (envoy.resources.host_only).
 GATEWAY_HOP_BASE = 15100
-GATEWAY_HOP_LIMIT = 15200  # the hops end below here (RESERVED_PORTS)
 # The gateway publishes its hops in blocks: Docker publishes a container's ports when it is
 # made, so one more published port means a new gateway, and the ingress is down for the
 # second that takes. With spare ports a service added (or taken out) within its block
@@ -36,9 +35,7 @@ def gateway_hop_ports(services: int) -> range:
     """The ports the gateway publishes for `services` HTTP services: theirs, in file order
     from GATEWAY_HOP_BASE, and spares to the end of their block."""
     blocks = -(-services // GATEWAY_HOP_BLOCK)
-    return range(
-        GATEWAY_HOP_BASE, min(GATEWAY_HOP_BASE + blocks * GATEWAY_HOP_BLOCK, GATEWAY_HOP_LIMIT)
-    )
+    return range(GATEWAY_HOP_BASE, GATEWAY_HOP_BASE + blocks * GATEWAY_HOP_BLOCK)
 
 
 _BASE = int(ipaddress.IPv4Address("127.64.0.0"))

@@ -210,3 +210,9 @@ def test_ls_table_shows_daemons_and_instances_left_without_one() -> None:
     assert head_line.startswith("mesh 'shop' (serving, not ready: 1 version(s) cannot run) pid 7")
     assert old.split()[:3] == ["old", "no", "daemon"] and "3 containers running" in old
     assert views.instance_json(Instance("old", 0, None, running=3))["daemon"] is False
+
+
+def test_a_version_with_several_failed_pods_counts_once() -> None:
+    failures = tuple(api.Failure("c", "v1", f"replica {i}: no image") for i in range(3))
+    state = _state(READY, pid=7, failed=(*failures, api.Failure("d", "v2", "no image")))
+    assert views.readiness(state) == "not ready: 2 version(s) cannot run"

@@ -168,3 +168,7 @@ def test_a_service_added_or_taken_out_within_a_block_of_hops_keeps_the_gateway()
     hops = [p for p, _, _ in by_count[5].ports]
     assert hops == list(range(15100, 15108))  # 5 services' own, and 3 spares
     assert all(host == "127.0.0.1" and published == 0 for _, host, published in by_count[5].ports)
+    from devmesh.core.addressing import gateway_hop_ports
+
+    assert gateway_hop_ports(0) == range(15100, 15100)
+    assert gateway_hop_ports(102) == range(15100, 15204)  # every service's, past 15199 too
