@@ -282,10 +282,12 @@ def test_an_unusable_ca_directory_is_a_clear_error_and_the_mesh_keeps_serving(
     second.write_text(
         _text("STRICT").replace("@APP@", str(mesh.file.parent)).replace("@PORT@", str(free_port()))
     )
+    project = f"t{uuid.uuid4().hex[:8]}"
     result = devmesh(
-        "up", "-d", "-f", str(second), "-p", f"t{uuid.uuid4().hex[:8]}",
+        "up", "-d", "-f", str(second), "-p", project,
         env={**ENV, "DEVMESH_CA_DIR": str(bad)}, timeout=60,
     )  # fmt: skip
+    assert devmesh("-p", project, "down", timeout=60).returncode == 0  # its state dir too
     assert result.returncode != 0
     assert f"{bad}/ca.pem is not a PEM certificate" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
