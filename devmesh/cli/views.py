@@ -9,7 +9,7 @@ import time
 import zlib
 from typing import IO, TYPE_CHECKING, Any
 
-from devmesh.api import codec
+from devmesh.api import codec, guards
 from devmesh.api import types as api
 
 if TYPE_CHECKING:
@@ -32,38 +32,14 @@ def _expires(tls: api.PodTls | None, now: float | None) -> str:
     return f"{int(left // 3600)}h{int(left % 3600 // 60):02d}m" if left >= 3600 else f"{int(left)}s"
 
 
-def _denials(stats: api.Stats | None) -> dict[str, str]:
-    """Pod -> `denied: frontend 3, _unknown 1` for each pod whose sidecar refused callers."""
-    out = {}
-    for s in stats.sidecars if stats else ():
-        if s.denials:
-            named = ", ".join(
-                f"{_caller(d.caller)} {d.count}" for d in sorted(s.denials, key=lambda d: d.caller)
-            )
-            out[s.source] = f"denied: {named}"
-    return out
-
-
 def overflow_line(stats: api.Stats | None) -> str | None:
     """`circuit breakers refused (UO): back/v1 12 (from front 9, ingress 3)`: requests each
     version's circuit breaker turned away at its callers, since their Envoys started."""
-    refused: dict[tuple[str, str], dict[str, int]] = {}
-    for s in stats.sidecars if stats else ():
-        for up in s.upstreams:
-            if up.traffic.overflow:
-                callers = refused.setdefault((up.service, up.version), {})
-                callers[s.service] = callers.get(s.service, 0) + up.traffic.overflow
+    refused = guards.refusals(stats)
     if not refused:
         return None
-    parts = []
-    for (service, version), callers in sorted(refused.items()):
-        named = ", ".join(f"{c} {n}" for c, n in sorted(callers.items()))
-        parts.append(f"{service}/{version} {sum(callers.values())} (from {named})")
+    parts = [f"{service}/{version} {text}" for (service, version), text in refused.items()]
     return "circuit breakers refused (UO): " + "; ".join(parts)
-
-
-def _caller(caller: str) -> str:
-    return {api.GATEWAY_CALLER: "gateway", api.UNKNOWN_CALLER: "unknown peer"}.get(caller, caller)
 
 
 def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | None = None) -> str:
@@ -72,7 +48,7 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
     rows = [("POD", "SERVICE", "VERSION", "STATE", "ADDRESS", "CONFIG", "XDS", "TLS", "CERT")]
     reasons: dict[int, str] = {}
     identities: dict[int, str] = {}
-    denials = _denials(stats)
+    denials = {pod: f"denied: {text}" for pod, text in guards.denials(stats).items()}
     for p in state.pods:
         if not p.ready and p.reason:
             reasons[len(rows)] = " ".join(p.reason.split())

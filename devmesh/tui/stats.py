@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from devmesh.api import types as api
+from devmesh.api.guards import denials, refusals
 from devmesh.api.histogram import Buckets, merge, quantile, total, window
 
 HISTORY = 30  # samples kept per row: about half a minute at one read a second
@@ -73,35 +74,15 @@ class Rates:
     overflow: Mapping[str, str] = field(default_factory=dict)  # service -> circuit breakers
 
 
-def _caller(caller: str) -> str:
-    return {api.GATEWAY_CALLER: "gateway", api.UNKNOWN_CALLER: "unknown peer"}.get(caller, caller)
-
-
 def guards(stats: api.Stats) -> tuple[dict[str, str], dict[str, str]]:
-    """Counts since each Envoy started, in words (as `ps` words them): per pod, the requests
-    its inbound authorization denied, by caller (`front 3, unknown peer 1`); per service,
-    the requests its versions' circuit breakers turned away at their callers
-    (`v1 12 (from front 9, ingress 3)`)."""
-    denied: dict[str, str] = {}
-    refused: dict[str, dict[str, dict[str, int]]] = {}
-    for s in stats.sidecars:
-        if s.denials:
-            ordered = sorted(s.denials, key=lambda d: d.caller)
-            denied[s.source] = ", ".join(f"{_caller(d.caller)} {d.count}" for d in ordered)
-        for up in s.upstreams:
-            if up.traffic.overflow:
-                callers = refused.setdefault(up.service, {}).setdefault(up.version, {})
-                callers[s.service] = callers.get(s.service, 0) + up.traffic.overflow
-    overflow = {
-        service: "; ".join(
-            f"{version} {sum(callers.values())} (from "
-            + ", ".join(f"{c} {n}" for c, n in sorted(callers.items()))
-            + ")"
-            for version, callers in sorted(versions.items())
-        )
-        for service, versions in refused.items()
-    }
-    return denied, overflow
+    """Counts since each Envoy started, in words (as `ps` words them, `api.guards`): per
+    pod, the requests its inbound authorization denied, by caller (`front 3, unknown peer
+    1`); per service, the requests its versions' circuit breakers turned away at their
+    callers (`v1 12 (from front 9, ingress 3)`)."""
+    parts: dict[str, list[str]] = {}
+    for (service, version), text in refusals(stats).items():  # sorted: versions in order
+        parts.setdefault(service, []).append(f"{version} {text}")
+    return denials(stats), {service: "; ".join(p) for service, p in parts.items()}
 
 
 # History keys: one namespace per kind of row.
