@@ -443,7 +443,7 @@ def down(
     target = _target(file, project, frozen_ok=True)
     name = target.project
     served = target.state.file if target.state is not None else None
-    local = explicit_file(file) or find_file() if given_project(project) is None else None
+    local = (explicit_file(file) or find_file()) if given_project(project) is None else None
     if served and local is not None and str(local) != "-" and str(local.resolve()) != served:
         # as compose's `down`: the mesh of that name, wherever its file is; said, not silent
         _err(f"mesh '{name}' is served from {served}, not from {local}: stopping it")

@@ -81,8 +81,8 @@ def ps_table(state: api.MeshState, stats: api.Stats | None = None, now: float | 
             lines.append(f"  └ {reasons[i]}")
         if i in identities:
             lines.append(f"  · {identities[i]}")
-    phase = state.phase.value
-    head = f"mesh '{state.project}' ({phase if not state.pid else f'{phase}, {readiness(state)}'})"
+    word = f"{state.phase.value}, {readiness(state)}" if state.pid else state.phase.value
+    head = f"mesh '{state.project}' ({word})"
     if state.pid:
         head += f" pid {state.pid}"
     if state.transport:

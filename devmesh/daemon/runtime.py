@@ -166,9 +166,13 @@ class Daemon:
                 Severity.WARNING,
             )
 
+    def _metrics_port_wanted(self) -> int | None:
+        """The flag's port, else the mesh file's; None: no /metrics."""
+        return self.metrics_port or self.controller.view.mesh.observability.metrics_port
+
     def _start_metrics(self) -> None:
         """Prometheus /metrics on 127.0.0.1, when the flag or the mesh file asks for it."""
-        port = self.metrics_port or self.controller.view.mesh.observability.metrics_port
+        port = self._metrics_port_wanted()
         if not port:
             return
         server = MetricsServer(port, self._scrape)
@@ -180,7 +184,7 @@ class Daemon:
         """The sweep's: /metrics follows the mesh file's `observability.metrics.port` (the
         flag, when given, wins). The new port is bound before the old one is let go: a port
         in use is an event and the old one serves on."""
-        want = self.metrics_port or self.controller.view.mesh.observability.metrics_port
+        want = self._metrics_port_wanted()
         with self._metrics_lock:
             old = self._metrics
             if self._stop.is_set() or (old.port if old else None) == want:
