@@ -27,8 +27,8 @@ STATS_FILTER = (
     r"|vhost\.[^.]+\.route\..+\.upstream_rq_(total|completed|[245]xx|retry|time)"
     r"|http\.(in|ingress)\.downstream_rq_(total|[245]xx)"
     r"|http\.(in|ingress)\.downstream_cx_active"
-    # RBAC denials into the pod, per caller (envoy.names.denial_stat_prefix)
-    r"|http\.in\.rbac\.caller\.[^.]+\.denied|in\.caller\.[^.]+\.rbac\.denied)$"
+    # RBAC denials into the pod, per caller (envoy.names.parse_denial)
+    r"|http\.in\.rbac\.caller\.policy\.[^.]+\.denied|in\.caller\.[^.]+\.rbac\.denied)$"
 )
 # Histogram quantile -> stat name suffix (`NAME.p50`, `NAME.p99`: milliseconds, Envoy's
 # "interval" values over its last stats flush, 5 s by default; absent when it saw no sample).

@@ -47,17 +47,22 @@ def gateway_spiffe_id(mesh: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/mesh/{mesh}/gateway"
 
 
+# The inbound HTTP RBAC filter's `rules_stat_prefix`: with per-policy counters on, Envoy
+# reports `http.in.rbac.caller.policy.C.denied` for policy C (policies are named by caller).
+DENIAL_STAT_PREFIX: Final = "caller."
+
+
 def denial_stat_prefix(caller: str) -> str:
-    """The RBAC filter's stat prefix that counts denials of one caller (a service name,
-    GATEWAY_CALLER or UNKNOWN_CALLER): Envoy reports `http.in.rbac.caller.C.denied`
-    (HTTP) or `in.caller.C.rbac.denied` (TCP)."""
+    """The network RBAC filter's stat prefix that counts denials of one caller (tcp
+    services: Envoy reports `in.caller.C.rbac.denied`)."""
     return f"caller.{caller}."
 
 
 def parse_denial(name: str) -> str | None:
-    """The caller of a denial counter built by `denial_stat_prefix`, else None."""
+    """The caller of a denial counter (a service name, GATEWAY_CALLER or UNKNOWN_CALLER):
+    an HTTP policy's (`DENIAL_STAT_PREFIX`) or a tcp filter's (`denial_stat_prefix`)."""
     for head, tail in (
-        (f"http.{INBOUND_STAT_PREFIX}.rbac.caller.", ".denied"),
+        (f"http.{INBOUND_STAT_PREFIX}.rbac.{DENIAL_STAT_PREFIX}policy.", ".denied"),
         (f"{INBOUND_STAT_PREFIX}.caller.", ".rbac.denied"),
     ):
         if name.startswith(head) and name.endswith(tail):

@@ -110,30 +110,58 @@ def test_the_gateway_is_a_mesh_member_with_its_own_identity() -> None:
     assert "transport_socket" in api
 
 
-def _denied_callers(rules: list[Json]) -> dict[str, Json]:
-    return {
-        str(r.get("rules_stat_prefix") or r.get("stat_prefix")): r["rules"]
-        for r in rules
-        if r["rules"]["action"] == "DENY"
-    }
+def _policies(rules: list[Json]) -> dict[str, Json]:
+    """The inbound HTTP RBAC: one DENY filter, its policies named by caller."""
+    (rbac,) = rules
+    assert rbac["rules"]["action"] == "DENY"
+    assert rbac["track_per_rule_stats"] is True
+    return dict(rbac["rules"]["policies"])
+
+
+def _identity(policy: Json) -> str:
+    (principal,) = policy["principals"]
+    return str(principal["authenticated"]["principal_name"]["exact"])
 
 
 def test_only_declared_callers_and_the_gateway_are_admitted() -> None:
-    rules = _rbac(_inbound("STRICT", "api")["filter_chains"][0])
-    allow = rules[-1]
-    assert allow["rules"]["action"] == "ALLOW"
-    principals = allow["rules"]["policies"]["callers"]["principals"]
-    admitted = {p["authenticated"]["principal_name"]["exact"] for p in principals}
-    assert admitted == {spiffe_id("m", "web"), "spiffe://devmesh.local/mesh/m/gateway"}
-    denied = _denied_callers(rules)
+    policies = _policies(_rbac(_inbound("STRICT", "api")["filter_chains"][0]))
+    gateway = "spiffe://devmesh.local/mesh/m/gateway"
     # `other` may route everywhere (egress: all) but does not list api in `calls:`
-    assert {"caller.other.", "caller.db.", "caller.legacy.", "caller.api."} <= set(denied)
-    assert denied["caller.other."]["policies"]["other"]["permissions"] == [{"any": True}]
+    for caller in ("other", "db", "legacy", "api"):
+        assert policies[caller]["permissions"] == [{"any": True}]
+        assert _identity(policies[caller]) == spiffe_id("m", caller)
+    # Admitted, but narrowed by api's `allow:` (tested below): denied only what it does not allow
+    for caller, identity in (("web", spiffe_id("m", "web")), (GATEWAY_CALLER, gateway)):
+        assert _identity(policies[caller]) == identity
+        assert "not_rule" in policies[caller]["permissions"][0]
+    # A peer that is none of the mesh's identities: denied, counted as unknown
+    unknown = policies[UNKNOWN_CALLER]
+    assert unknown["permissions"] == [{"any": True}]
+    (principal,) = unknown["principals"]
+    known = {
+        p["authenticated"]["principal_name"]["exact"] for p in principal["not_id"]["or_ids"]["ids"]
+    }
+    assert known == {spiffe_id("m", s) for s in ("web", "other", "db", "legacy", "api")} | {gateway}
+
+
+def test_a_declared_caller_with_no_allow_rules_has_no_policy() -> None:
+    policies = _policies(_rbac(_inbound("STRICT", "web")["filter_chains"][0]))
+    assert GATEWAY_CALLER not in policies  # the gateway's door to web, not narrowed
+    assert set(policies) == {"web", "api", "other", "db", "legacy", UNKNOWN_CALLER}
+
+
+def test_every_caller_has_one_policy_and_no_two_match_one_peer() -> None:
+    """Envoy tries DENY policies by name and counts the first match: disjoint principals
+    make that match the caller's own policy, whatever the names' order."""
+    policies = _policies(_rbac(_inbound("STRICT", "api")["filter_chains"][0]))
+    identities = [_identity(p) for c, p in policies.items() if c != UNKNOWN_CALLER]
+    assert len(identities) == len(set(identities))
 
 
 def test_allow_rules_narrow_what_a_declared_caller_may_ask() -> None:
-    denied = _denied_callers(_rbac(_inbound("STRICT", "api")["filter_chains"][0]))
-    narrowed = denied["caller.web."]["policies"]["web"]["permissions"][0]["not_rule"]
+    policies = _policies(_rbac(_inbound("STRICT", "api")["filter_chains"][0]))
+    assert _identity(policies["web"]) == spiffe_id("m", "web")
+    narrowed = policies["web"]["permissions"][0]["not_rule"]
     (rule,) = narrowed["or_rules"]["rules"]
     assert rule["and_rules"]["rules"] == [
         {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}},
@@ -153,12 +181,13 @@ def test_a_tcp_service_is_authorized_by_network_rbac() -> None:
 @pytest.mark.parametrize(
     ("name", "caller"),
     [
-        ("http.in.rbac.caller.web.denied", "web"),
+        ("http.in.rbac.caller.policy.web.denied", "web"),
         ("in.caller.other.rbac.denied", "other"),
-        ("http.in.rbac.caller._gateway.denied", GATEWAY_CALLER),
-        ("http.in.rbac.caller.web.allowed", None),
+        ("http.in.rbac.caller.policy._gateway.denied", GATEWAY_CALLER),
+        ("http.in.rbac.caller.policy.web.allowed", None),
+        ("http.in.rbac.caller.denied", None),
         ("http.in.rbac.denied", None),
-        ("http.ingress.rbac.caller.web.denied", None),
+        ("http.ingress.rbac.caller.policy.web.denied", None),
     ],
 )
 def test_denial_counters_parse_back_to_the_caller(name: str, caller: str | None) -> None:
@@ -171,9 +200,10 @@ def test_sidecar_stats_name_each_refused_caller() -> None:
         "api",
         "default",
         {
-            "http.in.rbac.caller.other.denied": 4,
-            "http.in.rbac.caller._unknown.denied": 1,
-            "http.in.rbac.caller.web.denied": 0,
+            "http.in.rbac.caller.policy.other.denied": 4,
+            "http.in.rbac.caller.policy._unknown.denied": 1,
+            "http.in.rbac.caller.policy.web.denied": 0,
+            "http.in.rbac.caller.denied": 5,
         },
     )
     assert stats.denials == (Denial(UNKNOWN_CALLER, 1), Denial("other", 4))
