@@ -47,7 +47,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from devmesh.adapters.xds_cache import Nack, NodeStatus, Served, SnapshotCache
-from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME, SECRET
 from devmesh.core.problems import MeshError
 from devmesh.envoy.resources import Resources
 from devmesh.envoy.snapshot import NAME_KEY, SHORT, Snapshot, SnapshotError, new_snapshot
@@ -58,8 +58,9 @@ __all__ = ["Nack", "NodeStatus", "SnapshotCache", "SnapshotError", "SotwStream",
 log = logging.getLogger("devmesh.xds")
 
 # Make before break: secrets, clusters and their endpoints before the listeners and routes
-# that use them (a certificate's rotation changes SDS alone).
-PUSH_ORDER: Final = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# that use them (a certificate's rotation changes SDS alone). The runtime layer refers to
+# nothing and nothing refers to it: first.
+PUSH_ORDER: Final = (RUNTIME, SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 WILDCARD: Final = frozenset({LISTENER, CLUSTER})  # SotW: these always carry every resource
 _NONCES: Final = itertools.count(1)  # unique across streams and server restarts in a process
 

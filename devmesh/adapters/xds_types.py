@@ -36,9 +36,10 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf import json_format
 
-from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from devmesh.envoy.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME, SECRET
 
 __all__ = [
     "CLUSTER",
@@ -46,6 +47,7 @@ __all__ = [
     "LISTENER",
     "MESSAGES",
     "ROUTE",
+    "RUNTIME",
     "SECRET",
     "bootstrap_proto",
     "to_proto",
@@ -57,6 +59,7 @@ MESSAGES: dict[str, Any] = {
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     SECRET: secret_pb2.Secret,
+    RUNTIME: rtds_pb2.Runtime,
 }
 
 

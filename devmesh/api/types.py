@@ -715,3 +715,4 @@ class TracingStatus:
     forward_dropped: int = 0  # spans not forwarded: queue full, or the endpoint failed
     forward_error: str | None = None  # the last failure, for people
     evicted: int = 0  # spans of the oldest traces, out to make room for newer ones
+    adaptive: bool = False  # `sampling: auto`: `sampling` is the share chosen for the load now

@@ -292,7 +292,8 @@ def tracing_line(t: api.TracingStatus) -> str:
     # Spans are decoded when someone reads traces: until then they wait, uncounted in traces.
     unread = f" ({t.unread} not read yet)" if t.unread else ""
     line = (
-        f"tracing: {t.sampling:g}% sampled, {t.traces} traces kept, {t.spans} spans "
+        f"tracing: {t.sampling:g}% sampled{' (auto)' if t.adaptive else ''}, {t.traces} traces "
+        f"kept, {t.spans} spans "
         f"received{unread}, {t.evicted} of older traces made room, {t.dropped} lost"
     )
     if t.forward:

@@ -35,6 +35,7 @@ from devmesh.core.model import (
     REPLICAS,
     RETRY_ON,
     TLS_MODE,
+    TRACE_AUTO,
     TRACE_SAMPLING_PERCENT,
     XRAY_DAEMON_ADDRESS,
     ZIPKIN_PATH_SUFFIX,
@@ -792,9 +793,12 @@ class _Builder:
         xray = None
         if provider == "xray":
             xray = HostAddress(*raw.get("address", XRAY_DAEMON_ADDRESS))
+        sampling = raw.get("sampling", TRACE_AUTO)
+        auto = sampling == TRACE_AUTO
         return Tracing(
             provider=provider,
-            sampling_percent=raw.get("sampling", TRACE_SAMPLING_PERCENT),
+            sampling_percent=TRACE_SAMPLING_PERCENT if auto else sampling,
+            adaptive=auto,
             forward=forward,
             xray_address=xray,
         )

@@ -38,7 +38,7 @@ from devmesh.core.model import (
     STATSD_FLAVORS,
     TLS_MODE,
     TLS_MODES,
-    TRACE_SAMPLING_PERCENT,
+    TRACE_AUTO,
     TRACING_PROVIDERS,
     WATCH_ACTIONS,
     XRAY_DAEMON_ADDRESS,
@@ -623,8 +623,10 @@ tracing_spec = ByType(
                     "xray: Envoy's X-Ray tracer, relayed to `address`",
                 ),
                 "sampling": Field(
-                    Percent(),
-                    description=f"percent of requests traced; default {TRACE_SAMPLING_PERCENT:g}",
+                    Percent(also=TRACE_AUTO),
+                    description="percent of requests traced, or `auto` (the default): every "
+                    "request while the mesh is quiet, fewer under load (about 200 spans a "
+                    "second)",
                 ),
                 "forward": Field(
                     Then(Str(description="an http:// URL on 127.0.0.0/8"), _forward),

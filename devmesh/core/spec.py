@@ -175,24 +175,29 @@ class Int(Spec):
 @dataclass
 class Percent(Spec):
     description: str = "a percentage, 0 to 100 (fractions allowed)"
+    also: str | None = None  # a word taken as it is besides (`auto`)
 
     def check(self, value: Any, path: Path, ctx: Ctx) -> Any:
+        if self.also is not None and value == self.also:
+            return value
         if isinstance(value, str) and re.fullmatch(r"\d{1,3}(\.\d{1,6})?%", value):
             value = float(value[:-1])
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            return ctx.error(path, f"expected a percentage (0 to 100), got {type_name(value)}")
+            also = f" or '{self.also}'" if self.also is not None else ""
+            return ctx.error(
+                path, f"expected a percentage (0 to 100){also}, got {type_name(value)}"
+            )
         problem = percent_problem(value)  # the same rule as faults sent over the API
         return ctx.error(path, problem) if problem else float(value)
 
     def schema(self) -> dict[str, Any]:
-        return self._doc(
-            {
-                "anyOf": [
-                    {"type": "number", "minimum": 0, "maximum": 100},
-                    {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,6})?%$"},
-                ]
-            }
-        )
+        kinds: list[dict[str, Any]] = [
+            {"type": "number", "minimum": 0, "maximum": 100},
+            {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,6})?%$"},
+        ]
+        if self.also is not None:
+            kinds.append({"const": self.also})
+        return self._doc({"anyOf": kinds})
 
 
 @dataclass

@@ -123,6 +123,11 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Resample:
+    """Adaptive tracing chose another share of requests to trace: push it (RTDS alone)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Renew:
     """A certificate's replacement is due to be issued ahead, or due to be pushed (see
     identities.py)."""
@@ -138,6 +143,7 @@ Command = (
     | Settled
     | Acked
     | Renew
+    | Resample
     | Call
     | Stop
 )
@@ -246,6 +252,9 @@ class Controller:
         self._phase = Phase.STARTING
         self._unconfigured = False  # a healthy pod waits for its sidecar's first ACK
         self._endpoints: dict[tuple[str, str], tuple[str, ...]] = {}  # as last published
+        # `sampling: auto`: the share of requests traced that the daemon chose (None: the
+        # mesh's own); read at each push (daemon/tracing.py sets it, then `Resample`)
+        self.sampling: Callable[[], float | None] = lambda: None
         self.view = self._view()
         self._thread = threading.Thread(target=self._run, name="loop", daemon=True)
 
@@ -371,6 +380,8 @@ class Controller:
                 why = why or "housekeeping done"
             elif isinstance(command, Acked):
                 republish = republish or self._unconfigured
+            elif isinstance(command, Resample):
+                republish = True
         if why:
             self._reconcile(why)
         elif publish:
@@ -379,7 +390,7 @@ class Controller:
         elif renew:  # the pods are as they were: only the certificates change
             self.publisher.prepare(self._served())  # replacements due ahead: no push
             self._publish()  # what is due for renewal: swapped in, pushed
-        elif republish:  # only a sidecar's first ACK awaited: endpoints may change
+        elif republish:  # a sidecar's first ACK (endpoints may change), or a new sampling
             self._publish()
         self._set_targets()
 
@@ -572,7 +583,7 @@ class Controller:
             for p in (r.desired.pods if r.desired else ())
         )
         mesh = self._served()
-        ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh))
+        ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh), self.sampling())
         if ok:
             now = {key: tuple(ips) for key, ips in served.items()}
             if now != self._endpoints and self._spare_for(mesh):

@@ -18,6 +18,7 @@ from devmesh.daemon.health import Result
 from devmesh.daemon.identities import Identities
 from devmesh.daemon.ingress_tls import IngressCert
 from devmesh.envoy.render import gateway_group, render
+from devmesh.envoy.resources import runtime_layer
 from devmesh.envoy.snapshot import (
     LISTENER,
     SECRET,
@@ -25,6 +26,7 @@ from devmesh.envoy.snapshot import (
     Snapshot,
     SnapshotError,
     new_snapshots,
+    with_runtime,
     with_secrets,
 )
 from devmesh.plan.desired import Desired
@@ -90,7 +92,9 @@ class Publisher:
         self._events = events
         self.identities = identities if identities is not None else Identities()
         self.ingress_cert = IngressCert(self.identities.ensure_ca)  # one CA for both
-        self._published: tuple[Mesh, Endpoints, str | None, object, int, int] | None = None
+        self._published: (
+            tuple[Mesh, Endpoints, str | None, object, int, int, float | None] | None
+        ) = None
         self.groups: frozenset[str] = frozenset()  # node groups served
         # The last render, by what it was made from: a renewal changes secrets alone, so
         # its push skips rendering the mesh again.
@@ -114,9 +118,11 @@ class Publisher:
         served: Endpoints,
         host: str | None,
         host_apps: Mapping[tuple[str, str], tuple[str, int]] | None = None,
+        sampling: float | None = None,
     ) -> bool:
         """False (and `error` says why) if the config could not be served; what the Envoys
-        have stays as it was. `host_apps`: see `envoy.render.render`."""
+        have stays as it was. `host_apps`: see `envoy.render.render`. `sampling`: the share
+        of requests traced that overrides the mesh's (adaptive tracing), or None."""
         try:
             # Certificates first: one due for renewal makes this push differ (SDS alone).
             secrets = self.identities.secrets(mesh)
@@ -128,7 +134,8 @@ class Publisher:
             secrets = {**secrets, gateway: (*secrets.get(gateway, ()), *ingress)}
         apps = dict(host_apps or {})
         key = (
-            mesh, served, host, apps, self.identities.generation, self.ingress_cert.generation
+            mesh, served, host, apps, self.identities.generation, self.ingress_cert.generation,
+            sampling,
         )  # fmt: skip
         if key == self._published and self.error is None:
             return True  # the timer's passes over an unchanged mesh build nothing
@@ -156,6 +163,8 @@ class Publisher:
                     if group in groups:
                         groups[group] = dataclasses.replace(groups[group], secrets=own)
                 snapshots = new_snapshots(groups)
+            # A new share of requests traced: the runtime layer alone (RTDS), no listener
+            snapshots = with_runtime(snapshots, runtime_layer(sampling))
             self._xds.set_snapshots(snapshots)
         except (SnapshotError, MeshError, ValueError, OverflowError) as exc:
             return self._failed(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -41,7 +42,14 @@ from devmesh.core.transport import (
 )
 from devmesh.daemon.accesslog import AccessLog, Directory, directory_of
 from devmesh.daemon.api import ApiServer
-from devmesh.daemon.controller import Acked, ContainerDied, Controller, Tick, port_busy
+from devmesh.daemon.controller import (
+    Acked,
+    ContainerDied,
+    Controller,
+    Resample,
+    Tick,
+    port_busy,
+)
 from devmesh.daemon.eventlog import EventLog
 from devmesh.daemon.handlers import Handlers
 from devmesh.daemon.health import EngineHealth
@@ -125,6 +133,7 @@ class Daemon:
             ingress_port,
             engine_health=self.engine_health,
         )
+        self.controller.sampling = lambda: self.telemetry.chosen
         self._stats: StatsSource = self._pushed if self._pushed is not None else StatsReader()
         self._log_tails = LogTails(
             engine.follow_logs, lambda name, n: engine.logs(name, follow=False, tail=n)
@@ -400,10 +409,15 @@ class Daemon:
         # X-Ray relay listens there.
         self.telemetry.sync(self.controller.reconciler.host)
 
+    def _adapt_sampling(self) -> None:
+        if self.telemetry.adapt(time.monotonic()):
+            self.controller.submit(Resample())
+
     def _sweep_loop(self) -> None:
         while not self._stop.wait(1.0):
             self._log_tails.sweep()
             _quietly("syncing the sinks", self._sync_sinks)
+            _quietly("adapting the tracing", self._adapt_sampling)
             _quietly("moving /metrics", self._sync_metrics)
 
 

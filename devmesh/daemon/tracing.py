@@ -20,6 +20,7 @@ from devmesh.adapters.trace_collector import SpanForwarder, TraceCollector
 from devmesh.adapters.udp_relay import Relays, RelaySpec
 from devmesh.api import types as api
 from devmesh.core.model import Mesh, TraceForward
+from devmesh.daemon.sampling import AdaptiveSampling
 from devmesh.daemon.traces import TraceStore
 from devmesh.envoy.tracing import STATSD_SOCKET_NAME
 
@@ -58,6 +59,10 @@ class Telemetry:
         self.relays = Relays()
         self._forwarder: SpanForwarder | None = None
         self._lock = threading.Lock()  # the forwarder is swapped by `sync`, used by the collector
+        # `sampling: auto` (daemon/sampling.py): the share chosen, pushed to every Envoy
+        # as a runtime layer; None: each one's own (the file's share, or every request).
+        self._adaptive: AdaptiveSampling | None = None
+        self.chosen: float | None = None
 
     def on_batch(self, data: bytes) -> None:
         """On the xDS loop: one export request's bytes, kept and forwarded as they are."""
@@ -85,6 +90,27 @@ class Telemetry:
         for problem in self.relays.sync(relay_specs(mesh, self._xds_dir, host)):
             self._on_problem(problem)
 
+    def adapt(self, now: float) -> bool:
+        """The sweep's, once a second: measure the spans that came, choose the share of
+        requests traced (`sampling: auto`, the daemon's own collector). True when `chosen`
+        changed, to be pushed."""
+        tracing = self._mesh().observability.tracing
+        wanted = None
+        if tracing is not None and tracing.adaptive and tracing.provider == "otel":
+            if self._adaptive is None:
+                self._adaptive = AdaptiveSampling(tracing.sampling_percent)
+            changed = self._adaptive.observe(now, self.store.received)
+            if changed is not None:
+                log.info("tracing %g%% of requests (sampling: auto)", changed)
+            if self._adaptive.percent < self._adaptive.ceiling:
+                wanted = self._adaptive.percent
+        else:
+            self._adaptive = None  # X-Ray's own rules sample; a number in the file holds
+        if wanted == self.chosen:
+            return False
+        self.chosen = wanted
+        return True
+
     def status(self) -> api.TracingStatus | None:
         tracing = self._mesh().observability.tracing
         if tracing is None:
@@ -94,7 +120,8 @@ class Telemetry:
         counters = forwarder.counters() if forwarder is not None else None
         return api.TracingStatus(
             provider=tracing.provider,
-            sampling=tracing.sampling_percent,
+            sampling=self.chosen if self.chosen is not None else tracing.sampling_percent,
+            adaptive=tracing.adaptive and tracing.provider == "otel",
             traces=len(self.store),
             unread=self.store.unread,
             spans=self.store.received,

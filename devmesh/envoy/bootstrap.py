@@ -13,7 +13,7 @@ from typing import Any
 
 from devmesh.envoy import tracing
 from devmesh.envoy.access_log import uses_collector
-from devmesh.envoy.resources import HCM, Json, Resources, http_options
+from devmesh.envoy.resources import HCM, RUNTIME_LAYER, Json, Resources, http_options
 
 ADMIN_SOCKET = "/devmesh/admin.sock"  # inside the pod; the host reads stats through it
 XDS_CLUSTER = tracing.COLLECTOR_CLUSTER  # ADS, and the span collector on the same socket
@@ -214,14 +214,17 @@ def ads_bootstrap(
         extra["stats_flush_interval"] = STATS_FLUSH
     if stats_sinks:
         extra["stats_sinks"] = list(stats_sinks)
+    # Envoy's own default is a static layer and an admin layer (/runtime_modify): keep them,
+    # with the daemon's RTDS layer between (later layers override earlier ones). Envoy waits
+    # for the layer at start; every snapshot serves it (envoy/snapshot.py).
+    layers: list[Json] = []
     if runtime:
-        # Envoy's own default is a static layer and an admin layer (/runtime_modify): keep it
-        extra["layered_runtime"] = {
-            "layers": [
-                {"name": "devmesh", "static_layer": runtime},
-                {"name": "admin", "admin_layer": {}},
-            ]
-        }
+        layers.append({"name": "devmesh", "static_layer": runtime})
+    layers.append(
+        {"name": "devmesh-rtds", "rtds_layer": {"name": RUNTIME_LAYER, "rtds_config": ads}}
+    )
+    layers.append({"name": "admin", "admin_layer": {}})
+    extra["layered_runtime"] = {"layers": layers}
     return {
         "node": _node(node_id, cluster),
         "admin": _admin(admin_socket),

@@ -114,6 +114,29 @@ class Resources:
     # SDS: this node's certificate and the CA (see `tls_secrets`). Not rendered: the daemon
     # issues certificates and adds them per node group, so they never reach a file.
     secrets: tuple[Json, ...] = ()
+    # RTDS: the runtime layer (`runtime_layer`). Not rendered: the daemon's adaptive
+    # tracing sets it for every node group.
+    runtimes: tuple[Json, ...] = ()
+
+
+# The RTDS layer every ADS bootstrap names (envoy/bootstrap.py) and waits for at start.
+RUNTIME_LAYER = "devmesh"
+# The runtime key that overrides every HTTP connection manager's `random_sampling`.
+SAMPLING_KEY = "tracing.random_sampling"
+
+
+def runtime_layer(sampling_percent: float | None) -> Json:
+    """The RTDS resource: empty (each connection manager's own `random_sampling` holds), or
+    with tracing's share of requests set for the whole Envoy, in ten-thousandths: Envoy
+    samples by the request id's value (`x-request-id`), so every Envoy with the same share
+    makes the same choice for one request and a trace stays whole across hops."""
+    layer: Json = {}
+    if sampling_percent is not None:
+        layer[SAMPLING_KEY] = {
+            "numerator": round(sampling_percent * 100),
+            "denominator": "TEN_THOUSAND",
+        }
+    return {"name": RUNTIME_LAYER, "layer": layer}
 
 
 # -- names ----------------------------------------------------------------------------------

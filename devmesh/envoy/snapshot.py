@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from devmesh.core.problems import MeshError
-from devmesh.envoy.resources import Json, Resources
+from devmesh.envoy.resources import Json, Resources, runtime_layer
 
 _T = "type.googleapis.com/envoy.config."
 LISTENER: Final = _T + "listener.v3.Listener"
@@ -30,15 +30,24 @@ ROUTE: Final = _T + "route.v3.RouteConfiguration"
 CLUSTER: Final = _T + "cluster.v3.Cluster"
 ENDPOINT: Final = _T + "endpoint.v3.ClusterLoadAssignment"
 SECRET: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-TYPE_URLS: Final = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
+RUNTIME: Final = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+TYPE_URLS: Final = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, RUNTIME)
 NAME_KEY: Final = {
     LISTENER: "name",
     ROUTE: "name",
     CLUSTER: "name",
     ENDPOINT: "cluster_name",
     SECRET: "name",
+    RUNTIME: "name",
 }
-SHORT: Final = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS"}
+SHORT: Final = {
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    SECRET: "SDS",
+    RUNTIME: "RTDS",
+}
 
 
 class SnapshotError(MeshError):
@@ -129,6 +138,9 @@ class Snapshot:
     clusters: TypeSnapshot
     endpoints: TypeSnapshot
     secrets: TypeSnapshot  # a rotation changes this type's version alone
+    # RTDS: the runtime layer every ADS bootstrap waits for (`envoy.bootstrap`); adaptive
+    # tracing changes this type's version alone. Always one resource, empty by default.
+    runtimes: TypeSnapshot
 
     @classmethod
     def of(cls, resources: Resources, seen: Digests | None = None) -> Snapshot:
@@ -139,6 +151,7 @@ class Snapshot:
             TypeSnapshot.of(CLUSTER, resources.clusters, seen),
             TypeSnapshot.of(ENDPOINT, resources.endpoints, seen),
             TypeSnapshot.of(SECRET, resources.secrets, seen),
+            TypeSnapshot.of(RUNTIME, resources.runtimes or (runtime_layer(None),), seen),
         )
 
     def of_type(self, type_url: str) -> TypeSnapshot:
@@ -148,11 +161,19 @@ class Snapshot:
             CLUSTER: self.clusters,
             ENDPOINT: self.endpoints,
             SECRET: self.secrets,
+            RUNTIME: self.runtimes,
         }[type_url]
 
     @property
     def types(self) -> tuple[TypeSnapshot, ...]:
-        return (self.listeners, self.routes, self.clusters, self.endpoints, self.secrets)
+        return (
+            self.listeners,
+            self.routes,
+            self.clusters,
+            self.endpoints,
+            self.secrets,
+            self.runtimes,
+        )
 
     @property
     def versions(self) -> dict[str, str]:
@@ -266,6 +287,19 @@ def with_secrets(
         same = typed.version == snapshot.secrets.version
         out[group] = snapshot if same else dataclasses.replace(snapshot, secrets=typed)
     return out
+
+
+def with_runtime(snapshots: Mapping[str, Snapshot], layer: Json) -> dict[str, Snapshot]:
+    """These checked snapshots, every group serving the runtime layer `layer` (one RTDS
+    resource, named as every bootstrap's: `runtime_layer`). Nothing else is digested or
+    checked again: a layer refers to nothing."""
+    typed = TypeSnapshot.of(RUNTIME, (layer,))
+    return {
+        group: snapshot
+        if snapshot.runtimes.version == typed.version
+        else dataclasses.replace(snapshot, runtimes=typed)
+        for group, snapshot in snapshots.items()
+    }
 
 
 def bridging(old: Snapshot, new: Snapshot) -> Snapshot | None:

@@ -25,7 +25,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from devmesh.adapters.otlp import scope_spans
-from tests.e2e.conftest import PROJECTS, Mesh, free_port, sweep
+from devmesh.daemon.sampling import HOLD
+from tests.e2e.conftest import PROJECTS, Mesh, PacedLoad, free_port, sweep
 
 pytestmark = pytest.mark.docker
 
@@ -345,3 +346,41 @@ def test_a_sink_nobody_listens_on_blocks_no_request(
     assert state["forward_dropped"] > 0 and state["forward_error"], state
     ps = mesh.run("ps")
     assert "dropped" in ps.stdout and str(dead) in ps.stdout
+
+
+def test_auto_sampling_traces_fewer_requests_under_load_and_every_one_again_after(
+    traced: tuple[Mesh, OtlpReceiver, UdpListener],
+) -> None:
+    """`sampling: auto`: under load the daemon lowers the share it pushes to every Envoy
+    (RTDS), the spans that come fall to a fraction of the requests, and once the load ends
+    every request is traced again; no request fails meanwhile."""
+    mesh, _, _ = traced
+    text = mesh.file.read_text()
+    start = text.index("  tracing:")
+    end = text.index("\n", start)
+    mesh.file.write_text(text[:start] + "  tracing: {sampling: auto}" + text[end:])
+    mesh.up_ok()
+    state = mesh.ps()["tracing"]
+    assert state["adaptive"] is True and state["sampling"] == 100, state
+
+    def share() -> dict[str, Any]:
+        return dict(mesh.ps()["tracing"])
+
+    # ~250 requests a second, each traced at the gateway and frontend's sidecar (2 spans):
+    # about 500 spans a second at 100 %, over what auto keeps (sampling.TARGET, 200)
+    with PacedLoad(mesh.port, path="/healthz", rate=250, threads=5) as load:
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and (state := share())["sampling"] == 100:
+            time.sleep(0.5)
+        assert state["sampling"] < 100, (state, load.ok)
+        time.sleep(HOLD + 1)  # the spans the Envoys still held at 100 % have come
+        spans, served = share()["spans"], load.ok
+        time.sleep(6)
+        spans, served = share()["spans"] - spans, load.ok - served
+    assert not load.failures, load.failures[:5]
+    assert served > 300, served
+    assert spans / served < 1.0, (spans, served, state)  # 2 a request when every one is traced
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (state := share())["sampling"] != 100:
+        time.sleep(0.5)
+    assert state["sampling"] == 100, state

@@ -5,6 +5,8 @@ Every address is loopback or a UNIX socket in the test's tmp_path (fixtures: con
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
-from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from devmesh.adapters.xds_types import CLUSTER, ENDPOINT, LISTENER, ROUTE, RUNTIME
+from devmesh.envoy.resources import SAMPLING_KEY, runtime_layer
+from devmesh.unixhttp import UnixHTTPConnection
 from tests.integration.conftest import GROUP, Mesh, StartEnvoy, get, server_threads, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -26,7 +30,8 @@ def _disconnected(xds: XdsServer, node_id: str) -> Callable[[], bool]:
 def _assert_acked(status: NodeStatus) -> None:
     assert status.connected
     assert status.nack is None
-    assert set(status.sent) == {LISTENER, ROUTE, CLUSTER, ENDPOINT}
+    # RTDS too: every ADS bootstrap waits for the daemon's runtime layer, served empty
+    assert set(status.sent) == {LISTENER, ROUTE, CLUSTER, ENDPOINT, RUNTIME}
     assert status.acked == status.sent
 
 
@@ -49,6 +54,41 @@ def test_envoy_connects_receives_everything_and_acks(
     assert a.cluster == b.cluster == GROUP
     assert a.sent == b.sent
     assert [s.node_id for s in xds.statuses()] == ["api-v1-a", "api-v1-b"]
+
+
+def _runtime_value(admin: Path, key: str) -> str | None:
+    conn = UnixHTTPConnection(str(admin), timeout=5)
+    try:
+        conn.request("GET", "/runtime")
+        entries = json.loads(conn.getresponse().read())["entries"]
+    finally:
+        conn.close()
+    entry = entries.get(key)
+    return None if entry is None else str(entry["final_value"])
+
+
+def test_a_runtime_layer_reaches_envoy_alone_with_no_listener_change(
+    xds: XdsServer, envoy: StartEnvoy, mesh: Mesh, tmp_path: Path
+) -> None:
+    """Adaptive tracing's share (daemon/sampling.py) goes to the Envoys as RTDS: their
+    connection managers' `random_sampling` is overridden with no listener replaced."""
+    xds.set_snapshot(GROUP, mesh.resources())
+    envoy("api-v1-a")
+    assert xds.wait_synced(["api-v1-a"], timeout=10)
+    admin = tmp_path / "api-v1-a-admin.sock"
+    assert _runtime_value(admin, SAMPLING_KEY) is None  # the empty layer: nothing overridden
+    before = xds.status("api-v1-a").acked
+
+    xds.set_snapshot(GROUP, dataclasses.replace(mesh.resources(), runtimes=(runtime_layer(2.5),)))
+    assert xds.wait_synced(["api-v1-a"], timeout=10)
+    after = xds.status("api-v1-a").acked
+    assert after[RUNTIME] != before[RUNTIME]
+    assert {t: v for t, v in after.items() if t != RUNTIME} == {
+        t: v for t, v in before.items() if t != RUNTIME
+    }
+    value = _runtime_value(admin, SAMPLING_KEY)
+    assert value is not None and "250" in value and "TEN_THOUSAND" in value, value
+    assert [get(mesh.listener_port) for _ in range(2)] == ["v1"] * 2
 
 
 def test_stream_waits_for_a_snapshot_then_serves_traffic(

@@ -46,8 +46,33 @@ def test_a_mesh_without_the_block_logs_and_traces_but_serves_no_metrics() -> Non
     assert mesh.observability == Observability()
     assert mesh.observability.access_log is True
     assert mesh.observability.metrics_port is None
-    assert mesh.observability.tracing == Tracing(provider="otel", sampling_percent=100.0)
+    assert mesh.observability.tracing == Tracing(
+        provider="otel", sampling_percent=100.0, adaptive=True
+    )
     assert mesh.observability.statsd is None
+
+
+@pytest.mark.parametrize(
+    ("written", "adaptive", "percent"),
+    [
+        ("{}", True, 100.0),
+        ("{sampling: auto}", True, 100.0),
+        ("{sampling: 100}", False, 100.0),
+        ("{sampling: '5%'}", False, 5.0),
+        ("true", True, 100.0),
+    ],
+)
+def test_sampling_is_auto_unless_a_number_is_written(
+    written: str, adaptive: bool, percent: float
+) -> None:
+    tracing = load(mesh_with(f"tracing: {written}")).observability.tracing
+    assert tracing is not None
+    assert (tracing.adaptive, tracing.sampling_percent) == (adaptive, percent)
+
+
+def test_a_word_other_than_auto_is_refused_naming_both_choices() -> None:
+    (problem,) = problems_of(mesh_with("tracing: {sampling: automatic}"))
+    assert "expected a percentage (0 to 100) or 'auto'" in problem.message
 
 
 def test_the_whole_block_resolves_to_typed_values() -> None:
@@ -71,6 +96,7 @@ def test_the_whole_block_resolves_to_typed_values() -> None:
         tracing=Tracing(
             provider="otel",
             sampling_percent=25.0,
+            adaptive=False,
             forward=TraceForward(
                 url="http://127.0.0.1:4318/v1/traces",
                 kind="otlp",
@@ -115,7 +141,10 @@ def test_xray_takes_the_address_given() -> None:
     ).observability.tracing
 
     assert tracing == Tracing(
-        provider="xray", sampling_percent=1.5, xray_address=HostAddress("127.0.0.5", 3000)
+        provider="xray",
+        sampling_percent=1.5,
+        adaptive=False,
+        xray_address=HostAddress("127.0.0.5", 3000),
     )
 
 

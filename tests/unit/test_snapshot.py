@@ -12,18 +12,26 @@ import pytest
 from devmesh.core.load import load, load_path
 from devmesh.envoy.bootstrap import static_bootstrap
 from devmesh.envoy.render import gateway_group, node_groups, render, render_mesh
-from devmesh.envoy.resources import Json, Resources, placeholder_endpoints, tls_secrets
+from devmesh.envoy.resources import (
+    Json,
+    Resources,
+    placeholder_endpoints,
+    runtime_layer,
+    tls_secrets,
+)
 from devmesh.envoy.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
+    RUNTIME,
     SECRET,
     Snapshot,
     SnapshotError,
     bridging,
     new_snapshot,
     new_snapshots,
+    with_runtime,
 )
 from tests.unit.test_render import SHOP
 
@@ -225,8 +233,22 @@ def test_new_snapshots_reports_every_group_at_once() -> None:
 def test_versions_are_stable_hashes_of_content() -> None:
     first, again = Snapshot.of(_front()), Snapshot.of(_front())  # rebuilt from scratch
     assert first.versions == again.versions
-    assert set(first.versions) == {LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET}
+    assert set(first.versions) == {LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, RUNTIME}
     assert all(len(v) == 16 for v in first.versions.values())
+
+
+def test_every_snapshot_serves_the_runtime_layer_and_a_new_share_changes_it_alone() -> None:
+    """Every ADS bootstrap waits for the RTDS layer at start: a snapshot always has it."""
+    first = new_snapshot(_front())
+    assert first.runtimes.items == (runtime_layer(None),)
+    (after,) = with_runtime({"g": first}, runtime_layer(10.0)).values()
+    changed = {t for t in first.versions if first.versions[t] != after.versions[t]}
+    assert changed == {RUNTIME}
+    assert after.runtimes.items[0]["layer"] == {
+        "tracing.random_sampling": {"numerator": 1000, "denominator": "TEN_THOUSAND"}
+    }
+    (same,) = with_runtime({"g": after}, runtime_layer(10.0)).values()
+    assert same is after
 
 
 def test_a_weight_change_changes_only_the_route_version() -> None:

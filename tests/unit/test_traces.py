@@ -636,7 +636,12 @@ def test_a_pods_bootstrap_flushes_spans_every_5_s_and_keeps_the_admin_runtime() 
     config = bootstrap.ads_bootstrap(
         "n", "c", XDS_SOCKET, "/devmesh/admin.sock", (), tracing.runtime(mesh)
     )
-    static, admin = config["layered_runtime"]["layers"]
+    static, rtds, admin = config["layered_runtime"]["layers"]
+    # between them, the daemon's RTDS layer (adaptive tracing), over ADS
+    assert rtds["rtds_layer"] == {
+        "name": "devmesh",
+        "rtds_config": {"ads": {}, "resource_api_version": "V3"},
+    }
     assert static["static_layer"] == {
         "tracing.opentelemetry.flush_interval_ms": 5000,
         "tracing.opentelemetry.min_flush_spans": 100,
@@ -714,3 +719,34 @@ def test_ps_tells_traces_that_made_room_from_spans_lost() -> None:
     line = tracing_line(api.TracingStatus("otel", 100.0, traces=1000, spans=5200, evicted=4000))
     assert "1000 traces kept, 5200 spans received" in line
     assert "4000 of older traces made room, 0 lost" in line
+
+
+def test_ps_says_when_the_share_traced_is_chosen_by_auto() -> None:
+    from devmesh.cli.views import tracing_line
+
+    assert tracing_line(api.TracingStatus("otel", 10.0, adaptive=True)).startswith(
+        "tracing: 10% sampled (auto), "
+    )
+    assert tracing_line(api.TracingStatus("otel", 25.0)).startswith("tracing: 25% sampled, ")
+
+
+@pytest.mark.parametrize(
+    ("tracing_block", "adapts"),
+    [("{}", True), ("{sampling: 100}", False), ("{provider: xray}", False), ("false", False)],
+)
+def test_the_daemon_chooses_a_share_only_for_auto_with_its_own_collector(
+    tmp_path: Any, tracing_block: str, adapts: bool
+) -> None:
+    from devmesh.daemon.tracing import Telemetry
+
+    mesh = load(MESH.replace("ingress:", f"observability: {{tracing: {tracing_block}}}\ningress:"))
+    telemetry = Telemetry(lambda: mesh, tmp_path)
+    changes = []
+    for second in range(10):  # 2,000 spans a second at 100 %: over auto's budget
+        telemetry.store.received += round(2000 * (telemetry.chosen or 100.0) / 100)
+        changes.append(telemetry.adapt(float(second)))
+    assert (telemetry.chosen, any(changes)) == ((10.0, True) if adapts else (None, False))
+    status = telemetry.status()
+    if status is not None:
+        assert status.adaptive is adapts
+        assert status.sampling == (10.0 if adapts else 100.0)

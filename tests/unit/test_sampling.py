@@ -1,0 +1,74 @@
+"""Adaptive tracing's choice of share (daemon/sampling.py), on made-up span counts."""
+
+from __future__ import annotations
+
+from devmesh.daemon.sampling import HOLD, STEPS, TARGET, WINDOW, AdaptiveSampling
+
+
+def _run(sampling: AdaptiveSampling, every: float, seconds: float, start: float, total: int):
+    """Feed `seconds` of traffic that would make `every` spans a second at 100 %, one
+    observation a second; returns (now, total, changes)."""
+    changes = []
+    now = start
+    for _ in range(int(seconds)):
+        now += 1.0
+        total += round(every * sampling.percent / 100.0)
+        changed = sampling.observe(now, total)
+        if changed is not None:
+            changes.append(changed)
+    return now, total, changes
+
+
+def test_a_quiet_mesh_keeps_every_request_traced() -> None:
+    s = AdaptiveSampling()
+    _, _, changes = _run(s, every=TARGET, seconds=60, start=0.0, total=0)
+    assert changes == [] and s.percent == 100.0
+
+
+def test_load_lowers_the_share_to_the_step_that_fits_the_target_at_once() -> None:
+    s = AdaptiveSampling()
+    _, _, changes = _run(s, every=2000.0, seconds=10, start=0.0, total=0)  # ~1,000 req/s, 2 hops
+    assert changes == [10.0]  # 2,000 x 10 % = 200 spans a second
+
+
+def test_saturation_goes_lower_and_the_end_of_load_goes_back_to_every_request() -> None:
+    s = AdaptiveSampling()
+    now, total, changes = _run(s, every=12_000.0, seconds=10, start=0.0, total=0)
+    assert changes == [1.0]  # 12,000 x 1 % = 120 <= 200; 2 % would be 240
+    now, total, changes = _run(s, every=0.0, seconds=20, start=now, total=total)
+    # (a window across the load's end may see half of it first: a step between)
+    assert changes[-1] == 100.0 and s.percent == 100.0
+
+
+def test_a_small_change_of_load_changes_nothing() -> None:
+    """Hysteresis: between TARGET / 2.5 and 1.5 x TARGET spans a second, the share holds."""
+    s = AdaptiveSampling()
+    now, total, _ = _run(s, every=2000.0, seconds=10, start=0.0, total=0)
+    assert s.percent == 10.0
+    _, _, changes = _run(s, every=1000.0, seconds=30, start=now, total=total)  # 100 a second
+    assert changes == [] and s.percent == 10.0
+
+
+def test_spans_still_buffered_at_the_old_share_do_not_lower_it_again() -> None:
+    s = AdaptiveSampling()
+    now, total, changes = _run(s, every=2000.0, seconds=int(WINDOW) + 1, start=0.0, total=0)
+    assert changes == [10.0]
+    # The Envoys flush what they held at 100 % in the next seconds: not measured
+    total += 2000 * 3
+    now += HOLD - 1
+    assert s.observe(now, total) is None
+    _, _, changes = _run(s, every=2000.0, seconds=10, start=now, total=total)
+    assert changes == [] and s.percent == 10.0
+
+
+def test_a_daemon_count_that_starts_again_starts_a_new_window() -> None:
+    s = AdaptiveSampling()
+    assert s.observe(0.0, 5000) is None
+    assert s.observe(3.0, 10) is None  # fewer than before: not a negative rate
+    assert s.percent == 100.0
+
+
+def test_the_share_never_goes_under_the_last_step() -> None:
+    s = AdaptiveSampling()
+    _run(s, every=10_000_000.0, seconds=30, start=0.0, total=0)
+    assert s.percent == STEPS[-1]
