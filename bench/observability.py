@@ -10,7 +10,7 @@ sidecar_latency.py's Lua script):
       -> the app: an Envoy answering every request itself (sidecar_latency.app_config)
 
 in two meshes that differ only in their `observability:` block (`access_log: false,
-tracing: false` for "off"; the defaults, both on at 100 % sampling, for "on"). Rounds
+tracing: false` for "off"; the defaults, both on with `sampling: auto`, for "on"). Rounds
 alternate off/on so drift on a shared machine falls on both. Latency at ~1,000 req/s
 (10 connections, each paced at one request per 10 ms); throughput at saturation (32
 connections, no pacing). Then a mesh of 20 such services at 1 request/s each (20 req/s,
@@ -266,7 +266,7 @@ def main() -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
-    print(f"'on' in the latency rows: {ON or 'the defaults (access logs, tracing 100 %)'}\n")
+    print(f"'on' in the latency rows: {ON or 'the defaults (access logs, tracing with sampling: auto)'}\n")
     print(c.table(["row", "off", "on", "on/off", "target"], rows))
     return 0
 

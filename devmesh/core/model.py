@@ -335,6 +335,12 @@ class Tracing:
     provider: TracingProvider = "otel"
     sampling_percent: float = TRACE_SAMPLING_PERCENT  # with `adaptive`: the most it traces
     adaptive: bool = True  # `sampling: auto`; a number in the file turns it off
+
+    @property
+    def adapts(self) -> bool:
+        """`sampling: auto` with the daemon's own collector: the daemon chooses the share
+        (X-Ray's own sampling rules apply after a share of 100 %)."""
+        return self.adaptive and self.provider == "otel"
     forward: TraceForward | None = None  # otel only
     xray_address: HostAddress | None = None  # xray only (default XRAY_DAEMON_ADDRESS)
 

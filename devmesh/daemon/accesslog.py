@@ -42,17 +42,22 @@ class Directory:
 
 def trace_id_of(header: str) -> str:
     """The trace id in a `traceparent` (`00-TRACE-SPAN-01`) or X-Ray header
-    (`Root=1-5759e988-bd86...;Parent=...`); "" when there is none."""
+    (`Root=1-5759e988-bd86...;Parent=...`); "" when there is none, or when the request was
+    not sampled (flags `00`, `Sampled=0`: with `sampling: auto` under load, most are not,
+    and no span of theirs exists to open)."""
     if not header:
         return ""
     if header.startswith("Root=") or ";" in header:
-        for part in header.split(";"):
-            key, _, value = part.strip().partition("=")
-            if key == "Root":
-                return value
-        return ""
+        fields = dict(part.strip().partition("=")[::2] for part in header.split(";"))
+        return "" if fields.get("Sampled") == "0" else fields.get("Root", "")
     parts = header.split("-")
-    return parts[1] if len(parts) >= 4 and len(parts[1]) == 32 else ""
+    if len(parts) < 4 or len(parts[1]) != 32:
+        return ""
+    try:
+        sampled = int(parts[3][:2], 16) & 1
+    except ValueError:
+        return ""
+    return parts[1] if sampled else ""
 
 
 def _me(raw: EnvoyAccess, directory: Directory) -> Who:

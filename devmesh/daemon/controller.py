@@ -583,7 +583,12 @@ class Controller:
             for p in (r.desired.pods if r.desired else ())
         )
         mesh = self._served()
-        ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh), self.sampling())
+        tracing = mesh.observability.tracing
+        adaptive = tracing is not None and tracing.adapts
+        # (a file that just turned auto off is served its own share at once, not the last
+        # one auto chose, which the sweep clears within a second)
+        sampling = self.sampling() if adaptive else None
+        ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh), sampling)
         if ok:
             now = {key: tuple(ips) for key, ips in served.items()}
             if now != self._endpoints and self._spare_for(mesh):

@@ -96,7 +96,7 @@ class Telemetry:
         changed, to be pushed."""
         tracing = self._mesh().observability.tracing
         wanted = None
-        if tracing is not None and tracing.adaptive and tracing.provider == "otel":
+        if tracing is not None and tracing.adapts:
             if self._adaptive is None:
                 self._adaptive = AdaptiveSampling(tracing.sampling_percent)
             changed = self._adaptive.observe(now, self.store.received)
@@ -121,7 +121,7 @@ class Telemetry:
         return api.TracingStatus(
             provider=tracing.provider,
             sampling=self.chosen if self.chosen is not None else tracing.sampling_percent,
-            adaptive=tracing.adaptive and tracing.provider == "otel",
+            adaptive=tracing.adapts,
             traces=len(self.store),
             unread=self.store.unread,
             spans=self.store.received,

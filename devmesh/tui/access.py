@@ -78,7 +78,7 @@ def entry_detail(e: api.AccessEntry) -> str:
     parts.append(f"in {e.bytes_received} B, out {e.bytes_sent} B")
     if e.request_id:
         parts.append(f"request {e.request_id}")
-    parts.append(f"trace {e.trace_id} (Enter opens it)" if e.trace_id else "no trace")
+    parts.append(f"trace {e.trace_id} (Enter opens it)" if e.trace_id else "not traced")
     return " · ".join(parts)
 
 
@@ -177,7 +177,11 @@ class AccessScreen(Screen[None]):
             if trace:
                 self.app.push_screen(TraceScreen(self._client, trace))
             else:
-                self.notify("this request carried no trace id", severity="warning")
+                self.notify(
+                    "this request was not traced (no trace id, or not sampled: "
+                    "`sampling: auto` traces fewer requests under load)",
+                    severity="warning",
+                )
 
     def action_toggle_failing(self) -> None:
         self._failing = not self._failing

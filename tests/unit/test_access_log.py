@@ -323,10 +323,13 @@ def test_a_node_the_directory_does_not_know_yet_is_read_from_its_node_cluster() 
             "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
             "1-5759e988-bd862e3fe1be46a994272793",
         ),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", ""),
+        ("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0", ""),
         ("", ""),
         ("garbage", ""),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-zz", ""),
     ],
-    ids=["w3c", "xray", "none", "garbage"],
+    ids=["w3c", "xray", "w3c-not-sampled", "xray-not-sampled", "none", "garbage", "bad-flags"],
 )
 def test_the_trace_id_is_read_from_either_header(header: str, trace: str) -> None:
     assert trace_id_of(header) == trace
