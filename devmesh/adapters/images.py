@@ -259,18 +259,19 @@ PROBE_PAUSE_IMAGE = "devmesh/pause-probe:2"  # 2: probe -tMS
 
 
 def ensure_probe_pause_image(client: docker.DockerClient, progress: Progress) -> ImageChoice:
-    """The pods' owner for transport tcp: pause and `probe`, both static; present, else
-    compiled here. DEVMESH_PAUSE_IMAGE is not used: the HEALTHCHECK needs /probe."""
+    """The pods' owner for transport tcp: pause and `probe`; present, else compiled here
+    (static, on a Linux x86_64 host with gcc), else their busybox variant built in the
+    engine. DEVMESH_PAUSE_IMAGE is not used: the HEALTHCHECK needs /probe."""
     found = image_id(client, PROBE_PAUSE_IMAGE)
     if found:
         return ImageChoice(PROBE_PAUSE_IMAGE, found, "present")
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not _linux_x86_64():
-        raise ImageError(
-            f"transport tcp needs {PROBE_PAUSE_IMAGE} (the pods' owner with their health "
-            "probe) and it is not on the engine; devmesh compiles it with a C compiler on a "
-            "Linux x86_64 host (`gcc -static`), which this host is not or has none: build it "
-            "on one and load it into the engine (docker save | docker load)"
+        # Docker Desktop on macOS or Windows, or no gcc: the busybox variant, in the engine
+        return ImageChoice(
+            PROBE_PAUSE_IMAGE,
+            build_busybox_probe_pause(client, PROBE_PAUSE_IMAGE, progress),
+            "built",
         )
     template = ("pause", "pauseprobe")
     return ImageChoice(
@@ -278,6 +279,34 @@ def ensure_probe_pause_image(client: docker.DockerClient, progress: Progress) ->
         _build_static(client, template, ("pause", "probe"), PROBE_PAUSE_IMAGE, compiler, progress),
         "built",
     )
+
+
+BUSYBOX_PROBE_TEMPLATE = "pauseprobe-busybox"
+BUSYBOX_PROBE_FILES = ("Dockerfile", "pause", "probe")
+
+
+def build_busybox_probe_pause(client: docker.DockerClient, tag: str, progress: Progress) -> str:
+    """The pods' owner for transport tcp where devmesh cannot compile the static pause and
+    probe: the same programs as busybox shell scripts (templates/pauseprobe-busybox), built
+    in the engine FROM busybox, which the engine pulls when it lacks it. Offline and without
+    busybox, an error that says how to provide the image."""
+    base = resources.files("devmesh") / "templates" / BUSYBOX_PROBE_TEMPLATE
+    with tempfile.TemporaryDirectory(prefix="devmesh-pause-") as tmp:
+        root = Path(tmp)
+        for name in BUSYBOX_PROBE_FILES:
+            (root / name).write_text((base / name).read_text())
+            (root / name).chmod(0o644 if name == "Dockerfile" else 0o755)
+        progress(f"building {tag} from busybox (no static C compiler here) ...")
+        try:
+            return build(client, root, None, tag, {}, {labels.ROLE: "image"}, progress)
+        except ImageError as exc:
+            raise ImageError(
+                f"transport tcp needs {tag} (the pods' owner with their health probe); "
+                "devmesh compiles it with gcc -static on a Linux x86_64 host, which this is "
+                f"not, and building it from busybox in the engine failed ({exc}): let the "
+                "engine pull busybox:1.35, or build the image on a Linux host and load it "
+                "(docker save | docker load)"
+            ) from None
 
 
 def _linux_x86_64() -> bool:

@@ -341,6 +341,7 @@ class Tracing:
         """`sampling: auto` with the daemon's own collector: the daemon chooses the share
         (X-Ray's own sampling rules apply after a share of 100 %)."""
         return self.adaptive and self.provider == "otel"
+
     forward: TraceForward | None = None  # otel only
     xray_address: HostAddress | None = None  # xray only (default XRAY_DAEMON_ADDRESS)
 
