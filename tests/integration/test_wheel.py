@@ -64,6 +64,8 @@ def test_the_built_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> 
         "devmesh/templates/envoy/Dockerfile",  # the sidecar image devmesh builds offline
         "devmesh/templates/pause/Dockerfile",
         "devmesh/templates/pause/pause.c",
+        "devmesh/templates/pauseprobe-busybox/probe",  # tcp's pod owner on macOS/Windows
+        "devmesh/templates/pauseprobe-busybox/pause",
         "devmesh/starters/python-http/devmesh.yaml",  # `devmesh init`
         "devmesh/starters/grpc/greeter/app.py",
         "devmesh/starters/tcp/echo/Dockerfile",
