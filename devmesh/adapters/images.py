@@ -546,9 +546,17 @@ def _host_iptables() -> Path:
     path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
     found = shutil.which("iptables", path=path)
     if found is None:
+        what = f"cannot build {GUARD_IMAGE}, the firewall that keeps other pods off an app's port"
+        if platform.system() != "Linux":  # Docker Desktop on macOS or Windows
+            raise ImageError(
+                f"{what}: devmesh makes it from a Linux host's iptables, and this host is "
+                f"{platform.system()}. Set DEVMESH_GUARD_IMAGE to an image with iptables at "
+                "/sbin/xtables-multi (build it on a Linux machine with devmesh, then docker "
+                "save | docker load), or DEVMESH_GUARD=off to run without the guard (other "
+                "pods can then reach an app's port directly, past its sidecar)"
+            )
         raise ImageError(
-            f"cannot build {GUARD_IMAGE}, the firewall that keeps other pods off an app's "
-            "port: this machine has no iptables (Debian: apt-get install iptables), or set "
+            f"{what}: this machine has no iptables (Debian: apt-get install iptables), or set "
             "DEVMESH_GUARD_IMAGE to an image with iptables at /sbin/xtables-multi"
         )
     return Path(found).resolve()
