@@ -266,7 +266,8 @@ def main() -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
-    print(f"'on' in the latency rows: {ON or 'the defaults (access logs, tracing with sampling: auto)'}\n")
+    defaults = "the defaults (access logs, tracing with sampling: auto)"
+    print(f"'on' in the latency rows: {ON or defaults}\n")
     print(c.table(["row", "off", "on", "on/off", "target"], rows))
     return 0
 
