@@ -3,7 +3,9 @@ host's platform and tools are monkeypatched, no engine is asked)."""
 
 from __future__ import annotations
 
+import platform
 import shutil
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,7 @@ from devmesh.core.problems import MeshError
 def test_no_guard_image_on_a_desktop_host_says_how_to_provide_one_or_run_without(
     monkeypatch: pytest.MonkeyPatch, system: str
 ) -> None:
-    monkeypatch.setattr(images.platform, "system", lambda: system)
+    monkeypatch.setattr(platform, "system", lambda: system)
     monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
     with pytest.raises(MeshError) as caught:
         images._host_iptables()
@@ -26,7 +28,7 @@ def test_no_guard_image_on_a_desktop_host_says_how_to_provide_one_or_run_without
 
 
 def test_no_iptables_on_linux_says_which_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
     with pytest.raises(MeshError, match="apt-get install iptables"):
         images._host_iptables()
@@ -44,14 +46,21 @@ def test_the_tcp_pod_owner_is_compiled_where_it_can_be_else_built_from_busybox(
     monkeypatch: pytest.MonkeyPatch, linux_x86_64: bool, compiler: str | None, how: str
 ) -> None:
     made: list[str] = []
+
+    def builder(kind: str) -> Any:
+        def build(*_args: Any) -> str:
+            made.append(kind)
+            return f"sha256:{kind}"
+
+        return build
+
     monkeypatch.setattr(images, "image_id", lambda _client, _name: None)
     monkeypatch.setattr(images, "_linux_x86_64", lambda: linux_x86_64)
     monkeypatch.setattr(
         shutil, "which", lambda name, *_a, **_k: compiler if name == "gcc" else None
     )
-    monkeypatch.setattr(
-        images, "build_busybox_probe_pause", lambda *_a: made.append("busybox") or "sha256:b"
-    )
-    monkeypatch.setattr(images, "_build_static", lambda *_a: made.append("compiled") or "sha256:c")
-    choice = images.ensure_probe_pause_image(object(), lambda _text: None)  # type: ignore[arg-type]
+    monkeypatch.setattr(images, "build_busybox_probe_pause", builder("busybox"))
+    monkeypatch.setattr(images, "_build_static", builder("compiled"))
+    client: Any = object()
+    choice = images.ensure_probe_pause_image(client, lambda _text: None)
     assert made == [how] and choice.name == images.PROBE_PAUSE_IMAGE and choice.source == "built"
