@@ -268,44 +268,57 @@ def ensure_probe_pause_image(client: docker.DockerClient, progress: Progress) ->
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not _linux_x86_64():
         # Docker Desktop on macOS or Windows, or no gcc: the busybox variant, in the engine
-        return ImageChoice(
-            PROBE_PAUSE_IMAGE,
-            build_busybox_probe_pause(client, PROBE_PAUSE_IMAGE, progress),
-            "built",
-        )
+        why = "there is no C compiler" if _linux_x86_64() else "this host is not Linux x86_64"
+        built = build_busybox_probe_pause(client, PROBE_PAUSE_IMAGE, progress, why)
+        return ImageChoice(PROBE_PAUSE_IMAGE, built, "built")
     template = ("pause", "pauseprobe")
-    return ImageChoice(
-        PROBE_PAUSE_IMAGE,
-        _build_static(client, template, ("pause", "probe"), PROBE_PAUSE_IMAGE, compiler, progress),
-        "built",
-    )
+    try:
+        built = _build_static(
+            client, template, ("pause", "probe"), PROBE_PAUSE_IMAGE, compiler, progress
+        )
+    except ImageError as exc:  # a gcc with no static libc (Fedora without glibc-static)
+        progress(f"{exc}; building {PROBE_PAUSE_IMAGE} from busybox instead")
+        built = build_busybox_probe_pause(
+            client, PROBE_PAUSE_IMAGE, progress, "compiling it statically failed"
+        )
+    return ImageChoice(PROBE_PAUSE_IMAGE, built, "built")
 
 
 BUSYBOX_PROBE_TEMPLATE = "pauseprobe-busybox"
-BUSYBOX_PROBE_FILES = ("Dockerfile", "pause", "probe")
+BUSYBOX_PROBE_FILES = ("Dockerfile", "pause", "probe", "probe-http")
+BUSYBOX_IMAGE = "busybox:1.35"  # the template's FROM
 
 
-def build_busybox_probe_pause(client: docker.DockerClient, tag: str, progress: Progress) -> str:
+def build_busybox_probe_pause(
+    client: docker.DockerClient, tag: str, progress: Progress, why: str = "asked to"
+) -> str:
     """The pods' owner for transport tcp where devmesh cannot compile the static pause and
-    probe: the same programs as busybox shell scripts (templates/pauseprobe-busybox), built
-    in the engine FROM busybox, which the engine pulls when it lacks it. Offline and without
-    busybox, an error that says how to provide the image."""
+    probe (`why`): the same programs as busybox shell scripts (templates/pauseprobe-busybox),
+    built in the engine FROM busybox, which the engine pulls when it lacks it (unless
+    DEVMESH_PULL=never). Without it, an error that says how to provide the image."""
+    what = f"transport tcp needs {tag} (the pods' owner with their health probe)"
+    how = "build the image on a Linux x86_64 host with gcc and load it (docker save | docker load)"
+    if pull_policy() == "never" and not image_id(client, BUSYBOX_IMAGE):
+        raise ImageError(
+            f"{what}; devmesh cannot compile it here ({why}), and would build it from "
+            f"{BUSYBOX_IMAGE}, which the engine lacks while DEVMESH_PULL=never: load "
+            f"{BUSYBOX_IMAGE} into the engine, or {how}"
+        )
     base = resources.files("devmesh") / "templates" / BUSYBOX_PROBE_TEMPLATE
     with tempfile.TemporaryDirectory(prefix="devmesh-pause-") as tmp:
         root = Path(tmp)
         for name in BUSYBOX_PROBE_FILES:
-            (root / name).write_text((base / name).read_text())
+            # bytes as they are: no newline translation (a CR after #!/bin/sh breaks exec)
+            (root / name).write_bytes((base / name).read_bytes())
             (root / name).chmod(0o644 if name == "Dockerfile" else 0o755)
-        progress(f"building {tag} from busybox (no static C compiler here) ...")
+        progress(f"building {tag} from busybox ({why}) ...")
         try:
             return build(client, root, None, tag, {}, {labels.ROLE: "image"}, progress)
         except ImageError as exc:
             raise ImageError(
-                f"transport tcp needs {tag} (the pods' owner with their health probe); "
-                "devmesh compiles it with gcc -static on a Linux x86_64 host, which this is "
-                f"not, and building it from busybox in the engine failed ({exc}): let the "
-                "engine pull busybox:1.35, or build the image on a Linux host and load it "
-                "(docker save | docker load)"
+                f"{what}; devmesh cannot compile it here ({why}), and building it from "
+                f"{BUSYBOX_IMAGE} in the engine failed ({exc}): let the engine pull "
+                f"{BUSYBOX_IMAGE}, or {how}"
             ) from None
 
 

@@ -381,7 +381,8 @@ class Controller:
             elif isinstance(command, Acked):
                 republish = republish or self._unconfigured
             elif isinstance(command, Resample):
-                republish = True
+                # not before a pass has made the pods' endpoints: a push then would have none
+                republish = republish or self.reconciler.desired is not None
         if why:
             self._reconcile(why)
         elif publish:
@@ -583,11 +584,15 @@ class Controller:
             for p in (r.desired.pods if r.desired else ())
         )
         mesh = self._served()
+        # The share of requests traced goes to every Envoy as a runtime layer, a fixed one
+        # too: a route's own `tracing` block (its custom tags) would otherwise sample at
+        # Envoy's default of 100 %, whatever the connection manager says; the runtime key
+        # overrides both. A file that just turned auto off is served its own share at once.
         tracing = mesh.observability.tracing
-        adaptive = tracing is not None and tracing.adapts
-        # (a file that just turned auto off is served its own share at once, not the last
-        # one auto chose, which the sweep clears within a second)
-        sampling = self.sampling() if adaptive else None
+        sampling = None
+        if tracing is not None:
+            chosen = self.sampling() if tracing.adapts else None
+            sampling = chosen if chosen is not None else tracing.sampling_percent
         ok = self.publisher.publish(mesh, served, r.host, self._host_apps(mesh), sampling)
         if ok:
             now = {key: tuple(ips) for key, ips in served.items()}

@@ -21,7 +21,9 @@ from tests.e2e.conftest import TEST_LABEL
 pytestmark = pytest.mark.docker
 
 # (arguments, the exit code both probes give): a server on 8080 serves /healthz and has a
-# directory /sub (busybox httpd answers /sub with 301), nothing listens on 8081.
+# directory /sub (busybox httpd answers /sub with 301), nothing listens on 8081; on 9000
+# a server answers 200 and keeps the connection open, on 9001 one accepts and says
+# nothing (a probe must not wait for either to close).
 CASES = [
     (["-t1000", "8080"], 0),
     (["-t1000", "8080", "/healthz"], 0),
@@ -29,10 +31,17 @@ CASES = [
     (["-t1000", "8080", "/nope"], 1),
     (["-t1000", "8081"], 1),
     (["-t1000", "8081", "/healthz"], 1),
+    (["-t1000", "9001"], 0),
+    (["-t1000", "9000", "/"], 0),
+    (["-t1000", "9001", "/"], 1),  # connected, but no answer within the timeout
     ([], 2),
+    (["-tabc", "8080"], 2),
 ]
 SERVER = (
-    "mkdir -p /tmp/w/sub && echo ok > /tmp/w/healthz && exec httpd -f -p 127.0.0.1:8080 -h /tmp/w"
+    "mkdir -p /tmp/w/sub && echo ok > /tmp/w/healthz && "
+    "{ nc -ll -p 9001 -e sleep 30 & } && "
+    "{ nc -ll -p 9000 -e sh -c 'read l; printf \"HTTP/1.1 200 OK\\r\\n\\r\\n\"; sleep 30' & } && "
+    "exec httpd -f -p 127.0.0.1:8080 -h /tmp/w"
 )
 
 
@@ -71,10 +80,11 @@ def owners(docker_client: docker.DockerClient) -> Iterator[dict[str, Any]]:
 def test_the_busybox_probe_answers_as_the_compiled_one(
     owners: dict[str, Any], args: list[str], code: int
 ) -> None:
-    got = {
-        kind: owner.exec_run(["/probe", *args], user="65535:65535")
-        for kind, owner in owners.items()
-    }
+    got = {}
+    for kind, owner in owners.items():
+        started = time.monotonic()
+        got[kind] = owner.exec_run(["/probe", *args], user="65535:65535")
+        assert time.monotonic() - started < 3, (kind, args)  # within its 1 s, plus exec
     assert {kind: r.exit_code for kind, r in got.items()} == {"compiled": code, "busybox": code}, {
         kind: r.output for kind, r in got.items()
     }

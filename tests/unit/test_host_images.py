@@ -64,3 +64,38 @@ def test_the_tcp_pod_owner_is_compiled_where_it_can_be_else_built_from_busybox(
     client: Any = object()
     choice = images.ensure_probe_pause_image(client, lambda _text: None)
     assert made == [how] and choice.name == images.PROBE_PAUSE_IMAGE and choice.source == "built"
+
+
+def test_a_static_compile_that_fails_falls_back_to_busybox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gcc with no static libc (Fedora without glibc-static) is no dead end."""
+    made: list[str] = []
+
+    def static(*_args: Any) -> str:
+        raise images.ImageError("compiling pause.c failed: cannot find -lc")
+
+    def busybox(*args: Any) -> str:
+        made.append(args[3])
+        return "sha256:b"
+
+    monkeypatch.setattr(images, "image_id", lambda _client, _name: None)
+    monkeypatch.setattr(images, "_linux_x86_64", lambda: True)
+    monkeypatch.setattr(shutil, "which", lambda name, *_a, **_k: "/usr/bin/gcc")
+    monkeypatch.setattr(images, "_build_static", static)
+    monkeypatch.setattr(images, "build_busybox_probe_pause", busybox)
+    client: Any = object()
+    assert images.ensure_probe_pause_image(client, lambda _text: None).image_id == "sha256:b"
+    assert made == ["compiling it statically failed"]
+
+
+def test_no_busybox_and_no_pulling_says_how_to_provide_the_owner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEVMESH_PULL", "never")
+    monkeypatch.setattr(images, "image_id", lambda _client, _name: None)
+    client: Any = object()
+    with pytest.raises(MeshError) as caught:
+        images.build_busybox_probe_pause(client, "t:1", lambda _t: None, "why not")
+    text = str(caught.value)
+    assert "DEVMESH_PULL=never" in text and "busybox:1.35" in text and "docker load" in text
