@@ -66,6 +66,7 @@ def test_the_built_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> 
         "devmesh/templates/pause/pause.c",
         "devmesh/templates/pauseprobe-busybox/probe",  # tcp's pod owner on macOS/Windows
         "devmesh/templates/pauseprobe-busybox/pause",
+        "devmesh/templates/pauseprobe-busybox/probe-http",
         "devmesh/starters/python-http/devmesh.yaml",  # `devmesh init`
         "devmesh/starters/grpc/greeter/app.py",
         "devmesh/starters/tcp/echo/Dockerfile",
