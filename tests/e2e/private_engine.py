@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -144,38 +143,6 @@ def images_to_copy() -> list[str]:
     ]
 
 
-HOST_BRIDGE = "docker0"  # the shared engine's default bridge
-
-
-def _host_bridge() -> dict[str, Any] | None:
-    """The shared engine's docker0 as `ip -j addr` shows it, or None when there is none."""
-    shown = subprocess.run(
-        ["ip", "-j", "addr", "show", HOST_BRIDGE], capture_output=True, text=True, timeout=10
-    )
-    if shown.returncode != 0:
-        return None
-    found: list[dict[str, Any]] = json.loads(shown.stdout or "[]")
-    return found[0] if found else None
-
-
-def _restore_host_bridge(link: dict[str, Any]) -> None:
-    """Put the shared engine's docker0 back as it was (name, MAC, MTU, IPv4 addresses): a
-    private dockerd deletes it by name at start (see `PrivateEngine.start`)."""
-    subprocess.run(
-        ["ip", "link", "add", "name", HOST_BRIDGE, "address", link["address"], "mtu",
-         str(link["mtu"]), "type", "bridge"],
-        check=True, capture_output=True, timeout=10,
-    )  # fmt: skip
-    for address in link.get("addr_info", ()):
-        if address.get("family") == "inet":
-            where = f"{address['local']}/{address['prefixlen']}"
-            subprocess.run(
-                ["ip", "addr", "add", where, "dev", HOST_BRIDGE],
-                check=True, capture_output=True, timeout=10,
-            )  # fmt: skip
-    subprocess.run(["ip", "link", "set", HOST_BRIDGE, "up"], check=True, timeout=10)
-
-
 class PrivateEngine:
     """One private dockerd: started, killed and restarted by PID, always with the same roots."""
 
@@ -251,19 +218,6 @@ class PrivateEngine:
             raise RuntimeError(f"the private dockerd (pid {self.process.pid}) still runs")
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.exec_root.mkdir(parents=True, exist_ok=True)
-        # dockerd 20.10 deletes the host's `docker0` by that name when it starts with
-        # --bridge=none, and again when it restarts with --default-address-pool and no
-        # live-restore (libnetwork's removeDefaultBridgeInterface): the shared engine's
-        # bridge, whose `docker run` on the default network then fails. Seen: docker0 gone
-        # after the second start of one private engine. It is put back as it was.
-        host_bridge = _host_bridge()
-        try:
-            return self._start()
-        finally:
-            if host_bridge is not None and _host_bridge() is None:
-                _restore_host_bridge(host_bridge)
-
-    def _start(self) -> float:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
