@@ -17,9 +17,12 @@ here but the one Envoy and 127.0.0.1.
 --alternatives measures, instead, what Envoy offers besides devmesh's choices, for the
 same work: tracing at 0 % (a tracer that samples nothing), Envoy's Zipkin tracer (spans
 as protobuf over HTTP to a collector of this process's on 127.0.0.1, which reads and
-drops them) against its OpenTelemetry one, and the OpenTelemetry access logger (a
-one-line text body of the fields devmesh shows, to an OTLP logs collector of this
-process's that drops what it gets) against the gRPC one.
+drops them) against its OpenTelemetry one; and for access logs, against devmesh's logger
+(the OpenTelemetry logger, its body one line of the fields devmesh shows): Envoy's gRPC
+logger (devmesh's before), the same fields each an OTLP attribute, the Fluentd logger
+(the line as a msgpack record, to a stream socket of this process's that drops it), and
+the file logger writing the line to /dev/null (the formatting's floor). --only picks the
+modes whose names hold one of its words.
 """
 
 from __future__ import annotations
@@ -59,17 +62,6 @@ from devmesh.plan.desired import SIDECAR_FLAGS
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
-OTEL_LOGGER = (
-    "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3."
-    "OpenTelemetryAccessLogConfig"
-)
-# The OpenTelemetry logger's body: the fields an access-log entry of devmesh's shows.
-OTEL_BODY = (
-    "%START_TIME(%s.%6f)%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%DURATION%|%RESPONSE_DURATION%|"
-    "%BYTES_RECEIVED%|%BYTES_SENT%|%REQ(:METHOD)%|%REQ(:AUTHORITY)%|%REQ(:PATH)%|"
-    "%REQ(X-REQUEST-ID)%|%REQ(TRACEPARENT)%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|"
-    "%DOWNSTREAM_REMOTE_ADDRESS%|%ROUTE_NAME%"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +69,7 @@ class Mode:
     name: str
     logs: bool = False
     sampling: float | None = None  # tracing's percent, or None: off
-    logger: str = "grpc"  # grpc | otel
+    logger: str = "otel"  # otel (devmesh's) | grpc | otel-attributes | file | fluentd
     tracer: str = "otel"  # otel | zipkin
 
 
@@ -96,8 +88,11 @@ ALTERNATIVES = [
     Mode("tracing 100 % (OpenTelemetry tracer)", sampling=100.0),
     Mode("tracing 100 %, Zipkin tracer", sampling=100.0, tracer="zipkin"),
     Mode("tracing 0 %", sampling=0.0),
-    Mode("access logs (gRPC logger)", logs=True),
-    Mode("access logs, OpenTelemetry logger", logs=True, logger="otel"),
+    Mode("access logs, OpenTelemetry logger, a line (devmesh's)", logs=True),
+    Mode("access logs, gRPC logger (devmesh's before)", logs=True, logger="grpc"),
+    Mode("access logs, OpenTelemetry logger, attributes", logs=True, logger="otel-attributes"),
+    Mode("access logs, Fluentd logger", logs=True, logger="fluentd"),
+    Mode("access logs, file logger to /dev/null", logs=True, logger="file"),
 ]
 
 
@@ -117,16 +112,76 @@ def _zipkin() -> Any:
     }
 
 
-def _otel_logger(reporter: str) -> Any:
-    common = dict(access_log.http_access_log(reporter)["typed_config"]["common_config"])
+def _grpc_logger(reporter: str) -> Any:
+    """Envoy's gRPC HTTP logger, as devmesh configured it before the line."""
+    common = access_log.http_access_log(reporter)["typed_config"]["common_config"]
     return {
-        "name": "envoy.access_loggers.open_telemetry",
+        "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
-            "@type": OTEL_LOGGER,
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3."
+            "HttpGrpcAccessLogConfig",
             "common_config": common,
-            "body": {"string_value": OTEL_BODY},
+            "additional_request_headers_to_log": list(access_log.TRACE_HEADERS),
         },
     }
+
+
+def _attributes_logger(reporter: str) -> Any:
+    """devmesh's logger with each of the line's fields an OTLP attribute of its own."""
+    out = access_log.http_access_log(reporter)
+    typed = out["typed_config"]
+    del typed["body"]
+    typed["attributes"] = {
+        "values": [
+            {"key": name, "value": {"string_value": command}}
+            for name, command in access_log.HTTP_FIELDS
+        ]
+    }
+    return out
+
+
+FLUENTD_LOGGER = (
+    "type.googleapis.com/envoy.extensions.access_loggers.fluentd.v3.FluentdAccessLogConfig"
+)
+FILE_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+FLUENTD_CLUSTER = "fluentd"
+
+
+def _fluentd_logger(reporter: str) -> Any:
+    """Envoy's Fluentd logger (msgpack over a stream socket) with the same one-line record."""
+    return {
+        "name": "envoy.access_loggers.fluentd",
+        "typed_config": {
+            "@type": FLUENTD_LOGGER,
+            "cluster": FLUENTD_CLUSTER,
+            "tag": reporter,
+            "stat_prefix": reporter,
+            "buffer_flush_interval": access_log.FLUSH,
+            "buffer_size_bytes": access_log.BUFFER_BYTES,
+            "record": {"line": access_log.HTTP_LINE},
+        },
+    }
+
+
+def _file_logger(reporter: str) -> Any:
+    """The formatting alone: the same line, written to /dev/null by Envoy's flush thread."""
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": FILE_LOGGER,
+            "path": "/dev/null",
+            "log_format": {"text_format_source": {"inline_string": access_log.HTTP_LINE + "\n"}},
+        },
+    }
+
+
+LOGGERS: dict[str, Callable[[str], Any]] = {
+    "otel": access_log.http_access_log,
+    "grpc": _grpc_logger,
+    "otel-attributes": _attributes_logger,
+    "fluentd": _fluentd_logger,
+    "file": _file_logger,
+}
 
 
 def _hcm(name: str, route: dict[str, Any], mode: Mode) -> Any:
@@ -151,8 +206,7 @@ def _hcm(name: str, route: dict[str, Any], mode: Mode) -> Any:
         }
     if mode.logs:
         reporter = access_log.OUTBOUND if name == "out" else access_log.INBOUND
-        make = _otel_logger if mode.logger == "otel" else access_log.http_access_log
-        typed["access_log"] = [make(reporter)]
+        typed["access_log"] = [LOGGERS[mode.logger](reporter)]
     return {"name": "hcm", "typed_config": typed}
 
 
@@ -202,6 +256,7 @@ def bootstrap(socket: Path, p1: int, p2: int, mode: Mode, zipkin_port: int) -> A
             "clusters": [
                 cluster("up", up, {}),
                 cluster("zipkin", zipkin, {}),
+                cluster(FLUENTD_CLUSTER, {"pipe": {"path": str(socket) + ".fluentd"}}, {}),
                 cluster(
                     tracing.COLLECTOR_CLUSTER,
                     collector,
@@ -243,28 +298,27 @@ def zipkin_sink(tally: dict[str, int]) -> Iterator[int]:
         server.server_close()
 
 
-OTLP_LOGS = "opentelemetry.proto.collector.logs.v1.LogsService"
+@contextmanager
+def fluentd_sink(path: str, tally: dict[str, int]) -> Iterator[None]:
+    """A Fluentd forward endpoint on a UNIX socket in this process that reads every byte and
+    drops it (reads counted as "fluentd")."""
+    import socketserver
 
+    class Drop(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(65536):
+                tally["fluentd"] += 1
+                del data
 
-def otlp_logs_sink(tally: dict[str, int]) -> Callable[[Any], None]:
-    """Registers, on the daemon's gRPC server, an OTLP logs collector that takes each export
-    as bytes and drops it (counted as "otel_logs"): the OpenTelemetry logger's Envoy side
-    measured against a collector that answers, as the gRPC logger's is."""
-    import grpc
-
-    async def export(data: bytes, context: Any) -> bytes:
-        tally["otel_logs"] += 1
-        return b""  # an empty ExportLogsServiceResponse
-
-    def register(server: Any) -> None:
-        handler = grpc.unary_unary_rpc_method_handler(
-            export, request_deserializer=None, response_serializer=None
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(OTLP_LOGS, {"Export": handler}),)
-        )
-
-    return register
+    server = socketserver.ThreadingUnixStreamServer(path, Drop)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fluentd-sink", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def counted(into: Callable[..., Any], tally: dict[str, int], key: str) -> Callable[..., Any]:
@@ -319,7 +373,7 @@ def measure(
             "als": tally["als"] / took,
             "otlp": tally["otlp"] / took,
             "zipkin": tally["zipkin"] / took,
-            "otel_logs": tally["otel_logs"] / took,
+            "fluentd": tally["fluentd"] / took,
         }
     finally:
         envoy.terminate()
@@ -336,11 +390,16 @@ def main() -> int:
         action="store_true",
         help="Envoy's other tracer and logger, and tracing at 0 %%, instead of the modes",
     )
+    parser.add_argument(
+        "--only", nargs="*", default=(), help="the modes whose names hold one of these words"
+    )
     args = parser.parse_args()
     modes = ALTERNATIVES if args.alternatives else MODES
+    if args.only:
+        modes = [m for m in modes if any(word in m.name for word in args.only)]
     connections, pause = (32, None) if args.saturate else (10, 10)
     c.raise_on_sigterm()
-    tally = {"als": 0, "otlp": 0, "zipkin": 0, "otel_logs": 0}
+    tally = {"als": 0, "otlp": 0, "zipkin": 0, "fluentd": 0}
     runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in modes}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -349,10 +408,10 @@ def main() -> int:
         store = TraceStore(decode=spans_of_bytes, count=count_spans_bytes)
         collector = TraceCollector(counted(store.offer, tally, "otlp"))
         logs = AccessLogService(counted(access.offer, tally, "als"))
-        xds = XdsServer(socket, services=[collector.register, logs.register, otlp_logs_sink(tally)])
+        xds = XdsServer(socket, services=[collector.register, logs.register])
         xds.start()
         try:
-            with zipkin_sink(tally) as zipkin_port:
+            with zipkin_sink(tally) as zipkin_port, fluentd_sink(f"{socket}.fluentd", tally):
                 for r in range(args.rounds):
                     order = modes if r % 2 == 0 else modes[::-1]
                     for mode in order:
@@ -386,7 +445,7 @@ def main() -> int:
                 f"{med['rate']:.0f}/s",
                 f"{med['envoy']:.0f} us",
                 f"{med['daemon']:.1f} us",
-                f"{med['als'] + med['otel_logs']:.1f}/s, {med['otlp'] + med['zipkin']:.1f}/s",
+                f"{med['als'] + med['fluentd']:.1f}/s, {med['otlp'] + med['zipkin']:.1f}/s",
             ]
         )
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)")

@@ -1,11 +1,17 @@
-"""Envoy's gRPC access-log service (`envoy.service.accesslog.v3.AccessLogService`), served
-by the xDS server's grpc.aio server on the socket every pod mounts (`XdsServer(services=)`).
+"""The daemon's side of Envoy's access loggers (envoy/access_log.py), served by the xDS
+server's grpc.aio server on the socket every pod mounts (`XdsServer(services=)`):
+
+- OTLP's logs service (`opentelemetry.proto.collector.logs.v1.LogsService`, unary
+  `Export`), for the HTTP logger: each export's resource labels name its Envoy and its
+  logger; each log record's body is the NUL-separated line of `access_log.HTTP_FIELDS`.
+- Envoy's gRPC access-log service (`envoy.service.accesslog.v3.AccessLogService`), for
+  the TCP logger: a stream's node comes on its first message only.
 
 The servicer does no decoding on the xDS loop: grpc hands it each message's bytes (no
-request deserializer), it counts the entries from the protobuf framing (`framing`), and
-passes the bytes, with the node its stream named, to `on_batch`, which must not block (the
-daemon keeps them as they are, and decodes them with `decode` when someone first reads
-them). A stream's node comes on its first message only: that small part is parsed.
+request deserializer), it counts the entries from the protobuf framing (`framing`,
+`wire.count`) and reads only the small part that names the node, and passes the bytes on
+to `on_batch`, which must not block (the daemon keeps them as they are, and decodes them
+with `decode` when someone first reads them).
 """
 
 from __future__ import annotations
@@ -18,17 +24,37 @@ from typing import Any
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
 
 from devmesh.adapters import wire
 from devmesh.api.response_flags import RESPONSE_FLAGS
+from devmesh.envoy.access_log import HTTP_FIELDS, SEPARATOR
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpLogs:
+    """A serialized ExportLogsServiceRequest (as `Batch`, told apart from the gRPC
+    logger's messages)."""
+
+    data: bytes
+
+
+# A batch as the servicer keeps it: a StreamAccessLogsMessage's bytes, or an OTLP export's.
+Batch = bytes | OtlpLogs
+# (node id, node cluster, log name, the batch, its entries)
+OnBatch = Callable[[str, str, str, Batch, int], None]
 
 log = logging.getLogger("devmesh.access")
 
-# (node id, node cluster, log name, a StreamAccessLogsMessage's bytes, its entries)
-OnBatch = Callable[[str, str, str, bytes, int], None]
-
 SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+OTLP_LOGS = "opentelemetry.proto.collector.logs.v1.LogsService"
 _ANSWER: bytes = als_pb2.StreamAccessLogsResponse().SerializeToString()
+# ExportLogsServiceRequest: resource_logs (1); ResourceLogs: resource (1), scope_logs (2);
+# ScopeLogs: log_records (2). (The older copy of these modules that xds-protos installs
+# names the last two `instrumentation_library_logs` and `logs`: the same numbers.)
+_RECORDS = (1, 2, 2)
+_FIELD_NAMES = tuple(name for name, _ in HTTP_FIELDS)
 # StreamAccessLogsMessage's fields: identifier (1), http_logs (2), tcp_logs (3); each
 # of the two holds its entries as `log_entry` (1).
 _IDENTIFIER, _HTTP, _TCP, _ENTRY = 1, 2, 3, 1
@@ -75,19 +101,59 @@ def framing(data: bytes) -> tuple[bytes | None, int]:
     return identifier, entries
 
 
+def otlp_framing(data: bytes) -> tuple[dict[str, str], int]:
+    """A serialized ExportLogsServiceRequest's first resource's string labels (Envoy's
+    `log_name`, `node_name`, `cluster_name`) and how many log records it holds, without
+    decoding the records. ValueError when the bytes are not protobuf."""
+    labels: dict[str, str] = {}
+    for number, a, b in wire.fields(data):
+        if number != 1 or labels:
+            continue
+        for inner, c, d in wire.fields(data, a, b):
+            if inner == 1:  # the resource
+                resource = resource_pb2.Resource.FromString(data[c:d])
+                labels = {kv.key: kv.value.string_value for kv in resource.attributes}
+                break
+    return labels, wire.count(data, _RECORDS)
+
+
 class AccessLogService:
     def __init__(self, on_batch: OnBatch) -> None:
         self._on_batch = on_batch
 
     def register(self, server: Any) -> None:
-        """The hook `XdsServer(services=...)` calls with its grpc.aio server. A generic
-        handler with no request deserializer: grpc hands over each message's bytes."""
-        handler = grpc.stream_unary_rpc_method_handler(
+        """The hook `XdsServer(services=...)` calls with its grpc.aio server. Generic
+        handlers with no request deserializer: grpc hands over each message's bytes."""
+        stream = grpc.stream_unary_rpc_method_handler(
             self._stream, request_deserializer=None, response_serializer=None
         )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": handler}),)
+        export = grpc.unary_unary_rpc_method_handler(
+            self._export, request_deserializer=None, response_serializer=None
         )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(SERVICE, {"StreamAccessLogs": stream}),
+                grpc.method_handlers_generic_handler(OTLP_LOGS, {"Export": export}),
+            )
+        )
+
+    async def _export(self, data: bytes, context: Any) -> bytes:
+        """One OTLP logs export: one Envoy logger's flush. Always answered (an empty
+        ExportLogsServiceResponse): what cannot be read is logged and dropped, and the
+        logger's next flush is not held up by it."""
+        try:
+            labels, entries = otlp_framing(data)
+        except Exception as exc:
+            log.warning("an OTLP logs export that does not decode: %s", exc)
+            return b""
+        self._on_batch(
+            labels.get("node_name", ""),
+            labels.get("cluster_name", ""),
+            labels.get("log_name", ""),
+            OtlpLogs(data),
+            entries,
+        )
+        return b""
 
     async def _stream(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
         node_id = node_cluster = log_name = ""
@@ -167,9 +233,70 @@ def _common(node: tuple[str, str, str], common: Any, tcp: bool) -> dict[str, Any
     }
 
 
+def _by_number(message: Any, number: int) -> Any:
+    return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _us_to_ms(text: str) -> float | None:
+    return int(text) / 1000 if text.isdigit() else None
+
+
+def from_line(node: tuple[str, str, str], start_ns: int, line: str) -> EnvoyAccess | None:
+    """One HTTP entry from its log record: the body's line (`access_log.HTTP_LINE`) and the
+    record's time. None when the line does not have the fields the logger writes."""
+    values = line.split(SEPARATOR)
+    if len(values) != len(_FIELD_NAMES):
+        return None
+    f = {k: ("" if v == "-" else v) for k, v in zip(_FIELD_NAMES, values, strict=True)}
+    duration = _us_to_ms(f["duration_us"])
+    if duration is None and f["duration_ms"].isdigit():
+        duration = float(f["duration_ms"])
+    return EnvoyAccess(
+        node_id=node[0],
+        node_cluster=node[1],
+        log_name=node[2],
+        tcp=False,
+        start=start_ns / 1e9,
+        duration_ms=duration,
+        upstream_ms=_us_to_ms(f["upstream_us"]),
+        route_name=f["route_name"],
+        upstream_cluster=f["upstream_cluster"],
+        upstream_ip=f["upstream_ip"],
+        downstream_ip=f["downstream_ip"],
+        flags=tuple(x for x in f["flags"].split(",") if x),
+        method=f["method"],
+        authority=f["authority"],
+        path=f["path"],
+        status=_number(f["status"]) or None,
+        bytes_received=_number(f["bytes_received"]),
+        bytes_sent=_number(f["bytes_sent"]),
+        request_id=f["request_id"],
+        trace_header=f["trace_header"],
+        detail=f["detail"],
+    )
+
+
+def _decode_otlp(node: tuple[str, str, str], data: bytes) -> list[EnvoyAccess]:
+    request = logs_service_pb2.ExportLogsServiceRequest.FromString(data)
+    out: list[EnvoyAccess] = []
+    for resource_logs in request.resource_logs:
+        for scope_logs in _by_number(resource_logs, 2):
+            for record in _by_number(scope_logs, 2):
+                entry = from_line(node, record.time_unix_nano, record.body.string_value)
+                if entry is not None:
+                    out.append(entry)
+    return out
+
+
 def decode(node_id: str, node_cluster: str, log_name: str, message: Any) -> list[EnvoyAccess]:
-    """Every entry of one StreamAccessLogsMessage (or of its bytes, as the servicer keeps
-    them)."""
+    """Every entry of one batch: an OTLP logs export (`OtlpLogs`), or a
+    StreamAccessLogsMessage (or its bytes, as the servicer keeps them)."""
+    if isinstance(message, OtlpLogs):
+        return _decode_otlp((node_id, node_cluster, log_name), message.data)
     if isinstance(message, bytes):
         message = als_pb2.StreamAccessLogsMessage.FromString(message)
     node = (node_id, node_cluster, log_name)

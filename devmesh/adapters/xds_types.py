@@ -19,6 +19,9 @@ from envoy.config.metrics.v3 import stats_pb2  # noqa: F401  StatsD sinks (boots
 from envoy.config.route.v3 import route_pb2
 from envoy.config.trace.v3 import opentelemetry_pb2, xray_pb2  # noqa: F401  tracers
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401  access logs
+from envoy.extensions.access_loggers.open_telemetry.v3 import (  # noqa: F401
+    logs_service_pb2 as otel_logs_pb2,
+)
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401
     local_rate_limit_pb2 as http_local_rate_limit_pb2,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from devmesh.adapters.access_log_service import EnvoyAccess, decode
+from devmesh.adapters.access_log_service import Batch, EnvoyAccess, decode
 from devmesh.adapters.engine import ContainerInfo
 from devmesh.api import types as api
 from devmesh.core.model import Mesh
@@ -186,7 +186,7 @@ class _Batch:
 
     first: int  # the number of its first entry (entries are numbered from 1, in arrival)
     size: int
-    raw: tuple[str, str, str, bytes, Directory] | None  # node id, cluster, log name, message
+    raw: tuple[str, str, str, Batch, Directory] | None  # node id, cluster, log name, message
     entries: list[api.AccessEntry] | None = None
 
 
@@ -221,7 +221,7 @@ class AccessLog:
     # -- in
 
     def offer(
-        self, node_id: str, node_cluster: str, log_name: str, message: bytes, size: int
+        self, node_id: str, node_cluster: str, log_name: str, message: Batch, size: int
     ) -> None:
         """From the xDS loop: keep one batch (its bytes, holding `size` entries) as it
         came. Never blocks for long."""

@@ -10,7 +10,15 @@ import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
-from devmesh.adapters.access_log_service import AccessLogService, EnvoyAccess, decode, framing
+from devmesh.adapters.access_log_service import (
+    AccessLogService,
+    EnvoyAccess,
+    OtlpLogs,
+    decode,
+    framing,
+    from_line,
+    otlp_framing,
+)
 from devmesh.api import types as api
 from devmesh.api.response_flags import BY_CODE, RESPONSE_FLAGS, explain_flags
 from devmesh.core.load import load
@@ -101,17 +109,16 @@ def test_every_listener_of_every_node_logs_to_the_daemon_as_its_side() -> None:
     }
 
 
-def test_tcp_listeners_use_the_tcp_logger_and_http_ones_log_trace_headers() -> None:
+def test_tcp_listeners_use_the_tcp_logger_and_http_ones_a_line_with_the_trace_headers() -> None:
     front = render(load(MESH), {})["shop/front/default"]
     by_name = {x["name"]: x for x in front.listeners}
     tcp = by_name["out|db"]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0]
     http = by_name["out|back"]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0]
     assert tcp["name"] == "envoy.access_loggers.tcp_grpc"
-    assert http["name"] == "envoy.access_loggers.http_grpc"
-    assert http["typed_config"]["additional_request_headers_to_log"] == [
-        "traceparent",
-        "x-amzn-trace-id",
-    ]
+    assert http["name"] == "envoy.access_loggers.open_telemetry"
+    line = http["typed_config"]["body"]["string_value"]
+    assert line.split("\x00")[-1] == "%REQ(TRACEPARENT?X-AMZN-TRACE-ID)%"
+    assert http["typed_config"]["common_config"]["log_name"] == "outbound"
 
 
 def test_access_log_false_renders_no_logger() -> None:
@@ -554,3 +561,130 @@ def test_the_gateway_by_its_trace_name_is_pointed_to_its_access_log_name() -> No
     with pytest.raises(Refusal) as caught:
         handlers.access_entries(api.AccessRequest(service="gateway"))
     assert "the gateway's entries are service 'ingress' here" in caught.value.error.message
+
+
+# -- the HTTP logger's OTLP line -----------------------------------------------------------
+
+
+def _line(**values: str) -> str:
+    fields = dict.fromkeys((name for name, _ in access_log.HTTP_FIELDS), "-")
+    fields.update(values)
+    return access_log.SEPARATOR.join(fields.values())
+
+
+NODE = ("shop-front-default-0-sidecar", "shop/front/default", "outbound")
+
+
+def test_a_line_becomes_an_entry_with_its_times_in_milliseconds() -> None:
+    line = _line(
+        status="503",
+        flags="UO,URX",
+        duration_us="1250",
+        duration_ms="1",
+        upstream_us="800",
+        bytes_received="12",
+        bytes_sent="81",
+        route_name="back/main",
+        upstream_cluster="back|v2",
+        upstream_ip="172.18.0.3",
+        downstream_ip="127.0.0.1",
+        detail="upstream_reset_before_response_started{overflow}",
+        method="POST",
+        authority="back:8000",
+        path="/a?b=c",
+        request_id="rid",
+        trace_header="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    )
+    e = from_line(NODE, 1_700_000_000_500_000_000, line)
+    assert e is not None
+    assert (e.node_id, e.node_cluster, e.log_name, e.tcp) == (*NODE, False)
+    assert e.start == pytest.approx(1_700_000_000.5)
+    assert (e.duration_ms, e.upstream_ms) == (1.25, 0.8)
+    assert (e.status, e.flags, e.bytes_received, e.bytes_sent) == (503, ("UO", "URX"), 12, 81)
+    assert (e.method, e.authority, e.path, e.request_id) == ("POST", "back:8000", "/a?b=c", "rid")
+    assert (e.route_name, e.upstream_cluster, e.upstream_ip) == (
+        "back/main",
+        "back|v2",
+        "172.18.0.3",
+    )
+    assert to_entry(e, DIRECTORY).trace_id == "a" * 32
+
+
+def test_what_envoy_did_not_have_is_empty_and_a_reset_keeps_its_millisecond_duration() -> None:
+    e = from_line(NODE, 0, _line(status="0", duration_ms="7"))
+    assert e is not None
+    assert (e.status, e.flags, e.duration_ms, e.upstream_ms) == (None, (), 7.0, None)
+    assert (e.method, e.path, e.upstream_cluster, e.trace_header) == ("", "", "", "")
+
+
+@pytest.mark.parametrize("line", ["", "a\x00b", _line() + "\x00extra", "only text"])
+def test_a_line_without_the_loggers_fields_is_no_entry(line: str) -> None:
+    assert from_line(NODE, 0, line) is None
+
+
+def _export(lines: list[str], labels: dict[str, str]) -> bytes:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    for key, value in labels.items():
+        kv = resource_logs.resource.attributes.add()
+        kv.key, kv.value.string_value = key, value
+    scope = getattr(resource_logs, resource_logs.DESCRIPTOR.fields_by_number[2].name).add()
+    records = getattr(scope, scope.DESCRIPTOR.fields_by_number[2].name)
+    for i, line in enumerate(lines):
+        record = records.add()
+        record.time_unix_nano = 1_000_000_000 * (i + 1)
+        record.body.string_value = line
+    return request.SerializeToString()
+
+
+LABELS = {
+    "log_name": "outbound",
+    "zone_name": "",
+    "cluster_name": "shop/front/default",
+    "node_name": "shop-front-default-0-sidecar",
+}
+
+
+def test_an_export_is_framed_for_its_node_and_count_and_decoded_later() -> None:
+    data = _export([_line(status="200"), "not a line", _line(status="404")], LABELS)
+    labels, n = otlp_framing(data)
+    assert (labels["node_name"], labels["cluster_name"], labels["log_name"], n) == (
+        "shop-front-default-0-sidecar",
+        "shop/front/default",
+        "outbound",
+        3,
+    )
+    entries = decode(*NODE, OtlpLogs(data))
+    assert [(e.status, e.start) for e in entries] == [(200, 1.0), (404, 3.0)]
+    with pytest.raises(ValueError):
+        otlp_framing(b"\xff\xff\xff")
+
+
+def test_the_service_takes_each_otlp_export_as_bytes_with_its_resources_node(
+    tmp_path: Any,
+) -> None:
+    import grpc
+
+    from devmesh.adapters.xds_server import XdsServer
+
+    got: list[tuple[str, str, str, Any, int]] = []
+    service = AccessLogService(lambda *batch: got.append(batch))
+    server = XdsServer(tmp_path / "xds.sock", services=[service.register])
+    server.start()
+    data = _export([_line(status="200")] * 2, LABELS)
+    try:
+        with grpc.insecure_channel(f"unix:{tmp_path / 'xds.sock'}") as channel:
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            assert export(data, timeout=5) == b""
+            assert export(b"\xff\xff", timeout=5) == b""  # answered, and dropped
+    finally:
+        server.stop()
+    assert got == [
+        ("shop-front-default-0-sidecar", "shop/front/default", "outbound", OtlpLogs(data), 2)
+    ]
