@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from devmesh.adapters import wire
@@ -237,12 +236,17 @@ def _by_number(message: Any, number: int) -> Any:
     return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
 
 
+def _digits(text: str) -> bool:
+    """Envoy's numbers: ASCII digits, at most 19 (`isdigit` alone takes `²`)."""
+    return text.isascii() and text.isdigit() and len(text) < 20
+
+
 def _number(text: str) -> int:
-    return int(text) if text.isdigit() else 0
+    return int(text) if _digits(text) else 0
 
 
 def _us_to_ms(text: str) -> float | None:
-    return int(text) / 1000 if text.isdigit() else None
+    return int(text) / 1000 if _digits(text) else None
 
 
 def from_line(node: tuple[str, str, str], start_ns: int, line: str) -> EnvoyAccess | None:
@@ -253,7 +257,7 @@ def from_line(node: tuple[str, str, str], start_ns: int, line: str) -> EnvoyAcce
         return None
     f = {k: ("" if v == "-" else v) for k, v in zip(_FIELD_NAMES, values, strict=True)}
     duration = _us_to_ms(f["duration_us"])
-    if duration is None and f["duration_ms"].isdigit():
+    if duration is None and _digits(f["duration_ms"]):
         duration = float(f["duration_ms"])
     return EnvoyAccess(
         node_id=node[0],
@@ -280,15 +284,42 @@ def from_line(node: tuple[str, str, str], start_ns: int, line: str) -> EnvoyAcce
     )
 
 
+# LogRecord: time_unix_nano (1, fixed64), body (5, an AnyValue: string_value, 1).
+_TIME, _BODY, _STRING = 1, 5, 1
+
+
+def _record(data: bytes, start: int, end: int) -> tuple[int, str]:
+    """A log record's time and body, read from its wire form: a header value Envoy passed
+    on may not be UTF-8 (Envoy takes bytes 0x80-0xFF in one, and its formatter copies them
+    as they are), which protobuf's own parser refuses for the whole export. Here such a
+    byte becomes U+FFFD in its own entry only."""
+    start_ns, body = 0, ""
+    for number, kind, a, b in wire.items(data, start, end):
+        if number == _TIME and kind == wire.I64:
+            start_ns = int.from_bytes(data[a:b], "little")
+        elif number == _BODY and kind == wire.LEN:
+            for inner, c, d in wire.fields(data, a, b):
+                if inner == _STRING:
+                    body = data[c:d].decode("utf-8", "replace")
+    return start_ns, body
+
+
 def _decode_otlp(node: tuple[str, str, str], data: bytes) -> list[EnvoyAccess]:
-    request = logs_service_pb2.ExportLogsServiceRequest.FromString(data)
+    """Every HTTP entry of an ExportLogsServiceRequest's bytes: resource_logs (1) ->
+    scope_logs (2) -> log_records (2). A record whose body is not the logger's line is
+    left out (the ring counts it dropped)."""
     out: list[EnvoyAccess] = []
-    for resource_logs in request.resource_logs:
-        for scope_logs in _by_number(resource_logs, 2):
-            for record in _by_number(scope_logs, 2):
-                entry = from_line(node, record.time_unix_nano, record.body.string_value)
-                if entry is not None:
-                    out.append(entry)
+    for n1, a1, b1 in wire.fields(data):
+        if n1 != _RECORDS[0]:
+            continue
+        for n2, a2, b2 in wire.fields(data, a1, b1):
+            if n2 != _RECORDS[1]:
+                continue
+            for n3, a3, b3 in wire.fields(data, a2, b2):
+                if n3 == _RECORDS[2]:
+                    entry = from_line(node, *_record(data, a3, b3))
+                    if entry is not None:
+                        out.append(entry)
     return out
 
 
@@ -297,6 +328,8 @@ def decode(node_id: str, node_cluster: str, log_name: str, message: Any) -> list
     StreamAccessLogsMessage (or its bytes, as the servicer keeps them)."""
     if isinstance(message, OtlpLogs):
         return _decode_otlp((node_id, node_cluster, log_name), message.data)
+    # The gRPC logger's: TCP entries, and HTTP ones from Envoys still on a config of a
+    # devmesh before the line (until the daemon's first push replaces their listeners).
     if isinstance(message, bytes):
         message = als_pb2.StreamAccessLogsMessage.FromString(message)
     node = (node_id, node_cluster, log_name)

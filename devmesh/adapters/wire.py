@@ -28,31 +28,43 @@ def _varint(data: bytes, i: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of the message in
-    data[start:end]; fields of other wire types are skipped. ValueError when the bytes are
-    not a protobuf message."""
+def items(
+    data: bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, start, end) of every field of the message in
+    data[start:end]: the payload of a length-delimited field, the 8 or 4 bytes of a fixed
+    one, a varint's bytes. ValueError when the bytes are not a protobuf message."""
     stop = len(data) if end is None else end
     i = start
     while i < stop:
         key, i = _varint(data, i, stop)
         kind = key & 7
         if kind == VARINT:
+            a = i
             _, i = _varint(data, i, stop)
-        elif kind == I64:
-            i += 8
+            yield key >> 3, kind, a, i
+            continue
+        if kind == I64:
+            size = 8
         elif kind == I32:
-            i += 4
+            size = 4
         elif kind == LEN:
             size, i = _varint(data, i, stop)
-            if i + size > stop:
-                raise ValueError("a field runs past its message")
-            yield key >> 3, i, i + size
-            i += size
         else:  # groups (3, 4) are in none of these messages; 6 and 7 are no wire type
             raise ValueError(f"wire type {kind} at byte {i}")
-    if i != stop:
-        raise ValueError("a field runs past its message")
+        if i + size > stop:
+            raise ValueError("a field runs past its message")
+        yield key >> 3, kind, i, i + size
+        i += size
+
+
+def fields(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the message in
+    data[start:end]; fields of other wire types are skipped. ValueError when the bytes are
+    not a protobuf message."""
+    for number, kind, a, b in items(data, start, end):
+        if kind == LEN:
+            yield number, a, b
 
 
 def count(data: bytes, path: tuple[int, ...], start: int = 0, end: int | None = None) -> int:

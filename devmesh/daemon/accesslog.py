@@ -1,4 +1,4 @@
-"""The daemon's access log: what every Envoy's gRPC access logger sends, in mesh terms, the
+"""The daemon's access log: what every Envoy's access loggers send, in mesh terms, the
 last `ACCESS_CAPACITY` entries kept in memory whoever is (or is not) watching.
 
 Envoy sends a batch per flush per listener kind. The xDS loop only keeps each batch as it
@@ -269,10 +269,11 @@ class AccessLog:
             ]
         except Exception:
             log.exception("an access-log batch could not be read")
-            with self._changed:
-                self._dropped += batch.size
             decoded = []
-        batch.entries, batch.raw = decoded, None
+        with self._changed:
+            if batch.raw is not None:  # the first reader to finish: counts what was left out
+                self._dropped += max(0, batch.size - len(decoded))
+                batch.entries, batch.raw = decoded, None
         return decoded
 
     # -- out

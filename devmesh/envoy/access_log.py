@@ -45,17 +45,14 @@ INGRESS: Final = "ingress"
 REPORTERS: Final = (OUTBOUND, INBOUND, INGRESS)
 FLUSH: Final = "0.5s"  # Envoy's default is 1 s; half of it keeps `logs --follow` lively
 # Flushed sooner when this much is buffered. Each message costs the daemon's xDS loop about
-# 1 ms whatever it holds (grpc.aio's read of it): at 32 KiB (about 90 entries) 1,000
-# requests a second through two sidecars made 10 messages a second, 13 us of the daemon's
-# CPU a request; at 256 KiB the 0.5 s flush sends first (3 a second, 4-7 us a request).
-# But Envoy holds the buffered entries as protobuf objects, several times their wire size,
-# and its allocator keeps the peak: at 256 KiB under ~850 requests a second a sidecar's
-# private memory was 2.0-2.2 MiB higher with access logs than without (3.2 under mTLS, whose
-# entries carry both certificates' subjects and SANs, 919 bytes against 410), and mTLS
-# server sidecars were +0.9 to +1.8 MiB over plaintext ones. At 128 KiB: mTLS +0.21 to +0.58 MiB
-# over plaintext, each sidecar 0.3-1.3 MiB lower than at 256 KiB, for
-# +1.5 us of the daemon's CPU a request at ~850 a second (bench/mtls.py,
-# bench/observability_cpu.py; at dev rates the 0.5 s flush sends first, so no change).
+# 1 ms whatever it holds (grpc.aio's read of it), so fewer, fuller messages are cheaper; but
+# Envoy holds the buffered entries as protobuf objects and its allocator keeps the peak.
+# Measured with the gRPC logger (entries of 410 bytes, 919 under mTLS): at 256 KiB under
+# ~850 requests a second a sidecar's private memory was 2.0-2.2 MiB higher with access logs
+# than without, and at 128 KiB 0.3-1.3 MiB lower than that, for +1.5 us of the daemon's CPU
+# a request (bench/mtls.py, bench/observability_cpu.py). A line's record is about 300 bytes
+# whether or not the hop is mTLS, so 128 KiB is some 400 entries, about the 0.5 s flush's
+# worth at 850 a second; at dev rates the flush sends first.
 BUFFER_BYTES: Final = 131_072
 # Trace context, logged so an entry links to its trace (W3C, and X-Ray's header).
 TRACE_HEADERS: Final = ("traceparent", "x-amzn-trace-id")
@@ -66,13 +63,16 @@ SEPARATOR: Final = "\x00"
 HTTP_FIELDS: Final = (
     ("status", "%RESPONSE_CODE%"),
     ("flags", "%RESPONSE_FLAGS%"),  # short codes, comma-separated: UO,URX
-    ("duration_us", "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"),  # to the last byte out
-    ("duration_ms", "%DURATION%"),  # the same when the last byte never went out (a reset)
+    # From the request's first byte to the response's last (the gRPC logger's `duration`
+    # ran to the stream's end, later only when a response ends before its request does);
+    # in whole milliseconds (`%DURATION%`) when no response's last byte went out (a reset).
+    ("duration_us", "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"),
+    ("duration_ms", "%DURATION%"),
     ("upstream_us", "%COMMON_DURATION(US_TX_BEG:US_RX_BEG:us)%"),  # the upstream's answer
     ("bytes_received", "%BYTES_RECEIVED%"),
     ("bytes_sent", "%BYTES_SENT%"),
     ("route_name", "%ROUTE_NAME%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),  # its name, never an alt_stat_name
     ("upstream_ip", "%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
     ("downstream_ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
     ("detail", "%RESPONSE_CODE_DETAILS%"),

@@ -622,6 +622,26 @@ def test_a_line_without_the_loggers_fields_is_no_entry(line: str) -> None:
     assert from_line(NODE, 0, line) is None
 
 
+@pytest.mark.parametrize("odd", ["\u00b2", "1" * 5000, "-3", "1.5", "\u0661"])
+def test_numbers_that_are_not_envoys_read_as_unknown(odd: str) -> None:
+    e = from_line(NODE, 0, _line(status=odd, duration_us=odd, duration_ms=odd, bytes_sent=odd))
+    assert e is not None
+    assert (e.status, e.duration_ms, e.bytes_sent) == (None, None, 0)
+
+
+def test_records_that_are_not_lines_or_not_utf8_cost_only_themselves() -> None:
+    """Counted as dropped when the batch is read; a byte that is not UTF-8 in a header
+    Envoy passed on is replaced, not a reason to lose the export."""
+    data = _export([_line(status="200"), "junk", _line(status="201", path="/caf\u20ac")], LABELS)
+    data = data.replace(b"/caf\xe2\x82\xac", b"/caf\xe9AB")  # a raw 0xE9, the same length
+    ring = AccessLog(lambda: DIRECTORY)
+    labels, n = otlp_framing(data)
+    ring.offer(labels["node_name"], labels["cluster_name"], labels["log_name"], OtlpLogs(data), n)
+    result = ring.query(Filter(), 10)
+    assert [(e.status, e.path) for e in result.entries] == [(200, ""), (201, "/caf\ufffdAB")]
+    assert (result.counters.received, result.counters.dropped) == (3, 1)
+
+
 def _export(lines: list[str], labels: dict[str, str]) -> bytes:
     from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
