@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devmesh.adapters.access_log_service import AccessLogService, EnvoyAccess, decode
+from devmesh.adapters.access_log_service import AccessLogService, Batch, EnvoyAccess, decode
 from devmesh.adapters.xds_server import XdsServer
 from devmesh.api import types as api
 from devmesh.daemon.accesslog import Directory, to_entry
@@ -31,7 +31,7 @@ def logged(tmp_path: Path) -> Iterator[tuple[XdsServer, list[EnvoyAccess]]]:
     """An xDS server that also takes access logs, as the daemon's does; the entries."""
     got: list[EnvoyAccess] = []
 
-    def on_batch(node_id: str, cluster: str, log_name: str, data: bytes, _n: int) -> None:
+    def on_batch(node_id: str, cluster: str, log_name: str, data: Batch, _n: int) -> None:
         got.extend(decode(node_id, cluster, log_name, data))
 
     server = XdsServer(tmp_path / "xds.sock", services=[AccessLogService(on_batch).register])
