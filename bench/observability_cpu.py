@@ -71,6 +71,7 @@ class Mode:
     sampling: float | None = None  # tracing's percent, or None: off
     logger: str = "otel"  # otel (devmesh's) | grpc | otel-attributes | file | fluentd
     tracer: str = "otel"  # otel | zipkin
+    tags: int = 1  # custom literal tags on every span (devmesh's sidecars set 2-3)
 
 
 MODES = [
@@ -88,6 +89,8 @@ ALTERNATIVES = [
     Mode("tracing 100 % (OpenTelemetry tracer)", sampling=100.0),
     Mode("tracing 100 %, Zipkin tracer", sampling=100.0, tracer="zipkin"),
     Mode("tracing 0 %", sampling=0.0),
+    Mode("tracing 0 %, no custom tag", sampling=0.0, tags=0),
+    Mode("tracing 0 %, 3 custom tags", sampling=0.0, tags=3),
     Mode("access logs, OpenTelemetry logger, a line (devmesh's)", logs=True),
     Mode("access logs, gRPC logger (devmesh's before)", logs=True, logger="grpc"),
     Mode("access logs, OpenTelemetry logger, attributes", logs=True, logger="otel-attributes"),
@@ -197,7 +200,10 @@ def _hcm(name: str, route: dict[str, Any], mode: Mode) -> Any:
     if mode.sampling is not None:
         typed["tracing"] = {
             "random_sampling": {"value": mode.sampling},
-            "custom_tags": [{"tag": tracing.SERVICE_TAG, "literal": {"value": "server"}}],
+            "custom_tags": [
+                {"tag": f"{tracing.SERVICE_TAG}.{i}", "literal": {"value": "server"}}
+                for i in range(mode.tags)
+            ],
             "provider": (
                 _zipkin()
                 if mode.tracer == "zipkin"
