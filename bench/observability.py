@@ -9,9 +9,12 @@ sidecar_latency.py's Lua script):
   wrk -> the gateway's hop for `server` (Envoy 1) -> server's inbound sidecar (Envoy 2)
       -> the app: an Envoy answering every request itself (sidecar_latency.app_config)
 
-in two meshes that differ only in their `observability:` block (`access_log: false,
-tracing: false` for "off"; the defaults, both on with `sampling: auto`, for "on"). Rounds
-alternate off/on so drift on a shared machine falls on both. Latency at ~1,000 req/s
+in meshes that differ only in their `observability:` block (`access_log: false,
+tracing: false` for "off"; the defaults, both on with `sampling: auto`, for "on"), and a
+second "off" mesh, the control: what the method reads when there is no difference at all.
+Each round measures the three seconds apart, in an order that turns round by round, and a
+ratio is the median of the rounds' ratios to their own round's "off" (drift on a shared
+machine falls on all three). Latency at ~1,000 req/s
 (10 connections, each paced at one request per 10 ms); throughput at saturation (32
 connections, no pacing). Then a mesh of 20 such services at 1 request/s each (20 req/s,
 each through the gateway and the service's sidecar, both logging) with access logs and
@@ -101,13 +104,21 @@ def wrk(url: str, connections: int, seconds: float, pause_ms: int | None) -> dic
     }
 
 
+KINDS = ("off", "on", "control")  # control: a second "off" mesh, the method's own noise
+
+
+def _spread(values: list[float]) -> str:
+    """The median of per-round ratios, with their range."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
 def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
-    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-    sat: dict[str, list[float]] = {"off": [], "on": []}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+    sat: dict[str, list[float]] = {k: [] for k in KINDS}
     projects: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for kind in ("off", "on"):
+            for kind in KINDS:
                 project = f"obsbench-{kind}-{uuid.uuid4().hex[:6]}"
                 projects[kind] = project
                 file = Path(tmp) / f"{kind}.yaml"
@@ -118,7 +129,8 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             for url in urls.values():
                 wrk(url, 10, 2, 10)  # warm-up
             for r in range(rounds):
-                for kind in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                order = KINDS[r % 3 :] + KINDS[: r % 3]  # each kind first, second, last in turn
+                for kind in order if r % 2 == 0 else order[::-1]:
                     progress(f"round {r + 1}: {kind} paced")
                     runs[kind].append(wrk(urls[kind], 10, seconds, 10))
                     progress(f"round {r + 1}: {kind} saturated")
@@ -130,19 +142,28 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
     med = {k: {m: statistics.median(x[m] for x in v) for m in metrics} for k, v in runs.items()}
     errors = {k: sum(x["errors"] for x in v) for k, v in runs.items()}
     thr = {k: statistics.median(v) for k, v in sat.items()}
+
+    def ratios(kind: str, metric: str) -> list[float]:
+        """Round by round: `kind` against "off", measured seconds apart."""
+        if metric == "sat":
+            return [a / b for a, b in zip(sat[kind], sat["off"], strict=True)]
+        return [a[metric] / b[metric] for a, b in zip(runs[kind], runs["off"], strict=True)]
+
     return [
         [
             "p50 at ~1,000 req/s, 2 Envoys",
             f"{med['off']['p50']:.2f} ms",
             f"{med['on']['p50']:.2f} ms",
-            f"{med['on']['p50'] / med['off']['p50']:.2f}",
+            _spread(ratios("on", "p50")),
+            _spread(ratios("control", "p50")),
             "≤ 1.10",
         ],
         [
             "p99 at ~1,000 req/s, 2 Envoys",
             f"{med['off']['p99']:.2f} ms",
             f"{med['on']['p99']:.2f} ms",
-            f"{med['on']['p99'] / med['off']['p99']:.2f}",
+            _spread(ratios("on", "p99")),
+            _spread(ratios("control", "p99")),
             "≤ 1.10",
         ],
         [
@@ -150,13 +171,15 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             f"{med['off']['rate']:.0f}/s, {errors['off']}",
             f"{med['on']['rate']:.0f}/s, {errors['on']}",
             "",
+            f"{med['control']['rate']:.0f}/s, {errors['control']}",
             "",
         ],
         [
             "throughput at saturation (32 conns)",
             f"{thr['off']:.0f}/s",
             f"{thr['on']:.0f}/s",
-            f"{thr['on'] / thr['off']:.2f}",
+            _spread(ratios("on", "sat")),
+            _spread(ratios("control", "sat")),
             "≥ 0.90",
         ],
     ]
@@ -261,14 +284,19 @@ def main() -> int:
     try:
         rows = latency_rows(args.seconds, args.rounds)
         if not args.no_daemon_rows:
-            rows += daemon_rows(args.cpu_window)
+            rows += [[*row[:4], "", *row[4:]] for row in daemon_rows(args.cpu_window)]
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
     defaults = "the defaults (access logs, tracing with sampling: auto)"
     print(f"'on' in the latency rows: {ON or defaults}\n")
-    print(c.table(["row", "off", "on", "on/off", "target"], rows))
+    print(
+        f"ratios: the median of {args.rounds} rounds' ratios to the same round's 'off' "
+        "(their range in brackets); control: a second 'off' mesh measured the same way, "
+        "the method's own noise\n"
+    )
+    print(c.table(["row", "off", "on", "on/off", "control/off", "target"], rows))
     return 0
 
 
