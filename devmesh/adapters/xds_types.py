@@ -37,6 +37,7 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import (  # noqa: F401
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.request_id.uuid.v3 import uuid_pb2  # noqa: F401  tracing's request ids
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.service.runtime.v3 import rtds_pb2

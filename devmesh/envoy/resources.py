@@ -280,6 +280,7 @@ def _hcm(
     }
     if tracing is not None:
         out["typed_config"]["tracing"] = tracing  # envoy/tracing.py
+        out["typed_config"]["request_id_extension"] = traces.REQUEST_ID
     return out
 
 

@@ -67,6 +67,20 @@ FLUSH_RUNTIME: Json = {
 }
 
 
+# The HTTP connection managers' request ids, when tracing is on. Envoy's default writes its
+# trace decision into the `x-request-id` (one of the UUID's hex digits): a client that sent
+# its own id found it changed in the logs (found by trying it). Sampling still goes by the
+# id's UUID value (`use_request_id_for_trace_sampling` off made Envoy 1.40 trace every
+# request whatever the RTDS share, measured by tests/e2e/test_tracing.py), so every Envoy
+# at one share makes the same choice for a request; an id that is not a UUID is not traced.
+REQUEST_ID: Json = {
+    "typed_config": {
+        "@type": _T + "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+        "pack_trace_reason": False,
+    }
+}
+
+
 def _literal(tag: str, value: str) -> Json:
     return {"tag": tag, "literal": {"value": value}}
 
