@@ -7,7 +7,6 @@ Every address is loopback or a UNIX socket in the test's tmp_path (fixtures: con
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from devmesh.envoy import tracing as traces
 from devmesh.envoy.access_log import with_access_logs
 from devmesh.envoy.resources import outbound_listener
 from tests.integration.conftest import GROUP, Mesh, StartEnvoy, wait_for
+from tests.integration.test_access_log_envoy import _status
 
 pytestmark = pytest.mark.envoy
 
@@ -54,17 +54,6 @@ def collected(tmp_path: Path) -> Iterator[tuple[XdsServer, Got]]:
         server.stop(grace=0.5)
 
 
-def _get(port: int, request_id: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/items", headers={"x-request-id": request_id})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
 def test_a_clients_request_id_is_logged_as_sent_and_a_uuid_one_traced(
     collected: tuple[XdsServer, Got], envoy: StartEnvoy, mesh: Mesh
 ) -> None:
@@ -84,7 +73,8 @@ def test_a_clients_request_id_is_logged_as_sent_and_a_uuid_one_traced(
     assert xds.wait_synced(["api-caller"], timeout=10)
 
     ids = [f"r500-{i}" for i in range(5)] + [str(uuid.uuid4()) for _ in range(5)]
-    assert [_get(mesh.listener_port, rid) for rid in ids] == [200] * len(ids)
+    statuses = [_status(mesh.listener_port, "/items", {"x-request-id": rid}) for rid in ids]
+    assert statuses == [200] * len(ids)
     assert wait_for(lambda: len(got.entries) >= len(ids), timeout=5)
     assert sorted(e.request_id for e in got.entries) == sorted(ids)
     # Envoy exports every 5 spans (its default batch here) or every 5 s
