@@ -53,6 +53,7 @@ _ANSWER: bytes = als_pb2.StreamAccessLogsResponse().SerializeToString()
 # ScopeLogs: log_records (2). (The older copy of these modules that xds-protos installs
 # names the last two `instrumentation_library_logs` and `logs`: the same numbers.)
 _RECORDS = (1, 2, 2)
+_RESOURCE = (1, 1)
 _FIELD_NAMES = tuple(name for name, _ in HTTP_FIELDS)
 # StreamAccessLogsMessage's fields: identifier (1), http_logs (2), tcp_logs (3); each
 # of the two holds its entries as `log_entry` (1).
@@ -105,14 +106,10 @@ def otlp_framing(data: bytes) -> tuple[dict[str, str], int]:
     `log_name`, `node_name`, `cluster_name`) and how many log records it holds, without
     decoding the records. ValueError when the bytes are not protobuf."""
     labels: dict[str, str] = {}
-    for number, a, b in wire.fields(data):
-        if number != 1 or labels:
-            continue
-        for inner, c, d in wire.fields(data, a, b):
-            if inner == 1:  # the resource
-                resource = resource_pb2.Resource.FromString(data[c:d])
-                labels = {kv.key: kv.value.string_value for kv in resource.attributes}
-                break
+    first = next(wire.at(data, _RESOURCE), None)
+    if first is not None:
+        resource = resource_pb2.Resource.FromString(data[first[0] : first[1]])
+        labels = {kv.key: kv.value.string_value for kv in resource.attributes}
     return labels, wire.count(data, _RECORDS)
 
 
@@ -232,10 +229,6 @@ def _common(node: tuple[str, str, str], common: Any, tcp: bool) -> dict[str, Any
     }
 
 
-def _by_number(message: Any, number: int) -> Any:
-    return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
-
-
 def _digits(text: str) -> bool:
     """Envoy's numbers: ASCII digits, at most 19 (`isdigit` alone takes `²`)."""
     return text.isascii() and text.isdigit() and len(text) < 20
@@ -305,22 +298,10 @@ def _record(data: bytes, start: int, end: int) -> tuple[int, str]:
 
 
 def _decode_otlp(node: tuple[str, str, str], data: bytes) -> list[EnvoyAccess]:
-    """Every HTTP entry of an ExportLogsServiceRequest's bytes: resource_logs (1) ->
-    scope_logs (2) -> log_records (2). A record whose body is not the logger's line is
-    left out (the ring counts it dropped)."""
-    out: list[EnvoyAccess] = []
-    for n1, a1, b1 in wire.fields(data):
-        if n1 != _RECORDS[0]:
-            continue
-        for n2, a2, b2 in wire.fields(data, a1, b1):
-            if n2 != _RECORDS[1]:
-                continue
-            for n3, a3, b3 in wire.fields(data, a2, b2):
-                if n3 == _RECORDS[2]:
-                    entry = from_line(node, *_record(data, a3, b3))
-                    if entry is not None:
-                        out.append(entry)
-    return out
+    """Every HTTP entry of an ExportLogsServiceRequest's bytes. A record whose body is not
+    the logger's line is left out (the ring counts it dropped)."""
+    entries = (from_line(node, *_record(data, a, b)) for a, b in wire.at(data, _RECORDS))
+    return [e for e in entries if e is not None]
 
 
 def decode(node_id: str, node_cluster: str, log_name: str, message: Any) -> list[EnvoyAccess]:

@@ -67,6 +67,20 @@ def fields(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tupl
             yield number, a, b
 
 
+def at(
+    data: bytes, path: tuple[int, ...], start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """(start, end) of every field the message holds at `path` (as `count`), in order:
+    at(b, (1, 2, 2)) walks every log record of an OTLP logs export."""
+    first, rest = path[0], path[1:]
+    for number, a, b in fields(data, start, end):
+        if number == first:
+            if rest:
+                yield from at(data, rest, a, b)
+            else:
+                yield a, b
+
+
 def count(data: bytes, path: tuple[int, ...], start: int = 0, end: int | None = None) -> int:
     """How many fields the message holds at `path` (field numbers, outermost first, each
     but the last a message): count(b, (1, 2, 2)) counts every resource_spans[].
