@@ -89,6 +89,7 @@ ALTERNATIVES = [
     Mode("tracing 100 % (OpenTelemetry tracer)", sampling=100.0),
     Mode("tracing 100 %, Zipkin tracer", sampling=100.0, tracer="zipkin"),
     Mode("tracing 0 %", sampling=0.0),
+    Mode("tracing 0 %, Zipkin tracer", sampling=0.0, tracer="zipkin"),
     Mode("tracing 0 %, no custom tag", sampling=0.0, tags=0),
     Mode("tracing 0 %, 3 custom tags", sampling=0.0, tags=3),
     Mode("access logs, OpenTelemetry logger, a line (devmesh's)", logs=True),

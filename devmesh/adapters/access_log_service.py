@@ -9,7 +9,7 @@ server's grpc.aio server on the socket every pod mounts (`XdsServer(services=)`)
 
 The servicer does no decoding on the xDS loop: grpc hands it each message's bytes (no
 request deserializer), it counts the entries from the protobuf framing (`framing`,
-`wire.count`) and reads only the small part that names the node, and passes the bytes on
+`wire.Counter`) and reads only the small part that names the node, and passes the bytes on
 to `on_batch`, which must not block (the daemon keeps them as they are, and decodes them
 with `decode` when someone first reads them).
 """
@@ -58,6 +58,8 @@ _FIELD_NAMES = tuple(name for name, _ in HTTP_FIELDS)
 # StreamAccessLogsMessage's fields: identifier (1), http_logs (2), tcp_logs (3); each
 # of the two holds its entries as `log_entry` (1).
 _IDENTIFIER, _HTTP, _TCP, _ENTRY = 1, 2, 3, 1
+_COUNT_RECORDS = wire.Counter(_RECORDS)
+_ENTRIES = wire.Counter((_ENTRY,))  # in http_logs or tcp_logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ def framing(data: bytes) -> tuple[bytes | None, int]:
         if number == _IDENTIFIER:
             identifier = data[a:b]
         elif number in (_HTTP, _TCP):
-            entries += wire.count(data, (_ENTRY,), a, b)
+            entries += _ENTRIES(data[a:b])
     return identifier, entries
 
 
@@ -110,7 +112,7 @@ def otlp_framing(data: bytes) -> tuple[dict[str, str], int]:
     if first is not None:
         resource = resource_pb2.Resource.FromString(data[first[0] : first[1]])
         labels = {kv.key: kv.value.string_value for kv in resource.attributes}
-    return labels, wire.count(data, _RECORDS)
+    return labels, _COUNT_RECORDS(data)
 
 
 class AccessLogService:

@@ -21,6 +21,7 @@ from devmesh.envoy.tracing import ROUTE_TAG, SERVICE_TAG, VERSION_TAG
 
 ExportRequest = trace_service_pb2.ExportTraceServiceRequest
 
+_COUNT_SPANS = wire.Counter((1, 2, 2))
 _KIND = {
     trace_pb2.Span.SPAN_KIND_SERVER: api.SpanKind.SERVER,
     trace_pb2.Span.SPAN_KIND_CLIENT: api.SpanKind.CLIENT,
@@ -135,9 +136,9 @@ def spans_of_bytes(data: bytes) -> list[api.Span]:
 
 def count_spans_bytes(data: bytes) -> int:
     """How many spans a serialized ExportTraceServiceRequest holds, from its framing only
-    (`wire.count`): resource_spans (1) -> scope_spans (2) -> spans (2). ValueError when
+    (`wire.Counter`): resource_spans (1) -> scope_spans (2) -> spans (2). ValueError when
     it is not one."""
-    return wire.count(data, (1, 2, 2))
+    return _COUNT_SPANS(data)
 
 
 def zipkin(spans: Iterable[api.Span]) -> list[dict[str, Any]]:

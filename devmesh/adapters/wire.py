@@ -1,16 +1,19 @@
 """Protobuf's wire format, just enough to find and count a message's repeated fields
-without decoding it.
+without decoding them.
 
 The daemon takes every span batch and every access-log message the Envoys send on the xDS
-loop, which serves the Envoys' config too. A full parse there costs more than the whole of
-what the daemon does with a batch until someone reads it: a count of what it holds, from
-its framing (measured on this machine: Envoy's batch of 834 spans, 420 KB, parsed in
-10 ms; framed and counted here in 0.7 ms).
+loop, which serves the Envoys' config too. Until someone reads them it only needs to know
+how many entries each holds (`Counter`) and a few labels (`at`); the entries are decoded
+when read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 
@@ -70,7 +73,7 @@ def fields(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tupl
 def at(
     data: bytes, path: tuple[int, ...], start: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, int]]:
-    """(start, end) of every field the message holds at `path` (as `count`), in order:
+    """(start, end) of every field the message holds at `path` (as `Counter`), in order:
     at(b, (1, 2, 2)) walks every log record of an OTLP logs export."""
     first, rest = path[0], path[1:]
     for number, a, b in fields(data, start, end):
@@ -81,13 +84,46 @@ def at(
                 yield a, b
 
 
-def count(data: bytes, path: tuple[int, ...], start: int = 0, end: int | None = None) -> int:
-    """How many fields the message holds at `path` (field numbers, outermost first, each
-    but the last a message): count(b, (1, 2, 2)) counts every resource_spans[].
-    scope_spans[].spans of an OTLP export request."""
-    first, rest = path[0], path[1:]
-    n = 0
-    for number, a, b in fields(data, start, end):
-        if number == first:
-            n += count(data, rest, a, b) if rest else 1
-    return n
+class Counter:
+    """How many fields a message holds at `path` (field numbers, outermost first, each but
+    the last a message): Counter((1, 2, 2)) counts every resource_spans[].scope_spans[].
+    spans of an OTLP export request. Parsed by protobuf's C parser (upb) into a message
+    type made here that declares only the path, its last field as bytes: the fields on
+    the way are walked but not decoded. ValueError when the bytes are not protobuf.
+
+    Why not `items`: the daemon counts every access-log and span export on the xDS loop,
+    and this is 25 times faster (an OTLP logs export of 600 records: 0.50 ms in Python,
+    0.02 ms here; measured on this machine), which was most of the daemon's CPU a request
+    with access logs and tracing on (bench/observability_cpu.py)."""
+
+    def __init__(self, path: tuple[int, ...]) -> None:
+        if not path:
+            raise ValueError("an empty path")
+        package = "devmesh.count.p" + "_".join(map(str, path))
+        file = descriptor_pb2.FileDescriptorProto(
+            name=package.replace(".", "/") + ".proto", package=package, syntax="proto3"
+        )
+        for depth, number in enumerate(path):
+            field = file.message_type.add(name=f"L{depth}").field.add(
+                name="f", number=number, label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+            )
+            if depth == len(path) - 1:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+            else:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+                field.type_name = f".{package}.L{depth + 1}"
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(file)
+        self._type = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.L0"))
+        self._depth = len(path)
+
+    def __call__(self, data: bytes) -> int:
+        try:
+            message: Any = self._type.FromString(data)  # a type made here: fields all `f`
+        except DecodeError as exc:
+            raise ValueError(f"not protobuf: {exc}") from None
+        level = [message]
+        for _ in range(self._depth - 1):
+            level = [inner for outer in level for inner in outer.f]
+        total: int = sum(len(m.f) for m in level)
+        return total

@@ -26,10 +26,29 @@ def _message(http: int, tcp: int) -> als_pb2.StreamAccessLogsMessage:
 @pytest.mark.parametrize(("http", "tcp"), [(0, 0), (1, 0), (0, 5), (300, 0)])
 def test_counts_match_a_full_parse(http: int, tcp: int) -> None:
     data = _message(http, tcp).SerializeToString()
-    assert wire.count(data, (2, 1)) == http
-    assert wire.count(data, (3, 1)) == tcp
-    assert wire.count(data, (1,)) == 1
-    assert wire.count(data, (4,)) == 0
+    assert wire.Counter((2, 1))(data) == http
+    assert wire.Counter((3, 1))(data) == tcp
+    assert wire.Counter((1,))(data) == 1
+    assert wire.Counter((4,))(data) == 0
+
+
+def test_a_count_runs_over_every_branch_of_the_path() -> None:
+    # field 1 twice, each holding field 2 twice, each holding field 3 (1, then 2 times);
+    # a varint field 4 and an empty field 9 after them, counted only when asked for, and
+    # a field 2 that is a varint, not the message the path says: not counted (as `at`)
+    leaf = b"\x1a\x01x"
+    inner = (b"\x12\x03" + leaf, b"\x12\x06" + leaf * 2)
+    outer = b"".join(inner) + b"\x20\x05" + b"\x4a\x00" + b"\x10\x07"
+    data = (b"\x0a" + bytes([len(outer)]) + outer) * 2
+    assert wire.Counter((1, 2, 3))(data) == 6
+    assert wire.Counter((1, 2))(data) == 4
+    assert wire.Counter((1, 9))(data) == 2
+    assert len(list(wire.at(data, (1, 2, 3)))) == 6  # the pure walk finds the same
+
+
+def test_an_empty_path_is_refused() -> None:
+    with pytest.raises(ValueError):
+        wire.Counter(())
 
 
 def test_fields_give_each_length_delimited_field_and_skip_the_rest() -> None:
@@ -48,6 +67,11 @@ def test_bytes_that_are_not_protobuf_are_refused(data: bytes) -> None:
         list(wire.fields(data))
 
 
-def test_a_refusal_inside_a_counted_field_is_found() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [b"\x0a\x02\x12\x05", b"\x0a\x05\x12\x03", b"\x0a\x80", b"\x0b\x00"],
+    ids=["inside", "runs-past", "truncated-varint", "group"],
+)
+def test_a_refusal_inside_a_counted_field_is_found(data: bytes) -> None:
     with pytest.raises(ValueError):
-        wire.count(b"\x0a\x02\x12\x05", (1, 2))
+        wire.Counter((1, 2))(data)
