@@ -304,8 +304,10 @@ class AccessLog:
         with self._changed:
             batches = list(self._batches)
             seen = self._seq
-        if tail:
-            yield from [e for b in batches for e in self._entries(b) if keep(e)][-tail:]
+        if tail:  # in time order, as `query` gives them
+            backlog = [e for b in batches for e in self._entries(b) if keep(e)]
+            backlog.sort(key=lambda e: e.time)
+            yield from backlog[-tail:]
         last_yield = time.monotonic()
         while not stop.is_set():
             with self._changed:
@@ -320,6 +322,9 @@ class AccessLog:
                     fresh.append(b)
                 seen = self._seq
             matches = [e for b in reversed(fresh) for e in self._entries(b) if keep(e)]
+            # In time order within what came together; an entry can still come after a
+            # later one printed before it (each Envoy flushes every half second).
+            matches.sort(key=lambda e: e.time)
             if matches:
                 yield from matches
                 last_yield = time.monotonic()

@@ -234,13 +234,24 @@ def test_the_service_takes_each_message_as_bytes_with_its_streams_node(tmp_path:
 
 def test_every_flag_names_a_real_field_of_envoys_message_once() -> None:
     fields = {f.name for f in accesslog_pb2.ResponseFlags.DESCRIPTOR.fields}
-    assert {f.field for f in RESPONSE_FLAGS} == fields
+    assert {f.field for f in RESPONSE_FLAGS} - {""} == fields
+    assert [f.code for f in RESPONSE_FLAGS if not f.field] == ["DO"]  # the line's only
     assert len(BY_CODE) == len(RESPONSE_FLAGS)
     assert explain_flags(("UO", "URX", "DI", "FI", "UT")) == (
         "overflow: the connection pool limit was hit; retry limit reached; "
         "injected delay (fault); injected fault (abort); "
         "upstream timeout (the route's timeout; 15s unless set)"
     )
+
+
+def test_the_readme_explains_every_flag() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("| flag | meaning |") :].split("\n\n")[0]
+    cells = {c.strip() for line in table.splitlines()[2:] for c in line.strip("|").split("|")}
+    codes = {code for cell in cells for code in cell.split(" / ")}
+    assert {f.code for f in RESPONSE_FLAGS} <= codes
 
 
 # -- mesh terms ---------------------------------------------------------------------------
@@ -475,6 +486,21 @@ def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
     assert list(follow) in ([], [None])
 
 
+def test_a_followers_backlog_and_each_fresh_lot_come_in_time_order() -> None:
+    ring = AccessLog(Directory)
+    # two Envoys' batches, each flushed on its own: arrival order is not time order
+    ring.add([entry(2), entry(4)])
+    ring.add([entry(1), entry(3)])
+    stop = threading.Event()
+    follow = ring.follow(Filter(), tail=3, stop=stop, idle=0.05)
+    assert [next(follow).time for _ in range(3)] == [2.0, 3.0, 4.0]  # type: ignore[union-attr]
+    with ring._changed:  # two batches land before the follower wakes
+        ring.add([entry(7)])
+        ring.add([entry(5), entry(6)])
+    assert [next(follow).time for _ in range(3)] == [5.0, 6.0, 7.0]  # type: ignore[union-attr]
+    stop.set()
+
+
 def _access_handlers(ring: AccessLog, text: str = MESH) -> Any:
     """The access-log endpoints over a ring, with a stand-in for the loop's view (they read
     only its mesh and project)."""
@@ -554,13 +580,23 @@ def test_a_follow_running_when_access_logs_are_turned_off_ends_within_a_keepaliv
     assert ended.wait(3)  # the next keepalive (every second) sees it and ends the stream
 
 
-def test_the_gateway_by_its_trace_name_is_pointed_to_its_access_log_name() -> None:
+def test_the_gateway_is_found_by_its_trace_name_too() -> None:
     from devmesh.daemon.api import Refusal
 
-    handlers = _access_handlers(AccessLog(Directory))
+    ring = AccessLog(Directory)
+    ring.add(
+        [
+            entry(1, reporter=api.Reporter.INGRESS, source_service=api.INGRESS, service="front"),
+            entry(2),
+        ]
+    )
+    handlers = _access_handlers(ring)
+    for name in ("gateway", api.INGRESS):  # `traces --service gateway` names it so
+        got = handlers.access_entries(api.AccessRequest(service=name)).entries
+        assert [e.time for e in got] == [1.0]
     with pytest.raises(Refusal) as caught:
-        handlers.access_entries(api.AccessRequest(service="gateway"))
-    assert "the gateway's entries are service 'ingress' here" in caught.value.error.message
+        handlers.access_entries(api.AccessRequest(service="ingres"))
+    assert "did you mean 'ingress'" in caught.value.error.message
 
 
 # -- the HTTP logger's OTLP line -----------------------------------------------------------
