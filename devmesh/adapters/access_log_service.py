@@ -186,7 +186,7 @@ def _flags(common: Any) -> tuple[str, ...]:
     if not common.HasField("response_flags"):
         return ()
     flags = common.response_flags
-    return tuple(f.code for f in RESPONSE_FLAGS if _set(flags, f.field))
+    return tuple(f.code for f in RESPONSE_FLAGS if f.field and _set(flags, f.field))
 
 
 def _set(flags: Any, name: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Final, NamedTuple
 
 class ResponseFlag(NamedTuple):
     code: str  # as Envoy prints it
-    field: str  # envoy.data.accesslog.v3.ResponseFlags
+    field: str  # envoy.data.accesslog.v3.ResponseFlags; "" where it has none
     words: str
 
 
@@ -47,6 +47,8 @@ RESPONSE_FLAGS: Final = (
     ResponseFlag("OM", "overload_manager", "shed by Envoy's overload manager"),
     ResponseFlag("DF", "dns_resolution_failure", "DNS resolution failed"),
     ResponseFlag("DR", "downstream_remote_reset", "the caller reset the stream"),
+    # Newer than the gRPC logger's message in xds-protos: only the HTTP line carries it.
+    ResponseFlag("DO", "", "dropped by the cluster's drop_overload"),
 )
 
 BY_CODE: Final = {f.code: f for f in RESPONSE_FLAGS}

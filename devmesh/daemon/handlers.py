@@ -114,6 +114,9 @@ class Handlers:
 
     def traces(self, req: api.TracesRequest) -> api.TracesResult:
         store = self._trace_store()
+        if req.service == api.INGRESS and not self._loop.view.mesh.has_service(api.INGRESS):
+            # the gateway is `ingress` in access logs and stats: either name finds it here
+            req = dataclasses.replace(req, service=GATEWAY_SERVICE)
         if req.service is not None:
             self._known_service(req.service, store.services())
         if req.status is not None:
@@ -168,8 +171,6 @@ class Handlers:
         if name in names or (name == GATEWAY_SERVICE and (mesh.has_gateway or name in seen)):
             return
         hint = did_you_mean(name, [*names, GATEWAY_SERVICE])
-        if name == api.INGRESS and not hint:
-            hint = f"; the gateway's spans are service '{GATEWAY_SERVICE}' here"
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
             f"{self._loop.mesh_file}: no service '{clip(name)}' in mesh '{self._loop.project}'"
@@ -240,11 +241,13 @@ class Handlers:
         self, service: str | None, status: str | None, route: str | None, slower: float | None
     ) -> Filter:
         mesh = self._loop.view.mesh
+        if service == GATEWAY_SERVICE and not mesh.has_service(GATEWAY_SERVICE):
+            service = api.INGRESS  # the gateway is `gateway` in traces: either name finds it
         if service is not None and service != api.INGRESS and not mesh.has_service(service):
             names = [s.name for s in mesh.services]
-            hint = did_you_mean(service, names) or f"; services: {', '.join(names)}"
-            if service == GATEWAY_SERVICE:
-                hint = f"; the gateway's entries are service '{api.INGRESS}' here"
+            hint = did_you_mean(service, [*names, api.INGRESS]) or (
+                f"; services: {', '.join(names)}, and the gateway's '{api.INGRESS}'"
+            )
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
                 f"no service '{clip(service)}' in mesh '{self._loop.project}'{hint}",

@@ -680,10 +680,10 @@ def _handlers(text: str = MESH) -> Any:
         (api.TracesRequest(limit=0), "bad_request", "limit"),
         (api.TraceRequest("xyz"), "bad_request", "hex digits"),
         (api.TraceRequest("ffffff"), "not_found", "no trace ffffff"),
-        (api.TracesRequest(service="ingress"), "not_found", "spans are service 'gateway'"),
+        (api.TracesRequest(service="gatewya"), "not_found", "did you mean 'gateway'"),
         (api.TraceRequest("x" * 100_000), "bad_request", "(100000 char"),
     ],
-    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace", "ingress", "huge"],
+    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace", "gateway-typo", "huge"],
 )
 def test_the_trace_endpoints_refuse_with_located_words(
     request_: Any, code: str, words: str
@@ -705,6 +705,11 @@ def test_the_trace_endpoints_answer_and_say_when_tracing_is_off() -> None:
         "abcdef"
     ]
     assert handlers.traces(api.TracesRequest(service="gateway")).traces == ()
+    gateway = _span(trace="fedcba" + "0" * 26, service="gateway")
+    handlers.telemetry.store.add([gateway])
+    for name in ("gateway", "ingress"):  # `logs --access ingress` names it so
+        found = handlers.traces(api.TracesRequest(service=name)).traces
+        assert [t.trace_id[:6] for t in found] == ["fedcba"]
     assert handlers.trace(api.TraceRequest("ABCDEF")).spans[0].service == "back"
     off = _handlers(MESH.replace("ingress:", "observability: {tracing: false}\ningress:"))
     with pytest.raises(Refusal) as caught:
