@@ -166,10 +166,13 @@ class TraceStore:
             return [_trace(k, v) for k, v in self._traces.items() if k.startswith(want)]
 
     def query(self, req: api.TracesRequest) -> list[api.TraceSummary]:
-        """Newest first, filtered as the request says, at most `req.limit`."""
+        """Newest first (by the trace's first span's start: a slow trace's spans come
+        after those of quicker ones begun after it), filtered as the request says, at most
+        `req.limit`."""
         self._read_pending()
         with self._lock:
             items = [(k, list(v)) for k, v in reversed(self._traces.items())]
+        items.sort(key=lambda item: min((s.start for s in item[1]), default=0.0), reverse=True)
         out: list[api.TraceSummary] = []
         status = parse_status(req.status) if req.status else None
         for trace_id, spans in items:

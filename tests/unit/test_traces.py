@@ -206,6 +206,15 @@ def test_the_store_keeps_the_last_n_traces_and_counts_what_it_lets_go() -> None:
     assert next(t.trace_id for t in store.query(api.TracesRequest())) == f"{4:032x}"
 
 
+def test_traces_are_listed_newest_started_first_whatever_order_they_came_in() -> None:
+    store = TraceStore()
+    store.add([_span(trace="2" * 32, start=101.0, ms=5)])  # begun later, ended first
+    store.add([_span(trace="1" * 32, start=100.0, ms=2000)])  # slowed: its spans come last
+    store.add([_span(trace="3" * 32, start=102.0, ms=5)])
+    assert [t.trace_id[0] for t in store.query(api.TracesRequest())] == ["3", "2", "1"]
+    assert [t.trace_id[0] for t in store.query(api.TracesRequest(limit=1))] == ["3"]
+
+
 def test_the_store_filters_by_service_status_and_duration() -> None:
     store = TraceStore()
     store.add([_span(trace="1" * 32, service="front", ms=5, status=200)])
