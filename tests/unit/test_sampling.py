@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from devmesh.daemon.sampling import HOLD, STEPS, TARGET, WINDOW, AdaptiveSampling
+from devmesh.daemon.sampling import EARLY, HOLD, STEPS, TARGET, WINDOW, AdaptiveSampling
 
 
 def _run(sampling: AdaptiveSampling, every: float, seconds: float, start: float, total: int):
@@ -40,6 +40,22 @@ def test_saturation_goes_lower_and_the_end_of_load_goes_back_to_every_request() 
     assert changes[-1] == 100.0 and s.percent == 100.0
 
 
+def test_a_load_far_over_the_target_lowers_the_share_within_two_seconds() -> None:
+    s = AdaptiveSampling()
+    # the first observation starts the window; the next, EARLY later, already tells
+    _, _, changes = _run(s, every=10_000.0, seconds=1 + int(EARLY), start=0.0, total=0)
+    assert changes == [2.0]  # 10,000 x 2 % = 200 spans a second
+
+
+def test_a_load_just_over_the_target_waits_until_its_spans_tell() -> None:
+    s = AdaptiveSampling()
+    # 400 a second: over 1.5 x TARGET, but a few seconds of it are no whole window's worth
+    now, total, changes = _run(s, every=400.0, seconds=4, start=0.0, total=0)
+    assert changes == []
+    _, _, changes = _run(s, every=400.0, seconds=int(WINDOW) - 3, start=now, total=total)
+    assert changes == [50.0]
+
+
 def test_a_small_change_of_load_changes_nothing() -> None:
     """Hysteresis: between TARGET / 2.5 and 1.5 x TARGET spans a second, the share holds."""
     s = AdaptiveSampling()
@@ -51,8 +67,8 @@ def test_a_small_change_of_load_changes_nothing() -> None:
 
 def test_spans_still_buffered_at_the_old_share_do_not_lower_it_again() -> None:
     s = AdaptiveSampling()
-    now, total, changes = _run(s, every=2000.0, seconds=int(WINDOW) + 1, start=0.0, total=0)
-    assert changes == [10.0]
+    now, total, changes = _run(s, every=2000.0, seconds=2, start=0.0, total=0)
+    assert changes == [10.0]  # lowered early: 2,000 spans in a second tell already
     # The Envoys flush what they held at 100 % in the next seconds: not measured
     total += 2000 * 3
     now += HOLD - 1
