@@ -5,6 +5,7 @@ on the trace's time line. Plain text, shared by `devmesh traces ID` and the TUI'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from devmesh.api.types import Span, SpanKind, Trace
 
@@ -50,12 +51,29 @@ def rows(trace: Trace) -> list[Row]:
 def describe(span: Span) -> str:
     """What the span is, in mesh words: a call `frontend -> catalog/v2 via main` (the
     caller, the version it reached, the route), a pod's own `catalog/v2 in`, the gateway's
-    `gateway in via api` (its ingress route)."""
+    `gateway in via api` (its ingress route), a copy a route mirrored `catalog/v2 in
+    (mirrored copy)`."""
     via = f" via {span.route}" if span.route else ""
     if span.kind is SpanKind.SERVER:
         who = f"{span.service}/{span.version}" if span.version else span.service
-        return f"{who} in{via}"
-    return f"{span.service} -> {span.upstream or span.name}{via}"
+        return f"{who} in{via}{' (mirrored copy)' if mirrored(span) else ''}"
+    mirror = " (mirror)" if mirrored(span) else ""
+    return f"{span.service} -> {span.upstream or span.name}{via}{mirror}"
+
+
+def mirrored(span: Span) -> bool:
+    """Whether the span belongs to a copy a route mirrored (`mirror:`), whose answer goes
+    nowhere. The caller's Envoy makes a client span named `mirror` for the copy (route
+    decorators are never that: devmesh's are `service/route`), and sends the copy with
+    `-shadow` after the host the caller used (`api` -> `api-shadow`), which the pod's side
+    shows. A service named `x-shadow` called as itself is not one."""
+    if span.kind is SpanKind.CLIENT:
+        return span.name == "mirror"
+    try:
+        host = urlsplit(span.url).hostname or ""
+    except ValueError:  # a URL Envoy wrote from a hostile Host header
+        return False
+    return span.kind is SpanKind.SERVER and host.endswith("-shadow") and host != span.service
 
 
 def bar(offset_ms: float, duration_ms: float, total_ms: float, width: int) -> str:

@@ -273,6 +273,33 @@ def test_bad_status_filters_are_refused(text: str) -> None:
 # -- the waterfall ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("service", "kind", "url", "copy"),
+    [
+        ("back", api.SpanKind.SERVER, "http://back-shadow:8000/items", True),
+        ("back", api.SpanKind.SERVER, "http://BACK-shadow/items", True),
+        ("back", api.SpanKind.SERVER, "http://back:8000/items", False),
+        ("back-shadow", api.SpanKind.SERVER, "http://back-shadow/x", False),  # its own name
+        ("front", api.SpanKind.CLIENT, "http://back-shadow/x", False),
+        ("back", api.SpanKind.SERVER, "http://[::1/x", False),  # not a URL
+        ("back", api.SpanKind.SERVER, "", False),
+    ],
+)
+def test_a_mirrored_copy_is_told_by_the_shadow_host(
+    service: str, kind: api.SpanKind, url: str, copy: bool
+) -> None:
+    span = dataclasses.replace(_span(service=service, kind=kind), url=url, version="v2")
+    assert waterfall.mirrored(span) is copy
+    assert waterfall.describe(span).endswith("(mirrored copy)") is copy
+
+
+def test_the_callers_span_of_a_mirrored_copy_is_named_mirror_by_envoy() -> None:
+    call = dataclasses.replace(_span(kind=api.SpanKind.CLIENT, name="mirror"), upstream="b/v2")
+    assert waterfall.mirrored(call) and waterfall.describe(call) == "front -> b/v2 (mirror)"
+    decorated = dataclasses.replace(call, name="back/main")  # devmesh's route decorators
+    assert not waterfall.mirrored(decorated)
+
+
 def test_the_waterfall_nests_each_span_under_its_parent_on_one_time_line() -> None:
     root = _span(span="1" * 16, ms=100, name="gateway/site", service="gateway")
     call = _span(
