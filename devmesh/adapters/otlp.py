@@ -68,7 +68,8 @@ def to_span(span: Any, resource: dict[str, str]) -> api.Span:
     # collector decodes every span of the mesh; this is most of its CPU).
     tags = {kv.key: kv.value.string_value for kv in span.attributes if kv.key in _WANTED}
     status_text = tags.get("http.status_code", "")
-    status = int(status_text) if status_text.isdigit() else None
+    # 0: no response went out (a reset, a timeout's cut-off copy): none, as access logs say
+    status = int(status_text) or None if status_text.isdigit() else None
     start = span.start_time_unix_nano / 1e9
     duration = max(0, span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
     flags = tags.get("response_flags", "")

@@ -26,6 +26,11 @@ from devmesh.envoy.names import parse_cluster_name, parse_hop_name, parse_route_
 from devmesh.plan.desired import Desired
 
 log = logging.getLogger("devmesh.access")
+# A follower holds each entry this long and gives what came meanwhile in time order: each
+# Envoy flushes its entries every half second (envoy/access_log.py), so a request's lines
+# from its caller's and its callee's Envoys come within about one flush of each other (a
+# trial saw 73 of 90 followed lines out of order when each wake-up was sorted alone).
+REORDER = 1.0
 
 Who = tuple[str, str, str]  # (service, version, pod); "" where unknown
 NOBODY: Who = ("", "", "")
@@ -158,7 +163,13 @@ class Filter:
     slower_ms: float | None = None
 
     def __call__(self, e: api.AccessEntry) -> bool:
-        if self.service is not None and self.service not in (e.service, e.source_service):
+        # (the gateway's public listener's entries come from outside: no source service)
+        public = self.service == api.INGRESS and e.reporter is api.Reporter.INGRESS
+        if (
+            self.service is not None
+            and self.service not in (e.service, e.source_service)
+            and not public
+        ):
             return False
         if self.route is not None and e.route != self.route:
             return False
@@ -297,10 +308,16 @@ class AccessLog:
         return api.AccessResult(tuple(found[-limit:] if limit else ()), self.counters())
 
     def follow(
-        self, keep: Filter, tail: int, stop: threading.Event, idle: float = 1.0
+        self,
+        keep: Filter,
+        tail: int,
+        stop: threading.Event,
+        idle: float = 1.0,
+        reorder: float = REORDER,
     ) -> Iterator[api.AccessEntry | None]:
-        """The last `tail` matches, then each new match as it comes; None after `idle`
-        seconds with nothing (the API's keepalive), until `stop` is set."""
+        """The last `tail` matches, then each new match as it comes: held `reorder` seconds,
+        then given in time order with every match held that began before it; None after
+        `idle` seconds with nothing (the API's keepalive), until `stop` is set."""
         with self._changed:
             batches = list(self._batches)
             seen = self._seq
@@ -308,11 +325,13 @@ class AccessLog:
             backlog = [e for b in batches for e in self._entries(b) if keep(e)]
             backlog.sort(key=lambda e: e.time)
             yield from backlog[-tail:]
+        held: list[tuple[float, api.AccessEntry]] = []  # (when it came, entry), oldest first
         last_yield = time.monotonic()
         while not stop.is_set():
             with self._changed:
                 if self._seq == seen:
-                    self._changed.wait(idle)
+                    due_in = held[0][0] + reorder - time.monotonic() if held else idle
+                    self._changed.wait(max(0.0, min(idle, due_in)))
                 # Newest last: the batches past `seen` are the last ones (those a follower
                 # more than a whole ring behind missed are gone).
                 fresh = []
@@ -321,16 +340,19 @@ class AccessLog:
                         break
                     fresh.append(b)
                 seen = self._seq
-            matches = [e for b in reversed(fresh) for e in self._entries(b) if keep(e)]
-            # In time order within what came together; an entry can still come after a
-            # later one printed before it (each Envoy flushes every half second).
-            matches.sort(key=lambda e: e.time)
-            if matches:
-                yield from matches
+            now = time.monotonic()
+            held += [(now, e) for b in reversed(fresh) for e in self._entries(b) if keep(e)]
+            due = [e for came, e in held if now - came >= reorder]
+            if due:
+                # and what came since but began before them: a slower Envoy's lines
+                cutoff = max(e.time for e in due)
+                out = sorted((e for _, e in held if e.time <= cutoff), key=lambda e: e.time)
+                held = [(came, e) for came, e in held if e.time > cutoff]
+                yield from out
                 last_yield = time.monotonic()
-            elif time.monotonic() - last_yield >= idle:
+            elif now - last_yield >= idle:
                 yield None  # the API's keepalive; it notices a client gone here
-                last_yield = time.monotonic()
+                last_yield = now
 
 
 def directory_of(

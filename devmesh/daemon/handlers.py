@@ -170,7 +170,7 @@ class Handlers:
         names = [s.name for s in mesh.services]
         if name in names or (name == GATEWAY_SERVICE and (mesh.has_gateway or name in seen)):
             return
-        hint = did_you_mean(name, [*names, GATEWAY_SERVICE])
+        hint = did_you_mean(name, [*names, GATEWAY_SERVICE, api.INGRESS])
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
             f"{self._loop.mesh_file}: no service '{clip(name)}' in mesh '{self._loop.project}'"
@@ -245,7 +245,7 @@ class Handlers:
             service = api.INGRESS  # the gateway is `gateway` in traces: either name finds it
         if service is not None and service != api.INGRESS and not mesh.has_service(service):
             names = [s.name for s in mesh.services]
-            hint = did_you_mean(service, [*names, api.INGRESS]) or (
+            hint = did_you_mean(service, [*names, api.INGRESS, GATEWAY_SERVICE]) or (
                 f"; services: {', '.join(names)}, and the gateway's '{api.INGRESS}'"
             )
             raise Refusal(

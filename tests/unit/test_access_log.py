@@ -4,6 +4,7 @@ terms, the bounded ring, its filters and its followers."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -356,7 +357,7 @@ def test_the_trace_id_is_read_from_either_header(header: str, trace: str) -> Non
 # -- filters and the ring -----------------------------------------------------------------
 
 
-def entry(n: int, **kw: Any) -> api.AccessEntry:
+def entry(n: float, **kw: Any) -> api.AccessEntry:
     base: dict[str, Any] = {
         "time": float(n),
         "reporter": api.Reporter.OUTBOUND,
@@ -477,7 +478,7 @@ def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
     ring = AccessLog(Directory)
     ring.add([entry(1, status=503), entry(2), entry(3, status=500)])
     stop = threading.Event()
-    follow = ring.follow(Filter(status="5xx"), tail=1, stop=stop, idle=0.05)
+    follow = ring.follow(Filter(status="5xx"), tail=1, stop=stop, idle=0.05, reorder=0)
     assert next(follow) == entry(3, status=500)
     ring.add([entry(4), entry(5, status=502)])
     assert next(follow) == entry(5, status=502)
@@ -486,18 +487,29 @@ def test_a_follower_gets_the_tail_then_new_matches_and_keepalives() -> None:
     assert list(follow) in ([], [None])
 
 
-def test_a_followers_backlog_and_each_fresh_lot_come_in_time_order() -> None:
+def test_a_followers_backlog_and_what_comes_within_a_flush_are_in_time_order() -> None:
     ring = AccessLog(Directory)
     # two Envoys' batches, each flushed on its own: arrival order is not time order
     ring.add([entry(2), entry(4)])
     ring.add([entry(1), entry(3)])
     stop = threading.Event()
-    follow = ring.follow(Filter(), tail=3, stop=stop, idle=0.05)
+    follow = ring.follow(Filter(), tail=3, stop=stop, idle=5.0, reorder=0.3)
     assert [next(follow).time for _ in range(3)] == [2.0, 3.0, 4.0]  # type: ignore[union-attr]
-    with ring._changed:  # two batches land before the follower wakes
-        ring.add([entry(7)])
-        ring.add([entry(5), entry(6)])
-    assert [next(follow).time for _ in range(3)] == [5.0, 6.0, 7.0]  # type: ignore[union-attr]
+    got: list[float] = []
+
+    def read() -> None:
+        got.extend(next(follow).time for _ in range(4))  # type: ignore[union-attr]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.1)  # the follower waits for news
+    ring.add([entry(7)])  # the callee's Envoy flushed first
+    time.sleep(0.1)
+    ring.add([entry(5), entry(6)])  # the caller's, a wake-up later, began earlier
+    time.sleep(0.5)
+    ring.add([entry(4.5)])  # a flush past the hold: it comes when it comes
+    reader.join(timeout=5)
+    assert got == [5.0, 6.0, 7.0, 4.5]
     stop.set()
 
 
@@ -586,17 +598,22 @@ def test_the_gateway_is_found_by_its_trace_name_too() -> None:
     ring = AccessLog(Directory)
     ring.add(
         [
-            entry(1, reporter=api.Reporter.INGRESS, source_service=api.INGRESS, service="front"),
+            # the gateway's hop, and its public listener (a caller from outside: no source)
+            entry(1, source_service=api.INGRESS, service="front"),
             entry(2),
+            entry(3, reporter=api.Reporter.INGRESS, source_service="", service="front"),
         ]
     )
     handlers = _access_handlers(ring)
     for name in ("gateway", api.INGRESS):  # `traces --service gateway` names it so
         got = handlers.access_entries(api.AccessRequest(service=name)).entries
-        assert [e.time for e in got] == [1.0]
-    with pytest.raises(Refusal) as caught:
-        handlers.access_entries(api.AccessRequest(service="ingres"))
-    assert "did you mean 'ingress'" in caught.value.error.message
+        assert [e.time for e in got] == [1.0, 3.0]
+    got = handlers.access_entries(api.AccessRequest(service="back")).entries
+    assert [e.time for e in got] == [2.0]  # the public listener's are not a service's
+    for typo, meant in (("ingres", "ingress"), ("gatewy", "gateway")):
+        with pytest.raises(Refusal) as caught:
+            handlers.access_entries(api.AccessRequest(service=typo))
+        assert f"did you mean '{meant}'" in caught.value.error.message
 
 
 # -- the HTTP logger's OTLP line -----------------------------------------------------------

@@ -128,6 +128,16 @@ def test_an_envoy_span_is_read_in_mesh_terms() -> None:
     assert span.node == "m-front-default-0-sidecar" and span.request_id == "rid"
 
 
+def test_a_span_with_status_0_has_no_status() -> None:
+    """Envoy tags a stream that ended with no response (a reset) `http.status_code: 0`:
+    the waterfall showed `0`, where the access log shows none."""
+    req = _otlp()
+    attributes = scope_spans(req.resource_spans[0])[0].spans[0].attributes
+    next(a for a in attributes if a.key == "http.status_code").value.string_value = "0"
+    (span,) = spans_of(req)
+    assert span.status is None and waterfall.status_text(span).startswith("-")
+
+
 @pytest.mark.parametrize(
     ("cluster", "words"),
     [("back|v2", "back/v2"), ("_app", "app"), ("_hop|front", "front"), ("", "")],
@@ -717,9 +727,19 @@ def _handlers(text: str = MESH) -> Any:
         (api.TraceRequest("xyz"), "bad_request", "hex digits"),
         (api.TraceRequest("ffffff"), "not_found", "no trace ffffff"),
         (api.TracesRequest(service="gatewya"), "not_found", "did you mean 'gateway'"),
+        (api.TracesRequest(service="ingres"), "not_found", "did you mean 'ingress'"),
         (api.TraceRequest("x" * 100_000), "bad_request", "(100000 char"),
     ],
-    ids=["unknown-service", "bad-status", "limit", "bad-id", "no-such-trace", "gateway", "huge"],
+    ids=[
+        "unknown-service",
+        "bad-status",
+        "limit",
+        "bad-id",
+        "no-such-trace",
+        "gateway",
+        "ingress",
+        "huge",
+    ],
 )
 def test_the_trace_endpoints_refuse_with_located_words(
     request_: Any, code: str, words: str
