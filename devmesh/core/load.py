@@ -78,6 +78,10 @@ from devmesh.core.schema import mesh_spec
 from devmesh.core.source import parse, read_mesh_bytes, read_text
 from devmesh.core.spec import Ctx, TooManyProblems
 
+# What access logs and metrics (`ingress`) and traces (`gateway`) call the gateway; either
+# finds it in `logs --access` and `traces --service` (daemon/handlers.py).
+GATEWAY_NAMES = ("gateway", "ingress")
+
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
 # Blocks a service merges key by key over the mesh `defaults:`; others (retries) replace.
@@ -227,6 +231,13 @@ class _Builder:
 
     def service(self, name: str, raw: dict[str, Any]) -> Service | None:
         at: Path = ("services", name)
+        if name in GATEWAY_NAMES:
+            self.ctx.warn(
+                at,
+                f"'{name}' is also the gateway's name in access logs, traces and metrics: "
+                f"`logs --access {name}` and `traces --service {name}` show both "
+                "(another name tells them apart)",
+            )
         port: int | None = raw.get("port")
         if port in RESERVED_PORTS:
             self.error(

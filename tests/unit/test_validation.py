@@ -976,6 +976,22 @@ def test_a_route_after_one_that_takes_every_request_is_a_warning_not_an_error() 
     assert load(in_order).warnings == ()
 
 
+@pytest.mark.parametrize("name", ["gateway", "ingress"])
+def test_a_service_with_a_name_of_the_gateways_is_a_warning(name: str) -> None:
+    [warning] = load(BASE.replace("  web:", f"  {name}:")).warnings
+    assert warning.path == f"services.{name}"
+    assert "also the gateway's name" in warning.message
+    assert load(BASE).warnings == ()
+
+
+def test_the_gateways_names_are_those_the_daemon_gives_it() -> None:
+    from devmesh.api import types as api
+    from devmesh.core.load import GATEWAY_NAMES
+    from devmesh.envoy.tracing import GATEWAY_SERVICE
+
+    assert set(GATEWAY_NAMES) == {api.INGRESS, GATEWAY_SERVICE}
+
+
 def test_a_try_as_long_as_the_routes_timeout_is_a_warning() -> None:
     route = "      - {to: default, timeout: 1s, retries: {attempts: 2, per_try_timeout: @T@}}\n"
     text = BASE + "    routes:\n" + route
