@@ -52,7 +52,10 @@ async def settled(
 
 
 def _has_focus(app: App[None], selector: str) -> bool:
-    return any(widget is app.focused for widget in app.screen.query(selector))
+    # `app.focused` is set at once; the widget's :focus colours follow its Focus event, which
+    # sets `has_focus` (Textual's Widget._on_focus). A snapshot between the two showed the
+    # same text in other colours (test_trace_list_120x16, 2 of 5 parallel runs).
+    return any(widget is app.focused and widget.has_focus for widget in app.screen.query(selector))
 
 
 @pytest.fixture
