@@ -69,11 +69,13 @@ def mirrored(span: Span) -> bool:
     shows. A service named `x-shadow` called as itself is not one."""
     if span.kind is SpanKind.CLIENT:
         return span.name == "mirror"
+    if span.kind is not SpanKind.SERVER:
+        return False
     try:
         host = urlsplit(span.url).hostname or ""
     except ValueError:  # a URL Envoy wrote from a hostile Host header
         return False
-    return span.kind is SpanKind.SERVER and host.endswith("-shadow") and host != span.service
+    return host.endswith("-shadow") and host != span.service
 
 
 def bar(offset_ms: float, duration_ms: float, total_ms: float, width: int) -> str:

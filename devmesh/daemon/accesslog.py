@@ -163,12 +163,11 @@ class Filter:
     slower_ms: float | None = None
 
     def __call__(self, e: api.AccessEntry) -> bool:
-        # (the gateway's public listener's entries come from outside: no source service)
-        public = self.service == api.INGRESS and e.reporter is api.Reporter.INGRESS
         if (
             self.service is not None
             and self.service not in (e.service, e.source_service)
-            and not public
+            # the gateway's public listener's entries come from outside: no source service
+            and not (self.service == api.INGRESS and e.reporter is api.Reporter.INGRESS)
         ):
             return False
         if self.route is not None and e.route != self.route:
