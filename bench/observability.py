@@ -138,6 +138,12 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
         finally:
             for project in projects.values():
                 c.down(project)
+    return _latency_table(runs, sat, "")
+
+
+def _latency_table(
+    runs: dict[str, list[dict[str, float]]], sat: dict[str, list[float]], how: str
+) -> list[list[str]]:
     metrics = ("p50", "p99", "rate")
     med = {k: {m: statistics.median(x[m] for x in v) for m in metrics} for k, v in runs.items()}
     errors = {k: sum(x["errors"] for x in v) for k, v in runs.items()}
@@ -151,7 +157,7 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
 
     return [
         [
-            "p50 at ~1,000 req/s, 2 Envoys",
+            f"p50 at ~1,000 req/s, 2 Envoys{how}",
             f"{med['off']['p50']:.2f} ms",
             f"{med['on']['p50']:.2f} ms",
             _spread(ratios("on", "p50")),
@@ -159,7 +165,7 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             "≤ 1.10",
         ],
         [
-            "p99 at ~1,000 req/s, 2 Envoys",
+            f"p99 at ~1,000 req/s, 2 Envoys{how}",
             f"{med['off']['p99']:.2f} ms",
             f"{med['on']['p99']:.2f} ms",
             _spread(ratios("on", "p99")),
@@ -167,7 +173,7 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             "≤ 1.10",
         ],
         [
-            "rate reached (paced), errors",
+            f"rate reached (paced), errors{how}",
             f"{med['off']['rate']:.0f}/s, {errors['off']}",
             f"{med['on']['rate']:.0f}/s, {errors['on']}",
             "",
@@ -175,7 +181,7 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             "",
         ],
         [
-            "throughput at saturation (32 conns)",
+            f"throughput at saturation (32 conns){how}",
             f"{thr['off']:.0f}/s",
             f"{thr['on']:.0f}/s",
             _spread(ratios("on", "sat")),
@@ -183,6 +189,49 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             "≥ 0.90",
         ],
     ]
+
+
+def live_rows(seconds: float, rounds: int) -> list[list[str]]:
+    """One mesh, its `observability:` block rewritten between measurements: the same
+    containers, ports and docker-proxy for "off" and "on"; control: "off" measured again."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+    sat: dict[str, list[float]] = {k: [] for k in KINDS}
+    project = f"obsbench-live-{uuid.uuid4().hex[:6]}"
+    texts = {k: mesh_text("obsbench", 1, k == "on", None) for k in KINDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "m.yaml"
+        file.write_text(texts["off"])
+        current = "off"
+        try:
+            progress(f"up {project}")
+            c.up(file, project)
+            url = hop_urls(project)["server"]
+            for r in range(rounds):
+                order = KINDS[r % 3 :] + KINDS[: r % 3]
+                for kind in order if r % 2 == 0 else order[::-1]:
+                    if texts[kind] != texts[current]:
+                        offset = c.log_offset(project)
+                        file.write_text(texts[kind])
+                        _wait_applied(project, offset)
+                        current = kind
+                    wrk(url, 10, 3, 10)  # warm-up: new listeners, sampling: auto settles
+                    progress(f"round {r + 1}: {kind} paced (live)")
+                    runs[kind].append(wrk(url, 10, seconds, 10))
+                    progress(f"round {r + 1}: {kind} saturated (live)")
+                    sat[kind].append(wrk(url, 32, seconds / 2, None)["rate"])
+        finally:
+            c.down(project)
+    return _latency_table(runs, sat, " (one mesh, live)")
+
+
+def _wait_applied(project: str, offset: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("save: applied" in line for line in c.log_lines(project, offset)):
+            time.sleep(1.0)  # the Envoys ACK, the old listeners drain
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{project}: the rewritten mesh file was not applied in {timeout:g} s")
 
 
 def daemon_rows(window: float) -> list[list[str]]:
@@ -273,6 +322,11 @@ def main() -> int:
         help="'on' traces this percent of requests (default: the mesh file's default)",
     )
     parser.add_argument("--no-daemon-rows", action="store_true")
+    parser.add_argument(
+        "--live",
+        choices=("also", "only"),
+        help="also (or only) measure in one mesh whose observability: block is rewritten live",
+    )
     args = parser.parse_args()
     if args.sampling is not None:
         ON.update(tracing={"sampling": args.sampling})
@@ -282,7 +336,9 @@ def main() -> int:
         ON.update(access_log=False)
     c.raise_on_sigterm()
     try:
-        rows = latency_rows(args.seconds, args.rounds)
+        rows = [] if args.live == "only" else latency_rows(args.seconds, args.rounds)
+        if args.live:
+            rows += live_rows(args.seconds, args.rounds)
         if not args.no_daemon_rows:
             rows += [[*row[:4], "", *row[4:]] for row in daemon_rows(args.cpu_window)]
     except BenchError as exc:
