@@ -621,6 +621,7 @@ def logs(
     follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
 
     Example: devmesh logs -f catalog --tail 20"""
+    from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint
     from devmesh.daemon import launcher
 
     if access:
@@ -634,10 +635,11 @@ def logs(
     # no daemon for the instance -p names: a file here is not known to be its file
     unrelated = target.state is None and given_project(project) is not None
     services = None if unrelated else _service_names(target)
-    if service is not None and services is not None and service not in services:
+    gateway = proxy and service in GATEWAY_NAMES  # the gateway's Envoy (logfollow.Which)
+    if service is not None and services is not None and service not in services and not gateway:
         raise MeshError(
             f"no service '{service}' in mesh '{name}'{did_you_mean(service, services)}; "
-            f"services: {', '.join(services)}"
+            f"services: {', '.join(services)}{gateway_logs_hint(service)}"
         )
     colour = views.use_colour(sys.stdout)
     # a prefix on every line when they can come from several pods or several kinds of log

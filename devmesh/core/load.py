@@ -82,6 +82,15 @@ from devmesh.core.spec import Ctx, TooManyProblems
 # finds it in `logs --access` and `traces --service` (daemon/handlers.py).
 GATEWAY_NAMES = ("gateway", "ingress")
 
+
+def gateway_logs_hint(name: str | None) -> str:
+    """For `logs NAME` when NAME is no service's: where the gateway's log is, if NAME is
+    one of its names (it runs no app, only an Envoy)."""
+    if name not in GATEWAY_NAMES:
+        return ""
+    return f"; the gateway runs no app: `devmesh logs --proxy {name}` shows its Envoy's log"
+
+
 _WORKLOAD_KEYS = ("image", "build", "env", "command", "replicas")
 _TCP_ROUTE_KEYS = ("name", "to")
 # Blocks a service merges key by key over the mesh `defaults:`; others (retries) replace.

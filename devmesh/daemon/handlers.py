@@ -18,6 +18,7 @@ from devmesh.adapters.envoy_admin import StatsSource, StatsTarget
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
+from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint
 from devmesh.core.model import Abort, Delay, Fault
 from devmesh.core.problems import MeshError, clip, did_you_mean
 from devmesh.daemon.accesslog import AccessLog, Filter, status_problem
@@ -223,12 +224,13 @@ class Handlers:
 
     def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine | None]:
         view = self._loop.view
-        if req.service is not None and not view.mesh.has_service(req.service):
+        gateway = req.proxy and req.service in GATEWAY_NAMES  # its Envoy's own log
+        if req.service is not None and not gateway and not view.mesh.has_service(req.service):
             names = ", ".join(s.name for s in view.mesh.services)
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
                 f"no service '{clip(req.service)}' in mesh '{self._loop.project}'; "
-                f"services: {names}",
+                f"services: {names}{gateway_logs_hint(req.service)}",
             )
         stop = threading.Event()
         lines = self._follow(req, stop)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from devmesh.api import types as api
+from devmesh.core.load import GATEWAY_NAMES
 from devmesh.plan.plan import Observed
 
 IDLE_END = 3.0  # seconds a replacement gets to appear before following ends
@@ -54,7 +55,9 @@ class LogEngine(Protocol):
 @dataclass(frozen=True, slots=True)
 class Which:
     """Whose logs: a service's (None: every service's), its apps' or its proxies' (the
-    sidecars, and for the whole mesh the gateway too)."""
+    sidecars, and for the whole mesh the gateway too). With `proxy`, the gateway's names
+    (`gateway`, `ingress`) choose the gateway's Envoy, as they find it in access logs and
+    traces (and a service of that name's sidecars beside it: `validate` warns of one)."""
 
     service: str | None = None
     proxy: bool = False
@@ -62,7 +65,7 @@ class Which:
 
     def takes(self, o: Observed) -> bool:
         if o.role == "gateway":
-            return self.proxy and self.service is None
+            return self.proxy and (self.service is None or self.service in GATEWAY_NAMES)
         if o.role != ("sidecar" if self.proxy else "app"):
             return False
         return self.service is None or o.service == self.service

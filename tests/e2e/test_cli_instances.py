@@ -199,6 +199,34 @@ def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None
     assert f"{running.project}-api-v1-0 sidecar" in prefixes
     assert f"{running.project}-gateway" in prefixes
     assert not any(p.endswith("-0") for p in prefixes)  # no app lines
+    # the gateway's Envoy alone, by either of its names, read here or followed by the daemon
+    gateway = [
+        line.split(" | ", 1)[1]
+        for line in result.stdout.splitlines()
+        if line.startswith(f"{running.project}-gateway | ")
+    ]
+    assert gateway
+    for name in ("gateway", "ingress"):
+        alone = running.run("logs", "--proxy", name, "--tail", "3", cwd=running.elsewhere)
+        assert alone.returncode == 0, alone.stderr
+        assert alone.stdout.splitlines() == gateway
+    refused = running.run("logs", "gateway", cwd=running.elsewhere)
+    assert refused.returncode != 0
+    assert "`devmesh logs --proxy gateway` shows its Envoy's log" in refused.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", "logs", "--proxy", "ingress", "-f", "--tail", "1"],
+        env=running.env,
+        cwd=running.elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert first.rstrip("\n") == gateway[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.mark.docker

@@ -616,6 +616,24 @@ def test_the_gateway_is_found_by_its_trace_name_too() -> None:
         assert f"did you mean '{meant}'" in caught.value.error.message
 
 
+def test_the_gateways_envoy_log_is_followed_by_either_name_with_proxy() -> None:
+    from devmesh.daemon.api import Refusal
+
+    handlers = _access_handlers(AccessLog(Directory))
+    asked: list[api.FollowRequest] = []
+    handlers._follow = lambda req, stop: asked.append(req) or iter([None])
+    for name in ("gateway", api.INGRESS):
+        assert list(handlers.follow_logs(api.FollowRequest(name, proxy=True))) == [None]
+        with pytest.raises(Refusal) as caught:  # its app logs: it has no app
+            next(iter(handlers.follow_logs(api.FollowRequest(name))))
+        assert caught.value.error.code is api.ErrorCode.NOT_FOUND
+        assert f"`devmesh logs --proxy {name}` shows its Envoy's log" in caught.value.error.message
+    assert [r.service for r in asked] == ["gateway", api.INGRESS]
+    with pytest.raises(Refusal) as caught:
+        next(iter(handlers.follow_logs(api.FollowRequest("gatewy", proxy=True))))
+    assert "--proxy" not in caught.value.error.message
+
+
 # -- the HTTP logger's OTLP line -----------------------------------------------------------
 
 

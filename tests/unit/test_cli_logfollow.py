@@ -183,6 +183,12 @@ def test_proxy_logs_are_the_sidecars_and_for_the_mesh_the_gateways() -> None:
         ("p-web-v1-0", "sidecar"),
         ("p-gateway", "gateway"),
     }
+    # the gateway's names choose its Envoy, as in access logs and traces
+    for name in ("gateway", "ingress"):
+        assert lines(logfollow.Which(name, proxy=True)) == [
+            ("p-gateway", "gateway", "gateway of p-gateway")
+        ]
+        assert lines(logfollow.Which(name)) == []  # it runs no app
     stamped = lines(logfollow.Which("web", timestamps=True))
     assert stamped == [("p-web-v1-0", "app", "2026-12-03T10:00:00.000000000Z app says")]
     assert logfollow.pods_of(engine, "p", logfollow.Which(None, proxy=True)) == [
