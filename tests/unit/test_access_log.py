@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -621,7 +622,12 @@ def test_the_gateways_envoy_log_is_followed_by_either_name_with_proxy() -> None:
 
     handlers = _access_handlers(AccessLog(Directory))
     asked: list[api.FollowRequest] = []
-    handlers._follow = lambda req, stop: asked.append(req) or iter([None])
+
+    def follow(req: api.FollowRequest, stop: object) -> Iterator[None]:
+        asked.append(req)
+        return iter([None])
+
+    handlers._follow = follow
     for name in ("gateway", api.INGRESS):
         assert list(handlers.follow_logs(api.FollowRequest(name, proxy=True))) == [None]
         with pytest.raises(Refusal) as caught:  # its app logs: it has no app
