@@ -301,8 +301,8 @@ TRACING = True  # spans to the daemon's own collector unless `tracing: false`
 TRACE_SAMPLING_PERCENT = 100.0
 # `sampling: auto` (the default): every request is traced while the mesh is quiet, and the
 # daemon lowers the share under load so that about this many spans a second reach it
-# (daemon/sampling.py). The daemon keeps the last 1,000 traces: at this rate, the last 10 s
-# or so of two-hop traces under load, every request's when quiet.
+# (daemon/sampling.py: 50). The daemon keeps the last 1,000 traces: at that rate, the last
+# 40 s or so of two-hop traces under load, every request's when quiet.
 TRACE_AUTO = "auto"
 XRAY_DAEMON_ADDRESS = ("127.0.0.1", 2000)  # where the AWS X-Ray daemon listens by default
 ZIPKIN_PATH_SUFFIX = "/api/v2/spans"  # a forward URL ending so is Zipkin JSON, else OTLP/HTTP

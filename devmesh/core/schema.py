@@ -625,7 +625,7 @@ tracing_spec = ByType(
                 "sampling": Field(
                     Percent(also=TRACE_AUTO),
                     description="percent of requests traced, or `auto` (the default): every "
-                    "request while the mesh is quiet, fewer under load (about 200 spans a "
+                    "request while the mesh is quiet, fewer under load (about 50 spans a "
                     "second)",
                 ),
                 "forward": Field(

@@ -367,7 +367,7 @@ def test_auto_sampling_traces_fewer_requests_under_load_and_every_one_again_afte
         return dict(mesh.ps()["tracing"])
 
     # ~250 requests a second, each traced at the gateway and frontend's sidecar (2 spans):
-    # about 500 spans a second at 100 %, over what auto keeps (sampling.TARGET, 200)
+    # about 500 spans a second at 100 %, over what auto keeps (sampling.TARGET, 50)
     with PacedLoad(mesh.port, path="/healthz", rate=250, threads=5) as load:
         deadline = time.monotonic() + 25
         while time.monotonic() < deadline and (state := share())["sampling"] == 100:

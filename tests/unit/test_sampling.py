@@ -28,13 +28,13 @@ def test_a_quiet_mesh_keeps_every_request_traced() -> None:
 def test_load_lowers_the_share_to_the_step_that_fits_the_target_at_once() -> None:
     s = AdaptiveSampling()
     _, _, changes = _run(s, every=2000.0, seconds=10, start=0.0, total=0)  # ~1,000 req/s, 2 hops
-    assert changes == [10.0]  # 2,000 x 10 % = 200 spans a second
+    assert changes == [2.0]  # 2,000 x 2 % = 40 <= 50 spans a second; 5 % would be 100
 
 
 def test_saturation_goes_lower_and_the_end_of_load_goes_back_to_every_request() -> None:
     s = AdaptiveSampling()
     now, total, changes = _run(s, every=12_000.0, seconds=10, start=0.0, total=0)
-    assert changes == [1.0]  # 12,000 x 1 % = 120 <= 200; 2 % would be 240
+    assert changes == [0.2]  # 12,000 x 0.2 % = 24 <= 50; 0.5 % would be 60
     now, total, changes = _run(s, every=0.0, seconds=20, start=now, total=total)
     # (a window across the load's end may see half of it first: a step between)
     assert changes[-1] == 100.0 and s.percent == 100.0
@@ -44,15 +44,16 @@ def test_a_load_far_over_the_target_lowers_the_share_within_two_seconds() -> Non
     s = AdaptiveSampling()
     # the first observation starts the window; the next, EARLY later, already tells
     _, _, changes = _run(s, every=10_000.0, seconds=1 + int(EARLY), start=0.0, total=0)
-    assert changes == [2.0]  # 10,000 x 2 % = 200 spans a second
+    assert changes == [0.5]  # 10,000 x 0.5 % = 50 spans a second
 
 
 def test_a_load_just_over_the_target_waits_until_its_spans_tell() -> None:
     s = AdaptiveSampling()
-    # 400 a second: over 1.5 x TARGET, but a few seconds of it are no whole window's worth
-    now, total, changes = _run(s, every=400.0, seconds=4, start=0.0, total=0)
+    # 2 x TARGET a second: over 1.5 x TARGET, but a few seconds of it are no whole window's
+    # worth (1.5 x TARGET x WINDOW)
+    now, total, changes = _run(s, every=2 * TARGET, seconds=4, start=0.0, total=0)
     assert changes == []
-    _, _, changes = _run(s, every=400.0, seconds=int(WINDOW) - 3, start=now, total=total)
+    _, _, changes = _run(s, every=2 * TARGET, seconds=int(WINDOW) - 3, start=now, total=total)
     assert changes == [50.0]
 
 
@@ -60,21 +61,21 @@ def test_a_small_change_of_load_changes_nothing() -> None:
     """Hysteresis: between TARGET / 2.5 and 1.5 x TARGET spans a second, the share holds."""
     s = AdaptiveSampling()
     now, total, _ = _run(s, every=2000.0, seconds=10, start=0.0, total=0)
-    assert s.percent == 10.0
-    _, _, changes = _run(s, every=1000.0, seconds=30, start=now, total=total)  # 100 a second
-    assert changes == [] and s.percent == 10.0
+    assert s.percent == 2.0
+    _, _, changes = _run(s, every=1250.0, seconds=30, start=now, total=total)  # 25 a second
+    assert changes == [] and s.percent == 2.0
 
 
 def test_spans_still_buffered_at_the_old_share_do_not_lower_it_again() -> None:
     s = AdaptiveSampling()
     now, total, changes = _run(s, every=2000.0, seconds=2, start=0.0, total=0)
-    assert changes == [10.0]  # lowered early: 2,000 spans in a second tell already
+    assert changes == [2.0]  # lowered early: 2,000 spans in a second tell already
     # The Envoys flush what they held at 100 % in the next seconds: not measured
     total += 2000 * 3
     now += HOLD - 1
     assert s.observe(now, total) is None
     _, _, changes = _run(s, every=2000.0, seconds=10, start=now, total=total)
-    assert changes == [] and s.percent == 10.0
+    assert changes == [] and s.percent == 2.0
 
 
 def test_a_daemon_count_that_starts_again_starts_a_new_window() -> None:
