@@ -61,6 +61,7 @@ class AdaptiveSampling:
     _since: float | None = None  # when the window began
     _count: int = 0  # spans received by then
     _hold_until: float = 0.0
+    _last: tuple[float, int] | None = None  # the observation before this one
 
     def __post_init__(self) -> None:
         self.percent = self.ceiling
@@ -68,6 +69,7 @@ class AdaptiveSampling:
     def observe(self, now: float, received: int) -> float | None:
         """The spans received since the daemon started, at `now` (seconds, monotonic): the
         new share when it changes, else None."""
+        last, self._last = self._last, (now, received)
         if self._since is None or received < self._count or now < self._hold_until:
             self._since, self._count = now, received  # a fresh start, or spans at the old share
             return None
@@ -77,6 +79,11 @@ class AdaptiveSampling:
         if elapsed < WINDOW and not (told and elapsed >= EARLY):
             return None
         rate = spans / elapsed
+        if elapsed < WINDOW and last is not None and now - last[0] >= EARLY:
+            # A load begun within the window: its rate is the latest interval's, not the
+            # window's mean over the quiet seconds before it (which chose 10 % for a load
+            # that needs 2 %, and held that through HOLD and a whole window more).
+            rate = max(rate, (received - last[1]) / (now - last[0]))
         self._since, self._count = now, received
         wanted = self.choose(rate)
         if wanted == self.percent:

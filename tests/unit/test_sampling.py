@@ -47,6 +47,16 @@ def test_a_load_far_over_the_target_lowers_the_share_within_two_seconds() -> Non
     assert changes == [0.5]  # 10,000 x 0.5 % = 50 spans a second
 
 
+def test_a_load_begun_within_a_window_is_measured_by_its_own_seconds() -> None:
+    s = AdaptiveSampling()
+    now, total, changes = _run(s, every=0.0, seconds=10, start=0.0, total=0)  # quiet
+    assert changes == []
+    # the window began in the quiet seconds: over all of it, 2,000 a second read as 500,
+    # and chose 10 %
+    _, _, changes = _run(s, every=2000.0, seconds=1, start=now, total=total)
+    assert changes == [2.0]
+
+
 def test_a_load_just_over_the_target_waits_until_its_spans_tell() -> None:
     s = AdaptiveSampling()
     # 2 x TARGET a second: over 1.5 x TARGET, but a few seconds of it are no whole window's
