@@ -539,12 +539,23 @@ class Engine:
             list(pool.map(self._remove, joined))
             list(pool.map(self._remove, owners))
         nets = 0
+        name = ""
         try:
             for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):
+                name = net.name
                 net.remove()
                 nets += 1
         except docker.errors.APIError as exc:
-            raise EngineError(f"cannot remove network: {_explain(exc)}") from None
+            hint = ""
+            if "active endpoints" in str(exc):
+                # Seen with Docker 20.10 once the mesh's containers were gone: endpoints left
+                # in the engine's own store, which only an engine restart cleared.
+                hint = (
+                    f"; no container of the mesh is left. If `docker network inspect {name}` "
+                    "lists none either, the engine holds stale endpoints: after it restarts, "
+                    "`devmesh down` removes the network"
+                )
+            raise EngineError(f"cannot remove network: {_explain(exc)}{hint}") from None
         return len(containers), nets
 
     def logs(

@@ -256,3 +256,36 @@ def test_no_route_to_the_control_plane_is_named_at_up_wait(tmp_path: Path) -> No
     finally:
         devmesh("-p", project, "down", env=env, timeout=60, cwd=tmp_path)
         sweep(docker.from_env(), project)
+
+
+def test_a_mesh_network_the_engine_will_not_remove_is_named_with_what_to_check(
+    docker_client: docker.DockerClient,
+) -> None:
+    """`down` removes the mesh's containers, then its networks; a network Docker still holds
+    endpoints on is refused by the engine. The message names it and says what to look at
+    (an endpoint of a container that is gone needs an engine restart: seen with 20.10)."""
+    project = f"t{uuid.uuid4().hex[:8]}"
+    PROJECTS.append(project)
+    net = docker_client.networks.create(
+        f"devmesh-{project}", labels={labels.MANAGED: "1", labels.MESH: project}
+    )
+    # a container devmesh did not make (no mesh label: `down` leaves it) keeps an endpoint
+    other = docker_client.containers.run(
+        "busybox:1.35",
+        ["sleep", "60"],
+        detach=True,
+        network=net.name,
+        labels={"dev.devmesh.test": project},
+        name=f"{project}-outsider",
+    )
+    try:
+        with pytest.raises(EngineError) as caught:
+            Engine.connect().remove_all(project)
+        message = str(caught.value)
+        assert "active endpoints" in message, message
+        assert f"`docker network inspect {net.name}`" in message
+        assert other.status in ("created", "running") and docker_client.containers.get(other.id)
+    finally:
+        other.remove(force=True)
+        sweep(docker_client, project)
+    assert not docker_client.networks.list(filters={"label": labels.selector(mesh=project)})
