@@ -572,6 +572,17 @@ class AccessEntry:
     detail: str = ""  # Envoy's response code details (`via_upstream`, `fault_filter_abort`)
     tcp: bool = False
 
+    @property
+    def mirrored_copy(self) -> bool:
+        """Whether this is a copy a route mirrored (`mirror:`), whose answer goes nowhere:
+        Envoy sends it with `-shadow` after the host the caller used (`api:80` ->
+        `api-shadow:80`), and only the callee's side logs it. A service named `x-shadow`
+        called as itself is not one (as `waterfall.mirrored` for spans)."""
+        host, _, port = self.authority.rpartition(":")
+        if not host or not port.isdigit():
+            host = self.authority
+        return host.endswith("-shadow") and host != self.service
+
 
 @dataclass(frozen=True, slots=True)
 class AccessRequest:

@@ -28,6 +28,8 @@ def access_line(e: api.AccessEntry) -> str:
     route = f" [{e.route}]" if e.route else ""
     status = str(e.status) if e.status is not None else "---"
     what = "TCP" if e.tcp else f"{e.method} {e.authority}{e.path}"
+    if e.mirrored_copy:
+        what += " (mirrored copy)"
     line = (
         f"{stamp} {e.reporter.value:<8} {source} -> {dest}{route} {what} {status} "
         f"{_ms(e.duration_ms)} (upstream {_ms(e.upstream_ms)}) "

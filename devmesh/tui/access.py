@@ -57,7 +57,7 @@ def entry_row(e: api.AccessEntry) -> tuple[str, ...]:
         source,
         dest,
         e.route or "-",
-        "TCP" if e.tcp else f"{e.method} {e.path}",
+        "TCP" if e.tcp else f"{e.method} {e.path}" + (" (mirror)" if e.mirrored_copy else ""),
         "-" if e.status is None else str(e.status),
         _ms(e.duration_ms),
         ",".join(e.flags) or "-",
@@ -70,6 +70,8 @@ def entry_detail(e: api.AccessEntry) -> str:
         f"{e.reporter.value} at {e.node}",
         f"{e.source_pod or e.source_service or 'outside'} -> {e.pod or e.service or '?'}",
     ]
+    if e.mirrored_copy:
+        parts.append(f"a mirrored copy ({e.authority}): its answer goes nowhere")
     if e.flags:
         parts.append(f"{','.join(e.flags)}: {explain_flags(e.flags)}")
     if e.detail:

@@ -138,9 +138,11 @@ def test_a_mirrored_copy_shows_as_one_at_the_pod_it_reached(
     base = mesh.resources(to="v1")
     resources = dataclasses.replace(
         base,
-        listeners=(
-            outbound_listener(service, [("127.0.0.1", mesh.listener_port)], tracing),
-            inbound,
+        listeners=tuple(
+            with_access_logs(
+                True,
+                [outbound_listener(service, [("127.0.0.1", mesh.listener_port)], tracing), inbound],
+            )
         ),
         routes=(outbound_route_config(service),),
         endpoints=(
@@ -168,3 +170,12 @@ def test_a_mirrored_copy_shows_as_one_at_the_pod_it_reached(
     assert all(waterfall.describe(c).endswith("in (mirrored copy)") for c in copies)
     assert all(waterfall.describe(m) == "api -> api/v2 (mirror)" for m in mirrors.values())
     assert all(waterfall.describe(c) == "api -> api/v1" for c in calls.values())
+    # the access log: the caller's side has the call alone, and the copy is logged where
+    # it arrived with the host Envoy sent it to (port kept), which names it a mirrored copy
+    assert wait_for(lambda: len(got.entries) >= 6, timeout=5)
+    hosts = sorted(e.authority for e in got.entries)
+    assert hosts == ["api-shadow:8000"] * 3 + ["api:8000"] * 3, hosts
+    for host in set(hosts):
+        entry = api.AccessEntry(0.0, api.Reporter.INBOUND, "n", "web", "", "", "api", "", "", "")
+        entry = dataclasses.replace(entry, authority=host)
+        assert entry.mirrored_copy is (host == "api-shadow:8000")

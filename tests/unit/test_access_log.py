@@ -377,6 +377,32 @@ def entry(n: float, **kw: Any) -> api.AccessEntry:
 
 
 @pytest.mark.parametrize(
+    ("authority", "service", "copy"),
+    [
+        ("back-shadow:8000", "back", True),
+        ("back-shadow", "back", True),
+        ("back:8000", "back", False),
+        ("x-shadow:80", "x-shadow", False),  # a service so named, called as itself
+        ("x-shadow-shadow:80", "x-shadow", True),
+        ("[::1]:80", "back", False),
+        ("", "back", False),
+        ("-shadow:", "", False),  # whatever a Host header says: no error
+    ],
+)
+def test_a_mirrored_copy_is_told_by_the_host_envoy_sent_it_to(
+    authority: str, service: str, copy: bool
+) -> None:
+    from devmesh.cli.access_views import access_line
+    from devmesh.tui.access import entry_detail, entry_row
+
+    e = entry(1, authority=authority, service=service, method="GET", path="/x")
+    assert e.mirrored_copy is copy
+    assert ("(mirrored copy)" in access_line(e)) is copy
+    assert ("(mirror)" in entry_row(e)[5]) is copy
+    assert ("its answer goes nowhere" in entry_detail(e)) is copy
+
+
+@pytest.mark.parametrize(
     ("keep", "e", "taken"),
     [
         (Filter(service="front"), entry(1), True),
