@@ -29,8 +29,14 @@ bench/observability.py, tracing alone against off, p99 1.43 and saturation 0.87 
 (200), 1.10 and 0.95 at a fixed 0 %, 1.11 and 0.95 at 1 %. At 50 the same load gets 2 %
 and a saturating one 0.2-0.5 %. A quiet dev mesh still has every request traced (under 75
 spans a second: a dozen requests a second through three services). Under load the daemon's
-1,000 traces reach back ~40 s instead of ~5; X-Ray's default rule is 1 a second and 5 %,
+1,000 traces reach back ~40 s instead of ~10; X-Ray's default rule is 1 a second and 5 %,
 Istio's 1 %.
+
+While the mesh is quiet at the full share, the window starts again at each look, so a load
+begun on a quiet mesh is measured by its own seconds. Its first spans may include what
+Envoys held for their 5 s timer: a moderate load whose Envoys' timers fall together can
+read higher than it is and get a lower share than it needs, until the next window raises it
+(HOLD and WINDOW later). Once the load has run a while, the window's mean is what counts.
 """
 
 from __future__ import annotations
@@ -73,17 +79,18 @@ class AdaptiveSampling:
         if self._since is None or received < self._count or now < self._hold_until:
             self._since, self._count = now, received  # a fresh start, or spans at the old share
             return None
+        if last is not None and last[0] > self._since and self._quiet(self._since, last):
+            # Quiet at the full share up to the last look: those seconds decide nothing, so
+            # the window starts there. A load begun since is measured by its own seconds,
+            # not by a mean over quiet ones (which chose 10 % for a load that needs 2 %,
+            # and held that through HOLD and a whole window more).
+            self._since, self._count = last
         elapsed = now - self._since
         spans = received - self._count
         told = spans > TARGET * LOWER_ABOVE * WINDOW  # whatever the rest of the window brings
         if elapsed < WINDOW and not (told and elapsed >= EARLY):
             return None
         rate = spans / elapsed
-        if elapsed < WINDOW and last is not None and now - last[0] >= EARLY:
-            # A load begun within the window: its rate is the latest interval's, not the
-            # window's mean over the quiet seconds before it (which chose 10 % for a load
-            # that needs 2 %, and held that through HOLD and a whole window more).
-            rate = max(rate, (received - last[1]) / (now - last[0]))
         self._since, self._count = now, received
         wanted = self.choose(rate)
         if wanted == self.percent:
@@ -91,6 +98,12 @@ class AdaptiveSampling:
         self.percent = wanted
         self._hold_until = now + HOLD
         return wanted
+
+    def _quiet(self, since: float, upto: tuple[float, int]) -> bool:
+        """Whether the window, from `since` to `upto` (a look's time and count), had too few
+        spans to raise the share, with none to raise: nothing in it can change the share."""
+        seconds, spans = upto[0] - since, upto[1] - self._count
+        return self.percent >= self.ceiling and spans <= TARGET * RAISE_BELOW * seconds
 
     def choose(self, rate: float) -> float:
         """The share for `rate` spans a second seen at the current share."""

@@ -57,6 +57,16 @@ def test_a_load_begun_within_a_window_is_measured_by_its_own_seconds() -> None:
     assert changes == [2.0]
 
 
+def test_a_burst_of_held_spans_under_a_running_load_is_taken_with_the_window() -> None:
+    """Twelve Envoys' 5 s timers falling together: a second with 750 spans after seconds of
+    100 a second. The window's mean decides (316 a second: 10 %), not that second (5 %)."""
+    s = AdaptiveSampling()
+    assert s.observe(0.0, 0) is None
+    assert s.observe(1.0, 100) is None
+    assert s.observe(2.0, 200) is None
+    assert s.observe(3.0, 950) == 10.0
+
+
 def test_a_load_just_over_the_target_waits_until_its_spans_tell() -> None:
     s = AdaptiveSampling()
     # 2 x TARGET a second: over 1.5 x TARGET, but a few seconds of it are no whole window's
