@@ -35,6 +35,7 @@ from devmesh.plan.plan import Observed, Plan
 log = logging.getLogger("devmesh.engine")
 Progress = Callable[[str], None]
 WORKERS = 8  # measured: 8 threads halve 30 pods' start time on 2 cores; 16 gain nothing
+NETWORK_TRIES = 6  # a network with endpoints on it: looked at again every 0.5 s
 MIN_API = "1.24"  # docker-py's own minimum: only for the first ping, whose answer names the API
 REMOVE_TRIES = 5  # a Podman namespace owner: removed once its joined containers are gone
 GUARD_WAIT = 30  # seconds for a pod's firewall guard to load its rules (0.2 s when idle)
@@ -539,24 +540,38 @@ class Engine:
             list(pool.map(self._remove, joined))
             list(pool.map(self._remove, owners))
         nets = 0
-        name = ""
         try:
             for net in self.client.networks.list(filters={"label": labels.selector(mesh=project)}):
-                name = net.name
-                net.remove()
-                nets += 1
+                nets += self._remove_network(net)
         except docker.errors.APIError as exc:
-            hint = ""
-            if "active endpoints" in str(exc):
-                # Seen with Docker 20.10 once the mesh's containers were gone: endpoints left
-                # in the engine's own store, which only an engine restart cleared.
-                hint = (
-                    f"; no container of the mesh is left. If `docker network inspect {name}` "
-                    "lists none either, the engine holds stale endpoints: after it restarts, "
-                    "`devmesh down` removes the network"
-                )
-            raise EngineError(f"cannot remove network: {_explain(exc)}{hint}") from None
+            raise EngineError(f"cannot list networks: {_explain(exc)}") from None
         return len(containers), nets
+
+    def _remove_network(self, net: Any) -> int:
+        """Remove one of the mesh's networks: 1, or 0 if it was gone already. An endpoint
+        still on it (a container whose removal the engine had not finished) is waited for
+        up to NETWORK_TRIES times."""
+        for attempt in range(NETWORK_TRIES):
+            try:
+                net.remove()
+                return 1
+            except docker.errors.NotFound:
+                return 0
+            except docker.errors.APIError as exc:
+                if "active endpoints" in str(exc) and attempt < NETWORK_TRIES - 1:
+                    time.sleep(0.5)
+                    continue
+                hint = ""
+                if "active endpoints" in str(exc):
+                    # Seen with Docker 20.10 once the mesh's containers were gone: endpoints
+                    # left in the engine's own store, which only an engine restart cleared.
+                    hint = (
+                        f". If `docker network inspect {net.name}` lists no container on it, "
+                        "the engine holds stale endpoints: restart the engine, then "
+                        "`devmesh down` again removes the network"
+                    )
+                raise EngineError(f"cannot remove network: {_explain(exc)}{hint}") from None
+        return 0  # not reached: the last try returns or raises
 
     def logs(
         self,
