@@ -595,8 +595,8 @@ def logs(
         bool,
         typer.Option(
             "--proxy",
-            help="The Envoy sidecars' own logs (with no SERVICE: and the gateway's), "
-            "not the apps'.",
+            help="The Envoy sidecars' own logs (with no SERVICE: and the gateway's; "
+            "SERVICE gateway or ingress: the gateway's alone), not the apps'.",
         ),
     ] = False,
     timestamps: Annotated[
@@ -621,7 +621,7 @@ def logs(
     follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
 
     Example: devmesh logs -f catalog --tail 20"""
-    from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint
+    from devmesh.core.load import gateway_logs_hint, names_gateway
     from devmesh.daemon import launcher
 
     if access:
@@ -635,7 +635,7 @@ def logs(
     # no daemon for the instance -p names: a file here is not known to be its file
     unrelated = target.state is None and given_project(project) is not None
     services = None if unrelated else _service_names(target)
-    gateway = proxy and service in GATEWAY_NAMES  # the gateway's Envoy (logfollow.Which)
+    gateway = names_gateway(service, proxy)  # the gateway's Envoy (logfollow.Which)
     if service is not None and services is not None and service not in services and not gateway:
         raise MeshError(
             f"no service '{service}' in mesh '{name}'{did_you_mean(service, services)}; "

@@ -83,6 +83,12 @@ from devmesh.core.spec import Ctx, TooManyProblems
 GATEWAY_NAMES = ("gateway", "ingress")
 
 
+def names_gateway(service: str | None, proxy: bool) -> bool:
+    """Whether `logs --proxy SERVICE` asks for the gateway's Envoy: one of its names (with
+    a service of that name, both: `validate` warns of one)."""
+    return proxy and service in GATEWAY_NAMES
+
+
 def gateway_logs_hint(name: str | None) -> str:
     """For `logs NAME` when NAME is no service's: where the gateway's log is, if NAME is
     one of its names (it runs no app, only an Envoy)."""
@@ -244,8 +250,8 @@ class _Builder:
             self.ctx.warn(
                 at,
                 f"'{name}' is also the gateway's name in access logs, traces and metrics: "
-                f"`logs --access {name}` and `traces --service {name}` show both "
-                "(another name tells them apart)",
+                f"`logs --access {name}`, `logs --proxy {name}` and `traces --service {name}` "
+                "show both (another name tells them apart)",
             )
         port: int | None = raw.get("port")
         if port in RESERVED_PORTS:

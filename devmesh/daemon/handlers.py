@@ -18,7 +18,7 @@ from devmesh.adapters.envoy_admin import StatsSource, StatsTarget
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
-from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint
+from devmesh.core.load import gateway_logs_hint, names_gateway
 from devmesh.core.model import Abort, Delay, Fault
 from devmesh.core.problems import MeshError, clip, did_you_mean
 from devmesh.daemon.accesslog import AccessLog, Filter, status_problem
@@ -224,7 +224,7 @@ class Handlers:
 
     def follow_logs(self, req: api.FollowRequest) -> Iterator[api.LogLine | None]:
         view = self._loop.view
-        gateway = req.proxy and req.service in GATEWAY_NAMES  # its Envoy's own log
+        gateway = names_gateway(req.service, req.proxy)  # its Envoy's own log
         if req.service is not None and not gateway and not view.mesh.has_service(req.service):
             names = ", ".join(s.name for s in view.mesh.services)
             raise Refusal(

@@ -291,7 +291,7 @@ def read_logs(
     which = logfollow.Which(service, proxy, timestamps)
     engine = Engine.connect()
     if not logfollow.pods_of(engine, project, which):
-        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+        raise MeshError(_no_pods(project, service, proxy))
     return logfollow.read(engine, project, which, tail)
 
 
@@ -314,8 +314,16 @@ def follow_logs(
     engine = Engine.connect()
     pods = tuple(logfollow.pods_of(engine, project, which))
     if not pods:
-        raise MeshError(f"{_whose(project, service)} has no pods; is the mesh up?")
+        raise MeshError(_no_pods(project, service, proxy))
     return LogStream(pods, logfollow.follow(engine, project, which, tail, threading.Event()))
+
+
+def _no_pods(project: str, service: str | None, proxy: bool) -> str:
+    from devmesh.core.load import names_gateway
+
+    if names_gateway(service, proxy):
+        return f"mesh '{project}' runs no gateway (a mesh with `ingress:` does); is it up?"
+    return f"{_whose(project, service)} has no pods; is the mesh up?"
 
 
 def _whose(project: str, service: str | None) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from devmesh.api import types as api
-from devmesh.core.load import GATEWAY_NAMES
+from devmesh.core.load import names_gateway
 from devmesh.plan.plan import Observed
 
 IDLE_END = 3.0  # seconds a replacement gets to appear before following ends
@@ -63,9 +63,14 @@ class Which:
     proxy: bool = False
     timestamps: bool = False
 
+    @property
+    def gateway(self) -> bool:
+        """The gateway's Envoy alone (`logs --proxy gateway`)."""
+        return names_gateway(self.service, self.proxy)
+
     def takes(self, o: Observed) -> bool:
         if o.role == "gateway":
-            return self.proxy and (self.service is None or self.service in GATEWAY_NAMES)
+            return self.gateway or (self.proxy and self.service is None)
         if o.role != ("sidecar" if self.proxy else "app"):
             return False
         return self.service is None or o.service == self.service

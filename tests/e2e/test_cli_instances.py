@@ -221,9 +221,13 @@ def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+    got: list[str] = []
+    threading.Thread(target=lambda: got.extend(proc.stdout or ()), daemon=True).start()
     try:
-        first = proc.stdout.readline() if proc.stdout else ""
-        assert first.rstrip("\n") == gateway[-1]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not got:
+            time.sleep(0.2)
+        assert got and got[0].rstrip("\n") == gateway[-1], got
     finally:
         proc.terminate()
         proc.wait(timeout=10)
