@@ -578,9 +578,9 @@ class AccessEntry:
         Envoy sends it with `-shadow` after the host the caller used (`api:80` ->
         `api-shadow:80`), and only the callee's side logs it. A service named `x-shadow`
         called as itself is not one (as `waterfall.mirrored` for spans)."""
-        host, _, port = self.authority.rpartition(":")
+        host, _, port = self.authority.lower().rpartition(":")
         if not host or not port.isdigit():
-            host = self.authority
+            host = self.authority.lower()
         return host.endswith("-shadow") and host != self.service
 
 

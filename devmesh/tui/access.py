@@ -51,13 +51,16 @@ def _ms(value: float | None) -> str:
 def entry_row(e: api.AccessEntry) -> tuple[str, ...]:
     source = "/".join(x for x in (e.source_service, e.source_version) if x) or "outside"
     dest = "/".join(x for x in (e.service, e.version) if x) or "?"
+    request = "TCP" if e.tcp else f"{e.method} {e.path}"
+    if e.mirrored_copy:
+        request += " (mirrored copy)"
     return (
         time.strftime("%H:%M:%S", time.localtime(e.time)),
         e.reporter.value,
         source,
         dest,
         e.route or "-",
-        "TCP" if e.tcp else f"{e.method} {e.path}" + (" (mirror)" if e.mirrored_copy else ""),
+        request,
         "-" if e.status is None else str(e.status),
         _ms(e.duration_ms),
         ",".join(e.flags) or "-",

@@ -383,6 +383,8 @@ def entry(n: float, **kw: Any) -> api.AccessEntry:
         ("back-shadow", "back", True),
         ("back:8000", "back", False),
         ("x-shadow:80", "x-shadow", False),  # a service so named, called as itself
+        ("X-Shadow:80", "x-shadow", False),  # host names are not case-sensitive
+        ("Back-Shadow:80", "back", True),
         ("x-shadow-shadow:80", "x-shadow", True),
         ("[::1]:80", "back", False),
         ("", "back", False),
@@ -398,7 +400,7 @@ def test_a_mirrored_copy_is_told_by_the_host_envoy_sent_it_to(
     e = entry(1, authority=authority, service=service, method="GET", path="/x")
     assert e.mirrored_copy is copy
     assert ("(mirrored copy)" in access_line(e)) is copy
-    assert ("(mirror)" in entry_row(e)[5]) is copy
+    assert ("(mirrored copy)" in entry_row(e)[5]) is copy
     assert ("its answer goes nowhere" in entry_detail(e)) is copy
 
 
