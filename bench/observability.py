@@ -2,6 +2,8 @@
 Envoys; the daemon's CPU with 20 services, access logs and metrics on; one /metrics scrape.
 
     .venv/bin/python bench/observability.py [--seconds 20] [--cpu-window 60]
+        [--rounds N] [--on-only access_log|tracing] [--sampling PERCENT]
+        [--live also|only] [--no-daemon-rows]
 
 Prints one markdown table. The paths measured (wrk on the host, paced by bench/
 sidecar_latency.py's Lua script):
@@ -12,6 +14,8 @@ sidecar_latency.py's Lua script):
 in meshes that differ only in their `observability:` block (`access_log: false,
 tracing: false` for "off"; the defaults, both on with `sampling: auto`, for "on"), and a
 second "off" mesh, the control: what the method reads when there is no difference at all.
+`--live`: the same rows from one mesh whose `observability:` block is rewritten between
+measurements (the daemon applies it live), so "off" and "on" share containers and ports.
 Each round measures the three seconds apart, in an order that turns round by round, and a
 ratio is the median of the rounds' ratios to their own round's "off" (drift on a shared
 machine falls on all three). Latency at ~1,000 req/s

@@ -99,3 +99,13 @@ def test_the_examples_of_file_commands_run(
         assert "Traceback" not in out.err
         if into is not None:
             into.write_text(out.out)
+
+
+def test_the_committed_schema_is_what_devmesh_schema_prints() -> None:
+    """devmesh.schema.json (what editors point at) is regenerated with `make schema`."""
+    import json
+
+    from devmesh.core.schema import json_schema
+
+    committed = json.loads((ROOT / "devmesh.schema.json").read_text())
+    assert committed == json_schema(), "stale devmesh.schema.json: run `make schema`"
