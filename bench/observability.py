@@ -3,7 +3,7 @@ Envoys; the daemon's CPU with 20 services, access logs and metrics on; one /metr
 
     .venv/bin/python bench/observability.py [--seconds 20] [--cpu-window 60]
         [--rounds N] [--on-only access_log|tracing] [--sampling PERCENT]
-        [--live also|only] [--no-daemon-rows]
+        [--live also|only] [--warm-up SECONDS] [--no-daemon-rows]
 
 Prints one markdown table. The paths measured (wrk on the host, paced by bench/
 sidecar_latency.py's Lua script):
@@ -116,7 +116,7 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
-def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
+def latency_rows(seconds: float, rounds: int, warm_up: float = 0.0) -> list[list[str]]:
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
     sat: dict[str, list[float]] = {k: [] for k in KINDS}
     projects: dict[str, str] = {}
@@ -135,6 +135,8 @@ def latency_rows(seconds: float, rounds: int) -> list[list[str]]:
             for r in range(rounds):
                 order = KINDS[r % 3 :] + KINDS[: r % 3]  # each kind first, second, last in turn
                 for kind in order if r % 2 == 0 else order[::-1]:
+                    if warm_up:  # the same for every mesh: `sampling: auto` settles first
+                        wrk(urls[kind], 10, warm_up, 10)
                     progress(f"round {r + 1}: {kind} paced")
                     runs[kind].append(wrk(urls[kind], 10, seconds, 10))
                     progress(f"round {r + 1}: {kind} saturated")
@@ -327,6 +329,13 @@ def main() -> int:
     )
     parser.add_argument("--no-daemon-rows", action="store_true")
     parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=0.0,
+        help="seconds of paced load on each mesh right before its measurement (default 0: "
+        "'on' starts each round from a quiet mesh, where auto traces every request)",
+    )
+    parser.add_argument(
         "--live",
         choices=("also", "only"),
         help="also (or only) measure in one mesh whose observability: block is rewritten live",
@@ -340,7 +349,7 @@ def main() -> int:
         ON.update(access_log=False)
     c.raise_on_sigterm()
     try:
-        rows = [] if args.live == "only" else latency_rows(args.seconds, args.rounds)
+        rows = [] if args.live == "only" else latency_rows(args.seconds, args.rounds, args.warm_up)
         if args.live:
             rows += live_rows(args.seconds, args.rounds)
         if not args.no_daemon_rows:
