@@ -17,6 +17,7 @@ this mesh is "running" for `ls` and for the commands given no file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,34 @@ def running(docker_client: docker.DockerClient) -> Iterator[Running]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def following(running: Running, *args: str) -> Iterator[list[str]]:
+    """`devmesh ARGS` (a command that follows) run from elsewhere: the lines it printed so
+    far, a list that grows; the command is ended afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmesh", *args],
+        env=running.env,
+        cwd=running.elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wait_for(ready: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ready()
+
+
 @pytest.mark.docker
 def test_ls_lists_the_instance_with_its_file_state_and_url(running: Running) -> None:
     table = running.run("ls", cwd=running.elsewhere)
@@ -168,27 +197,13 @@ def test_logs_with_no_service_interleaves_every_pod_with_a_prefix(running: Runni
 def test_logs_follow_with_no_service_follows_every_pod_through_the_daemon(
     running: Running,
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devmesh", "logs", "-f", "--tail", "2"],
-        env=running.env,
-        cwd=running.elsewhere,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
-    try:
-        want = {f"{running.project}-{pod}" for pod in ("web-default-0", "api-v1-0", "api-v2-0")}
-        deadline = time.monotonic() + 20
-        seen: set[str] = set()
-        while time.monotonic() < deadline and seen != want:
-            seen = {line.split(" | ", 1)[0] for line in list(lines) if " | " in line}
-            time.sleep(0.2)
-        assert seen == want, lines
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    want = {f"{running.project}-{pod}" for pod in ("web-default-0", "api-v1-0", "api-v2-0")}
+    with following(running, "logs", "-f", "--tail", "2") as lines:
+
+        def seen() -> set[str]:
+            return {line.split(" | ", 1)[0] for line in list(lines) if " | " in line}
+
+        assert wait_for(lambda: seen() == want, 20), lines
 
 
 @pytest.mark.docker
@@ -213,24 +228,8 @@ def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None
     refused = running.run("logs", "gateway", cwd=running.elsewhere)
     assert refused.returncode != 0
     assert "`devmesh logs --proxy gateway` shows its Envoy's log" in refused.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devmesh", "logs", "--proxy", "ingress", "-f", "--tail", "1"],
-        env=running.env,
-        cwd=running.elsewhere,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    got: list[str] = []
-    threading.Thread(target=lambda: got.extend(proc.stdout or ()), daemon=True).start()
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not got:
-            time.sleep(0.2)
-        assert got and got[0].rstrip("\n") == gateway[-1], got
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with following(running, "logs", "--proxy", "ingress", "-f", "--tail", "1") as got:
+        assert wait_for(lambda: bool(got), 20) and got[0].rstrip("\n") == gateway[-1], got
 
 
 @pytest.mark.docker
@@ -241,20 +240,9 @@ def test_logs_timestamps_start_each_line_also_when_following(running: Running) -
     texts = [line.split(" | ", 1)[-1] for line in result.stdout.splitlines()]
     assert texts and all(stamp.match(t) for t in texts), texts
     # following goes through the daemon's stream
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devmesh", "logs", "api", "-f", "-t", "--tail", "1"],
-        env=running.env,
-        cwd=running.elsewhere,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = proc.stdout.readline() if proc.stdout else ""
-        assert stamp.match(first.split(" | ", 1)[-1]), first
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with following(running, "logs", "api", "-f", "-t", "--tail", "1") as got:
+        assert wait_for(lambda: bool(got), 20), "no line followed"
+        assert stamp.match(got[0].split(" | ", 1)[-1]), got
 
 
 @pytest.mark.docker
@@ -269,21 +257,8 @@ def test_events_show_what_the_daemon_did(running: Running) -> None:
 
 @pytest.mark.docker
 def test_events_follow_prints_a_new_event_as_it_comes(running: Running) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devmesh", "-p", running.project, "events", "-f", "--json"],
-        env=running.env,
-        cwd=running.elsewhere,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
-    try:
-        deadline = time.monotonic() + 30
-        while not lines and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert lines, "no event printed"
+    with following(running, "-p", running.project, "events", "-f", "--json") as lines:
+        assert wait_for(lambda: bool(lines), 30), "no event printed"
         before = len(lines)
         since = time.time()
         shift = running.run(
@@ -298,9 +273,6 @@ def test_events_follow_prints_a_new_event_as_it_comes(running: Running) -> None:
             time.sleep(0.2)
         else:
             raise AssertionError(f"the shift's save event was not followed: {lines[before:]}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.docker
