@@ -49,7 +49,8 @@ TARGET: Final = 50.0  # spans a second, the whole mesh
 # Seconds of spans a decision is made on: longer than the Envoys' 5 s export timer
 # (envoy/tracing.py), which is what sends at moderate rates. A shorter window sees some
 # Envoys' exports and not others', and under a steady load the share flapped (a simulation
-# with 12 Envoys at a steady TARGET spans a second: 100 % <-> 50 % every 8-20 s).
+# with 12 Envoys at a steady 200 spans a second, the target then: 100 % <-> 50 % every
+# 8-20 s).
 WINDOW: Final = 6.0
 HOLD: Final = 5.0  # seconds after a change whose spans are not measured
 EARLY: Final = 1.0  # seconds: the shortest window that may lower the share
