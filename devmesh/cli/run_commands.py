@@ -621,7 +621,7 @@ def logs(
     follows, as in compose; the mesh file is --file here (or `devmesh -f FILE logs`).
 
     Example: devmesh logs -f catalog --tail 20"""
-    from devmesh.core.load import gateway_logs_hint, names_gateway
+    from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint, names_gateway
     from devmesh.daemon import launcher
 
     if access:
@@ -637,8 +637,9 @@ def logs(
     services = None if unrelated else _service_names(target)
     gateway = names_gateway(service, proxy)  # the gateway's Envoy (logfollow.Which)
     if service is not None and services is not None and service not in services and not gateway:
+        known = [*services, *GATEWAY_NAMES] if proxy else services  # --proxy gateway too
         raise MeshError(
-            f"no service '{service}' in mesh '{name}'{did_you_mean(service, services)}; "
+            f"no service '{service}' in mesh '{name}'{did_you_mean(service, known)}; "
             f"services: {', '.join(services)}{gateway_logs_hint(service)}"
         )
     colour = views.use_colour(sys.stdout)

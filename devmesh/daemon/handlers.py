@@ -18,7 +18,7 @@ from devmesh.adapters.envoy_admin import StatsSource, StatsTarget
 from devmesh.adapters.xds_server import NodeStatus, XdsServer
 from devmesh.api import types as api
 from devmesh.core.limits import check_fault_values
-from devmesh.core.load import gateway_logs_hint, names_gateway
+from devmesh.core.load import GATEWAY_NAMES, gateway_logs_hint, names_gateway
 from devmesh.core.model import Abort, Delay, Fault
 from devmesh.core.problems import MeshError, clip, did_you_mean
 from devmesh.daemon.accesslog import AccessLog, Filter, status_problem
@@ -226,11 +226,13 @@ class Handlers:
         view = self._loop.view
         gateway = names_gateway(req.service, req.proxy)  # its Envoy's own log
         if req.service is not None and not gateway and not view.mesh.has_service(req.service):
-            names = ", ".join(s.name for s in view.mesh.services)
+            names = [s.name for s in view.mesh.services]
+            known = [*names, *GATEWAY_NAMES] if req.proxy else names  # --proxy gateway too
             raise Refusal(
                 api.ErrorCode.NOT_FOUND,
-                f"no service '{clip(req.service)}' in mesh '{self._loop.project}'; "
-                f"services: {names}{gateway_logs_hint(req.service)}",
+                f"no service '{clip(req.service)}' in mesh '{self._loop.project}'"
+                f"{did_you_mean(req.service, known)}; services: {', '.join(names)}"
+                f"{gateway_logs_hint(req.service)}",
             )
         stop = threading.Event()
         lines = self._follow(req, stop)

@@ -322,7 +322,7 @@ def _no_pods(project: str, service: str | None, proxy: bool) -> str:
     from devmesh.core.load import names_gateway
 
     if names_gateway(service, proxy):
-        return f"mesh '{project}' runs no gateway (a mesh with `ingress:` does); is it up?"
+        return f"mesh '{project}' runs no gateway; is the mesh up?"
     return f"{_whose(project, service)} has no pods; is the mesh up?"
 
 

@@ -228,6 +228,8 @@ def test_logs_proxy_shows_the_sidecars_and_the_gateway(running: Running) -> None
     refused = running.run("logs", "gateway", cwd=running.elsewhere)
     assert refused.returncode != 0
     assert "`devmesh logs --proxy gateway` shows its Envoy's log" in refused.stderr
+    typo = running.run("logs", "--proxy", "gatewy", cwd=running.elsewhere)
+    assert typo.returncode != 0 and "did you mean 'gateway'" in typo.stderr, typo.stderr
     with following(running, "logs", "--proxy", "ingress", "-f", "--tail", "1") as got:
         assert wait_for(lambda: bool(got), 20) and got[0].rstrip("\n") == gateway[-1], got
 

@@ -666,6 +666,7 @@ def test_the_gateways_envoy_log_is_followed_by_either_name_with_proxy() -> None:
     with pytest.raises(Refusal) as caught:
         next(iter(handlers.follow_logs(api.FollowRequest("gatewy", proxy=True))))
     assert "--proxy" not in caught.value.error.message
+    assert "did you mean 'gateway'" in caught.value.error.message
 
 
 # -- the HTTP logger's OTLP line -----------------------------------------------------------
