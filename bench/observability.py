@@ -111,6 +111,12 @@ def wrk(url: str, connections: int, seconds: float, pause_ms: int | None) -> dic
 KINDS = ("off", "on", "control")  # control: a second "off" mesh, the method's own noise
 
 
+def round_order(r: int) -> tuple[str, ...]:
+    """Round r's order of KINDS: each kind first, second and last in turn."""
+    order = KINDS[r % 3 :] + KINDS[: r % 3]
+    return order if r % 2 == 0 else order[::-1]
+
+
 def _spread(values: list[float]) -> str:
     """The median of per-round ratios, with their range."""
     return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
@@ -133,8 +139,7 @@ def latency_rows(seconds: float, rounds: int, warm_up: float = 0.0) -> list[list
             for url in urls.values():
                 wrk(url, 10, 2, 10)  # warm-up
             for r in range(rounds):
-                order = KINDS[r % 3 :] + KINDS[: r % 3]  # each kind first, second, last in turn
-                for kind in order if r % 2 == 0 else order[::-1]:
+                for kind in round_order(r):
                     if warm_up:  # the same for every mesh: `sampling: auto` settles first
                         wrk(urls[kind], 10, warm_up, 10)
                     progress(f"round {r + 1}: {kind} paced")
@@ -213,8 +218,7 @@ def live_rows(seconds: float, rounds: int) -> list[list[str]]:
             c.up(file, project)
             url = hop_urls(project)["server"]
             for r in range(rounds):
-                order = KINDS[r % 3 :] + KINDS[: r % 3]
-                for kind in order if r % 2 == 0 else order[::-1]:
+                for kind in round_order(r):
                     if texts[kind] != texts[current]:
                         offset = c.log_offset(project)
                         file.write_text(texts[kind])

@@ -171,7 +171,7 @@ class Handlers:
         names = [s.name for s in mesh.services]
         if name in names or (name == GATEWAY_SERVICE and (mesh.has_gateway or name in seen)):
             return
-        hint = did_you_mean(name, [*names, GATEWAY_SERVICE, api.INGRESS])
+        hint = did_you_mean(name, [*names, *GATEWAY_NAMES])
         raise Refusal(
             api.ErrorCode.NOT_FOUND,
             f"{self._loop.mesh_file}: no service '{clip(name)}' in mesh '{self._loop.project}'"
@@ -249,7 +249,7 @@ class Handlers:
             service = api.INGRESS  # the gateway is `gateway` in traces: either name finds it
         if service is not None and service != api.INGRESS and not mesh.has_service(service):
             names = [s.name for s in mesh.services]
-            hint = did_you_mean(service, [*names, api.INGRESS, GATEWAY_SERVICE]) or (
+            hint = did_you_mean(service, [*names, *GATEWAY_NAMES]) or (
                 f"; services: {', '.join(names)}, and the gateway's '{api.INGRESS}'"
             )
             raise Refusal(
